@@ -1,0 +1,45 @@
+# Everything a fresh machine with Python 3.11 and Node 20 needs: `make run`, `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+JS_DIR := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+.PHONY: run test check lint format proto proto-check bench install clean
+
+install: $(PY_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(PY_STAMP)
+	$(BIN)/upf run
+
+test: $(PY_STAMP) $(JS_STAMP) check
+	$(BIN)/pytest
+
+check: $(PY_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(PY_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+proto: $(PY_STAMP)
+	$(BIN)/python proto/generate.py
+
+bench: $(PY_STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(JS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,100 @@
+"""create_app(settings): the one place the gateway's pipeline is assembled.
+
+Outermost first, each for a reason:
+  ErrorMiddleware  whatever fails below answers in the client's protocol, never a stack trace
+  CorsMiddleware   preflights answered before any work; every answer (errors too) readable by the page
+  router           REST endpoints first, then the gRPC-Web paths (the service segment holds a dot)
+Auth and rate limiting slot in between CORS and the router when they land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from gateway.grpcweb.endpoint import GrpcWebEndpoint
+from gateway.health import Readiness, healthz
+from gateway.ingress.server import IngressServer
+from gateway.middleware.cors import CorsMiddleware
+from gateway.middleware.errors import ErrorMiddleware
+from gateway.settings import GatewaySettings, load_settings
+from gateway.upstream.pool import UpstreamPool
+
+__all__ = ["create_app", "create_app_from_environment"]
+
+logger = logging.getLogger(__name__)
+
+
+class _ServiceConvertor(Convertor[str]):
+    # A fully qualified gRPC service: at least one dot, so REST paths (/api/manifests) never match.
+    regex = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _MethodConvertor(_ServiceConvertor):
+    regex = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+register_url_convertor("grpc_service", _ServiceConvertor())
+register_url_convertor("grpc_method", _MethodConvertor())
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    pool = UpstreamPool(settings.upstreams, max_message_bytes=settings.max_message_bytes)
+    readiness = Readiness()
+    ingress = (
+        IngressServer(pool, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.max_message_bytes)
+        if settings.grpc_port
+        else None
+    )
+    grpc_web = GrpcWebEndpoint(
+        pool,
+        max_message_bytes=settings.max_message_bytes,
+        max_timeout=settings.max_timeout,
+        forward_cookies=settings.forward_cookies,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if ingress is not None:
+            await ingress.start()
+        readiness.ready = True
+        try:
+            yield
+        finally:
+            readiness.ready, readiness.reason = False, "shutting down"
+            if ingress is not None:
+                await ingress.stop(grace=5.0)
+            await pool.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readiness.readyz, methods=["GET"]),
+        Route("/api/{service:grpc_service}/{method:grpc_method}", grpc_web),
+        Route("/{service:grpc_service}/{method:grpc_method}", grpc_web),
+    ]
+    middleware = [
+        Middleware(ErrorMiddleware),
+        Middleware(CorsMiddleware, settings=settings.cors),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.ingress = ingress
+    return app
+
+
+def create_app_from_environment() -> Starlette:
+    """Factory for `uvicorn --factory` and worker processes: settings from $UPF_CONFIG and UPF_* variables."""
+    return create_app(load_settings())

@@ -1,0 +1,107 @@
+"""The `upf` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import ConfigError, GatewaySettings, load_settings
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+UPF: a platform of gRPC plugins behind one gateway.
+
+The gateway answers gRPC-Web (binary and text), REST and native gRPC, and proxies calls to the
+plugins' gRPC services. Configuration comes from one YAML file (--config or $UPF_CONFIG) and
+UPF_* environment variables (UPF_HTTP_PORT=9000, UPF_RATE_LIMITING__BURST_SIZE=50); the options
+below override both.
+"""
+
+CONFIG_EPILOG = """\
+configuration file keys (all optional):
+  host: 127.0.0.1            address to listen on (0.0.0.0 in a container)
+  httpPort: 8080             HTTP: gRPC-Web at /<pkg.Service>/<Method> and /api/<pkg.Service>/<Method>
+  grpcPort: 50051            native gRPC ingress (0: off)
+  workers: 1                 gateway processes sharing the ports
+  upstreams:                 static routes: fully qualified gRPC service -> endpoints
+    accept.v1.Probe: ["127.0.0.1:50071"]
+  cors: {allowOrigins: ["https://app.example"], allowCredentials: true, maxAge: 600}
+  maxMessageBytes: 4194304   largest message in either direction
+  maxTimeout: null           cap, in seconds, on the deadline a client may ask for
+  accessLog: true            log a line per request
+"""
+
+
+def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
+    parser.add_argument("--host", help="address to listen on (config key host, default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, metavar="PORT", help="HTTP port (httpPort, default 8080)")
+    parser.add_argument("--grpc-port", type=int, metavar="PORT", help="native gRPC port (grpcPort, default 50051)")
+    parser.add_argument("--workers", type=int, metavar="N", help="gateway processes (workers, default 1)")
+    parser.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (logLevel)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="start the whole platform in one process: the gateway and the demo plugin",
+        description="Start the gateway with the built-in demo plugin (upf.demo.v1.Echo) on "
+        "http://127.0.0.1:8080. Nothing else needs to be installed or running.",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_gateway_options(run)
+    gateway = commands.add_parser(
+        "gateway",
+        help="start the gateway alone (routes from the configuration's upstreams)",
+        description="Start the gateway: gRPC-Web and REST on httpPort, native gRPC on grpcPort, "
+        "proxying to the upstreams in the configuration.",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_gateway_options(gateway)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> GatewaySettings:
+    overrides = {
+        "UPF_HOST": args.host,
+        "UPF_HTTP_PORT": args.http_port,
+        "UPF_GRPC_PORT": args.grpc_port,
+        "UPF_WORKERS": args.workers,
+        "UPF_LOG_LEVEL": args.log_level,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            # Through the environment, so that worker processes see the same values.
+            os.environ[name] = str(value)
+    return load_settings(args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "gateway":
+        from gateway.serve import run_gateway
+
+        run_gateway(settings, args.config)
+    elif args.command == "run":
+        from gateway.allinone import run_all
+
+        asyncio.run(run_all(settings))

@@ -1,0 +1,113 @@
+"""Errors the gateway raises, and the one table between gRPC status codes and HTTP statuses.
+
+    GatewayError                      any failure the gateway reports to a client itself
+    ├── BadRequest                    INVALID_ARGUMENT  (malformed gRPC-Web framing, base64, metadata, timeout)
+    ├── MalformedMessage              INTERNAL          (truncated or wrongly flagged frame)
+    ├── MessageTooLarge               RESOURCE_EXHAUSTED
+    ├── UnknownService                UNIMPLEMENTED
+    ├── UnsupportedEncoding           UNIMPLEMENTED     (answer lists grpc-accept-encoding)
+    └── UpstreamUnavailable           UNAVAILABLE
+
+Every error carries a gRPC status code. gRPC-Web and native gRPC clients get that code in
+`grpc-status` (with HTTP 200 for gRPC-Web); REST clients get `GRPC_TO_HTTP[code]` and a JSON body.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+__all__ = [
+    "GRPC_TO_HTTP",
+    "HTTP_TO_GRPC",
+    "BadRequest",
+    "GatewayError",
+    "MalformedMessage",
+    "MessageTooLarge",
+    "UnknownService",
+    "UnsupportedEncoding",
+    "UpstreamUnavailable",
+    "grpc_status_from_http",
+    "status_name",
+]
+
+
+class GatewayError(Exception):
+    """A failure the gateway answers itself, with a gRPC status and a message safe to show a client."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra response headers (or trailers-only metadata) that tell the client how to recover.
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class MalformedMessage(GatewayError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class MessageTooLarge(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnknownService(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class UnsupportedEncoding(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class UpstreamUnavailable(GatewayError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+# googleapis google/rpc/code.proto "HTTP Mapping". Used to answer REST clients; never for gRPC-Web,
+# which always gets HTTP 200 with the code in grpc-status.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# grpc/grpc doc/http-grpc-status-mapping.md: only for an upstream HTTP reply without grpc-status.
+HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INTERNAL,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    429: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status_from_http(status: int) -> grpc.StatusCode:
+    return HTTP_TO_GRPC.get(status, grpc.StatusCode.UNKNOWN)
+
+
+def status_name(code: grpc.StatusCode) -> str:
+    """`RESOURCE_EXHAUSTED` for grpc.StatusCode.RESOURCE_EXHAUSTED: the name REST clients see."""
+    return code.name

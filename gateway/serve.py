@@ -1,0 +1,60 @@
+"""Running the gateway: uvicorn for HTTP (gRPC-Web, REST) with the native gRPC ingress on the same loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import CONFIG_ENV, GatewaySettings
+
+__all__ = ["run_gateway", "serve_gateway"]
+
+logger = logging.getLogger(__name__)
+
+
+def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
+    return {
+        "host": settings.host,
+        "port": settings.http_port,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "http": "httptools",
+        "loop": "uvloop",
+        "lifespan": "on",
+        # Long server streams must not be cut by the gateway (grpcwebproxy's 10 s write timeout, Envoy's 15 s).
+        "timeout_keep_alive": 75,
+        "timeout_graceful_shutdown": 10,
+        "server_header": False,
+    }
+
+
+async def serve_gateway(settings: GatewaySettings) -> None:
+    """Serve one gateway process until it is told to stop (SIGINT / SIGTERM)."""
+    config = uvicorn.Config(create_app(settings), **_uvicorn_options(settings))  # type: ignore[arg-type]
+    await uvicorn.Server(config).serve()
+
+
+def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
+    if settings.workers == 1:
+        uvicorn_loop = _uvicorn_options(settings)["loop"]
+        if uvicorn_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve_gateway(settings))
+        else:
+            asyncio.run(serve_gateway(settings))
+        return
+    # Several worker processes: each rebuilds the settings from the same file and UPF_* variables.
+    # Native gRPC ingress listens in every worker (grpc sets SO_REUSEPORT).
+    if config_path is not None:
+        os.environ[CONFIG_ENV] = config_path
+    uvicorn.run(
+        "gateway.app:create_app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        **_uvicorn_options(settings),  # type: ignore[arg-type]
+    )

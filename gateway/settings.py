@@ -1,0 +1,178 @@
+"""Gateway configuration: one YAML file plus `UPF_*` environment overrides, parsed once at start-up.
+
+Keys follow the seed's GatewayConfig (camelCase). An environment variable names a key path in upper
+snake case with `__` between levels, and its value is read as YAML:
+
+    UPF_HTTP_PORT=9000                          -> httpPort: 9000
+    UPF_RATE_LIMITING__REQUESTS_PER_SECOND=50   -> rateLimiting.requestsPerSecond: 50
+    UPF_CORS__ALLOW_ORIGINS='["https://app.example"]'
+
+An unknown or invalid key stops start-up with a `ConfigError` that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "CorsSettings",
+    "GatewaySettings",
+    "load_settings",
+]
+
+CONFIG_ENV = "UPF_CONFIG"
+ENV_PREFIX = "UPF_"
+
+_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def _check_endpoint(value: str) -> str:
+    match = _ENDPOINT.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+class RateLimitSettings(_Section):
+    enabled: bool = False
+    requests_per_second: float = Field(default=100.0, gt=0)
+    burst_size: int = Field(default=200, ge=1)
+    key_extractor: Literal["ip", "token", "apiKey"] = "ip"
+
+
+class CircuitBreakerSettings(_Section):
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)  # consecutive failures before the breaker opens
+    reset_timeout: float = Field(default=30.0, gt=0)  # seconds open before a half-open probe
+
+
+class CorsSettings(_Section):
+    # Origins allowed to call from a browser, exactly as the browser sends them ("https://app.example"),
+    # or "*" for any origin (then credentials are never allowed).
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = True
+    max_age: int = Field(default=600, ge=0)  # seconds a browser may cache a preflight answer
+
+
+class GatewaySettings(_Section):
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)  # native gRPC ingress; 0 turns it off
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = True  # one log line per request (uvicorn's access log)
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+    auth_plugin_url: str | None = None
+    registry_url: str | None = None
+    route_refresh_interval: float = Field(default=30.0, gt=0)
+    rate_limiting: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.
+    max_timeout: float | None = Field(default=None, gt=0)
+    # Forward the Cookie header to plugins as metadata (off: cookies are the browser's, not the plugin's).
+    forward_cookies: bool = False
+    # Fully qualified gRPC service -> endpoints, for plugins that do not register with the registry.
+    upstreams: dict[str, list[Endpoint]] = Field(default_factory=dict)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
+        for service, endpoints in upstreams.items():
+            if not _SERVICE.match(service):
+                raise ValueError(f"{service!r} is not a fully qualified gRPC service (package.Service)")
+            if not endpoints:
+                raise ValueError(f"{service} has no endpoint")
+        return upstreams
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    """Read the YAML file (`path`, else $UPF_CONFIG, else none) and apply `UPF_*` overrides."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else environ.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    if source is not None:
+        data = _read_yaml(Path(source))
+    env_keys: dict[tuple[str, ...], str] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        keys = tuple(to_camel(part.lower()) for part in name[len(ENV_PREFIX) :].split("__"))
+        if not all(keys):
+            raise ConfigError(f"environment variable {name}: cannot be read as a key path")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {name}: not valid YAML: {exc}") from None
+        _set_path(data, keys, value, name)
+        env_keys[keys] = name
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, env_keys)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: str) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment variable {origin}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(exc: ValidationError, source: str | None, env_keys: Mapping[tuple[str, ...], str]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "(top level)"
+        origin = next((name for keys, name in env_keys.items() if loc[: len(keys)] == keys), None)
+        where = f"environment variable {origin}" if origin else f"config file {source}" if source else "defaults"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        lines.append(f"{where}: {key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,131 @@
+"""Real processes for tests: start on free loopback ports, wait until ready, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.popen = subprocess.Popen(
+            list(args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy() if env is None else env,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+@contextmanager
+def probe_backend(
+    gen_dir: Path, log_dir: Path, *, port: int = 0, compress: bool = False
+) -> Iterator[tuple[str, Process]]:
+    args = [sys.executable, "-m", "tests.support.probe", "--port", str(port), "--gen-dir", str(gen_dir)]
+    if compress:
+        args.append("--compress")
+    process = Process(args, log=log_dir / f"probe-{free_port()}.log")
+    try:
+        line = wait_until(
+            lambda: (
+                next((ln for ln in process.output().splitlines() if ln.startswith("PORT ")), None)
+                or (not process.alive() and _died(process))
+            ),
+            what="the probe service to listen",
+        )
+        yield f"127.0.0.1:{line.split()[1]}", process
+    finally:
+        process.stop()
+
+
+def _died(process: Process) -> NoReturn:
+    raise RuntimeError(f"process exited early:\n{process.output()}")
+
+
+class Gateway:
+    def __init__(self, process: Process, http_port: int, grpc_port: int) -> None:
+        self.process = process
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+
+
+@contextmanager
+def run_gateway(config: dict[str, Any], work_dir: Path, *, command: str = "gateway") -> Iterator[Gateway]:
+    """`upf gateway` (or `upf run`) with this configuration, on free ports; stopped with SIGTERM."""
+    http_port, grpc_port = free_port(), free_port()
+    config = {"httpPort": http_port, "grpcPort": grpc_port, "accessLog": False, **config}
+    config_file = work_dir / f"gateway-{http_port}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    upf = str(Path(sys.executable).parent / "upf")
+    # The developer's own UPF_* variables must not leak into the test's gateway.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+    process = Process([upf, command, "--config", str(config_file)], env=env, log=work_dir / f"gateway-{http_port}.log")
+    gateway = Gateway(process, http_port, grpc_port)
+    try:
+        wait_until(lambda: _ready(gateway) or (not process.alive() and _died(process)), what="the gateway to be ready")
+        yield gateway
+    finally:
+        process.stop()
+
+
+def _ready(gateway: Gateway) -> bool:
+    try:
+        return httpx.get(f"{gateway.url}/readyz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
