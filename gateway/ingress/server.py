@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
@@ -20,13 +20,18 @@ from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["IngressServer"]
 
+if TYPE_CHECKING:
+    _GenericHandler = grpc.GenericRpcHandler[bytes, bytes]
+else:  # grpc's classes are generic only in the stubs
+    _GenericHandler = grpc.GenericRpcHandler
+
 logger = logging.getLogger(__name__)
 
 # Set by grpc itself on the upstream call, or meaningless on the next hop.
 _NOT_FORWARDED = frozenset({"user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "te", "host"})
 
 
-class _ProxyHandler(grpc.GenericRpcHandler[bytes, bytes]):
+class _ProxyHandler(_GenericHandler):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}

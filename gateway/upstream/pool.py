@@ -9,14 +9,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
+from typing import TypeAlias
+
 import grpc
 
 from gateway.errors import UnknownService
 
 __all__ = ["Endpoint", "Route", "UpstreamPool"]
 
-_UnaryStream = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
-_StreamStream = grpc.aio.StreamStreamMultiCallable[bytes, bytes]
+_UnaryStream: TypeAlias = "grpc.aio.UnaryStreamMultiCallable[bytes, bytes]"
+_StreamStream: TypeAlias = "grpc.aio.StreamStreamMultiCallable[bytes, bytes]"
 
 
 class Endpoint:

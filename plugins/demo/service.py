@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
@@ -13,7 +13,7 @@ __all__ = ["EchoService", "serve"]
 
 MAX_COUNT = 1000
 
-_Context = grpc.aio.ServicerContext[Any, Any]
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class EchoService(demo_pb2_grpc.EchoServicer):
