@@ -54,7 +54,13 @@ def create_app(settings: GatewaySettings) -> Starlette:
     pool = UpstreamPool(settings.upstreams, max_message_bytes=settings.max_message_bytes)
     readiness = Readiness()
     ingress = (
-        IngressServer(pool, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.max_message_bytes)
+        IngressServer(
+            pool,
+            host=settings.host,
+            port=settings.grpc_port,
+            max_message_bytes=settings.max_message_bytes,
+            max_timeout=settings.max_timeout,
+        )
         if settings.grpc_port
         else None
     )

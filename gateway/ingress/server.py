@@ -32,8 +32,9 @@ _NOT_FORWARDED = frozenset({"user-agent", "grpc-accept-encoding", "grpc-encoding
 
 
 class _ProxyHandler(_GenericHandler):
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, max_timeout: float | None) -> None:
         self.pool = pool
+        self.max_timeout = max_timeout
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
@@ -57,7 +58,10 @@ class _ProxyHandler(_GenericHandler):
         metadata = tuple(
             (key, value) for key, value in (context.invocation_metadata() or ()) if key not in _NOT_FORWARDED
         )
-        call = endpoint.stream_stream(path)(requests, metadata=metadata, timeout=context.time_remaining())
+        timeout = context.time_remaining()
+        if self.max_timeout is not None:
+            timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
+        call = endpoint.stream_stream(path)(requests, metadata=metadata, timeout=timeout)
         try:
             initial = await call.initial_metadata()
             if initial:
@@ -82,8 +86,11 @@ class _ProxyHandler(_GenericHandler):
 
 
 class IngressServer:
-    def __init__(self, pool: UpstreamPool, *, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(
+        self, pool: UpstreamPool, *, host: str, port: int, max_message_bytes: int, max_timeout: float | None = None
+    ) -> None:
         self.pool = pool
+        self.max_timeout = max_timeout
         self.address = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
@@ -96,7 +103,7 @@ class IngressServer:
                 ("grpc.max_send_message_length", self.max_message_bytes),
             ]
         )
-        server.add_generic_rpc_handlers((_ProxyHandler(self.pool),))
+        server.add_generic_rpc_handlers((_ProxyHandler(self.pool, self.max_timeout),))
         self.port = server.add_insecure_port(self.address)
         if self.port == 0:
             raise OSError(f"cannot listen for native gRPC on {self.address}")

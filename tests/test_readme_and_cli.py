@@ -1,0 +1,52 @@
+"""What a newcomer does first: `upf --help`, `make run`'s `upf run`, and the README's curl call."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.processes import ROOT, run_gateway
+
+UPF = str(Path(sys.executable).parent / "upf")
+
+
+def upf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([UPF, *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```\w*\n(.*?)```", readme, re.S)
+    assert first_block is not None
+    assert first_block.group(1).split("\n")[:-1] == ["make run", "make test"]
+
+
+def test_help_explains_every_command() -> None:
+    top = upf("--help")
+    assert top.returncode == 0
+    assert "run" in top.stdout and "gateway" in top.stdout
+    for command in ("run", "gateway"):
+        result = upf(command, "--help")
+        assert result.returncode == 0
+        for word in ("--config", "--http-port", "--grpc-port", "upstreams:", "UPF_"):
+            assert word in result.stdout + top.stdout, (command, word)
+
+
+def test_bad_config_stops_start_up_with_the_key_and_no_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("httpPort: 8080\ncircuitBreaker:\n  failureTreshold: 3\n")
+    result = upf("gateway", "--config", str(config))
+    assert result.returncode == 2
+    assert f"config file {config}: circuitBreaker.failureTreshold: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_curl_answers_with_status_0(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("printf") and "curl" in line)
+    with run_gateway({}, tmp_path, command="run") as gateway:
+        pipeline = command.replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}").replace(" | od -c", "")
+        output = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=30, check=True).stdout
+    assert output == b"\0\0\0\0\x0d\n\x0becho: hello" + b"\x80\0\0\0\x10grpc-status: 0\r\n"
