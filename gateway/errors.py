@@ -4,6 +4,7 @@
     ├── BadRequest                    INVALID_ARGUMENT  (malformed gRPC-Web framing, base64, metadata, timeout)
     ├── MalformedMessage              INTERNAL          (truncated or wrongly flagged frame)
     ├── MessageTooLarge               RESOURCE_EXHAUSTED
+    ├── MissingMessage                UNIMPLEMENTED     (a request body without any message frame)
     ├── UnknownService                UNIMPLEMENTED
     ├── UnsupportedEncoding           UNIMPLEMENTED     (answer lists grpc-accept-encoding)
     └── UpstreamUnavailable           UNAVAILABLE
@@ -25,6 +26,7 @@ __all__ = [
     "GatewayError",
     "MalformedMessage",
     "MessageTooLarge",
+    "MissingMessage",
     "UnknownService",
     "UnsupportedEncoding",
     "UpstreamUnavailable",
@@ -55,6 +57,10 @@ class MalformedMessage(GatewayError):
 
 class MessageTooLarge(GatewayError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class MissingMessage(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class UnknownService(GatewayError):

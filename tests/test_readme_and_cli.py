@@ -26,7 +26,8 @@ def test_readme_starts_with_the_two_commands() -> None:
 def test_help_explains_every_command() -> None:
     top = upf("--help")
     assert top.returncode == 0
-    assert "run" in top.stdout and "gateway" in top.stdout
+    assert "run" in top.stdout
+    assert "gateway" in top.stdout
     for command in ("run", "gateway"):
         result = upf(command, "--help")
         assert result.returncode == 0

@@ -21,7 +21,7 @@ from typing import cast
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, UpstreamUnavailable
+from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage, UpstreamUnavailable
 from gateway.grpcweb.framing import COMPRESSED_FLAG, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
 from gateway.grpcweb.metadata import Metadata, metadata_to_headers, parse_request_headers
 from gateway.grpcweb.text import TextDecoder, encode_text
@@ -188,11 +188,16 @@ class GrpcWebEndpoint:
         text: bool,
     ) -> bool:
         """Run the upstream call and stream its answer. Returns whether a response has started."""
+        if not messages:
+            # A grpc.aio server answers a unary or server-streaming method that gets no message with
+            # nothing at all, so the call would hang until its deadline (or forever). grpcio's sync
+            # server says UNIMPLEMENTED "requires exactly one request message"; so does the gateway.
+            raise MissingMessage(f"{path} requires a request message; the request body carries none")
         call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
         if len(messages) == 1:
             call = endpoint.unary_stream(path)(messages[0], metadata=metadata, timeout=timeout)
         else:
-            # None or several messages: let the upstream judge (a client-streaming method may take them).
+            # Several messages: let the upstream judge (a client-streaming method may take them).
             call = endpoint.stream_stream(path)(iter(messages), metadata=metadata, timeout=timeout)
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, call, disconnected))

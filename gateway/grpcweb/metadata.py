@@ -3,7 +3,8 @@
 Requests: custom headers become metadata, except hop-by-hop headers and those that belong to the
 browser or to the gRPC-Web hop itself (improbable-eng/grpc-web#568: a forwarded `connection` header
 broke backends). `-bin` values arrive base64-encoded and go upstream as bytes.
-Responses: metadata becomes headers (or trailer-block lines), `-bin` values base64 again.
+Responses: metadata becomes headers (or trailer-block lines), `-bin` values base64 again, except
+names that describe the gateway's own HTTP response (framing, hop-by-hop, CORS).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ _KEY = re.compile(rb"^[0-9a-z_.-]+$")
 _VALUE = re.compile(rb"^[\x20-\x7e]*$")
 _TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# grpcio turns a timeout into an absolute deadline in int64 nanoseconds since the epoch: from about
+# 7e9 s on (a valid "9999999H") that overflows into the past and the call fails at once with
+# DEADLINE_EXCEEDED. Longer deadlines are capped to the longest 8-digit second count (~3 years),
+# more than grpc core itself passes on to a backend (27000 h).
+_LONGEST_TIMEOUT = 99_999_999.0
 SUPPORTED_ENCODINGS = ("identity", "gzip", "deflate")
 
 
@@ -50,7 +56,7 @@ def parse_timeout(value: bytes) -> float:
     match = _TIMEOUT.match(value)
     if match is None:
         raise BadRequest(f"grpc-timeout {value.decode('latin-1')!r} is not 1-8 digits followed by H, M, S, m, u or n")
-    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+    return min(int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)], _LONGEST_TIMEOUT)
 
 
 def parse_request_headers(headers: Iterable[tuple[bytes, bytes]], *, forward_cookies: bool) -> RequestMetadata:
@@ -98,9 +104,23 @@ def _decode_binary(key: str, value: bytes) -> bytes:
         raise BadRequest(f"header {key} is not valid base64") from None
 
 
+# Backend metadata never sent on as response headers: the gateway's HTTP/1.1 framing is its own
+# (a backend's transfer-encoding broke the response; its content-encoding made browsers decode
+# plain frames), hop-by-hop headers end at the backend's hop, and CORS is answered by the gateway
+# alone (a backend's access-control-allow-origin turned the gateway's into an invalid list).
+_NOT_RESPONSE_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "content-length", "content-type", "content-encoding",
+    }
+)  # fmt: skip
+
+
 def metadata_to_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
     headers = []
     for key, value in metadata:
+        if key in _NOT_RESPONSE_HEADERS or key.startswith("access-control-"):
+            continue
         if isinstance(value, bytes):
             headers.append((key.encode("ascii"), base64.b64encode(value)))
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -55,7 +55,7 @@ async def test_bidi_ping_pong_answers_each_request_before_the_next(stub: Any, pb
         reply = await call.read()
         assert (reply.payload, reply.requests) == (str(n).encode(), n + 1)
     await call.done_writing()
-    assert await call.read() is grpc.aio.EOF
+    assert await call.read() is grpc.aio.EOF  # type: ignore[attr-defined]
     assert await call.code() is grpc.StatusCode.OK
 
 
@@ -75,7 +75,7 @@ async def test_error_status_message_and_details_pass_through(stub: Any, pb: Any)
     error = caught.value
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert error.details() == "no such thing: 100% é"
-    details = dict(error.trailing_metadata())["grpc-status-details-bin"]
+    details = dict(cast(Any, error.trailing_metadata()))["grpc-status-details-bin"]
     from google.rpc import status_pb2  # type: ignore[import-untyped]
 
     assert status_pb2.Status.FromString(details).message == "no such thing: 100% é"
@@ -114,7 +114,7 @@ async def test_cancellation_reaches_the_service(stub: Any, direct: Any, pb: Any)
 
 async def test_unknown_service_is_unimplemented(gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
-        call = channel.unary_unary("/nowhere.v1.Service/Method")
+        call = channel.unary_unary("/nowhere.v1.Service/Method", None, None)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"")
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
@@ -123,13 +123,13 @@ async def test_unknown_service_is_unimplemented(gateway: Gateway) -> None:
 async def test_unknown_method_is_answered_by_the_service(stub: Any, gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await channel.unary_unary("/accept.v1.Probe/Nope")(b"")
+            await channel.unary_unary("/accept.v1.Probe/Nope", None, None)(b"")
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_backend_down_is_unavailable_and_names_the_service(gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await channel.unary_unary("/gone.v1.Nothing/Call")(b"")
+            await channel.unary_unary("/gone.v1.Nothing/Call", None, None)(b"")
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "gone.v1.Nothing" in (caught.value.details() or "")

@@ -80,7 +80,7 @@ def test_invalid_value_names_the_key(tmp_path: Path) -> None:
 
 
 def test_invalid_environment_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="environment variable UPF_GRPC_PORT: grpcPort: .*less than or equal"):
+    with pytest.raises(ConfigError, match=r"environment variable UPF_GRPC_PORT: grpcPort: .*less than or equal"):
         load_settings(None, {"UPF_GRPC_PORT": "70000"})
 
 
