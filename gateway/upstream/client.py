@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 
 import grpc
@@ -76,7 +77,12 @@ class UpstreamClient:
                     timeout=_CONNECT_TIMEOUT,
                 )
             except (OSError, TimeoutError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    reason = f"no connection within {_CONNECT_TIMEOUT:g} s"
+                elif exc.errno:
+                    reason = os.strerror(exc.errno)
+                else:
+                    reason = str(exc)
                 self._last_error = f"cannot connect to {self.address}: {reason}"
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)

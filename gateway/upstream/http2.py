@@ -135,7 +135,7 @@ class Http2Stream:
             if self._messages:
                 frame = self._messages.popleft()
                 self._queued -= len(frame)
-                if self._withheld >= _CREDIT_BATCH:
+                if self._withheld - self._queued >= _CREDIT_BATCH:
                     self._credit()
                 return frame
             if self.ended:
@@ -160,11 +160,13 @@ class Http2Stream:
             self._finish(StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
     def _credit(self) -> None:
-        # Give the upstream room to send more, unless the reader is behind: then it waits, and a slow
-        # client slows its upstream stream down instead of filling the gateway's memory.
-        if self._queued < STREAM_WINDOW // 2 and not self.ended:
-            self._conn.write(_frame(WINDOW_UPDATE, 0, self.id, struct.pack(">I", self._withheld)))
-            self._withheld = 0
+        # Give back to the upstream's window every byte received except those of messages still
+        # waiting for the reader: a slow client slows its upstream stream down instead of filling
+        # the gateway's memory, and a message larger than the window still completes.
+        if not self.ended:
+            credit = self._withheld - self._queued
+            self._conn.write(_frame(WINDOW_UPDATE, 0, self.id, struct.pack(">I", credit)))
+            self._withheld -= credit
 
     # --- the connection's side --------------------------------------------------------------
 
@@ -220,7 +222,7 @@ class Http2Stream:
             body += data[: max(0, _ERROR_BODY_LIMIT - len(body))]
             if end_stream:
                 self._on_end()
-            elif self._withheld >= _CREDIT_BATCH:
+            elif self._withheld - self._queued >= _CREDIT_BATCH:
                 self._credit()
             return
         buffer = self._partial + data if self._partial else data
@@ -250,7 +252,7 @@ class Http2Stream:
             self._queued += len(frame)
             offset = end
         self._partial = buffer[offset:] if offset < size else b""
-        if self._withheld >= _CREDIT_BATCH and not end_stream:
+        if self._withheld - self._queued >= _CREDIT_BATCH and not end_stream:
             self._credit()
         if end_stream:
             self._on_end()
@@ -322,6 +324,7 @@ class Http2Connection(asyncio.Protocol):
         self._decoder = HeaderBlockDecoder()
         self._header_block: tuple[int, int, bytes] | None = None  # stream, flags, fragments so far
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._pending: list[bytes] = []
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -475,6 +478,7 @@ class Http2Connection(asyncio.Protocol):
                 stream._finish(StreamError(grpc.StatusCode.UNAVAILABLE, reason))
         self._release_slot_waiters()
         if not self.streams and self.transport is not None:
+            self._flush()
             self.transport.close()
 
     def _abort(self, reason: str) -> None:
@@ -483,13 +487,24 @@ class Http2Connection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream._finish(StreamError(grpc.StatusCode.INTERNAL, reason))
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
     # --- used by streams and the owner ------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        # Frames written during one loop iteration (often several calls' worth) leave in one send().
         if self.transport is not None:
-            self.transport.write(data)
+            if not self._pending:
+                self.loop.call_soon(self._flush)
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            if self.transport is not None:
+                self.transport.write(data)
 
     def reset(self, stream: Http2Stream, code: int) -> None:
         self.write(_frame(RST_STREAM, 0, stream.id, struct.pack(">I", code)))
@@ -500,6 +515,7 @@ class Http2Connection(asyncio.Protocol):
         if self._slot_waiters:
             self._release_slot_waiters()
         if self.closing is not None and not self.streams and self.transport is not None:
+            self._flush()
             self.transport.close()
 
     def _release_slot_waiters(self) -> None:
@@ -570,6 +586,7 @@ class Http2Connection(asyncio.Protocol):
         self.closing = self.closing or "gateway shutting down"
         if self.transport is not None:
             self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+            self._flush()
             self.transport.close()
 
 
