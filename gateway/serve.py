@@ -9,6 +9,7 @@ import os
 import uvicorn
 
 from gateway.app import create_app
+from gateway.corking import CorkedHttpToolsProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
 
 __all__ = ["run_gateway", "serve_gateway"]
@@ -22,7 +23,7 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         "port": settings.http_port,
         "log_level": settings.log_level,
         "access_log": settings.access_log,
-        "http": "httptools",
+        "http": CorkedHttpToolsProtocol,
         "loop": "uvloop",
         "lifespan": "on",
         # Long server streams must not be cut by the gateway (grpcwebproxy's 10 s write timeout, Envoy's 15 s).

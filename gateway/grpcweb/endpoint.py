@@ -15,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Iterable
-from typing import cast
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage, UpstreamUnavailable
 from gateway.grpcweb.framing import COMPRESSED_FLAG, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
-from gateway.grpcweb.metadata import Metadata, metadata_to_headers, parse_request_headers
+from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
-from gateway.upstream.pool import Endpoint, UpstreamPool
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.upstream.outcome import outcome
+from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
 
@@ -74,6 +75,62 @@ class _Disconnected(Exception):
     """The client went away while the request body was being read."""
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
+class _Response:
+    """The answer to one request, written as the upstream call progresses."""
+
+    __slots__ = ("content_type", "send", "started", "text")
+
+    def __init__(self, send: Send, text: bool) -> None:
+        self.send = send
+        self.text = text
+        self.content_type = CONTENT_TYPE_TEXT if text else CONTENT_TYPE_BINARY
+        self.started = False
+
+    def _encode(self, frame: bytes) -> bytes:
+        return encode_text(frame) if self.text else frame
+
+    async def start(self, headers: Headers) -> None:
+        headers.append((b"content-type", self.content_type))
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def message(self, frame: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": self._encode(frame), "more_body": True})
+
+    async def trailers(self, lines: Headers) -> None:
+        block = b"".join(key + b": " + value + b"\r\n" for key, value in lines)
+        await self.send({"type": "http.response.body", "body": self._encode(encode_frame(block, TRAILER_FLAG))})
+
+    async def whole(self, headers: Headers, frames: list[bytes], lines: Headers) -> None:
+        """Everything at once: one write, with a content-length instead of chunked encoding."""
+        block = b"".join(key + b": " + value + b"\r\n" for key, value in lines)
+        frames.append(encode_frame(block, TRAILER_FLAG))
+        body = b"".join(map(encode_text, frames)) if self.text else b"".join(frames)
+        headers.append((b"content-type", self.content_type))
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def trailers_only(self, lines: Headers) -> None:
+        lines.append((b"content-type", self.content_type))
+        lines.append((b"content-length", b"0"))
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": lines})
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def fail(self, code: grpc.StatusCode, message: str, headers: dict[str, str] | None = None) -> None:
+        lines = _status_lines(code, message)
+        if self.started:
+            await self.trailers(lines)
+            return
+        lines += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
+        await self.trailers_only(lines)
+
+
 class GrpcWebEndpoint:
     """Mounted on the gRPC-Web paths; expects `service` and `method` in `scope["path_params"]`."""
 
@@ -100,43 +157,32 @@ class GrpcWebEndpoint:
         params = scope["path_params"]
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
-        text = wants_text(scope)
-        started = False
+        response = _Response(send, wants_text(scope))
         try:
             request = parse_request_headers(scope["headers"], forward_cookies=self.forward_cookies)
-            endpoint = self.pool.route(service).pick()
-            messages = await self._read_messages(scope, receive, request.encoding)
+            client = self.pool.route(service).pick().client
+            body = await self._read_body(scope, receive, request.encoding)
             timeout = request.timeout
             if self.max_timeout is not None:
                 timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
-            started = await self._proxy(
-                send, receive, endpoint, service, path, messages, request.metadata, timeout, text
-            )
+            await self._proxy(response, receive, client, service, path, body, request.block, timeout)
         except _Disconnected:
             return
         except GatewayError as exc:
-            if started:
-                await _send_trailer_frame(send, exc.code, exc.message, (), text)
-            else:
-                await send(grpc_web_error_response(scope, exc))
-                await send({"type": "http.response.body", "body": b""})
+            await response.fail(exc.code, exc.message, exc.headers)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Never an HTML 500 to a gRPC-Web client: the failure becomes an INTERNAL status.
             logger.exception("gRPC-Web call %s failed inside the gateway", path)
-            message = "the gateway failed while handling this call"
-            if started:
-                await _send_trailer_frame(send, grpc.StatusCode.INTERNAL, message, (), text)
-            else:
-                error = GatewayError(message)
-                await send(grpc_web_error_response(scope, error))
-                await send({"type": "http.response.body", "body": b""})
+            await response.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
 
-    async def _read_messages(self, scope: Scope, receive: Receive, encoding: str | None) -> list[bytes]:
+    async def _read_body(self, scope: Scope, receive: Receive, encoding: str | None) -> bytes:
+        """The request's gRPC frames, checked, as they go upstream."""
         decoder = FrameDecoder(self.max_message_bytes)
         text = TextDecoder() if _media_type(scope, b"content-type").startswith(_GRPC_WEB_TEXT) else None
         frames = []
+        raw = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -145,22 +191,26 @@ class GrpcWebEndpoint:
             if text is not None:
                 chunk = text.feed(chunk)
             if chunk:
+                raw += chunk
                 frames += decoder.feed(chunk)
             if not message.get("more_body", False):
                 break
         if text is not None:
-            frames += decoder.feed(text.close())
+            tail = text.close()
+            raw += tail
+            frames += decoder.feed(tail)
         decoder.close()
-        messages = []
-        for flags, payload in frames:
+        rewrite = False
+        for index, (flags, payload) in enumerate(frames):
             if flags & TRAILER_FLAG:
                 raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
             if flags & COMPRESSED_FLAG:
                 if encoding is None:
                     raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
-                payload = self._decompress(payload, encoding)
-            messages.append(payload)
-        return messages
+                frames[index] = (0, self._decompress(payload, encoding))
+                rewrite = True
+        # Uncompressed frames go upstream exactly as they came.
+        return b"".join(encode_frame(payload) for _, payload in frames) if rewrite else bytes(raw)
 
     def _decompress(self, payload: bytes, encoding: str) -> bytes:
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
@@ -177,103 +227,111 @@ class GrpcWebEndpoint:
 
     async def _proxy(
         self,
-        send: Send,
+        response: _Response,
         receive: Receive,
-        endpoint: Endpoint,
+        client: UpstreamClient,
         service: str,
         path: str,
-        messages: list[bytes],
-        metadata: Metadata,
+        body: bytes,
+        metadata: bytes,
         timeout: float | None,
-        text: bool,
-    ) -> bool:
-        """Run the upstream call and stream its answer. Returns whether a response has started."""
-        if not messages:
+    ) -> None:
+        if not body:
             # A grpc.aio server answers a unary or server-streaming method that gets no message with
             # nothing at all, so the call would hang until its deadline (or forever). grpcio's sync
             # server says UNIMPLEMENTED "requires exactly one request message"; so does the gateway.
             raise MissingMessage(f"{path} requires a request message; the request body carries none")
-        call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
-        if len(messages) == 1:
-            call = endpoint.unary_stream(path)(messages[0], metadata=metadata, timeout=timeout)
-        else:
-            # Several messages: let the upstream judge (a client-streaming method may take them).
-            call = endpoint.stream_stream(path)(iter(messages), metadata=metadata, timeout=timeout)
-        disconnected = asyncio.Event()
-        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, call, disconnected))
-        started = False
-        content_type = CONTENT_TYPE_TEXT if text else CONTENT_TYPE_BINARY
         try:
-            try:
-                async for reply in call:
-                    frame = encode_frame(reply)
-                    if not started:
-                        headers = metadata_to_headers(await call.initial_metadata())
-                        headers.append((b"content-type", content_type))
-                        await send({"type": "http.response.start", "status": 200, "headers": headers})
-                        started = True
-                    await send(
-                        {"type": "http.response.body", "body": encode_text(frame) if text else frame, "more_body": True}
-                    )
-                code = await call.code()
-                details = await call.details()
-                trailing: Iterable[tuple[str, str | bytes]] = await call.trailing_metadata()
-                initial = await call.initial_metadata()
-            except grpc.aio.AioRpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                # At run time these are grpc.aio.Metadata (the stubs say tuple).
-                trailing = cast("grpc.aio.Metadata", exc.trailing_metadata())
-                initial = exc.initial_metadata()
-                if code is grpc.StatusCode.UNAVAILABLE and not started and not initial:
-                    # No response headers: the call most likely never reached the service.
-                    raise UpstreamUnavailable(f"{service} is unavailable at {endpoint.address}: {details}") from None
-        except asyncio.CancelledError:
-            if disconnected.is_set():
-                return started  # the client left; the upstream call is already cancelled
-            raise
+            stream = await client.unary(path, metadata, body, timeout)
+        except StreamError as exc:
+            raise _gateway_error(exc, service) from None
+        watch = _DisconnectWatch(receive, stream)
+        try:
+            frame = await stream.read()
+            if frame is not None:
+                headers = response_metadata(stream.headers or ())
+                if stream.ended:
+                    # The whole answer is here already (a unary call, usually): send it in one piece.
+                    frames = [frame]
+                    while (frame := await stream.read()) is not None:
+                        frames.append(frame)
+                    await response.whole(headers, frames, _trailer_lines(stream, service))
+                    return
+                await response.start(headers)
+                while frame is not None:
+                    await response.message(frame)
+                    frame = await stream.read()
+            if watch.disconnected:
+                return  # nobody is listening; the upstream call was cancelled
+            lines = _trailer_lines(stream, service)
+            if response.started:
+                await response.trailers(lines)
+            elif stream.headers is not None and (headers := response_metadata(stream.headers)):
+                # Response metadata but no message: headers, then the status in a trailer frame.
+                await response.start(headers)
+                await response.trailers(lines)
+            else:
+                await response.trailers_only(lines)
         finally:
-            watcher.cancel()
-        if started:
-            await _send_trailer_frame(send, code, details, trailing, text)
-        elif initial:
-            # Response headers but no message: headers, then the status in a trailer frame.
-            headers = metadata_to_headers(initial)
-            headers.append((b"content-type", content_type))
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await _send_trailer_frame(send, code, details, trailing, text)
-        else:
-            headers = metadata_to_headers(trailing)
-            headers += _status_headers(code, details)
-            headers += [(b"content-type", content_type), (b"content-length", b"0")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-        return True
+            watch.stop()
+            if not stream.ended:
+                stream.cancel()
 
 
-async def _cancel_on_disconnect(receive: Receive, call: grpc.aio.Call, disconnected: asyncio.Event) -> None:
-    # After the body, the next ASGI message can only be http.disconnect: the client went away.
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            disconnected.set()
-            call.cancel()
-            return
+# A disconnect is noticed by a task that waits on `receive`. Most calls end sooner than this, and
+# then no such task is ever made; a call that outlives a departed client is cancelled this late.
+_WATCH_AFTER = 0.05
 
 
-def _status_headers(code: grpc.StatusCode, details: str | None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"grpc-status", str(code.value[0]).encode())]
-    if details:
-        headers.append((b"grpc-message", percent_encode(details).encode("ascii")))
-    return headers
+class _DisconnectWatch:
+    __slots__ = ("_handle", "_receive", "_stream", "_task", "disconnected")
+
+    def __init__(self, receive: Receive, stream: Http2Stream) -> None:
+        self._receive = receive
+        self._stream = stream
+        self._task: asyncio.Task[None] | None = None
+        self.disconnected = False
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._handle = None
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        # After the body, the next ASGI message can only be http.disconnect.
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        self._stream.cancel("the client went away")
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
-async def _send_trailer_frame(
-    send: Send, code: grpc.StatusCode, details: str | None, trailing: Iterable[tuple[str, str | bytes]], text: bool
-) -> None:
-    lines = _status_headers(code, details) + metadata_to_headers(trailing)
-    block = b"".join(key + b": " + value + b"\r\n" for key, value in lines)
-    frame = encode_frame(block, TRAILER_FLAG)
-    await send({"type": "http.response.body", "body": encode_text(frame) if text else frame})
+def _gateway_error(exc: StreamError, service: str) -> GatewayError:
+    if exc.code is grpc.StatusCode.UNAVAILABLE:
+        return UpstreamUnavailable(f"{service} is unavailable: {exc.message}")
+    error = GatewayError(exc.message)
+    error.code = exc.code  # type: ignore[misc]
+    return error
+
+
+def _status_lines(code: grpc.StatusCode, message: str) -> Headers:
+    lines = [(b"grpc-status", str(code.value[0]).encode())]
+    if message:
+        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
+    return lines
+
+
+def _trailer_lines(stream: Http2Stream, service: str) -> Headers:
+    status, message, metadata = outcome(stream, service)
+    lines = [(b"grpc-status", status)]
+    if message:
+        lines.append((b"grpc-message", message))
+    return lines + metadata
 
 
 async def _plain(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

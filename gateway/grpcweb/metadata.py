@@ -3,8 +3,8 @@
 Requests: custom headers become metadata, except hop-by-hop headers and those that belong to the
 browser or to the gRPC-Web hop itself (improbable-eng/grpc-web#568: a forwarded `connection` header
 broke backends). `-bin` values arrive base64-encoded and go upstream as bytes.
-Responses: metadata becomes headers (or trailer-block lines), `-bin` values base64 again, except
-names that describe the gateway's own HTTP response (framing, hop-by-hop, CORS).
+Responses: metadata becomes headers (or trailer-block lines), `-bin` values base64, except names
+that describe the gateway's own HTTP response (framing, hop-by-hop, CORS).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from gateway.errors import BadRequest, UnsupportedEncoding
+from gateway.upstream.headers import encode_header
 
-__all__ = ["Metadata", "RequestMetadata", "metadata_to_headers", "parse_request_headers", "parse_timeout"]
-
-Metadata = tuple[tuple[str, str | bytes], ...]
+__all__ = ["RequestMetadata", "parse_request_headers", "parse_timeout", "response_metadata"]
 
 # Never forwarded: hop-by-hop (RFC 9110 7.6.1), the gRPC-Web hop's own, and the browser's.
 _DROPPED = frozenset(
@@ -37,16 +36,15 @@ _KEY = re.compile(rb"^[0-9a-z_.-]+$")
 _VALUE = re.compile(rb"^[\x20-\x7e]*$")
 _TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-# grpcio turns a timeout into an absolute deadline in int64 nanoseconds since the epoch: from about
-# 7e9 s on (a valid "9999999H") that overflows into the past and the call fails at once with
-# DEADLINE_EXCEEDED. Longer deadlines are capped to the longest 8-digit second count (~3 years),
-# more than grpc core itself passes on to a backend (27000 h).
+# A deadline is an absolute time in int64 nanoseconds in grpc and in many servers: a valid
+# "9999999H" overflows it into the past and fails the call at once. Longer deadlines are capped to
+# the longest 8-digit second count (~3 years), more than grpc core passes on (27000 h).
 _LONGEST_TIMEOUT = 99_999_999.0
 SUPPORTED_ENCODINGS = ("identity", "gzip", "deflate")
 
 
 class RequestMetadata(NamedTuple):
-    metadata: Metadata
+    block: bytes  # the forwarded metadata, HPACK-encoded for the upstream request
     timeout: float | None  # seconds, from grpc-timeout
     encoding: str | None  # grpc-encoding of compressed request frames
 
@@ -60,7 +58,7 @@ def parse_timeout(value: bytes) -> float:
 
 
 def parse_request_headers(headers: Iterable[tuple[bytes, bytes]], *, forward_cookies: bool) -> RequestMetadata:
-    metadata: list[tuple[str, str | bytes]] = []
+    metadata: list[tuple[bytes, bytes]] = []
     timeout: float | None = None
     encoding: str | None = None
     dropped_here: set[bytes] = set()
@@ -79,50 +77,55 @@ def parse_request_headers(headers: Iterable[tuple[bytes, bytes]], *, forward_coo
                 # Headers named in Connection are hop-by-hop too.
                 dropped_here.update(token.strip().lower() for token in value.split(b","))
             elif name == b"cookie" and forward_cookies:
-                metadata.append(("cookie", value.decode("latin-1")))
+                metadata.append((name, value))
             continue
         if not _KEY.match(name):
             raise BadRequest(f"header {name.decode('latin-1')!r} cannot be sent as gRPC metadata")
-        key = name.decode("ascii")
-        if key.endswith("-bin"):
-            metadata.append((key, _decode_binary(key, value)))
+        if name.endswith(b"-bin"):
+            metadata.append((name, _normalise_binary(name, value)))
         elif _VALUE.match(value):
-            metadata.append((key, value.decode("ascii")))
+            metadata.append((name, value))
         else:
-            raise BadRequest(f"header {key} has a value that is not printable ASCII; binary metadata needs a -bin name")
+            raise BadRequest(
+                f"header {name.decode()} has a value that is not printable ASCII; binary metadata needs a -bin name"
+            )
     if dropped_here:
-        metadata = [item for item in metadata if item[0].encode() not in dropped_here]
-    return RequestMetadata(tuple(metadata), timeout, None if encoding == "identity" else encoding)
+        metadata = [item for item in metadata if item[0] not in dropped_here]
+    block = b"".join(encode_header(name, value) for name, value in metadata)
+    return RequestMetadata(block, timeout, None if encoding == "identity" else encoding)
 
 
-def _decode_binary(key: str, value: bytes) -> bytes:
-    # gRPC allows padded and unpadded base64; browsers' btoa pads, other clients may not.
+def _normalise_binary(name: bytes, value: bytes) -> bytes:
+    # gRPC accepts padded and unpadded base64 and asks senders for unpadded; browsers' btoa pads.
     value = value.strip()
     try:
-        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+        decoded = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
     except binascii.Error:
-        raise BadRequest(f"header {key} is not valid base64") from None
+        raise BadRequest(f"header {name.decode()} is not valid base64") from None
+    return base64.b64encode(decoded).rstrip(b"=")
 
 
-# Backend metadata never sent on as response headers: the gateway's HTTP/1.1 framing is its own
-# (a backend's transfer-encoding broke the response; its content-encoding made browsers decode
-# plain frames), hop-by-hop headers end at the backend's hop, and CORS is answered by the gateway
-# alone (a backend's access-control-allow-origin turned the gateway's into an invalid list).
-_NOT_RESPONSE_HEADERS = frozenset(
+# Upstream headers that are not the call's metadata: the gateway's HTTP/1.1 framing is its own (a
+# backend's transfer-encoding broke the response; its content-encoding made browsers decode plain
+# frames), hop-by-hop headers end at the upstream hop, grpc-status/-message are rendered by the
+# gateway, and CORS is answered by the gateway alone (a backend's access-control-allow-origin turned
+# the gateway's into an invalid list).
+_NOT_METADATA = frozenset(
     {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-        "content-length", "content-type", "content-encoding",
+        b"content-type", b"content-length", b"content-encoding", b"grpc-accept-encoding", b"grpc-encoding",
+        b"te", b"trailer", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
+        b"date", b"server", b"grpc-status", b"grpc-message",
     }
 )  # fmt: skip
 
 
-def metadata_to_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for key, value in metadata:
-        if key in _NOT_RESPONSE_HEADERS or key.startswith("access-control-"):
+def response_metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An upstream's HTTP/2 response headers or trailers, as the call's metadata for a gRPC-Web client."""
+    metadata = []
+    for name, value in headers:
+        if name[:1] == b":" or name in _NOT_METADATA or name.startswith(b"access-control-"):
             continue
-        if isinstance(value, bytes):
-            headers.append((key.encode("ascii"), base64.b64encode(value)))
-        else:
-            headers.append((key.encode("ascii"), value.encode("latin-1")))
-    return headers
+        if name.endswith(b"-bin") and len(value) % 4:
+            value += b"=" * (-len(value) % 4)  # gRPC sends it unpadded; browsers' atob and many decoders want padding
+        metadata.append((name, value))
+    return metadata

@@ -8,14 +8,22 @@ grpc-status-details-bin) pass through.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import grpc
 
 from gateway.errors import GatewayError
+from gateway.grpcweb.framing import encode_frame
+from gateway.grpcweb.metadata import response_metadata
+from gateway.upstream.headers import encode_header
+from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["IngressServer"]
@@ -52,37 +60,67 @@ class _ProxyHandler(_GenericHandler):
     ) -> AsyncIterator[bytes]:
         service = path[1:].partition("/")[0]
         try:
-            endpoint = self.pool.route(service).pick()
+            client = self.pool.route(service).pick().client
         except GatewayError as exc:
             await context.abort(exc.code, exc.message)
-        metadata = tuple(
-            (key, value) for key, value in (context.invocation_metadata() or ()) if key not in _NOT_FORWARDED
-        )
         timeout = context.time_remaining()
         if self.max_timeout is not None:
             timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
-        call = endpoint.stream_stream(path)(requests, metadata=metadata, timeout=timeout)
         try:
-            initial = await call.initial_metadata()
-            if initial:
+            stream = await client.open(path, _encode_metadata(context.invocation_metadata() or ()), timeout)
+        except StreamError as exc:
+            message = (
+                f"{service} is unavailable: {exc.message}" if exc.code is grpc.StatusCode.UNAVAILABLE else exc.message
+            )
+            await context.abort(exc.code, message)
+        pump = asyncio.ensure_future(_pump(requests, stream))
+        try:
+            frame = await stream.read()
+            if stream.headers is not None and (initial := _decode_metadata(response_metadata(stream.headers))):
                 await context.send_initial_metadata(initial)
-            async for reply in call:
-                yield reply
-            code, details, trailing = await call.code(), await call.details(), await call.trailing_metadata()
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            trailing = cast("grpc.aio.Metadata", exc.trailing_metadata())  # at run time; the stubs say tuple
-            if code is grpc.StatusCode.UNAVAILABLE and not exc.initial_metadata():
-                details = f"{service} is unavailable at {endpoint.address}: {details}"
+            while frame is not None:
+                yield frame[5:]
+                frame = await stream.read()
         finally:
-            # The client cancelled or the deadline passed: the handler is cancelled, so is the upstream.
-            if not call.done():
-                call.cancel()
-        if trailing:
-            context.set_trailing_metadata(tuple(trailing))
-        if code is not grpc.StatusCode.OK:
-            context.set_code(code)
-            context.set_details(details or "")
+            # The client cancelled or the deadline passed: the handler is cancelled, so is the upstream call.
+            pump.cancel()
+            if not stream.ended:
+                stream.cancel()
+        result = outcome(stream, service)
+        if result.metadata:
+            context.set_trailing_metadata(_decode_metadata(result.metadata))
+        if result.code is not grpc.StatusCode.OK:
+            context.set_code(result.code)
+            context.set_details(unquote(result.message.decode("ascii", "replace")))
+
+
+async def _pump(requests: AsyncIterator[bytes], stream: Http2Stream) -> None:
+    """Forward the client's messages upstream, then half-close."""
+    async for message in requests:
+        await stream.send(encode_frame(message), end_stream=False)
+    await stream.send(b"", end_stream=True)
+
+
+def _encode_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> bytes:
+    parts = []
+    for key, value in metadata:
+        if key in _NOT_FORWARDED:
+            continue
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).rstrip(b"=").decode("ascii")
+        parts.append(encode_header(key.encode("ascii"), value.encode("latin-1")))
+    return b"".join(parts)
+
+
+def _decode_metadata(metadata: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    pairs: list[tuple[str, str | bytes]] = []
+    for name, value in metadata:
+        key = name.decode("ascii")
+        if key.endswith("-bin"):
+            pairs.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+        else:
+            pairs.append((key, value.decode("latin-1")))
+    return tuple(pairs)
 
 
 class IngressServer:

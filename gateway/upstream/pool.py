@@ -13,6 +13,7 @@ from typing import TypeAlias
 import grpc
 
 from gateway.errors import UnknownService
+from gateway.upstream.client import UpstreamClient
 
 __all__ = ["Endpoint", "Route", "UpstreamPool"]
 
@@ -23,11 +24,12 @@ _StreamStream: TypeAlias = "grpc.aio.StreamStreamMultiCallable[bytes, bytes]"
 class Endpoint:
     """One replica of a service: its address, its channel, its cached multi-callables."""
 
-    __slots__ = ("_pool", "_stream_stream", "_unary_stream", "address")
+    __slots__ = ("_pool", "_stream_stream", "_unary_stream", "address", "client")
 
     def __init__(self, address: str, pool: UpstreamPool) -> None:
         self.address = address
         self._pool = pool
+        self.client = pool.client(address)
         self._unary_stream: dict[str, _UnaryStream] = {}
         self._stream_stream: dict[str, _StreamStream] = {}
 
@@ -72,6 +74,8 @@ class UpstreamPool:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._clients: dict[str, UpstreamClient] = {}
+        self._max_message_bytes = max_message_bytes
         self._routes = {
             service: Route(service, [Endpoint(address, self) for address in addresses])
             for service, addresses in upstreams.items()
@@ -83,6 +87,12 @@ class UpstreamPool:
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
         return channel
+
+    def client(self, address: str) -> UpstreamClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = UpstreamClient(address, max_message_bytes=self._max_message_bytes)
+        return client
 
     def route(self, service: str) -> Route:
         route = self._routes.get(service)
@@ -101,3 +111,5 @@ class UpstreamPool:
         for channel in self._channels.values():
             await channel.close(grace=None)
         self._channels.clear()
+        for client in self._clients.values():
+            client.close()

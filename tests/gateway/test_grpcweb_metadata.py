@@ -159,8 +159,8 @@ def test_m1_only_the_callers_own_headers_become_metadata(gateway: Gateway, pb: A
         timeout=10.0,
     )
     metadata = received(pb, parse_response(r.status_code, dict(r.headers), r.content))
-    # user-agent is grpc core's own, not the browser's.
-    assert metadata.pop("user-agent").startswith("grpc-python")
+    # user-agent is the gateway's own, not the browser's.
+    assert metadata.pop("user-agent") == "upf-gateway"
     assert metadata == {
         "x-custom": "value",
         "x-mixed-case": "Keeps Its Value",

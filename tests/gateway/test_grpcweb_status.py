@@ -11,10 +11,9 @@ Choices pinned here:
   so `decodeURIComponent` (here: `urllib.parse.unquote`) gives the message back.
 - S5 `grpc-status-details-bin` is forwarded base64 (header or trailer line) and CORS-exposed.
 - S6 an unreachable backend is trailers-only UNAVAILABLE naming the service and its address.
-- S7 does not apply: upstreams are reached through grpc.aio channels, which speak HTTP/2 gRPC only.
-  A non-gRPC HTTP answer on the way (an LB's 502) never reaches the gateway as an HTTP status: grpc
-  core maps it itself (http-grpc-status-mapping.md) and the gateway forwards that status as it
-  forwards any other; there is no HTTP reply to map or truncate.
+- S7 a non-gRPC HTTP answer from upstream (an LB's 502 page) becomes the status of
+  grpc/grpc doc/http-grpc-status-mapping.md, with the start of its body (at most 16 KiB) in
+  grpc-message; still HTTP 200 to the client (not Envoy's 503).
 - S8 errors the gateway raises itself (unknown service, bad grpc-timeout, unknown grpc-encoding,
   oversized message) are trailers-only with the gRPC status, and carry the CORS headers for an
   allowed Origin so the page can read them; auth, rate-limit and breaker rejections land later.
@@ -50,6 +49,7 @@ from gateway.middleware.errors import ErrorMiddleware
 from gateway.settings import CorsSettings
 from tests.conftest import ALLOWED_ORIGIN
 from tests.support.grpcweb import BINARY, TEXT, frame, parse_trailer_block, split_frames
+from tests.support.h2server import H2Server, Request, ServerConnection
 from tests.support.processes import Gateway, free_port, run_gateway
 
 RESPONSE_TYPE = "application/grpc-web+proto"
@@ -94,8 +94,11 @@ def frames_and_trailers(r: httpx.Response) -> tuple[list[bytes], list[tuple[str,
     assert r.headers.get_list("content-type") == [RESPONSE_TYPE]
     assert "grpc-status" not in r.headers
     assert "grpc-message" not in r.headers
-    assert "content-length" not in r.headers
-    assert r.headers["transfer-encoding"] == "chunked"
+    # A whole answer at hand is sent with its length; a stream in progress is chunked.
+    if "content-length" in r.headers:
+        assert int(r.headers["content-length"]) == len(r.content)
+    else:
+        assert r.headers["transfer-encoding"] == "chunked"
     frames = split_frames(r.content)
     assert [flags for flags, _ in frames].count(0x80) == 1, "not exactly one trailer frame"
     *data, (last_flags, block) = frames
@@ -212,7 +215,9 @@ def test_s5_status_details_after_a_message_are_a_base64_trailer_line(gateway: Ga
 def test_s6_unreachable_backend_is_unavailable_naming_the_service(gateway: Gateway, pb: Any) -> None:
     r = post(gateway, "/gone.v1.Nothing/Anything", frame(b""), {"origin": ALLOWED_ORIGIN})
     message = assert_trailers_only(r, UNAVAILABLE)
-    assert re.match(r"gone\.v1\.Nothing is unavailable at 127\.0\.0\.1:\d+: ", message), message
+    assert re.match(
+        r"gone\.v1\.Nothing is unavailable: cannot connect to 127\.0\.0\.1:\d+: Connection refused$", message
+    ), message
     assert r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
 
 
@@ -385,3 +390,22 @@ def test_s11_content_length_matches_the_body_or_the_body_is_chunked(gateway: Gat
         assert r.status_code in (405, 415)
         assert r.headers["content-length"] == str(len(r.content))
         assert r.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+# S7 -----------------------------------------------------------------------------------------------
+
+
+async def test_s7_non_grpc_upstream_answer_maps_its_http_status(work_dir: Path) -> None:
+    async def bad_gateway(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, [(b":status", b"502"), (b"content-type", b"text/html")])
+        await conn.send_data(request.stream_id, b"<h1>502 Bad Gateway</h1>" + b"x" * 20_000, end=True)
+
+    async with H2Server(bad_gateway).running() as upstream:
+        with run_gateway({"upstreams": {"lb.v1.Behind": [upstream.address]}}, work_dir) as gateway:
+            async with httpx.AsyncClient() as client:
+                r = await client.post(
+                    f"{gateway.url}/lb.v1.Behind/Call", content=frame(b""), headers={"content-type": BINARY}
+                )
+    message = assert_trailers_only(r, UNAVAILABLE)
+    assert message.startswith("lb.v1.Behind is unavailable: upstream answered HTTP 502 instead of gRPC: <h1>502 Bad")
+    assert len(message) < 17 * 1024

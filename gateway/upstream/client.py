@@ -1,0 +1,123 @@
+"""Calls to one upstream address: one HTTP/2 connection, opened on demand and again after it is lost.
+
+A failed connection attempt makes the calls of the next moments fail at once with UNAVAILABLE
+(grpc's "fail fast" with connection backoff), so a dead upstream costs a client no waiting and the
+upstream no connection storm when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+
+import grpc
+
+from gateway.upstream.headers import encode_header, request_prefix
+from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
+
+__all__ = ["UpstreamClient", "encode_timeout"]
+
+_BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
+_BACKOFF_MAX = 2.0
+_CONNECT_TIMEOUT = 5.0
+
+
+def encode_timeout(seconds: float) -> bytes:
+    """grpc-timeout: at most 8 digits and a unit, rounded up so the upstream never sees a shorter deadline."""
+    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        value = math.ceil(seconds * scale)
+        if value < 100_000_000:
+            return str(max(value, 0)).encode() + unit
+    return b"99999999H"
+
+
+class UpstreamClient:
+    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self._authority = address
+        self._max_message = max_message_bytes
+        self._connection: Http2Connection | None = None
+        self._connecting: asyncio.Future[Http2Connection] | None = None
+        self._prefixes: dict[str, bytes] = {}
+        self._retry_at = 0.0
+        self._backoff = _BACKOFF_INITIAL
+        self._last_error = ""
+
+    def header_block(self, path: str, metadata: bytes, timeout: float | None) -> bytes:
+        prefix = self._prefixes.get(path)
+        if prefix is None:
+            prefix = self._prefixes[path] = request_prefix(self._authority.encode(), path.encode())
+        if timeout is not None:
+            return prefix + encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
+        return prefix + metadata
+
+    async def connection(self) -> Http2Connection:
+        connection = self._connection
+        if connection is not None and connection.usable:
+            return connection
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Http2Connection:
+        try:
+            if time.monotonic() < self._retry_at:
+                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error)
+            try:
+                connection = await connect(
+                    self._host,
+                    self._port,
+                    authority=self._authority,
+                    max_message=self._max_message,
+                    timeout=_CONNECT_TIMEOUT,
+                )
+            except (OSError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    reason = f"no connection within {_CONNECT_TIMEOUT:g} s"
+                elif exc.errno:
+                    reason = os.strerror(exc.errno)
+                else:
+                    reason = str(exc)
+                self._last_error = f"cannot connect to {self.address}: {reason}"
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
+            self._backoff = _BACKOFF_INITIAL
+            self._connection = connection
+            return connection
+        finally:
+            self._connecting = None
+
+    async def unary(self, path: str, metadata: bytes, body: bytes, timeout: float | None) -> Http2Stream:
+        """Start a call whose whole request is `body` (gRPC frames); read the answer from the stream."""
+        connection = self._connection
+        if connection is None or not connection.usable:
+            connection = await self.connection()
+        block = self.header_block(path, metadata, timeout)
+        stream = connection.open_unary(block, body)
+        if stream is None:
+            stream = await connection.open_stream(block)
+            if timeout is not None:
+                stream.set_deadline(timeout)
+            await stream.send(body, end_stream=True)
+        elif timeout is not None:
+            stream.set_deadline(timeout)
+        return stream
+
+    async def open(self, path: str, metadata: bytes, timeout: float | None) -> Http2Stream:
+        """Start a call whose request messages follow with `stream.send`."""
+        connection = await self.connection()
+        stream = await connection.open_stream(self.header_block(path, metadata, timeout))
+        if timeout is not None:
+            stream.set_deadline(timeout)
+        return stream
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -1,0 +1,55 @@
+"""How a call through the HTTP/2 client ended: its gRPC status, message and trailing metadata."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import grpc
+
+from gateway.errors import grpc_status_from_http
+from gateway.grpcweb.framing import percent_encode
+from gateway.grpcweb.metadata import response_metadata
+from gateway.upstream.http2 import Http2Stream
+
+__all__ = ["Outcome", "outcome"]
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Outcome(NamedTuple):
+    status: bytes  # the grpc-status value, as sent on the wire ("0", "14", ...)
+    message: bytes  # the grpc-message value, percent-encoded as on the wire; b"" when none
+    metadata: list[tuple[bytes, bytes]]  # trailing metadata, -bin values base64
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return (
+            _CODES.get(int(self.status), grpc.StatusCode.UNKNOWN) if self.status.isdigit() else grpc.StatusCode.UNKNOWN
+        )
+
+
+def _local(code: grpc.StatusCode, message: str) -> Outcome:
+    return Outcome(str(code.value[0]).encode(), percent_encode(message).encode("ascii"), [])
+
+
+def outcome(stream: Http2Stream, service: str) -> Outcome:
+    error = stream.error
+    if error is not None:
+        if error.code is grpc.StatusCode.UNAVAILABLE:
+            return _local(error.code, f"{service} is unavailable: {error.message}")
+        return _local(error.code, error.message)
+    trailers = stream.trailers or ()
+    status = None
+    message = b""
+    for name, value in trailers:
+        if name == b"grpc-status":
+            status = value
+        elif name == b"grpc-message":
+            message = value
+    if status is None:
+        http_status = next((value for name, value in trailers if name == b":status"), b"200")
+        if http_status != b"200" and http_status.isdigit():
+            code = grpc_status_from_http(int(http_status))
+            return _local(code, f"upstream answered HTTP {http_status.decode()} without a gRPC status")
+        return _local(grpc.StatusCode.INTERNAL, "upstream ended the call without a gRPC status")
+    return Outcome(status, message, response_metadata(trailers))

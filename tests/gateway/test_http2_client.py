@@ -1,0 +1,286 @@
+"""The gateway's HTTP/2 client against a scriptable HTTP/2 server: the protocol cases a grpcio
+server rarely or never produces, each checked by what the caller of the client sees."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from gateway.upstream.client import UpstreamClient, encode_timeout
+from gateway.upstream.http2 import STREAM_WINDOW, Http2Stream, StreamError
+from gateway.upstream.outcome import Outcome, outcome
+from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
+
+PATH = "/test.v1.Svc/Call"
+OK_TRAILERS = [(b"grpc-status", b"0")]
+
+
+async def call(
+    client: UpstreamClient, body: bytes = grpc_frame(b"hi"), timeout: float | None = 5.0
+) -> tuple[list[bytes], Outcome]:
+    stream = await client.unary(PATH, b"", body, timeout)
+    frames = []
+    while (frame := await stream.read()) is not None:
+        frames.append(frame)
+    return frames, outcome(stream, "test.v1.Svc")
+
+
+async def echo(conn: ServerConnection, request: Request) -> None:
+    await request.ended.wait()
+    conn.respond(request.stream_id, GRPC_HEADERS)
+    await conn.send_data(request.stream_id, bytes(request.body))
+    conn.respond(request.stream_id, OK_TRAILERS, end=True)
+
+
+async def test_request_headers_are_grpc_and_the_body_arrives_whole() -> None:
+    async with H2Server(echo).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"\x00\x08x-custom\x03abc", grpc_frame(b"hello"), 1.5)
+        frames = [f async for f in _frames(stream)]
+        assert frames == [grpc_frame(b"hello")]
+        headers = server.seen[0].headers
+        assert headers[b":method"] == b"POST"
+        assert headers[b":path"] == PATH.encode()
+        assert headers[b"content-type"] == b"application/grpc"
+        assert headers[b"te"] == b"trailers"
+        assert headers[b"grpc-accept-encoding"] == b"identity"
+        assert headers[b"x-custom"] == b"abc"
+        assert headers[b"grpc-timeout"] == b"1500m"
+        client.close()
+
+
+async def _frames(stream: Http2Stream) -> AsyncIterator[bytes]:
+    while (frame := await stream.read()) is not None:
+        yield frame
+
+
+def test_grpc_timeout_encoding_fits_eight_digits() -> None:
+    assert encode_timeout(0.0001) == b"1m"
+    assert encode_timeout(2.5) == b"2500m"
+    assert encode_timeout(200_000) == b"200000S"
+    assert encode_timeout(1e9) == b"16666667M"
+    assert len(encode_timeout(1e12)) <= 9
+
+
+async def test_non_grpc_answer_maps_http_status_and_keeps_the_body_in_the_message() -> None:
+    async def bad_gateway(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, [(b":status", b"502"), (b"content-type", b"text/plain")])
+        await conn.send_data(request.stream_id, b"upstream connect error", end=True)
+
+    async with H2Server(bad_gateway).running() as server:
+        frames, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert frames == []
+    assert result.code is grpc.StatusCode.UNAVAILABLE
+    assert b"HTTP 502" in result.message
+    assert b"upstream connect error" in result.message
+
+
+async def test_trailers_only_answer() -> None:
+    async def not_found(conn: ServerConnection, request: Request) -> None:
+        conn.respond(
+            request.stream_id, [*GRPC_HEADERS, (b"grpc-status", b"5"), (b"grpc-message", b"gone%21")], end=True
+        )
+
+    async with H2Server(not_found).running() as server:
+        frames, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert frames == []
+    assert (result.code, result.message) == (grpc.StatusCode.NOT_FOUND, b"gone%21")
+
+
+async def test_missing_grpc_status_is_internal() -> None:
+    async def no_status(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, GRPC_HEADERS)
+        await conn.send_data(request.stream_id, b"", end=True)
+
+    async with H2Server(no_status).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert result.code is grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("error_code", "status"),
+    [(0x7, grpc.StatusCode.UNAVAILABLE), (0x8, grpc.StatusCode.CANCELLED), (0x2, grpc.StatusCode.INTERNAL)],
+)
+async def test_reset_stream_maps_to_grpc_status(error_code: int, status: grpc.StatusCode) -> None:
+    async def reset(conn: ServerConnection, request: Request) -> None:
+        conn.conn.reset_stream(request.stream_id, error_code)
+        conn.flush()
+
+    async with H2Server(reset).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert result.code is status
+
+
+async def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_reconnects() -> None:
+    async def go_away(conn: ServerConnection, request: Request) -> None:
+        if len(conn.server.seen) == 1:
+            conn.conn.close_connection(last_stream_id=0)
+            conn.flush()
+            return
+        await echo(conn, request)
+
+    async with H2Server(go_away).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        _, result = await call(client)
+        assert result.code is grpc.StatusCode.UNAVAILABLE
+        assert b"going away" in result.message
+        frames, result = await call(client)
+        assert result.code is grpc.StatusCode.OK
+        assert frames == [grpc_frame(b"hi")]
+        assert len(server.connections) == 2
+
+
+async def test_lost_connection_mid_call_is_unavailable() -> None:
+    async def drop(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, GRPC_HEADERS)
+        await conn.send_data(request.stream_id, grpc_frame(b"one"))
+        assert conn.transport is not None
+        conn.transport.close()
+
+    async with H2Server(drop).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert result.code is grpc.StatusCode.UNAVAILABLE
+    assert b"lost" in result.message
+
+
+async def test_response_over_the_limit_is_resource_exhausted_and_the_call_reset() -> None:
+    async def big(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, GRPC_HEADERS)
+        await conn.send_data(request.stream_id, grpc_frame(b"x" * 2000))
+        await request.reset.wait()
+
+    async with H2Server(big).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1000))
+        assert result.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert b"2000" in result.message
+        await asyncio.wait_for(server.seen[0].reset.wait(), 5)
+        assert server.seen[0].reset_code == 0x8
+
+
+async def test_padding_and_continuation_frames_are_understood() -> None:
+    long_value = b"v" * 40_000  # larger than one frame: HEADERS + CONTINUATION
+
+    async def padded(conn: ServerConnection, request: Request) -> None:
+        await request.ended.wait()
+        conn.respond(request.stream_id, [*GRPC_HEADERS, (b"x-long", long_value)])
+        await conn.send_data(request.stream_id, grpc_frame(b"padded"), pad=17)
+        conn.respond(request.stream_id, OK_TRAILERS, end=True)
+
+    async with H2Server(padded).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5.0)
+        frames = [f async for f in _frames(stream)]
+    assert frames == [grpc_frame(b"padded")]
+    assert (b"x-long", long_value) in (stream.headers or [])
+
+
+async def test_gzip_compressed_message_is_decompressed() -> None:
+    async def compressed(conn: ServerConnection, request: Request) -> None:
+        await request.ended.wait()
+        conn.respond(request.stream_id, [*GRPC_HEADERS, (b"grpc-encoding", b"gzip")])
+        await conn.send_data(request.stream_id, grpc_frame(gzip.compress(b"squeezed"), flags=1))
+        conn.respond(request.stream_id, OK_TRAILERS, end=True)
+
+    async with H2Server(compressed).running() as server:
+        frames, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+    assert result.code is grpc.StatusCode.OK
+    assert frames == [grpc_frame(b"squeezed")]
+
+
+async def test_deadline_resets_the_stream_and_reports_deadline_exceeded() -> None:
+    async def silent(conn: ServerConnection, request: Request) -> None:
+        await request.reset.wait()
+
+    async with H2Server(silent).running() as server:
+        started = time.monotonic()
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20), timeout=0.2)
+        assert result.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 2
+        await asyncio.wait_for(server.seen[0].reset.wait(), 5)
+        assert server.seen[0].reset_code == 0x8
+
+
+async def test_large_request_waits_for_the_servers_window() -> None:
+    payload = b"r" * (1 << 20)  # far beyond the server's 64 KiB initial window
+
+    async with H2Server(echo).running() as server:
+        frames, result = await call(UpstreamClient(server.address, max_message_bytes=2 << 20), grpc_frame(payload))
+    assert result.code is grpc.StatusCode.OK
+    assert frames == [grpc_frame(payload)]
+
+
+async def test_slow_reader_holds_the_upstream_back_then_gets_everything() -> None:
+    message = grpc_frame(b"m" * 60_000)
+    count = 200  # 12 MB, three times the stream window
+    sent = 0
+
+    async def flood(conn: ServerConnection, request: Request) -> None:
+        nonlocal sent
+        conn.respond(request.stream_id, GRPC_HEADERS)
+        for _ in range(count):
+            await conn.send_data(request.stream_id, message)
+            sent += 1
+        conn.respond(request.stream_id, OK_TRAILERS, end=True)
+
+    async with H2Server(flood).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"", grpc_frame(b"go"), 30.0)
+        first = await stream.read()
+        assert first == message
+        # Without reading, the server must stall near the stream window.
+        deadline = time.monotonic() + 5
+        previous = -1
+        while sent != previous and time.monotonic() < deadline:
+            previous = sent
+            await asyncio.sleep(0.2)
+        assert sent * len(message) <= STREAM_WINDOW + 2 * len(message), "the upstream was not held back"
+        received = 1
+        while await stream.read() is not None:
+            received += 1
+    assert received == count
+    assert outcome(stream, "s").code is grpc.StatusCode.OK
+
+
+async def test_concurrent_streams_stay_within_the_servers_limit() -> None:
+    async def slow_echo(conn: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(0.05)
+        await echo(conn, request)
+
+    async with H2Server(slow_echo, settings={SETTINGS.MAX_CONCURRENT_STREAMS: 2}).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        await call(client)  # learn the server's settings
+        results = await asyncio.gather(*(call(client) for _ in range(8)))
+    assert all(result.code is grpc.StatusCode.OK for _, result in results)
+    assert server.max_active <= 2
+
+
+async def test_server_ping_is_acknowledged() -> None:
+    async def ping_first(conn: ServerConnection, request: Request) -> None:
+        conn.conn.ping(b"12345678")
+        conn.flush()
+        await echo(conn, request)
+
+    async with H2Server(ping_first).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20))
+        assert result.code is grpc.StatusCode.OK
+        deadline = time.monotonic() + 5
+        while server.connections[0].pings_acked == 0:
+            assert time.monotonic() < deadline, "PING never acknowledged"
+            await asyncio.sleep(0.01)
+
+
+async def test_unreachable_upstream_fails_fast_during_backoff() -> None:
+    client = UpstreamClient("127.0.0.1:1", max_message_bytes=1000)
+    with pytest.raises(StreamError) as first:
+        await client.unary(PATH, b"", grpc_frame(b""), 1.0)
+    assert first.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "Connection refused" in first.value.message
+    started = time.monotonic()
+    with pytest.raises(StreamError):
+        await client.unary(PATH, b"", grpc_frame(b""), 1.0)
+    assert time.monotonic() - started < 0.05
