@@ -82,7 +82,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             readiness.ready, readiness.reason = False, "shutting down"
             if ingress is not None:
                 await ingress.stop(grace=5.0)
-            await pool.close()
+            pool.close()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),

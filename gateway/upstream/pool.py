@@ -1,51 +1,27 @@
-"""Upstream gRPC services: one grpc.aio channel per endpoint, picked per call.
+"""The routing table: fully qualified gRPC service -> its replicas, each reached by one UpstreamClient.
 
-Calls are made with raw bytes (no serializer), so the gateway proxies a service without its .proto.
-Multi-callables are cached per method: creating one costs more than using it.
+Calls carry raw gRPC frames, so the gateway proxies a service without its .proto.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TypeAlias
-
-import grpc
 
 from gateway.errors import UnknownService
 from gateway.upstream.client import UpstreamClient
 
 __all__ = ["Endpoint", "Route", "UpstreamPool"]
 
-_UnaryStream: TypeAlias = "grpc.aio.UnaryStreamMultiCallable[bytes, bytes]"
-_StreamStream: TypeAlias = "grpc.aio.StreamStreamMultiCallable[bytes, bytes]"
-
 
 class Endpoint:
-    """One replica of a service: its address, its channel, its cached multi-callables."""
+    """One replica of a service."""
 
-    __slots__ = ("_pool", "_stream_stream", "_unary_stream", "address", "client")
+    __slots__ = ("address", "client")
 
-    def __init__(self, address: str, pool: UpstreamPool) -> None:
+    def __init__(self, address: str, client: UpstreamClient) -> None:
         self.address = address
-        self._pool = pool
-        self.client = pool.client(address)
-        self._unary_stream: dict[str, _UnaryStream] = {}
-        self._stream_stream: dict[str, _StreamStream] = {}
-
-    def unary_stream(self, path: str) -> _UnaryStream:
-        # One request message and any number of responses covers unary and server-streaming
-        # methods alike: they are the same on the wire.
-        call = self._unary_stream.get(path)
-        if call is None:
-            call = self._unary_stream[path] = self._pool.channel(self.address).unary_stream(path, None, None)
-        return call
-
-    def stream_stream(self, path: str) -> _StreamStream:
-        call = self._stream_stream.get(path)
-        if call is None:
-            call = self._stream_stream[path] = self._pool.channel(self.address).stream_stream(path, None, None)
-        return call
+        self.client = client
 
 
 class Route:
@@ -63,32 +39,18 @@ class Route:
 
 
 class UpstreamPool:
-    """The routing table: fully qualified service name -> Route.
-
-    Channels open on first use, inside the running event loop (grpc.aio binds a channel to its loop).
-    """
+    """Connections open on first use, inside the running event loop."""
 
     def __init__(self, upstreams: Mapping[str, Sequence[str]], *, max_message_bytes: int) -> None:
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._clients: dict[str, UpstreamClient] = {}
         self._max_message_bytes = max_message_bytes
+        # Services served by one process share its client, hence one HTTP/2 connection.
+        self._clients: dict[str, UpstreamClient] = {}
         self._routes = {
-            service: Route(service, [Endpoint(address, self) for address in addresses])
+            service: Route(service, [Endpoint(address, self._client(address)) for address in addresses])
             for service, addresses in upstreams.items()
         }
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        # Services that share a process share its channel (one HTTP/2 connection).
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
-        return channel
-
-    def client(self, address: str) -> UpstreamClient:
+    def _client(self, address: str) -> UpstreamClient:
         client = self._clients.get(address)
         if client is None:
             client = self._clients[address] = UpstreamClient(address, max_message_bytes=self._max_message_bytes)
@@ -107,9 +69,6 @@ class UpstreamPool:
     def services(self) -> list[str]:
         return sorted(self._routes)
 
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close(grace=None)
-        self._channels.clear()
+    def close(self) -> None:
         for client in self._clients.values():
             client.close()
