@@ -158,10 +158,12 @@ class GrpcWebEndpoint:
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
         response = _Response(send, wants_text(scope))
+        body_read = False
         try:
             request = parse_request_headers(scope["headers"], forward_cookies=self.forward_cookies)
             client = self.pool.route(service).pick().client
             body = await self._read_body(scope, receive, request.encoding)
+            body_read = True
             timeout = request.timeout
             if self.max_timeout is not None:
                 timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
@@ -169,7 +171,12 @@ class GrpcWebEndpoint:
         except _Disconnected:
             return
         except GatewayError as exc:
-            await response.fail(exc.code, exc.message, exc.headers)
+            headers = exc.headers
+            if not body_read:
+                # Answered before the body was read (a 4 GiB length prefix, say): close the connection
+                # after the answer instead of reading the rest only to throw it away.
+                headers = {**headers, "connection": "close"}
+            await response.fail(exc.code, exc.message, headers)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -119,7 +119,8 @@ def build_servicer(pb2: Any, pb2_grpc: Any) -> Any:
                     if request.wait_release:
                         await releases[request.key].acquire()
                 await finish(request, context)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # A stream cancelled while suspended at its yield is closed with GeneratorExit.
                 if request.key:
                     observations[request.key]["cancelled"] += 1
                 raise
