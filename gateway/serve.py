@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -33,10 +36,29 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
     }
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT that ends in a graceful shutdown exits with 0.
+
+    uvicorn raises the signal again once it has shut down, so the process dies "by signal" (exit
+    143) after a perfectly clean stop; orchestrators then report a failure.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 async def serve_gateway(settings: GatewaySettings) -> None:
     """Serve one gateway process until it is told to stop (SIGINT / SIGTERM)."""
     config = uvicorn.Config(create_app(settings), **_uvicorn_options(settings))  # type: ignore[arg-type]
-    await uvicorn.Server(config).serve()
+    await _Server(config).serve()
 
 
 def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
