@@ -39,6 +39,9 @@ proto: $(PY_STAMP)
 	$(BIN)/python proto/generate.py
 
 bench: $(PY_STAMP)
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+	  echo "bench: installing wrk and h2load (Debian packages wrk, nghttp2-client)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client >/dev/null; }
 	$(BIN)/python -m bench
 
 clean:
