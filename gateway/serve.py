@@ -33,6 +33,9 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         "timeout_keep_alive": 75,
         "timeout_graceful_shutdown": 10,
         "server_header": False,
+        # X-Forwarded-For is for the gateway's own policies to judge (trusted proxies are its config),
+        # not for uvicorn to apply to every request.
+        "proxy_headers": False,
     }
 
 

@@ -59,6 +59,24 @@ def wants_text(scope: Scope) -> bool:
     return any(key == b"accept" and _GRPC_WEB_TEXT in value.lower() for key, value in scope["headers"])
 
 
+_GRPC_WEB_TYPES = frozenset(
+    (_GRPC_WEB, b"application/grpc-web+proto", _GRPC_WEB_TEXT, b"application/grpc-web-text+proto")
+)
+
+
+def _negotiate(scope: Scope) -> tuple[bool, bool, bool]:
+    """(is gRPC-Web, request is text, answer in text), from one pass over the headers."""
+    media = b""
+    text_accepted = False
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+        elif key == b"accept" and _GRPC_WEB_TEXT in value.lower():
+            text_accepted = True
+    text_request = media.startswith(_GRPC_WEB_TEXT)
+    return media in _GRPC_WEB_TYPES, text_request, text_request or text_accepted
+
+
 def grpc_web_error_response(scope: Scope, exc: GatewayError) -> Message:
     """A trailers-only `http.response.start` for an error the gateway answers itself."""
     headers = [
@@ -151,18 +169,19 @@ class GrpcWebEndpoint:
         if scope["method"] != "POST":
             await _plain(send, 405, b"gRPC-Web calls use POST\n", [(b"allow", b"POST, OPTIONS")])
             return
-        if not is_grpc_web(scope):
+        grpc_web, text_request, text_response = _negotiate(scope)
+        if not grpc_web:
             await _plain(send, 415, b"expected a gRPC-Web content type (application/grpc-web[-text][+proto])\n")
             return
         params = scope["path_params"]
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
-        response = _Response(send, wants_text(scope))
+        response = _Response(send, text_response)
         body_read = False
         try:
             request = parse_request_headers(scope["headers"], forward_cookies=self.forward_cookies)
             client = self.pool.route(service).pick().client
-            body = await self._read_body(scope, receive, request.encoding)
+            body = await self._read_body(receive, text_request, request.encoding)
             body_read = True
             timeout = request.timeout
             if self.max_timeout is not None:
@@ -184,10 +203,10 @@ class GrpcWebEndpoint:
             logger.exception("gRPC-Web call %s failed inside the gateway", path)
             await response.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
 
-    async def _read_body(self, scope: Scope, receive: Receive, encoding: str | None) -> bytes:
+    async def _read_body(self, receive: Receive, text_request: bool, encoding: str | None) -> bytes:
         """The request's gRPC frames, checked, as they go upstream."""
         decoder = FrameDecoder(self.max_message_bytes)
-        text = TextDecoder() if _media_type(scope, b"content-type").startswith(_GRPC_WEB_TEXT) else None
+        text = TextDecoder() if text_request else None
         frames = []
         raw = bytearray()
         while True:

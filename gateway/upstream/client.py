@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from gateway.upstream.headers import encode_header, request_prefix
+from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
 
 __all__ = ["UpstreamClient", "encode_timeout"]
@@ -43,18 +43,16 @@ class UpstreamClient:
         self._max_message = max_message_bytes
         self._connection: Http2Connection | None = None
         self._connecting: asyncio.Future[Http2Connection] | None = None
-        self._prefixes: dict[str, bytes] = {}
+        self._authority_bytes = address.encode()
         self._retry_at = 0.0
         self._backoff = _BACKOFF_INITIAL
         self._last_error = ""
 
-    def header_block(self, path: str, metadata: bytes, timeout: float | None) -> bytes:
-        prefix = self._prefixes.get(path)
-        if prefix is None:
-            prefix = self._prefixes[path] = request_prefix(self._authority.encode(), path.encode())
+    def _fields(self, metadata: bytes, timeout: float | None) -> bytes:
+        """The headers that change from call to call: grpc-timeout and the forwarded metadata."""
         if timeout is not None:
-            return prefix + encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
-        return prefix + metadata
+            return encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
+        return metadata
 
     async def connection(self) -> Http2Connection:
         connection = self._connection
@@ -98,10 +96,11 @@ class UpstreamClient:
         connection = self._connection
         if connection is None or not connection.usable:
             connection = await self.connection()
-        block = self.header_block(path, metadata, timeout)
-        stream = connection.open_unary(block, body)
+        target = (self._authority_bytes, path.encode())
+        fields = self._fields(metadata, timeout)
+        stream = connection.open_unary(target, fields, body)
         if stream is None:
-            stream = await connection.open_stream(block)
+            stream = await connection.open_stream(target, fields)
             if timeout is not None:
                 stream.set_deadline(timeout)
             await stream.send(body, end_stream=True)
@@ -112,7 +111,7 @@ class UpstreamClient:
     async def open(self, path: str, metadata: bytes, timeout: float | None) -> Http2Stream:
         """Start a call whose request messages follow with `stream.send`."""
         connection = await self.connection()
-        stream = await connection.open_stream(self.header_block(path, metadata, timeout))
+        stream = await connection.open_stream((self._authority_bytes, path.encode()), self._fields(metadata, timeout))
         if timeout is not None:
             stream.set_deadline(timeout)
         return stream

@@ -25,7 +25,7 @@ from typing import Final, cast
 import grpc
 
 from gateway.errors import HTTP_TO_GRPC
-from gateway.upstream.headers import HeaderBlockDecoder, HeaderList
+from gateway.upstream.headers import HeaderBlockDecoder, HeaderList, RequestEncoder
 
 __all__ = ["Http2Connection", "Http2Stream", "StreamError", "connect"]
 
@@ -48,6 +48,9 @@ _GRPC_PREFIX = struct.Struct(">BI")
 _DEFAULT_WINDOW = 65535
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us
 CONNECTION_WINDOW: Final = 64 * 1024 * 1024
+# Larger DATA frames from the upstream: fewer frames to parse for a large message.
+MAX_FRAME: Final = 1024 * 1024
+_PREFIX_LITERALS = 128  # bytes of a request prefix besides :authority and :path, all as literals
 _ERROR_BODY_LIMIT = 16 * 1024  # of a non-gRPC answer, kept for the error message (Envoy keeps as much)
 _CREDIT_BATCH = STREAM_WINDOW // 8  # window updates go out in batches this large, not per message
 _MAX_STREAM_ID = 2**31 - 1
@@ -61,7 +64,7 @@ _RST_TO_STATUS = {
 }
 
 
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     return _FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
@@ -78,9 +81,24 @@ class Http2Stream:
     """One gRPC call. The owner sends with `send`, then reads whole gRPC frames with `read`."""
 
     __slots__ = (
-        "_conn", "_deadline", "_encoding", "_http_error", "_max_message", "_messages", "_partial", "_queued",
+        "_conn",
+        "_deadline",
+        "_encoding",
+        "_http_error",
+        "_max_message",
+        "_messages",
+        "_need",
+        "_partial",
+        "_queued",
         "_send_waiter",
-        "_waiter", "_withheld", "ended", "error", "headers", "id", "send_window", "trailers",
+        "_waiter",
+        "_withheld",
+        "ended",
+        "error",
+        "headers",
+        "id",
+        "send_window",
+        "trailers",
     )  # fmt: skip
 
     def __init__(self, conn: Http2Connection, stream_id: int, max_message: int) -> None:
@@ -93,7 +111,8 @@ class Http2Stream:
         self.ended = False
         self.send_window = conn.peer_initial_window
         self._messages: deque[bytes] = deque()
-        self._partial = b""
+        self._partial = bytearray()
+        self._need = 0  # bytes the partial buffer must hold before the next message is whole
         self._queued = 0  # bytes of whole messages waiting for the reader
         self._withheld = 0  # bytes received and not yet given back to the upstream's send window
         self._encoding: bytes | None = None
@@ -107,20 +126,21 @@ class Http2Stream:
     async def send(self, data: bytes, end_stream: bool) -> None:
         """Write request bytes (already gRPC-framed), within the flow-control windows."""
         conn = self._conn
+        view = memoryview(data)  # slices of a view copy nothing: a large body goes out in O(n)
         while True:
             if self.ended:
                 return  # the call is over (reset, deadline): nothing more is wanted
-            size = min(len(data), conn.peer_max_frame, self.send_window, conn.send_window)
-            if size == len(data):
+            size = min(len(view), conn.peer_max_frame, self.send_window, conn.send_window)
+            if size == len(view):
                 self.send_window -= size
                 conn.send_window -= size
-                conn.write(_frame(DATA, END_STREAM if end_stream else 0, self.id, data))
+                conn.write(_frame(DATA, END_STREAM if end_stream else 0, self.id, view))
                 return
             if size > 0:
                 self.send_window -= size
                 conn.send_window -= size
-                conn.write(_frame(DATA, 0, self.id, data[:size]))
-                data = data[size:]
+                conn.write(_frame(DATA, 0, self.id, view[:size]))
+                view = view[size:]
                 continue
             self._send_waiter = conn.loop.create_future()
             conn.send_waiters.add(self)
@@ -225,7 +245,16 @@ class Http2Stream:
             elif self._withheld - self._queued >= _CREDIT_BATCH:
                 self._credit()
             return
-        buffer = self._partial + data if self._partial else data
+        if self._partial:
+            # Part of a message is waiting: gather without re-copying until the message is whole.
+            self._partial += data
+            if len(self._partial) < self._need:
+                self._after_data(end_stream)
+                return
+            buffer = bytes(self._partial)
+            self._partial.clear()
+        else:
+            buffer = data
         offset, size = 0, len(buffer)
         messages = self._messages
         while size - offset >= 5:
@@ -252,12 +281,17 @@ class Http2Stream:
             messages.append(frame)
             self._queued += len(frame)
             offset = end
-        self._partial = buffer[offset:] if offset < size else b""
+        if offset < size:
+            self._partial += memoryview(buffer)[offset:]
+            self._need = 5 + (int.from_bytes(buffer[offset + 1 : offset + 5], "big") if size - offset >= 5 else 0)
+        self._after_data(end_stream)
+
+    def _after_data(self, end_stream: bool) -> None:
         if self._withheld - self._queued >= _CREDIT_BATCH and not end_stream:
             self._credit()
         if end_stream:
             self._on_end()
-        elif messages:
+        elif self._messages:
             self._wake()
 
     def _decompress(self, payload: bytes) -> bytes | None:
@@ -321,8 +355,10 @@ class Http2Connection(asyncio.Protocol):
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._need = 0  # bytes the buffer must hold before the next frame can be parsed
         self._decoder = HeaderBlockDecoder()
+        self.encoder = RequestEncoder()
         self._header_block: tuple[int, int, bytes] | None = None  # stream, flags, fragments so far
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._pending: list[bytes] = []
@@ -336,10 +372,11 @@ class Http2Connection(asyncio.Protocol):
             # Each call is a few small frames written at once: never hold them back for Nagle.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         settings = struct.pack(
-            ">HIHIHIHI",
+            ">HIHIHIHIHI",
             SETTINGS_HEADER_TABLE_SIZE, 0,
             SETTINGS_ENABLE_PUSH, 0,
             SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW,
+            SETTINGS_MAX_FRAME_SIZE, MAX_FRAME,
             SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024,
         )  # fmt: skip
         window = struct.pack(">I", CONNECTION_WINDOW - _DEFAULT_WINDOW)
@@ -355,7 +392,15 @@ class Http2Connection(asyncio.Protocol):
         self.closed.set()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            # Part of a frame is waiting: gather without re-copying until the frame is whole.
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return
+            buffer = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            buffer = data
         offset, size = 0, len(buffer)
         try:
             while size - offset >= 9:
@@ -369,7 +414,9 @@ class Http2Connection(asyncio.Protocol):
         except _ConnectionError as exc:
             self._abort(str(exc))
             return
-        self._buffer = buffer[offset:] if offset < size else b""
+        if offset < size:
+            self._buffer += memoryview(buffer)[offset:]
+            self._need = 9 + (int.from_bytes(buffer[offset : offset + 3], "big") if size - offset >= 9 else 0)
 
     # --- frames -----------------------------------------------------------------------------
 
@@ -451,6 +498,8 @@ class Http2Connection(asyncio.Protocol):
                     self._wake_senders()
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self.peer_max_frame = value
+            elif key == SETTINGS_HEADER_TABLE_SIZE:
+                self.encoder.set_table_size(value)
             elif key == SETTINGS_MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
                 self._release_slot_waiters()
@@ -529,8 +578,11 @@ class Http2Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return self.closing is None and self.transport is not None and self.next_stream_id < _MAX_STREAM_ID
 
-    async def open_stream(self, header_block: bytes, *, end_stream: bool = False) -> Http2Stream:
-        """Start a call: send its HEADERS (and END_STREAM when it has no body)."""
+    async def open_stream(self, target: tuple[bytes, bytes], fields: bytes, *, end_stream: bool = False) -> Http2Stream:
+        """Start a call to (authority, path): send its HEADERS (and END_STREAM when it has no body).
+
+        `fields` are the call's own headers, HPACK-encoded.
+        """
         while len(self.streams) >= self.peer_max_streams and self.closing is None:
             waiter = self.loop.create_future()
             self._slot_waiters.append(waiter)
@@ -540,10 +592,12 @@ class Http2Connection(asyncio.Protocol):
         stream = Http2Stream(self, self.next_stream_id, self.max_message)
         self.next_stream_id += 2
         self.streams[stream.id] = stream
+        # Encoded only now, right before it is written: the upstream decodes blocks in order.
+        header_block = self.encoder.prefix(*target) + fields
         self._write_headers(stream.id, header_block, end_stream)
         return stream
 
-    def open_unary(self, header_block: bytes, body: bytes) -> Http2Stream | None:
+    def open_unary(self, target: tuple[bytes, bytes], fields: bytes, body: bytes) -> Http2Stream | None:
         """Fast path: HEADERS and the whole body in one write, when windows and limits allow it.
 
         Returns None when the call must take the general path (open_stream, then send).
@@ -555,9 +609,11 @@ class Http2Connection(asyncio.Protocol):
             or size > self.peer_max_frame
             or size > self.peer_initial_window
             or size > self.send_window
-            or len(header_block) > self.peer_max_frame
+            # The longest the block can be (all literals): past one frame, the general path splits it.
+            or len(fields) + len(target[0]) + len(target[1]) + _PREFIX_LITERALS > self.peer_max_frame
         ):
             return None
+        header_block = self.encoder.prefix(*target) + fields
         stream = Http2Stream(self, self.next_stream_id, self.max_message)
         self.next_stream_id += 2
         self.streams[stream.id] = stream

@@ -9,9 +9,11 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import hpack
 import pytest
 
 from gateway.upstream.client import UpstreamClient, encode_timeout
+from gateway.upstream.headers import RequestEncoder
 from gateway.upstream.http2 import STREAM_WINDOW, Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, outcome
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
@@ -284,3 +286,48 @@ async def test_unreachable_upstream_fails_fast_during_backoff() -> None:
     with pytest.raises(StreamError):
         await client.unary(PATH, b"", grpc_frame(b""), 1.0)
     assert time.monotonic() - started < 0.05
+
+
+def test_request_encoder_indexes_repeated_headers_and_stays_in_step_with_the_decoder() -> None:
+    decoder = hpack.Decoder()
+    encoder = RequestEncoder()
+    expected = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/a.v1.S/M"),
+        (b":authority", b"up:1"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"grpc-accept-encoding", b"identity"),
+        (b"user-agent", b"upf-gateway"),
+    ]
+    first = encoder.prefix(b"up:1", b"/a.v1.S/M")
+    assert decoder.decode(first, raw=True) == expected
+    second = encoder.prefix(b"up:1", b"/a.v1.S/M")
+    assert len(second) == 8  # every field one byte: an index
+    assert decoder.decode(second, raw=True) == expected
+    other = encoder.prefix(b"up:1", b"/a.v1.S/Other")
+    assert list(decoder.decode(other, raw=True))[2] == (b":path", b"/a.v1.S/Other")
+    assert decoder.decode(encoder.prefix(b"up:1", b"/a.v1.S/M"), raw=True) == expected
+    # The upstream shrinks its table: the encoder empties it and indexes afresh within the new size.
+    decoder.max_allowed_table_size = 100
+    encoder.set_table_size(100)
+    assert decoder.decode(encoder.prefix(b"up:1", b"/a.v1.S/M"), raw=True) == expected
+    assert decoder.decode(encoder.prefix(b"up:1", b"/a.v1.S/M"), raw=True) == expected
+    encoder.set_table_size(0)
+    decoder.max_allowed_table_size = 0
+    for _ in range(2):
+        assert decoder.decode(encoder.prefix(b"up:1", b"/a.v1.S/M"), raw=True) == expected
+    assert decoder.header_table.maxsize == 0
+
+
+async def test_many_calls_on_one_connection_keep_their_headers() -> None:
+    async with H2Server(echo).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        for n in range(50):
+            frames, result = await call(client, grpc_frame(str(n).encode()))
+            assert result.code is grpc.StatusCode.OK
+            assert frames == [grpc_frame(str(n).encode())]
+        assert len(server.connections) == 1
+        assert all(seen.headers[b":path"] == PATH.encode() for seen in server.seen)
+        assert all(seen.headers[b"te"] == b"trailers" for seen in server.seen)
