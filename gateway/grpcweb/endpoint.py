@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import zlib
 
 import grpc
@@ -29,6 +30,8 @@ from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
+
+_PREFIX = struct.Struct(">BI")
 
 logger = logging.getLogger(__name__)
 
@@ -205,15 +208,17 @@ class GrpcWebEndpoint:
 
     async def _read_body(self, receive: Receive, text_request: bool, encoding: str | None) -> bytes:
         """The request's gRPC frames, checked, as they go upstream."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if not text_request and not message.get("more_body", False) and _plain_frames(chunk, self.max_message_bytes):
+            return chunk  # the usual case, a binary body in one piece: forwarded without a copy
         decoder = FrameDecoder(self.max_message_bytes)
         text = TextDecoder() if text_request else None
         frames = []
         raw = bytearray()
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
             if text is not None:
                 chunk = text.feed(chunk)
             if chunk:
@@ -221,6 +226,10 @@ class GrpcWebEndpoint:
                 frames += decoder.feed(chunk)
             if not message.get("more_body", False):
                 break
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
         if text is not None:
             tail = text.close()
             raw += tail
@@ -302,6 +311,19 @@ class GrpcWebEndpoint:
             watch.stop()
             if not stream.ended:
                 stream.cancel()
+
+
+def _plain_frames(body: bytes, limit: int) -> bool:
+    """Whether `body` is whole, uncompressed message frames within the limit (else the slow path judges)."""
+    offset, size = 0, len(body)
+    while offset < size:
+        if size - offset < 5:
+            return False
+        flags, length = _PREFIX.unpack_from(body, offset)
+        if flags or length > limit:
+            return False
+        offset += 5 + length
+    return offset == size and size > 0
 
 
 # A disconnect is noticed by a task that waits on `receive`. Most calls end sooner than this, and
