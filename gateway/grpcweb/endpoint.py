@@ -211,7 +211,7 @@ class GrpcWebEndpoint:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         if not text_request and not message.get("more_body", False) and _plain_frames(chunk, self.max_message_bytes):
             return chunk  # the usual case, a binary body in one piece: forwarded without a copy
         decoder = FrameDecoder(self.max_message_bytes)
