@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.support import probe
@@ -52,4 +53,21 @@ def gateway(probe_address: str, work_dir: Path) -> Iterator[Gateway]:
         "maxTimeout": 60,
     }
     with run_gateway(config, work_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def probe_stub(probe_address: str, pb_grpc: Any) -> Iterator[Any]:
+    """A direct (not through the gateway) stub for the probe's Observe and Release."""
+    with grpc.insecure_channel(probe_address) as channel:
+        yield pb_grpc.ProbeStub(channel)
+
+
+@pytest.fixture(scope="session")
+def compressing_gateway(probe_gen: Path, work_dir: Path) -> Iterator[Gateway]:
+    """A gateway in front of a probe started with --compress (it gzips every response message)."""
+    with (
+        probe_backend(probe_gen, work_dir, compress=True) as (address, _process),
+        run_gateway({"upstreams": {"accept.v1.Probe": [address]}}, work_dir) as running,
+    ):
         yield running

@@ -41,30 +41,28 @@ import re
 import socket
 import struct
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-import grpc
 import httpx
 import pytest
 
-from tests.support.grpcweb import BINARY, frame, parse_trailer_block, split_frames
-from tests.support.processes import Gateway, probe_backend, run_gateway
+from tests.support.grpcweb import (
+    BINARY,
+    RESPONSE_TYPE,
+    assert_trailers_only,
+    frame,
+    new_key,
+    parse_trailer_block,
+    split_frames,
+)
+from tests.support.processes import Gateway, run_gateway
 
-RESPONSE_TYPE = "application/grpc-web+proto"
 INTERNAL, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 13, 8, 12
 LIMIT = 1024 * 1024  # the session gateway's maxMessageBytes
 TRAILER_BLOCK = re.compile(rb"(?:[0-9a-z_.-]+: [\x20-\x7e]*\r\n)*")
-
-
-@pytest.fixture(scope="module")
-def probe_stub(probe_address: str, pb_grpc: Any) -> Iterator[Any]:
-    with grpc.insecure_channel(probe_address) as channel:
-        yield pb_grpc.ProbeStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +70,6 @@ def roomy_gateway(probe_address: str, work_dir: Path) -> Iterator[Gateway]:
     """The probe behind a gateway whose message limit is 8 MiB."""
     with run_gateway({"upstreams": {"accept.v1.Probe": [probe_address]}, "maxMessageBytes": 8 << 20}, work_dir) as gw:
         yield gw
-
-
-@pytest.fixture(scope="module")
-def compressing_gateway(probe_gen: Path, work_dir: Path) -> Iterator[Gateway]:
-    """A gateway in front of a probe started with --compress (it gzips every response message)."""
-    with (
-        probe_backend(probe_gen, work_dir, compress=True) as (address, _process),
-        run_gateway({"upstreams": {"accept.v1.Probe": [address]}}, work_dir) as running,
-    ):
-        yield running
-
-
-def new_key() -> str:
-    return uuid.uuid4().hex
 
 
 def post(
@@ -121,17 +105,6 @@ def messages_and_trailers(r: httpx.Response) -> tuple[list[bytes], list[tuple[st
     assert all(flags == 0 for flags, _ in data), "a data frame with flags set"
     assert TRAILER_BLOCK.fullmatch(block), f"trailer block is not lower-case `key: value\\r\\n` lines: {block!r}"
     return [payload for _, payload in data], parse_trailer_block(block)
-
-
-def assert_trailers_only(r: httpx.Response, code: int) -> str:
-    """HTTP 200, status in headers, `content-length: 0`, empty body; returns the decoded grpc-message."""
-    assert r.status_code == 200
-    assert r.headers.get_list("content-type") == [RESPONSE_TYPE]
-    assert r.headers.get_list("grpc-status") == [str(code)], r.headers.get("grpc-message")
-    assert r.headers["content-length"] == "0"
-    assert "transfer-encoding" not in r.headers
-    assert r.content == b""
-    return unquote(r.headers.get("grpc-message", ""), errors="strict")
 
 
 def assert_not_called(pb: Any, probe_stub: Any, key: str) -> None:

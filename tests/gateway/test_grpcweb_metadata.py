@@ -31,27 +31,19 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 
 from tests.conftest import ALLOWED_ORIGIN
-from tests.support.grpcweb import BINARY, GrpcWebResponse, frame, parse_response
-from tests.support.processes import Gateway, probe_backend, run_gateway, wait_until
+from tests.support.grpcweb import BINARY, GrpcWebResponse, frame, new_key, parse_response
+from tests.support.processes import Gateway, run_gateway, wait_until
 
 INVALID_ARGUMENT = 3
 DEADLINE_EXCEEDED = 4
-
-
-@pytest.fixture(scope="module")
-def probe_stub(probe_address: str, pb_grpc: Any) -> Iterator[Any]:
-    with grpc.insecure_channel(probe_address) as channel:
-        yield pb_grpc.ProbeStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +52,6 @@ def open_gateway(probe_address: str, work_dir: Path) -> Iterator[Gateway]:
     config = {"upstreams": {"accept.v1.Probe": [probe_address]}, "forwardCookies": True}
     with run_gateway(config, work_dir) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def compressing_gateway(probe_gen: Path, work_dir: Path) -> Iterator[Gateway]:
-    """A gateway in front of a probe that gzips every response message."""
-    with (
-        probe_backend(probe_gen, work_dir, compress=True) as (address, _process),
-        run_gateway({"upstreams": {"accept.v1.Probe": [address]}}, work_dir) as running,
-    ):
-        yield running
-
-
-def new_key() -> str:
-    return uuid.uuid4().hex
 
 
 def call(

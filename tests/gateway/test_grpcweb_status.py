@@ -48,11 +48,18 @@ from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.settings import CorsSettings
 from tests.conftest import ALLOWED_ORIGIN
-from tests.support.grpcweb import BINARY, TEXT, frame, parse_trailer_block, split_frames
+from tests.support.grpcweb import (
+    BINARY,
+    RESPONSE_TYPE,
+    TEXT,
+    assert_trailers_only,
+    frame,
+    parse_trailer_block,
+    split_frames,
+)
 from tests.support.h2server import H2Server, Request, ServerConnection
 from tests.support.processes import Gateway, free_port, run_gateway
 
-RESPONSE_TYPE = "application/grpc-web+proto"
 TEXT_RESPONSE_TYPE = "application/grpc-web-text+proto"
 INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED = 3, 7, 8
 FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 9, 10, 12, 13, 14
@@ -75,17 +82,6 @@ def probe_call(
     """POST one CallRequest made of `fields`; `http_headers` go on the HTTP request."""
     body = frame(pb.CallRequest(**fields).SerializeToString())
     return post(gateway, f"/accept.v1.Probe/{method}", body, http_headers)
-
-
-def assert_trailers_only(r: httpx.Response, code: int) -> str:
-    """HTTP 200, status in headers, `content-length: 0`, an empty body; returns the decoded grpc-message."""
-    assert r.status_code == 200
-    assert r.headers.get_list("content-type") == [RESPONSE_TYPE]
-    assert r.headers.get_list("grpc-status") == [str(code)], r.headers.get("grpc-message")
-    assert r.headers["content-length"] == "0"
-    assert "transfer-encoding" not in r.headers
-    assert r.content == b""
-    return unquote(r.headers.get("grpc-message", ""), errors="strict")
 
 
 def frames_and_trailers(r: httpx.Response) -> tuple[list[bytes], list[tuple[str, str]], bytes]:

@@ -26,29 +26,17 @@ import os
 import select
 import socket
 import struct
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import h11
 import httpx
 import pytest
 
-from tests.support.grpcweb import BINARY, TEXT, frame, parse_response, parse_trailer_block
+from tests.support.grpcweb import BINARY, TEXT, frame, new_key, parse_response, parse_trailer_block
 from tests.support.processes import Gateway, wait_until
 
 TRAILER = 0x80
-
-
-@pytest.fixture(scope="module")
-def probe_stub(probe_address: str, pb_grpc: Any) -> Iterator[Any]:
-    with grpc.insecure_channel(probe_address) as channel:
-        yield pb_grpc.ProbeStub(channel)
-
-
-def new_key() -> str:
-    return uuid.uuid4().hex
 
 
 def observe(pb: Any, probe_stub: Any, key: str) -> Any:

@@ -23,30 +23,18 @@ from __future__ import annotations
 
 import base64
 import struct
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
-import grpc
 import httpx
 import pytest
 
-from tests.support.grpcweb import BINARY, TEXT, decode_text_body, frame, parse_trailer_block, split_frames
+from tests.support.grpcweb import BINARY, TEXT, decode_text_body, frame, new_key, parse_trailer_block, split_frames
 from tests.support.processes import Gateway
 
 TEXT_RESPONSE = "application/grpc-web-text+proto"
 INTERNAL, UNIMPLEMENTED = 13, 12
-
-
-@pytest.fixture(scope="module")
-def probe_stub(probe_address: str, pb_grpc: Any) -> Iterator[Any]:
-    with grpc.insecure_channel(probe_address) as channel:
-        yield pb_grpc.ProbeStub(channel)
-
-
-def new_key() -> str:
-    return uuid.uuid4().hex
 
 
 def post(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import struct
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import unquote
+
+import httpx
 
 BINARY = "application/grpc-web+proto"
 TEXT = "application/grpc-web-text"
@@ -82,3 +85,22 @@ def parse_response(http_status: int, headers: dict[str, str], body: bytes, *, te
         response.messages.append(payload)
     response.trailers = parse_trailer_block(last)
     return response
+
+
+RESPONSE_TYPE = "application/grpc-web+proto"
+
+
+def new_key() -> str:
+    """A fresh key for the probe service's Observe/Release bookkeeping."""
+    return uuid.uuid4().hex
+
+
+def assert_trailers_only(r: httpx.Response, code: int) -> str:
+    """HTTP 200, status in headers, `content-length: 0`, an empty body; returns the decoded grpc-message."""
+    assert r.status_code == 200
+    assert r.headers.get_list("content-type") == [RESPONSE_TYPE]
+    assert r.headers.get_list("grpc-status") == [str(code)], r.headers.get("grpc-message")
+    assert r.headers["content-length"] == "0"
+    assert "transfer-encoding" not in r.headers
+    assert r.content == b""
+    return unquote(r.headers.get("grpc-message", ""), errors="strict")
