@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import zlib
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage, UpstreamUnavailable
-from gateway.grpcweb.framing import COMPRESSED_FLAG, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
+from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.client import UpstreamClient
@@ -31,8 +30,6 @@ from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
 
-_PREFIX = struct.Struct(">BI")
-
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE_BINARY = b"application/grpc-web+proto"
@@ -41,34 +38,17 @@ _GRPC_WEB = b"application/grpc-web"
 _GRPC_WEB_TEXT = b"application/grpc-web-text"
 
 
-def _media_type(scope: Scope, name: bytes) -> bytes:
-    for key, value in scope["headers"]:
-        if key == name:
-            media: bytes = value.split(b";", 1)[0].strip().lower()
-            return media
-    return b""
-
-
-def is_grpc_web(scope: Scope) -> bool:
-    """True for a request in any of the gRPC-Web content types, case and parameters ignored."""
-    media = _media_type(scope, b"content-type")
-    return media in (_GRPC_WEB, b"application/grpc-web+proto", _GRPC_WEB_TEXT, b"application/grpc-web-text+proto")
-
-
-def wants_text(scope: Scope) -> bool:
-    """Text responses for text requests (improbable) and for `Accept: application/grpc-web-text` (Envoy)."""
-    if _media_type(scope, b"content-type").startswith(_GRPC_WEB_TEXT):
-        return True
-    return any(key == b"accept" and _GRPC_WEB_TEXT in value.lower() for key, value in scope["headers"])
-
-
 _GRPC_WEB_TYPES = frozenset(
     (_GRPC_WEB, b"application/grpc-web+proto", _GRPC_WEB_TEXT, b"application/grpc-web-text+proto")
 )
 
 
 def _negotiate(scope: Scope) -> tuple[bool, bool, bool]:
-    """(is gRPC-Web, request is text, answer in text), from one pass over the headers."""
+    """(is gRPC-Web, request is text, answer in text), from one pass over the headers.
+
+    Any of the four content types, case and parameters ignored. Text answers for text requests
+    (improbable) and for `Accept: application/grpc-web-text` (Envoy).
+    """
     media = b""
     text_accepted = False
     for key, value in scope["headers"]:
@@ -80,15 +60,16 @@ def _negotiate(scope: Scope) -> tuple[bool, bool, bool]:
     return media in _GRPC_WEB_TYPES, text_request, text_request or text_accepted
 
 
+def is_grpc_web(scope: Scope) -> bool:
+    return _negotiate(scope)[0]
+
+
 def grpc_web_error_response(scope: Scope, exc: GatewayError) -> Message:
     """A trailers-only `http.response.start` for an error the gateway answers itself."""
-    headers = [
-        (b"content-type", CONTENT_TYPE_TEXT if wants_text(scope) else CONTENT_TYPE_BINARY),
-        (b"grpc-status", str(exc.code.value[0]).encode()),
-        (b"grpc-message", percent_encode(exc.message).encode("ascii")),
-        (b"content-length", b"0"),
-    ]
+    headers = _status_lines(exc.code, exc.message)
     headers += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
+    headers.append((b"content-type", CONTENT_TYPE_TEXT if _negotiate(scope)[2] else CONTENT_TYPE_BINARY))
+    headers.append((b"content-length", b"0"))
     return {"type": "http.response.start", "status": 200, "headers": headers}
 
 
@@ -319,7 +300,7 @@ def _plain_frames(body: bytes, limit: int) -> bool:
     while offset < size:
         if size - offset < 5:
             return False
-        flags, length = _PREFIX.unpack_from(body, offset)
+        flags, length = PREFIX.unpack_from(body, offset)
         if flags or length > limit:
             return False
         offset += 5 + length

@@ -14,6 +14,7 @@ from gateway.errors import MalformedMessage, MessageTooLarge
 
 __all__ = [
     "COMPRESSED_FLAG",
+    "PREFIX",
     "TRAILER_FLAG",
     "Frame",
     "FrameDecoder",
@@ -24,13 +25,13 @@ __all__ = [
 
 TRAILER_FLAG = 0x80
 COMPRESSED_FLAG = 0x01
-_PREFIX = struct.Struct(">BI")
+PREFIX = struct.Struct(">BI")
 
 Frame = tuple[int, bytes]  # (flags, payload)
 
 
 def encode_frame(payload: bytes, flags: int = 0) -> bytes:
-    return _PREFIX.pack(flags, len(payload)) + payload
+    return PREFIX.pack(flags, len(payload)) + payload
 
 
 def percent_encode(message: str) -> str:
@@ -65,7 +66,7 @@ class FrameDecoder:
         offset = 0
         size = len(buffer)
         while size - offset >= 5:
-            flags, length = _PREFIX.unpack_from(buffer, offset)
+            flags, length = PREFIX.unpack_from(buffer, offset)
             if length > self._max:
                 raise MessageTooLarge(
                     f"request message is {length} bytes, larger than the gateway's limit of {self._max} bytes"
@@ -84,5 +85,5 @@ class FrameDecoder:
         if self._buffer:
             if len(self._buffer) < 5:
                 raise MalformedMessage(f"request ends inside a frame prefix ({len(self._buffer)} of 5 bytes)")
-            _flags, length = _PREFIX.unpack_from(self._buffer, 0)
+            _flags, length = PREFIX.unpack_from(self._buffer, 0)
             raise MalformedMessage(f"request frame announces {length} bytes but only {len(self._buffer) - 5} arrived")
