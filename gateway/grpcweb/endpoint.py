@@ -99,8 +99,9 @@ class _Response:
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    async def message(self, frame: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": self._encode(frame), "more_body": True})
+    async def messages(self, frames: list[bytes]) -> None:
+        body = b"".join(map(self._encode, frames)) if len(frames) > 1 else self._encode(frames[0])
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def trailers(self, lines: Headers) -> None:
         block = b"".join(key + b": " + value + b"\r\n" for key, value in lines)
@@ -275,7 +276,8 @@ class GrpcWebEndpoint:
                     return
                 await response.start(headers)
                 while frame is not None:
-                    await response.message(frame)
+                    # Everything that has arrived goes out in one write; nothing waits for more.
+                    await response.messages([frame, *stream.read_queued()])
                     frame = await stream.read()
             if watch.disconnected:
                 return  # nobody is listening; the upstream call was cancelled

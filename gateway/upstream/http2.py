@@ -166,6 +166,17 @@ class Http2Stream:
             finally:
                 self._waiter = None
 
+    def read_queued(self) -> list[bytes]:
+        """The frames that have arrived and not been read yet, without waiting (maybe none)."""
+        if not self._messages:
+            return []
+        frames = list(self._messages)
+        self._messages.clear()
+        self._queued = 0
+        if self._withheld >= _CREDIT_BATCH:
+            self._credit()
+        return frames
+
     def set_deadline(self, timeout: float) -> None:
         self._deadline = self._conn.loop.call_later(timeout, self._expire)
 
