@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import grpc
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -24,6 +25,7 @@ from gateway.ingress.server import IngressServer
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.settings import GatewaySettings, load_settings
+from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -50,8 +52,26 @@ register_url_convertor("grpc_service", _ServiceConvertor())
 register_url_convertor("grpc_method", _MethodConvertor())
 
 
+def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
+    level = logging.WARNING if state is BreakerState.OPEN else logging.INFO
+    logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
+
+
 def create_app(settings: GatewaySettings) -> Starlette:
-    pool = UpstreamPool(settings.upstreams, max_message_bytes=settings.max_message_bytes)
+    breaker = settings.circuit_breaker
+    pool = UpstreamPool(
+        settings.upstreams,
+        max_message_bytes=settings.max_message_bytes,
+        breakers=BreakerPolicy(
+            failure_threshold=breaker.failure_threshold,
+            reset_timeout=breaker.reset_timeout,
+            half_open_probes=breaker.half_open_probes,
+            failure_codes=frozenset(grpc.StatusCode[name] for name in breaker.failure_codes),
+        )
+        if breaker.enabled
+        else None,
+        on_transition=_log_transition,
+    )
     readiness = Readiness()
     ingress = (
         IngressServer(

@@ -33,6 +33,11 @@ __all__ = [
 CONFIG_ENV = "UPF_CONFIG"
 ENV_PREFIX = "UPF_"
 
+StatusName = Literal[
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+]  # fmt: skip
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -62,10 +67,18 @@ class RateLimitSettings(_Section):
     key_extractor: Literal["ip", "token", "apiKey"] = "ip"
 
 
+def _default_failure_codes() -> list[StatusName]:
+    return ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
+
+
 class CircuitBreakerSettings(_Section):
     enabled: bool = True
     failure_threshold: int = Field(default=5, ge=1)  # consecutive failures before the breaker opens
     reset_timeout: float = Field(default=30.0, gt=0)  # seconds open before a half-open probe
+    half_open_probes: int = Field(default=1, ge=1)  # probe calls at once while half-open
+    # gRPC statuses that count as the replica's failure (transport errors always do). Client errors
+    # such as INVALID_ARGUMENT or NOT_FOUND prove the replica is alive: never list them.
+    failure_codes: list[StatusName] = Field(default_factory=_default_failure_codes)
 
 
 class CorsSettings(_Section):

@@ -23,10 +23,9 @@ from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, Miss
 from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
-from gateway.upstream.client import UpstreamClient
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import outcome
-from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.outcome import Outcome, outcome
+from gateway.upstream.pool import Endpoint, UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
 
@@ -165,13 +164,15 @@ class GrpcWebEndpoint:
         body_read = False
         try:
             request = parse_request_headers(scope["headers"], forward_cookies=self.forward_cookies)
-            client = self.pool.route(service).pick().client
+            route = self.pool.route(service)
             body = await self._read_body(receive, text_request, request.encoding)
             body_read = True
             timeout = request.timeout
             if self.max_timeout is not None:
                 timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
-            await self._proxy(response, receive, client, service, path, body, request.block, timeout)
+            # Picked last: a replica's breaker may hand out a half-open probe, which _proxy reports on.
+            endpoint = route.pick()
+            await self._proxy(response, receive, endpoint, service, path, body, request.block, timeout)
         except _Disconnected:
             return
         except GatewayError as exc:
@@ -246,7 +247,7 @@ class GrpcWebEndpoint:
         self,
         response: _Response,
         receive: Receive,
-        client: UpstreamClient,
+        endpoint: Endpoint,
         service: str,
         path: str,
         body: bytes,
@@ -258,42 +259,51 @@ class GrpcWebEndpoint:
             # nothing at all, so the call would hang until its deadline (or forever). grpcio's sync
             # server says UNIMPLEMENTED "requires exactly one request message"; so does the gateway.
             raise MissingMessage(f"{path} requires a request message; the request body carries none")
+        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
         try:
-            stream = await client.unary(path, metadata, body, timeout)
-        except StreamError as exc:
-            raise _gateway_error(exc, service) from None
-        watch = _DisconnectWatch(receive, stream)
-        try:
-            frame = await stream.read()
-            if frame is not None:
-                headers = response_metadata(stream.headers or ())
-                if stream.ended:
-                    # The whole answer is here already (a unary call, usually): send it in one piece.
-                    frames = [frame]
-                    while (frame := await stream.read()) is not None:
-                        frames.append(frame)
-                    await response.whole(headers, frames, _trailer_lines(stream, service))
-                    return
-                await response.start(headers)
-                while frame is not None:
-                    # Everything that has arrived goes out in one write; nothing waits for more.
-                    await response.messages([frame, *stream.read_queued()])
-                    frame = await stream.read()
-            if watch.disconnected:
-                return  # nobody is listening; the upstream call was cancelled
-            lines = _trailer_lines(stream, service)
-            if response.started:
-                await response.trailers(lines)
-            elif stream.headers is not None and (headers := response_metadata(stream.headers)):
-                # Response metadata but no message: headers, then the status in a trailer frame.
-                await response.start(headers)
-                await response.trailers(lines)
-            else:
-                await response.trailers_only(lines)
+            try:
+                stream = await endpoint.client.unary(path, metadata, body, timeout)
+            except StreamError as exc:
+                verdict = exc.code
+                raise _gateway_error(exc, service) from None
+            watch = _DisconnectWatch(receive, stream)
+            try:
+                frame = await stream.read()
+                if frame is not None:
+                    headers = response_metadata(stream.headers or ())
+                    if stream.ended:
+                        # The whole answer is here already (a unary call, usually): send it in one piece.
+                        frames = [frame]
+                        while (frame := await stream.read()) is not None:
+                            frames.append(frame)
+                        result = outcome(stream, service)
+                        verdict = result.code
+                        await response.whole(headers, frames, _trailer_lines(result))
+                        return
+                    await response.start(headers)
+                    while frame is not None:
+                        # Everything that has arrived goes out in one write; nothing waits for more.
+                        await response.messages([frame, *stream.read_queued()])
+                        frame = await stream.read()
+                if watch.disconnected:
+                    return  # nobody is listening; the upstream call was cancelled
+                result = outcome(stream, service)
+                verdict = result.code
+                lines = _trailer_lines(result)
+                if response.started:
+                    await response.trailers(lines)
+                elif stream.headers is not None and (headers := response_metadata(stream.headers)):
+                    # Response metadata but no message: headers, then the status in a trailer frame.
+                    await response.start(headers)
+                    await response.trailers(lines)
+                else:
+                    await response.trailers_only(lines)
+            finally:
+                watch.stop()
+                if not stream.ended:
+                    stream.cancel()
         finally:
-            watch.stop()
-            if not stream.ended:
-                stream.cancel()
+            endpoint.report(verdict)
 
 
 def _plain_frames(body: bytes, limit: int) -> bool:
@@ -357,8 +367,8 @@ def _status_lines(code: grpc.StatusCode, message: str) -> Headers:
     return lines
 
 
-def _trailer_lines(stream: Http2Stream, service: str) -> Headers:
-    status, message, metadata = outcome(stream, service)
+def _trailer_lines(result: Outcome) -> Headers:
+    status, message, metadata = result
     lines = [(b"grpc-status", status)]
     if message:
         lines.append((b"grpc-message", message))
