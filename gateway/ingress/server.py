@@ -127,6 +127,7 @@ class _Call:
     """One client stream, proxied to one upstream stream."""
 
     __slots__ = (
+        "body_left",
         "closed",
         "conn",
         "headers_sent",
@@ -135,6 +136,7 @@ class _Call:
         "path",
         "pending",
         "pending_bytes",
+        "prefix",
         "recv_window",
         "request_ended",
         "send_window",
@@ -164,6 +166,8 @@ class _Call:
         self.recv_window = STREAM_WINDOW  # what the client may still send on this stream
         self.uncredited = 0  # bytes the upstream took, not yet given back to the client's stream window
         self.send_window = conn.peer_initial_window  # what we may still send the client on this stream
+        self.prefix = bytearray()  # the start of a gRPC message prefix split between DATA frames
+        self.body_left = 0  # bytes of the current request message still to come
         self.headers_sent = False
         self.closed = False  # no more frames for the client: answered, reset by either side, or lost
         self.waiter: asyncio.Future[None] | None = None
@@ -171,6 +175,18 @@ class _Call:
     # --- client -> upstream -----------------------------------------------------------------
 
     def on_data(self, data: bytes, end_stream: bool) -> None:
+        if self.closed:  # answered already: what the client still sends is dropped
+            self.conn.credit(len(data))
+            return
+        if data and not self._within_limit(data):
+            limit = self.conn.server.max_message_bytes
+            self._answer_locally(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request message larger than the gateway's limit of {limit} bytes",
+            )
+            self._drop_upstream("the request message is too large")
+            self.conn.credit(len(data))
+            return
         if end_stream:
             self.request_ended = True
         if data or end_stream:
@@ -178,6 +194,25 @@ class _Call:
             self.pending_bytes += len(data)
         if self.upstream is not None:
             self.pump()
+
+    def _within_limit(self, data: bytes) -> bool:
+        """Follow the gRPC message prefixes across DATA frames: False once one announces too large a message."""
+        offset, size = 0, len(data)
+        while offset < size:
+            if self.body_left:
+                step = min(self.body_left, size - offset)
+                self.body_left -= step
+                offset += step
+                continue
+            need = 5 - len(self.prefix)
+            self.prefix += data[offset : offset + need]
+            offset += need
+            if len(self.prefix) == 5:
+                self.body_left = int.from_bytes(self.prefix[1:5], "big")
+                self.prefix.clear()
+                if self.body_left > self.conn.server.max_message_bytes:
+                    return False
+        return True
 
     def pump(self) -> None:
         """Hand the upstream what its windows take now; called again when they open."""
@@ -225,6 +260,8 @@ class _Call:
             self._close()
 
     async def _proxy(self) -> None:
+        if self.closed:  # answered before the task ran (a request message over the limit)
+            return
         try:
             client = self.conn.server.pool.route(self.service).pick().client
             if self.request_ended:
