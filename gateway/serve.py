@@ -75,7 +75,7 @@ def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
             asyncio.run(serve_gateway(settings))
         return
     # Several worker processes: each rebuilds the settings from the same file and UPF_* variables.
-    # Native gRPC ingress listens in every worker (grpc sets SO_REUSEPORT).
+    # Native gRPC ingress listens in every worker (its listening socket sets SO_REUSEPORT).
     if config_path is not None:
         os.environ[CONFIG_ENV] = config_path
     uvicorn.run(

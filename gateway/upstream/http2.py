@@ -20,32 +20,46 @@ import socket
 import struct
 import zlib
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 
 import grpc
 
 from gateway.errors import HTTP_TO_GRPC
+from gateway.http2.frames import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    MAX_STREAM_ID,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_ENABLE_PUSH,
+    SETTINGS_HEADER_TABLE_SIZE,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE,
+    SETTINGS_MAX_HEADER_LIST_SIZE,
+    WINDOW_UPDATE,
+    frame,
+)
 from gateway.upstream.headers import HeaderBlockDecoder, HeaderList, RequestEncoder
 
 __all__ = ["Http2Connection", "Http2Stream", "StreamError", "connect"]
 
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM: Final = 0x1
-ACK: Final = 0x1
-END_HEADERS: Final = 0x4
-PADDED: Final = 0x8
-PRIORITY_FLAG: Final = 0x20
-
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS = 1, 2, 3
-SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = 4, 5, 6
-
-CANCEL: Final = 0x8
-PROTOCOL_ERROR: Final = 0x1
-
-_FRAME_HEADER = struct.Struct(">IBI")  # (length << 8 | type), flags, stream id
 _GRPC_PREFIX = struct.Struct(">BI")
-_DEFAULT_WINDOW = 65535
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us
 CONNECTION_WINDOW: Final = 64 * 1024 * 1024
 # Larger DATA frames from the upstream: fewer frames to parse for a large message.
@@ -53,7 +67,6 @@ MAX_FRAME: Final = 1024 * 1024
 _PREFIX_LITERALS = 128  # bytes of a request prefix besides :authority and :path, all as literals
 _ERROR_BODY_LIMIT = 16 * 1024  # of a non-gRPC answer, kept for the error message (Envoy keeps as much)
 _CREDIT_BATCH = STREAM_WINDOW // 8  # window updates go out in batches this large, not per message
-_MAX_STREAM_ID = 2**31 - 1
 
 # gRPC's mapping of HTTP/2 error codes (PROTOCOL-HTTP2.md, "Errors").
 _RST_TO_STATUS = {
@@ -62,10 +75,6 @@ _RST_TO_STATUS = {
     0xB: grpc.StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
     0xC: grpc.StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
 }
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
-    return _FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
 class StreamError(Exception):
@@ -97,6 +106,7 @@ class Http2Stream:
         "error",
         "headers",
         "id",
+        "on_writable",
         "send_window",
         "trailers",
     )  # fmt: skip
@@ -120,6 +130,9 @@ class Http2Stream:
         self._waiter: asyncio.Future[None] | None = None
         self._send_waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # For an owner that cannot wait (the ingress, inside data_received): called when the
+        # windows may have opened after `send_nowait` wrote less than it was given, and at the end.
+        self.on_writable: Callable[[], None] | None = None
 
     # --- the owner's side -------------------------------------------------------------------
 
@@ -134,12 +147,12 @@ class Http2Stream:
             if size == len(view):
                 self.send_window -= size
                 conn.send_window -= size
-                conn.write(_frame(DATA, END_STREAM if end_stream else 0, self.id, view))
+                conn.write(frame(DATA, END_STREAM if end_stream else 0, self.id, view))
                 return
             if size > 0:
                 self.send_window -= size
                 conn.send_window -= size
-                conn.write(_frame(DATA, 0, self.id, view[:size]))
+                conn.write(frame(DATA, 0, self.id, view[:size]))
                 view = view[size:]
                 continue
             self._send_waiter = conn.loop.create_future()
@@ -148,6 +161,30 @@ class Http2Stream:
                 await self._send_waiter
             finally:
                 self._send_waiter = None
+
+    def send_nowait(self, data: bytes | memoryview, end_stream: bool) -> int:
+        """Write as much of `data` as the windows allow now (END_STREAM with its last byte); returns
+        how many bytes were taken. When not all fit, `on_writable` is called once they may fit."""
+        if self.ended:
+            return len(data)  # the call is over: the bytes are dropped, as `send` drops them
+        conn = self._conn
+        view = memoryview(data)
+        total = len(view)
+        sent = 0
+        while True:
+            size = min(total - sent, conn.peer_max_frame, self.send_window, conn.send_window)
+            if size <= 0:
+                if sent < total:
+                    conn.send_waiters.add(self)
+                    return sent
+                size = 0  # an empty frame (END_STREAM alone) needs no window, even a negative one
+            self.send_window -= size
+            conn.send_window -= size
+            last = sent + size == total
+            conn.write(frame(DATA, END_STREAM if last and end_stream else 0, self.id, view[sent : sent + size]))
+            sent += size
+            if last:
+                return sent
 
     async def read(self) -> bytes | None:
         """The next gRPC frame (prefix included, never compressed), or None once the call has ended."""
@@ -196,7 +233,7 @@ class Http2Stream:
         # the gateway's memory, and a message larger than the window still completes.
         if not self.ended:
             credit = self._withheld - self._queued
-            self._conn.write(_frame(WINDOW_UPDATE, 0, self.id, struct.pack(">I", credit)))
+            self._conn.write(frame(WINDOW_UPDATE, 0, self.id, struct.pack(">I", credit)))
             self._withheld -= credit
 
     # --- the connection's side --------------------------------------------------------------
@@ -207,6 +244,8 @@ class Http2Stream:
             waiter.set_result(None)
 
     def _wake_sender(self) -> None:
+        if self.on_writable is not None:
+            self.on_writable()
         waiter = self._send_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -360,9 +399,9 @@ class Http2Connection(asyncio.Protocol):
         self.send_waiters: set[Http2Stream] = set()
         self.next_stream_id = 1
         self.peer_max_frame = 16384
-        self.peer_initial_window = _DEFAULT_WINDOW
+        self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_streams = 2**31
-        self.send_window = _DEFAULT_WINDOW
+        self.send_window = DEFAULT_WINDOW
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
@@ -390,8 +429,8 @@ class Http2Connection(asyncio.Protocol):
             SETTINGS_MAX_FRAME_SIZE, MAX_FRAME,
             SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024,
         )  # fmt: skip
-        window = struct.pack(">I", CONNECTION_WINDOW - _DEFAULT_WINDOW)
-        self.transport.write(PREFACE + _frame(SETTINGS, 0, 0, settings) + _frame(WINDOW_UPDATE, 0, 0, window))
+        window = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
+        self.transport.write(PREFACE + frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection to upstream {self.authority} lost" + (f": {exc}" if exc else "")
@@ -415,12 +454,12 @@ class Http2Connection(asyncio.Protocol):
         offset, size = 0, len(buffer)
         try:
             while size - offset >= 9:
-                head, flags, stream_id = _FRAME_HEADER.unpack_from(buffer, offset)
+                head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
                 length = head >> 8
                 end = offset + 9 + length
                 if end > size:
                     break
-                self._on_frame(head & 0xFF, flags, stream_id & _MAX_STREAM_ID, buffer[offset + 9 : end])
+                self._on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, buffer[offset + 9 : end])
                 offset = end
         except _ConnectionError as exc:
             self._abort(str(exc))
@@ -462,15 +501,15 @@ class Http2Connection(asyncio.Protocol):
         elif kind == SETTINGS:
             if not flags & ACK:
                 self._on_settings(payload)
-                self.write(_frame(SETTINGS, ACK, 0))
+                self.write(frame(SETTINGS, ACK, 0))
         elif kind == PING:
             if not flags & ACK:
-                self.write(_frame(PING, ACK, 0, payload))
+                self.write(frame(PING, ACK, 0, payload))
         elif kind == GOAWAY:
             last_stream, code = struct.unpack_from(">II", payload)
-            self._on_goaway(last_stream & _MAX_STREAM_ID, code, payload[8:])
+            self._on_goaway(last_stream & MAX_STREAM_ID, code, payload[8:])
         elif kind == WINDOW_UPDATE:
-            self._on_window_update(stream_id, struct.unpack(">I", payload)[0] & _MAX_STREAM_ID)
+            self._on_window_update(stream_id, struct.unpack(">I", payload)[0] & MAX_STREAM_ID)
         elif kind == PUSH_PROMISE:
             raise _ConnectionError("upstream sent PUSH_PROMISE although push is disabled")
         # PRIORITY and unknown frame types are ignored, as RFC 9113 requires.
@@ -480,7 +519,7 @@ class Http2Connection(asyncio.Protocol):
         flow_length = len(payload)
         self._received_unacked += flow_length
         if self._received_unacked >= CONNECTION_WINDOW // 4:
-            self.write(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received_unacked)))
+            self.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received_unacked)))
             self._received_unacked = 0
         if flags & PADDED:
             payload = payload[1 : len(payload) - payload[0]]
@@ -526,9 +565,11 @@ class Http2Connection(asyncio.Protocol):
             stream._wake_sender()
 
     def _wake_senders(self) -> None:
-        for stream in list(self.send_waiters):
-            stream._wake_sender()
+        # Cleared first: a sender that finds the window short again re-registers while being woken.
+        waiting = list(self.send_waiters)
         self.send_waiters.clear()
+        for stream in waiting:
+            stream._wake_sender()
 
     def _on_goaway(self, last_stream: int, code: int, debug: bytes) -> None:
         reason = f"upstream {self.authority} is going away (HTTP/2 error code {code})"
@@ -543,7 +584,7 @@ class Http2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self, reason: str) -> None:
-        self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", 0, PROTOCOL_ERROR)))
+        self.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, PROTOCOL_ERROR)))
         self.closing = reason
         for stream in list(self.streams.values()):
             stream._finish(StreamError(grpc.StatusCode.INTERNAL, reason))
@@ -568,7 +609,7 @@ class Http2Connection(asyncio.Protocol):
                 self.transport.write(data)
 
     def reset(self, stream: Http2Stream, code: int) -> None:
-        self.write(_frame(RST_STREAM, 0, stream.id, struct.pack(">I", code)))
+        self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", code)))
 
     def forget(self, stream: Http2Stream) -> None:
         self.streams.pop(stream.id, None)
@@ -587,7 +628,7 @@ class Http2Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self.closing is None and self.transport is not None and self.next_stream_id < _MAX_STREAM_ID
+        return self.closing is None and self.transport is not None and self.next_stream_id < MAX_STREAM_ID
 
     async def open_stream(self, target: tuple[bytes, bytes], fields: bytes, *, end_stream: bool = False) -> Http2Stream:
         """Start a call to (authority, path): send its HEADERS (and END_STREAM when it has no body).
@@ -631,9 +672,9 @@ class Http2Connection(asyncio.Protocol):
         stream.send_window -= size
         self.send_window -= size
         self.write(
-            _FRAME_HEADER.pack((len(header_block) << 8) | HEADERS, END_HEADERS, stream.id)
+            FRAME_HEADER.pack((len(header_block) << 8) | HEADERS, END_HEADERS, stream.id)
             + header_block
-            + _FRAME_HEADER.pack((size << 8) | DATA, END_STREAM, stream.id)
+            + FRAME_HEADER.pack((size << 8) | DATA, END_STREAM, stream.id)
             + body
         )
         return stream
@@ -642,18 +683,18 @@ class Http2Connection(asyncio.Protocol):
         flags = END_STREAM if end_stream else 0
         limit = self.peer_max_frame
         if len(block) <= limit:
-            self.write(_frame(HEADERS, flags | END_HEADERS, stream_id, block))
+            self.write(frame(HEADERS, flags | END_HEADERS, stream_id, block))
             return
         chunks = [block[i : i + limit] for i in range(0, len(block), limit)]
-        frames = [_frame(HEADERS, flags, stream_id, chunks[0])]
-        frames += [_frame(CONTINUATION, 0, stream_id, chunk) for chunk in chunks[1:-1]]
-        frames.append(_frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
+        frames = [frame(HEADERS, flags, stream_id, chunks[0])]
+        frames += [frame(CONTINUATION, 0, stream_id, chunk) for chunk in chunks[1:-1]]
+        frames.append(frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
         self.write(b"".join(frames))
 
     def close(self) -> None:
         self.closing = self.closing or "gateway shutting down"
         if self.transport is not None:
-            self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+            self.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
             self._flush()
             self.transport.close()
 

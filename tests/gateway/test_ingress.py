@@ -133,3 +133,11 @@ async def test_backend_down_is_unavailable_and_names_the_service(gateway: Gatewa
             await channel.unary_unary("/gone.v1.Nothing/Call", None, None)(b"")
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "gone.v1.Nothing" in (caught.value.details() or "")
+
+
+async def test_request_message_over_the_limit_is_resource_exhausted(stub: Any, pb: Any) -> None:
+    # The session gateway has maxMessageBytes: 1 MiB.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Unary(pb.CallRequest(payload=b"x" * (1024 * 1024 + 1)))
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await stub.Unary(pb.CallRequest(payload=b"x" * 1000))).payload == b"x" * 1000
