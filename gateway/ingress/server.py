@@ -77,6 +77,7 @@ from gateway.http2.frames import (
     WINDOW_UPDATE,
     frame,
 )
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import outcome
@@ -263,7 +264,19 @@ class _Call:
         if self.closed:  # answered before the task ran (a request message over the limit)
             return
         try:
-            client = self.conn.server.pool.route(self.service).pick().client
+            endpoint = self.conn.server.pool.route(self.service).pick()
+        except GatewayError as exc:
+            self._answer_locally(exc.code, exc.message)
+            return
+        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
+        try:
+            verdict = await self._relay(endpoint.client)
+        finally:
+            endpoint.report(verdict)
+
+    async def _relay(self, client: UpstreamClient) -> grpc.StatusCode:
+        """Run the call on `client`; returns how it ended, for the replica's circuit breaker."""
+        try:
             if self.request_ended:
                 # The whole request is here (a unary or server-streaming call, nearly always): HEADERS
                 # and DATA leave in one write.
@@ -279,13 +292,10 @@ class _Call:
             self._answer_locally(
                 exc.code, f"{self.service} is unavailable: {exc.message}" if unavailable else exc.message
             )
-            return
-        except GatewayError as exc:
-            self._answer_locally(exc.code, exc.message)
-            return
+            return exc.code
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")
-            return
+            return grpc.StatusCode.CANCELLED
         self.upstream = upstream
         if self.pending or not self.request_ended:
             upstream.on_writable = self.pump
@@ -297,18 +307,19 @@ class _Call:
                 if not self._send_now(message):
                     await self._send_later(message)
                 if self.closed:
-                    return
+                    return grpc.StatusCode.CANCELLED
                 message = await upstream.read()
         if self.closed:
-            return
+            return grpc.StatusCode.CANCELLED
         if not self.headers_sent and upstream.headers is not None and response_metadata(upstream.headers):
             self._send_headers(upstream)  # response metadata, but no message
-        status, text, metadata = outcome(upstream, self.service)
-        block = [encode_header(b"grpc-status", status)]
-        if text:
-            block.append(encode_header(b"grpc-message", text))
-        block += [encode_header(name, value) for name, value in metadata]
+        result = outcome(upstream, self.service)
+        block = [encode_header(b"grpc-status", result.status)]
+        if result.message:
+            block.append(encode_header(b"grpc-message", result.message))
+        block += [encode_header(name, value) for name, value in result.metadata]
         self._end(b"".join(block))
+        return result.code
 
     def _send_headers(self, upstream: Http2Stream) -> None:
         fields = [encode_header(name, value) for name, value in response_metadata(upstream.headers or ())]

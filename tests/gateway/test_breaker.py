@@ -141,6 +141,11 @@ def test_killed_backend_trips_the_breaker_and_traffic_recovers(probe_gen: Path, 
         status, message = call(client, gateway.url, pb)
         assert status == 14
         assert "circuit breaker of every replica is open" in message  # failing fast now
+        # Native gRPC shares the breakers.
+        with grpc.insecure_channel(gateway.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/accept.v1.Probe/Unary", None, None)(b"", timeout=5)
+        assert caught.value.code() is UNAVAILABLE
+        assert "circuit breaker of every replica is open" in (caught.value.details() or "")
         with probe_backend(probe_gen, work_dir, port=port):
             # Once reset_timeout has passed, a half-open probe reaches the new backend.
             wait_until(lambda: call(client, gateway.url, pb)[0] == 0, timeout=20, interval=0.1)
