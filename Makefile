@@ -6,7 +6,7 @@ PY_STAMP := $(VENV)/.installed
 JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 
-.PHONY: run test check lint format proto proto-check bench install clean
+.PHONY: run test check lint format proto proto-check schema bench install clean
 
 install: $(PY_STAMP)
 
@@ -37,6 +37,10 @@ format: $(PY_STAMP)
 
 proto: $(PY_STAMP)
 	$(BIN)/python proto/generate.py
+
+# The manifest's JSON Schema, generated from manifests/model.py (a test fails when it is stale).
+schema: $(PY_STAMP)
+	$(BIN)/python -m manifests.schema
 
 bench: $(PY_STAMP)
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \

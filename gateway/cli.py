@@ -36,6 +36,23 @@ configuration file keys (all optional):
   accessLog: true            log a line per request
 """
 
+MANIFEST_VALIDATE = """\
+Check plugin manifests (YAML, or JSON when the name ends in .json) against the manifest's schema
+(manifests/schema.json) and for consistency: unique interface, method and module names, fully
+qualified gRPC services, npm-style semver ranges in requires (^1.2, ~1.2.3, >=1.0.0 <2, 1.x, ||),
+policies that name declared methods, ui.remoteEntry when the UI is enabled, navigation paths
+that start with /.
+"""
+
+MANIFEST_EPILOG = """\
+output:
+  FILE: ok                                   on stdout, for each valid file
+  FILE:LINE:COLUMN: FIELD: what is wrong      on stderr, one line per problem, e.g.
+  plugins/demo/manifest.yaml:12:5: requires[0].version: "^1.x.y" is not a semver range
+
+exit status: 0 all valid, 1 a manifest is invalid, 2 a file cannot be read
+"""
+
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -71,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(gateway)
+    manifest = commands.add_parser(
+        "manifest",
+        help="work with plugin manifests (manifest.yaml)",
+        description="Work with plugin manifests: the declaration of a plugin's id, version, the "
+        "interfaces it provides and requires, and its UI.",
+    )
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", metavar="COMMAND", required=True)
+    validate = manifest_commands.add_parser(
+        "validate",
+        help="check manifests and report each problem with its file, line and field",
+        description=MANIFEST_VALIDATE,
+        epilog=MANIFEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="manifest file to check")
     return parser
 
 
@@ -91,6 +123,11 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "manifest":
+        # Needs no gateway settings; imported here so that other commands do not load it.
+        from manifests.cli import validate_files
+
+        raise SystemExit(validate_files(args.files))
     try:
         settings = _settings(args)
     except ConfigError as exc:
