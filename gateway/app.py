@@ -1,32 +1,38 @@
 """create_app(settings): the one place the gateway's pipeline is assembled.
 
 Outermost first, each for a reason:
-  ErrorMiddleware  whatever fails below answers in the client's protocol, never a stack trace
-  CorsMiddleware   preflights answered before any work; every answer (errors too) readable by the page
-  router           REST endpoints first, then the gRPC-Web paths (the service segment holds a dot)
-Auth and rate limiting slot in between CORS and the router when they land.
+  ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
+  CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
+  RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
+  router               REST endpoints first, then the gRPC-Web paths (the service segment holds a dot)
+                       (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
+Auth slots in between CORS and rate limiting when it lands.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
+from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.ratelimit import RateLimiter, identify_from_settings
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.pool import UpstreamPool
+from gateway.websocket import GrpcWebSocketEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -90,9 +96,23 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
     )
+    grpc_websockets = GrpcWebSocketEndpoint(
+        pool,
+        allow_origins=settings.cors.allow_origins,
+        max_message_bytes=settings.max_message_bytes,
+        max_timeout=settings.max_timeout,
+        forward_cookies=settings.forward_cookies,
+    )
+
+    # Rate-limit decisions and store errors, counted for /metrics.
+    ratelimit_counters: Counter[str] = Counter()
+    limits = settings.rate_limiting
+    limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if limiter is not None:
+            await limiter.open()
         if ingress is not None:
             await ingress.start()
         readiness.ready = True
@@ -103,12 +123,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
             if ingress is not None:
                 await ingress.stop(grace=5.0)
             pool.close()
+            if limiter is not None:
+                await limiter.close()
 
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
     routes = [
         Route("/{service:grpc_service}/{method:grpc_method}", grpc_web),
         Route("/api/{service:grpc_service}/{method:grpc_method}", grpc_web),
+        # The same paths upgraded to a WebSocket: grpc-websockets, for client-streaming and bidi calls.
+        WebSocketRoute("/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
+        WebSocketRoute("/api/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
     ]
@@ -116,10 +141,16 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
+    if limiter is not None:
+        identify = identify_from_settings(limits)
+        middleware.append(
+            Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
+        )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
     app.state.ingress = ingress
+    app.state.ratelimit_counters = ratelimit_counters
     return app
 
 

@@ -54,6 +54,31 @@ exit status: 0 all valid, 1 a manifest is invalid, 2 a file cannot be read
 """
 
 
+REGISTRY_DESCRIPTION = """\
+Start the plugin registry: plugins register their manifest and endpoint and renew a lease; the
+registry checks each instance with grpc.health.v1, resolves required interfaces by semver range,
+and streams health changes (WatchHealth) to the gateway. The contract is
+proto/upf/registry/v1/registry.proto. The server also serves grpc.health.v1 and reflection.
+Configuration: --config FILE (or $UPF_CONFIG) and UPF_* variables (UPF_HEALTH__INTERVAL=1).
+"""
+
+REGISTRY_EPILOG = """\
+configuration file keys (all optional):
+  host: 127.0.0.1                 address to listen on
+  port: 50052                     gRPC port (0: any free port; the log says which)
+  store: memory                   memory (this process) or redis (shared by replicas, kept on restart)
+  redisUrl: redis://127.0.0.1:6379/0
+  keyPrefix: upf:registry         Redis keys are <keyPrefix>:<name>
+  leaseTtl: 15                    seconds an instance stays registered without renewing
+  history: 1000                   changes kept for WatchHealth watchers to resume from
+  health:
+    interval: 5                   seconds between grpc.health.v1 checks of each instance
+    timeout: 2                    seconds before a check counts as failed
+    failuresBeforeUnhealthy: 3    failed checks in a row before HEALTHY -> UNHEALTHY
+    successesBeforeHealthy: 2     passed checks in a row before UNHEALTHY -> HEALTHY
+"""
+
+
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
     parser.add_argument("--host", help="address to listen on (config key host, default 127.0.0.1)")
@@ -88,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(gateway)
+    registry = commands.add_parser(
+        "registry",
+        help="start the plugin registry (upf.registry.v1.Registry, default 127.0.0.1:50052)",
+        description=REGISTRY_DESCRIPTION,
+        epilog=REGISTRY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    registry.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
+    registry.add_argument("--host", help="address to listen on (config key host, default 127.0.0.1)")
+    registry.add_argument("--port", type=int, metavar="PORT", help="gRPC port (port, default 50052; 0: any free)")
+    registry.add_argument("--store", choices=["memory", "redis"], help="where registrations live (store)")
+    registry.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (logLevel)"
+    )
     manifest = commands.add_parser(
         "manifest",
         help="work with plugin manifests (manifest.yaml)",
@@ -121,6 +160,28 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     return load_settings(args.config)
 
 
+def _run_registry(args: argparse.Namespace) -> None:
+    # Imported here so that the gateway's commands do not load the registry.
+    from registry.server import run_registry
+    from registry.settings import load_registry_settings
+
+    for name, value in {
+        "UPF_HOST": args.host,
+        "UPF_PORT": args.port,
+        "UPF_STORE": args.store,
+        "UPF_LOG_LEVEL": args.log_level,
+    }.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    try:
+        settings = load_registry_settings(args.config)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_registry(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
@@ -128,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         from manifests.cli import validate_files
 
         raise SystemExit(validate_files(args.files))
+    if args.command == "registry":
+        _run_registry(args)
+        return
     try:
         settings = _settings(args)
     except ConfigError as exc:

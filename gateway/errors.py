@@ -5,6 +5,8 @@
     ├── MalformedMessage              INTERNAL          (truncated or wrongly flagged frame)
     ├── MessageTooLarge               RESOURCE_EXHAUSTED
     ├── MissingMessage                UNIMPLEMENTED     (a request body without any message frame)
+    ├── RateLimited                   RESOURCE_EXHAUSTED (answer carries Retry-After and RateLimit headers)
+    ├── RateLimiterUnavailable        UNAVAILABLE       (the limiter's store failed and failureMode is closed)
     ├── UnknownService                UNIMPLEMENTED
     ├── UnsupportedEncoding           UNIMPLEMENTED     (answer lists grpc-accept-encoding)
     └── UpstreamUnavailable           UNAVAILABLE
@@ -27,6 +29,8 @@ __all__ = [
     "MalformedMessage",
     "MessageTooLarge",
     "MissingMessage",
+    "RateLimited",
+    "RateLimiterUnavailable",
     "UnknownService",
     "UnsupportedEncoding",
     "UpstreamUnavailable",
@@ -61,6 +65,14 @@ class MessageTooLarge(GatewayError):
 
 class MissingMessage(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class RateLimited(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimiterUnavailable(GatewayError):
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class UnknownService(GatewayError):

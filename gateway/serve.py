@@ -14,6 +14,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.corking import CorkedHttpToolsProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
+from gateway.websocket import max_websocket_message
 
 __all__ = ["run_gateway", "serve_gateway"]
 
@@ -36,6 +37,13 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         # X-Forwarded-For is for the gateway's own policies to judge (trusted proxies are its config),
         # not for uvicorn to apply to every request.
         "proxy_headers": False,
+        # grpc-websockets (gateway/websocket/): the websockets sans-I/O protocol reads no further from
+        # a socket while a message waits for the app, which is the bridge's flow control; a message
+        # past the limit closes the socket with 1009; server pings keep idle sockets open behind proxies.
+        "ws": "websockets-sansio",
+        "ws_max_size": max_websocket_message(settings.max_message_bytes),
+        "ws_ping_interval": settings.websocket.ping_interval,
+        "ws_ping_timeout": settings.websocket.ping_timeout,
     }
 
 

@@ -12,11 +12,12 @@ An unknown or invalid key stops start-up with a `ConfigError` that names the key
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +28,9 @@ __all__ = [
     "ConfigError",
     "CorsSettings",
     "GatewaySettings",
+    "RateLimitSettings",
+    "WebSocketSettings",
+    "load_config",
     "load_settings",
 ]
 
@@ -40,6 +44,9 @@ StatusName = Literal[
 ]  # fmt: skip
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class ConfigError(Exception):
@@ -60,11 +67,61 @@ def _check_endpoint(value: str) -> str:
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+    return value
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+
 class RateLimitSettings(_Section):
+    """A token bucket per client: `burstSize` requests at once, refilled at `requestsPerSecond`."""
+
     enabled: bool = False
-    requests_per_second: float = Field(default=100.0, gt=0)
-    burst_size: int = Field(default=200, ge=1)
+    requests_per_second: float = Field(default=100.0, gt=0)  # refill rate, per client
+    burst_size: int = Field(default=200, ge=1)  # bucket size: requests a rested client may send at once
+    # Whom requests count against: the client address; the verified subject (auth sets it; `ip`
+    # without one); or the `apiKeyHeader` value (`ip` without one).
     key_extractor: Literal["ip", "token", "apiKey"] = "ip"
+    # Where the buckets live: this process ("memory": each worker process and replica counts on its
+    # own), or Redis, shared by every worker and replica.
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// or unix://
+    key_prefix: str = Field(default="upf:rl", min_length=1)  # Redis keys are <prefix>:<policy>:<identity>
+    redis_timeout: float = Field(default=0.25, gt=0)  # seconds for Redis to connect or answer
+    redis_max_connections: int = Field(default=64, ge=1)  # per gateway process; more requests wait
+    # When Redis fails: "open" lets requests through, "closed" answers UNAVAILABLE / 503, "local"
+    # limits each gateway process on its own to requestsPerSecond / replicas (and burstSize / replicas).
+    failure_mode: Literal["open", "closed", "local"] = "local"
+    # Gateway processes sharing Redis (replicas x workers): how the "local" fallback shares the limit.
+    replicas: int = Field(default=1, ge=1)
+    # X-Forwarded-For is believed only from these proxies (CIDRs or addresses) ...
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    # ... and for at most this many hops (with no trustedProxies: from whichever proxy is in front).
+    trusted_hops: int | None = Field(default=None, ge=0)
+    ipv6_subnet: int = Field(default=64, ge=1, le=128)  # IPv6 clients share a bucket per prefix of this length
+    api_key_header: str = Field(default="x-api-key", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    # Paths never limited, besides /healthz and /readyz (which never are).
+    exempt_paths: list[str] = Field(default_factory=list)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+        return url
+
+    @field_validator("exempt_paths")
+    @classmethod
+    def _check_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} is not a path (it must start with /)")
+        return paths
 
 
 def _default_failure_codes() -> list[StatusName]:
@@ -89,6 +146,14 @@ class CorsSettings(_Section):
     max_age: int = Field(default=600, ge=0)  # seconds a browser may cache a preflight answer
 
 
+class WebSocketSettings(_Section):
+    # Seconds between the server's pings on an open WebSocket (so proxies with an idle timeout keep
+    # it open, and dead peers are noticed), and how long a ping may wait for its pong before the
+    # socket is closed. null turns either off.
+    ping_interval: float | None = Field(default=20.0, gt=0)
+    ping_timeout: float | None = Field(default=20.0, gt=0)
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -103,6 +168,7 @@ class GatewaySettings(_Section):
     rate_limiting: RateLimitSettings = Field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.
@@ -125,6 +191,13 @@ class GatewaySettings(_Section):
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> GatewaySettings:
     """Read the YAML file (`path`, else $UPF_CONFIG, else none) and apply `UPF_*` overrides."""
+    return load_config(GatewaySettings, path, environ)
+
+
+def load_config(
+    model: type[_Model], path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> _Model:
+    """`load_settings` for any settings model (the registry has its own), with the same file and `UPF_*` rules."""
     environ = os.environ if environ is None else environ
     source = str(path) if path is not None else environ.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
@@ -144,7 +217,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         _set_path(data, keys, value, name)
         env_keys[keys] = name
     try:
-        return GatewaySettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, env_keys)) from None
 

@@ -1,0 +1,59 @@
+"""Rate limiting: a token bucket per client, decided before the request reaches the router.
+
+Sits inside CORS (so refusals are readable by the page) and inside auth (so `token` keys see the
+verified subject). An allowed request carries the IETF `RateLimit-Policy` and `RateLimit` headers
+on its response; a refused one raises RateLimited, which the error middleware renders in the
+client's protocol: gRPC-Web gets HTTP 200, trailers-only `grpc-status: 8` (RESOURCE_EXHAUSTED) with
+`retry-after`, `ratelimit` and `ratelimit-policy` beside it; REST gets 429 with the same headers and
+`{"code": "RESOURCE_EXHAUSTED", "message": ...}`. /healthz and /readyz are never limited: an
+orchestrator probing a busy gateway must not be told it is dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import RateLimited
+from gateway.ratelimit.keys import Identify
+from gateway.ratelimit.limiter import RateLimiter
+
+__all__ = ["ALWAYS_EXEMPT", "RateLimitMiddleware"]
+
+ALWAYS_EXEMPT = frozenset({"/healthz", "/readyz"})
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, limiter: RateLimiter, identify: Identify, exempt_paths: Iterable[str] = ()
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.identify = identify
+        self.exempt = ALWAYS_EXEMPT | frozenset(exempt_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # WebSocket limiting (a close with a reason) belongs to the WebSocket bridge.
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        verdict = await self.limiter.check(self.identify(scope))
+        if verdict is None:
+            await self.app(scope, receive, send)  # undecided, let through (failure mode open)
+            return
+        policy, decision = verdict
+        if not decision.allowed:
+            wait = policy.retry_after(decision)
+            raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
+        quota_headers = [
+            (b"ratelimit-policy", policy.policy_field.encode("latin-1")),
+            (b"ratelimit", policy.quota_field(decision).encode("latin-1")),
+        ]
+
+        async def send_with_quota(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *quota_headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_quota)

@@ -1,0 +1,36 @@
+"""Rate limiting: token buckets in Redis or in memory, client identities, and the limiter on top.
+
+    bucket.py         Decision, the TokenBucket and Clock protocols
+    memory.py         MemoryTokenBucket: in-process, the embedded default and the local fallback
+    redis.py          RedisTokenBucket: token_bucket.lua, atomic on Redis server time
+    keys.py           identities for keyExtractor ip | token | apiKey, X-Forwarded-For trust
+    limiter.py        RateLimiter: the policy, failure modes, counters, RateLimit headers
+
+The middleware that asks the limiter is gateway/middleware/ratelimit.py.
+"""
+
+from __future__ import annotations
+
+from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket
+from gateway.ratelimit.keys import IDENTITY_SCOPE_KEY, Identify, TrustedProxies, identify_by, identify_from_settings
+from gateway.ratelimit.limiter import FailureMode, RateLimiter, RateLimitPolicy, Verdict
+from gateway.ratelimit.memory import MemoryTokenBucket
+from gateway.ratelimit.redis import RedisTokenBucket
+
+__all__ = [
+    "IDENTITY_SCOPE_KEY",
+    "Clock",
+    "Decision",
+    "FailureMode",
+    "Identify",
+    "MemoryTokenBucket",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "RedisTokenBucket",
+    "StoreError",
+    "TokenBucket",
+    "TrustedProxies",
+    "Verdict",
+    "identify_by",
+    "identify_from_settings",
+]

@@ -1,0 +1,217 @@
+"""The limiter the middleware asks: one policy, the bucket store, and what to do when the store fails.
+
+`failureMode`, for when the store (Redis) cannot answer:
+
+    open    let the request through; it carries no quota headers, since nothing is known
+    closed  refuse it with UNAVAILABLE (gRPC-Web) / 503 (REST) and `Retry-After: 1`: the limiter
+            could not decide, which is the gateway's trouble, not the client's, so neither
+            RESOURCE_EXHAUSTED nor 429 (and never a 500)
+    local   decide with an in-process bucket of rate / replicas and burst / replicas (rounded up),
+            so that the replicas together admit about what the shared bucket would; the RateLimit
+            headers then advertise that share
+
+After a store error the store is left alone for `recheck_after` seconds: a Redis that hangs would
+otherwise cost every request a timeout. The first request after that tries it again.
+
+Counters (app.state.ratelimit_counters, for the future /metrics):
+
+    allowed, rejected              decided by the configured store
+    local_allowed, local_rejected  decided by the local bucket while the store was failing
+    failed_open, failed_closed     let through / refused without a decision
+    store_errors                   store calls that failed
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import redis.asyncio
+
+from gateway.errors import RateLimiterUnavailable
+from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket, refill_seconds
+from gateway.ratelimit.memory import MemoryTokenBucket
+from gateway.ratelimit.redis import RedisTokenBucket, redis_client
+from gateway.settings import RateLimitSettings
+
+__all__ = ["FailureMode", "RateLimitPolicy", "RateLimiter", "Verdict"]
+
+logger = logging.getLogger(__name__)
+
+FailureMode = Literal["open", "closed", "local"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    """A rate and a burst, and how they are advertised.
+
+    The fields follow draft-ietf-httpapi-ratelimit-headers-11 (May 2026): `RateLimit-Policy` and
+    `RateLimit` are Structured Field lists of items named by a String, with Integer parameters;
+    the policy gives quota `q` per window `w` seconds, the current state `r` units remaining and `t`
+    seconds until more quota is available (that wording for `t` since -10, ratelimit-headers#149).
+    A token bucket advertises its burst per refill time, which is exactly its long-run rate.
+    """
+
+    name: str  # names the policy in the RateLimit fields and in Redis keys
+    rate: float  # tokens per second
+    burst: int  # bucket size, tokens
+
+    # The `RateLimit-Policy` field: the same on every response, so made once.
+    policy_field: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        object.__setattr__(self, "policy_field", f'"{self.name}";q={self.burst};w={self.window}')
+
+    @property
+    def window(self) -> int:
+        """Seconds for an empty bucket to fill: the window of `burst` requests the headers advertise."""
+        return refill_seconds(self.rate, self.burst)
+
+    def share(self, replicas: int) -> RateLimitPolicy:
+        """This policy split evenly over `replicas` gateways (burst rounded up)."""
+        return RateLimitPolicy(self.name, self.rate / replicas, math.ceil(self.burst / replicas))
+
+    def quota_field(self, decision: Decision) -> str:
+        """The `RateLimit` field: whole units remaining, whole seconds until the next one."""
+        if not decision.allowed:
+            seconds = decision.retry_after
+        elif decision.remaining >= decision.limit:
+            seconds = 0.0
+        else:
+            # reset_after covers every missing token; the next one comes that much sooner.
+            seconds = decision.reset_after - (decision.limit - decision.remaining - 1) / self.rate
+        # Rounded first: the store's six decimals must not push 1.0000001 s up to 2.
+        return f'"{self.name}";r={decision.remaining};t={max(0, math.ceil(round(seconds, 6)))}'
+
+    @staticmethod
+    def retry_after(decision: Decision) -> int:
+        # RFC 9110 delay-seconds are whole seconds: rounded up, so that a client that waits is served.
+        return max(1, math.ceil(round(decision.retry_after, 6)))
+
+    def headers(self, decision: Decision) -> dict[str, str]:
+        """`RateLimit-Policy` and `RateLimit` for a decision, and `Retry-After` for a refusal."""
+        headers = {"ratelimit-policy": self.policy_field, "ratelimit": self.quota_field(decision)}
+        if not decision.allowed:
+            headers["retry-after"] = str(self.retry_after(decision))
+        return headers
+
+
+# The policy that decided (the local share while the store is failing), and its decision.
+Verdict = tuple[RateLimitPolicy, Decision]
+
+
+class RateLimiter:
+    """Decides each request against one policy.
+
+    Args:
+        policy: the rate and burst.
+        store: the buckets the policy is decided on (Redis, or memory for one process).
+        failure_mode: what happens when `store` raises StoreError (module docstring).
+        replicas: gateways sharing `store`; the `local` failure mode limits to policy / replicas.
+        counters: where decisions and store errors are counted.
+        clock: monotonic seconds, for the local bucket and the store's recheck interval.
+        client: the Redis client behind `store`, checked by `open` and closed by `close`.
+        recheck_after: seconds to leave a failed store alone.
+    """
+
+    def __init__(
+        self,
+        policy: RateLimitPolicy,
+        *,
+        store: TokenBucket,
+        failure_mode: FailureMode = "local",
+        replicas: int = 1,
+        counters: Counter[str] | None = None,
+        clock: Clock = time.monotonic,
+        client: redis.asyncio.Redis | None = None,
+        recheck_after: float = 1.0,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.failure_mode = failure_mode
+        self.local_policy = policy.share(replicas)
+        self.local = MemoryTokenBucket(rate=self.local_policy.rate, burst=self.local_policy.burst, clock=clock)
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.clock = clock
+        self.client = client
+        self.recheck_after = recheck_after
+        self._store_down_until: float | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: RateLimitSettings, *, counters: Counter[str], clock: Clock = time.monotonic
+    ) -> RateLimiter:
+        policy = RateLimitPolicy("default", settings.requests_per_second, settings.burst_size)
+        if settings.store == "memory":
+            store = MemoryTokenBucket(rate=policy.rate, burst=policy.burst, clock=clock)
+            return cls(policy, store=store, counters=counters, clock=clock)
+        client = redis_client(
+            settings.redis_url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections
+        )
+        return cls(
+            policy,
+            store=RedisTokenBucket(
+                client, rate=policy.rate, burst=policy.burst, policy=policy.name, prefix=settings.key_prefix
+            ),
+            failure_mode=settings.failure_mode,
+            replicas=settings.replicas,
+            counters=counters,
+            clock=clock,
+            client=client,
+        )
+
+    async def open(self) -> None:
+        """Connect to Redis once at start-up, only to say early that it is unreachable."""
+        if self.client is None:
+            return
+        try:
+            await self.client.ping()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning(
+                "rate limiting: Redis does not answer (%s); failureMode %s applies until it does",
+                exc,
+                self.failure_mode,
+            )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def check(self, identity: str, cost: int = 1) -> Verdict | None:
+        """The verdict on one request, or None when it goes through undecided (failure mode open).
+
+        Raises:
+            RateLimiterUnavailable: the store failed and the failure mode is `closed`.
+        """
+        counters = self.counters
+        if self._store_down_until is None or self.clock() >= self._store_down_until:
+            try:
+                decision = await self.store.take(identity, cost)
+            except StoreError as exc:
+                counters["store_errors"] += 1
+                if self._store_down_until is None:
+                    logger.warning("rate limiting: the store failed (%s); failureMode %s", exc, self.failure_mode)
+                self._store_down_until = self.clock() + self.recheck_after
+            else:
+                if self._store_down_until is not None:
+                    logger.warning("rate limiting: the store answers again")
+                    self._store_down_until = None
+                counters["allowed" if decision.allowed else "rejected"] += 1
+                return self.policy, decision
+        if self.failure_mode == "open":
+            counters["failed_open"] += 1
+            return None
+        if self.failure_mode == "closed":
+            counters["failed_closed"] += 1
+            raise RateLimiterUnavailable(
+                "the rate limiter cannot decide right now; try again shortly", headers={"retry-after": "1"}
+            )
+        decision = await self.local.take(identity, cost)
+        counters["local_allowed" if decision.allowed else "local_rejected"] += 1
+        return self.local_policy, decision

@@ -1,0 +1,62 @@
+"""The in-process token bucket: the embedded default, and the local fallback when Redis is down.
+
+Same arithmetic as token_bucket.lua, on an injected monotonic clock. Buckets are kept in the order
+they were last written; a bucket untouched for burst / rate seconds is full, which is what a missing
+bucket means, so it is dropped as the next `take` walks past it. `max_keys` bounds memory when many
+keys are busy at once (an IPv6 sweep, say): the least recently written bucket goes first, which hands
+that key a full bucket early: a bounded gateway beats an exact one that runs out of memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from gateway.ratelimit.bucket import Clock, Decision
+
+__all__ = ["MemoryTokenBucket"]
+
+
+class MemoryTokenBucket:
+    """A token bucket per key in this process's memory; see gateway.ratelimit.bucket for the contract."""
+
+    def __init__(self, *, rate: float, burst: int, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("rate must be positive, burst and max_keys at least 1")
+        self.rate = rate  # tokens per second
+        self.burst = burst  # bucket size, tokens
+        self.clock = clock
+        self.max_keys = max_keys
+        self._full_after = burst / rate  # seconds for an empty bucket to fill
+        # key -> (tokens, monotonic seconds when written), oldest write first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    async def take(self, key: str, cost: int = 1) -> Decision:
+        # No await in here: on one event loop, each take is atomic like the Lua script.
+        if not 0 <= cost <= self.burst:
+            raise ValueError(f"cost {cost} is outside 0..{self.burst}")
+        now = self.clock()
+        self._expire(now)
+        state = self._buckets.get(key)
+        tokens, last = state if state is not None else (float(self.burst), now)
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        if tokens >= cost:
+            tokens -= cost
+            self._buckets[key] = (tokens, now)
+            self._buckets.move_to_end(key)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+            return Decision(True, int(tokens), 0.0, (self.burst - tokens) / self.rate, self.burst)
+        # Refused: nothing stored changes, as in the Lua script.
+        return Decision(False, int(tokens), (cost - tokens) / self.rate, (self.burst - tokens) / self.rate, self.burst)
+
+    def _expire(self, now: float) -> None:
+        buckets = self._buckets
+        while buckets:
+            key, (_, written) = next(iter(buckets.items()))
+            if now - written < self._full_after:
+                return
+            del buckets[key]

@@ -1,0 +1,89 @@
+"""The shared token bucket: one Lua script (token_bucket.lua) run atomically in Redis.
+
+Every gateway replica takes from the same bucket, on Redis server time, in one round trip: EVALSHA,
+with redis-py loading the script again when the server answers NOSCRIPT (after a restart or a
+failover). Keys are `{prefix}:{policy}:{identity}`, one key per bucket, so the script is also safe on
+Redis Cluster. The key expires once the bucket would be full again (at least burst / rate seconds).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
+
+__all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client"]
+
+DEFAULT_PREFIX = "upf:rl"
+_SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
+
+
+def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) -> redis.asyncio.Redis:
+    """A client for the buckets, built to fail fast: a limiter that waits on Redis holds every request.
+
+    Connections come from a blocking pool: a burst of requests waits (up to `timeout`) for a free
+    connection rather than failing with "Too many connections". The client connects on first use.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One immediate retry mends a pooled connection that a Redis restart broke; redis-py's
+        # default (up to 10 retries, backing off up to 1 s) would hold requests for seconds
+        # instead of letting the failure mode answer.
+        retry=Retry(NoBackoff(), 1),
+    )
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+class RedisTokenBucket:
+    """A token bucket per key in Redis; see gateway.ratelimit.bucket for the contract.
+
+    Args:
+        client: an open `redis.asyncio.Redis`; its owner closes it.
+        rate: tokens added per second.
+        burst: the bucket's size.
+        policy: the policy's name, part of every key.
+        prefix: namespace for the keys (tests use their own).
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        rate: float,
+        burst: int,
+        policy: str = "default",
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.ttl = refill_seconds(rate, burst)
+        self.key_prefix = f"{prefix}:{policy}:"
+        self._script = client.register_script(_SCRIPT)
+        # The rate goes to Lua as text; repr keeps every digit of the float.
+        self._args = (repr(float(rate)), burst)
+
+    def key(self, identity: str) -> str:
+        return self.key_prefix + identity
+
+    async def take(self, key: str, cost: int = 1) -> Decision:
+        if not 0 <= cost <= self.burst:
+            raise ValueError(f"cost {cost} is outside 0..{self.burst}")
+        rate, burst = self._args
+        try:
+            allowed, remaining, retry_after, reset_after = await self._script(
+                keys=[self.key_prefix + key], args=[rate, burst, cost, self.ttl]
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return Decision(bool(allowed), int(remaining), float(retry_after), float(reset_after), self.burst)

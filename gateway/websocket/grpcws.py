@@ -1,0 +1,542 @@
+"""The grpc-websockets bridge: gRPC calls of every kind from browsers, one WebSocket per call.
+
+Browsers cannot stream a request body over HTTP/1.1, so gRPC-Web over fetch or XHR carries unary and
+server-streaming calls only. improbable-eng/grpc-web defined a WebSocket transport for the rest; its
+clients (@improbable-eng/grpc-web's and nice-grpc-web's WebsocketTransport) are what this endpoint
+speaks to. The protocol, as they implement it, and the choices made here:
+
+Handshake
+  `GET /<package.Service>/<Method>` (or under `/api/`) with `Upgrade: websocket` and
+  `Sec-WebSocket-Protocol: grpc-websockets`. Before accepting, the endpoint checks
+  - the Origin, since CORS does not protect WebSockets (a page on any site could otherwise open
+    one with the user's cookies): allowed when `cors.allowOrigins` lists it (or holds "*"), when
+    it is the gateway's own origin (its host is the Host header), or when there is none (not a
+    browser: browsers always send it). Otherwise HTTP 403 and no socket.
+  - the subprotocol: without `grpc-websockets`, HTTP 400.
+  It then accepts, echoing the subprotocol.
+
+Client -> server: binary messages only (a text message is an error)
+  1. The header block: the request metadata as `name: value\r\n` lines. nice-grpc writes one line
+     per value and improbable joins values with ", ", so `-bin` values are split at commas.
+     `content-type` must be `application/grpc-web` or `application/grpc-web+proto` (or absent);
+     any other type, the text format included, ends the call with UNIMPLEMENTED. `grpc-timeout`
+     becomes the upstream deadline (capped by maxTimeout); the other names become metadata exactly
+     as on the HTTP path (gateway/grpcweb/metadata.py). Auth tokens travel here too: browsers
+     cannot set headers on a WebSocket upgrade. A block that is not `name: value` lines ends the
+     call with INVALID_ARGUMENT.
+  2. Every later message is one control byte and a payload:
+     - 0x00 + bytes of the gRPC-framed request stream. The payloads form one byte stream: a frame
+       may span messages and a message may hold several frames. It is checked frame by frame as it
+       passes (maxMessageBytes; no trailer flag; the compressed flag only with grpc-encoding, and
+       then inflated here as on the HTTP path) and otherwise goes upstream as it came.
+     - 0x01 alone: half-close. The upstream stream gets END_STREAM; responses keep flowing. A
+       message after it is an error.
+
+Server -> client: binary messages, without a control byte
+  1. A header frame (flag 0x80, 4-byte length, `name: value\r\n` lines): content-type and the
+     upstream's response metadata, once per call, before the first message or with the status.
+  2. The upstream's message frames (flag 0x00) as they arrive; frames that arrived together leave in
+     one WebSocket message.
+  3. The trailer frame (flag 0x80): grpc-status, grpc-message (percent-encoded), trailing metadata.
+  4. A close: 1000, or 1009 after a request message larger than the limits.
+  Both clients read these messages as one byte stream, take the first 0x80 frame as headers and the
+  second as trailers, and treat a socket that closes without a status as an error. So every call
+  that was accepted ends with both frames and then the close, the gateway's own errors included:
+  UNIMPLEMENTED for an unknown service, UNAVAILABLE for a backend that is down, INTERNAL for a
+  failure inside the gateway (logged; never a stack trace to the client).
+
+Limits, liveness and cancellation
+  - A WebSocket message may be at most maxMessageBytes + MESSAGE_SLACK bytes. The server enforces it
+    (gateway/serve.py sets uvicorn's ws_max_size) by closing with 1009; this endpoint checks it too,
+    for servers that do not. A gRPC message over maxMessageBytes, even one split across messages,
+    ends the call with RESOURCE_EXHAUSTED, then close 1009.
+  - Pings come from the server: websocket.pingInterval / pingTimeout in the settings.
+  - Flow control: a request message is taken from the socket only once the upstream has accepted the
+    previous one (uvicorn stops reading the socket while a message waits for the app), so a slow
+    upstream holds the client back; response frames are read from the upstream only as fast as the
+    socket takes them, which holds the upstream back in turn.
+  - A client that closes the socket, or loses it, cancels the upstream call. While the gateway waits
+    for the upstream to accept request bytes it reads one message ahead to notice a close; a close
+    behind further unread messages is noticed once the upstream takes bytes again, or at the
+    deadline. An upstream that ends the call ends the socket.
+
+Not here: several calls on one socket (this protocol has one call per socket); an unary or
+server-streaming method that gets END_STREAM without a message waits for its deadline, since the
+gateway proxies without descriptors and cannot tell it from a client stream that sent nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Iterable, Sequence
+
+import grpc
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, UpstreamUnavailable
+from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
+from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.upstream.outcome import Outcome, outcome
+from gateway.upstream.pool import UpstreamPool
+
+__all__ = [
+    "CLOSE_NORMAL",
+    "CLOSE_TOO_BIG",
+    "MESSAGE_SLACK",
+    "SUBPROTOCOL",
+    "GrpcWebSocketEndpoint",
+    "UnsupportedContentType",
+    "max_websocket_message",
+    "parse_header_block",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "grpc-websockets"
+# Room in one WebSocket message beyond a gRPC message of maxMessageBytes: its control byte and
+# prefix, and a few small frames sent along with it. A header block is held to the same size.
+MESSAGE_SLACK = 64 * 1024
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big"
+
+_HALF_CLOSE = b"\x01"
+_CONTENT_TYPE = b"application/grpc-web+proto"
+_BINARY_TYPES = frozenset((b"", b"application/grpc-web", b"application/grpc-web+proto"))
+_TEXT_TYPES = b"application/grpc-web-text"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def max_websocket_message(max_message_bytes: int) -> int:
+    """The largest WebSocket message a client may send (uvicorn's ws_max_size)."""
+    return max_message_bytes + MESSAGE_SLACK
+
+
+class UnsupportedContentType(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class _ClientGone(Exception):
+    """The socket was closed or lost on the client's side: nobody is left to answer."""
+
+
+def parse_header_block(block: bytes) -> Headers:
+    """The first client message, `name: value\\r\\n` lines, as (lower-case name, value) pairs."""
+    pairs: Headers = []
+    for raw in block.split(b"\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        name, colon, value = line.partition(b":")
+        name = name.strip().lower()
+        if not colon or not name:
+            shown = line[:80].decode("latin-1")
+            raise BadRequest(f"the header block has a line that is not `name: value`: {shown!r}")
+        value = value.strip()
+        if name.endswith(b"-bin"):
+            # improbable joins the values of one name with ", "; base64 has no comma of its own.
+            pairs.extend((name, part.strip()) for part in value.split(b","))
+        else:
+            pairs.append((name, value))
+    return pairs
+
+
+def _request_metadata(
+    block: bytes, upgrade_headers: Iterable[tuple[bytes, bytes]], forward_cookies: bool
+) -> RequestMetadata:
+    pairs = parse_header_block(block)
+    media = b""
+    for name, value in pairs:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+    if media.startswith(_TEXT_TYPES):
+        raise UnsupportedContentType(
+            "the grpc-web-text format is not supported over WebSocket: send application/grpc-web+proto"
+        )
+    if media not in _BINARY_TYPES:
+        raise UnsupportedContentType(
+            f"content-type {media.decode('latin-1')!r} is not supported over WebSocket: send application/grpc-web+proto"
+        )
+    if forward_cookies:
+        # The browser sends its cookies on the upgrade request, not in the header block.
+        pairs += [(name, value) for name, value in upgrade_headers if name == b"cookie"]
+    return parse_request_headers(pairs, forward_cookies=forward_cookies)
+
+
+def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in lines)
+
+
+def _status_lines(code: grpc.StatusCode, message: str) -> Headers:
+    lines = [(b"grpc-status", str(code.value[0]).encode())]
+    if message:
+        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
+    return lines
+
+
+def _trailer_lines(result: Outcome) -> Headers:
+    status, message, metadata = result
+    lines = [(b"grpc-status", status)]
+    if message:
+        lines.append((b"grpc-message", message))
+    return lines + metadata
+
+
+class _Socket:
+    """Everything the client gets, in order: one header frame, message frames, one trailer frame, a close."""
+
+    __slots__ = ("_send", "closed", "ended", "headers_sent")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.headers_sent = False
+        self.ended = False  # the trailer frame went out
+        self.closed = False
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self._send({"type": "websocket.send", "bytes": data})
+        except OSError:  # uvicorn's ClientDisconnected: the socket is gone
+            raise _ClientGone from None
+
+    async def headers(self, metadata: Headers) -> None:
+        if not self.headers_sent:
+            self.headers_sent = True
+            await self._write(encode_frame(_block([(b"content-type", _CONTENT_TYPE), *metadata]), TRAILER_FLAG))
+
+    async def messages(self, frames: list[bytes]) -> None:
+        await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def end(self, lines: Headers, metadata: Headers, close_code: int = CLOSE_NORMAL) -> None:
+        await self.headers(metadata)
+        self.ended = True
+        await self._write(encode_frame(_block(lines), TRAILER_FLAG))
+        await self.close(close_code)
+
+    async def fail(self, code: grpc.StatusCode, message: str, close_code: int = CLOSE_NORMAL) -> None:
+        """End the call with the gateway's own status, as far as the socket still allows."""
+        try:
+            if not self.ended:
+                await self.end(_status_lines(code, message), [], close_code)
+            else:
+                await self.close(close_code)
+        except _ClientGone:
+            pass
+
+    async def close(self, code: int) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):  # gone already: nothing to close
+                await self._send({"type": "websocket.close", "code": code})
+
+
+class _RequestFrames:
+    """Checks the request byte stream frame by frame as it passes, without copying or re-framing it.
+
+    With a grpc-encoding, compressed frames are inflated here (the upstream is told no encoding), so
+    those requests are re-framed.
+    """
+
+    __slots__ = ("_decoder", "_encoding", "_max", "_prefix", "_remaining")
+
+    def __init__(self, max_message_bytes: int, encoding: str | None) -> None:
+        self._max = max_message_bytes
+        self._encoding = encoding
+        self._decoder = FrameDecoder(max_message_bytes) if encoding is not None else None
+        self._prefix = bytearray()  # a frame prefix cut short by the end of a message
+        self._remaining = 0  # bytes of the current frame's payload still to come
+
+    def feed(self, data: memoryview) -> bytes | memoryview:
+        """The bytes to send upstream for `data`: `data` itself unless frames had to be inflated."""
+        if self._decoder is not None:
+            frames = self._decoder.feed(bytes(data))
+            return b"".join(encode_frame(self._inflate(flags, payload)) for flags, payload in frames)
+        offset, size = 0, len(data)
+        while offset < size:
+            if self._remaining:
+                step = min(self._remaining, size - offset)
+                self._remaining -= step
+                offset += step
+                continue
+            if not self._prefix and size - offset >= 5:
+                flags, length = PREFIX.unpack_from(data, offset)
+                offset += 5
+            else:
+                take = min(5 - len(self._prefix), size - offset)
+                self._prefix += data[offset : offset + take]
+                offset += take
+                if len(self._prefix) < 5:
+                    break
+                flags, length = PREFIX.unpack(self._prefix)
+                self._prefix.clear()
+            self._check(flags, length)
+            self._remaining = length
+        return data
+
+    def _check(self, flags: int, length: int) -> None:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        if flags & COMPRESSED_FLAG:
+            raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
+        if length > self._max:
+            raise MessageTooLarge(
+                f"request message is {length} bytes, larger than the gateway's limit of {self._max} bytes"
+            )
+
+    def _inflate(self, flags: int, payload: bytes) -> bytes:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        if not flags & COMPRESSED_FLAG:
+            return payload
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self._encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(payload, self._max)
+        except zlib.error as exc:
+            raise MalformedMessage(f"request frame cannot be decompressed with {self._encoding}: {exc}") from None
+        if inflater.unconsumed_tail:
+            raise MessageTooLarge(f"request message decompresses to more than the gateway's limit of {self._max} bytes")
+        return data
+
+    def close(self) -> None:
+        """At the half-close: a frame cut short means the request is malformed."""
+        if self._decoder is not None:
+            self._decoder.close()
+        elif self._prefix:
+            raise MalformedMessage(f"request ends inside a frame prefix ({len(self._prefix)} of 5 bytes)")
+        elif self._remaining:
+            raise MalformedMessage(f"request ends {self._remaining} bytes short of the end of its last frame")
+
+
+class _Requests:
+    """Client -> upstream, in a task of its own while the call relays the answer.
+
+    Ends in one of three ways, which the call reads once the upstream stream has ended: the client
+    left (`gone`), the client broke the protocol or a limit (`failure`), or the call ended first and
+    this task was cancelled. The first two cancel the upstream stream, which ends the relay.
+    """
+
+    __slots__ = ("_frames", "_max_size", "_next", "_receive", "_stream", "failure", "gone")
+
+    def __init__(self, receive: Receive, stream: Http2Stream, frames: _RequestFrames, max_size: int) -> None:
+        self._receive = receive
+        self._stream = stream
+        self._frames = frames
+        self._max_size = max_size
+        # A message read early, while waiting for the upstream's window, to notice a client that leaves.
+        self._next: asyncio.Task[Message] | None = None
+        self.gone = False
+        self.failure: GatewayError | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._forward()
+        except _ClientGone:
+            self.gone = True
+            self._stream.cancel("the client closed the WebSocket")
+        except GatewayError as exc:
+            self.failure = exc
+            self._stream.cancel(exc.message)
+        except Exception:
+            logger.exception("grpc-websockets: forwarding a request stream failed inside the gateway")
+            self.failure = GatewayError("the gateway failed while handling this call")
+            self._stream.cancel()
+        finally:
+            if self._next is not None:
+                self._next.cancel()
+
+    async def _message(self) -> Message:
+        if self._next is not None:
+            task, self._next = self._next, None
+            return await task
+        return await self._receive()
+
+    async def _forward(self) -> None:
+        half_closed = False
+        while True:
+            message = await self._message()
+            if message["type"] != "websocket.receive":
+                raise _ClientGone  # websocket.disconnect: closed by the client, lost, or too big for the server
+            data: bytes | None = message.get("bytes")
+            if data is None:
+                raise BadRequest("grpc-websockets messages are binary; the client sent a text message")
+            if half_closed:
+                raise BadRequest("the client sent a message after its half-close (0x01)")
+            if len(data) > self._max_size:
+                raise MessageTooLarge(
+                    f"a WebSocket message of {len(data)} bytes is larger than the gateway's limit of "
+                    f"{self._max_size} bytes"
+                )
+            if data == _HALF_CLOSE:
+                self._frames.close()
+                half_closed = True
+                await self._upstream(b"", end_stream=True)
+            elif data[:1] == b"\x00":
+                payload = self._frames.feed(memoryview(data)[1:])
+                if payload:
+                    await self._upstream(payload, end_stream=False)
+            else:
+                control = f"0x{data[0]:02x}" if data else "none (an empty message)"
+                raise BadRequest(f"unknown grpc-websockets control byte: {control}; expected 0x00 (data) or 0x01")
+
+    async def _upstream(self, data: bytes | memoryview, end_stream: bool) -> None:
+        """Send within the upstream's flow-control windows; the next message is read only after."""
+        stream = self._stream
+        view = memoryview(data)
+        taken = stream.send_nowait(view, end_stream)
+        while taken < len(view):
+            await self._writable()
+            taken += stream.send_nowait(view[taken:], end_stream)
+
+    async def _writable(self) -> None:
+        """Until the upstream's windows may have opened; meanwhile a client that leaves is noticed."""
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not opened.done():
+                opened.set_result(None)
+
+        self._stream.on_writable = wake
+        try:
+            if self._next is None:
+                self._next = asyncio.ensure_future(self._receive())
+            if self._next.done():
+                await opened  # the next message is already held: only the window matters now
+            else:
+                await asyncio.wait((opened, self._next), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stream.on_writable = None
+        if self._next.done() and self._next.result()["type"] != "websocket.receive":
+            raise _ClientGone
+
+
+class GrpcWebSocketEndpoint:
+    """Mounted with WebSocketRoute on the gRPC-Web paths; expects `service` and `method` in `path_params`."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        *,
+        allow_origins: Sequence[str],
+        max_message_bytes: int,
+        max_timeout: float | None = None,
+        forward_cookies: bool = False,
+    ) -> None:
+        self.pool = pool
+        self.any_origin = "*" in allow_origins
+        self.origins = frozenset(origin.encode("latin-1") for origin in allow_origins if origin != "*")
+        self.max_message_bytes = max_message_bytes
+        self.max_size = max_websocket_message(max_message_bytes)
+        self.max_timeout = max_timeout
+        self.forward_cookies = forward_cookies
+
+    def origin_allowed(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        origin = host = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value
+            elif name == b"host":
+                host = value
+        if origin is None:
+            return True  # not a browser (browsers always send Origin on an upgrade), so no ambient cookies
+        if self.any_origin or origin in self.origins:
+            return True
+        # The gateway's own origin: a page it served (scheme aside, the Origin's host is the Host header).
+        return host is not None and origin.partition(b"://")[2].lower() == host.lower()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if not self.origin_allowed(scope["headers"]):
+            await _refuse(scope, send, 403, b"origin not allowed\n")
+            return
+        subprotocol = next((name for name in scope.get("subprotocols", ()) if name.lower() == SUBPROTOCOL), None)
+        if subprotocol is None:
+            await _refuse(scope, send, 400, b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n")
+            return
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        socket = _Socket(send)
+        params = scope["path_params"]
+        service: str = params["service"]
+        path = f"/{service}/{params['method']}"
+        try:
+            await self._call(scope, receive, socket, service, path)
+        except _ClientGone:
+            return
+        except GatewayError as exc:
+            close_code = CLOSE_TOO_BIG if isinstance(exc, MessageTooLarge) else CLOSE_NORMAL
+            await socket.fail(exc.code, exc.message, close_code)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("grpc-websockets call %s failed inside the gateway", path)
+            await socket.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
+
+    async def _call(self, scope: Scope, receive: Receive, socket: _Socket, service: str, path: str) -> None:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            raise _ClientGone
+        block: bytes | None = message.get("bytes")
+        if block is None:
+            raise BadRequest("the first grpc-websockets message must be the header block, in a binary message")
+        if len(block) > self.max_size:
+            raise MessageTooLarge(f"the header block is larger than the gateway's limit of {self.max_size} bytes")
+        request = _request_metadata(block, scope["headers"], self.forward_cookies)
+        route = self.pool.route(service)
+        timeout = request.timeout
+        if self.max_timeout is not None:
+            timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
+        # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
+        endpoint = route.pick()
+        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
+        try:
+            try:
+                stream = await endpoint.client.open(path, request.block, timeout)
+            except StreamError as exc:
+                verdict = exc.code
+                raise _stream_error(exc, service) from None
+            frames = _RequestFrames(self.max_message_bytes, request.encoding)
+            requests = _Requests(receive, stream, frames, self.max_size)
+            forwarding = asyncio.ensure_future(requests.run())
+            try:
+                frame = await stream.read()
+                while frame is not None:
+                    if not socket.headers_sent:
+                        await socket.headers(response_metadata(stream.headers or ()))
+                    # Everything that has arrived goes out in one message; nothing waits for more.
+                    await socket.messages([frame, *stream.read_queued()])
+                    frame = await stream.read()
+                if requests.gone:
+                    raise _ClientGone
+                if requests.failure is not None:
+                    raise requests.failure
+                result = outcome(stream, service)
+                verdict = result.code
+                await socket.end(_trailer_lines(result), response_metadata(stream.headers or ()))
+            finally:
+                forwarding.cancel()
+                if not stream.ended:
+                    stream.cancel("the client went away")
+        finally:
+            endpoint.report(verdict)
+
+
+def _stream_error(exc: StreamError, service: str) -> GatewayError:
+    if exc.code is grpc.StatusCode.UNAVAILABLE:
+        return UpstreamUnavailable(f"{service} is unavailable: {exc.message}")
+    error = GatewayError(exc.message)
+    error.code = exc.code  # type: ignore[misc]
+    return error
+
+
+async def _refuse(scope: Scope, send: Send, status: int, body: bytes) -> None:
+    """An HTTP answer instead of the upgrade (ASGI's websocket.http.response), else a bare 403."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})  # before the accept, servers answer 403

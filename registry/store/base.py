@@ -1,0 +1,54 @@
+"""The PluginStore protocol: one contract (tests/registry/test_store_contract.py) for every backend.
+
+Records are written field by field (`set_lease`, `set_phase`, `set_check` change one field of an
+existing record and do nothing to a removed one), so that a lease renewal on one registry replica and
+a health verdict on another never overwrite each other.
+
+`publish` is a compare-and-set: it records a change, with the next revision, only when the view differs
+from the published one. Several replicas publishing the same state therefore add one change, not one
+each. The last `history` changes are kept so that a watcher can resume after a reconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from registry.model import Change, Check, InstanceRecord, InstanceView, Phase
+
+__all__ = ["PluginStore"]
+
+
+class PluginStore(Protocol):
+    async def put(self, record: InstanceRecord) -> None:
+        """Add the record, or replace the one with the same instance id (and forget its old lease)."""
+
+    async def get(self, instance_id: str) -> InstanceRecord | None: ...
+
+    async def all(self) -> list[InstanceRecord]:
+        """Every record, ordered by instance id."""
+
+    async def instance_for_lease(self, lease_id: str) -> str | None: ...
+
+    async def set_lease(self, instance_id: str, expires_at: float) -> bool:
+        """False when the instance is gone (the same for the other setters)."""
+
+    async def set_phase(self, instance_id: str, phase: Phase) -> bool: ...
+
+    async def set_check(self, instance_id: str, check: Check) -> bool: ...
+
+    async def remove(self, instance_id: str) -> bool:
+        """Remove the record and its lease; False when it was already gone."""
+
+    async def publish(self, instance_id: str, view: InstanceView | None) -> int | None:
+        """Publish a view (None: the instance is removed). Returns the new revision, None if unchanged."""
+
+    async def snapshot(self) -> tuple[int, list[InstanceView]]:
+        """Every published view and the revision they correspond to, read atomically."""
+
+    async def changes_since(self, revision: int) -> list[Change] | None:
+        """Changes after `revision`, oldest first; None when some of them are no longer retained."""
+
+    async def wait(self, revision: int, timeout: float) -> None:
+        """Return once the revision is past `revision`, or after `timeout` seconds."""
+
+    async def close(self) -> None: ...

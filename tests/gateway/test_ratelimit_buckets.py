@@ -1,0 +1,248 @@
+"""The token bucket contract, run over every implementation, then what is particular to each.
+
+Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket and RedisTokenBucket alike:
+- a fresh bucket is full: `burst` takes are allowed, counting `remaining` down, then refused;
+- a refusal says how long until the request would pass (`retry_after`) and until the bucket is
+  full (`reset_after`), and takes nothing;
+- tokens come back at `rate` a second, never beyond `burst`;
+- keys are independent; `cost` takes several tokens; a cost larger than the bucket is an error;
+- concurrent takes never oversell.
+
+The memory bucket runs on a hand-advanced clock (exact arithmetic, no sleeping). The Redis bucket
+runs on Redis server time, so its "advance" sleeps, briefly, and its checks leave room for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, StoreError, TokenBucket
+from gateway.ratelimit.redis import redis_client
+from tests.support.processes import free_port
+from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Buckets:
+    make: Callable[[float, int], TokenBucket]
+    advance: Callable[[float], Awaitable[None]]
+    exact: bool  # time moves only when told (memory), or also while the test runs (Redis)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
+    if request.param == "memory":
+        clock = ManualClock()
+
+        async def advance_clock(seconds: float) -> None:
+            clock.advance(seconds)
+
+        yield Buckets(lambda rate, burst: MemoryTokenBucket(rate=rate, burst=burst, clock=clock), advance_clock, True)
+        return
+    sync = shared_client()  # fails the test when Redis is not there
+    prefix = new_prefix()
+    client = redis_client(SHARED_URL, timeout=5)  # as the gateway builds it: a blocking pool
+    try:
+        yield Buckets(
+            lambda rate, burst: RedisTokenBucket(client, rate=rate, burst=burst, prefix=prefix), asyncio.sleep, False
+        )
+    finally:
+        await client.aclose()
+        delete_prefix(sync, prefix)
+        sync.close()
+
+
+async def takes(bucket: TokenBucket, key: str, n: int) -> list[bool]:
+    return [(await bucket.take(key)).allowed for _ in range(n)]
+
+
+# The contract ---------------------------------------------------------------------------------------
+
+
+async def test_fresh_bucket_allows_the_burst_then_refuses(buckets: Buckets) -> None:
+    bucket = buckets.make(0.001, 5)
+    decisions = [await bucket.take("a") for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0]
+    assert {d.limit for d in decisions} == {5}
+    assert [d.retry_after for d in decisions[:5]] == [0.0] * 5
+
+
+async def test_refusal_says_when_to_retry_and_takes_nothing(buckets: Buckets) -> None:
+    bucket = buckets.make(1.0, 2)
+    assert await takes(bucket, "a", 2) == [True, True]
+    refused = await bucket.take("a")
+    assert not refused.allowed
+    # One token missing at one token a second; the whole bucket (two) missing at most two seconds.
+    assert 0.9 < refused.retry_after <= 1.0
+    assert 1.9 < refused.reset_after <= 2.0
+    again = await bucket.take("a")
+    assert not again.allowed
+    assert again.retry_after <= refused.retry_after  # the refusal took nothing: time only helps
+    await buckets.advance(1.0)
+    assert (await bucket.take("a")).allowed
+
+
+async def test_tokens_come_back_at_the_rate_and_never_beyond_the_burst(buckets: Buckets) -> None:
+    bucket = buckets.make(20.0, 3)
+    assert await takes(bucket, "a", 4) == [True, True, True, False]
+    await buckets.advance(0.1)  # two tokens (a little more in real time, never three)
+    assert await takes(bucket, "a", 3) == [True, True, False]
+    await buckets.advance(0.5)  # ten tokens' worth, but the bucket holds three
+    assert await takes(bucket, "a", 4) == [True, True, True, False]
+
+
+async def test_keys_are_independent(buckets: Buckets) -> None:
+    bucket = buckets.make(0.001, 2)
+    assert await takes(bucket, "a", 3) == [True, True, False]
+    assert await takes(bucket, "b", 3) == [True, True, False]
+
+
+async def test_cost_takes_several_tokens(buckets: Buckets) -> None:
+    bucket = buckets.make(0.001, 5)
+    first = await bucket.take("a", cost=3)
+    assert (first.allowed, first.remaining) == (True, 2)
+    refused = await bucket.take("a", cost=3)
+    assert (refused.allowed, refused.remaining) == (False, 2)
+    assert (await bucket.take("a", cost=2)).allowed
+    peek = await bucket.take("a", cost=0)  # a cost of 0 only looks
+    assert (peek.allowed, peek.remaining) == (True, 0)
+    with pytest.raises(ValueError, match="outside"):
+        await bucket.take("a", cost=6)
+    with pytest.raises(ValueError, match="outside"):
+        await bucket.take("a", cost=-1)
+
+
+async def test_concurrent_takes_never_oversell(buckets: Buckets) -> None:
+    bucket = buckets.make(0.001, 50)
+    decisions = await asyncio.gather(*(bucket.take("hot") for _ in range(200)))
+    assert sum(d.allowed for d in decisions) == 50
+
+
+# Memory: exact, on a hand-advanced clock --------------------------------------------------------------
+
+
+async def test_memory_refill_is_exact_on_the_injected_clock() -> None:
+    clock = ManualClock()
+    bucket = MemoryTokenBucket(rate=2.0, burst=4, clock=clock)
+    assert await takes(bucket, "a", 4) == [True] * 4
+    clock.advance(0.25)  # half a token
+    refused = await bucket.take("a")
+    assert (refused.allowed, refused.retry_after, refused.reset_after) == (False, 0.25, 1.75)
+    clock.advance(0.25)
+    allowed = await bucket.take("a")
+    assert (allowed.allowed, allowed.remaining, allowed.reset_after) == (True, 0, 2.0)
+
+
+async def test_memory_drops_buckets_idle_long_enough_to_be_full() -> None:
+    clock = ManualClock()
+    bucket = MemoryTokenBucket(rate=1.0, burst=5, clock=clock)
+    for key in ("a", "b", "c"):
+        await bucket.take(key)
+    assert len(bucket) == 3
+    clock.advance(4.9)
+    await bucket.take("d")
+    assert len(bucket) == 4  # not full yet: kept
+    clock.advance(0.1)
+    await bucket.take("d")
+    assert len(bucket) == 1  # a, b, c were full again: dropping them changes nothing
+    assert (await bucket.take("a")).remaining == 4
+
+
+async def test_memory_bucket_count_is_bounded() -> None:
+    bucket = MemoryTokenBucket(rate=0.001, burst=5, clock=ManualClock(), max_keys=3)
+    for key in "abcde":
+        await bucket.take(key)
+    assert len(bucket) == 3
+
+
+async def test_memory_clock_stepping_back_refills_nothing() -> None:
+    clock = ManualClock()
+    bucket = MemoryTokenBucket(rate=1.0, burst=2, clock=clock)
+    assert await takes(bucket, "a", 2) == [True, True]
+    clock.advance(-10)
+    assert (await bucket.take("a")).allowed is False
+
+
+def test_memory_rejects_nonsense_sizes() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        MemoryTokenBucket(rate=0, burst=1)
+    with pytest.raises(ValueError, match="burst"):
+        MemoryTokenBucket(rate=1, burst=0)
+
+
+# Redis: server time, TTL, NOSCRIPT, failures ----------------------------------------------------------
+
+
+@pytest.fixture
+async def shared_redis() -> AsyncIterator[tuple[redis.asyncio.Redis, str]]:
+    sync = shared_client()
+    prefix = new_prefix()
+    client = redis_client(SHARED_URL, timeout=5)
+    try:
+        yield client, prefix
+    finally:
+        await client.aclose()
+        delete_prefix(sync, prefix)
+        sync.close()
+
+
+async def test_redis_key_is_namespaced_and_lives_at_least_burst_over_rate(
+    shared_redis: tuple[redis.asyncio.Redis, str],
+) -> None:
+    client, prefix = shared_redis
+    bucket = RedisTokenBucket(client, rate=0.3, burst=10, policy="orders", prefix=prefix)
+    await bucket.take("ip:203.0.113.7")
+    key = f"{prefix}:orders:ip:203.0.113.7"
+    assert bucket.key("ip:203.0.113.7") == key
+    # ceil(10 / 0.3) = 34 s: an expired key must mean a full bucket, never an early one.
+    assert 33 <= await client.ttl(key) <= 34
+
+
+async def test_redis_bucket_runs_on_redis_server_time(shared_redis: tuple[redis.asyncio.Redis, str]) -> None:
+    client, prefix = shared_redis
+    bucket = RedisTokenBucket(client, rate=1.0, burst=3, prefix=prefix)
+    before = await client.time()
+    await bucket.take("a")
+    after = await client.time()
+    stored = int(await client.hget(f"{prefix}:default:a", "ts") or 0)
+    assert before[0] * 1_000_000 + before[1] <= stored <= after[0] * 1_000_000 + after[1]
+
+
+async def test_redis_script_is_loaded_again_after_a_script_flush(tmp_path: Path) -> None:
+    # On a private server: SCRIPT FLUSH on the shared one would disturb everyone else's scripts.
+    with redis_server(tmp_path) as server:
+        client = redis_client(server.url)
+        try:
+            bucket = RedisTokenBucket(client, rate=0.001, burst=3)
+            assert (await bucket.take("a")).remaining == 2
+            await client.script_flush()
+            assert (await bucket.take("a")).remaining == 1  # NOSCRIPT answered by loading it again
+        finally:
+            await client.aclose()
+
+
+async def test_unreachable_redis_is_a_store_error() -> None:
+    client = redis_client(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreError, match="ConnectionError"):
+            await RedisTokenBucket(client, rate=1, burst=1).take("a")
+    finally:
+        await client.aclose()

@@ -1,0 +1,3 @@
+"""Tests of the Plugin Registry: store contract, domain logic, real processes."""
+
+from __future__ import annotations

@@ -1,0 +1,99 @@
+"""One contract for every PluginStore: memory and Redis (the shared server; fails when it is down)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from registry.model import Check, Health, InstanceRecord, InstanceView, Phase
+from registry.store.base import PluginStore
+from registry.store.memory import MemoryPluginStore
+from registry.store.redis import RedisPluginStore
+from tests.support.redis_server import SHARED_URL, new_prefix, shared_client
+
+MANIFEST = '{"id":"a","version":"1.0.0","name":"A","type":"business"}'
+
+
+def record(instance_id: str = "a-1", lease_id: str = "lease-1") -> InstanceRecord:
+    return InstanceRecord(instance_id, "a", MANIFEST, "127.0.0.1:1", lease_id, 100.0, 1.0)
+
+
+def view(instance_id: str = "a-1", health: Health = Health.HEALTHY) -> InstanceView:
+    return InstanceView(instance_id, "a", "1.0.0", "127.0.0.1:1", health, Phase.READY, "", ("IX",))
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[PluginStore]:
+    if request.param == "memory":
+        yield MemoryPluginStore(history=3)
+        return
+    shared_client().close()  # fails the test, with the reason, when Redis is not there
+    redis_store = RedisPluginStore.from_url(SHARED_URL, prefix=new_prefix(), history=3)
+    try:
+        yield redis_store
+    finally:
+        await redis_store.delete_all()
+        await redis_store.close()
+
+
+async def test_records_round_trip_and_replace_forgets_the_old_lease(store: PluginStore) -> None:
+    await store.put(record())
+    assert await store.get("a-1") == record()
+    assert await store.instance_for_lease("lease-1") == "a-1"
+    await store.put(record(lease_id="lease-2"))
+    assert await store.instance_for_lease("lease-1") is None
+    assert await store.instance_for_lease("lease-2") == "a-1"
+    assert [r.instance_id for r in await store.all()] == ["a-1"]
+
+
+async def test_field_updates_apply_only_to_existing_records(store: PluginStore) -> None:
+    await store.put(record())
+    assert await store.set_lease("a-1", 200.5)
+    assert await store.set_phase("a-1", Phase.STOPPING)
+    assert await store.set_check("a-1", Check(True, "", True))
+    got = await store.get("a-1")
+    assert got is not None
+    assert (got.lease_expires_at, got.phase, got.check) == (200.5, Phase.STOPPING, Check(True, "", True))
+    assert await store.remove("a-1")
+    assert not await store.remove("a-1")
+    assert not await store.set_phase("a-1", Phase.READY)
+    assert await store.get("a-1") is None
+    assert await store.instance_for_lease("lease-1") is None
+
+
+async def test_publish_is_compare_and_set_with_increasing_revisions(store: PluginStore) -> None:
+    assert await store.publish("a-1", view()) == 1
+    assert await store.publish("a-1", view()) is None  # unchanged: no new revision
+    assert await store.publish("a-1", view(health=Health.UNHEALTHY)) == 2
+    assert await store.publish("a-1", None) == 3
+    assert await store.publish("a-1", None) is None
+    changes = await store.changes_since(0)
+    assert changes is not None
+    assert [(c.revision, c.kind, c.view.health) for c in changes] == [
+        (1, "updated", Health.HEALTHY),
+        (2, "updated", Health.UNHEALTHY),
+        (3, "removed", Health.UNHEALTHY),
+    ]
+    assert changes[0].view == view()
+    assert await store.snapshot() == (3, [])
+
+
+async def test_history_is_bounded_and_a_lost_revision_asks_for_a_snapshot(store: PluginStore) -> None:
+    for n in range(5):
+        await store.publish(f"a-{n}", view(f"a-{n}"))
+    assert await store.changes_since(1) is None  # revisions 2.. are no longer all retained (history 3)
+    kept = await store.changes_since(2)
+    assert kept is not None
+    assert [c.revision for c in kept] == [3, 4, 5]
+    assert await store.changes_since(5) == []
+    assert await store.changes_since(99) is None  # from a store that was reset
+    revision, views = await store.snapshot()
+    assert revision == 5
+    assert [v.instance_id for v in views] == [f"a-{n}" for n in range(5)]
+
+
+async def test_wait_returns_at_once_when_already_past(store: PluginStore) -> None:
+    await store.publish("a-1", view())
+    await store.wait(0, timeout=30)  # would hang the test if it did not return at once
+    await store.wait(1, timeout=0.01)
