@@ -62,8 +62,6 @@ __all__ = ["Http2Connection", "Http2Stream", "StreamError", "connect"]
 _GRPC_PREFIX = struct.Struct(">BI")
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us
 CONNECTION_WINDOW: Final = 64 * 1024 * 1024
-# Larger DATA frames from the upstream: fewer frames to parse for a large message.
-MAX_FRAME: Final = 1024 * 1024
 _PREFIX_LITERALS = 128  # bytes of a request prefix besides :authority and :path, all as literals
 _ERROR_BODY_LIMIT = 16 * 1024  # of a non-gRPC answer, kept for the error message (Envoy keeps as much)
 _CREDIT_BATCH = STREAM_WINDOW // 8  # window updates go out in batches this large, not per message
@@ -422,11 +420,9 @@ class Http2Connection(asyncio.Protocol):
             # Each call is a few small frames written at once: never hold them back for Nagle.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         settings = struct.pack(
-            ">HIHIHIHIHI",
-            SETTINGS_HEADER_TABLE_SIZE, 0,
+            ">HIHIHI",
             SETTINGS_ENABLE_PUSH, 0,
             SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW,
-            SETTINGS_MAX_FRAME_SIZE, MAX_FRAME,
             SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024,
         )  # fmt: skip
         window = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
