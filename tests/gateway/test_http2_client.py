@@ -13,7 +13,7 @@ import hpack
 import pytest
 
 from gateway.upstream.client import UpstreamClient, encode_timeout
-from gateway.upstream.headers import RequestEncoder
+from gateway.upstream.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.http2 import STREAM_WINDOW, Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, outcome
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
@@ -331,3 +331,17 @@ async def test_many_calls_on_one_connection_keep_their_headers() -> None:
         assert len(server.connections) == 1
         assert all(seen.headers[b":path"] == PATH.encode() for seen in server.seen)
         assert all(seen.headers[b"te"] == b"trailers" for seen in server.seen)
+
+
+def test_response_decoder_cache_follows_the_dynamic_table() -> None:
+    encoder = hpack.Encoder()  # indexes what it sends, as grpc servers do
+    first = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"x-a", b"1")]
+    second = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"x-b", b"2")]
+    insert_first, indexed_first = encoder.encode(first), encoder.encode(first)
+    assert encoder.encode(first) == indexed_first  # indexed and stable: the cache's case
+    insert_second = encoder.encode(second)
+    # Replaying the indexed block after an insertion: its indexes now point elsewhere.
+    sequence = [insert_first, indexed_first, indexed_first, insert_second, indexed_first, encoder.encode(first)]
+    plain, cached = hpack.Decoder(), HeaderBlockDecoder()
+    for block in sequence:
+        assert cached.decode(block) == list(plain.decode(block, raw=True))
