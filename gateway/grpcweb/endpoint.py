@@ -20,11 +20,11 @@ import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage, UpstreamUnavailable
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
+from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import Outcome, outcome
+from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import Endpoint, UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
@@ -65,7 +65,7 @@ def is_grpc_web(scope: Scope) -> bool:
 
 def grpc_web_error_response(scope: Scope, exc: GatewayError) -> Message:
     """A trailers-only `http.response.start` for an error the gateway answers itself."""
-    headers = _status_lines(exc.code, exc.message)
+    headers = status_lines(exc.code, exc.message)
     headers += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
     headers.append((b"content-type", CONTENT_TYPE_TEXT if _negotiate(scope)[2] else CONTENT_TYPE_BINARY))
     headers.append((b"content-length", b"0"))
@@ -125,7 +125,7 @@ class _Response:
         await self.send({"type": "http.response.body", "body": b""})
 
     async def fail(self, code: grpc.StatusCode, message: str, headers: dict[str, str] | None = None) -> None:
-        lines = _status_lines(code, message)
+        lines = status_lines(code, message)
         if self.started:
             await self.trailers(lines)
             return
@@ -278,7 +278,7 @@ class GrpcWebEndpoint:
                             frames.append(frame)
                         result = outcome(stream, service)
                         verdict = result.code
-                        await response.whole(headers, frames, _trailer_lines(result))
+                        await response.whole(headers, frames, result.lines())
                         return
                     await response.start(headers)
                     while frame is not None:
@@ -289,7 +289,7 @@ class GrpcWebEndpoint:
                     return  # nobody is listening; the upstream call was cancelled
                 result = outcome(stream, service)
                 verdict = result.code
-                lines = _trailer_lines(result)
+                lines = result.lines()
                 if response.started:
                     await response.trailers(lines)
                 elif stream.headers is not None and (headers := response_metadata(stream.headers)):
@@ -358,21 +358,6 @@ def _gateway_error(exc: StreamError, service: str) -> GatewayError:
     error = GatewayError(exc.message)
     error.code = exc.code  # type: ignore[misc]
     return error
-
-
-def _status_lines(code: grpc.StatusCode, message: str) -> Headers:
-    lines = [(b"grpc-status", str(code.value[0]).encode())]
-    if message:
-        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
-    return lines
-
-
-def _trailer_lines(result: Outcome) -> Headers:
-    status, message, metadata = result
-    lines = [(b"grpc-status", status)]
-    if message:
-        lines.append((b"grpc-message", message))
-    return lines + metadata
 
 
 async def _plain(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterable
 from urllib.parse import quote
 
+import grpc
+
 from gateway.errors import MalformedMessage, MessageTooLarge
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "encode_frame",
     "encode_trailer_block",
     "percent_encode",
+    "status_lines",
 ]
 
 TRAILER_FLAG = 0x80
@@ -39,6 +42,14 @@ def percent_encode(message: str) -> str:
     # gRPC's rule (PROTOCOL-HTTP2.md) keeps space and every other printable ASCII byte as is;
     # grpc-web JS runs decodeURIComponent on it, so a bare '%' would break the client.
     return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def status_lines(code: grpc.StatusCode, message: str) -> list[tuple[bytes, bytes]]:
+    """grpc-status and (when there is one) the percent-encoded grpc-message, as header lines."""
+    lines = [(b"grpc-status", str(code.value[0]).encode())]
+    if message:
+        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
+    return lines
 
 
 def encode_trailer_block(pairs: Iterable[tuple[str, str]]) -> bytes:

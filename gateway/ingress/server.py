@@ -33,6 +33,7 @@ from typing import cast
 import grpc
 import hpack
 
+from gateway.corking import CorkedTransport
 from gateway.errors import GatewayError
 from gateway.grpcweb.framing import percent_encode
 from gateway.grpcweb.metadata import parse_timeout, response_metadata
@@ -421,7 +422,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: IngressServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport: CorkedTransport | None = None
         self.streams: dict[int, _Call] = {}
         self.send_waiters: set[_Call] = set()
         self.last_stream_id = 0
@@ -436,13 +437,14 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._need = 0
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments so far
-        self._pending: list[bytes] = []
         self.going_away = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        # Frames written during one loop iteration (often several calls' worth) leave in one send().
+        # uvloop's transports do not subclass asyncio's, hence the cast.
+        self.transport = CorkedTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -463,7 +465,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._pending.clear()
         for call in list(self.streams.values()):
             call.on_reset()
         self.server.connection_closed(self)
@@ -732,18 +733,8 @@ class _Connection(asyncio.Protocol):
     # --- used by calls and the server -------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        # Frames written during one loop iteration (often several calls' worth) leave in one send().
         if self.transport is not None:
-            if not self._pending:
-                self.loop.call_soon(self._flush)
-            self._pending.append(data)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending.clear()
-            if self.transport is not None:
-                self.transport.write(data)
+            self.transport.write(data)
 
     def write_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
         flags = END_STREAM if end_stream else 0
@@ -780,7 +771,6 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self._flush()
             self.transport.close()
 
     def abort_calls(self) -> None:

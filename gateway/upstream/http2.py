@@ -25,6 +25,7 @@ from typing import Final, cast
 
 import grpc
 
+from gateway.corking import CorkedTransport
 from gateway.errors import HTTP_TO_GRPC
 from gateway.http2.frames import (
     ACK,
@@ -392,7 +393,7 @@ class Http2Connection(asyncio.Protocol):
         self.authority = authority
         self.max_message = max_message
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport: CorkedTransport | None = None
         self.streams: dict[int, Http2Stream] = {}
         self.send_waiters: set[Http2Stream] = set()
         self.next_stream_id = 1
@@ -409,12 +410,13 @@ class Http2Connection(asyncio.Protocol):
         self.encoder = RequestEncoder()
         self._header_block: tuple[int, int, bytes] | None = None  # stream, flags, fragments so far
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self._pending: list[bytes] = []
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        # Frames written during one loop iteration (often several calls' worth) leave in one send().
+        # uvloop's transports do not subclass asyncio's, hence the cast.
+        self.transport = CorkedTransport(cast(asyncio.Transport, transport), self.loop)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Each call is a few small frames written at once: never hold them back for Nagle.
@@ -576,7 +578,6 @@ class Http2Connection(asyncio.Protocol):
                 stream._finish(StreamError(grpc.StatusCode.UNAVAILABLE, reason))
         self._release_slot_waiters()
         if not self.streams and self.transport is not None:
-            self._flush()
             self.transport.close()
 
     def _abort(self, reason: str) -> None:
@@ -585,24 +586,13 @@ class Http2Connection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream._finish(StreamError(grpc.StatusCode.INTERNAL, reason))
         if self.transport is not None:
-            self._flush()
             self.transport.close()
 
     # --- used by streams and the owner ------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        # Frames written during one loop iteration (often several calls' worth) leave in one send().
         if self.transport is not None:
-            if not self._pending:
-                self.loop.call_soon(self._flush)
-            self._pending.append(data)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending.clear()
-            if self.transport is not None:
-                self.transport.write(data)
+            self.transport.write(data)
 
     def reset(self, stream: Http2Stream, code: int) -> None:
         self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", code)))
@@ -613,7 +603,6 @@ class Http2Connection(asyncio.Protocol):
         if self._slot_waiters:
             self._release_slot_waiters()
         if self.closing is not None and not self.streams and self.transport is not None:
-            self._flush()
             self.transport.close()
 
     def _release_slot_waiters(self) -> None:
@@ -691,7 +680,6 @@ class Http2Connection(asyncio.Protocol):
         self.closing = self.closing or "gateway shutting down"
         if self.transport is not None:
             self.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
-            self._flush()
             self.transport.close()
 
 

@@ -21,6 +21,13 @@ class Outcome(NamedTuple):
     message: bytes  # the grpc-message value, percent-encoded as on the wire; b"" when none
     metadata: list[tuple[bytes, bytes]]  # trailing metadata, -bin values base64
 
+    def lines(self) -> list[tuple[bytes, bytes]]:
+        """grpc-status, grpc-message (when set) and the trailing metadata, as header lines."""
+        lines = [(b"grpc-status", self.status)]
+        if self.message:
+            lines.append((b"grpc-message", self.message))
+        return lines + self.metadata
+
     @property
     def code(self) -> grpc.StatusCode:
         return (

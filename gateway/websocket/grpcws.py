@@ -77,10 +77,10 @@ import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, UpstreamUnavailable
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, percent_encode
+from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import Outcome, outcome
+from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = [
@@ -171,21 +171,6 @@ def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in lines)
 
 
-def _status_lines(code: grpc.StatusCode, message: str) -> Headers:
-    lines = [(b"grpc-status", str(code.value[0]).encode())]
-    if message:
-        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
-    return lines
-
-
-def _trailer_lines(result: Outcome) -> Headers:
-    status, message, metadata = result
-    lines = [(b"grpc-status", status)]
-    if message:
-        lines.append((b"grpc-message", message))
-    return lines + metadata
-
-
 class _Socket:
     """Everything the client gets, in order: one header frame, message frames, one trailer frame, a close."""
 
@@ -221,7 +206,7 @@ class _Socket:
         """End the call with the gateway's own status, as far as the socket still allows."""
         try:
             if not self.ended:
-                await self.end(_status_lines(code, message), [], close_code)
+                await self.end(status_lines(code, message), [], close_code)
             else:
                 await self.close(close_code)
         except _ClientGone:
@@ -515,7 +500,7 @@ class GrpcWebSocketEndpoint:
                     raise requests.failure
                 result = outcome(stream, service)
                 verdict = result.code
-                await socket.end(_trailer_lines(result), response_metadata(stream.headers or ()))
+                await socket.end(result.lines(), response_metadata(stream.headers or ()))
             finally:
                 forwarding.cancel()
                 if not stream.ended:
