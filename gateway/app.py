@@ -20,6 +20,8 @@ import grpc
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
@@ -32,6 +34,7 @@ from gateway.ratelimit import RateLimiter, identify_from_settings
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.websocket import GrpcWebSocketEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -53,6 +56,9 @@ class _ServiceConvertor(Convertor[str]):
 class _MethodConvertor(_ServiceConvertor):
     regex = r"[A-Za-z_][A-Za-z0-9_]*"
 
+
+_NO_MANIFESTS = b'{"plugins":[],"stale":false}'
+_NO_MANIFESTS_ETAG = '"empty"'
 
 register_url_convertor("grpc_service", _ServiceConvertor())
 register_url_convertor("grpc_method", _MethodConvertor())
@@ -77,8 +83,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if breaker.enabled
         else None,
         on_transition=_log_transition,
+        balancing=settings.load_balancing,
     )
     readiness = Readiness()
+    # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
+    registry_routes = (
+        RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval)
+        if settings.registry_url
+        else None
+    )
+    if registry_routes is not None:
+        readiness.details["registry"] = registry_routes.status
     ingress = (
         IngressServer(
             pool,
@@ -113,6 +128,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if limiter is not None:
             await limiter.open()
+        if registry_routes is not None:
+            await registry_routes.start()
+            # Briefly: a gateway that starts next to a running registry should not answer "unknown
+            # service" for its plugins; one that cannot reach it starts anyway (static routes serve).
+            await registry_routes.wait_connected(2.0)
         if ingress is not None:
             await ingress.start()
         readiness.ready = True
@@ -122,9 +142,16 @@ def create_app(settings: GatewaySettings) -> Starlette:
             readiness.ready, readiness.reason = False, "shutting down"
             if ingress is not None:
                 await ingress.stop(grace=5.0)
+            if registry_routes is not None:
+                await registry_routes.stop()
             pool.close()
             if limiter is not None:
                 await limiter.close()
+
+    async def manifests(request: StarletteRequest) -> Response:
+        if registry_routes is not None:
+            return await registry_routes.manifests(request)
+        return manifests_response(request, _NO_MANIFESTS, _NO_MANIFESTS_ETAG)  # no registry: no UI plugins
 
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
@@ -136,6 +163,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         WebSocketRoute("/api/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
+        Route("/api/manifests", manifests, methods=["GET"]),
     ]
     middleware = [
         Middleware(ErrorMiddleware),
@@ -149,6 +177,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -18,8 +21,12 @@ class Readiness:
     def __init__(self) -> None:
         self.ready = False
         self.reason = "starting"
+        # Extra sections of the body, e.g. "registry": {"reachable": false, ...}: things worth
+        # seeing that do not make the gateway unready (the last known routes keep serving).
+        self.details: dict[str, Callable[[], Any]] = {}
 
     async def readyz(self, request: Request) -> JSONResponse:
+        extra = {name: detail() for name, detail in self.details.items()}
         if self.ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready", "reason": self.reason}, status_code=503)
+            return JSONResponse({"status": "ready", **extra})
+        return JSONResponse({"status": "not ready", "reason": self.reason, **extra}, status_code=503)

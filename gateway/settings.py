@@ -161,10 +161,13 @@ class GatewaySettings(_Section):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True  # one log line per request (uvicorn's access log)
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/api/manifests"])
     auth_plugin_url: str | None = None
     registry_url: str | None = None
     route_refresh_interval: float = Field(default=30.0, gt=0)
+    # How a service's replicas share its calls: in turn, or the power of two choices (of two replicas
+    # at random, the one with fewer calls in flight; spreads load better when calls differ in cost).
+    load_balancing: Literal["round_robin", "p2c"] = "p2c"
     rate_limiting: RateLimitSettings = Field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
@@ -176,6 +179,7 @@ class GatewaySettings(_Section):
     # Forward the Cookie header to plugins as metadata (off: cookies are the browser's, not the plugin's).
     forward_cookies: bool = False
     # Fully qualified gRPC service -> endpoints, for plugins that do not register with the registry.
+    # Merged with the registry's routes; a service listed here and registered too keeps these endpoints.
     upstreams: dict[str, list[Endpoint]] = Field(default_factory=dict)
 
     @field_validator("upstreams")

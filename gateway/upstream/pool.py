@@ -1,13 +1,20 @@
 """The routing table: fully qualified gRPC service -> its replicas, each reached by one UpstreamClient.
 
 Calls carry raw gRPC frames, so the gateway proxies a service without its .proto.
+
+Routes come from the configuration's `upstreams:` (static, fixed for the process's life) and, when a
+registry is configured, from its health stream (gateway/upstream/registry_routes.py), which replaces
+them with `UpstreamPool.update` while calls run. A service listed in both keeps its static endpoints:
+the operator wrote them down on purpose (e.g. to pin a service while its plugins misbehave).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal
 
 import grpc
 
@@ -15,38 +22,70 @@ from gateway.errors import UnknownService, UpstreamUnavailable
 from gateway.upstream.breaker import BreakerPolicy, CircuitBreaker, Clock, TransitionListener
 from gateway.upstream.client import UpstreamClient
 
-__all__ = ["Endpoint", "Route", "UpstreamPool"]
+__all__ = ["Balancing", "Endpoint", "Route", "UpstreamPool"]
+
+Balancing = Literal["round_robin", "p2c"]
 
 
 class Endpoint:
-    """One replica of a service, with its circuit breaker (None when breakers are off)."""
+    """One replica of a service, with its circuit breaker (None when breakers are off) and the number
+    of calls it has in flight (picked, not yet reported), which p2c balances on."""
 
-    __slots__ = ("address", "breaker", "client")
+    __slots__ = ("_on_idle", "address", "breaker", "client", "inflight")
 
     def __init__(self, address: str, client: UpstreamClient, breaker: CircuitBreaker | None = None) -> None:
         self.address = address
         self.client = client
         self.breaker = breaker
+        self.inflight = 0
+        # Set once the endpoint has left the routing table: called when its last call ends, so the
+        # pool can close a client that nobody routes to any more without cutting a running call.
+        self._on_idle: Callable[[], None] | None = None
 
     def report(self, code: grpc.StatusCode) -> None:
         """How a call that `Route.pick` sent here ended (CANCELLED: it proved nothing)."""
+        self.inflight -= 1
         if self.breaker is not None:
             self.breaker.record(code)
+        if self.inflight <= 0 and self._on_idle is not None:
+            self._on_idle()
 
 
 class Route:
-    """A service and its replicas, chosen round robin."""
+    """A service and its replicas, chosen round robin or by the power of two choices."""
 
-    __slots__ = ("_cycle", "endpoints", "service")
+    __slots__ = ("_cycle", "_random", "balancing", "endpoints", "service")
 
-    def __init__(self, service: str, endpoints: Sequence[Endpoint]) -> None:
+    def __init__(
+        self,
+        service: str,
+        endpoints: Sequence[Endpoint],
+        *,
+        balancing: Balancing = "round_robin",
+        rng: random.Random | None = None,
+    ) -> None:
         self.service = service
         self.endpoints = tuple(endpoints)
+        self.balancing = balancing
         self._cycle: Iterator[Endpoint] = itertools.cycle(self.endpoints)
+        self._random = rng or random.Random()
 
     def pick(self) -> Endpoint:
-        """The next replica, round robin, skipping those whose breaker is open; the caller must
-        `report` how the call ended."""
+        """A replica whose breaker lets the call through; the caller must `report` how the call ended."""
+        endpoint = self._pick()
+        endpoint.inflight += 1
+        return endpoint
+
+    def _pick(self) -> Endpoint:
+        if self.balancing == "p2c" and len(self.endpoints) > 1:
+            # Two replicas at random, the one with fewer calls in flight first: close to least-loaded
+            # without every gateway worker herding onto the same replica.
+            first, second = self._random.sample(self.endpoints, 2)
+            if second.inflight < first.inflight:
+                first, second = second, first
+            for endpoint in (first, second):
+                if endpoint.breaker is None or endpoint.breaker.try_acquire():
+                    return endpoint
         for _ in range(len(self.endpoints)):
             endpoint = next(self._cycle)
             if endpoint.breaker is None or endpoint.breaker.try_acquire():
@@ -68,33 +107,86 @@ class UpstreamPool:
         breakers: BreakerPolicy | None = None,
         clock: Clock = time.monotonic,
         on_transition: TransitionListener | None = None,
+        balancing: Balancing = "round_robin",
     ) -> None:
         self._max_message_bytes = max_message_bytes
+        self._breakers = breakers
+        self._clock = clock
+        self._on_transition = on_transition
+        self._balancing: Balancing = balancing
+        self._static = {service: tuple(addresses) for service, addresses in upstreams.items()}
         # Services served by one process share its client, hence one HTTP/2 connection.
         self._clients: dict[str, UpstreamClient] = {}
-        self._routes = {
-            service: Route(
-                service,
-                [
-                    Endpoint(
-                        address,
-                        self._client(address),
-                        # Per service and replica: one service failing on a shared process trips only its own.
-                        CircuitBreaker(f"{service}@{address}", breakers, clock=clock, listener=on_transition)
-                        if breakers is not None
-                        else None,
-                    )
-                    for address in addresses
-                ],
-            )
-            for service, addresses in upstreams.items()
-        }
+        # Clients no route uses any more, kept open while some call still runs on them.
+        self._retired: dict[str, tuple[UpstreamClient, list[Endpoint]]] = {}
+        self._routes: dict[str, Route] = {}
+        self._dynamic: dict[str, tuple[str, ...]] = {}
+        self._apply()
 
     def _client(self, address: str) -> UpstreamClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = UpstreamClient(address, max_message_bytes=self._max_message_bytes)
+            retired = self._retired.pop(address, None)
+            client = retired[0] if retired is not None else None
+            if client is None:
+                client = UpstreamClient(address, max_message_bytes=self._max_message_bytes)
+            self._clients[address] = client
         return client
+
+    def _endpoint(self, service: str, address: str) -> Endpoint:
+        # Per service and replica: one service failing on a shared process trips only its own breaker.
+        breaker = (
+            CircuitBreaker(f"{service}@{address}", self._breakers, clock=self._clock, listener=self._on_transition)
+            if self._breakers is not None
+            else None
+        )
+        return Endpoint(address, self._client(address), breaker)
+
+    def update(self, routes: Mapping[str, Sequence[str]]) -> None:
+        """Replace the routes that came from the registry (service -> endpoints); static ones stay.
+
+        Runs on the event loop between calls: each Route is swapped whole, so a pick sees the old
+        or the new replicas, never a mix. An endpoint whose address stays keeps its Endpoint (its
+        breaker state and in-flight count) and client (its connection)."""
+        self._dynamic = {service: tuple(addresses) for service, addresses in routes.items() if addresses}
+        self._apply()
+
+    def _apply(self) -> None:
+        wanted = {**self._dynamic, **self._static}  # static wins
+        old_endpoints = {
+            (service, endpoint.address): endpoint
+            for service, route in self._routes.items()
+            for endpoint in route.endpoints
+        }
+        routes: dict[str, Route] = {}
+        for service, addresses in wanted.items():
+            current = self._routes.get(service)
+            if current is not None and tuple(e.address for e in current.endpoints) == addresses:
+                routes[service] = current  # unchanged: keep its round-robin position too
+                continue
+            endpoints = [
+                old_endpoints.get((service, address)) or self._endpoint(service, address)
+                for address in dict.fromkeys(addresses)
+            ]
+            routes[service] = Route(service, endpoints, balancing=self._balancing)
+        kept = {id(endpoint) for route in routes.values() for endpoint in route.endpoints}
+        used = {endpoint.address for route in routes.values() for endpoint in route.endpoints}
+        gone = [endpoint for endpoint in old_endpoints.values() if id(endpoint) not in kept]
+        self._routes = routes
+        for address in [address for address in self._clients if address not in used]:
+            self._retired[address] = (self._clients.pop(address), [])
+        for endpoint in gone:
+            if endpoint.address in self._retired:
+                self._retired[endpoint.address][1].append(endpoint)
+                endpoint._on_idle = self._reap
+        self._reap()
+
+    def _reap(self) -> None:
+        """Close the retired clients that no call runs on any more."""
+        for address, (client, endpoints) in list(self._retired.items()):
+            if all(endpoint.inflight <= 0 for endpoint in endpoints):
+                del self._retired[address]
+                client.close()
 
     def route(self, service: str) -> Route:
         route = self._routes.get(service)
@@ -109,6 +201,13 @@ class UpstreamPool:
     def services(self) -> list[str]:
         return sorted(self._routes)
 
+    @property
+    def static_services(self) -> list[str]:
+        return sorted(self._static)
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
+        for client, _endpoints in self._retired.values():
+            client.close()
+        self._retired.clear()

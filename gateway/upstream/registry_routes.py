@@ -1,0 +1,320 @@
+"""Routes from the plugin registry: a routing table kept current from WatchHealth, and /api/manifests.
+
+One background task per gateway process (started in the app lifespan when `registryUrl` is set):
+
+  connect: ListPlugins (every manifest and instance status, at revision R), then
+           WatchHealth(since_revision=R): each change after R, as it happens.
+  broken stream or unreachable registry: reconnect with backoff and start again from ListPlugins.
+           Resuming from the list's revision (rather than the last one seen) also covers a registry
+           whose memory store restarted: its revisions start over, and the list is its new truth.
+  every routeRefreshInterval: ListPlugins again (manifests can change without any health change,
+           and a lost update must not linger); an instance of a plugin whose manifest is not known
+           yet triggers one at once.
+
+A service is routed to the endpoints of instances that are READY or DEGRADED (phase) and HEALTHY or
+DEGRADED (health), per the plugin manifest's `provides[].grpcServices`. A STOPPING instance leaves
+the table, so it gets no new calls; calls already on it run to their end (the pool closes a client
+only once its last call has reported). While the registry is unreachable the last known table keeps
+serving, and /api/manifests answers the last known list marked `"stale": true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import Response
+from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
+
+from gateway.upstream.pool import UpstreamPool
+
+__all__ = ["RegistryRoutes", "routable"]
+
+logger = logging.getLogger(__name__)
+
+_ROUTABLE_PHASES = frozenset({pb.PHASE_READY, pb.PHASE_DEGRADED})
+_ROUTABLE_HEALTH = frozenset({pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DEGRADED})
+_BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
+_BACKOFF_MAX = 2.0  # short: a restarted registry should be followed within a couple of seconds
+_CALL_TIMEOUT = 5.0  # for ListPlugins
+
+
+def routable(status: pb.InstanceStatus) -> bool:
+    """Whether an instance may receive new calls."""
+    return status.phase in _ROUTABLE_PHASES and status.health in _ROUTABLE_HEALTH
+
+
+def _target(url: str) -> str:
+    # registryUrl may be written as a URL (grpc://host:port) or as grpc's host:port.
+    for scheme in ("grpc://", "http://", "dns:///"):
+        if url.startswith(scheme):
+            return url[len(scheme) :].rstrip("/")
+    return url
+
+
+def _health_name(value: int) -> str:
+    return pb.HealthState.Name(value).removeprefix("HEALTH_STATE_")  # type: ignore[arg-type]
+
+
+def _phase_name(value: int) -> str:
+    return pb.Phase.Name(value).removeprefix("PHASE_")  # type: ignore[arg-type]
+
+
+class _Plugin:
+    __slots__ = ("manifest", "services")
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.services = tuple(
+            dict.fromkeys(
+                service
+                for provided in manifest.get("provides") or []
+                for service in provided.get("grpcServices") or []
+                if isinstance(service, str)
+            )
+        )
+
+
+class RegistryRoutes:
+    """The registry's view of plugins, fed into an UpstreamPool and served as /api/manifests."""
+
+    def __init__(self, registry_url: str, pool: UpstreamPool, *, refresh_interval: float) -> None:
+        self.registry_url = registry_url
+        self.pool = pool
+        self.refresh_interval = refresh_interval
+        self.reachable = False
+        self.error = "not connected yet"
+        self.revision = 0
+        self._plugins: dict[str, _Plugin] = {}
+        self._instances: dict[str, pb.InstanceStatus] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: registry_pb2_grpc.RegistryAsyncStub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refresh_now = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._manifests: tuple[bytes, str] | None = None  # body and ETag, until the data changes
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Keepalive: a registry host that vanishes without closing the connection is noticed too.
+        self._channel = grpc.aio.insecure_channel(
+            _target(self.registry_url),
+            options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)],
+        )
+        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._tasks = [
+            asyncio.create_task(self._watch_forever(), name="registry-watch"),
+            asyncio.create_task(self._refresh_forever(), name="registry-refresh"),
+        ]
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) for the first table, so a starting gateway does not answer
+        "unknown service" for plugins that are already registered."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        return self._connected.is_set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: the gateway stays ready without the registry, but says so."""
+        return {
+            "url": self.registry_url,
+            "reachable": self.reachable,
+            "revision": self.revision,
+            "plugins": len(self._plugins),
+            "instances": len(self._instances),
+            **({} if self.reachable else {"error": self.error}),
+        }
+
+    # --- the two loops -------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        backoff = _BACKOFF_INITIAL
+        while True:
+            try:
+                await self._list(replace=True)
+                assert self._stub is not None
+                call = self._stub.WatchHealth(pb.WatchHealthRequest(since_revision=self.revision))
+                async for event in call:
+                    self._apply(event)
+                    backoff = _BACKOFF_INITIAL
+                self._lost("the health stream ended")
+            except grpc.aio.AioRpcError as exc:
+                self._lost(f"{exc.code().name}: {exc.details()}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), self.refresh_interval)
+            self._refresh_now.clear()
+            if not self.reachable:
+                continue  # the watch loop is reconnecting, and lists first when it does
+            try:
+                await self._list(replace=False)
+            except grpc.aio.AioRpcError as exc:
+                # The watch stream notices too and reconnects; until then, keep the table.
+                logger.warning("registry %s: ListPlugins failed: %s", self.registry_url, exc.details())
+
+    def _lost(self, reason: str) -> None:
+        if self.reachable:
+            logger.warning("registry %s unreachable (%s); keeping the last known routes", self.registry_url, reason)
+        self.reachable, self.error = False, reason
+        self._manifests = None  # now stale
+
+    # --- state ---------------------------------------------------------------------------------
+
+    async def _list(self, *, replace: bool) -> None:
+        assert self._stub is not None
+        reply = await self._stub.ListPlugins(pb.ListPluginsRequest(), timeout=_CALL_TIMEOUT)
+        plugins: dict[str, _Plugin] = {}
+        for plugin in reply.plugins:
+            try:
+                manifest = json.loads(plugin.manifest_json)
+            except ValueError:
+                manifest = {}
+            if not isinstance(manifest, dict):
+                manifest = {}
+            manifest.setdefault("id", plugin.plugin_id)
+            manifest.setdefault("version", plugin.version)
+            manifest.setdefault("name", plugin.name)
+            plugins[plugin.plugin_id] = _Plugin(manifest)
+        self._plugins = plugins
+        # The list is a snapshot at its revision: it replaces the instances unless the watch has
+        # already applied later changes (then only the manifests are news).
+        if replace or reply.revision >= self.revision:
+            self._instances = {status.instance_id: status for plugin in reply.plugins for status in plugin.instances}
+            self.revision = reply.revision
+        if not self.reachable:
+            logger.info("registry %s: connected at revision %d", self.registry_url, reply.revision)
+        self.reachable, self.error = True, ""
+        self._changed()
+        self._connected.set()
+
+    def _apply(self, event: pb.WatchHealthResponse) -> None:
+        if event.kind == pb.WatchHealthResponse.KIND_SNAPSHOT:
+            self._instances = {status.instance_id: status for status in event.instances}
+        elif event.revision <= self.revision:
+            return  # already part of the list this stream resumed from
+        elif event.kind == pb.WatchHealthResponse.KIND_REMOVED:
+            for status in event.instances:
+                self._instances.pop(status.instance_id, None)
+        else:
+            for status in event.instances:
+                self._instances[status.instance_id] = status
+        self.revision = event.revision
+        known = {plugin_id: plugin.manifest.get("version") for plugin_id, plugin in self._plugins.items()}
+        if event.kind != pb.WatchHealthResponse.KIND_REMOVED and any(
+            known.get(status.plugin_id) != status.plugin_version for status in event.instances
+        ):
+            self._refresh_now.set()  # a plugin (or version) whose manifest this gateway has not read yet
+        self._changed()
+
+    def _changed(self) -> None:
+        self._manifests = None
+        routes: dict[str, list[str]] = {}
+        for status in sorted(self._instances.values(), key=lambda s: (s.endpoint, s.instance_id)):
+            plugin = self._plugins.get(status.plugin_id)
+            if plugin is None or not routable(status):
+                continue
+            for service in plugin.services:
+                routes.setdefault(service, []).append(status.endpoint)
+        self.pool.update(routes)
+
+    def routes(self) -> Mapping[str, list[str]]:
+        """The registry's routes as they stand (before static ones override), for tests and debugging."""
+        routes: dict[str, list[str]] = {}
+        for status in self._instances.values():
+            plugin = self._plugins.get(status.plugin_id)
+            if plugin is not None and routable(status):
+                for service in plugin.services:
+                    routes.setdefault(service, []).append(status.endpoint)
+        return routes
+
+    # --- GET /api/manifests --------------------------------------------------------------------
+
+    def manifests_body(self) -> tuple[bytes, str]:
+        """The response body (the seed's shape, UI plugins only, with status) and its ETag."""
+        if self._manifests is None:
+            by_plugin: dict[str, list[pb.InstanceStatus]] = {}
+            for status in self._instances.values():
+                by_plugin.setdefault(status.plugin_id, []).append(status)
+            entries = [
+                _entry(plugin.manifest, by_plugin.get(plugin_id, []))
+                for plugin_id, plugin in sorted(self._plugins.items())
+                if _has_ui(plugin.manifest)
+            ]
+            body = json.dumps(
+                {"plugins": entries, "stale": not self.reachable}, separators=(",", ":"), sort_keys=False
+            ).encode()
+            self._manifests = body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        return self._manifests
+
+    async def manifests(self, request: Request) -> Response:
+        return manifests_response(request, *self.manifests_body())
+
+
+def _has_ui(manifest: Mapping[str, Any]) -> bool:
+    ui = manifest.get("ui")
+    return isinstance(ui, dict) and ui.get("enabled", True) is not False
+
+
+def _entry(manifest: Mapping[str, Any], instances: list[pb.InstanceStatus]) -> dict[str, Any]:
+    ui = dict(manifest["ui"])
+    ui.pop("enabled", None)
+    entry: dict[str, Any] = {
+        key: manifest[key] for key in ("id", "version", "name", "description", "type") if key in manifest
+    }
+    entry["ui"] = ui
+    entry["status"] = _status(instances)
+    return entry
+
+
+def _status(instances: list[pb.InstanceStatus]) -> dict[str, Any]:
+    """The plugin's status: that of its best instance (routable first, then the healthiest)."""
+    ready = [status for status in instances if routable(status)]
+    if not instances:
+        return {"health": "UNHEALTHY", "phase": "UNSPECIFIED", "instances": 0, "ready": 0, "reason": "no instance"}
+    best = min(instances, key=lambda s: (not routable(s), s.health or 99, s.instance_id))
+    status: dict[str, Any] = {
+        "health": _health_name(best.health),
+        "phase": _phase_name(best.phase),
+        "instances": len(instances),
+        "ready": len(ready),
+    }
+    if best.reason:
+        status["reason"] = best.reason
+    return status
+
+
+def manifests_response(request: Request, body: bytes, etag: str) -> Response:
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags

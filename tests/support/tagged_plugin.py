@@ -1,0 +1,46 @@
+"""A test plugin that says who answered: upf.demo.v1.Echo whose Say replies "<text> @<port>", plus
+grpc.health.v1 (SERVING), on a given port. For routing tests that count calls per replica.
+
+python -m tests.support.tagged_plugin --port N     prints "PORT <n>" once it listens
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from upf.demo.v1 import demo_pb2, demo_pb2_grpc
+
+from plugins.demo.service import EchoService
+
+
+class TaggedEcho(EchoService):
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def Say(
+        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> demo_pb2.SayResponse:
+        return demo_pb2.SayResponse(text=f"{request.text} @{self.port}")
+
+
+async def main(port: int) -> None:
+    server = grpc.aio.server()
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    demo_pb2_grpc.add_EchoServicer_to_server(TaggedEcho(bound), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    print(f"PORT {bound}", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(main(parser.parse_args().port))
