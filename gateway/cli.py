@@ -142,6 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="manifest file to check")
+    plugin = commands.add_parser(
+        "plugin",
+        help="run a built-in plugin as its own process, registered with the registry",
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo) on the plugin SDK: it serves gRPC with "
+        "grpc.health.v1 and reflection, registers with the registry and renews its lease, and on SIGTERM "
+        "stops taking calls, drains the running ones and unregisters.",
+    )
+    plugin.add_argument("name", choices=["demo"], help="which plugin")
+    plugin.add_argument(
+        "--registry",
+        metavar="ADDR",
+        default=os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+        help="the registry's host:port (default: $UPF_REGISTRY_URL or 127.0.0.1:50052)",
+    )
+    plugin.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    plugin.add_argument("--port", type=int, default=0, metavar="PORT", help="gRPC port (default 0: any free port)")
+    plugin.add_argument("--instance-id", metavar="ID", help="this instance's id (default: <plugin id>-<random>)")
+    plugin.add_argument("--manifest", metavar="FILE", help="use this manifest instead of the plugin's own")
+    plugin.add_argument(
+        "--drain-grace", type=float, default=10.0, metavar="SECONDS", help="time in-flight calls get on SIGTERM"
+    )
+    plugin.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
+    )
     return parser
 
 
@@ -182,6 +206,23 @@ def _run_registry(args: argparse.Namespace) -> None:
     run_registry(settings)
 
 
+def _run_plugin(args: argparse.Namespace) -> None:
+    # Imported here so that the gateway's commands do not load the plugin SDK.
+    from plugins.demo.plugin import MANIFEST, main as run_demo
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(
+        run_demo(
+            registry=args.registry,
+            host=args.host,
+            port=args.port,
+            instance_id=args.instance_id,
+            manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
@@ -191,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(validate_files(args.files))
     if args.command == "registry":
         _run_registry(args)
+        return
+    if args.command == "plugin":
+        _run_plugin(args)
         return
     try:
         settings = _settings(args)

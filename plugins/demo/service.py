@@ -1,4 +1,4 @@
-"""The demo plugin: `upf.demo.v1.Echo`, served by `upf run` so that the gateway has something to call."""
+"""The demo plugin: `upf.demo.v1.Echo`, embedded by `upf run` and run on its own by `upf plugin demo` (plugin.py)."""
 
 from __future__ import annotations
 
