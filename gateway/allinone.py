@@ -1,25 +1,45 @@
-"""`upf run`: the gateway and the demo plugin in one process, on embedded defaults."""
+"""`upf run`: the whole platform in one process, on embedded defaults.
+
+The registry (memory store) on registryUrl (default 127.0.0.1:50052), the demo plugin on the plugin
+SDK registering with it, and the gateway routing by it: the same parts and the same protocols as
+the Procfile's separate processes, so what works here works there. Nothing else needs to run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from gateway.serve import serve_gateway
 from gateway.settings import GatewaySettings
-from plugins.demo.service import serve as serve_demo
+from plugins.demo.plugin import build as build_demo
+from registry.server import serve as serve_registry
+from registry.settings import RegistrySettings
 
-__all__ = ["run_all"]
+__all__ = ["DEFAULT_REGISTRY", "run_all"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_SERVICE = "upf.demo.v1.Echo"
+DEFAULT_REGISTRY = "127.0.0.1:50052"
 
 
 async def run_all(settings: GatewaySettings) -> None:
-    demo, port = await serve_demo("127.0.0.1:0")
-    logger.info("demo plugin %s listening on 127.0.0.1:%d", DEMO_SERVICE, port)
-    upstreams = {DEMO_SERVICE: [f"127.0.0.1:{port}"], **settings.upstreams}
+    registry_url = settings.registry_url or DEFAULT_REGISTRY
+    host, _, port = registry_url.rpartition(":")
+    registry_stopped = asyncio.Event()
+    registry = asyncio.create_task(
+        serve_registry(RegistrySettings(host=host, port=int(port), log_level=settings.log_level), stop=registry_stopped)
+    )
+    # The plugin's signals are the gateway's: it stops when the gateway has stopped.
+    demo = build_demo(registry=registry_url, handle_signals=False)
+    demo_task = asyncio.create_task(demo.run())
     try:
-        await serve_gateway(settings.model_copy(update={"upstreams": upstreams, "workers": 1}))
+        await serve_gateway(settings.model_copy(update={"registry_url": registry_url, "workers": 1}))
     finally:
-        await demo.stop(grace=2.0)
+        await demo.stop()
+        with contextlib.suppress(Exception):
+            await demo_task
+        registry_stopped.set()
+        with contextlib.suppress(Exception):
+            await registry

@@ -26,10 +26,12 @@ def build(
     instance_id: str | None = None,
     manifest: str | Path = MANIFEST,
     drain_grace: float = 10.0,
+    handle_signals: bool = True,
 ) -> Plugin:
     return Plugin(
         manifest,
         [(demo_pb2_grpc.add_EchoServicer_to_server, EchoService())],
+        handle_signals=handle_signals,
         registry=registry,
         host=host,
         port=port,
