@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from upf.demo.v1 import demo_pb2
 from upf.registry.v1 import registry_pb2 as pb
 
@@ -230,3 +232,39 @@ def test_two_replicas_share_the_load_and_a_rolling_restart_loses_no_call(work_di
         statuses = Counter(status for status, _text in load.results)
         assert statuses == {OK: len(load.results)}, [r for r in load.results if r[0] != OK][:5]
         assert len(load.results) > 100
+
+
+def test_redis_store_registry_restart_keeps_registrations_and_the_gateways_routes(work_dir: Path) -> None:
+    registry_port = free_port()
+    prefix = f"upf:test:routing:{uuid.uuid4().hex}"
+    config = {**FAST, "store": "redis", "keyPrefix": prefix, "leaseTtl": 30}
+    plugin = Plugin(work_dir)
+    try:
+        with ExitStack() as stack, httpx.Client(timeout=5) as client:
+            plugin.start()
+            stack.callback(plugin.stop)
+            registry = stack.enter_context(run_registry(config, work_dir, port=registry_port))
+            register(registry, plugin, "echo-redis")
+            gateway = stack.enter_context(run_gateway(gateway_config(registry), work_dir))
+            wait_until(lambda: say(client, gateway.url) == (OK, f"hi @{plugin.port}"), what="the plugin to be routed")
+            registry.process.stop(signal.SIGTERM)
+            # The gateway keeps its last table while the registry is away.
+            assert say(client, gateway.url) == (OK, f"hi @{plugin.port}")
+            # A new registry process on the same Redis keys: the registration is still there, nobody
+            # registers again, and the gateway's watch finds its way back.
+            restarted = stack.enter_context(run_registry(config, work_dir, port=registry_port))
+            listed = restarted.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5)
+            assert [instance.instance_id for p in listed.plugins for instance in p.instances] == ["echo-redis"]
+
+            def reachable() -> bool:
+                ready = client.get(f"{gateway.url}/readyz").json()
+                return bool(ready["registry"]["reachable"])
+
+            wait_until(reachable, timeout=15, what="the gateway to watch the restarted registry")
+            assert all(say(client, gateway.url) == (OK, f"hi @{plugin.port}") for _ in range(10))
+    finally:
+        redis_client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = list(redis_client.scan_iter(f"{prefix}*"))
+        if keys:
+            redis_client.delete(*keys)
+        redis_client.close()
