@@ -281,6 +281,10 @@ def _has_ui(manifest: Mapping[str, Any]) -> bool:
 def _entry(manifest: Mapping[str, Any], instances: list[pb.InstanceStatus]) -> dict[str, Any]:
     ui = dict(manifest["ui"])
     ui.pop("enabled", None)
+    modules = ui.get("exposedModules") or []
+    # The seed's shape lists module names; the details (path, type) stay available beside them.
+    ui["exposedModules"] = [module["name"] if isinstance(module, dict) else module for module in modules]
+    ui["modules"] = modules
     entry: dict[str, Any] = {
         key: manifest[key] for key in ("id", "version", "name", "description", "type") if key in manifest
     }

@@ -113,7 +113,8 @@ def test_routed_dropped_after_sigkill_routed_again_manifests_and_registry_restar
         [entry] = body["plugins"]
         assert (entry["id"], entry["version"], entry["name"]) == ("echo-plugin", "1.0.0", "Echo-Plugin")
         assert entry["ui"]["remoteEntry"] == UI["remoteEntry"]
-        assert entry["ui"]["exposedModules"][0]["name"] == "./EchoPage"
+        assert entry["ui"]["exposedModules"] == ["./EchoPage"]  # the seed's shape: module names
+        assert entry["ui"]["modules"][0]["name"] == "./EchoPage"
         assert entry["ui"]["navigation"] == UI["navigation"]
         assert entry["status"] == {"health": "HEALTHY", "phase": "READY", "instances": 1, "ready": 1}
         etag = r.headers["etag"]
