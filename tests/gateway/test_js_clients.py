@@ -14,9 +14,6 @@ All of them take the schema from the descriptor set that `probe_gen` writes; no 
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +22,10 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support.processes import ROOT, Gateway, wait_until
+from tests.support.node import node_call, require_node
+from tests.support.processes import Gateway, wait_until
 
-JS_DIR = ROOT / "tests" / "js"
 CLIENTS = ["connect", "grpc-web", "protobuf-ts"]
-NODE_TIMEOUT = 30.0
 
 # '%' must survive percent-decoding, non-ASCII and the newline must be percent-encoded by the gateway.
 AWKWARD_MESSAGE = "50% off: café ✓\nsecond line"
@@ -41,13 +37,7 @@ Call = Callable[..., dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH: the JavaScript client tests need Node 20; then run `make test`")
-    for package in ("@connectrpc/connect-node", "grpc-web", "xhr2", "@protobuf-ts/grpcweb-transport"):
-        if not (JS_DIR / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"{JS_DIR}/node_modules lacks {package}: run `make test` (it runs npm ci in tests/js)")
-    return path
+    return require_node(("@connectrpc/connect-node", "grpc-web", "xhr2", "@protobuf-ts/grpcweb-transport"))
 
 
 @pytest.fixture
@@ -55,11 +45,7 @@ def call(node: str, gateway: Gateway, probe_gen: Path) -> Call:
     """`call(client, method=..., request={...}, ...)`: one call through that client (see call.mjs for the spec)."""
 
     def run(client: str, **spec: Any) -> dict[str, Any]:
-        args = [node, str(JS_DIR / "call.mjs"), client, gateway.url, str(probe_gen / "probe.binpb"), json.dumps(spec)]
-        done = subprocess.run(args, cwd=JS_DIR, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False)
-        assert done.returncode == 0, f"{client} call failed (exit {done.returncode}):\n{done.stderr}"
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
+        return node_call(node, "call.mjs", client, gateway.url, str(probe_gen / "probe.binpb"), spec)
 
     return run
 

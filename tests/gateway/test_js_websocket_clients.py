@@ -15,20 +15,16 @@ clients, both with their WebsocketTransport:
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.processes import ROOT, Gateway
+from tests.support.node import node_call, require_node
+from tests.support.processes import Gateway
 
-JS_DIR = ROOT / "tests" / "js"
 CLIENTS = ["nice-grpc-web", "improbable"]
-NODE_TIMEOUT = 30.0
 AWKWARD_MESSAGE = "50% off: café ✓\nsecond line"
 
 Call = Callable[..., dict[str, Any]]
@@ -36,13 +32,7 @@ Call = Callable[..., dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH: the JavaScript client tests need Node 20; then run `make test`")
-    for package in ("nice-grpc-web", "ws", "@improbable-eng/grpc-web", "@bufbuild/protobuf"):
-        if not (JS_DIR / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"{JS_DIR}/node_modules lacks {package}: run `make test` (it runs npm ci in tests/js)")
-    return path
+    return require_node(("nice-grpc-web", "ws", "@improbable-eng/grpc-web", "@bufbuild/protobuf"))
 
 
 @pytest.fixture
@@ -50,12 +40,7 @@ def call(node: str, gateway: Gateway, probe_gen: Path) -> Call:
     """`call(client, method=..., requests=[...], ...)`: one call through that client (see ws-call.mjs)."""
 
     def run(client: str, **spec: Any) -> dict[str, Any]:
-        script, schema = str(JS_DIR / "ws-call.mjs"), str(probe_gen / "probe.binpb")
-        args = [node, script, client, gateway.url, schema, json.dumps(spec)]
-        done = subprocess.run(args, cwd=JS_DIR, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False)
-        assert done.returncode == 0, f"{client} call failed (exit {done.returncode}):\n{done.stderr}"
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
+        return node_call(node, "ws-call.mjs", client, gateway.url, str(probe_gen / "probe.binpb"), spec)
 
     return run
 
