@@ -4,7 +4,7 @@ Outermost first, each for a reason:
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
-  router               REST endpoints first, then the gRPC-Web paths (the service segment holds a dot)
+  router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
 Auth slots in between CORS and rate limiting when it lands.
 """
