@@ -35,7 +35,7 @@ from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
-from gateway.websocket import GrpcWebSocketEndpoint
+from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -111,13 +111,21 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
     )
+    websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         pool,
         allow_origins=settings.cors.allow_origins,
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
+        registry=websockets,
     )
+
+    async def drain() -> None:
+        # Run by gateway/serve.py before uvicorn's shutdown and so before the lifespan's: uvicorn
+        # would close every WebSocket with 1012 first, cutting calls in flight.
+        readiness.ready, readiness.reason = False, "shutting down"
+        await websockets.drain()
 
     # Rate-limit decisions and store errors, counted for /metrics.
     ratelimit_counters: Counter[str] = Counter()
@@ -180,6 +188,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
+    app.state.websockets = websockets
+    app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
 
 

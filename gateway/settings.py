@@ -152,6 +152,9 @@ class WebSocketSettings(_Section):
     # socket is closed. null turns either off.
     ping_interval: float | None = Field(default=20.0, gt=0)
     ping_timeout: float | None = Field(default=20.0, gt=0)
+    # Seconds a shutdown lets grpc-websockets calls in flight finish before it cuts them (UNAVAILABLE,
+    # close 1001); idle sockets are closed at once. uvicorn's graceful-shutdown timeout follows it.
+    drain_grace: float = Field(default=10.0, ge=0)
 
 
 class GatewaySettings(_Section):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.websocket.grpcws import GrpcWebSocketEndpoint, max_websocket_message
+from gateway.websocket.grpcws import GrpcWebSocketEndpoint, WebSocketRegistry, max_websocket_message
 
-__all__ = ["GrpcWebSocketEndpoint", "max_websocket_message"]
+__all__ = ["GrpcWebSocketEndpoint", "WebSocketRegistry", "max_websocket_message"]

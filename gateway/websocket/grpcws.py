@@ -60,6 +60,15 @@ Limits, liveness and cancellation
     behind further unread messages is noticed once the upstream takes bytes again, or at the
     deadline. An upstream that ends the call ends the socket.
 
+Graceful drain (WebSocketRegistry, run by gateway/serve.py before uvicorn's own shutdown, which
+would close every socket with 1012 at once)
+  - New upgrades are refused with HTTP 503; the listeners are closed already.
+  - A socket without a call (no header block yet) is closed with 1001 ("going away") at once.
+  - A call in flight runs on for up to websocket.drainGrace seconds; when it ends, its trailer frame
+    is followed by close 1001 instead of 1000, so the client knows to reconnect elsewhere.
+  - A call still running after the grace is cut: the upstream is cancelled and the client gets a
+    trailer frame with UNAVAILABLE "the gateway is shutting down", then close 1001.
+
 Not here: several calls on one socket (this protocol has one call per socket); an unary or
 server-streaming method that gets END_STREAM without a message waits for its deadline, since the
 gateway proxies without descriptors and cannot tell it from a client stream that sent nothing.
@@ -84,12 +93,14 @@ from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = [
+    "CLOSE_GOING_AWAY",
     "CLOSE_NORMAL",
     "CLOSE_TOO_BIG",
     "MESSAGE_SLACK",
     "SUBPROTOCOL",
     "GrpcWebSocketEndpoint",
     "UnsupportedContentType",
+    "WebSocketRegistry",
     "max_websocket_message",
     "parse_header_block",
 ]
@@ -101,7 +112,9 @@ SUBPROTOCOL = "grpc-websockets"
 # prefix, and a few small frames sent along with it. A header block is held to the same size.
 MESSAGE_SLACK = 64 * 1024
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # RFC 6455: the server is going down
 CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big"
+SHUTTING_DOWN = "the gateway is shutting down"
 
 _HALF_CLOSE = b"\x01"
 _CONTENT_TYPE = b"application/grpc-web+proto"
@@ -174,13 +187,16 @@ def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
 class _Socket:
     """Everything the client gets, in order: one header frame, message frames, one trailer frame, a close."""
 
-    __slots__ = ("_send", "closed", "ended", "headers_sent")
+    __slots__ = ("_registry", "_send", "closed", "cut", "ended", "headers_sent", "in_call")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, registry: WebSocketRegistry) -> None:
         self._send = send
+        self._registry = registry
         self.headers_sent = False
         self.ended = False  # the trailer frame went out
         self.closed = False
+        self.in_call = False  # the header block arrived: a drain lets the call finish
+        self.cut = False  # the drain's grace ran out and cancelled this call
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -213,6 +229,8 @@ class _Socket:
             pass
 
     async def close(self, code: int) -> None:
+        if code == CLOSE_NORMAL and self._registry.draining:
+            code = CLOSE_GOING_AWAY  # the call is over, but the client must not come back to this process
         if not self.closed:
             self.closed = True
             with contextlib.suppress(OSError):  # gone already: nothing to close
@@ -398,6 +416,60 @@ class _Requests:
             raise _ClientGone
 
 
+class WebSocketRegistry:
+    """The open grpc-websockets sockets of one app, so that a shutdown can drain them (see above).
+
+    Made by gateway/app.py and handed to the endpoint; `drain()` runs once, at shutdown.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.draining = False
+        self._open: dict[_Socket, asyncio.Task[object]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, socket: _Socket) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # the endpoint runs in uvicorn's task for the connection
+        self._open[socket] = task
+        self._empty.clear()
+
+    def discard(self, socket: _Socket) -> None:
+        self._open.pop(socket, None)
+        if not self._open:
+            self._empty.set()
+
+    async def drain(self) -> None:
+        """Close idle sockets now, wait up to the grace for calls in flight, then cut the rest."""
+        self.draining = True
+        for socket in list(self._open):
+            if not socket.in_call:
+                # Its handler waits for the header block; the close hands it websocket.disconnect.
+                await socket.close(CLOSE_GOING_AWAY)
+        if await self._wait(self.grace):
+            return
+        remaining = list(self._open.items())
+        logger.warning("grpc-websockets: cutting %d call(s) still running after the drain grace", len(remaining))
+        for socket, task in remaining:
+            socket.cut = True
+            task.cancel()
+        # Briefly: a cut call only sends its trailer frame; a client that takes nothing is left to
+        # uvicorn's shutdown, which closes the connections.
+        await self._wait(1.0)
+
+    async def _wait(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._empty.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 class GrpcWebSocketEndpoint:
     """Mounted with WebSocketRoute on the gRPC-Web paths; expects `service` and `method` in `path_params`."""
 
@@ -409,8 +481,10 @@ class GrpcWebSocketEndpoint:
         max_message_bytes: int,
         max_timeout: float | None = None,
         forward_cookies: bool = False,
+        registry: WebSocketRegistry | None = None,
     ) -> None:
         self.pool = pool
+        self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
         self.any_origin = "*" in allow_origins
         self.origins = frozenset(origin.encode("latin-1") for origin in allow_origins if origin != "*")
         self.max_message_bytes = max_message_bytes
@@ -442,8 +516,15 @@ class GrpcWebSocketEndpoint:
         if subprotocol is None:
             await _refuse(scope, send, 400, b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n")
             return
+        if self.registry.draining:
+            await _refuse(scope, send, 503, b"the gateway is shutting down\n")
+            return
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        socket = _Socket(send)
+        socket = _Socket(send, self.registry)
+        if self.registry.draining:  # the drain began while the accept went out
+            await socket.close(CLOSE_GOING_AWAY)
+            return
+        self.registry.add(socket)
         params = scope["path_params"]
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
@@ -455,15 +536,25 @@ class GrpcWebSocketEndpoint:
             close_code = CLOSE_TOO_BIG if isinstance(exc, MessageTooLarge) else CLOSE_NORMAL
             await socket.fail(exc.code, exc.message, close_code)
         except asyncio.CancelledError:
-            raise
+            if not socket.cut:
+                raise
+            # The drain's own cancellation (the upstream stream was cancelled on the way out): the
+            # client still gets a status, and the task goes on as uncancelled.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await socket.fail(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN, CLOSE_GOING_AWAY)
         except Exception:
             logger.exception("grpc-websockets call %s failed inside the gateway", path)
             await socket.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
+        finally:
+            self.registry.discard(socket)
 
     async def _call(self, scope: Scope, receive: Receive, socket: _Socket, service: str, path: str) -> None:
         message = await receive()
-        if message["type"] != "websocket.receive":
-            raise _ClientGone
+        if message["type"] != "websocket.receive" or socket.closed:
+            raise _ClientGone  # gone, or closed by a drain while the header block was on its way
+        socket.in_call = True  # before any await: a drain from now on lets the call finish
         block: bytes | None = message.get("bytes")
         if block is None:
             raise BadRequest("the first grpc-websockets message must be the header block, in a binary message")
