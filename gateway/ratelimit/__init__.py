@@ -2,7 +2,8 @@
 
     bucket.py         Decision, the TokenBucket and Clock protocols
     memory.py         MemoryTokenBucket: in-process, the embedded default and the local fallback
-    redis.py          RedisTokenBucket: token_bucket.lua, atomic on Redis server time
+    redis.py          RedisTokenBucket: token_bucket.lua, atomic on Redis server time, through redis-py
+    resp.py           RespTokenBucket: the same script over a small pipelined RESP2 client (redis://)
     keys.py           identities for keyExtractor ip | token | apiKey, X-Forwarded-For trust
     limiter.py        RateLimiter: the policy, failure modes, counters, RateLimit headers
 
@@ -16,6 +17,7 @@ from gateway.ratelimit.keys import IDENTITY_SCOPE_KEY, Identify, TrustedProxies,
 from gateway.ratelimit.limiter import FailureMode, RateLimiter, RateLimitPolicy, Verdict
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.ratelimit.redis import RedisTokenBucket
+from gateway.ratelimit.resp import RespClient, RespTokenBucket
 
 __all__ = [
     "IDENTITY_SCOPE_KEY",
@@ -27,6 +29,8 @@ __all__ = [
     "RateLimitPolicy",
     "RateLimiter",
     "RedisTokenBucket",
+    "RespClient",
+    "RespTokenBucket",
     "StoreError",
     "TokenBucket",
     "TrustedProxies",

@@ -36,6 +36,7 @@ from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket, refill_seconds
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.ratelimit.redis import RedisTokenBucket, redis_client
+from gateway.ratelimit.resp import RespClient, RespTokenBucket, handles_url
 from gateway.settings import RateLimitSettings
 
 __all__ = ["FailureMode", "RateLimitPolicy", "RateLimiter", "Verdict"]
@@ -116,7 +117,8 @@ class RateLimiter:
         replicas: gateways sharing `store`; the `local` failure mode limits to policy / replicas.
         counters: where decisions and store errors are counted.
         clock: monotonic seconds, for the local bucket and the store's recheck interval.
-        client: the Redis client behind `store`, checked by `open` and closed by `close`.
+        client: the Redis client behind `store` (redis-py's or RespClient), checked by `open` and
+            closed by `close`.
         recheck_after: seconds to leave a failed store alone.
     """
 
@@ -129,7 +131,7 @@ class RateLimiter:
         replicas: int = 1,
         counters: Counter[str] | None = None,
         clock: Clock = time.monotonic,
-        client: redis.asyncio.Redis | None = None,
+        client: redis.asyncio.Redis | RespClient | None = None,
         recheck_after: float = 1.0,
     ) -> None:
         self.policy = policy
@@ -151,14 +153,10 @@ class RateLimiter:
         if settings.store == "memory":
             store = MemoryTokenBucket(rate=policy.rate, burst=policy.burst, clock=clock)
             return cls(policy, store=store, counters=counters, clock=clock)
-        client = redis_client(
-            settings.redis_url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections
-        )
+        redis_store, client = cls._redis_store(settings, policy)
         return cls(
             policy,
-            store=RedisTokenBucket(
-                client, rate=policy.rate, burst=policy.burst, policy=policy.name, prefix=settings.key_prefix
-            ),
+            store=redis_store,
             failure_mode=settings.failure_mode,
             replicas=settings.replicas,
             counters=counters,
@@ -166,13 +164,32 @@ class RateLimiter:
             client=client,
         )
 
+    @staticmethod
+    def _redis_store(
+        settings: RateLimitSettings, policy: RateLimitPolicy
+    ) -> tuple[TokenBucket, redis.asyncio.Redis | RespClient]:
+        """The Redis bucket for `redisUrl`: the one place that chooses the client by URL.
+
+        redis://  RespClient (gateway/ratelimit/resp.py): one pipelined connection, about a tenth
+                  of redis-py's CPU per decision (bench/README.md, "Rate limiter cost");
+        rediss://, unix://  redis-py, which does TLS and Unix sockets; RespClient does neither.
+        """
+        rate, burst, name, prefix = policy.rate, policy.burst, policy.name, settings.key_prefix
+        if handles_url(settings.redis_url):
+            resp = RespClient(settings.redis_url, timeout=settings.redis_timeout)
+            return RespTokenBucket(resp, rate=rate, burst=burst, policy=name, prefix=prefix), resp
+        client = redis_client(
+            settings.redis_url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections
+        )
+        return RedisTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix), client
+
     async def open(self) -> None:
         """Connect to Redis once at start-up, only to say early that it is unreachable."""
         if self.client is None:
             return
         try:
             await self.client.ping()
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, StoreError) as exc:
             logger.warning(
                 "rate limiting: Redis does not answer (%s); failureMode %s applies until it does",
                 exc,

@@ -4,6 +4,9 @@ Every gateway replica takes from the same bucket, on Redis server time, in one r
 with redis-py loading the script again when the server answers NOSCRIPT (after a restart or a
 failover). Keys are `{prefix}:{policy}:{identity}`, one key per bucket, so the script is also safe on
 Redis Cluster. The key expires once the bucket would be full again (at least burst / rate seconds).
+
+The gateway uses this redis-py path for rediss:// and unix:// URLs; plain redis:// goes through the
+cheaper pipelined client of resp.py, which runs the same script (RateLimiter.from_settings chooses).
 """
 
 from __future__ import annotations

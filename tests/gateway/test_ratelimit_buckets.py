@@ -1,6 +1,7 @@
 """The token bucket contract, run over every implementation, then what is particular to each.
 
-Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket and RedisTokenBucket alike:
+Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket, RedisTokenBucket (redis-py) and
+RespTokenBucket (the pipelined RESP2 client) alike:
 - a fresh bucket is full: `burst` takes are allowed, counting `remaining` down, then refused;
 - a refusal says how long until the request would pass (`retry_after`) and until the bucket is
   full (`reset_after`), and takes nothing;
@@ -8,13 +9,18 @@ Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket and RedisTokenBuck
 - keys are independent; `cost` takes several tokens; a cost larger than the bucket is an error;
 - concurrent takes never oversell.
 
-The memory bucket runs on a hand-advanced clock (exact arithmetic, no sleeping). The Redis bucket
-runs on Redis server time, so its "advance" sleeps, briefly, and its checks leave room for it.
+The memory bucket runs on a hand-advanced clock (exact arithmetic, no sleeping). The Redis buckets
+run on Redis server time, so their "advance" sleeps, briefly, and their checks leave room for it.
+
+RespClient besides: NOSCRIPT after SCRIPT FLUSH, AUTH and SELECT from the URL, a killed Redis
+failing every pending decision at once and a restarted one used again, and a Redis that accepts
+but never answers failing the pending decisions after the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +28,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, StoreError, TokenBucket
+from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, RespClient, RespTokenBucket, StoreError, TokenBucket
 from gateway.ratelimit.redis import redis_client
+from gateway.ratelimit.resp import command
 from tests.support.processes import free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
@@ -46,7 +53,7 @@ class Buckets:
     exact: bool  # time moves only when told (memory), or also while the test runs (Redis)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "resp"])
 async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
     if request.param == "memory":
         clock = ManualClock()
@@ -58,6 +65,17 @@ async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
         return
     sync = shared_client()  # fails the test when Redis is not there
     prefix = new_prefix()
+    if request.param == "resp":
+        resp = RespClient(SHARED_URL, timeout=5)
+        try:
+            yield Buckets(
+                lambda rate, burst: RespTokenBucket(resp, rate=rate, burst=burst, prefix=prefix), asyncio.sleep, False
+            )
+        finally:
+            await resp.aclose()
+            delete_prefix(sync, prefix)
+            sync.close()
+        return
     client = redis_client(SHARED_URL, timeout=5)  # as the gateway builds it: a blocking pool
     try:
         yield Buckets(
@@ -246,3 +264,137 @@ async def test_unreachable_redis_is_a_store_error() -> None:
             await RedisTokenBucket(client, rate=1, burst=1).take("a")
     finally:
         await client.aclose()
+
+
+# RespClient: what redis-py did for the bucket, and failing fast ---------------------------------------
+
+
+async def test_resp_key_and_ttl_match_the_redis_py_bucket(shared_redis: tuple[redis.asyncio.Redis, str]) -> None:
+    client, prefix = shared_redis
+    resp = RespClient(SHARED_URL)
+    try:
+        bucket = RespTokenBucket(resp, rate=0.3, burst=10, policy="orders", prefix=prefix)
+        assert (await bucket.take("ip:203.0.113.7", cost=3)).remaining == 7
+        assert 33 <= await client.ttl(f"{prefix}:orders:ip:203.0.113.7") <= 34
+        # Both clients take from one bucket: the same script, the same key.
+        other = RedisTokenBucket(client, rate=0.3, burst=10, policy="orders", prefix=prefix)
+        assert (await other.take("ip:203.0.113.7")).remaining == 6
+    finally:
+        await resp.aclose()
+
+
+async def test_resp_cancelled_decisions_leave_replies_matched(shared_redis: tuple[redis.asyncio.Redis, str]) -> None:
+    _, prefix = shared_redis
+    resp = RespClient(SHARED_URL)
+    try:
+        bucket = RespTokenBucket(resp, rate=0.001, burst=10, prefix=prefix)
+        await bucket.take("warm")
+        abandoned = [asyncio.ensure_future(bucket.take("a")) for _ in range(3)]
+        await asyncio.sleep(0)  # written, not answered yet
+        for task in abandoned:
+            task.cancel()
+        # Their replies still arrive first and must be skipped, not handed to the next callers.
+        assert [(await bucket.take(k)).remaining for k in ("b", "b", "c")] == [9, 8, 9]
+    finally:
+        await resp.aclose()
+
+
+async def test_resp_script_is_loaded_again_after_a_script_flush(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        resp = RespClient(server.url)
+        try:
+            bucket = RespTokenBucket(resp, rate=0.001, burst=5)
+            assert (await bucket.take("a")).remaining == 4
+            assert await resp.call(command(b"SCRIPT", b"FLUSH")) == b"OK"
+            # Every pending decision meets NOSCRIPT and is retried with EVAL.
+            decisions = await asyncio.gather(*(bucket.take("a") for _ in range(3)))
+            assert sorted(d.remaining for d in decisions) == [1, 2, 3]
+            assert (await bucket.take("a")).remaining == 0  # cached again: EVALSHA works
+        finally:
+            await resp.aclose()
+
+
+async def test_resp_authenticates_and_selects_the_database_from_the_url(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        admin = RespClient(server.url)
+        await admin.call(command(b"CONFIG", b"SET", b"requirepass", b"s3cr:t"))
+        await admin.aclose()
+        url = f"redis://:s3cr%3At@127.0.0.1:{server.port}/3"
+        resp = RespClient(url)
+        try:
+            await RespTokenBucket(resp, rate=0.001, burst=2, prefix="p").take("a")
+            assert await resp.call(command(b"EXISTS", b"p:default:a")) == 1
+            info = await resp.call(command(b"CLIENT", b"INFO"))
+            assert isinstance(info, bytes)
+            assert b" db=3 " in info
+        finally:
+            await resp.aclose()
+        wrong = RespClient(f"redis://:nope@127.0.0.1:{server.port}/0")
+        try:
+            with pytest.raises(StoreError, match="set-up"):
+                await wrong.ping()
+        finally:
+            await wrong.aclose()
+
+
+async def test_resp_killed_redis_fails_pending_decisions_at_once_and_reconnects(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        resp = RespClient(server.url, timeout=5)  # a long timeout: the loss, not the watchdog, must fail them
+        try:
+            bucket = RespTokenBucket(resp, rate=0.001, burst=1000)
+            await bucket.take("a")
+            # A paused server holds every command, so the decisions are pending when it dies.
+            assert await resp.call(command(b"CLIENT", b"PAUSE", b"5000", b"ALL")) == b"OK"
+            pending = [asyncio.ensure_future(bucket.take("a")) for _ in range(50)]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            server.kill()
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            assert time.monotonic() - started < 1.0
+            assert all(isinstance(r, StoreError) for r in results), results
+            with pytest.raises(StoreError, match="connect"):
+                await bucket.take("a")  # nobody listens: refused now, not after the timeout
+            server.start()  # the same port, an empty Redis
+            assert (await bucket.take("a")).remaining == 999
+        finally:
+            await resp.aclose()
+
+
+async def test_resp_redis_that_never_answers_fails_pending_decisions_after_the_timeout() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    resp = RespClient(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        bucket = RespTokenBucket(resp, rate=1, burst=10)
+        started = time.monotonic()
+        results = await asyncio.gather(*(bucket.take(str(i)) for i in range(20)), return_exceptions=True)
+        elapsed = time.monotonic() - started
+        assert all(isinstance(r, StoreError) and "within 0.2 s" in str(r) for r in results), results
+        assert 0.2 <= elapsed < 0.6
+        assert len(accepted) == 1  # one connection for all of them
+    finally:
+        await resp.aclose()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_unreachable_redis_is_a_store_error_for_resp_too() -> None:
+    resp = RespClient(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreError, match="cannot connect"):
+            await RespTokenBucket(resp, rate=1, burst=1).take("a")
+    finally:
+        await resp.aclose()
+
+
+def test_resp_client_takes_only_plain_redis_urls() -> None:
+    for url in ("rediss://cache:6380/0", "unix:///run/redis.sock"):
+        with pytest.raises(ValueError, match="redis://"):
+            RespClient(url)

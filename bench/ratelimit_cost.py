@@ -1,0 +1,131 @@
+"""Gateway CPU per rate-limit decision: the in-memory bucket, redis-py, and the pipelined RESP client.
+
+    python -m bench.ratelimit_cost [--concurrency 64] [--seconds 3] [--keys 1000] [--url redis://127.0.0.1:6379/0]
+
+For each store, `concurrency` tasks on one uvloop event loop take from `keys` buckets for `seconds`
+(after a short warm-up that is not counted); CPU is this process's user + system time from
+resource.getrusage, divided by the decisions made (errors are not decisions: they are counted
+apart, and their CPU is in the total). Redis's own CPU is not counted: the target
+(issue 5) is the gateway's. The buckets live under a key prefix of this run's own, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import uvloop
+
+from gateway.ratelimit import (
+    MemoryTokenBucket,
+    RedisTokenBucket,
+    RespClient,
+    RespTokenBucket,
+    StoreError,
+    TokenBucket,
+)
+from gateway.ratelimit.redis import redis_client
+
+WARM_UP = 0.3  # seconds: connections opened, scripts cached, before anything is counted
+
+
+@dataclass(frozen=True)
+class Result:
+    store: str
+    decisions: int
+    errors: int  # StoreErrors (redis-py's pool of 64 times out when far more are in flight)
+    cpu_us: float  # per decision
+    rate: float  # decisions per second of wall time
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def drive(
+    bucket: TokenBucket, concurrency: int, seconds: float, keys: list[str]
+) -> tuple[int, int, float, float]:
+    """Decisions made, errors, CPU seconds and wall seconds of `concurrency` tasks taking for `seconds`."""
+    done = errors = 0
+    stop = False
+
+    async def worker(offset: int) -> None:
+        nonlocal done, errors
+        i = offset
+        while not stop:
+            try:
+                await bucket.take(keys[i % len(keys)])
+            except StoreError:
+                errors += 1
+            i += concurrency
+            done += 1
+            if not done % 100:
+                # The memory bucket never suspends: without this its workers would never let the
+                # timer (or each other) run. Once per 100 decisions costs them next to nothing.
+                await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(worker(n)) for n in range(concurrency)]
+    await asyncio.sleep(WARM_UP)
+    counted_from, errors_from, cpu0, wall0 = done, errors, cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    decisions, cpu, wall = done - counted_from, cpu_seconds() - cpu0, time.perf_counter() - wall0
+    failed = errors - errors_from
+    stop = True
+    await asyncio.gather(*tasks)
+    return decisions, failed, cpu, wall
+
+
+async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
+    keys = [f"ip:198.51.100.{n % 250}.{n}" for n in range(args.keys)]
+    # A bucket that refills fast enough never to refuse: refusals are cheaper (no write), not the case to size for.
+    rate, burst = 1_000_000.0, 1_000_000
+    results = []
+
+    async def run(name: str, make: Callable[[], TokenBucket]) -> None:
+        decisions, errors, cpu, wall = await drive(make(), args.concurrency, args.seconds, keys)
+        results.append(Result(name, decisions, errors, cpu / decisions * 1e6, decisions / wall))
+
+    await run("memory", lambda: MemoryTokenBucket(rate=rate, burst=burst))
+    client = redis_client(args.url, timeout=1.0)  # as the gateway builds it: a blocking pool of 64
+    try:
+        await run("redis-py", lambda: RedisTokenBucket(client, rate=rate, burst=burst, prefix=prefix))
+    finally:
+        await client.aclose()
+    resp = RespClient(args.url, timeout=1.0)
+    try:
+        await run("resp", lambda: RespTokenBucket(resp, rate=rate, burst=burst, prefix=prefix))
+    finally:
+        await resp.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--keys", type=int, default=1000)
+    args = parser.parse_args()
+    prefix = f"upf:bench:{uuid.uuid4().hex[:12]}"
+    try:
+        results = uvloop.run(measure(args, prefix))
+    finally:
+        sync = redis.Redis.from_url(args.url)
+        for key in sync.scan_iter(match=f"{prefix}:*", count=1000):
+            sync.delete(key)
+        sync.close()
+    print(f"{args.concurrency} concurrent decisions on {args.keys} keys, {args.seconds} s per store, uvloop")
+    print(f"{'store':<10} {'decisions':>10} {'errors':>7} {'CPU us/decision':>16} {'decisions/s':>12}")
+    for r in results:
+        print(f"{r.store:<10} {r.decisions:>10} {r.errors:>7} {r.cpu_us:>16.1f} {r.rate:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
