@@ -86,6 +86,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
         balancing=settings.load_balancing,
     )
     readiness = Readiness()
+    # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.
+    ratelimit_counters: Counter[str] = Counter()
+    limits = settings.rate_limiting
+    limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
+    identify = identify_from_settings(limits)
     # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
     registry_routes = (
         RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval)
@@ -101,6 +106,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             port=settings.grpc_port,
             max_message_bytes=settings.max_message_bytes,
             max_timeout=settings.max_timeout,
+            limiter=limiter,
+            identify=identify,
         )
         if settings.grpc_port
         else None
@@ -126,11 +133,6 @@ def create_app(settings: GatewaySettings) -> Starlette:
         # would close every WebSocket with 1012 first, cutting calls in flight.
         readiness.ready, readiness.reason = False, "shutting down"
         await websockets.drain()
-
-    # Rate-limit decisions and store errors, counted for /metrics.
-    ratelimit_counters: Counter[str] = Counter()
-    limits = settings.rate_limiting
-    limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -178,7 +180,6 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
     if limiter is not None:
-        identify = identify_from_settings(limits)
         middleware.append(
             Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
         )

@@ -34,7 +34,7 @@ import grpc
 import hpack
 
 from gateway.corking import CorkedTransport
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RateLimited
 from gateway.grpcweb.framing import percent_encode
 from gateway.grpcweb.metadata import parse_timeout, response_metadata
 from gateway.http2.frames import (
@@ -78,6 +78,8 @@ from gateway.http2.frames import (
     WINDOW_UPDATE,
     frame,
 )
+from gateway.ratelimit.keys import Identify
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -134,6 +136,7 @@ class _Call:
         "conn",
         "headers_sent",
         "id",
+        "limit_key",
         "metadata",
         "path",
         "pending",
@@ -151,9 +154,17 @@ class _Call:
     )  # fmt: skip
 
     def __init__(
-        self, conn: _Connection, stream_id: int, path: str, service: str, metadata: bytes, timeout: float | None
+        self,
+        conn: _Connection,
+        stream_id: int,
+        path: str,
+        service: str,
+        metadata: bytes,
+        timeout: float | None,
+        limit_key: str | None = None,
     ) -> None:
         self.conn = conn
+        self.limit_key = limit_key  # the rate-limit bucket this call takes from (None: no limiting)
         self.id = stream_id
         self.path = path
         self.service = service
@@ -265,9 +276,16 @@ class _Call:
         if self.closed:  # answered before the task ran (a request message over the limit)
             return
         try:
+            limiter = self.conn.server.limiter
+            if limiter is not None and self.limit_key is not None:
+                limit = await limiter.check(self.limit_key)
+                if limit is not None and not limit[1].allowed:
+                    policy, decision = limit
+                    wait = policy.retry_after(decision)
+                    raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
             endpoint = self.conn.server.pool.route(self.service).pick()
         except GatewayError as exc:
-            self._answer_locally(exc.code, exc.message)
+            self._answer_locally(exc.code, exc.message, exc.headers)
             return
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
         try:
@@ -364,11 +382,13 @@ class _Call:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _answer_locally(self, code: grpc.StatusCode, message: str) -> None:
+    def _answer_locally(self, code: grpc.StatusCode, message: str, metadata: dict[str, str] | None = None) -> None:
         """Trailers-only: the call ends before any answer from an upstream."""
         block = encode_header(b"grpc-status", str(code.value[0]).encode())
         if message:
             block += encode_header(b"grpc-message", percent_encode(message).encode("ascii"))
+        for key, value in (metadata or {}).items():
+            block += encode_header(key.encode("ascii"), value.encode("latin-1"))
         self._end(block)
 
     def _end(self, trailers: bytes) -> None:
@@ -438,10 +458,13 @@ class _Connection(asyncio.Protocol):
         self._need = 0
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments so far
         self.going_away = False
+        self.peer: tuple[str, int] | None = None  # the client's address, for rate-limit keys
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if peer else None
         # Frames written during one loop iteration (often several calls' worth) leave in one send().
         # uvloop's transports do not subclass asyncio's, hence the cast.
         self.transport = CorkedTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
@@ -675,7 +698,13 @@ class _Connection(asyncio.Protocol):
             timeout = max_timeout if timeout is None else min(timeout, max_timeout)
         text_path = path.decode("latin-1")
         service = text_path[1:].partition("/")[0]
-        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout)
+        server = self.server
+        limit_key = None
+        if server.limiter is not None and server.identify is not None:
+            # The identity functions read an ASGI-like scope: the peer and the request's headers.
+            scope = {"type": "http", "client": self.peer, "headers": headers}
+            limit_key = server.identify(scope)
+        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, limit_key)
         self.streams[stream_id] = call
         if end_stream:
             call.on_data(b"", True)
@@ -805,9 +834,20 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 class IngressServer:
     def __init__(
-        self, pool: UpstreamPool, *, host: str, port: int, max_message_bytes: int, max_timeout: float | None = None
+        self,
+        pool: UpstreamPool,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        max_timeout: float | None = None,
+        limiter: RateLimiter | None = None,
+        identify: Identify | None = None,
     ) -> None:
         self.pool = pool
+        # Rate limiting as for HTTP: the same buckets, so a client's gRPC-Web and native calls add up.
+        self.limiter = limiter if identify is not None else None
+        self.identify = identify
         self.max_timeout = max_timeout
         self.address = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
