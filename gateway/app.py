@@ -126,6 +126,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
         registry=websockets,
+        limiter=limiter,
+        identify=identify,
     )
 
     async def drain() -> None:

@@ -85,9 +85,11 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, UpstreamUnavailable
+from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, RateLimited, UpstreamUnavailable
 from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.ratelimit.keys import Identify
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import outcome
 from gateway.upstream.pool import UpstreamPool
@@ -114,6 +116,7 @@ MESSAGE_SLACK = 64 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # RFC 6455: the server is going down
 CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big"
+CLOSE_TRY_AGAIN_LATER = 1013  # IANA WebSocket close code: a rate limit refused the call
 SHUTTING_DOWN = "the gateway is shutting down"
 
 _HALF_CLOSE = b"\x01"
@@ -218,11 +221,13 @@ class _Socket:
         await self._write(encode_frame(_block(lines), TRAILER_FLAG))
         await self.close(close_code)
 
-    async def fail(self, code: grpc.StatusCode, message: str, close_code: int = CLOSE_NORMAL) -> None:
+    async def fail(
+        self, code: grpc.StatusCode, message: str, close_code: int = CLOSE_NORMAL, metadata: Headers | None = None
+    ) -> None:
         """End the call with the gateway's own status, as far as the socket still allows."""
         try:
             if not self.ended:
-                await self.end(status_lines(code, message), [], close_code)
+                await self.end([*status_lines(code, message), *(metadata or [])], [], close_code)
             else:
                 await self.close(close_code)
         except _ClientGone:
@@ -482,8 +487,12 @@ class GrpcWebSocketEndpoint:
         max_timeout: float | None = None,
         forward_cookies: bool = False,
         registry: WebSocketRegistry | None = None,
+        limiter: RateLimiter | None = None,
+        identify: Identify | None = None,
     ) -> None:
         self.pool = pool
+        self.limiter = limiter
+        self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
         self.any_origin = "*" in allow_origins
         self.origins = frozenset(origin.encode("latin-1") for origin in allow_origins if origin != "*")
@@ -532,6 +541,10 @@ class GrpcWebSocketEndpoint:
             await self._call(scope, receive, socket, service, path)
         except _ClientGone:
             return
+        except RateLimited as exc:
+            # The trailer carries retry-after and the RateLimit fields; the close code says "later".
+            metadata = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
+            await socket.fail(exc.code, exc.message, CLOSE_TRY_AGAIN_LATER, metadata)
         except GatewayError as exc:
             close_code = CLOSE_TOO_BIG if isinstance(exc, MessageTooLarge) else CLOSE_NORMAL
             await socket.fail(exc.code, exc.message, close_code)
@@ -562,6 +575,14 @@ class GrpcWebSocketEndpoint:
             raise MessageTooLarge(f"the header block is larger than the gateway's limit of {self.max_size} bytes")
         request = _request_metadata(block, scope["headers"], self.forward_cookies)
         route = self.pool.route(service)
+        if self.limiter is not None and self.identify is not None:
+            # One call per socket, so one token per socket; keyed like HTTP requests (the upgrade
+            # request's peer and headers: an apiKey sent only in the header block is not seen yet).
+            limit = await self.limiter.check(self.identify(scope))
+            if limit is not None and not limit[1].allowed:
+                policy, decision = limit
+                wait = policy.retry_after(decision)
+                raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
         timeout = request.timeout
         if self.max_timeout is not None:
             timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
