@@ -51,12 +51,15 @@ def test_p2c_skips_a_replica_whose_breaker_is_open() -> None:
         breakers=BreakerPolicy(failure_threshold=1, reset_timeout=60),
     )
     route = pool.route("a.v1.S")
-    for _ in range(2):
+    # p2c picks at random: call until A has had its failing call (2**-100 odds of never reaching it).
+    for _ in range(100):
         endpoint = route.pick()
         if endpoint.address == A:
             endpoint.report(grpc.StatusCode.UNAVAILABLE)
             break
         endpoint.report(OK)
+    else:
+        pytest.fail("p2c never picked replica A")
     assert {route.pick().address for _ in range(6)} == {B}
 
 
