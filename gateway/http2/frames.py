@@ -48,7 +48,9 @@ __all__ = [
     "SETTINGS_MAX_HEADER_LIST_SIZE",
     "STREAM_CLOSED",
     "WINDOW_UPDATE",
+    "Gatherer",
     "frame",
+    "frame_need",
 ]
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -84,3 +86,40 @@ MAX_WINDOW: Final = 2**31 - 1
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+class Gatherer:
+    """Bytes that arrive in pieces, kept until `need` of them are there, without re-copying what waits.
+
+    A large frame arrives in many reads: joining each read to everything before it would copy the
+    frame over and over (O(n^2)); a bytearray grows in place instead.
+    """
+
+    __slots__ = ("_buffer", "need")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.need = 0
+
+    def take(self, data: bytes) -> bytes | None:
+        """What to parse now (whatever waited, then `data`), or None while fewer than `need` bytes are there."""
+        if not self._buffer:
+            return data
+        self._buffer += data
+        if len(self._buffer) < self.need:
+            return None
+        buffer = bytes(self._buffer)
+        self._buffer.clear()
+        return buffer
+
+    def keep(self, buffer: bytes, offset: int, need: int) -> None:
+        """Keep `buffer[offset:]` until `need` bytes are there."""
+        self._buffer += memoryview(buffer)[offset:]
+        self.need = need
+
+
+def frame_need(buffer: bytes, offset: int) -> int:
+    """Bytes the frame starting at `offset` takes, header included (9 while its header is incomplete)."""
+    if len(buffer) - offset < 9:
+        return 9
+    return 9 + int.from_bytes(buffer[offset : offset + 3], "big")

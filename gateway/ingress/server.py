@@ -76,7 +76,9 @@ from gateway.http2.frames import (
     SETTINGS_MAX_HEADER_LIST_SIZE,
     STREAM_CLOSED,
     WINDOW_UPDATE,
+    Gatherer,
     frame,
+    frame_need,
 )
 from gateway.ratelimit.keys import Identify
 from gateway.ratelimit.limiter import RateLimiter
@@ -454,8 +456,7 @@ class _Connection(asyncio.Protocol):
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self._decoder.max_allowed_table_size = HEADER_TABLE_SIZE
         self._preface = False
-        self._buffer = bytearray()
-        self._need = 0
+        self._gatherer = Gatherer()
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments so far
         self.going_away = False
         self.peer: tuple[str, int] | None = None  # the client's address, for rate-limit keys
@@ -495,22 +496,16 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
-        if self._buffer:
-            self._buffer += data
-            if len(self._buffer) < self._need:
-                return
-            buffer = bytes(self._buffer)
-            self._buffer.clear()
-        else:
-            buffer = data
+        buffer = self._gatherer.take(data)
+        if buffer is None:
+            return  # part of a frame (or of the preface): more to come
         offset, size = 0, len(buffer)
         try:
             if not self._preface:
                 if size < len(PREFACE):
                     if not PREFACE.startswith(buffer):
                         raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                    self._buffer += buffer
-                    self._need = len(PREFACE)
+                    self._gatherer.keep(buffer, 0, len(PREFACE))
                     return
                 if not buffer.startswith(PREFACE):
                     raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
@@ -536,8 +531,7 @@ class _Connection(asyncio.Protocol):
             self._fail(INTERNAL_ERROR, "internal error")
             return
         if offset < size:
-            self._buffer += memoryview(buffer)[offset:]
-            self._need = 9 + (int.from_bytes(buffer[offset : offset + 3], "big") if size - offset >= 9 else 0)
+            self._gatherer.keep(buffer, offset, frame_need(buffer, offset))
 
     # --- frames -----------------------------------------------------------------------------
 

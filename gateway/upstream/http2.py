@@ -39,6 +39,7 @@ from gateway.http2.frames import (
     GOAWAY,
     HEADERS,
     MAX_STREAM_ID,
+    MIN_MAX_FRAME,
     PADDED,
     PING,
     PREFACE,
@@ -54,7 +55,9 @@ from gateway.http2.frames import (
     SETTINGS_MAX_FRAME_SIZE,
     SETTINGS_MAX_HEADER_LIST_SIZE,
     WINDOW_UPDATE,
+    Gatherer,
     frame,
+    frame_need,
 )
 from gateway.upstream.headers import HeaderBlockDecoder, HeaderList, RequestEncoder
 
@@ -404,8 +407,7 @@ class Http2Connection(asyncio.Protocol):
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
-        self._buffer = bytearray()
-        self._need = 0  # bytes the buffer must hold before the next frame can be parsed
+        self._gatherer = Gatherer()
         self._decoder = HeaderBlockDecoder()
         self.encoder = RequestEncoder()
         self._header_block: tuple[int, int, bytes] | None = None  # stream, flags, fragments so far
@@ -440,20 +442,18 @@ class Http2Connection(asyncio.Protocol):
         self.closed.set()
 
     def data_received(self, data: bytes) -> None:
-        if self._buffer:
-            # Part of a frame is waiting: gather without re-copying until the frame is whole.
-            self._buffer += data
-            if len(self._buffer) < self._need:
-                return
-            buffer = bytes(self._buffer)
-            self._buffer.clear()
-        else:
-            buffer = data
+        buffer = self._gatherer.take(data)
+        if buffer is None:
+            return  # part of a frame: more to come
         offset, size = 0, len(buffer)
         try:
             while size - offset >= 9:
                 head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
                 length = head >> 8
+                if length > MIN_MAX_FRAME:
+                    # We never raise SETTINGS_MAX_FRAME_SIZE above the default: a larger frame is the
+                    # upstream's error, and waiting for it would hold up to 16 MiB for nothing.
+                    raise _ConnectionError(f"upstream sent a frame of {length} bytes, over SETTINGS_MAX_FRAME_SIZE")
                 end = offset + 9 + length
                 if end > size:
                     break
@@ -463,8 +463,7 @@ class Http2Connection(asyncio.Protocol):
             self._abort(str(exc))
             return
         if offset < size:
-            self._buffer += memoryview(buffer)[offset:]
-            self._need = 9 + (int.from_bytes(buffer[offset : offset + 3], "big") if size - offset >= 9 else 0)
+            self._gatherer.keep(buffer, offset, frame_need(buffer, offset))
 
     # --- frames -----------------------------------------------------------------------------
 

@@ -345,3 +345,18 @@ def test_response_decoder_cache_follows_the_dynamic_table() -> None:
     plain, cached = hpack.Decoder(), HeaderBlockDecoder()
     for block in sequence:
         assert cached.decode(block) == list(plain.decode(block, raw=True))
+
+
+async def test_a_frame_over_the_announced_size_breaks_the_connection_at_once() -> None:
+    async def oversized(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, GRPC_HEADERS)
+        # A DATA frame header announcing 100 000 bytes (the client allows 16 384): never its body.
+        conn.raw((100_000).to_bytes(3, "big") + b"\x00\x00" + request.stream_id.to_bytes(4, "big"))
+        await request.reset.wait()
+
+    async with H2Server(oversized).running() as server:
+        started = time.monotonic()
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20), timeout=10)
+    assert result.code is grpc.StatusCode.INTERNAL
+    assert b"SETTINGS_MAX_FRAME_SIZE" in result.message
+    assert time.monotonic() - started < 5
