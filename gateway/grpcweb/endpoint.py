@@ -19,12 +19,12 @@ import zlib
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage, UpstreamUnavailable
+from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage
 from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import outcome
+from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Endpoint, UpstreamPool
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
@@ -265,7 +265,7 @@ class GrpcWebEndpoint:
                 stream = await endpoint.client.unary(path, metadata, body, timeout)
             except StreamError as exc:
                 verdict = exc.code
-                raise _gateway_error(exc, service) from None
+                raise gateway_error(exc, service) from None
             watch = _DisconnectWatch(receive, stream)
             try:
                 frame = await stream.read()
@@ -350,14 +350,6 @@ class _DisconnectWatch:
             self._handle.cancel()
         if self._task is not None:
             self._task.cancel()
-
-
-def _gateway_error(exc: StreamError, service: str) -> GatewayError:
-    if exc.code is grpc.StatusCode.UNAVAILABLE:
-        return UpstreamUnavailable(f"{service} is unavailable: {exc.message}")
-    error = GatewayError(exc.message)
-    error.code = exc.code  # type: ignore[misc]
-    return error
 
 
 async def _plain(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

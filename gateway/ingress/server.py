@@ -85,7 +85,7 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import outcome
+from gateway.upstream.outcome import explain, outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["IngressServer"]
@@ -309,10 +309,7 @@ class _Call:
             else:
                 upstream = await client.open(self.path, self.metadata, self.timeout)
         except StreamError as exc:
-            unavailable = exc.code is grpc.StatusCode.UNAVAILABLE
-            self._answer_locally(
-                exc.code, f"{self.service} is unavailable: {exc.message}" if unavailable else exc.message
-            )
+            self._answer_locally(exc.code, explain(exc, self.service))
             return exc.code
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")

@@ -6,12 +6,12 @@ from typing import NamedTuple
 
 import grpc
 
-from gateway.errors import grpc_status_from_http
+from gateway.errors import GatewayError, UpstreamUnavailable, grpc_status_from_http
 from gateway.grpcweb.framing import percent_encode
 from gateway.grpcweb.metadata import response_metadata
-from gateway.upstream.http2 import Http2Stream
+from gateway.upstream.http2 import Http2Stream, StreamError
 
-__all__ = ["Outcome", "outcome"]
+__all__ = ["Outcome", "explain", "gateway_error", "outcome"]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -39,12 +39,26 @@ def _local(code: grpc.StatusCode, message: str) -> Outcome:
     return Outcome(str(code.value[0]).encode(), percent_encode(message).encode("ascii"), [])
 
 
+def explain(error: StreamError, service: str) -> str:
+    """What a client is told of a call the gateway ended itself: an UNAVAILABLE names the service."""
+    if error.code is grpc.StatusCode.UNAVAILABLE:
+        return f"{service} is unavailable: {error.message}"
+    return error.message
+
+
+def gateway_error(error: StreamError, service: str) -> GatewayError:
+    """A call that could not start, as the error the entry points answer with."""
+    if error.code is grpc.StatusCode.UNAVAILABLE:
+        return UpstreamUnavailable(explain(error, service))
+    failure = GatewayError(error.message)
+    failure.code = error.code  # type: ignore[misc]  # the status the upstream side reported
+    return failure
+
+
 def outcome(stream: Http2Stream, service: str) -> Outcome:
     error = stream.error
     if error is not None:
-        if error.code is grpc.StatusCode.UNAVAILABLE:
-            return _local(error.code, f"{service} is unavailable: {error.message}")
-        return _local(error.code, error.message)
+        return _local(error.code, explain(error, service))
     trailers = stream.trailers or ()
     status = None
     message = b""

@@ -85,13 +85,13 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, RateLimited, UpstreamUnavailable
+from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, RateLimited
 from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
 from gateway.ratelimit.keys import Identify
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import outcome
+from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = [
@@ -594,7 +594,7 @@ class GrpcWebSocketEndpoint:
                 stream = await endpoint.client.open(path, request.block, timeout)
             except StreamError as exc:
                 verdict = exc.code
-                raise _stream_error(exc, service) from None
+                raise gateway_error(exc, service) from None
             frames = _RequestFrames(self.max_message_bytes, request.encoding)
             requests = _Requests(receive, stream, frames, self.max_size)
             forwarding = asyncio.ensure_future(requests.run())
@@ -619,14 +619,6 @@ class GrpcWebSocketEndpoint:
                     stream.cancel("the client went away")
         finally:
             endpoint.report(verdict)
-
-
-def _stream_error(exc: StreamError, service: str) -> GatewayError:
-    if exc.code is grpc.StatusCode.UNAVAILABLE:
-        return UpstreamUnavailable(f"{service} is unavailable: {exc.message}")
-    error = GatewayError(exc.message)
-    error.code = exc.code  # type: ignore[misc]
-    return error
 
 
 async def _refuse(scope: Scope, send: Send, status: int, body: bytes) -> None:

@@ -53,7 +53,7 @@ HIDDEN = manifest("hidden-plugin", "t.hidden.v1.S")
 
 
 class Plugin:
-    """tests/support/tagged_plugin.py on a fixed port (kept across restarts)."""
+    """tests/support/plugin_server.py --tag on a fixed port (kept across restarts)."""
 
     def __init__(self, work_dir: Path) -> None:
         self.port = free_port()
@@ -62,7 +62,7 @@ class Plugin:
         self.process: Process | None = None
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "tests.support.tagged_plugin", "--port", str(self.port)]
+        args = [sys.executable, "-m", "tests.support.plugin_server", "--port", str(self.port), "--tag"]
         process = Process(args, log=self.work_dir / f"tagged-{self.port}-{free_port()}.log")
         self.process = process
         wait_until(lambda: "PORT " in process.output() or (not process.alive() and _died(process)), what="plugin")

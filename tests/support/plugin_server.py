@@ -1,27 +1,40 @@
-"""A tiny plugin for registry tests: upf.demo.v1.Echo plus grpc.health.v1 (SERVING), on a given port.
+"""A tiny plugin for registry and routing tests: upf.demo.v1.Echo plus grpc.health.v1 (SERVING).
 
-python -m tests.support.plugin_server --port 0     prints "PORT <n>" once it listens
+python -m tests.support.plugin_server --port 0 [--tag]     prints "PORT <n>" once it listens
+
+With --tag, Say replies "<text> @<port>": routing tests count which replica answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from upf.demo.v1 import demo_pb2_grpc
+from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from plugins.demo.service import EchoService
 
 
-async def main(port: int) -> None:
+class TaggedEcho(EchoService):
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def Say(
+        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> demo_pb2.SayResponse:
+        return demo_pb2.SayResponse(text=f"{request.text} @{self.port}")
+
+
+async def main(port: int, tag: bool) -> None:
     server = grpc.aio.server()
-    demo_pb2_grpc.add_EchoServicer_to_server(EchoService(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    demo_pb2_grpc.add_EchoServicer_to_server(TaggedEcho(bound) if tag else EchoService(), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     print(f"PORT {bound}", flush=True)
@@ -31,4 +44,6 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--tag", action="store_true", help='Say replies "<text> @<port>"')
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.tag))
