@@ -1,0 +1,102 @@
+"""Auth plugin configuration: a YAML file plus `UPF_*` overrides, read like the gateway's (gateway/settings.py).
+
+The seed's shape:
+
+    provider: custom                 # custom | keycloak | auth0
+    jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30}
+    session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
+    custom: {store: sqlite, sqlitePath: .upf/auth.db}
+    keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
+    auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
+    revocation: {store: redis, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}
+    roles: {admin: ["*"], user: ["demo:read"]}   # role -> permissions
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from gateway.settings import load_config
+
+__all__ = [
+    "Auth0Settings",
+    "AuthSettings",
+    "CustomSettings",
+    "JwtSettings",
+    "KeycloakSettings",
+    "RevocationSettings",
+    "SessionSettings",
+    "load_auth_settings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class JwtSettings(_Section):
+    # `iss` of the tokens the custom provider signs (the gateway's public URL is a good choice); for
+    # keycloak and auth0 the issuer comes from their discovery document and this is ignored.
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "upf-api"  # `aud` of the tokens signed, and required of the tokens accepted
+    algorithm: Literal["RS256", "EdDSA"] = "EdDSA"  # signing algorithm of the custom provider
+    leeway: float = Field(default=30.0, ge=0)  # seconds of clock skew tolerated on exp / nbf / iat
+    key_rotation_interval: float = Field(default=86400.0, gt=0)  # seconds a signing key is used
+
+
+class SessionSettings(_Section):
+    access_token_ttl: int = Field(default=3600, gt=0, alias="accessTokenTTL")
+    refresh_token_ttl: int = Field(default=604800, gt=0, alias="refreshTokenTTL")
+
+
+class CustomSettings(_Section):
+    # Users, roles, refresh tokens and signing keys: an SQLite file (embedded default) or PostgreSQL.
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: str = ".upf/auth.db"  # ":memory:" for a throw-away store
+    postgres_url: str = "postgresql://127.0.0.1:5432/upf"
+
+
+class KeycloakSettings(_Section):
+    server_url: str = ""  # e.g. https://keycloak.example.com; the issuer is <serverUrl>/realms/<realm>
+    realm: str = "upf"
+    client_id: str = "upf-gateway"
+    client_secret: str = ""
+
+
+class Auth0Settings(_Section):
+    domain: str = ""  # e.g. tenant.eu.auth0.com, or a full https:// URL
+    client_id: str = ""
+    client_secret: str = ""
+    roles_claim: str = "https://upf/roles"  # Auth0 puts roles in a namespaced custom claim
+
+
+class RevocationSettings(_Section):
+    # Where logouts are published for every gateway replica: this process ("memory", for `upf run`
+    # where gateway and plugin share it) or Redis (see proto/upf/auth/v1/auth.proto for the layout).
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="upf:auth", min_length=1)
+
+
+class AuthSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)  # 0 picks a free port (the registry tells the gateway)
+    registry_url: str = "127.0.0.1:50052"
+    provider: Literal["custom", "keycloak", "auth0"] = "custom"
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    custom: CustomSettings = Field(default_factory=CustomSettings)
+    keycloak: KeycloakSettings = Field(default_factory=KeycloakSettings)
+    auth0: Auth0Settings = Field(default_factory=Auth0Settings)
+    revocation: RevocationSettings = Field(default_factory=RevocationSettings)
+    # Role -> permissions. "*" grants every permission; "orders:*" every permission in "orders".
+    roles: dict[str, list[str]] = Field(default_factory=lambda: {"admin": ["*"], "user": ["demo:read"]})
+
+
+def load_auth_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AuthSettings:
+    return load_config(AuthSettings, path, environ)
