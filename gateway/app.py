@@ -5,7 +5,8 @@ Outermost first, each for a reason:
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
-                       (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
+                       (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
+                       /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
 Auth slots in between CORS and rate limiting when it lands.
 """
 
@@ -36,6 +37,7 @@ from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
+from gateway.websocket.mux import MuxEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -128,6 +130,22 @@ def create_app(settings: GatewaySettings) -> Starlette:
         registry=websockets,
         limiter=limiter,
         identify=identify,
+        header_timeout=settings.websocket.header_timeout,
+    )
+    mux = settings.websocket.mux
+    mux_endpoint = MuxEndpoint(
+        pool,
+        allow_origins=settings.cors.allow_origins,
+        max_message_bytes=settings.max_message_bytes,
+        max_timeout=settings.max_timeout,
+        forward_cookies=settings.forward_cookies,
+        registry=websockets,
+        limiter=limiter,
+        identify=identify,
+        authenticate=None,  # per-call auth hook (gateway/websocket/mux.py Authenticate), wired with auth
+        max_streams=mux.max_streams,
+        stream_window=mux.stream_window,
+        connection_window=mux.connection_window,
     )
 
     async def drain() -> None:
@@ -177,6 +195,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
     ]
+    if mux.enabled:
+        routes.append(WebSocketRoute("/api/mux", mux_endpoint))
     middleware = [
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
