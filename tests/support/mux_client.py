@@ -39,7 +39,9 @@ def grpc_message(payload: bytes) -> bytes:
     return struct.pack(">BI", 0, len(payload)) + payload
 
 
-def open_payload(path: str, metadata: dict[str, str] | None = None, window: int = BIG_WINDOW, timeout_ms: int = 0) -> bytes:
+def open_payload(
+    path: str, metadata: dict[str, str] | None = None, window: int = BIG_WINDOW, timeout_ms: int = 0
+) -> bytes:
     block = "".join(f"{name}: {value}\r\n" for name, value in (metadata or {}).items()).encode()
     encoded = path.encode()
     return OPEN_FIXED.pack(window, timeout_ms, len(encoded)) + encoded + block
@@ -84,7 +86,8 @@ class Result:
 
     @property
     def trailer_frame(self) -> Frame:
-        assert self.frames and self.frames[-1].kind is FrameType.TRAILERS, f"no TRAILERS at the end: {self.kinds}"
+        assert self.frames, "no frames"
+        assert self.frames[-1].kind is FrameType.TRAILERS, f"no TRAILERS at the end: {self.kinds}"
         return self.frames[-1]
 
     @property
@@ -186,7 +189,10 @@ class MuxClient:
     async def unary(self, method: str, payload: bytes, **open_args: object) -> Result:
         stream_id = await self.open(
             method,
-            then=(frame(FrameType.DATA, self.next_id, grpc_message(payload)), frame(FrameType.HALF_CLOSE, self.next_id)),
+            then=(
+                frame(FrameType.DATA, self.next_id, grpc_message(payload)),
+                frame(FrameType.HALF_CLOSE, self.next_id),
+            ),
             **open_args,  # type: ignore[arg-type]
         )
         return await self.result(stream_id)
