@@ -48,7 +48,7 @@ def payloads(call: dict[str, Any]) -> list[bytes]:
 
 
 def test_ten_concurrent_calls_of_every_kind_share_one_socket(scenario: Scenario) -> None:
-    calls = [
+    calls: list[dict[str, Any]] = [
         *({"kind": "unary", "method": "Unary", "request": {"payload": b64(f"u{n}".encode())}} for n in range(4)),
         *(
             {"kind": "serverStream", "method": "ServerStream", "request": {"count": 3, "payload": b64(tick)}}
