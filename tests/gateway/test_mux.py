@@ -35,6 +35,8 @@ from starlette.types import Message
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
+from gateway.app import create_app
+from gateway.settings import ConfigError, load_settings
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.mux import CallRejected, Headers, MuxCall, MuxEndpoint
 from gateway.websocket.mux_frames import HEADER, FrameType
@@ -812,3 +814,25 @@ async def test_a_failure_inside_the_gateway_is_internal_for_that_call_only(
     assert (result.status, result.message) == (13, "the gateway failed while handling this call")
     assert "secret detail" not in repr(socket.sent)
     assert "secret detail" in caplog.text
+
+
+# Settings -----------------------------------------------------------------------------------------
+
+
+def test_the_mux_settings_reach_the_endpoint_and_can_turn_it_off(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("websocket:\n  mux:\n    maxStreams: 7\n    streamWindow: 2048\n    connectionWindow: 4096\n")
+    app = create_app(load_settings(config, environ={}))
+    (endpoint,) = [getattr(route, "app", None) for route in app.routes if getattr(route, "path", None) == "/api/mux"]
+    assert isinstance(endpoint, MuxEndpoint)
+    assert (endpoint.settings.max_streams, endpoint.settings.stream_window) == (7, 2048)
+    assert endpoint.settings.connection_window == 4096
+
+    config.write_text("websocket:\n  mux:\n    enabled: false\n")
+    assert "/api/mux" not in [
+        getattr(route, "path", None) for route in create_app(load_settings(config, environ={})).routes
+    ]
+
+    config.write_text("websocket:\n  mux:\n    streamWindow: 10\n")
+    with pytest.raises(ConfigError, match=r"websocket\.mux\.streamWindow"):
+        load_settings(config, environ={})
