@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
+from uvicorn.supervisors import multiprocess
 
 from gateway.app import create_app
 from gateway.corking import CorkedHttpToolsProtocol
@@ -70,7 +71,20 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._drain = drain
 
+    def _app_drain(self) -> Callable[[], Awaitable[None]] | None:
+        """The drain given, else the loaded app's (a worker process loads the app itself)."""
+        if self._drain is not None:
+            return self._drain
+        app = self.config.loaded_app if self.config.loaded else None
+        while app is not None:  # through any middleware uvicorn wrapped around it
+            drain = getattr(getattr(app, "state", None), "drain", None)
+            if drain is not None:
+                return drain  # type: ignore[no-any-return]
+            app = getattr(app, "app", None)
+        return None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._drain = self._app_drain()
         if self._drain is not None:
             # No new connections while draining (uvicorn's shutdown closes them again, harmlessly).
             for server in self.servers:
@@ -99,6 +113,16 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+class _WorkerProcess(multiprocess.Process):
+    """A uvicorn worker process whose server drains its own WebSockets before shutting down."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = _Server(config=self.config)
+        return self._server
+
+
 async def serve_gateway(settings: GatewaySettings) -> None:
     """Serve one gateway process until it is told to stop (SIGINT / SIGTERM)."""
     app = create_app(settings)
@@ -120,9 +144,19 @@ def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
     # Native gRPC ingress listens in every worker (its listening socket sets SO_REUSEPORT).
     if config_path is not None:
         os.environ[CONFIG_ENV] = config_path
-    uvicorn.run(
+    config = uvicorn.Config(
         "gateway.app:create_app_from_environment",
         factory=True,
         workers=settings.workers,
         **_uvicorn_options(settings),  # type: ignore[arg-type]
     )
+    # uvicorn.run's supervisor, with workers that drain (uvicorn's own would close every WebSocket
+    # with 1012 at once). It makes its workers from the module's Process class, hence the swap.
+    sock = config.bind_socket()
+    original = multiprocess.Process
+    multiprocess.Process = _WorkerProcess  # type: ignore[misc]
+    try:
+        multiprocess.Multiprocess(config, sockets=[sock]).run()
+    finally:
+        multiprocess.Process = original  # type: ignore[misc]
+        sock.close()

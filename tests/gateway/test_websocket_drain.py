@@ -8,11 +8,14 @@ Choices pinned here (gateway/websocket/grpcws.py describes the drain):
 - A call still running after websocket.drainGrace gets UNAVAILABLE "the gateway is shutting down",
   then close 1001, and its upstream call is cancelled.
 - The process exits with 0 in every case.
+- With `workers: 2` each worker process drains its own sockets the same way (uvicorn's own workers
+  would close them all with 1012 at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -31,6 +34,7 @@ from tests.gateway.test_grpc_websockets import (
     OK,
     SUBPROTOCOL,
     UNAVAILABLE,
+    Call,
     key,
     observe,
     opened,
@@ -126,4 +130,60 @@ async def test_a_call_past_the_grace_is_cut_with_unavailable(
         assert 0.8 < elapsed < 5, f"cut after {elapsed:.1f} s; the grace is 1 s"
         wait_cancelled(pb, probe_stub, name)
         assert observe(pb, probe_stub, name).finished == 1
+        assert await exit_code(gateway) == 0
+
+
+# Several worker processes: each drains its own sockets ------------------------------------------
+
+
+def worker_connections(gateway: Gateway) -> dict[int, int]:
+    """Established connections to the gateway's HTTP port, per worker process (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == gateway.http_port and fields[3] == "01":
+                inodes.add(fields[9])
+    counts = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != gateway.process.pid:
+                continue
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue  # gone meanwhile
+        counts[int(entry.name)] = sum(link.removeprefix("socket:[").rstrip("]") in inodes for link in links)
+    return {pid: count for pid, count in counts.items() if count}
+
+
+async def test_with_two_workers_each_drains_its_own_sockets(probe_address: str, work_dir: Path, pb: Any) -> None:
+    config = {
+        "upstreams": {"accept.v1.Probe": [probe_address]},
+        "cors": {"allowOrigins": [ALLOWED_ORIGIN]},
+        "websocket": {"drainGrace": 10},
+        "workers": 2,
+        "grpcPort": 0,
+    }
+    with run_gateway(config, work_dir) as gateway:
+        async with contextlib.AsyncExitStack() as stack:
+            calls: list[Call] = []
+            # Until both workers hold calls in flight (the kernel picks the worker of each connection).
+            while (len(calls) < 16 and len(worker_connections(gateway)) < 2) or len(calls) < 4:
+                call = await stack.enter_async_context(opened(gateway, "Bidi"))
+                await call.request(pb, payload=b"before")
+                assert (await call.reply(pb)).payload == b"before"
+                calls.append(call)
+            held = worker_connections(gateway)
+            sigterm(gateway)
+            await asyncio.sleep(0.5)  # well into the drain
+            answers = []
+            for call in calls:
+                await call.request(pb, payload=b"during")
+                assert (await call.reply(pb)).payload == b"during"
+                await call.half_close()
+                answers.append(await call.finish())
+        assert len(held) == 2, f"the calls all went to one worker: {held}"
+        assert [(answer.status, answer.close_code) for answer in answers] == [(OK, GOING_AWAY)] * len(calls)
         assert await exit_code(gateway) == 0
