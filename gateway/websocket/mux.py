@@ -251,8 +251,9 @@ class _Stream:
                     if not self.pending:
                         break
                     chunk = self.pending.popleft()
-                    self._current = frames.feed(chunk)
                     self._current_cost = len(chunk)
+                    self._current = b""  # counted as pending until fed, should `feed` refuse it
+                    self._current = frames.feed(chunk)
                 if self._current:
                     taken = upstream.send_nowait(self._current, end_stream=False)
                     if taken < len(self._current):
@@ -280,7 +281,10 @@ class _Stream:
         """The client's request broke a rule (size, framing): the call ends with `error`."""
         if self.failure is None:
             self.failure = error
+            dropped = self.pending_cost  # never going upstream: the socket's window gets it back
             self.pending.clear()
+            self._current = None
+            self.conn.credit(dropped)
             if self.upstream is not None:
                 self.upstream.cancel(error.message)  # the relay sees the end and reports `failure`
 

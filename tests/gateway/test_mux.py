@@ -370,6 +370,21 @@ async def drain_to_trailers(client: MuxClient, stream: int) -> list[Frame]:
     return (await client.result(stream)).frames
 
 
+async def test_the_bytes_of_a_failed_call_come_back_to_the_socket(small_gateway: Gateway) -> None:
+    # Each call sends a whole stream window of a message far over the size limit: refused when the
+    # gateway reads its prefix. Three of them are more than the socket's window (8 KiB) holds, so
+    # the third passes only if the first two's bytes were given back.
+    oversize = struct.pack(">BI", 0, 1 << 30) + bytes(SMALL_WINDOW - 5)
+    async with mux(small_gateway) as client:
+        results = []
+        for _ in range(3):
+            stream = await client.open("ClientStream", then=(frame(FrameType.DATA, client.next_id, oversize),))
+            results.append(await client.result(stream))
+        updates = [struct.unpack(">I", f.payload)[0] for f in client.pending(0)]
+    assert [r.status for r in results] == [RESOURCE_EXHAUSTED] * 3
+    assert sum(updates) == 3 * SMALL_WINDOW
+
+
 @pytest.mark.parametrize(
     ("window", "expected"), [("stream", "past stream 1's window"), ("connection", "past the connection window")]
 )
