@@ -33,6 +33,7 @@ from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.ratelimit import RateLimiter, identify_from_settings
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
+from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
@@ -92,8 +93,10 @@ def create_app(settings: GatewaySettings) -> Starlette:
     limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
     identify = identify_from_settings(limits)
     # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
+    # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
+    policies = MethodPolicies()
     registry_routes = (
-        RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval)
+        RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval, policies=policies)
         if settings.registry_url
         else None
     )
@@ -188,6 +191,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.policies = policies
     app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
