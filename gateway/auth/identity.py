@@ -8,7 +8,7 @@ permission checks, live-event topics, the metadata forwarded to plugins.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.permissions import permits
@@ -28,6 +28,8 @@ class Identity:
     expires_at: float = 0.0  # unix seconds (`exp`)
     token_id: str | None = None  # `jti`
     session_id: str | None = None  # `sid`
+    # The identity as gRPC metadata for plugins (x-upf-user-*), HPACK-encoded once by the verifier.
+    metadata: bytes = field(default=b"", repr=False, compare=False)
 
     def permits(self, permission: str) -> bool:
         return permits(self.permissions, permission)
