@@ -3,10 +3,12 @@
 Outermost first, each for a reason:
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
+  AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
+                       identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
-Auth slots in between CORS and rate limiting when it lands.
+The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.auth.authenticator import grpc_target
+from gateway.auth.revocations import Revocations
+from gateway.auth.setup import AuthSetup
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
@@ -70,10 +76,14 @@ def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> N
     logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
 
 
-def create_app(settings: GatewaySettings) -> Starlette:
+def create_app(settings: GatewaySettings, *, revocations: Revocations | None = None) -> Starlette:
+    """The gateway; `revocations` shares one in-process store with an embedded auth plugin (`upf run`)."""
     breaker = settings.circuit_breaker
+    upstreams = settings.upstreams
+    if settings.auth_plugin_url is not None and settings.auth.service not in upstreams:
+        upstreams = {**upstreams, settings.auth.service: [settings.auth_plugin_url]}
     pool = UpstreamPool(
-        settings.upstreams,
+        upstreams,
         max_message_bytes=settings.max_message_bytes,
         breakers=BreakerPolicy(
             failure_threshold=breaker.failure_threshold,
@@ -102,6 +112,13 @@ def create_app(settings: GatewaySettings) -> Starlette:
     )
     if registry_routes is not None:
         readiness.details["registry"] = registry_routes.status
+    auth = AuthSetup(settings, pool, policies, revocations=revocations) if settings.auth.enabled else None
+    authenticator = auth.authenticator if auth is not None else None
+    # With auth on, a client's token stays at the gateway unless configured otherwise: plugins get
+    # the verified identity instead.
+    forward_authorization = auth is None or settings.auth.forward_token
+    if auth is not None:
+        readiness.details["auth"] = auth.status
     ingress = (
         IngressServer(
             pool,
@@ -111,6 +128,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             max_timeout=settings.max_timeout,
             limiter=limiter,
             identify=identify,
+            authenticator=authenticator,
+            forward_authorization=forward_authorization,
         )
         if settings.grpc_port
         else None
@@ -120,6 +139,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
+        forward_authorization=forward_authorization,
     )
     websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
@@ -131,6 +151,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         registry=websockets,
         limiter=limiter,
         identify=identify,
+        authenticator=authenticator,
+        forward_authorization=forward_authorization,
     )
 
     async def drain() -> None:
@@ -148,6 +170,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             # Briefly: a gateway that starts next to a running registry should not answer "unknown
             # service" for its plugins; one that cannot reach it starts anyway (static routes serve).
             await registry_routes.wait_connected(2.0)
+        if auth is not None:
+            await auth.start()  # after the routes: the built-in issuer's keys come from the auth plugin
         if ingress is not None:
             await ingress.start()
         readiness.ready = True
@@ -159,6 +183,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 await ingress.stop(grace=5.0)
             if registry_routes is not None:
                 await registry_routes.stop()
+            if auth is not None:
+                await auth.close()
             pool.close()
             if limiter is not None:
                 await limiter.close()
@@ -180,10 +206,21 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
     ]
+    if auth is not None:
+        routes += auth.endpoints.routes()
     middleware = [
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
+    if authenticator is not None:
+        # WebSocket calls on gRPC paths carry their token in their first message (grpc-websockets).
+        middleware.append(
+            Middleware(
+                AuthMiddleware,
+                authenticator=authenticator,
+                authenticates_in_band=lambda path: grpc_target(path) is not None,
+            )
+        )
     if limiter is not None:
         middleware.append(
             Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
@@ -196,6 +233,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
     app.state.websockets = websockets
+    app.state.auth = auth
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
 
