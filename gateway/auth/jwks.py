@@ -73,7 +73,7 @@ async def fetch_json_object(client: httpx.AsyncClient, url: str, timeout: float)
                 raise FetchError(f"{url} answered HTTP {response.status_code}")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
-                raise FetchError(f"{url} sent {declared} bytes, more than the {MAX_DOCUMENT_BYTES} allowed")
+                raise FetchError(f"{url} sent {declared} bytes, more than the {MAX_DOCUMENT_BYTES} bytes allowed")
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
@@ -237,7 +237,11 @@ class JwksCache:
             published.append({**entry, "alg": key.algorithm_name})
         if over_limit:
             self._log_once(
-                f"over:{over_limit}", "JWKS of %s: %d keys over the limit of %d dropped", self.issuer, over_limit, len(keys)
+                f"over:{over_limit}",
+                "JWKS of %s: %d keys over the limit of %d dropped",
+                self.issuer,
+                over_limit,
+                len(keys),
             )
         if not keys:
             raise FetchError(f"the JWKS has no usable key ({len(entries)} published)")
