@@ -53,6 +53,7 @@ class AuthSetup:
                 issuer=issuer.issuer,
                 algorithms=issuer.algorithms,
                 max_age=auth.jwks_max_age,
+                refresh_ahead=min(30.0, auth.jwks_max_age / 4),  # refreshed before expiry, whatever the age
                 unknown_kid_cooldown=auth.unknown_kid_cooldown,
             )
             self.caches[issuer.issuer] = cache
