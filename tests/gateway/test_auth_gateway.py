@@ -7,21 +7,26 @@ spoofed identity headers. The identity that reaches the plugin is the verified o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+from upf.demo.v1 import demo_pb2
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ALLOWED_ORIGIN
 from tests.gateway.test_grpc_websockets import BINARY_HEADERS, SUBPROTOCOL, TIMEOUT, unary, ws_url
+from tests.gateway.test_registry_routing import FAST, OK, Plugin, gateway_config, register, say
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.oidc_issuer import OidcIssuer, tamper
 from tests.support.processes import Gateway, run_gateway, wait_until
+from tests.support.registry_process import run_registry
 
 UNAUTHENTICATED, PERMISSION_DENIED = 16, 7
 
@@ -260,3 +265,55 @@ def test_with_the_jwks_endpoint_down_cached_keys_work_and_unknown_kids_are_refus
             assert issuer.jwks_fetches <= before + 2  # the cooldown's one, and a scheduled refresh at most
         finally:
             issuer.jwks_mode = "ok"
+
+
+def test_a_manifest_required_permission_is_enforced(issuer: OidcIssuer, work_dir: Path) -> None:
+    # Say needs echo:say (the role "user" grants it); Count, by the interface's "*" policy, needs nothing more.
+    text = json.dumps(
+        {
+            "id": "guarded-echo",
+            "version": "1.0.0",
+            "name": "Guarded",
+            "description": "echo behind a permission",
+            "type": "business",
+            "provides": [
+                {
+                    "name": "IEcho",
+                    "version": "1.0.0",
+                    "protoFile": "demo.proto",
+                    "grpcServices": ["upf.demo.v1.Echo"],
+                    "methods": ["Say", "Count"],
+                    "policies": {"Say": {"requiredPermission": "echo:say"}},
+                }
+            ],
+        }
+    )
+    plugin = Plugin(work_dir)
+    with ExitStack() as stack, httpx.Client(timeout=5) as client:
+        registry = stack.enter_context(run_registry(FAST, work_dir))
+        plugin.start()
+        stack.callback(plugin.stop)
+        register(registry, plugin, "guarded-1", text)
+        auth = {
+            "enabled": True,
+            "issuers": [{"issuer": issuer.issuer, "algorithms": ["RS256"], "jwksUri": issuer.jwks_uri,
+                         "rolesClaim": "realm_access.roles"}],
+            "roles": {"user": ["echo:say"]},
+        }  # fmt: skip
+        gateway = stack.enter_context(run_gateway(gateway_config(registry, auth=auth), work_dir))
+        allowed = {"authorization": f"Bearer {issuer.mint()}"}
+        wait_until(lambda: say(client, gateway.url, headers=allowed)[0] == OK, what="the plugin to be routed")
+        assert say(client, gateway.url, headers=allowed)[1] == "hi @" + str(plugin.port)
+        roleless = {"authorization": f"Bearer {issuer.mint({'realm_access': {'roles': []}})}"}
+        assert say(client, gateway.url, headers=roleless) == (
+            PERMISSION_DENIED,
+            "this call needs the permission echo:say",
+        )
+        assert say(client, gateway.url)[0] == UNAUTHENTICATED
+        r = client.post(
+            f"{gateway.url}/api/upf.demo.v1.Echo/Say",
+            content=frame(demo_pb2.SayRequest(text="x").SerializeToString()),
+            headers={"content-type": BINARY, **roleless},
+        )
+        assert r.status_code == 200  # gRPC-Web: the status is in grpc-status, never an HTTP error
+        assert r.headers["grpc-status"] == str(PERMISSION_DENIED)
