@@ -104,7 +104,11 @@ class KeyRing:
         return self.verification_key(kid)
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
-        keys = sorted((k for k in self._keys.values() if self._visible(k)), key=lambda k: -k.created_at)
+        # The signing key first, then the retired ones, most recently retired first.
+        keys = sorted(
+            (k for k in self._keys.values() if self._visible(k)),
+            key=lambda k: (k.retired_at is not None, -(k.retired_at or 0.0), -k.created_at),
+        )
         return {"keys": [k.jwk for k in keys]}
 
     async def jwks_json(self) -> str:
@@ -117,7 +121,7 @@ class KeyRing:
 
     async def prune(self) -> int:
         """Forget keys whose tokens have all expired."""
-        removed = await self._store.delete_signing_keys_retired_before(self._clock() - self._retention)
+        removed = await self._store.delete_signing_keys_retired_by(self._clock() - self._retention)
         if removed:
             await self.load()
         return removed

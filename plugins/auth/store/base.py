@@ -133,12 +133,12 @@ class AuthStore(Protocol):
     async def rotate_signing_key(self, new_key: SigningKey, *, due_before: float, alg: str) -> SigningKey:
         """The key to sign with from now on, decided under a lock that replicas share.
 
-        If the newest unretired key was created at or after `due_before` and uses `alg`, it stays and is
+        If the newest unretired key was created after `due_before` and uses `alg`, it stays and is
         returned (another replica may just have rotated). Otherwise every unretired key is retired at
         new_key.created_at and `new_key` is stored and returned.
         """
         ...
 
-    async def delete_signing_keys_retired_before(self, when: float) -> int:
-        """Forget keys retired before `when` (every token they signed has expired); how many."""
+    async def delete_signing_keys_retired_by(self, when: float) -> int:
+        """Forget keys retired at or before `when` (every token they signed has expired); how many."""
         ...

@@ -263,7 +263,7 @@ class PostgresAuthStore:
             )
             if row is not None:
                 current = _key(row)
-                if current.created_at >= due_before and current.alg == alg:
+                if current.created_at > due_before and current.alg == alg:
                     return current
             await db.execute(
                 "UPDATE auth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", new_key.created_at
@@ -274,9 +274,9 @@ class PostgresAuthStore:
             )  # fmt: skip
         return SigningKey(new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at, None)
 
-    async def delete_signing_keys_retired_before(self, when: float) -> int:
+    async def delete_signing_keys_retired_by(self, when: float) -> int:
         return await self._execute(
-            "DELETE FROM auth_signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1", when
+            "DELETE FROM auth_signing_keys WHERE retired_at IS NOT NULL AND retired_at <= $1", when
         )
 
 

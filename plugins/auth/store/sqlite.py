@@ -270,7 +270,7 @@ class SqliteAuthStore:
                 row = await cursor.fetchone()
             if row is not None:
                 current = SigningKey(*row)
-                if current.created_at >= due_before and current.alg == alg:
+                if current.created_at > due_before and current.alg == alg:
                     return current
             await db.execute(
                 "UPDATE auth_signing_keys SET retired_at = ? WHERE retired_at IS NULL", (new_key.created_at,)
@@ -281,7 +281,7 @@ class SqliteAuthStore:
             )
         return SigningKey(new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at, None)
 
-    async def delete_signing_keys_retired_before(self, when: float) -> int:
+    async def delete_signing_keys_retired_by(self, when: float) -> int:
         return await self._write(
-            "DELETE FROM auth_signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?", (when,)
+            "DELETE FROM auth_signing_keys WHERE retired_at IS NOT NULL AND retired_at <= ?", (when,)
         )

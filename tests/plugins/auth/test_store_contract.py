@@ -153,8 +153,8 @@ async def test_rotation_keeps_a_fresh_key_and_replaces_a_due_one(store: AuthStor
     # Not due yet: the stored key stays, the candidate is dropped.
     assert await store.rotate_signing_key(key("k2", 150.0), due_before=90.0, alg="EdDSA") == first
     assert [k.kid for k in await store.signing_keys()] == ["k1"]
-    # Due: retired when the new one is created.
-    second = await store.rotate_signing_key(key("k2", 200.0), due_before=150.0, alg="EdDSA")
+    # Due (created at or before due_before): retired when the new one is created.
+    second = await store.rotate_signing_key(key("k2", 200.0), due_before=100.0, alg="EdDSA")
     assert second.kid == "k2"
     keys = await store.signing_keys()
     assert [(k.kid, k.retired_at) for k in keys] == [("k2", None), ("k1", 200.0)]
@@ -164,7 +164,8 @@ async def test_rotation_keeps_a_fresh_key_and_replaces_a_due_one(store: AuthStor
     assert (third.kid, third.alg) == ("k3", "RS256")
     assert [(k.kid, k.retired_at) for k in await store.signing_keys()] == [("k3", None), ("k2", 210.0), ("k1", 200.0)]
 
-    assert await store.delete_signing_keys_retired_before(205.0) == 1
+    assert await store.delete_signing_keys_retired_by(199.0) == 0
+    assert await store.delete_signing_keys_retired_by(200.0) == 1  # at or before
     assert [k.kid for k in await store.signing_keys()] == ["k3", "k2"]
 
 
