@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import grpc
 import httpx
@@ -48,23 +48,16 @@ from upf.auth.v1 import auth_pb2 as pb
 from gateway.auth.discovery import DiscoveryError, OidcConfiguration, discover
 from gateway.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksCache, http_fetcher
 from gateway.auth.permissions import permits
+from gateway.auth.revocations import Revocations
 from plugins.auth.provider import AuthError
 from plugins.auth.settings import AuthSettings
 
-__all__ = ["OidcProvider", "Revocations", "issuer_of"]
+__all__ = ["OidcProvider", "issuer_of"]
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_CHARS = 16 * 1024  # a bigger "token" is refused before any parsing
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat"]
-
-
-class Revocations(Protocol):
-    """What this provider needs of gateway/auth/revocations.py (declared here until that module lands)."""
-
-    async def revoke(self, kind: Literal["jti", "sid"], value: str, exp: int) -> None: ...
-
-    def is_revoked(self, jti: str | None, sid: str | None) -> bool: ...
 
 
 class _Invalid(Exception):

@@ -13,41 +13,36 @@ import grpc
 import jwt
 import pytest
 
+from gateway.auth.revocations import MemoryRevocations
 from plugins.auth.oidc import OidcProvider
 from plugins.auth.provider import AuthError, Provider
 from plugins.auth.settings import AuthSettings
 from tests.support.oidc_issuer import OidcIssuer, auth0_issuer, keycloak_issuer, tamper
+
+
+class RecordingRevocations(MemoryRevocations):
+    """The real in-process store, also remembering what it was asked to revoke."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: dict[tuple[str, str], int] = {}
+
+    async def revoke(self, kind: Literal["jti", "sid"], value: str, exp: int) -> None:
+        self.revoked[(kind, value)] = exp
+        await super().revoke(kind, value, exp)
+
 
 __all__ = ["auth0_issuer", "keycloak_issuer"]
 
 ROLES = {"admin": ["*"], "user": ["demo:read"], "editor": ["orders:*"]}
 
 
-class MemoryRevocations:
-    """A stand-in with the interface of gateway/auth/revocations.py's Revocations."""
-
-    def __init__(self) -> None:
-        self.revoked: dict[tuple[str, str], int] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def revoke(self, kind: Literal["jti", "sid"], value: str, exp: int) -> None:
-        self.revoked[(kind, value)] = exp
-
-    def is_revoked(self, jti: str | None, sid: str | None) -> bool:
-        return (jti is not None and ("jti", jti) in self.revoked) or (sid is not None and ("sid", sid) in self.revoked)
-
-
 @asynccontextmanager
 async def running(
-    issuer: OidcIssuer, revocations: MemoryRevocations | None = None, **options: Any
+    issuer: OidcIssuer, revocations: RecordingRevocations | None = None, **options: Any
 ) -> AsyncIterator[OidcProvider]:
     settings = AuthSettings.model_validate(issuer.auth_settings(roles=ROLES))
-    provider = OidcProvider(settings, revocations or MemoryRevocations(), **options)
+    provider = OidcProvider(settings, revocations or RecordingRevocations(), **options)
     await provider.start()
     try:
         yield provider
@@ -192,7 +187,7 @@ async def test_auth0_wrong_issuer_and_audience_refused(auth0_issuer: OidcIssuer)
 
 
 async def test_revoked_session_or_token_refused(keycloak_issuer: OidcIssuer) -> None:
-    revocations = MemoryRevocations()
+    revocations = RecordingRevocations()
     async with running(keycloak_issuer, revocations) as provider:
         by_sid = keycloak_issuer.mint({"sid": "session-1"})
         by_jti = keycloak_issuer.mint({"jti": "token-1"})
@@ -273,17 +268,17 @@ async def test_issuer_down_at_start_then_back(keycloak_issuer: OidcIssuer) -> No
 
 def test_bad_configurations_are_refused() -> None:
     with pytest.raises(ValueError, match=r"keycloak.serverUrl is required"):
-        OidcProvider(AuthSettings(provider="keycloak"), MemoryRevocations())
+        OidcProvider(AuthSettings(provider="keycloak"), RecordingRevocations())
     with pytest.raises(ValueError, match=r"auth0.domain is required"):
-        OidcProvider(AuthSettings(provider="auth0"), MemoryRevocations())
+        OidcProvider(AuthSettings(provider="auth0"), RecordingRevocations())
     settings = AuthSettings.model_validate({"provider": "keycloak", "keycloak": {"serverUrl": "https://kc.test"}})
     with pytest.raises(ValueError, match="cannot be pinned"):
-        OidcProvider(settings, MemoryRevocations(), algorithms=["HS256"])
-    provider: Provider = OidcProvider(settings, MemoryRevocations())  # mypy checks it is a Provider
+        OidcProvider(settings, RecordingRevocations(), algorithms=["HS256"])
+    provider: Provider = OidcProvider(settings, RecordingRevocations())  # mypy checks it is a Provider
     assert isinstance(provider, OidcProvider)
     assert provider.issuer == "https://kc.test/realms/upf"
     auth0 = AuthSettings.model_validate({"provider": "auth0", "auth0": {"domain": "tenant.eu.auth0.com"}})
-    assert OidcProvider(auth0, MemoryRevocations()).issuer == "https://tenant.eu.auth0.com/"
+    assert OidcProvider(auth0, RecordingRevocations()).issuer == "https://tenant.eu.auth0.com/"
 
 
 # -- userinfo, grants, logout -------------------------------------------------------------------------
@@ -359,7 +354,7 @@ async def test_token_endpoint_down_is_unavailable(keycloak_issuer: OidcIssuer) -
 
 
 async def test_logout_with_the_access_token_revokes_the_session(keycloak_issuer: OidcIssuer) -> None:
-    revocations = MemoryRevocations()
+    revocations = RecordingRevocations()
     async with running(keycloak_issuer, revocations) as provider:
         tokens = await provider.login("alice", "alice-password")
         sid = jwt.decode(tokens.access_token, options={"verify_signature": False})["sid"]
@@ -375,7 +370,7 @@ async def test_logout_with_the_access_token_revokes_the_session(keycloak_issuer:
 
 
 async def test_logout_with_the_refresh_token_ends_the_session_at_the_issuer(keycloak_issuer: OidcIssuer) -> None:
-    revocations = MemoryRevocations()
+    revocations = RecordingRevocations()
     async with running(keycloak_issuer, revocations) as provider:
         tokens = await provider.login("alice", "alice-password")
         await provider.logout(tokens.refresh_token)
@@ -387,7 +382,7 @@ async def test_logout_with_the_refresh_token_ends_the_session_at_the_issuer(keyc
 
 
 async def test_auth0_logout(auth0_issuer: OidcIssuer) -> None:
-    revocations = MemoryRevocations()
+    revocations = RecordingRevocations()
     async with running(auth0_issuer, revocations) as provider:
         tokens = await provider.login("alice", "alice-password")
         await provider.logout(tokens.access_token)  # no sid in Auth0 access tokens: the jti is revoked
@@ -400,7 +395,7 @@ async def test_auth0_logout(auth0_issuer: OidcIssuer) -> None:
 
 
 async def test_forged_refresh_token_does_not_log_anyone_out(keycloak_issuer: OidcIssuer) -> None:
-    revocations = MemoryRevocations()
+    revocations = RecordingRevocations()
     async with running(keycloak_issuer, revocations) as provider:
         tokens = await provider.login("alice", "alice-password")
         forged = keycloak_issuer.mint({"typ": "Refresh", "sid": "victim-session", "exp": 1}, alg="HS256", key=b"guess")
