@@ -262,6 +262,9 @@ class RedisRevocations:
                 await self._subscribe_and_listen()
             except (RedisError, OSError) as exc:
                 self._last_error = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug must not end the following for good: log it, reconnect
+                logger.exception("revocations: unexpected error while following %s", self._channel)
+                self._last_error = f"{type(exc).__name__}: {exc}"
             if self._connected:
                 delay, failures = self._backoff_initial, 0  # it worked for a while: reconnect promptly
                 logger.warning("revocations: lost the Redis subscription (%s); reconnecting", self._last_error)

@@ -105,6 +105,7 @@ class CustomProvider:
         house every custom.maintenanceInterval seconds (unless `maintenance` is False: tests call
         `maintain()` themselves)."""
         await self.store.start()
+        await self._passwords.prepare()
         for role, permissions in self.settings.roles.items():
             # The settings are the source of truth for the roles they name; others are left alone.
             await self.store.put_role(role, permissions)

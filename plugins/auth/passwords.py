@@ -27,6 +27,11 @@ class Passwords:
         self._slots = asyncio.Semaphore(max_concurrent or os.cpu_count() or 2)
         self._dummy: str | None = None
 
+    async def prepare(self) -> None:
+        """Make the dummy hash now, so that not even the first unknown user's login takes longer."""
+        if self._dummy is None:
+            self._dummy = await self.hash(secrets.token_urlsafe(16))
+
     async def hash(self, password: str) -> str:
         async with self._slots:
             return await asyncio.to_thread(self._hasher.hash, password)
@@ -34,8 +39,8 @@ class Passwords:
     async def verify(self, stored: str | None, password: str) -> bool:
         """Whether `password` matches `stored`; None (an unknown user) costs the same and is False."""
         if stored is None:
-            if self._dummy is None:
-                self._dummy = await self.hash(secrets.token_urlsafe(16))
+            await self.prepare()
+            assert self._dummy is not None
             await self._check(self._dummy, password)
             return False
         return await self._check(stored, password)
