@@ -159,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="manifest file to check")
+    auth = commands.add_parser(
+        "auth",
+        help="manage the auth plugin's users (custom provider)",
+        description="Manage the users of the auth plugin's custom provider, in the store its configuration names.",
+    )
+    auth_commands = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    add_user = auth_commands.add_parser(
+        "add-user",
+        help="create a user, or update one's password, e-mail and roles",
+        description="Create a user of the custom provider, or update an existing one's password, e-mail and "
+        "roles. The password is read from standard input (one line), or asked for twice on a terminal.",
+        epilog="example: printf '%s\\n' \"$PASSWORD\" | upf auth add-user alice --email alice@example.org "
+        "--role user --config auth.yaml",
+    )
+    add_user.add_argument("username", help="the login name")
+    add_user.add_argument("--email", default="", help="the user's e-mail address")
+    add_user.add_argument("--name", default="", help="the user's display name")
+    add_user.add_argument(
+        "--role", action="append", default=[], dest="roles", metavar="ROLE", help="a role (repeat for several)"
+    )
+    add_user.add_argument(
+        "--config", metavar="FILE", help="the auth plugin's YAML configuration (default: $UPF_CONFIG)"
+    )
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
@@ -272,6 +295,23 @@ def _run_auth_plugin(args: argparse.Namespace) -> None:
     )
 
 
+def _run_auth_admin(args: argparse.Namespace) -> None:
+    from plugins.auth.admin import add_user
+    from plugins.auth.settings import load_auth_settings
+
+    try:
+        settings = load_auth_settings(args.config)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        user_id = add_user(settings, args.username, args.email, args.roles, args.name)
+    except (ValueError, OSError) as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"user {args.username} ({user_id}) saved")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
@@ -284,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "plugin":
         _run_plugin(args)
+        return
+    if args.command == "auth":
+        _run_auth_admin(args)
         return
     try:
         settings = _settings(args)
