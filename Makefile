@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
+SDK_DIR := shell-web/sdk
+SDK_STAMP := $(SDK_DIR)/dist/.built
 
 .PHONY: run test check lint format proto proto-check schema bench install clean
 
@@ -20,10 +22,15 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The shell's TypeScript client (upf-mux.v1): compiled with tsc into shell-web/sdk/dist.
+$(SDK_STAMP): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json $(SDK_DIR)/tsconfig.json $(wildcard $(SDK_DIR)/src/*.ts)
+	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	touch $@
+
 run: $(PY_STAMP)
 	$(BIN)/upf run
 
-test: $(PY_STAMP) $(JS_STAMP) check
+test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) check
 	$(BIN)/pytest
 
 check: $(PY_STAMP)
@@ -49,4 +56,4 @@ bench: $(PY_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(JS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,10 @@ def build_server(gen_dir: str, address: str, max_message_bytes: int) -> tuple[gr
             for _ in range(request.count):
                 yield msg
 
+        async def Bidi(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for request in requests:
+                yield request
+
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

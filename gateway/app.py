@@ -7,7 +7,8 @@ Outermost first, each for a reason:
                        identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
-                       (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
+                       (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
+                       /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
 The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
 """
 
@@ -43,6 +44,7 @@ from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
+from gateway.websocket.mux import MuxEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -153,6 +155,22 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         identify=identify,
         authenticator=authenticator,
         forward_authorization=forward_authorization,
+        header_timeout=settings.websocket.header_timeout,
+    )
+    mux = settings.websocket.mux
+    mux_endpoint = MuxEndpoint(
+        pool,
+        allow_origins=settings.cors.allow_origins,
+        max_message_bytes=settings.max_message_bytes,
+        max_timeout=settings.max_timeout,
+        forward_cookies=settings.forward_cookies,
+        registry=websockets,
+        limiter=limiter,
+        identify=identify,
+        authenticate=None,  # per-call auth hook (gateway/websocket/mux.py Authenticate), wired with auth
+        max_streams=mux.max_streams,
+        stream_window=mux.stream_window,
+        connection_window=mux.connection_window,
     )
 
     async def drain() -> None:
@@ -208,6 +226,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     ]
     if auth is not None:
         routes += auth.endpoints.routes()
+    if mux.enabled:
+        routes.append(WebSocketRoute("/api/mux", mux_endpoint))
     middleware = [
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),

@@ -30,6 +30,7 @@ __all__ = [
     "GatewayAuthSettings",
     "GatewaySettings",
     "IssuerSettings",
+    "MuxSettings",
     "RateLimitSettings",
     "WebSocketSettings",
     "load_config",
@@ -148,6 +149,17 @@ class CorsSettings(_Section):
     max_age: int = Field(default=600, ge=0)  # seconds a browser may cache a preflight answer
 
 
+class MuxSettings(_Section):
+    # upf-mux.v1 on /api/mux (gateway/websocket/MUX.md): many gRPC calls on one WebSocket.
+    enabled: bool = True
+    max_streams: int = Field(default=100, ge=1)  # calls open at once on one socket; more get RESOURCE_EXHAUSTED
+    # Request bytes a client may send on one call, and on all of a socket's calls together, before
+    # the gateway gives credit back (it does once the upstream has taken them): what a slow upstream
+    # can leave waiting in the gateway.
+    stream_window: int = Field(default=256 * 1024, ge=1024, le=2**31 - 1)
+    connection_window: int = Field(default=1024 * 1024, ge=1024, le=2**31 - 1)
+
+
 class WebSocketSettings(_Section):
     # Seconds between the server's pings on an open WebSocket (so proxies with an idle timeout keep
     # it open, and dead peers are noticed), and how long a ping may wait for its pong before the
@@ -157,6 +169,9 @@ class WebSocketSettings(_Section):
     # Seconds a shutdown lets grpc-websockets calls in flight finish before it cuts them (UNAVAILABLE,
     # close 1001); idle sockets are closed at once. uvicorn's graceful-shutdown timeout follows it.
     drain_grace: float = Field(default=10.0, ge=0)
+    # Seconds a grpc-websockets socket may take to send its header block before it is closed (1008).
+    header_timeout: float = Field(default=10.0, gt=0)
+    mux: MuxSettings = Field(default_factory=MuxSettings)
 
 
 Algorithm = Literal[

@@ -1,7 +1,8 @@
-"""WebSocket endpoints: the grpc-websockets bridge for client-streaming and bidi calls from browsers."""
+"""WebSocket endpoints: grpc-websockets (one gRPC call per socket) and upf-mux.v1 (many calls on one socket)."""
 
 from __future__ import annotations
 
-from gateway.websocket.grpcws import GrpcWebSocketEndpoint, WebSocketRegistry, max_websocket_message
+from gateway.websocket.grpcws import GrpcWebSocketEndpoint, max_websocket_message
+from gateway.websocket.registry import WebSocketRegistry
 
 __all__ = ["GrpcWebSocketEndpoint", "WebSocketRegistry", "max_websocket_message"]

@@ -23,7 +23,9 @@ Client -> server: binary messages only (a text message is an error)
      becomes the upstream deadline (capped by maxTimeout); the other names become metadata exactly
      as on the HTTP path (gateway/grpcweb/metadata.py). Auth tokens travel here too: browsers
      cannot set headers on a WebSocket upgrade. A block that is not `name: value` lines ends the
-     call with INVALID_ARGUMENT.
+     call with INVALID_ARGUMENT. It must arrive within websocket.headerTimeout seconds of the
+     upgrade; a socket that sends nothing is closed with 1008 and the reason "no header block
+     within N s" (no call began, so there is no status to send).
   2. Every later message is one control byte and a payload:
      - 0x00 + bytes of the gRPC-framed request stream. The payloads form one byte stream: a frame
        may span messages and a message may hold several frames. It is checked frame by frame as it
@@ -60,8 +62,8 @@ Limits, liveness and cancellation
     behind further unread messages is noticed once the upstream takes bytes again, or at the
     deadline. An upstream that ends the call ends the socket.
 
-Graceful drain (WebSocketRegistry, run by gateway/serve.py before uvicorn's own shutdown, which
-would close every socket with 1012 at once)
+Graceful drain (WebSocketRegistry in registry.py, run by gateway/serve.py before uvicorn's own
+shutdown, which would close every socket with 1012 at once)
   - New upgrades are refused with HTTP 503; the listeners are closed already.
   - A socket without a call (no header block yet) is closed with 1001 ("going away") at once.
   - A call in flight runs on for up to websocket.drainGrace seconds; when it ends, its trailer frame
@@ -69,7 +71,7 @@ would close every socket with 1012 at once)
   - A call still running after the grace is cut: the upstream is cancelled and the client gets a
     trailer frame with UNAVAILABLE "the gateway is shutting down", then close 1001.
 
-Not here: several calls on one socket (this protocol has one call per socket); an unary or
+Not here: several calls on one socket (this protocol has one call per socket: see mux.py); an unary or
 server-streaming method that gets END_STREAM without a message waits for its deadline, since the
 gateway proxies without descriptors and cannot tell it from a client stream that sent nothing.
 """
@@ -79,7 +81,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import Iterable, Sequence
 
 import grpc
@@ -87,14 +88,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
-from gateway.errors import BadRequest, GatewayError, MalformedMessage, MessageTooLarge, RateLimited
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
+from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
+from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
 from gateway.ratelimit.keys import Identify
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import UpstreamPool
+from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
+from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.request_frames import RequestFrames
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -116,10 +120,9 @@ SUBPROTOCOL = "grpc-websockets"
 # prefix, and a few small frames sent along with it. A header block is held to the same size.
 MESSAGE_SLACK = 64 * 1024
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # RFC 6455: the server is going down
 CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big"
 CLOSE_TRY_AGAIN_LATER = 1013  # IANA WebSocket close code: a rate limit refused the call
-SHUTTING_DOWN = "the gateway is shutting down"
+CLOSE_POLICY = 1008  # RFC 6455 "policy violation": no header block in time
 
 _HALF_CLOSE = b"\x01"
 _CONTENT_TYPE = b"application/grpc-web+proto"
@@ -237,90 +240,18 @@ class _Socket:
         except _ClientGone:
             pass
 
-    async def close(self, code: int) -> None:
+    async def close(self, code: int, reason: str = "") -> None:
         if code == CLOSE_NORMAL and self._registry.draining:
             code = CLOSE_GOING_AWAY  # the call is over, but the client must not come back to this process
         if not self.closed:
             self.closed = True
             with contextlib.suppress(OSError):  # gone already: nothing to close
-                await self._send({"type": "websocket.close", "code": code})
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
-
-class _RequestFrames:
-    """Checks the request byte stream frame by frame as it passes, without copying or re-framing it.
-
-    With a grpc-encoding, compressed frames are inflated here (the upstream is told no encoding), so
-    those requests are re-framed.
-    """
-
-    __slots__ = ("_decoder", "_encoding", "_max", "_prefix", "_remaining")
-
-    def __init__(self, max_message_bytes: int, encoding: str | None) -> None:
-        self._max = max_message_bytes
-        self._encoding = encoding
-        self._decoder = FrameDecoder(max_message_bytes) if encoding is not None else None
-        self._prefix = bytearray()  # a frame prefix cut short by the end of a message
-        self._remaining = 0  # bytes of the current frame's payload still to come
-
-    def feed(self, data: memoryview) -> bytes | memoryview:
-        """The bytes to send upstream for `data`: `data` itself unless frames had to be inflated."""
-        if self._decoder is not None:
-            frames = self._decoder.feed(bytes(data))
-            return b"".join(encode_frame(self._inflate(flags, payload)) for flags, payload in frames)
-        offset, size = 0, len(data)
-        while offset < size:
-            if self._remaining:
-                step = min(self._remaining, size - offset)
-                self._remaining -= step
-                offset += step
-                continue
-            if not self._prefix and size - offset >= 5:
-                flags, length = PREFIX.unpack_from(data, offset)
-                offset += 5
-            else:
-                take = min(5 - len(self._prefix), size - offset)
-                self._prefix += data[offset : offset + take]
-                offset += take
-                if len(self._prefix) < 5:
-                    break
-                flags, length = PREFIX.unpack(self._prefix)
-                self._prefix.clear()
-            self._check(flags, length)
-            self._remaining = length
-        return data
-
-    def _check(self, flags: int, length: int) -> None:
-        if flags & TRAILER_FLAG:
-            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
-        if flags & COMPRESSED_FLAG:
-            raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
-        if length > self._max:
-            raise MessageTooLarge(
-                f"request message is {length} bytes, larger than the gateway's limit of {self._max} bytes"
-            )
-
-    def _inflate(self, flags: int, payload: bytes) -> bytes:
-        if flags & TRAILER_FLAG:
-            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
-        if not flags & COMPRESSED_FLAG:
-            return payload
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self._encoding == "gzip" else zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(payload, self._max)
-        except zlib.error as exc:
-            raise MalformedMessage(f"request frame cannot be decompressed with {self._encoding}: {exc}") from None
-        if inflater.unconsumed_tail:
-            raise MessageTooLarge(f"request message decompresses to more than the gateway's limit of {self._max} bytes")
-        return data
-
-    def close(self) -> None:
-        """At the half-close: a frame cut short means the request is malformed."""
-        if self._decoder is not None:
-            self._decoder.close()
-        elif self._prefix:
-            raise MalformedMessage(f"request ends inside a frame prefix ({len(self._prefix)} of 5 bytes)")
-        elif self._remaining:
-            raise MalformedMessage(f"request ends {self._remaining} bytes short of the end of its last frame")
+    async def going_away(self) -> None:
+        """The drain: a socket without a call (its handler waits for the header block) closes now."""
+        if not self.in_call:
+            await self.close(CLOSE_GOING_AWAY)
 
 
 class _Requests:
@@ -333,7 +264,7 @@ class _Requests:
 
     __slots__ = ("_frames", "_max_size", "_next", "_receive", "_stream", "failure", "gone")
 
-    def __init__(self, receive: Receive, stream: Http2Stream, frames: _RequestFrames, max_size: int) -> None:
+    def __init__(self, receive: Receive, stream: Http2Stream, frames: RequestFrames, max_size: int) -> None:
         self._receive = receive
         self._stream = stream
         self._frames = frames
@@ -425,60 +356,6 @@ class _Requests:
             raise _ClientGone
 
 
-class WebSocketRegistry:
-    """The open grpc-websockets sockets of one app, so that a shutdown can drain them (see above).
-
-    Made by gateway/app.py and handed to the endpoint; `drain()` runs once, at shutdown.
-    """
-
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self.draining = False
-        self._open: dict[_Socket, asyncio.Task[object]] = {}
-        self._empty = asyncio.Event()
-        self._empty.set()
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def add(self, socket: _Socket) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # the endpoint runs in uvicorn's task for the connection
-        self._open[socket] = task
-        self._empty.clear()
-
-    def discard(self, socket: _Socket) -> None:
-        self._open.pop(socket, None)
-        if not self._open:
-            self._empty.set()
-
-    async def drain(self) -> None:
-        """Close idle sockets now, wait up to the grace for calls in flight, then cut the rest."""
-        self.draining = True
-        for socket in list(self._open):
-            if not socket.in_call:
-                # Its handler waits for the header block; the close hands it websocket.disconnect.
-                await socket.close(CLOSE_GOING_AWAY)
-        if await self._wait(self.grace):
-            return
-        remaining = list(self._open.items())
-        logger.warning("grpc-websockets: cutting %d call(s) still running after the drain grace", len(remaining))
-        for socket, task in remaining:
-            socket.cut = True
-            task.cancel()
-        # Briefly: a cut call only sends its trailer frame; a client that takes nothing is left to
-        # uvicorn's shutdown, which closes the connections.
-        await self._wait(1.0)
-
-    async def _wait(self, seconds: float) -> bool:
-        try:
-            async with asyncio.timeout(seconds):
-                await self._empty.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
 class GrpcWebSocketEndpoint:
     """Mounted with WebSocketRoute on the gRPC-Web paths; expects `service` and `method` in `path_params`."""
 
@@ -495,6 +372,7 @@ class GrpcWebSocketEndpoint:
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
         forward_authorization: bool = True,
+        header_timeout: float = 10.0,
     ) -> None:
         self.pool = pool
         self.authenticator = authenticator
@@ -502,39 +380,26 @@ class GrpcWebSocketEndpoint:
         self.limiter = limiter
         self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.any_origin = "*" in allow_origins
-        self.origins = frozenset(origin.encode("latin-1") for origin in allow_origins if origin != "*")
+        self.origin_policy = OriginPolicy(allow_origins)
+        self.header_timeout = header_timeout
         self.max_message_bytes = max_message_bytes
         self.max_size = max_websocket_message(max_message_bytes)
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
 
-    def origin_allowed(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        origin = host = None
-        for name, value in headers:
-            if name == b"origin":
-                origin = value
-            elif name == b"host":
-                host = value
-        if origin is None:
-            return True  # not a browser (browsers always send Origin on an upgrade), so no ambient cookies
-        if self.any_origin or origin in self.origins:
-            return True
-        # The gateway's own origin: a page it served (scheme aside, the Origin's host is the Host header).
-        return host is not None and origin.partition(b"://")[2].lower() == host.lower()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        if not self.origin_allowed(scope["headers"]):
-            await _refuse(scope, send, 403, b"origin not allowed\n")
+        if not self.origin_policy.allowed(scope["headers"]):
+            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
             return
-        subprotocol = next((name for name in scope.get("subprotocols", ()) if name.lower() == SUBPROTOCOL), None)
+        subprotocol = choose_subprotocol(scope, SUBPROTOCOL)
         if subprotocol is None:
-            await _refuse(scope, send, 400, b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n")
+            body = b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n"
+            await refuse_upgrade(scope, send, 400, body)
             return
         if self.registry.draining:
-            await _refuse(scope, send, 503, b"the gateway is shutting down\n")
+            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
             return
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         socket = _Socket(send, self.registry)
@@ -572,7 +437,13 @@ class GrpcWebSocketEndpoint:
             self.registry.discard(socket)
 
     async def _call(self, scope: Scope, receive: Receive, socket: _Socket, service: str, path: str) -> None:
-        message = await receive()
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                message = await receive()
+        except TimeoutError:
+            # A socket that never starts its call would otherwise be held (and pinged) for ever.
+            await socket.close(CLOSE_POLICY, f"no header block within {self.header_timeout:g} s")
+            raise _ClientGone from None
         if message["type"] != "websocket.receive" or socket.closed:
             raise _ClientGone  # gone, or closed by a drain while the header block was on its way
         socket.in_call = True  # before any await: a drain from now on lets the call finish
@@ -611,7 +482,7 @@ class GrpcWebSocketEndpoint:
             except StreamError as exc:
                 verdict = exc.code
                 raise gateway_error(exc, service) from None
-            frames = _RequestFrames(self.max_message_bytes, request.encoding)
+            frames = RequestFrames(self.max_message_bytes, request.encoding)
             requests = _Requests(receive, stream, frames, self.max_size)
             forwarding = asyncio.ensure_future(requests.run())
             try:
@@ -635,13 +506,3 @@ class GrpcWebSocketEndpoint:
                     stream.cancel("the client went away")
         finally:
             endpoint.report(verdict)
-
-
-async def _refuse(scope: Scope, send: Send, status: int, body: bytes) -> None:
-    """An HTTP answer instead of the upgrade (ASGI's websocket.http.response), else a bare 403."""
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})  # before the accept, servers answer 403

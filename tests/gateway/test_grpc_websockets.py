@@ -29,6 +29,7 @@ import contextlib
 import gzip
 import os
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -940,3 +941,28 @@ def test_uvicorn_gets_the_websocket_limits_and_pings(tmp_path: Path) -> None:
     assert (options["ws_ping_interval"], options["ws_ping_timeout"]) == (5.0, None)
     defaults = _uvicorn_options(load_settings(None, environ={}))
     assert (defaults["ws_ping_interval"], defaults["ws_ping_timeout"]) == (20.0, 20.0)
+
+
+# The header block's timeout ------------------------------------------------------------------------
+
+
+async def test_a_socket_that_never_sends_its_header_block_is_closed_1008(
+    probe_address: str, work_dir: Path, pb: Any
+) -> None:
+    config = {
+        "upstreams": {SERVICE: [probe_address]},
+        "cors": {"allowOrigins": [ALLOWED_ORIGIN]},
+        "websocket": {"headerTimeout": 0.5},
+    }
+    with run_gateway(config, work_dir) as gateway:
+        async with opened(gateway, "Unary", header_block=None) as idle:
+            started = time.monotonic()
+            answer = await idle.finish()
+            elapsed = time.monotonic() - started
+        # One that sends it in time is served as ever.
+        fine = await unary(gateway, pb, payload=b"in time")
+    assert answer.messages == []
+    assert answer.close_code == 1008
+    assert idle.ws.close_reason == "no header block within 0.5 s"
+    assert 0.4 < elapsed < 3
+    assert fine.status == OK

@@ -1,0 +1,91 @@
+"""The request byte stream of one call, checked frame by frame as it passes to the upstream.
+
+Shared by the WebSocket bridges (grpc-websockets and upf-mux.v1): both carry a call's request as a
+stream of gRPC length-prefixed frames cut anywhere into WebSocket messages.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from gateway.errors import MalformedMessage, MessageTooLarge
+from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame
+
+__all__ = ["RequestFrames"]
+
+
+class RequestFrames:
+    """Checks the request byte stream frame by frame as it passes, without copying or re-framing it.
+
+    With a grpc-encoding, compressed frames are inflated here (the upstream is told no encoding), so
+    those requests are re-framed.
+    """
+
+    __slots__ = ("_decoder", "_encoding", "_max", "_prefix", "_remaining")
+
+    def __init__(self, max_message_bytes: int, encoding: str | None) -> None:
+        self._max = max_message_bytes
+        self._encoding = encoding
+        self._decoder = FrameDecoder(max_message_bytes) if encoding is not None else None
+        self._prefix = bytearray()  # a frame prefix cut short by the end of a message
+        self._remaining = 0  # bytes of the current frame's payload still to come
+
+    def feed(self, data: memoryview) -> bytes | memoryview:
+        """The bytes to send upstream for `data`: `data` itself unless frames had to be inflated."""
+        if self._decoder is not None:
+            frames = self._decoder.feed(bytes(data))
+            return b"".join(encode_frame(self._inflate(flags, payload)) for flags, payload in frames)
+        offset, size = 0, len(data)
+        while offset < size:
+            if self._remaining:
+                step = min(self._remaining, size - offset)
+                self._remaining -= step
+                offset += step
+                continue
+            if not self._prefix and size - offset >= 5:
+                flags, length = PREFIX.unpack_from(data, offset)
+                offset += 5
+            else:
+                take = min(5 - len(self._prefix), size - offset)
+                self._prefix += data[offset : offset + take]
+                offset += take
+                if len(self._prefix) < 5:
+                    break
+                flags, length = PREFIX.unpack(self._prefix)
+                self._prefix.clear()
+            self._check(flags, length)
+            self._remaining = length
+        return data
+
+    def _check(self, flags: int, length: int) -> None:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        if flags & COMPRESSED_FLAG:
+            raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
+        if length > self._max:
+            raise MessageTooLarge(
+                f"request message is {length} bytes, larger than the gateway's limit of {self._max} bytes"
+            )
+
+    def _inflate(self, flags: int, payload: bytes) -> bytes:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        if not flags & COMPRESSED_FLAG:
+            return payload
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self._encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(payload, self._max)
+        except zlib.error as exc:
+            raise MalformedMessage(f"request frame cannot be decompressed with {self._encoding}: {exc}") from None
+        if inflater.unconsumed_tail:
+            raise MessageTooLarge(f"request message decompresses to more than the gateway's limit of {self._max} bytes")
+        return data
+
+    def close(self) -> None:
+        """At the half-close: a frame cut short means the request is malformed."""
+        if self._decoder is not None:
+            self._decoder.close()
+        elif self._prefix:
+            raise MalformedMessage(f"request ends inside a frame prefix ({len(self._prefix)} of 5 bytes)")
+        elif self._remaining:
+            raise MalformedMessage(f"request ends {self._remaining} bytes short of the end of its last frame")
