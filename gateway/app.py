@@ -167,7 +167,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         registry=websockets,
         limiter=limiter,
         identify=identify,
-        authenticate=None,  # per-call auth hook (gateway/websocket/mux.py Authenticate), wired with auth
+        authenticator=authenticator,
+        forward_authorization=forward_authorization,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,
@@ -233,12 +234,13 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
     if authenticator is not None:
-        # WebSocket calls on gRPC paths carry their token in their first message (grpc-websockets).
+        # WebSocket calls carry their token in their first message (grpc-websockets) or in each
+        # call's metadata (upf-mux.v1), as a browser cannot set headers on an upgrade.
         middleware.append(
             Middleware(
                 AuthMiddleware,
                 authenticator=authenticator,
-                authenticates_in_band=lambda path: grpc_target(path) is not None,
+                authenticates_in_band=lambda path: path == "/api/mux" or grpc_target(path) is not None,
             )
         )
     if limiter is not None:
