@@ -1,8 +1,11 @@
 """`upf run`: the whole platform in one process, on embedded defaults.
 
-The registry (memory store) on registryUrl (default 127.0.0.1:50052), the demo plugin on the plugin
-SDK registering with it, and the gateway routing by it: the same parts and the same protocols as
-the Procfile's separate processes, so what works here works there. Nothing else needs to run.
+The registry (memory store) on registryUrl (default 127.0.0.1:50052), the auth plugin (custom
+provider, an SQLite store in memory, a demo user) and the demo plugin on the plugin SDK registering
+with it, and the gateway routing by it and verifying tokens: the same parts and protocols as the
+Procfile's separate processes, so what works here works there. Nothing else needs to run.
+
+The gateway and the auth plugin share one in-process revocation store: a logout is seen at once.
 """
 
 from __future__ import annotations
@@ -11,17 +14,32 @@ import asyncio
 import contextlib
 import logging
 
+from gateway.auth.revocations import MemoryRevocations
 from gateway.serve import serve_gateway
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
+from plugins.auth.plugin import AuthPlugin, build as build_auth
+from plugins.auth.settings import AuthSettings, CustomSettings, JwtSettings
 from plugins.demo.plugin import build as build_demo
 from registry.server import serve as serve_registry
 from registry.settings import RegistrySettings
 
-__all__ = ["DEFAULT_REGISTRY", "run_all"]
+__all__ = ["DEFAULT_REGISTRY", "DEMO_USER", "run_all"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = "127.0.0.1:50052"
+# For local use only: README shows these so that `make run` can be tried at once.
+DEMO_USER = {"username": "demo", "password": "demo-password", "email": "demo@upf.local", "roles": ["user"]}
+_AUTH_START_TIMEOUT = 30.0
+
+
+def embedded_auth(settings: GatewaySettings, issuer: str) -> GatewaySettings:
+    """The gateway's settings with auth on and the embedded plugin's issuer trusted, unless the
+    configuration says otherwise (an `auth` section of its own is kept as it is)."""
+    if "auth" in settings.model_fields_set:
+        return settings
+    auth = GatewayAuthSettings(enabled=True, issuers=[IssuerSettings(issuer=issuer)])
+    return settings.model_copy(update={"auth": auth})
 
 
 async def run_all(settings: GatewaySettings) -> None:
@@ -31,15 +49,51 @@ async def run_all(settings: GatewaySettings) -> None:
     registry = asyncio.create_task(
         serve_registry(RegistrySettings(host=host, port=int(port), log_level=settings.log_level), stop=registry_stopped)
     )
-    # The plugin's signals are the gateway's: it stops when the gateway has stopped.
+    issuer = f"http://{settings.host}:{settings.http_port}"
+    revocations = MemoryRevocations()
+    auth = build_auth(
+        AuthSettings(
+            registry_url=registry_url,
+            jwt=JwtSettings(issuer=issuer),
+            custom=CustomSettings(sqlite_path=":memory:"),
+        ),
+        revocations=revocations,
+        handle_signals=False,
+    )
+    # The plugins' signals are the gateway's: they stop when the gateway has stopped.
     demo = build_demo(registry=registry_url, handle_signals=False)
+    auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:
-        await serve_gateway(settings.model_copy(update={"registry_url": registry_url, "workers": 1}))
+        await _seed_demo_user(auth, auth_task)
+        gateway_settings = embedded_auth(settings, issuer)
+        await serve_gateway(
+            gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}), revocations=revocations
+        )
     finally:
         await demo.stop()
-        with contextlib.suppress(Exception):
-            await demo_task
+        await auth.stop()
+        for task in (demo_task, auth_task):
+            with contextlib.suppress(Exception):
+                await task
         registry_stopped.set()
         with contextlib.suppress(Exception):
             await registry
+
+
+async def _seed_demo_user(auth: AuthPlugin, auth_task: asyncio.Task[None]) -> None:
+    ready = asyncio.create_task(auth.ready.wait())
+    done, _ = await asyncio.wait({ready, auth_task}, timeout=_AUTH_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        if auth_task.done() and auth_task.exception() is not None:
+            raise RuntimeError(f"the auth plugin did not start: {auth_task.exception()}")
+        raise RuntimeError("the auth plugin did not start in time")
+    ensure_user = getattr(auth.provider, "ensure_user", None)
+    if ensure_user is not None:
+        await ensure_user(
+            DEMO_USER["username"], DEMO_USER["password"], DEMO_USER["email"], DEMO_USER["roles"], name="Demo User"
+        )
+        logger.info(
+            "demo user %r (password %r) ready: for local use only", *(DEMO_USER[k] for k in ("username", "password"))
+        )

@@ -3,11 +3,13 @@
 Outermost first, each for a reason:
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
+  AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
+                       identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
-Auth slots in between CORS and rate limiting when it lands.
+The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.auth.authenticator import grpc_target
+from gateway.auth.revocations import Revocations
+from gateway.auth.setup import AuthSetup
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.ratelimit import RateLimiter, identify_from_settings
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
+from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
@@ -71,10 +78,14 @@ def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> N
     logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
 
 
-def create_app(settings: GatewaySettings) -> Starlette:
+def create_app(settings: GatewaySettings, *, revocations: Revocations | None = None) -> Starlette:
+    """The gateway; `revocations` shares one in-process store with an embedded auth plugin (`upf run`)."""
     breaker = settings.circuit_breaker
+    upstreams = settings.upstreams
+    if settings.auth_plugin_url is not None and settings.auth.service not in upstreams:
+        upstreams = {**upstreams, settings.auth.service: [settings.auth_plugin_url]}
     pool = UpstreamPool(
-        settings.upstreams,
+        upstreams,
         max_message_bytes=settings.max_message_bytes,
         breakers=BreakerPolicy(
             failure_threshold=breaker.failure_threshold,
@@ -94,13 +105,22 @@ def create_app(settings: GatewaySettings) -> Starlette:
     limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
     identify = identify_from_settings(limits)
     # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
+    # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
+    policies = MethodPolicies()
     registry_routes = (
-        RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval)
+        RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval, policies=policies)
         if settings.registry_url
         else None
     )
     if registry_routes is not None:
         readiness.details["registry"] = registry_routes.status
+    auth = AuthSetup(settings, pool, policies, revocations=revocations) if settings.auth.enabled else None
+    authenticator = auth.authenticator if auth is not None else None
+    # With auth on, a client's token stays at the gateway unless configured otherwise: plugins get
+    # the verified identity instead.
+    forward_authorization = auth is None or settings.auth.forward_token
+    if auth is not None:
+        readiness.details["auth"] = auth.status
     ingress = (
         IngressServer(
             pool,
@@ -110,6 +130,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             max_timeout=settings.max_timeout,
             limiter=limiter,
             identify=identify,
+            authenticator=authenticator,
+            forward_authorization=forward_authorization,
         )
         if settings.grpc_port
         else None
@@ -119,6 +141,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
+        forward_authorization=forward_authorization,
     )
     websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
@@ -130,6 +153,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         registry=websockets,
         limiter=limiter,
         identify=identify,
+        authenticator=authenticator,
+        forward_authorization=forward_authorization,
         header_timeout=settings.websocket.header_timeout,
     )
     mux = settings.websocket.mux
@@ -142,7 +167,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         registry=websockets,
         limiter=limiter,
         identify=identify,
-        authenticate=None,  # per-call auth hook (gateway/websocket/mux.py Authenticate), wired with auth
+        authenticator=authenticator,
+        forward_authorization=forward_authorization,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,
@@ -163,6 +189,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             # Briefly: a gateway that starts next to a running registry should not answer "unknown
             # service" for its plugins; one that cannot reach it starts anyway (static routes serve).
             await registry_routes.wait_connected(2.0)
+        if auth is not None:
+            await auth.start()  # after the routes: the built-in issuer's keys come from the auth plugin
         if ingress is not None:
             await ingress.start()
         readiness.ready = True
@@ -174,6 +202,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 await ingress.stop(grace=5.0)
             if registry_routes is not None:
                 await registry_routes.stop()
+            if auth is not None:
+                await auth.close()
             pool.close()
             if limiter is not None:
                 await limiter.close()
@@ -195,12 +225,24 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
     ]
+    if auth is not None:
+        routes += auth.endpoints.routes()
     if mux.enabled:
         routes.append(WebSocketRoute("/api/mux", mux_endpoint))
     middleware = [
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
+    if authenticator is not None:
+        # WebSocket calls carry their token in their first message (grpc-websockets) or in each
+        # call's metadata (upf-mux.v1), as a browser cannot set headers on an upgrade.
+        middleware.append(
+            Middleware(
+                AuthMiddleware,
+                authenticator=authenticator,
+                authenticates_in_band=lambda path: path == "/api/mux" or grpc_target(path) is not None,
+            )
+        )
     if limiter is not None:
         middleware.append(
             Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
@@ -208,10 +250,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.policies = policies
     app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
     app.state.websockets = websockets
+    app.state.auth = auth
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
 

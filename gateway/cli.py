@@ -78,6 +78,23 @@ configuration file keys (all optional):
     successesBeforeHealthy: 2     passed checks in a row before UNHEALTHY -> HEALTHY
 """
 
+AUTH_PLUGIN_EPILOG = """\
+auth configuration file keys (all optional; UPF_* variables override them, e.g. UPF_PROVIDER=custom,
+UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
+  host: 127.0.0.1 / port: 0 / registryUrl: 127.0.0.1:50052
+  provider: custom               custom (users in our store) | keycloak | auth0 (an OIDC issuer)
+  jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
+        keyRotationInterval: 86400}       algorithm: EdDSA or RS256; rotation in seconds
+  session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
+  custom: {store: sqlite, sqlitePath: .upf/auth.db, postgresUrl: postgresql://127.0.0.1:5432/upf,
+           passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}, maintenanceInterval: 60}
+  keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
+  auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
+  revocation: {store: memory, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}
+                                 redis: logouts reach every gateway replica within a second
+  roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
+"""
+
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -142,22 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="manifest file to check")
+    auth = commands.add_parser(
+        "auth",
+        help="manage the auth plugin's users (custom provider)",
+        description="Manage the users of the auth plugin's custom provider, in the store its configuration names.",
+    )
+    auth_commands = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    add_user = auth_commands.add_parser(
+        "add-user",
+        help="create a user, or update one's password, e-mail and roles",
+        description="Create a user of the custom provider, or update an existing one's password, e-mail and "
+        "roles. The password is read from standard input (one line), or asked for twice on a terminal.",
+        epilog="example: printf '%s\\n' \"$PASSWORD\" | upf auth add-user alice --email alice@example.org "
+        "--role user --config auth.yaml",
+    )
+    add_user.add_argument("username", help="the login name")
+    add_user.add_argument("--email", default="", help="the user's e-mail address")
+    add_user.add_argument("--name", default="", help="the user's display name")
+    add_user.add_argument(
+        "--role", action="append", default=[], dest="roles", metavar="ROLE", help="a role (repeat for several)"
+    )
+    add_user.add_argument(
+        "--config", metavar="FILE", help="the auth plugin's YAML configuration (default: $UPF_CONFIG)"
+    )
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo) on the plugin SDK: it serves gRPC with "
-        "grpc.health.v1 and reflection, registers with the registry and renews its lease, and on SIGTERM "
-        "stops taking calls, drains the running ones and unregisters.",
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth) on the plugin SDK: "
+        "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
+        "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
+        epilog=AUTH_PLUGIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plugin.add_argument("name", choices=["demo"], help="which plugin")
+    plugin.add_argument("name", choices=["demo", "auth"], help="which plugin")
+    plugin.add_argument(
+        "--config", metavar="FILE", help="auth: YAML configuration file (default: $UPF_CONFIG; see below)"
+    )
     plugin.add_argument(
         "--registry",
         metavar="ADDR",
-        default=os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-        help="the registry's host:port (default: $UPF_REGISTRY_URL or 127.0.0.1:50052)",
+        help="the registry's host:port (default: $UPF_REGISTRY_URL, auth's registryUrl, or 127.0.0.1:50052)",
     )
-    plugin.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    plugin.add_argument("--port", type=int, default=0, metavar="PORT", help="gRPC port (default 0: any free port)")
+    plugin.add_argument("--host", help="address to listen on (default 127.0.0.1; auth: host)")
+    plugin.add_argument("--port", type=int, metavar="PORT", help="gRPC port (default 0: any free port; auth: port)")
     plugin.add_argument("--instance-id", metavar="ID", help="this instance's id (default: <plugin id>-<random>)")
     plugin.add_argument("--manifest", metavar="FILE", help="use this manifest instead of the plugin's own")
     plugin.add_argument(
@@ -207,20 +251,65 @@ def _run_registry(args: argparse.Namespace) -> None:
 
 
 def _run_plugin(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.name == "auth":
+        _run_auth_plugin(args)
+        return
+    if args.config is not None:
+        print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
+        raise SystemExit(2)
     # Imported here so that the gateway's commands do not load the plugin SDK.
     from plugins.demo.plugin import MANIFEST, main as run_demo
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise SystemExit(
         run_demo(
-            registry=args.registry,
-            host=args.host,
-            port=args.port,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
             instance_id=args.instance_id,
             manifest=args.manifest or MANIFEST,
             drain_grace=args.drain_grace,
         )
     )
+
+
+def _run_auth_plugin(args: argparse.Namespace) -> None:
+    from plugins.auth.plugin import MANIFEST, main as run_auth
+    from plugins.auth.settings import load_auth_settings
+
+    for name, value in {"UPF_HOST": args.host, "UPF_PORT": args.port, "UPF_REGISTRY_URL": args.registry}.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    try:
+        settings = load_auth_settings(args.config)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(
+        run_auth(
+            settings,
+            instance_id=args.instance_id,
+            manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
+def _run_auth_admin(args: argparse.Namespace) -> None:
+    from plugins.auth.admin import add_user
+    from plugins.auth.settings import load_auth_settings
+
+    try:
+        settings = load_auth_settings(args.config)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        user_id = add_user(settings, args.username, args.email, args.roles, args.name)
+    except (ValueError, OSError) as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"user {args.username} ({user_id}) saved")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -235,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "plugin":
         _run_plugin(args)
+        return
+    if args.command == "auth":
+        _run_auth_admin(args)
         return
     try:
         settings = _settings(args)

@@ -29,8 +29,10 @@ __all__ = [
     "MalformedMessage",
     "MessageTooLarge",
     "MissingMessage",
+    "PermissionDenied",
     "RateLimited",
     "RateLimiterUnavailable",
+    "Unauthenticated",
     "UnknownService",
     "UnsupportedEncoding",
     "UpstreamUnavailable",
@@ -67,12 +69,20 @@ class MissingMessage(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class PermissionDenied(GatewayError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class RateLimited(GatewayError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class RateLimiterUnavailable(GatewayError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(GatewayError):
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class UnknownService(GatewayError):

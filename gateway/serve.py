@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 from gateway.app import create_app
+from gateway.auth.revocations import Revocations
 from gateway.corking import CorkedHttpToolsProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
 from gateway.websocket import max_websocket_message
@@ -123,9 +124,9 @@ class _WorkerProcess(multiprocess.Process):
         return self._server
 
 
-async def serve_gateway(settings: GatewaySettings) -> None:
+async def serve_gateway(settings: GatewaySettings, *, revocations: Revocations | None = None) -> None:
     """Serve one gateway process until it is told to stop (SIGINT / SIGTERM)."""
-    app = create_app(settings)
+    app = create_app(settings, revocations=revocations)
     config = uvicorn.Config(app, **_uvicorn_options(settings))  # type: ignore[arg-type]
     await _Server(config, drain=app.state.drain).serve()
 

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONFIG_ENV",
     "ConfigError",
     "CorsSettings",
+    "GatewayAuthSettings",
     "GatewaySettings",
+    "IssuerSettings",
     "MuxSettings",
     "RateLimitSettings",
     "WebSocketSettings",
@@ -172,6 +174,80 @@ class WebSocketSettings(_Section):
     mux: MuxSettings = Field(default_factory=MuxSettings)
 
 
+Algorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]  # fmt: skip  # asymmetric only: an HS* key would be a shared secret, and "none" is no signature
+
+
+def _check_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
+
+
+def _default_algorithms() -> list[Algorithm]:
+    return ["EdDSA", "RS256"]
+
+
+class IssuerSettings(_Section):
+    """One token issuer the gateway trusts; its tokens are verified with its own keys only."""
+
+    issuer: str = Field(min_length=1)  # `iss` exactly as the issuer writes it
+    audience: list[str] = Field(default_factory=lambda: ["upf-api"], min_length=1)  # `aud` must hold one
+    # Pinned: a token whose header names another algorithm is refused before any key is looked at.
+    algorithms: list[Algorithm] = Field(default_factory=_default_algorithms, min_length=1)
+    # Where the keys come from: a JWKS URL; or the issuer's OpenID discovery document (`discovery:
+    # true`); or, with neither, the auth plugin's GetJwks (the built-in `custom` provider).
+    jwks_uri: HttpUrl | None = None
+    discovery: bool = False
+    # Claims (dotted paths into the token) that hold the roles, permissions and e-mail address:
+    # Keycloak keeps roles in "realm_access.roles", Auth0 in a namespaced claim.
+    roles_claim: str = "roles"
+    permissions_claim: str = "permissions"
+    email_claim: str = "email"
+
+
+class RevocationStoreSettings(_Section):
+    # Where revoked sessions and tokens are learnt: this process (`upf run`, where the auth plugin
+    # shares it), or Redis, where every gateway replica sees a logout within a second.
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="upf:auth", min_length=1)
+
+
+class GatewayAuthSettings(_Section):
+    """JWT verification on every request except `publicPaths` (and the auth endpoints themselves)."""
+
+    enabled: bool = False
+    issuers: list[IssuerSettings] = Field(default_factory=list)
+    leeway: float = Field(default=30.0, ge=0, le=300)  # seconds of clock skew tolerated on exp / nbf
+    # Role -> permissions, added to the permissions a token carries (for issuers that only know roles).
+    # "*" grants every permission, "orders:*" every permission in "orders".
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    # Pass the client's Authorization header on to plugins (off: they get the verified identity only).
+    forward_token: bool = False
+    jwks_max_age: float = Field(default=300.0, gt=0)  # seconds before keys are fetched again
+    # An unknown `kid` refetches the keys at most this often per issuer (random kids cannot drive fetches).
+    unknown_kid_cooldown: float = Field(default=30.0, ge=0)
+    cache_size: int = Field(default=10_000, ge=0)  # verified tokens remembered; 0 verifies every time
+    service: str = Field(default="upf.auth.v1.Auth", pattern=_SERVICE.pattern)  # the IAuth service
+    revocation: RevocationStoreSettings = Field(default_factory=RevocationStoreSettings)
+
+    @model_validator(mode="after")
+    def _check_issuers(self) -> GatewayAuthSettings:
+        if self.enabled and not self.issuers:
+            raise ValueError("auth is enabled but no issuer is configured (auth.issuers)")
+        seen = set()
+        for issuer in self.issuers:
+            if issuer.issuer in seen:
+                raise ValueError(f"issuer {issuer.issuer!r} is listed twice")
+            seen.add(issuer.issuer)
+        return self
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -179,8 +255,12 @@ class GatewaySettings(_Section):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True  # one log line per request (uvicorn's access log)
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/api/manifests"])
-    auth_plugin_url: str | None = None
+    # Paths served without a token (a trailing * matches any rest); a valid token there still counts.
+    # /healthz, /readyz, /.well-known/jwks.json, /api/auth/login and /api/auth/refresh always are.
+    public_paths: list[str] = Field(default_factory=lambda: ["/api/manifests"])
+    # host:port of the auth plugin, for a gateway without a registry (with one, the plugin is found there).
+    auth_plugin_url: Endpoint | None = None
+    auth: GatewayAuthSettings = Field(default_factory=GatewayAuthSettings)
     registry_url: str | None = None
     route_refresh_interval: float = Field(default=30.0, gt=0)
     # How a service's replicas share its calls: in turn, or the power of two choices (of two replicas

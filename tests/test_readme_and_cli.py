@@ -44,12 +44,14 @@ def test_bad_config_stops_start_up_with_the_key_and_no_traceback(tmp_path: Path)
     assert "Traceback" not in result.stderr
 
 
-def test_readme_curl_answers_with_status_0(tmp_path: Path) -> None:
+def test_readme_login_and_curl_answer_with_status_0(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
+    login = next(line for line in readme.splitlines() if line.startswith("TOKEN=$(curl"))
     command = next(line for line in readme.splitlines() if line.startswith("printf") and "curl" in line)
     # The embedded registry on a free port: a developer's own registry may hold 50052.
     with run_gateway({"registryUrl": f"127.0.0.1:{free_port()}"}, tmp_path, command="run") as gateway:
-        pipeline = command.replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}").replace(" | od -c", "")
+        script = f"{login}\n{command}".replace(" | od -c", "")
+        pipeline = script.replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}")
         expected = b"\0\0\0\0\x0d\n\x0becho: hello" + b"\x80\0\0\0\x10grpc-status: 0\r\n"
 
         def curl() -> bytes:

@@ -19,6 +19,7 @@ import zlib
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage
 from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
@@ -143,11 +144,13 @@ class GrpcWebEndpoint:
         max_message_bytes: int,
         max_timeout: float | None = None,
         forward_cookies: bool = False,
+        forward_authorization: bool = True,
     ) -> None:
         self.pool = pool
         self.max_message_bytes = max_message_bytes
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
+        self.forward_authorization = forward_authorization
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -163,7 +166,11 @@ class GrpcWebEndpoint:
         response = _Response(send, text_response)
         body_read = False
         try:
-            request = parse_request_headers(scope["headers"], forward_cookies=self.forward_cookies)
+            request = parse_request_headers(
+                scope["headers"], forward_cookies=self.forward_cookies, forward_authorization=self.forward_authorization
+            )
+            identity = scope.get(IDENTITY_SCOPE_KEY)
+            metadata = request.block if identity is None else request.block + identity.metadata
             route = self.pool.route(service)
             body = await self._read_body(receive, text_request, request.encoding)
             body_read = True
@@ -172,7 +179,7 @@ class GrpcWebEndpoint:
                 timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
             # Picked last: a replica's breaker may hand out a half-open probe, which _proxy reports on.
             endpoint = route.pick()
-            await self._proxy(response, receive, endpoint, service, path, body, request.block, timeout)
+            await self._proxy(response, receive, endpoint, service, path, body, metadata, timeout)
         except _Disconnected:
             return
         except GatewayError as exc:

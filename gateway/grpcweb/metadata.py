@@ -30,8 +30,9 @@ _DROPPED = frozenset(
     }
 )  # fmt: skip
 # grpc-* names are the protocol's own (grpc-timeout and grpc-encoding are read below);
-# sec-* and access-control-* are set by the browser for itself.
-_DROPPED_PREFIXES = (b"grpc-", b"sec-", b"access-control-")
+# sec-* and access-control-* are set by the browser for itself; x-upf-* carry the identity the
+# gateway verified (gateway/auth/verify.py), so a client's own copies never reach a plugin.
+_DROPPED_PREFIXES = (b"grpc-", b"sec-", b"access-control-", b"x-upf-")
 _KEY = re.compile(rb"^[0-9a-z_.-]+$")
 _VALUE = re.compile(rb"^[\x20-\x7e]*$")
 _TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
@@ -57,7 +58,11 @@ def parse_timeout(value: bytes) -> float:
     return min(int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)], _LONGEST_TIMEOUT)
 
 
-def parse_request_headers(headers: Iterable[tuple[bytes, bytes]], *, forward_cookies: bool) -> RequestMetadata:
+def parse_request_headers(
+    headers: Iterable[tuple[bytes, bytes]], *, forward_cookies: bool, forward_authorization: bool = True
+) -> RequestMetadata:
+    """Metadata for the upstream call; `forward_authorization=False` keeps the client's token at the
+    gateway (plugins get the verified identity instead)."""
     metadata: list[tuple[bytes, bytes]] = []
     timeout: float | None = None
     encoding: str | None = None
@@ -78,6 +83,8 @@ def parse_request_headers(headers: Iterable[tuple[bytes, bytes]], *, forward_coo
                 dropped_here.update(token.strip().lower() for token in value.split(b","))
             elif name == b"cookie" and forward_cookies:
                 metadata.append((name, value))
+            continue
+        if name == b"authorization" and not forward_authorization:
             continue
         if not _KEY.match(name):
             raise BadRequest(f"header {name.decode('latin-1')!r} cannot be sent as gRPC metadata")

@@ -28,11 +28,13 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import hpack
 
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.corking import CorkedTransport
 from gateway.errors import GatewayError, RateLimited
 from gateway.grpcweb.framing import percent_encode
@@ -138,7 +140,6 @@ class _Call:
         "conn",
         "headers_sent",
         "id",
-        "limit_key",
         "metadata",
         "path",
         "pending",
@@ -146,6 +147,7 @@ class _Call:
         "prefix",
         "recv_window",
         "request_ended",
+        "scope",
         "send_window",
         "service",
         "task",
@@ -163,10 +165,11 @@ class _Call:
         service: str,
         metadata: bytes,
         timeout: float | None,
-        limit_key: str | None = None,
+        scope: dict[str, Any] | None = None,
     ) -> None:
         self.conn = conn
-        self.limit_key = limit_key  # the rate-limit bucket this call takes from (None: no limiting)
+        # The request as auth and the rate limiter read it (peer, headers, path); None when neither runs.
+        self.scope = scope
         self.id = stream_id
         self.path = path
         self.service = service
@@ -278,9 +281,16 @@ class _Call:
         if self.closed:  # answered before the task ran (a request message over the limit)
             return
         try:
-            limiter = self.conn.server.limiter
-            if limiter is not None and self.limit_key is not None:
-                limit = await limiter.check(self.limit_key)
+            server = self.conn.server
+            scope = self.scope
+            if server.authenticator is not None and scope is not None:
+                identity = await server.authenticator.authenticate(self.path, scope["headers"])
+                if identity is not None:
+                    scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
+                    self.metadata += identity.metadata
+            limiter = server.limiter
+            if limiter is not None and server.identify is not None and scope is not None:
+                limit = await limiter.check(server.identify(scope))
                 if limit is not None and not limit[1].allowed:
                     policy, decision = limit
                     wait = policy.retry_after(decision)
@@ -658,6 +668,7 @@ class _Connection(asyncio.Protocol):
         method = path = content_type = b""
         timeout: float | None = None
         fields = []
+        forward_authorization = self.server.forward_authorization
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":path":
@@ -665,6 +676,8 @@ class _Connection(asyncio.Protocol):
                 elif name == b":method":
                     method = value
                 continue
+            if name.startswith(b"x-upf-") or (name == b"authorization" and not forward_authorization):
+                continue  # identity headers are the gateway's to set (see gateway/auth/verify.py)
             if name in _NOT_FORWARDED:
                 if name == b"grpc-timeout":
                     try:
@@ -690,12 +703,11 @@ class _Connection(asyncio.Protocol):
         text_path = path.decode("latin-1")
         service = text_path[1:].partition("/")[0]
         server = self.server
-        limit_key = None
-        if server.limiter is not None and server.identify is not None:
-            # The identity functions read an ASGI-like scope: the peer and the request's headers.
-            scope = {"type": "http", "client": self.peer, "headers": headers}
-            limit_key = server.identify(scope)
-        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, limit_key)
+        scope = None
+        if server.authenticator is not None or server.limiter is not None:
+            # Auth and the limiter's identity functions read an ASGI-like scope.
+            scope = {"type": "http", "client": self.peer, "headers": headers, "path": text_path}
+        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, scope)
         self.streams[stream_id] = call
         if end_stream:
             call.on_data(b"", True)
@@ -834,8 +846,12 @@ class IngressServer:
         max_timeout: float | None = None,
         limiter: RateLimiter | None = None,
         identify: Identify | None = None,
+        authenticator: Authenticator | None = None,
+        forward_authorization: bool = True,
     ) -> None:
         self.pool = pool
+        self.authenticator = authenticator
+        self.forward_authorization = forward_authorization
         # Rate limiting as for HTTP: the same buckets, so a client's gRPC-Web and native calls add up.
         self.limiter = limiter if identify is not None else None
         self.identify = identify

@@ -13,14 +13,13 @@ The middleware that asks the limiter is gateway/middleware/ratelimit.py.
 from __future__ import annotations
 
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket
-from gateway.ratelimit.keys import IDENTITY_SCOPE_KEY, Identify, TrustedProxies, identify_by, identify_from_settings
+from gateway.ratelimit.keys import Identify, TrustedProxies, identify_by, identify_from_settings
 from gateway.ratelimit.limiter import FailureMode, RateLimiter, RateLimitPolicy, Verdict
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.ratelimit.redis import RedisTokenBucket
 from gateway.ratelimit.resp import RespClient, RespTokenBucket
 
 __all__ = [
-    "IDENTITY_SCOPE_KEY",
     "Clock",
     "Decision",
     "FailureMode",

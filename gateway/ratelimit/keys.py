@@ -5,7 +5,7 @@
             (`trustedProxies` CIDRs) and at most `trustedHops` times. With neither set the peer is
             the client, whatever the headers say. IPv6 clients count per /64 (`ipv6Subnet`): one
             subscriber usually holds a whole /64 and could otherwise take a fresh address per request.
-    token   the verified subject, `scope["upf.identity"]["sub"]`, which the auth middleware sets
+    token   the verified subject, `scope["upf.identity"].subject`, which the auth middleware sets
             once it has checked the credentials; requests without one (public paths, or auth off)
             fall back to `ip`.
     apiKey  the `apiKeyHeader` request header, hashed so that keys never show up in Redis; requests
@@ -25,12 +25,10 @@ from functools import lru_cache
 
 from starlette.types import Scope
 
+from gateway.auth.identity import identity_of
 from gateway.settings import RateLimitSettings
 
-__all__ = ["IDENTITY_SCOPE_KEY", "Identify", "TrustedProxies", "identify_by", "identify_from_settings"]
-
-# Set by the auth middleware (outside this one) to the verified claims; only "sub" is read here.
-IDENTITY_SCOPE_KEY = "upf.identity"
+__all__ = ["Identify", "TrustedProxies", "identify_by", "identify_from_settings"]
 
 Identify = Callable[[Scope], str]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -121,9 +119,8 @@ def identify_by(extractor: str, proxies: TrustedProxies, *, api_key_header: str 
     if extractor == "token":
 
         def by_subject(scope: Scope) -> str:
-            identity = scope.get(IDENTITY_SCOPE_KEY)
-            subject = identity.get("sub") if isinstance(identity, dict) else None
-            return f"sub:{subject}" if subject else proxies.client(scope)
+            identity = identity_of(scope)
+            return f"sub:{identity.subject}" if identity is not None else proxies.client(scope)
 
         return by_subject
     if extractor == "apiKey":

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
+from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 
 __all__ = ["RegistryRoutes", "routable"]
@@ -85,9 +86,17 @@ class _Plugin:
 class RegistryRoutes:
     """The registry's view of plugins, fed into an UpstreamPool and served as /api/manifests."""
 
-    def __init__(self, registry_url: str, pool: UpstreamPool, *, refresh_interval: float) -> None:
+    def __init__(
+        self,
+        registry_url: str,
+        pool: UpstreamPool,
+        *,
+        refresh_interval: float,
+        policies: MethodPolicies | None = None,
+    ) -> None:
         self.registry_url = registry_url
         self.pool = pool
+        self.policies = policies if policies is not None else MethodPolicies()
         self.refresh_interval = refresh_interval
         self.reachable = False
         self.error = "not connected yet"
@@ -199,6 +208,7 @@ class RegistryRoutes:
             manifest.setdefault("name", plugin.name)
             plugins[plugin.plugin_id] = _Plugin(manifest)
         self._plugins = plugins
+        self.policies.update(plugin.manifest for plugin in plugins.values())
         # The list is a snapshot at its revision: it replaces the instances unless the watch has
         # already applied later changes (then only the manifests are news).
         if replace or reply.revision >= self.revision:

@@ -86,6 +86,8 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
@@ -165,9 +167,11 @@ def parse_header_block(block: bytes) -> Headers:
 
 
 def _request_metadata(
-    block: bytes, upgrade_headers: Iterable[tuple[bytes, bytes]], forward_cookies: bool
+    pairs: list[tuple[bytes, bytes]],
+    upgrade_headers: Iterable[tuple[bytes, bytes]],
+    forward_cookies: bool,
+    forward_authorization: bool,
 ) -> RequestMetadata:
-    pairs = parse_header_block(block)
     media = b""
     for name, value in pairs:
         if name == b"content-type":
@@ -183,7 +187,7 @@ def _request_metadata(
     if forward_cookies:
         # The browser sends its cookies on the upgrade request, not in the header block.
         pairs += [(name, value) for name, value in upgrade_headers if name == b"cookie"]
-    return parse_request_headers(pairs, forward_cookies=forward_cookies)
+    return parse_request_headers(pairs, forward_cookies=forward_cookies, forward_authorization=forward_authorization)
 
 
 def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -366,9 +370,13 @@ class GrpcWebSocketEndpoint:
         registry: WebSocketRegistry | None = None,
         limiter: RateLimiter | None = None,
         identify: Identify | None = None,
+        authenticator: Authenticator | None = None,
+        forward_authorization: bool = True,
         header_timeout: float = 10.0,
     ) -> None:
         self.pool = pool
+        self.authenticator = authenticator
+        self.forward_authorization = forward_authorization
         self.limiter = limiter
         self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
@@ -444,7 +452,15 @@ class GrpcWebSocketEndpoint:
             raise BadRequest("the first grpc-websockets message must be the header block, in a binary message")
         if len(block) > self.max_size:
             raise MessageTooLarge(f"the header block is larger than the gateway's limit of {self.max_size} bytes")
-        request = _request_metadata(block, scope["headers"], self.forward_cookies)
+        pairs = parse_header_block(block)
+        identity = identity_of(scope)
+        if identity is None and self.authenticator is not None:
+            # A browser cannot put a token on the upgrade request: it comes in the header block.
+            identity = await self.authenticator.authenticate(scope["path"], pairs)
+            if identity is not None:
+                scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
+        request = _request_metadata(pairs, scope["headers"], self.forward_cookies, self.forward_authorization)
+        metadata = request.block if identity is None else request.block + identity.metadata
         route = self.pool.route(service)
         if self.limiter is not None and self.identify is not None:
             # One call per socket, so one token per socket; keyed like HTTP requests (the upgrade
@@ -462,7 +478,7 @@ class GrpcWebSocketEndpoint:
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
         try:
             try:
-                stream = await endpoint.client.open(path, request.block, timeout)
+                stream = await endpoint.client.open(path, metadata, timeout)
             except StreamError as exc:
                 verdict = exc.code
                 raise gateway_error(exc, service) from None

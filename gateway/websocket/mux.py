@@ -31,14 +31,15 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.ratelimit.keys import Identify
@@ -69,7 +70,7 @@ from gateway.websocket.mux_frames import (
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
 from gateway.websocket.request_frames import RequestFrames
 
-__all__ = ["Authenticate", "CallRejected", "Headers", "MuxCall", "MuxEndpoint"]
+__all__ = ["Headers", "MuxEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,32 +89,6 @@ _CLIENT_FRAMES = frozenset(
 _CANCELLED_BY_CLIENT = (grpc.StatusCode.CANCELLED, "cancelled by the client", ())
 
 Status = tuple[grpc.StatusCode, str, Sequence[tuple[bytes, bytes]]]
-
-
-class CallRejected(Exception):
-    """Raised by an `authenticate` hook: the call ends with this status (UNAUTHENTICATED or
-    PERMISSION_DENIED, say) and metadata, on its own stream only."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, metadata: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.metadata = metadata
-
-
-@dataclass(frozen=True, slots=True)
-class MuxCall:
-    """What an `authenticate` hook is shown of one call, before it is placed."""
-
-    path: str  # /package.Service/Method
-    service: str
-    metadata: Headers  # the OPEN's metadata (lower-case names, -bin values base64), cookies added if forwarded
-    scope: Scope  # the upgrade request: client address, headers, whatever middleware left there
-
-
-# Given each call's metadata; returns the metadata to forward (the same list, perhaps with the
-# verified identity added and credentials taken out), or raises CallRejected.
-Authenticate = Callable[[MuxCall], Awaitable[Headers]]
 
 
 def _name(kind: int) -> str:
@@ -141,7 +116,8 @@ class MuxEndpoint:
         registry: WebSocketRegistry | None = None,
         limiter: RateLimiter | None = None,
         identify: Identify | None = None,
-        authenticate: Authenticate | None = None,
+        authenticator: Authenticator | None = None,
+        forward_authorization: bool = True,
         max_streams: int = 100,
         stream_window: int = 256 * 1024,
         connection_window: int = 1024 * 1024,
@@ -153,7 +129,8 @@ class MuxEndpoint:
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
         self.limiter = limiter
         self.identify = identify
-        self.authenticate = authenticate
+        self.authenticator = authenticator
+        self.forward_authorization = forward_authorization
         self.settings = Settings(
             max_streams=max_streams,
             max_message_bytes=max_message_bytes,
@@ -522,13 +499,10 @@ class _Connection:
     async def _call(self, stream: _Stream, request: Open) -> None:
         try:
             await self._place(stream, request)
-        except CallRejected as exc:
-            self._end(stream, (exc.code, exc.message, exc.metadata))
-        except RateLimited as exc:
+        except GatewayError as exc:
+            # RateLimited carries retry-after and the RateLimit fields, auth refusals WWW-Authenticate.
             metadata = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
             self._end(stream, (exc.code, exc.message, metadata))
-        except GatewayError as exc:
-            self._end(stream, (exc.code, exc.message, ()))
         except asyncio.CancelledError:
             if stream.abort_status is None:
                 raise  # the socket is ending: nobody to tell
@@ -553,13 +527,25 @@ class _Connection:
         pairs = parse_header_block(request.block)
         if endpoint.forward_cookies:
             pairs += [(name, value) for name, value in self.scope["headers"] if name == b"cookie"]
-        if endpoint.authenticate is not None:
-            pairs = await endpoint.authenticate(MuxCall(request.path, service, pairs, self.scope))
-        metadata = parse_request_headers(pairs, forward_cookies=endpoint.forward_cookies)
+        scope = self.scope
+        identity: Identity | None = None
+        if endpoint.authenticator is not None:
+            # Each call's own token, else the one of the upgrade request (a non-browser client may
+            # authenticate the socket once); either way this call's permission is checked.
+            credentials = pairs
+            if not any(name == b"authorization" for name, _ in pairs):
+                credentials = pairs + [(name, value) for name, value in scope["headers"] if name == b"authorization"]
+            identity = await endpoint.authenticator.authenticate(request.path, credentials)
+            if identity is not None:
+                scope = {**scope, IDENTITY_SCOPE_KEY: identity}  # this call's, for `token` rate-limit keys
+        metadata = parse_request_headers(
+            pairs, forward_cookies=endpoint.forward_cookies, forward_authorization=endpoint.forward_authorization
+        )
+        block = metadata.block if identity is None else metadata.block + identity.metadata
         route = endpoint.pool.route(service)
         if endpoint.limiter is not None and endpoint.identify is not None:
-            # One token per call, keyed like the upgrade request (its peer and headers).
-            limit = await endpoint.limiter.check(endpoint.identify(self.scope))
+            # One token per call, keyed like the upgrade request (its peer and headers) or the caller.
+            limit = await endpoint.limiter.check(endpoint.identify(scope))
             if limit is not None and not limit[1].allowed:
                 policy, decision = limit
                 wait = policy.retry_after(decision)
@@ -571,7 +557,7 @@ class _Connection:
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
         try:
             try:
-                upstream = await replica.client.open(request.path, metadata.block, timeout)
+                upstream = await replica.client.open(request.path, block, timeout)
             except StreamError as exc:
                 verdict = exc.code
                 raise gateway_error(exc, service) from None

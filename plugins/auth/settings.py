@@ -5,7 +5,7 @@ The seed's shape:
     provider: custom                 # custom | keycloak | auth0
     jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30}
     session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
-    custom: {store: sqlite, sqlitePath: .upf/auth.db}
+    custom: {store: sqlite, sqlitePath: .upf/auth.db, passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}}
     keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
     auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
     revocation: {store: redis, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}
@@ -29,6 +29,7 @@ __all__ = [
     "CustomSettings",
     "JwtSettings",
     "KeycloakSettings",
+    "PasswordHashSettings",
     "RevocationSettings",
     "SessionSettings",
     "load_auth_settings",
@@ -54,11 +55,24 @@ class SessionSettings(_Section):
     refresh_token_ttl: int = Field(default=604800, gt=0, alias="refreshTokenTTL")
 
 
+class PasswordHashSettings(_Section):
+    # argon2id parameters (RFC 9106's second recommendation by default: 64 MiB, 3 passes, 4 lanes).
+    # Stored hashes made with other parameters are rehashed at the user's next successful login.
+    time_cost: int = Field(default=3, ge=1)
+    memory_cost: int = Field(default=65536, ge=8)  # KiB
+    parallelism: int = Field(default=4, ge=1)
+
+
 class CustomSettings(_Section):
     # Users, roles, refresh tokens and signing keys: an SQLite file (embedded default) or PostgreSQL.
     store: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: str = ".upf/auth.db"  # ":memory:" for a throw-away store
     postgres_url: str = "postgresql://127.0.0.1:5432/upf"
+    postgres_pool_size: int = Field(default=10, ge=1)
+    password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
+    # Seconds between housekeeping rounds: rotate the signing key when due, drop keys whose tokens
+    # have all expired, delete expired refresh tokens.
+    maintenance_interval: float = Field(default=60.0, gt=0)
 
 
 class KeycloakSettings(_Section):

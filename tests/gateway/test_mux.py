@@ -20,25 +20,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from jwt.algorithms import OKPAlgorithm
 from starlette.types import Message
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway.app import create_app
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.revocations import MemoryRevocations
+from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.settings import ConfigError, load_settings
 from gateway.upstream.pool import UpstreamPool
-from gateway.websocket.mux import CallRejected, Headers, MuxCall, MuxEndpoint
+from gateway.websocket.mux import MuxEndpoint
 from gateway.websocket.mux_frames import HEADER, FrameType
 from tests.conftest import ALLOWED_ORIGIN
 from tests.support.h2server import H2Server, Request as H2Request, ServerConnection
@@ -635,7 +641,7 @@ async def test_drain_cuts_calls_past_the_grace_with_unavailable(
         assert await exit_code(gateway) == 0
 
 
-# In process: the authenticate hook, an upstream that takes nothing, a failure inside the gateway --
+# In process: per-call auth, an upstream that takes nothing, a failure inside the gateway --
 
 
 class FakeSocket:
@@ -710,42 +716,66 @@ def call_frames(stream: int, method: str, payload: bytes, metadata: dict[str, st
     )
 
 
-async def test_the_authenticate_hook_rejects_or_admits_each_call_on_its_own(probe_address: str, pb: Any) -> None:
-    seen: list[MuxCall] = []
+class _Keys:
+    def __init__(self, key: jwt.PyJWK) -> None:
+        self.key = key
 
-    async def authenticate(call: MuxCall) -> Headers:
-        seen.append(call)
-        token = dict(call.metadata).get(b"authorization")
-        if token is None:
-            raise CallRejected(grpc.StatusCode.PERMISSION_DENIED, "no token", [(b"www-authenticate", b"Bearer")])
-        if token != b"Bearer good":
-            raise CallRejected(grpc.StatusCode.UNAUTHENTICATED, "bad token")
-        # Credentials out, the verified identity in.
-        return [(name, value) for name, value in call.metadata if name != b"authorization"] + [(b"x-user", b"alice")]
+    def get(self, kid: str) -> jwt.PyJWK | None:
+        return self.key if kid == self.key.key_id else None
 
+    async def resolve(self, kid: str) -> jwt.PyJWK | None:
+        return self.get(kid)
+
+
+def authenticator() -> tuple[Authenticator, Callable[..., str]]:
+    """The gateway's Authenticator trusting one EdDSA key, and a function that signs tokens with it."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    public = jwt.PyJWK({**json.loads(OKPAlgorithm.to_jwk(private.public_key())), "kid": "k1", "alg": "EdDSA"})
+    verifier = TokenVerifier(
+        [TrustedIssuer("https://issuer.test", ("upf-api",), frozenset({"EdDSA"}), _Keys(public))],
+        revocations=MemoryRevocations(),
+    )
+
+    def mint(subject: str = "alice", **claims: Any) -> str:
+        body = {"iss": "https://issuer.test", "aud": "upf-api", "sub": subject, "exp": int(time.time()) + 60}
+        return jwt.encode({**body, **claims}, private, algorithm="EdDSA", headers={"kid": "k1"})
+
+    return Authenticator(verifier), mint
+
+
+async def test_each_call_is_authenticated_on_its_own(probe_address: str, pb: Any) -> None:
+    auth, mint = authenticator()
     pool = UpstreamPool({"accept.v1.Probe": [probe_address]}, max_message_bytes=1024 * 1024)
     endpoint = MuxEndpoint(
-        pool, allow_origins=[ALLOWED_ORIGIN], max_message_bytes=1024 * 1024, authenticate=authenticate
+        pool,
+        allow_origins=[ALLOWED_ORIGIN],
+        max_message_bytes=1024 * 1024,
+        authenticator=auth,
+        forward_authorization=False,
     )
+    good = {"authorization": f"Bearer {mint()}", "x-a": "1", "x-upf-user-id": "mallory"}
     try:
         async with in_process(endpoint) as socket:
             socket.put(
-                *call_frames(1, "Unary", request(pb), {"authorization": "Bearer bad"}),
-                *call_frames(3, "Unary", request(pb, payload=b"ok"), {"authorization": "Bearer good", "x-a": "1"}),
+                *call_frames(1, "Unary", request(pb), {"authorization": f"Bearer {mint(exp=1)}"}),
+                *call_frames(3, "Unary", request(pb, payload=b"ok"), good),
                 *call_frames(5, "Unary", request(pb)),
             )
             await socket.until(lambda: all(ended(socket, s) for s in (1, 3, 5)))
     finally:
         pool.close()
-    bad, good, anonymous = socket.stream(1), socket.stream(3), socket.stream(5)
-    assert (bad.status, bad.message, bad.kinds) == (UNAUTHENTICATED, "bad token", ["TRAILERS"])
-    assert (anonymous.status, anonymous.trailers) == (PERMISSION_DENIED, {"www-authenticate": "Bearer"})
-    assert good.status == OK
-    received = dict(replies(pb, good)[0].metadata)
-    assert (received["x-user"], received["x-a"]) == ("alice", "1")
+    expired, admitted, anonymous = socket.stream(1), socket.stream(3), socket.stream(5)
+    assert (expired.status, expired.message, expired.kinds) == (
+        UNAUTHENTICATED,
+        "invalid token: the token has expired",
+        ["TRAILERS"],
+    )
+    assert (anonymous.status, anonymous.message) == (UNAUTHENTICATED, "this call needs a bearer token")
+    assert anonymous.trailers == {"www-authenticate": 'Bearer realm="upf"'}
+    assert admitted.status == OK
+    received = dict(replies(pb, admitted)[0].metadata)
+    assert (received["x-upf-user-id"], received["x-a"]) == ("alice", "1")  # the verified one, not the sent one
     assert "authorization" not in received
-    assert [call.path for call in seen] == ["/accept.v1.Probe/Unary"] * 3
-    assert seen[0].service == "accept.v1.Probe"
 
 
 async def test_an_upstream_that_takes_nothing_holds_no_more_than_the_windows(probe_address: str, pb: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.ratelimit import IDENTITY_SCOPE_KEY, TrustedProxies, identify_by, identify_from_settings
+from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
+from gateway.ratelimit import TrustedProxies, identify_by, identify_from_settings
 from gateway.settings import RateLimitSettings
 
 
@@ -117,14 +118,14 @@ def test_a_scope_without_client_shares_one_bucket() -> None:
 
 def test_token_keys_use_the_verified_subject() -> None:
     identify = identify_by("token", TrustedProxies())
-    assert identify(scope("198.51.100.9", **{IDENTITY_SCOPE_KEY: {"sub": "alice", "iss": "x"}})) == "sub:alice"
+    assert identify(scope("198.51.100.9", **{IDENTITY_SCOPE_KEY: Identity(subject="alice", issuer="x")})) == "sub:alice"
 
 
 def test_token_keys_fall_back_to_the_ip_without_a_subject() -> None:
     identify = identify_by("token", TrustedProxies())
     assert identify(scope("198.51.100.9")) == "ip:198.51.100.9"
-    assert identify(scope("198.51.100.9", **{IDENTITY_SCOPE_KEY: {}})) == "ip:198.51.100.9"
-    # A client cannot become a subject by sending a header: only the scope key counts.
+    assert identify(scope("198.51.100.9", **{IDENTITY_SCOPE_KEY: {"sub": "alice"}})) == "ip:198.51.100.9"
+    # A client cannot become a subject by sending a header: only a verified Identity counts.
     assert identify(scope("198.51.100.9", ("x-upf-sub", "alice"))) == "ip:198.51.100.9"
 
 

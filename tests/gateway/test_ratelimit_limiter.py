@@ -22,9 +22,9 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import create_app
+from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
 from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit import (
-    IDENTITY_SCOPE_KEY,
     Decision,
     MemoryTokenBucket,
     RateLimiter,
@@ -255,11 +255,11 @@ async def test_token_keys_follow_the_subject_set_by_auth() -> None:
     inner = memory_app(keyExtractor="token", burstSize=1)
 
     def with_subject(app: ASGIApp) -> ASGIApp:
-        # Stands in for the auth middleware, which will sit outside the limiter and set this key.
+        # Stands in for the auth middleware, which sits outside the limiter and sets this key.
         async def authenticated(scope: Scope, receive: Receive, send: Send) -> None:
             subject = dict(scope["headers"]).get(b"x-test-subject")
             if subject:
-                scope[IDENTITY_SCOPE_KEY] = {"sub": subject.decode()}
+                scope[IDENTITY_SCOPE_KEY] = Identity(subject=subject.decode(), issuer="test")
             await app(scope, receive, send)
 
         return authenticated

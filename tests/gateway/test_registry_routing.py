@@ -78,9 +78,10 @@ def register(registry: RunningRegistry, plugin: Plugin, instance_id: str, text: 
     return str(reply.lease_id)
 
 
-def say(client: httpx.Client, url: str, text: str = "hi") -> tuple[int, str]:
+def say(client: httpx.Client, url: str, text: str = "hi", headers: dict[str, str] | None = None) -> tuple[int, str]:
     body = frame(demo_pb2.SayRequest(text=text).SerializeToString())
-    r = client.post(f"{url}/upf.demo.v1.Echo/Say", content=body, headers={"content-type": "application/grpc-web+proto"})
+    sent = {"content-type": "application/grpc-web+proto", **(headers or {})}
+    r = client.post(f"{url}/upf.demo.v1.Echo/Say", content=body, headers=sent)
     response = parse_response(r.status_code, dict(r.headers), r.content)
     if response.status != OK:
         return response.status, response.message

@@ -1,0 +1,1 @@
+"""Authentication and authorisation in the gateway: keys, token verification, permissions, revocations."""

@@ -1,0 +1,17 @@
+"""The custom provider's store: users, roles, refresh tokens and signing keys (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from plugins.auth.store.base import AuthStore, RefreshToken, SigningKey, StoreUnavailable, User
+from plugins.auth.store.postgres import PostgresAuthStore
+from plugins.auth.store.sqlite import SqliteAuthStore
+
+__all__ = [
+    "AuthStore",
+    "PostgresAuthStore",
+    "RefreshToken",
+    "SigningKey",
+    "SqliteAuthStore",
+    "StoreUnavailable",
+    "User",
+]

@@ -1,0 +1,44 @@
+"""Passwords are argon2id hashes; a change of parameters rehashes at the next login."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from argon2 import PasswordHasher
+
+from plugins.auth.passwords import Passwords
+from plugins.auth.settings import PasswordHashSettings
+from tests.plugins.auth.harness import FAST_HASH, make_settings, serve_auth
+
+FAST = PasswordHashSettings.model_validate(FAST_HASH)
+
+
+async def test_hashes_are_argon2id_with_the_configured_parameters() -> None:
+    passwords = Passwords(FAST)
+    stored = await passwords.hash("correct horse")
+    assert stored.startswith("$argon2id$v=19$m=1024,t=1,p=1$")
+    assert await passwords.verify(stored, "correct horse")
+    assert not await passwords.verify(stored, "wrong horse")
+    assert not await passwords.verify("not a hash", "correct horse")
+    assert not await passwords.verify(None, "correct horse")  # an unknown user
+    assert await passwords.hash("correct horse") != stored  # salted
+    assert not passwords.needs_rehash(stored)
+    assert Passwords(PasswordHashSettings(time_cost=2, memory_cost=1024, parallelism=1)).needs_rehash(stored)
+
+
+async def test_a_login_rehashes_a_password_stored_with_other_parameters() -> None:
+    async with serve_auth(make_settings()) as auth:
+        alice = await auth.provider.store.user_by_name("alice")
+        assert alice is not None
+        old = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1).hash("alice-secret")
+        await auth.provider.store.update_user(alice.id, password_hash=old)
+        await auth.login()
+        rehashed = await auth.provider.store.user_by_name("alice")
+        assert rehashed is not None
+        assert rehashed.password_hash.startswith("$argon2id$v=19$m=1024,t=1,p=1$")
+        await auth.login()  # the new hash verifies
+        # A failed login changes nothing.
+        await auth.provider.store.update_user(alice.id, password_hash=old)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await auth.login("alice", "wrong")
+        assert (await auth.provider.store.user_by_name("alice")).password_hash == old  # type: ignore[union-attr]
