@@ -13,7 +13,6 @@ CPU is this process's user + system time from resource.getrusage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import resource
 import time
