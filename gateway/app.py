@@ -24,6 +24,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
@@ -133,6 +134,15 @@ def create_app(settings: GatewaySettings) -> Starlette:
         identify=identify,
     )
 
+    # Live events (/api/events): sockets drained with the others; the bus closed after them.
+    events = (
+        LiveEvents(settings.events, cors_origins=settings.cors.allow_origins, registry=websockets)
+        if settings.events.enabled
+        else None
+    )
+    if events is not None:
+        readiness.details["events"] = events.status
+
     async def drain() -> None:
         # Run by gateway/serve.py before uvicorn's shutdown and so before the lifespan's: uvicorn
         # would close every WebSocket with 1012 first, cutting calls in flight.
@@ -150,6 +160,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             await registry_routes.wait_connected(2.0)
         if ingress is not None:
             await ingress.start()
+        if events is not None:
+            await events.start()  # a bus that is down is retried in the background: see /readyz
         readiness.ready = True
         try:
             yield
@@ -162,6 +174,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             pool.close()
             if limiter is not None:
                 await limiter.close()
+            if events is not None:
+                await events.close()
 
     async def manifests(request: StarletteRequest) -> Response:
         if registry_routes is not None:
@@ -179,6 +193,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        *(events.routes() if events is not None else []),
     ]
     middleware = [
         Middleware(ErrorMiddleware),
@@ -196,6 +211,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
     app.state.websockets = websockets
+    app.state.events = events
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
 

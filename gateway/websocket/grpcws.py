@@ -81,6 +81,7 @@ import contextlib
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
@@ -100,6 +101,7 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "MESSAGE_SLACK",
     "SUBPROTOCOL",
+    "DrainableSocket",
     "GrpcWebSocketEndpoint",
     "UnsupportedContentType",
     "WebSocketRegistry",
@@ -421,6 +423,15 @@ class _Requests:
             raise _ClientGone
 
 
+class DrainableSocket(Protocol):
+    """What the registry needs of a socket: grpc-websockets calls, live-events sockets (gateway/events/)."""
+
+    in_call: bool  # a drain lets it finish (up to the grace); otherwise it is closed at once
+    cut: bool  # set when the grace ran out, just before its task is cancelled
+
+    async def close(self, code: int) -> None: ...
+
+
 class WebSocketRegistry:
     """The open grpc-websockets sockets of one app, so that a shutdown can drain them (see above).
 
@@ -430,20 +441,20 @@ class WebSocketRegistry:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.draining = False
-        self._open: dict[_Socket, asyncio.Task[object]] = {}
+        self._open: dict[DrainableSocket, asyncio.Task[object]] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, socket: _Socket) -> None:
+    def add(self, socket: DrainableSocket) -> None:
         task = asyncio.current_task()
         assert task is not None  # the endpoint runs in uvicorn's task for the connection
         self._open[socket] = task
         self._empty.clear()
 
-    def discard(self, socket: _Socket) -> None:
+    def discard(self, socket: DrainableSocket) -> None:
         self._open.pop(socket, None)
         if not self._open:
             self._empty.set()
