@@ -251,9 +251,8 @@ class _Connection:
         with contextlib.suppress(OSError, TimeoutError):
             # A client that stopped reading holds the close frame back (uvicorn waits for the
             # socket's buffer to drain); after the timeout the server's keepalive deals with it.
-            await asyncio.wait_for(
-                self._send({"type": "websocket.close", "code": code, "reason": reason}), self._endpoint.close_timeout
-            )
+            async with asyncio.timeout(self._endpoint.close_timeout):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -268,10 +267,9 @@ class _Connection:
                 reader = asyncio.create_task(self._read())
             ended = await self._ended
         finally:
-            tasks = [task for task in (reader, writer, self._pump) if task is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in (reader, writer, self._pump):
+                if task is not None:
+                    await _cancel(task)
             if self._subscription is not None:
                 await self._subscription.close()
         if ended is None:
@@ -484,9 +482,7 @@ class _Connection:
 
     async def _stop_pump(self) -> None:
         if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            await _cancel(self._pump)
             self._pump = None
 
     async def _run_pump(self, subscription: Subscription, replay_end: int) -> None:
@@ -515,6 +511,16 @@ class _Connection:
         except Exception:
             logger.exception("events: the subscription of a connection failed")
             self._end(CLOSE_INTERNAL_ERROR, "the gateway failed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel and wait until it is over. Asked again if need be: on Python 3.11, a cancellation
+    that meets a result arriving at the same moment inside asyncio.wait_for is lost (gh-86296)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("events: a connection task failed", exc_info=task.exception())
 
 
 async def _refuse(scope: Scope, send: Send, status: int, body: bytes) -> None:

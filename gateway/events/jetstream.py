@@ -112,6 +112,7 @@ class JetStreamBus:
         self._ready = False  # connected, and the stream is there
         self._error: str | None = "not connected yet"
         self._starting: asyncio.Task[None] | None = None
+        self._closing = False
 
     # Life cycle ---------------------------------------------------------------------------------
 
@@ -119,7 +120,8 @@ class JetStreamBus:
         """Connect in the background; wait briefly, so a gateway next to a running NATS starts ready."""
         self._starting = asyncio.create_task(self._connect())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._starting), self._connect_timeout + 1.0)
+            async with asyncio.timeout(self._connect_timeout + 1.0):
+                await asyncio.shield(self._starting)
         if not self._ready:
             logger.error(
                 "events: the message bus (NATS JetStream at %s) is unavailable: %s; retrying in the background",
@@ -128,6 +130,7 @@ class JetStreamBus:
             )
 
     async def close(self) -> None:
+        self._closing = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,7 +158,8 @@ class JetStreamBus:
             logger.debug("events: NATS: %s", self._error)
 
         async def on_disconnected() -> None:
-            logger.warning("events: disconnected from NATS at %s; reconnecting", self.url)
+            if not self._closing:
+                logger.warning("events: disconnected from NATS at %s; reconnecting", self.url)
 
         async def on_reconnected() -> None:
             self._error = None
@@ -272,6 +276,10 @@ class _OrderedSubscription:
         self._filter = bus.subject(common) if common is not None else f"{bus.prefix}.>"
         self._skip = len(bus.prefix) + 1
         self._sub: NatsSubscription | None = None
+        # Messages of the current consumer, put here by nats-py's callback: waiting on an
+        # asyncio.Queue directly (not nats-py's next_msg, a task in a task under wait_for) keeps a
+        # cancellation from being lost when a message arrives at the same moment (Python 3.11).
+        self._messages: asyncio.Queue[Msg] = asyncio.Queue()
         self._consumer: str | None = None
         self._delivered = 0  # consumer sequence of the last message from the current consumer
         self._closed = False
@@ -284,7 +292,14 @@ class _OrderedSubscription:
     async def open(self) -> None:
         nc, js = self._bus._connection()
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, pending_msgs_limit=_PENDING_MESSAGES, pending_bytes_limit=_PENDING_BYTES)
+        messages: asyncio.Queue[Msg] = asyncio.Queue()  # bounded by flow control: see the module doc
+
+        async def deliver(msg: Msg) -> None:
+            messages.put_nowait(msg)
+
+        sub = await nc.subscribe(
+            inbox, cb=deliver, pending_msgs_limit=_PENDING_MESSAGES, pending_bytes_limit=_PENDING_BYTES
+        )
         config = ConsumerConfig(
             deliver_subject=inbox,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -307,13 +322,18 @@ class _OrderedSubscription:
         except _NATS_ERRORS as exc:
             await _quietly(sub.unsubscribe())
             raise BusUnavailable(f"the message bus did not start a consumer: {_describe(exc)}") from None
-        self._sub, self._consumer, self._delivered = sub, info.name, 0
+        except BaseException:  # cancelled: leave no subscription behind (the server drops the consumer)
+            await _quietly(sub.unsubscribe())
+            raise
+        self._sub, self._messages, self._consumer, self._delivered = sub, messages, info.name, 0
 
     async def _replace(self, why: str) -> None:
         logger.info("events: replacing the consumer of %s after sequence %d: %s", self._filter, self._last, why)
         await self._drop()
         delay = 0.25
         while not self._closed:
+            if self._bus._closing:
+                raise BusUnavailable("the message bus was closed")
             try:
                 await self.open()
                 return
@@ -336,17 +356,15 @@ class _OrderedSubscription:
 
     async def __anext__(self) -> Event:
         while not self._closed:
-            sub = self._sub
-            if sub is None:
+            if self._sub is None:
                 await self._replace("no consumer")
                 continue
             try:
-                msg = await sub.next_msg(timeout=self._silence)
-            except nats.errors.TimeoutError:
+                async with asyncio.timeout(self._silence):
+                    msg = await self._messages.get()
+            except TimeoutError:
                 await self._replace(f"no message nor heartbeat for {self._silence:g} s")
                 continue
-            except nats.errors.ConnectionClosedError:
-                raise BusUnavailable("the connection to NATS was closed") from None
             event = await self._take(msg)
             if event is not None:
                 return event
@@ -394,8 +412,8 @@ class _OrderedSubscription:
         message it delivered was taken here. Then nothing matching came up to the newest sequence
         read *before* asking, and a replacement need not scan those events again.
         """
-        sub, consumer = self._sub, self._consumer
-        if sub is None or consumer is None or sub.pending_msgs:
+        consumer = self._consumer
+        if self._sub is None or consumer is None or not self._messages.empty():
             return str(self._last)
         try:
             _, js = self._bus._connection()
@@ -403,7 +421,7 @@ class _OrderedSubscription:
             info = await js.consumer_info(self._bus.stream, consumer)
         except (*_NATS_ERRORS, BusUnavailable):
             return str(self._last)
-        if info.num_pending == 0 and info.delivered.consumer_seq == self._delivered and not sub.pending_msgs:
+        if info.num_pending == 0 and info.delivered.consumer_seq == self._delivered and self._messages.empty():
             return str(max(self._last, newest))
         return str(self._last)
 
@@ -419,10 +437,8 @@ class _OrderedSubscription:
 async def _quietly(operation: Any, timeout: float | None = None) -> None:
     """Best effort: a failure here changes nothing the caller could act on."""
     with contextlib.suppress(*_NATS_ERRORS, BusUnavailable):
-        if timeout is None:
+        async with asyncio.timeout(timeout):
             await operation
-        else:
-            await asyncio.wait_for(operation, timeout)
 
 
 def _describe(exc: BaseException) -> str:

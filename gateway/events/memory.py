@@ -126,7 +126,14 @@ class _MemorySubscription:
         raise StopAsyncIteration
 
     async def position(self) -> str:
-        return str(self._cursor)
+        """Just before the first matching event not read yet (the newest id when there is none)."""
+        bus = self._bus
+        for event_id in range(max(self._cursor + 1, bus._first), bus._next):
+            entry = bus._entry(event_id)
+            assert entry is not None
+            if any(pattern.matches_tokens(entry[1]) for pattern in self._patterns):
+                return str(event_id - 1)
+        return str(max(self._cursor, bus._next - 1))
 
     async def close(self) -> None:
         self._closed = True
