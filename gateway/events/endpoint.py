@@ -414,7 +414,8 @@ class _Connection:
                 self._error("invalid_topic", str(exc), topic=topic)
                 continue
             if not topic_permitted(self._identity, pattern):
-                self._error("forbidden", f"not allowed to subscribe to {pattern.text}", topic=topic)
+                needed = f"events:{pattern.text}"
+                self._error("forbidden", f"not allowed to subscribe to {pattern.text} (needs {needed})", topic=topic)
                 continue
             if pattern.text not in self._patterns and pattern.text not in added:
                 if len(self._patterns) + len(added) >= limit:

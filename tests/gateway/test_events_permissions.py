@@ -86,7 +86,7 @@ async def test_each_pattern_needs_a_permission_covering_it() -> None:
                 ("forbidden", ">"),
                 ("forbidden", "order.#"),
             ]
-            assert refused[0]["message"] == "not allowed to subscribe to user.43"
+            assert refused[0]["message"] == "not allowed to subscribe to user.43 (needs events:user.43)"
             assert (await client.expect("subscribed"))["topics"] == ["order.*", "order.created", "user.42"]
 
             bus = bus_of(app)
