@@ -30,6 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from gateway.auth.authenticator import grpc_target
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
+from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
@@ -174,6 +175,15 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         connection_window=mux.connection_window,
     )
 
+    # Live events (/api/events): sockets drained with the others; the bus closed after them.
+    events = (
+        LiveEvents(settings.events, cors_origins=settings.cors.allow_origins, registry=websockets)
+        if settings.events.enabled
+        else None
+    )
+    if events is not None:
+        readiness.details["events"] = events.status
+
     async def drain() -> None:
         # Run by gateway/serve.py before uvicorn's shutdown and so before the lifespan's: uvicorn
         # would close every WebSocket with 1012 first, cutting calls in flight.
@@ -193,6 +203,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             await auth.start()  # after the routes: the built-in issuer's keys come from the auth plugin
         if ingress is not None:
             await ingress.start()
+        if events is not None:
+            await events.start()  # a bus that is down is retried in the background: see /readyz
         readiness.ready = True
         try:
             yield
@@ -207,6 +219,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             pool.close()
             if limiter is not None:
                 await limiter.close()
+            if events is not None:
+                await events.close()
 
     async def manifests(request: StarletteRequest) -> Response:
         if registry_routes is not None:
@@ -224,6 +238,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        *(events.routes() if events is not None else []),
     ]
     if auth is not None:
         routes += auth.endpoints.routes()
@@ -256,6 +271,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     app.state.ratelimit_counters = ratelimit_counters
     app.state.websockets = websockets
     app.state.auth = auth
+    app.state.events = events
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
 

@@ -27,6 +27,7 @@ __all__ = [
     "CONFIG_ENV",
     "ConfigError",
     "CorsSettings",
+    "EventsSettings",
     "GatewayAuthSettings",
     "GatewaySettings",
     "IssuerSettings",
@@ -248,6 +249,39 @@ class GatewayAuthSettings(_Section):
         return self
 
 
+class EventsSettings(_Section):
+    """Live events: the /api/events WebSocket and the bus behind it (gateway/events/)."""
+
+    enabled: bool = False
+    # "memory": this process only (events published here, kept in a ring); "nats": NATS JetStream,
+    # shared by every gateway, resumable across reconnects and restarts.
+    bus: Literal["memory", "nats"] = "memory"
+    nats_url: str = "nats://127.0.0.1:4222"
+    stream: str = Field(default="UPF_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # JetStream stream, made if missing
+    subject_prefix: str = Field(default="upf.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    storage: Literal["file", "memory"] = "file"  # the stream's storage, when the gateway creates it
+    # Retention: events older than maxAge seconds, or beyond the newest maxMessages (and, for
+    # JetStream, maxBytes), are dropped; a client resuming from before them gets event_id_too_old.
+    max_age: float | None = Field(default=86400.0, gt=0)
+    max_messages: int = Field(default=100_000, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1)
+    consumer_heartbeat: float = Field(default=5.0, gt=0)  # JetStream consumers; 3 missed: replaced
+    heartbeat_interval: float = Field(default=15.0, gt=0)  # seconds of silence before a heartbeat message
+    queue_size: int = Field(default=256, ge=1)  # messages waiting per socket before it is cut (1013)
+    max_topics_per_connection: int = Field(default=32, ge=1)
+    # Origins allowed to open the socket from a browser; null: the same as cors.allowOrigins.
+    allow_origins: list[str] | None = None
+    publish: bool = False  # POST /api/events/{topic}, for plugins and tests until IMessageBus exists
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1)  # POST body limit
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, url: str) -> str:
+        if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError(f"{url!r} is not a nats://, tls://, ws:// or wss:// URL")
+        return url
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -270,6 +304,7 @@ class GatewaySettings(_Section):
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.

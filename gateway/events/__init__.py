@@ -1,0 +1,74 @@
+"""Live events: `/api/events` (a WebSocket of bus events) and the bus behind it.
+
+bus.py        the internal MessageBus interface (until the IMessageBus plugin exists)
+topics.py     topics and NATS-style patterns
+memory.py     the in-process bus (a bounded ring)
+jetstream.py  the NATS JetStream bus
+endpoint.py   the WebSocket endpoint and its JSON protocol
+publish.py    POST /api/events/{topic}, when events.publish is on
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from gateway.events.bus import Event, MessageBus
+from gateway.events.endpoint import EventsEndpoint
+from gateway.events.jetstream import JetStreamBus
+from gateway.events.memory import MemoryBus
+from gateway.events.publish import PublishEndpoint
+from gateway.settings import EventsSettings
+from gateway.websocket.registry import WebSocketRegistry
+
+__all__ = ["Event", "JetStreamBus", "LiveEvents", "MemoryBus", "MessageBus", "bus_from_settings"]
+
+
+def bus_from_settings(settings: EventsSettings) -> MessageBus:
+    if settings.bus == "nats":
+        return JetStreamBus(
+            url=settings.nats_url,
+            stream=settings.stream,
+            subject_prefix=settings.subject_prefix,
+            max_age=settings.max_age,
+            max_messages=settings.max_messages,
+            max_bytes=settings.max_bytes,
+            storage=settings.storage,
+            consumer_heartbeat=settings.consumer_heartbeat,
+        )
+    return MemoryBus(max_messages=settings.max_messages, max_age=settings.max_age)
+
+
+class LiveEvents:
+    """What gateway/app.py mounts when events.enabled: the routes, and the bus to start and close."""
+
+    def __init__(self, settings: EventsSettings, *, cors_origins: Sequence[str], registry: WebSocketRegistry) -> None:
+        self.bus = bus_from_settings(settings)
+        self.endpoint = EventsEndpoint(
+            self.bus,
+            registry=registry,
+            allow_origins=settings.allow_origins if settings.allow_origins is not None else cors_origins,
+            heartbeat_interval=settings.heartbeat_interval,
+            queue_size=settings.queue_size,
+            max_topics=settings.max_topics_per_connection,
+        )
+        self.publisher = (
+            PublishEndpoint(self.bus, max_event_bytes=settings.max_event_bytes) if settings.publish else None
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [WebSocketRoute("/api/events", self.endpoint)]
+        if self.publisher is not None:
+            routes.append(Route("/api/events/{topic}", self.publisher.handle, methods=["POST"]))
+        return routes
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    def status(self) -> Mapping[str, Any]:
+        return self.bus.status()
