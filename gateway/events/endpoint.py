@@ -1,7 +1,9 @@
 """`/api/events`: live events from the message bus over a WebSocket, as JSON text messages.
 
 Handshake
-  `GET /api/events?topics=order.*,user.42&lastEventId=41` with `Upgrade: websocket`; no subprotocol.
+  `GET /api/events?topics=order.*,user.42&lastEventId=41` with `Upgrade: websocket`; the subprotocol
+  `upf-events.v1` is echoed when offered (a browser offers it beside `bearer.<token>`, its way of
+  sending a token: see gateway/middleware/auth.py), none is needed otherwise.
   Both query parameters are optional (`topics` may also be repeated). The Origin is checked as for
   grpc-websockets: allowed when `events.allowOrigins` (by default `cors.allowOrigins`) lists it or
   holds "*", when it is the gateway's own origin, or when there is none (not a browser); otherwise
@@ -108,6 +110,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+SUBPROTOCOL = "upf-events.v1"  # optional; echoed so that a browser may offer it beside bearer.<token>
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -201,7 +204,8 @@ class EventsEndpoint:
         if self.registry.draining:
             await _refuse(scope, send, 503, b"the gateway is shutting down\n")
             return
-        await send({"type": "websocket.accept"})
+        offered = scope.get("subprotocols") or ()
+        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if SUBPROTOCOL in offered else None})
         connection = _Connection(self, scope, receive, send)
         if self.registry.draining:  # the drain began while the accept went out
             await connection.send_close(CLOSE_GOING_AWAY, SHUTTING_DOWN)

@@ -5,10 +5,12 @@ rate limiter (whose `token` keys read the identity set here). A refusal raises U
 PermissionDenied, which the error middleware renders in the client's protocol: gRPC-Web gets HTTP 200
 with grpc-status 16 / 7; REST gets 401 / 403 with `WWW-Authenticate` and a JSON body.
 
-WebSocket upgrades: a browser cannot set headers on one, so the gRPC bridges (grpc-websockets,
-multiplexed calls) take the token from their first message and authenticate there; this middleware
-only checks an upgrade that carries an Authorization header, or one to a path without such a bridge
-(refused before the handshake: the client sees HTTP 403).
+WebSocket upgrades: a browser cannot set headers on one. It may offer the token as a subprotocol,
+`bearer.<token>` beside the real one (`new WebSocket(url, ["upf-events.v1", "bearer." + token])`:
+the handshake header is not logged, unlike a query string); it is taken out of the offered list
+here. The gRPC bridges (grpc-websockets, multiplexed calls) may instead take the token from their
+first message and authenticate there; this middleware checks an upgrade that carries a token, or one
+to a path without such a bridge (refused before the handshake: the client sees HTTP 403).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.errors import GatewayError
 
-__all__ = ["AuthMiddleware"]
+__all__ = ["TOKEN_SUBPROTOCOL", "AuthMiddleware"]
+
+TOKEN_SUBPROTOCOL = "bearer."
+
+
+def _has_authorization(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"authorization" for name, _ in headers)
 
 
 class AuthMiddleware:
@@ -40,10 +48,16 @@ class AuthMiddleware:
                 scope[IDENTITY_SCOPE_KEY] = identity
         elif kind == "websocket":
             path = scope["path"]
-            in_band = self.authenticates_in_band(path)
-            if not in_band or any(name == b"authorization" for name, _ in scope["headers"]):
+            headers = scope["headers"]
+            offered = scope.get("subprotocols") or ()
+            carried = next((name for name in offered if name.startswith(TOKEN_SUBPROTOCOL)), None)
+            if carried is not None:
+                scope["subprotocols"] = [name for name in offered if not name.startswith(TOKEN_SUBPROTOCOL)]
+                token = carried[len(TOKEN_SUBPROTOCOL) :].encode("latin-1")
+                headers = [*(h for h in headers if h[0] != b"authorization"), (b"authorization", b"Bearer " + token)]
+            if carried is not None or not self.authenticates_in_band(path) or _has_authorization(headers):
                 try:
-                    identity = await self.authenticator.authenticate(path, scope["headers"])
+                    identity = await self.authenticator.authenticate(path, headers)
                 except GatewayError as exc:
                     # Before the handshake: the server answers HTTP 403 (the reason is for logs).
                     await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})

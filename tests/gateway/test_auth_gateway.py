@@ -19,10 +19,12 @@ import pytest
 from upf.demo.v1 import demo_pb2
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from tests.conftest import ALLOWED_ORIGIN
 from tests.gateway.test_grpc_websockets import BINARY_HEADERS, SUBPROTOCOL, TIMEOUT, unary, ws_url
 from tests.gateway.test_registry_routing import FAST, OK, Plugin, gateway_config, register, say
+from tests.support.events import events_client, events_url
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.oidc_issuer import OidcIssuer, tamper
 from tests.support.processes import Gateway, run_gateway, wait_until
@@ -317,3 +319,44 @@ def test_a_manifest_required_permission_is_enforced(issuer: OidcIssuer, work_dir
         )
         assert r.status_code == 200  # gRPC-Web: the status is in grpc-status, never an HTTP error
         assert r.headers["grpc-status"] == str(PERMISSION_DENIED)
+
+
+async def test_live_events_take_the_token_from_a_subprotocol_and_check_each_topic(
+    issuer: OidcIssuer, work_dir: Path
+) -> None:
+    config = {
+        "grpcPort": 0,
+        "events": {"enabled": True, "bus": "memory", "publish": True},
+        "auth": {
+            "enabled": True,
+            "issuers": [{"issuer": issuer.issuer, "algorithms": ["RS256"], "jwksUri": issuer.jwks_uri,
+                         "rolesClaim": "realm_access.roles"}],
+            "roles": {"user": ["events:order.*", "events:publish:order.created"]},
+        },
+    }  # fmt: skip
+    token = issuer.mint()
+    with run_gateway(config, work_dir) as gateway:
+        # A browser's way: the token as a second subprotocol; the server answers with the real one.
+        offered = [Subprotocol("upf-events.v1"), Subprotocol(f"bearer.{token}")]
+        async with events_client(events_url(gateway), subprotocols=offered) as client:
+            assert client.ws.subprotocol == "upf-events.v1"
+            assert (await client.subscribe("order.*"))["topics"] == ["order.*"]
+            await client.send({"type": "subscribe", "topics": ["admin.>"]})
+            refused = await client.expect("error")
+            assert (refused["code"], refused["topic"]) == ("forbidden", "admin.>")
+            assert (await client.expect("subscribed"))["topics"] == []
+            bearer = {"authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(timeout=10) as http:
+                allowed = await http.post(f"{gateway.url}/api/events/order.created", content=b"{}", headers=bearer)
+                assert allowed.status_code == 200, allowed.text
+                denied = await http.post(f"{gateway.url}/api/events/order.deleted", content=b"{}", headers=bearer)
+                assert denied.status_code == 403
+                anonymous = await http.post(f"{gateway.url}/api/events/order.created", content=b"{}")
+                assert anonymous.status_code == 401
+            event = await client.expect("event")
+            assert event["topic"] == "order.created"
+        for subprotocols in ([Subprotocol("upf-events.v1")], [Subprotocol(f"bearer.{attacks(issuer)['expired']}")]):
+            with pytest.raises(InvalidStatus) as info:
+                async with events_client(events_url(gateway), subprotocols=subprotocols):
+                    pass
+            assert info.value.response.status_code == 403
