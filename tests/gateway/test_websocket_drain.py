@@ -158,6 +158,16 @@ def worker_connections(gateway: Gateway) -> dict[int, int]:
     return {pid: count for pid, count in counts.items() if count}
 
 
+async def both_workers_serving(gateway: Gateway, timeout: float = 30.0) -> None:
+    """Until each worker has taken a connection: /readyz answered from one, the other may still start."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"only worker(s) {seen} took connections within {timeout} s"
+        async with connect(ws_url(gateway, "Bidi"), subprotocols=[SUBPROTOCOL], proxy=None, open_timeout=10):
+            seen.update(worker_connections(gateway))
+
+
 async def test_with_two_workers_each_drains_its_own_sockets(probe_address: str, work_dir: Path, pb: Any) -> None:
     config = {
         "upstreams": {"accept.v1.Probe": [probe_address]},
@@ -167,6 +177,7 @@ async def test_with_two_workers_each_drains_its_own_sockets(probe_address: str, 
         "grpcPort": 0,
     }
     with run_gateway(config, work_dir) as gateway:
+        await both_workers_serving(gateway)
         async with contextlib.AsyncExitStack() as stack:
             calls: list[Call] = []
             # Until both workers hold calls in flight (the kernel picks the worker of each connection).
