@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import jwt
 
+from gateway.auth.claims import TokenRejected, decode_claims
 from gateway.auth.identity import Identity
 from gateway.errors import Unauthenticated
 from gateway.upstream.headers import encode_header
@@ -131,29 +132,16 @@ class TokenVerifier:
         if key.algorithm_name != algorithm:
             raise _invalid(f"the signing key is for {key.algorithm_name}, not {algorithm}")
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims = decode_claims(
                 token,
                 key,
-                algorithms=[algorithm],
-                audience=list(issuer.audience),
+                algorithm=algorithm,
+                audience=issuer.audience,
                 issuer=issuer.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise _invalid("the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise _invalid("the token is not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise _invalid("the token is not meant for this audience") from None
-        except jwt.InvalidIssuerError:
-            raise _invalid("the token's issuer is not trusted") from None
-        except jwt.InvalidSignatureError:
-            raise _invalid("the token's signature does not verify") from None
-        except jwt.MissingRequiredClaimError as error:
-            raise _invalid(f"the token has no {error.claim} claim") from None
-        except jwt.PyJWTError:
-            raise _invalid("the token is malformed") from None
+        except TokenRejected as rejected:
+            raise _invalid(rejected.reason) from None
         identity = self._identity(issuer, claims)
         if self.revocations.is_revoked(identity.token_id, identity.session_id):
             raise _invalid("the token has been revoked")

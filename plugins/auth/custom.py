@@ -29,6 +29,7 @@ import grpc
 import jwt
 from upf.auth.v1 import auth_pb2 as pb
 
+from gateway.auth.claims import TokenRejected, decode_claims
 from gateway.auth.revocations import Revocations, RevocationUnavailable
 from plugins.auth.keyring import KeyRing
 from plugins.auth.passwords import Passwords
@@ -300,7 +301,7 @@ class CustomProvider:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise _Invalid("malformed token") from None
+            raise _Invalid("the token is malformed") from None
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _Invalid("no key id")
@@ -310,25 +311,18 @@ class CustomProvider:
         if header.get("alg") != key.alg:  # pinned by the key: no "none", no HS/RS confusion
             raise _Invalid("algorithm not allowed")
         try:
-            claims: dict[str, Any] = jwt.decode(
+            # Times are checked below, on our clock (pyjwt reads the system's).
+            claims = decode_claims(
                 token,
                 key.public,
-                algorithms=[key.alg],
+                algorithm=key.alg,
                 audience=self._jwt.audience,
                 issuer=self._jwt.issuer,
-                # Times are checked below, on our clock (pyjwt reads the system's).
-                options={"require": list(_CLAIMS), "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+                require=_CLAIMS,
+                verify_times=False,
             )
-        except jwt.InvalidSignatureError:
-            raise _Invalid("bad signature") from None
-        except jwt.InvalidAudienceError:
-            raise _Invalid("wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise _Invalid("wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise _Invalid(f"missing claim {exc.claim}") from None
-        except jwt.PyJWTError:
-            raise _Invalid("malformed token") from None
+        except TokenRejected as rejected:
+            raise _Invalid(rejected.reason) from None
         for name in ("exp", "iat", "nbf"):
             if not _is_int(claims[name]):
                 raise _Invalid(f"claim {name} is not an integer")

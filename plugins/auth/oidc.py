@@ -45,6 +45,7 @@ import httpx
 import jwt
 from upf.auth.v1 import auth_pb2 as pb
 
+from gateway.auth.claims import TokenRejected, decode_claims
 from gateway.auth.discovery import DiscoveryError, OidcConfiguration, discover
 from gateway.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksCache, http_fetcher
 from gateway.auth.permissions import permits
@@ -222,29 +223,17 @@ class OidcProvider:
         if key is None:
             raise _Invalid("the token is signed with a key the issuer does not publish")
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims = decode_claims(
                 token,
                 key,
-                algorithms=[key.algorithm_name],
+                algorithm=key.algorithm_name,
                 audience=self._settings.jwt.audience,
                 issuer=self.issuer,
                 leeway=self._settings.jwt.leeway,
-                options={"require": _REQUIRED_CLAIMS},
+                require=_REQUIRED_CLAIMS,
             )
-        except jwt.ExpiredSignatureError:
-            raise _Invalid("the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise _Invalid("the token is not valid yet") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise _Invalid(f"the token has no {exc.claim} claim") from None
-        except jwt.InvalidIssuerError:
-            raise _Invalid("the token is from another issuer") from None
-        except jwt.InvalidAudienceError:
-            raise _Invalid(f"the token is not for the audience {self._settings.jwt.audience!r}") from None
-        except jwt.InvalidSignatureError:
-            raise _Invalid("the token's signature is wrong") from None
-        except jwt.PyJWTError as exc:
-            raise _Invalid(f"the token is invalid ({type(exc).__name__})") from None
+        except TokenRejected as rejected:
+            raise _Invalid(rejected.reason) from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise _Invalid("the token has no sub claim")
         if self._keycloak and claims.get("typ", "Bearer") != "Bearer":

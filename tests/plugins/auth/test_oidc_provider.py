@@ -127,7 +127,7 @@ ATTACKS: dict[str, tuple[Callable[[OidcIssuer], str], str]] = {
     "alg-none": (lambda i: i.mint(alg="none", key=None), "algorithm is not accepted"),
     "alg-none-no-signature-check": (
         lambda i: i.mint(alg="none", key=None, headers={"alg": "RS256"}),
-        "signature is wrong",
+        "signature does not verify",
     ),
     "hs256-with-public-key-pem": (lambda i: i.mint(alg="HS256", key=i.public_pem()), "algorithm is not accepted"),
     "hs256-with-jwk-json": (
@@ -139,16 +139,19 @@ ATTACKS: dict[str, tuple[Callable[[OidcIssuer], str], str]] = {
     "no-kid": (lambda i: i.mint(headers={"kid": None}), "no key id"),
     "kid-of-another-key": (
         lambda i: i.mint(key=i.new_key(), headers={"kid": i.signing_key.kid}),
-        "signature is wrong",
+        "signature does not verify",
     ),
-    "tampered-payload": (lambda i: tamper(i.mint(), {"realm_access": {"roles": ["admin"]}}), "signature is wrong"),
-    "tampered-sub": (lambda i: tamper(i.mint(), {"sub": "admin"}), "signature is wrong"),
+    "tampered-payload": (
+        lambda i: tamper(i.mint(), {"realm_access": {"roles": ["admin"]}}),
+        "signature does not verify",
+    ),
+    "tampered-sub": (lambda i: tamper(i.mint(), {"sub": "admin"}), "signature does not verify"),
     "expired": (lambda i: i.mint({"exp": i.now() - 60}), "expired"),
     "nbf-in-the-future": (lambda i: i.mint({"nbf": i.now() + 3600}), "not valid yet"),
     "iat-in-the-future": (lambda i: i.mint({"iat": i.now() + 3600}), "not valid yet"),
-    "wrong-issuer": (lambda i: i.mint({"iss": "http://127.0.0.1:1/realms/upf"}), "another issuer"),
-    "issuer-with-trailing-slash": (lambda i: i.mint({"iss": i.issuer + "/"}), "another issuer"),
-    "wrong-audience": (lambda i: i.mint({"aud": ["account", "other-api"]}), "not for the audience 'upf-api'"),
+    "wrong-issuer": (lambda i: i.mint({"iss": "http://127.0.0.1:1/realms/upf"}), "issuer is not trusted"),
+    "issuer-with-trailing-slash": (lambda i: i.mint({"iss": i.issuer + "/"}), "issuer is not trusted"),
+    "wrong-audience": (lambda i: i.mint({"aud": ["account", "other-api"]}), "not meant for this audience"),
     "no-audience": (lambda i: i.mint({"aud": None}), "no aud claim"),
     "no-exp": (lambda i: i.mint({"exp": None}), "no exp claim"),
     "no-iat": (lambda i: i.mint({"iat": None}), "no iat claim"),
@@ -181,7 +184,7 @@ async def test_auth0_wrong_issuer_and_audience_refused(auth0_issuer: OidcIssuer)
     async with running(auth0_issuer) as provider:
         no_slash = await provider.validate(auth0_issuer.mint({"iss": auth0_issuer.issuer.rstrip("/")}))
         userinfo_only = await provider.validate(auth0_issuer.mint({"aud": f"{auth0_issuer.issuer}userinfo"}))
-    assert (no_slash.valid, no_slash.reason) == (False, "the token is from another issuer")
+    assert (no_slash.valid, no_slash.reason) == (False, "the token's issuer is not trusted")
     assert not userinfo_only.valid
     assert "audience" in userinfo_only.reason
 
