@@ -75,7 +75,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -95,6 +95,7 @@ from gateway.events.bus import (
     parse_event_id,
 )
 from gateway.events.topics import InvalidTopic, Pattern, parse_pattern
+from gateway.websocket.handshake import OriginPolicy, refuse_upgrade
 from gateway.websocket.registry import WebSocketRegistry
 
 __all__ = [
@@ -104,7 +105,6 @@ __all__ = [
     "MAX_CONTROL_MESSAGE",
     "EventsEndpoint",
     "event_message",
-    "origin_allowed",
     "topic_permitted",
 ]
 
@@ -131,21 +131,6 @@ def event_message(event: Event) -> str:
         message["data"] = base64.b64encode(event.data).decode("ascii")
         message["encoding"] = "base64"
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-
-
-def origin_allowed(headers: Iterable[tuple[bytes, bytes]], origins: frozenset[bytes], any_origin: bool) -> bool:
-    """The grpc-websockets rule (gateway/websocket/grpcws.py): listed, the gateway's own, or no browser."""
-    origin = host = None
-    for name, value in headers:
-        if name == b"origin":
-            origin = value
-        elif name == b"host":
-            host = value
-    if origin is None:
-        return True  # not a browser (browsers always send Origin on an upgrade), so no ambient cookies
-    if any_origin or origin in origins:
-        return True
-    return host is not None and origin.partition(b"://")[2].lower() == host.lower()
 
 
 def topic_permitted(identity: Identity | None, pattern: Pattern) -> bool:
@@ -188,8 +173,7 @@ class EventsEndpoint:
     ) -> None:
         self.bus = bus
         self.registry = registry
-        self.any_origin = "*" in allow_origins
-        self.origins = frozenset(origin.encode("latin-1") for origin in allow_origins if origin != "*")
+        self.origin_policy = OriginPolicy(allow_origins)
         self.heartbeat_interval = heartbeat_interval
         self.queue_size = queue_size
         self.max_topics = max_topics
@@ -198,11 +182,11 @@ class EventsEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope["headers"], self.origins, self.any_origin):
-            await _refuse(scope, send, 403, b"origin not allowed\n")
+        if not self.origin_policy.allowed(scope["headers"]):
+            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
             return
         if self.registry.draining:
-            await _refuse(scope, send, 503, b"the gateway is shutting down\n")
+            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
             return
         offered = scope.get("subprotocols") or ()
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if SUBPROTOCOL in offered else None})
@@ -525,13 +509,3 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await asyncio.wait((task,), timeout=1.0)
     if not task.cancelled() and task.exception() is not None:
         logger.error("events: a connection task failed", exc_info=task.exception())
-
-
-async def _refuse(scope: Scope, send: Send, status: int, body: bytes) -> None:
-    """An HTTP answer instead of the upgrade (ASGI's websocket.http.response), else a bare 403."""
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})

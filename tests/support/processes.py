@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -35,6 +36,18 @@ def wait_until(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02,
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+async def eventually(predicate: Any, *, timeout: float = 5.0, interval: float = 0.01, what: str = "condition") -> Any:
+    """`wait_until` for code on the event loop: polls without blocking the loop that changes the state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class Process:

@@ -20,8 +20,7 @@ from gateway.auth.revocations import MemoryRevocations, RedisRevocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.settings import AuthSettings
 from tests.plugins.auth.harness import FAST_HASH, ROLES
-from tests.plugins.auth.polling import eventually
-from tests.support.processes import Process, _died, free_port, wait_until
+from tests.support.processes import Process, _died, eventually, free_port, wait_until
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, shared_client
 from tests.support.registry_process import RunningRegistry, run_registry
 

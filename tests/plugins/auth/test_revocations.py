@@ -10,8 +10,7 @@ import pytest
 import redis
 
 from gateway.auth.revocations import MemoryRevocations, RedisRevocations, RevocationUnavailable
-from tests.plugins.auth.polling import eventually
-from tests.support.processes import free_port
+from tests.support.processes import eventually, free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
 Replicas = Callable[..., Awaitable[RedisRevocations]]
