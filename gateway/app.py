@@ -6,6 +6,10 @@ Outermost first, each for a reason:
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/)
+
+Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
+circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
+idempotent calls within a budget (gateway/upstream/retry.py); GET /metrics and /api/admin/traffic.
 Auth slots in between CORS and rate limiting when it lands.
 """
 
@@ -24,18 +28,23 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.admin import TrafficAdmin, allow_from
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.metrics import TrafficMetrics
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
-from gateway.ratelimit import RateLimiter, identify_from_settings
+from gateway.ratelimit import identify_from_settings
+from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
+from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
+from gateway.upstream.retry import Retries
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -72,6 +81,16 @@ def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> N
 
 def create_app(settings: GatewaySettings) -> Starlette:
     breaker = settings.circuit_breaker
+    hints: BreakerHints | None = None
+    metrics: TrafficMetrics | None = None
+
+    def on_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
+        _log_transition(name, previous, state)
+        if metrics is not None:
+            metrics.breaker_moved(name, previous, state)
+        if hints is not None:
+            hints.transition(name, previous, state)
+
     pool = UpstreamPool(
         settings.upstreams,
         max_message_bytes=settings.max_message_bytes,
@@ -83,18 +102,34 @@ def create_app(settings: GatewaySettings) -> Starlette:
         )
         if breaker.enabled
         else None,
-        on_transition=_log_transition,
+        on_transition=on_transition,
         balancing=settings.load_balancing,
     )
+    if breaker.enabled and breaker.share_via == "redis":
+        hints = BreakerHints(
+            pool, url=breaker.redis_url, prefix=breaker.key_prefix, reset_timeout=breaker.reset_timeout
+        )
     readiness = Readiness()
-    # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.
-    ratelimit_counters: Counter[str] = Counter()
-    limits = settings.rate_limiting
-    limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
-    identify = identify_from_settings(limits)
-    # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
     # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
     policies = MethodPolicies()
+    # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.
+    # Per-method limits come only from manifests, so only with a registry.
+    ratelimit_counters: Counter[str] = Counter()
+    limits = settings.rate_limiting
+    limited = limits.enabled or (limits.method_limits and settings.registry_url is not None)
+    limiter = CallLimiter.from_settings(limits, policies=policies, counters=ratelimit_counters) if limited else None
+    identify = identify_from_settings(limits)
+    retries = Retries(settings.retries) if settings.retries.enabled else None
+    metrics = TrafficMetrics(pool, limiter, retries)
+    admin = TrafficAdmin(
+        pool,
+        limiter=limiter,
+        retries=retries,
+        hints=hints,
+        # The seam for auth: any `authorize(scope, permission) -> bool` can stand here.
+        authorize=allow_from(settings.admin.allow_from) if settings.admin.enabled else None,
+    )
+    # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
     registry_routes = (
         RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval, policies=policies)
         if settings.registry_url
@@ -111,6 +146,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             max_timeout=settings.max_timeout,
             limiter=limiter,
             identify=identify,
+            policies=policies,
+            retries=retries,
         )
         if settings.grpc_port
         else None
@@ -120,6 +157,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
+        policies=policies,
+        retries=retries,
     )
     websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
@@ -131,6 +170,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         registry=websockets,
         limiter=limiter,
         identify=identify,
+        policies=policies,
     )
 
     async def drain() -> None:
@@ -143,6 +183,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if limiter is not None:
             await limiter.open()
+        if hints is not None:
+            await hints.start()
         if registry_routes is not None:
             await registry_routes.start()
             # Briefly: a gateway that starts next to a running registry should not answer "unknown
@@ -160,6 +202,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             if registry_routes is not None:
                 await registry_routes.stop()
             pool.close()
+            if hints is not None:
+                await hints.stop()
             if limiter is not None:
                 await limiter.close()
 
@@ -179,6 +223,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        Route("/api/admin/traffic", admin.endpoint, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
     ]
     middleware = [
         Middleware(ErrorMiddleware),
@@ -195,6 +241,10 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
+    app.state.limiter = limiter
+    app.state.retries = retries
+    app.state.metrics = metrics
+    app.state.breaker_hints = hints
     app.state.websockets = websockets
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     return app
