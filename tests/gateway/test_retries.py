@@ -155,14 +155,15 @@ def test_idempotent_calls_go_to_the_other_replica_and_the_budget_caps_a_storm(
         assert retry_counts(generous)["attempted"] == retried["attempted"]
 
         # A storm: 100 idempotent calls, about half of them first sent to the dead replica. Retries
-        # stay within 20 % of the calls; the rest of the refused calls reach the client.
+        # stay within 20 % of the calls in the window (these and the few made while waiting for
+        # both replicas); the rest of the refused calls reach the client.
         results = Counter(say(client, storm, "s")[0] for _ in range(100))
         counts = retry_counts(storm)
-        assert counts["attempted"] <= 0.2 * 100 + 1
+        budget = httpx.get(f"{storm.url}/api/admin/traffic").json()["retries"]["budget"]
+        assert budget["retries"] == counts["attempted"]
+        assert 100 <= budget["calls"] <= 140
+        assert counts["attempted"] <= 0.2 * budget["calls"] + 1
         assert counts["attempted"] >= 10  # with ~50 refusals, the budget was used, not idle
         assert counts["budget_exhausted"] >= 1
         assert results[UNAVAILABLE] == counts["budget_exhausted"]
         assert results[OK] == 100 - results[UNAVAILABLE]
-        budget = httpx.get(f"{storm.url}/api/admin/traffic").json()["retries"]
-        assert budget["budget"]["retries"] == counts["attempted"]
-        assert budget["budget"]["calls"] >= 100
