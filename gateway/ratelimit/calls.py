@@ -8,8 +8,9 @@
 Both must allow a call. The per-client bucket is asked first: a call it refuses takes nothing from
 the method's, while a call the method's refuses has taken a per-client token (two separate
 decisions, one round trip each; a client hammering a limited method spends its own quota).
-Both live in the same store (memory or the same Redis connection) and follow the same failure mode; a method's policy is named `<package.Service>/<Method>` in its Redis keys, in the
-RateLimit fields and in /metrics. When both allow, the RateLimit fields describe the more
+Both live in the same store (memory or the same Redis connection) and follow the same failure mode;
+a method's policy is named `<package.Service>/<Method>` in its Redis keys, in the RateLimit fields
+and in /metrics. When both allow, the RateLimit fields describe the more
 restrictive one (fewer requests remaining), as a client needs to know which runs out first.
 
 A method limiter is made on its first call and remade when its manifest changes its rate or burst;
