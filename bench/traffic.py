@@ -15,7 +15,7 @@ baseline), then for each gateway its gRPC-Web port (wrk -c32, the bench's G row)
 gRPC port (h2load -c32 -m1, N2). Ratios are to the direct row of the same round. Gateway CPU is
 utime+stime of the gateway process over the measured run, per call. Every process is stopped by PID.
 
-    .venv/bin/python -m bench.traffic                  # 2 rounds x 5 s (+1 s warm-up): about 2.5 minutes
+    .venv/bin/python -m bench.traffic                  # 3 rounds x 3 s (+1 s warm-up): about 2.5 minutes
     .venv/bin/python -m bench.traffic --quick          # 1 round x 3 s: about 1 minute
 """
 
@@ -62,9 +62,9 @@ LABELS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.traffic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (3)")
     parser.add_argument("--warmup", type=float, default=1.0, help="discarded warm-up seconds before each run (1)")
-    parser.add_argument("--rounds", type=int, default=2, help="times every row is run (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="times every row is run (3)")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -106,15 +106,21 @@ def run_row(
         harness.h2load(url, body, conns=32, streams=1, seconds=args.warmup, log_file=None)
     pids = {server.name: server.pids() for server in servers}
     before = {name: harness.cpu_seconds(p) for name, p in pids.items()}
+    machine_before, wall_before = harness.machine_busy_seconds(), time.monotonic()
     if tool == "wrk":
-        _, stats = harness.wrk(url, body, conns=32, seconds=args.duration, script=LUA)
+        run, stats = harness.wrk(url, body, conns=32, seconds=args.duration, script=LUA)
     else:
-        _, maybe = harness.h2load(url, body, conns=32, streams=1, seconds=args.duration, log_file=log_file)
+        run, maybe = harness.h2load(url, body, conns=32, streams=1, seconds=args.duration, log_file=log_file)
         assert maybe is not None
         stats = maybe
     calls = max(stats.requests, 1)
-    cpu = {name: (harness.cpu_seconds(p) - before[name]) / calls * 1e6 for name, p in pids.items()}
+    used = {name: harness.cpu_seconds(p) - before[name] for name, p in pids.items()}
+    cpu = {name: seconds / calls * 1e6 for name, seconds in used.items()}
+    machine = harness.machine_busy_seconds() - machine_before
+    wall = time.monotonic() - wall_before
     return {
+        # CPU used meanwhile by everything else on the machine, in cores: a disturbed run shows here.
+        "other_cores": max(0.0, machine - sum(used.values()) - run.cpu_s) / wall,
         "calls_per_s": stats.requests / stats.seconds,
         "p50": stats.p50_ms,
         "p99": stats.p99_ms,
@@ -168,14 +174,18 @@ def main(argv: list[str] | None = None) -> int:
             server.start(ROOT)
         for server in servers.values():
             server.wait_ready()
-        log(f"== {len(GATEWAYS)} gateways and the backend up; {args.rounds} round(s) x {args.duration:g} s")
+        before, started = harness.machine_busy_seconds(), time.monotonic()
+        time.sleep(2.0)
+        args.idle_load = (harness.machine_busy_seconds() - before) / (time.monotonic() - started)
+        log(f"== {len(GATEWAYS)} gateways and the backend up (idle); machine load {args.idle_load:.2f} cores")
         for rnd in range(1, args.rounds + 1):
             direct = run_row(
                 "h2load", f"http://{backend}{wire.UNARY}", body, [servers["backend"]], args, run_dir / "a.log"
             )
             rows.append((rnd, "direct", "A2 h2load", direct))
             log(f"  r{rnd} direct: {direct['calls_per_s']:,.0f} calls/s")
-            for name in GATEWAYS:
+            # Every other round in reverse, so that a drift of the machine's load does not favour one gateway.
+            for name in list(GATEWAYS) if rnd % 2 else list(reversed(GATEWAYS)):
                 web, native = urls[name]
                 for kind, tool, url in (("G wrk gRPC-Web", "wrk", web), ("N2 h2load native", "h2load", native)):
                     row = run_row(
@@ -208,8 +218,11 @@ def render(
         f"bench.traffic: {args.rounds} round(s) x {args.duration:g} s (+{args.warmup:g} s warm-up), 100 B unary, "
         f"32 in flight; {os.cpu_count()} cores shared by every process",
         "",
-        "| gateway | row | calls/s (rounds) | vs direct | p50 ms | p99 ms | gateway CPU us/call | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Machine load with every server idle, before the runs: {args.idle_load:.2f} cores.",
+        "",
+        "| gateway | row | calls/s (rounds) | vs direct (median) | p50 ms | p99 ms | gateway CPU us/call (median) "
+        "| errors | other load, cores |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     order = ["direct", *GATEWAYS]
     kinds = sorted({kind for _, _, kind, _ in rows})
@@ -219,17 +232,19 @@ def render(
             if not mine:
                 continue
             rates = " / ".join(f"{row['calls_per_s']:,.0f}" for _, row in mine)
-            ratios = (
-                " / ".join(f"{row['calls_per_s'] / direct[rnd]:.2f}" for rnd, row in mine) if name != "direct" else ""
-            )
-            p50 = statistics.mean(row["p50"] for _, row in mine)
-            p99 = statistics.mean(row["p99"] for _, row in mine)
-            cpu = statistics.mean(row["cpu"]["backend" if name == "direct" else name] for _, row in mine)
+            ratios = ""
+            if name != "direct":
+                each = [row["calls_per_s"] / direct[rnd] for rnd, row in mine]
+                ratios = " / ".join(f"{r:.2f}" for r in each) + f" ({statistics.median(each):.2f})"
+            p50 = statistics.median(row["p50"] for _, row in mine)
+            p99 = statistics.median(row["p99"] for _, row in mine)
+            cpu = statistics.median(row["cpu"]["backend" if name == "direct" else name] for _, row in mine)
+            other = " / ".join(f"{row['other_cores']:.2f}" for _, row in mine)
             errors = sum(row["errors"] for _, row in mine)
             label = LABELS.get(name, "direct gRPC to the backend")
             lines.append(
                 f"| {label} | {kind} | {rates} | {ratios} | {p50:.2f} | {p99:.2f} | "
-                f"{cpu:.0f}{'' if name != 'direct' else ' (backend only)'} | {errors} |"
+                f"{cpu:.0f}{'' if name != 'direct' else ' (backend only)'} | {errors} | {other} |"
             )
     lines.append("")
     lines.append(
