@@ -4,7 +4,9 @@ When a breaker opens here because its replica failed (not because of a hint), th
     SET  <prefix>:open:<service>@<replica>  <gateway id>  PX resetTimeout
     PUBLISH  <prefix>:open  "<gateway id> <service>@<replica>"
 and every other gateway subscribed to that channel opens its own breaker for that replica, if it is
-closed (CircuitBreaker.open_on_hint). A gateway that (re)connects to Redis reads the keys still
+closed (CircuitBreaker.open_on_hint). When a probe closes a breaker here, the key is deleted, so a
+gateway that starts later is not sent away from a replica that is back (the others are not told:
+their own probes find out). A gateway that (re)connects to Redis reads the keys still
 alive, so one started after the trip learns it too. A hint only saves the others their own
 `failureThreshold` failed calls: each gateway still half-opens after resetTimeout on its own clock
 and lets its own probe decide, so a wrong or stale hint costs at most one reset timeout.
@@ -59,7 +61,7 @@ class BreakerHints:
         self.connected = False  # subscribed and listening
         self.published = 0
         self.applied = 0
-        self._queue: asyncio.Queue[str] = asyncio.Queue(_QUEUE)
+        self._queue: asyncio.Queue[tuple[bool, str]] = asyncio.Queue(_QUEUE)  # (opened, breaker name)
         self._applying: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._down_logged = False
@@ -67,11 +69,11 @@ class BreakerHints:
     # --- the breakers' side -------------------------------------------------------------------
 
     def transition(self, name: str, previous: BreakerState, state: BreakerState) -> None:
-        """The pool's transition listener: queue the local openings for publishing."""
-        if state is not BreakerState.OPEN or name == self._applying:
-            return  # not an opening, or the one this gateway is applying from another
+        """The pool's transition listener: queue the local openings for publishing, and the closings."""
+        if name == self._applying or state is BreakerState.HALF_OPEN:
+            return  # the hint this gateway is applying from another, or nothing to tell
         with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(name)
+            self._queue.put_nowait((state is BreakerState.OPEN, name))
 
     def _apply(self, name: str) -> None:
         for route in self.pool.routes.values():
@@ -113,8 +115,11 @@ class BreakerHints:
         client = self._client(read_timeout=_TIMEOUT)
         try:
             while True:
-                name = await self._queue.get()
+                opened, name = await self._queue.get()
                 try:
+                    if not opened:
+                        await client.delete(self.key_prefix + name)
+                        continue
                     async with client.pipeline(transaction=False) as pipe:
                         pipe.set(self.key_prefix + name, self.gateway_id, px=self.ttl_ms)
                         pipe.publish(self.channel, f"{self.gateway_id} {name}")

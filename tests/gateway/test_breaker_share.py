@@ -3,6 +3,7 @@ redis-server of the test's own that is killed too."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import time
@@ -14,9 +15,12 @@ import httpx
 import redis
 from upf.demo.v1 import demo_pb2
 
+from gateway.upstream.breaker import BreakerPolicy, BreakerState
+from gateway.upstream.breaker_share import BreakerHints
+from gateway.upstream.pool import UpstreamPool
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import Gateway, Process, _died, free_port, run_gateway, wait_until
-from tests.support.redis_server import new_prefix, redis_server
+from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
 SERVICE = "upf.demo.v1.Echo"
 OK, UNAVAILABLE = 0, 14
@@ -121,3 +125,63 @@ def test_a_breaker_that_opens_on_one_gateway_opens_on_the_other_and_redis_down_c
         stack.callback(revived.stop)
         for gateway in (a, b, late):
             wait_until(lambda gateway=gateway: say(gateway)[0] == OK, timeout=RESET + 10, what="recovery")
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_hints_in_one_process_open_the_other_pool_and_a_passed_probe_deletes_the_key() -> None:
+    prefix = new_prefix()
+    clock = ManualClock()
+    policy = BreakerPolicy(failure_threshold=2, reset_timeout=30)
+    hints: list[BreakerHints] = []
+
+    def pool(number: int) -> UpstreamPool:
+        # As the app wires it: the pool's transition listener tells the pool's hints.
+        def listener(name: str, previous: BreakerState, state: BreakerState) -> None:
+            hints[number].transition(name, previous, state)
+
+        return UpstreamPool(
+            {"a.v1.S": ["127.0.0.1:1"]}, max_message_bytes=1024, breakers=policy, clock=clock, on_transition=listener
+        )
+
+    pools = [pool(0), pool(1)]
+    hints += [BreakerHints(pool, url=SHARED_URL, prefix=prefix, reset_timeout=30) for pool in pools]
+    for hint in hints:
+        await hint.start()
+    store = shared_client()
+    key = f"{prefix}:open:a.v1.S@127.0.0.1:1"
+    try:
+        await async_wait(lambda: all(hint.connected for hint in hints), "both to subscribe")
+        mine, theirs = (pool.route("a.v1.S").endpoints[0].breaker for pool in pools)
+        assert mine is not None
+        assert theirs is not None
+        mine.record_failure()
+        mine.record_failure()
+        await async_wait(lambda: theirs.state is BreakerState.OPEN, "the hint")
+        assert theirs.last_change is not None
+        assert theirs.last_change[3] == "hint"
+        assert store.get(key) == hints[0].gateway_id.encode()
+        assert hints[1].published == 0  # an opening on a hint is not published again
+        clock.now += 30  # both half-open on their clocks; this one's probe passes
+        assert mine.try_acquire()
+        mine.record_success()
+        await async_wait(lambda: not store.exists(key), "the key to go")
+    finally:
+        for hint in hints:
+            await hint.stop()
+        delete_prefix(store, prefix)
+        store.close()
+
+
+async def async_wait(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

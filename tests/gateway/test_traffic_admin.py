@@ -14,7 +14,7 @@ from gateway.admin import allow_from
 from gateway.app import create_app
 from gateway.errors import UpstreamUnavailable
 from gateway.ratelimit.calls import split_call
-from gateway.settings import GatewaySettings
+from gateway.settings import ConfigError, GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy
 from gateway.upstream.policies import cap_timeout
 from gateway.upstream.pool import UpstreamPool
@@ -146,3 +146,26 @@ def test_gRPC_paths_and_deadline_caps() -> None:
     assert cap_timeout(10.0, None, 0.5) == 0.5
     assert cap_timeout(None, 30.0, 60.0) == 30.0
     assert cap_timeout(0.1, 30.0, 60.0) == 0.1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("UPF_RETRIES__BUDGET_RATIO", "1.5", "retries.budgetRatio: Input should be less than or equal to 1"),
+        ("UPF_RETRIES__MAX_ATTEMPTS", "0", "retries.maxAttempts: Input should be greater than or equal to 1"),
+        ("UPF_CIRCUIT_BREAKER__SHARE_VIA", "nats", "circuitBreaker.shareVia: Input should be 'none' or 'redis'"),
+        ("UPF_CIRCUIT_BREAKER__REDIS_URL", "http://x", "circuitBreaker.redisUrl: 'http://x' is not a redis://"),
+        ("UPF_ADMIN__ALLOW_FROM", "[10.0.0.0/33]", "admin.allowFrom.0: '10.0.0.0/33' is not an IP address or CIDR"),
+    ],
+)
+def test_bad_traffic_settings_name_the_key(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {variable: value})
+    assert message in str(caught.value)
+
+
+def test_traffic_settings_defaults() -> None:
+    settings = load_settings(None, {})
+    assert (settings.retries.enabled, settings.retries.budget_ratio, settings.retries.max_attempts) == (True, 0.2, 2)
+    assert (settings.admin.enabled, settings.admin.allow_from) == (False, ["127.0.0.1/32", "::1/128"])
+    assert (settings.circuit_breaker.share_via, settings.rate_limiting.method_limits) == ("none", True)
