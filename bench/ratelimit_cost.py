@@ -7,6 +7,10 @@ For each store, `concurrency` tasks on one uvloop event loop take from `keys` bu
 resource.getrusage, divided by the decisions made (errors are not decisions: they are counted
 apart, and their CPU is in the total). Redis's own CPU is not counted: the target
 (issue 5) is the gateway's. The buckets live under a key prefix of this run's own, deleted at the end.
+
+The `ping floor` row is the least a round trip to Redis can cost this process: one bare
+asyncio.Protocol sending PING and waiting for PONG, `concurrency` at a time, nothing else. On
+loopback most of it is system time: send() runs Redis's side of TCP in our process too.
 """
 
 from __future__ import annotations
@@ -82,6 +86,47 @@ async def drive(
     return decisions, failed, cpu, wall
 
 
+class _Pinger(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n")):  # one "+PONG\r\n" per PING
+            self.waiting.pop(0).set_result(None)
+
+
+async def ping_floor(url: str, concurrency: int, seconds: float) -> tuple[int, int, float, float]:
+    """Round trips (PING) made, 0 errors, CPU and wall seconds: the floor under any Redis decision."""
+    parts = url.removeprefix("redis://").split("/")[0].rpartition(":")
+    loop = asyncio.get_running_loop()
+    transport, pinger = await loop.create_connection(_Pinger, parts[0] or "127.0.0.1", int(parts[2] or 6379))
+    done = 0
+    stop = False
+
+    async def worker() -> None:
+        nonlocal done
+        while not stop:
+            future = loop.create_future()
+            pinger.waiting.append(future)
+            transport.write(b"*1\r\n$4\r\nPING\r\n")
+            await future
+            done += 1
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(WARM_UP)
+    counted_from, cpu0, wall0 = done, cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    made, cpu, wall = done - counted_from, cpu_seconds() - cpu0, time.perf_counter() - wall0
+    stop = True
+    await asyncio.gather(*tasks)
+    transport.close()
+    return made, 0, cpu, wall
+
+
 async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
     keys = [f"ip:198.51.100.{n % 250}.{n}" for n in range(args.keys)]
     # A bucket that refills fast enough never to refuse: refusals are cheaper (no write), not the case to size for.
@@ -93,6 +138,8 @@ async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
         results.append(Result(name, decisions, errors, cpu / decisions * 1e6, decisions / wall))
 
     await run("memory", lambda: MemoryTokenBucket(rate=rate, burst=burst))
+    decisions, errors, cpu, wall = await ping_floor(args.url, args.concurrency, args.seconds)
+    results.append(Result("ping floor", decisions, errors, cpu / decisions * 1e6, decisions / wall))
     client = redis_client(args.url, timeout=1.0)  # as the gateway builds it: a blocking pool of 64
     try:
         await run("redis-py", lambda: RedisTokenBucket(client, rate=rate, burst=burst, prefix=prefix))

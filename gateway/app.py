@@ -10,6 +10,10 @@ Outermost first, each for a reason:
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
 The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
+
+Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
+circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
+idempotent calls within a budget (gateway/upstream/retry.py); GET /metrics and /api/admin/traffic.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.authenticator import grpc_target
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
@@ -34,16 +39,20 @@ from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.metrics import TrafficMetrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
-from gateway.ratelimit import RateLimiter, identify_from_settings
+from gateway.ratelimit import identify_from_settings
+from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
+from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
+from gateway.upstream.retry import Retries
 from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
 from gateway.websocket.mux import MuxEndpoint
 
@@ -85,6 +94,16 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     upstreams = settings.upstreams
     if settings.auth_plugin_url is not None and settings.auth.service not in upstreams:
         upstreams = {**upstreams, settings.auth.service: [settings.auth_plugin_url]}
+    hints: BreakerHints | None = None
+    metrics: TrafficMetrics | None = None
+
+    def on_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
+        _log_transition(name, previous, state)
+        if metrics is not None:
+            metrics.breaker_moved(name, previous, state)
+        if hints is not None:
+            hints.transition(name, previous, state)
+
     pool = UpstreamPool(
         upstreams,
         max_message_bytes=settings.max_message_bytes,
@@ -96,18 +115,36 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         )
         if breaker.enabled
         else None,
-        on_transition=_log_transition,
+        on_transition=on_transition,
         balancing=settings.load_balancing,
     )
+    if breaker.enabled and breaker.share_via == "redis":
+        hints = BreakerHints(
+            pool, url=breaker.redis_url, prefix=breaker.key_prefix, reset_timeout=breaker.reset_timeout
+        )
     readiness = Readiness()
-    # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.
-    ratelimit_counters: Counter[str] = Counter()
-    limits = settings.rate_limiting
-    limiter = RateLimiter.from_settings(limits, counters=ratelimit_counters) if limits.enabled else None
-    identify = identify_from_settings(limits)
-    # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
     # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
     policies = MethodPolicies()
+    # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.
+    # Per-method limits come only from manifests, so only with a registry.
+    ratelimit_counters: Counter[str] = Counter()
+    limits = settings.rate_limiting
+    limited = limits.enabled or (limits.method_limits and settings.registry_url is not None)
+    limiter = CallLimiter.from_settings(limits, policies=policies, counters=ratelimit_counters) if limited else None
+    identify = identify_from_settings(limits)
+    retries = Retries(settings.retries) if settings.retries.enabled else None
+    metrics = TrafficMetrics(pool, limiter, retries)
+    admin = TrafficAdmin(
+        pool,
+        limiter=limiter,
+        retries=retries,
+        hints=hints,
+        # From admin.allowFrom, and with auth on, for a caller holding the permission too.
+        authorize=admin_access(allow_from(settings.admin.allow_from), settings.auth.enabled)
+        if settings.admin.enabled
+        else None,
+    )
+    # Routes from the registry's health stream, merged with the static `upstreams:` (static wins).
     registry_routes = (
         RegistryRoutes(settings.registry_url, pool, refresh_interval=settings.route_refresh_interval, policies=policies)
         if settings.registry_url
@@ -133,6 +170,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             identify=identify,
             authenticator=authenticator,
             forward_authorization=forward_authorization,
+            policies=policies,
+            retries=retries,
         )
         if settings.grpc_port
         else None
@@ -143,6 +182,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
         forward_authorization=forward_authorization,
+        policies=policies,
+        retries=retries,
     )
     websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
@@ -157,6 +198,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         authenticator=authenticator,
         forward_authorization=forward_authorization,
         header_timeout=settings.websocket.header_timeout,
+        policies=policies,
     )
     mux = settings.websocket.mux
     mux_endpoint = MuxEndpoint(
@@ -170,6 +212,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         identify=identify,
         authenticator=authenticator,
         forward_authorization=forward_authorization,
+        policies=policies,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,
@@ -194,6 +237,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if limiter is not None:
             await limiter.open()
+        if hints is not None:
+            await hints.start()
         if registry_routes is not None:
             await registry_routes.start()
             # Briefly: a gateway that starts next to a running registry should not answer "unknown
@@ -217,6 +262,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             if auth is not None:
                 await auth.close()
             pool.close()
+            if hints is not None:
+                await hints.stop()
             if limiter is not None:
                 await limiter.close()
             if events is not None:
@@ -239,6 +286,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
         *(events.routes() if events is not None else []),
+        Route("/api/admin/traffic", admin.endpoint, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
     ]
     if auth is not None:
         routes += auth.endpoints.routes()
@@ -269,6 +318,10 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     app.state.registry_routes = registry_routes
     app.state.ingress = ingress
     app.state.ratelimit_counters = ratelimit_counters
+    app.state.limiter = limiter
+    app.state.retries = retries
+    app.state.metrics = metrics
+    app.state.breaker_hints = hints
     app.state.websockets = websockets
     app.state.auth = auth
     app.state.events = events

@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONFIG_ENV",
+    "AdminSettings",
     "ConfigError",
     "CorsSettings",
     "EventsSettings",
@@ -33,6 +34,7 @@ __all__ = [
     "IssuerSettings",
     "MuxSettings",
     "RateLimitSettings",
+    "RetrySettings",
     "WebSocketSettings",
     "load_config",
     "load_settings",
@@ -109,8 +111,11 @@ class RateLimitSettings(_Section):
     trusted_hops: int | None = Field(default=None, ge=0)
     ipv6_subnet: int = Field(default=64, ge=1, le=128)  # IPv6 clients share a bucket per prefix of this length
     api_key_header: str = Field(default="x-api-key", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-    # Paths never limited, besides /healthz and /readyz (which never are).
+    # Paths never limited, besides /healthz, /readyz and /metrics (which never are).
     exempt_paths: list[str] = Field(default_factory=list)
+    # Per-method limits from the plugins' manifests (policies.rateLimit), on the same store and
+    # failure mode, in addition to the per-client limit above (which `enabled` turns on).
+    method_limits: bool = True
 
     @field_validator("redis_url")
     @classmethod
@@ -140,6 +145,43 @@ class CircuitBreakerSettings(_Section):
     # gRPC statuses that count as the replica's failure (transport errors always do). Client errors
     # such as INVALID_ARGUMENT or NOT_FOUND prove the replica is alive: never list them.
     failure_codes: list[StatusName] = Field(default_factory=_default_failure_codes)
+    # "redis": a breaker that opens here tells the other gateways (SET with a TTL of resetTimeout,
+    # and PUBLISH), which open theirs for that replica too; each still probes on its own clock.
+    # A hint only: with Redis down every gateway goes on deciding alone.
+    share_via: Literal["none", "redis"] = "none"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="upf:cb", min_length=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+        return url
+
+
+class RetrySettings(_Section):
+    """Retries of calls the upstream refused before answering anything (UNAVAILABLE, connection
+    refused or lost, GOAWAY), for methods whose manifest policy says `idempotent: true`, to another
+    replica, within a budget: retries may add `budgetRatio` of the retryable calls over the last
+    10 s, plus `minPerSecond` (so that a quiet service can still retry at all)."""
+
+    enabled: bool = True
+    budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    min_per_second: float = Field(default=1.0, ge=0)
+    max_attempts: int = Field(default=2, ge=1, le=5)  # the first try included
+
+
+def _loopback() -> list[str]:
+    return ["127.0.0.1/32", "::1/128"]
+
+
+class AdminSettings(_Section):
+    """GET /api/admin/traffic: breaker, limiter and retry-budget state. Off unless enabled, and then
+    only for clients in `allowFrom` (the connection's peer address; X-Forwarded-For is not read)."""
+
+    enabled: bool = False
+    allow_from: list[Network] = Field(default_factory=_loopback)
 
 
 class CorsSettings(_Section):
@@ -291,7 +333,7 @@ class GatewaySettings(_Section):
     access_log: bool = True  # one log line per request (uvicorn's access log)
     # Paths served without a token (a trailing * matches any rest); a valid token there still counts.
     # /healthz, /readyz, /.well-known/jwks.json, /api/auth/login and /api/auth/refresh always are.
-    public_paths: list[str] = Field(default_factory=lambda: ["/api/manifests"])
+    public_paths: list[str] = Field(default_factory=lambda: ["/api/manifests", "/metrics"])
     # host:port of the auth plugin, for a gateway without a registry (with one, the plugin is found there).
     auth_plugin_url: Endpoint | None = None
     auth: GatewayAuthSettings = Field(default_factory=GatewayAuthSettings)
@@ -305,6 +347,8 @@ class GatewaySettings(_Section):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    retries: RetrySettings = Field(default_factory=RetrySettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.

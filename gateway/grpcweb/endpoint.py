@@ -8,13 +8,18 @@ them, each flushed at once; the status always travels in `grpc-status` with HTTP
 - no message and no response headers from upstream -> trailers-only (status in HTTP headers,
   empty body, and no empty trailer frame: traefik/traefik#13842);
 - otherwise headers, data frames, then one trailer frame (0x80) as the last frame.
+
+The method's manifest policy caps the deadline (`timeout`), and an idempotent method's call is
+retried on another replica when one refuses it before answering (gateway/upstream/retry.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
+from collections.abc import Awaitable, Callable
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
@@ -25,8 +30,10 @@ from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, Frame
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import gateway_error, outcome
-from gateway.upstream.pool import Endpoint, UpstreamPool
+from gateway.upstream.outcome import Outcome, gateway_error, outcome
+from gateway.upstream.policies import MethodPolicies, cap_timeout
+from gateway.upstream.pool import Endpoint, Route, UpstreamPool
+from gateway.upstream.retry import Retries
 
 __all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
 
@@ -145,12 +152,16 @@ class GrpcWebEndpoint:
         max_timeout: float | None = None,
         forward_cookies: bool = False,
         forward_authorization: bool = True,
+        policies: MethodPolicies | None = None,
+        retries: Retries | None = None,
     ) -> None:
         self.pool = pool
         self.max_message_bytes = max_message_bytes
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
         self.forward_authorization = forward_authorization
+        self.policies = policies
+        self.retries = retries
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -174,12 +185,15 @@ class GrpcWebEndpoint:
             route = self.pool.route(service)
             body = await self._read_body(receive, text_request, request.encoding)
             body_read = True
-            timeout = request.timeout
-            if self.max_timeout is not None:
-                timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
-            # Picked last: a replica's breaker may hand out a half-open probe, which _proxy reports on.
-            endpoint = route.pick()
-            await self._proxy(response, receive, endpoint, service, path, body, metadata, timeout)
+            if not body:
+                # A grpc.aio server answers a unary or server-streaming method that gets no message
+                # with nothing at all, so the call would hang until its deadline (or forever).
+                # grpcio's sync server says UNIMPLEMENTED "requires exactly one request message".
+                raise MissingMessage(f"{path} requires a request message; the request body carries none")
+            policy = self.policies.get(service, params["method"]) if self.policies is not None else None
+            timeout = cap_timeout(request.timeout, self.max_timeout, policy.timeout if policy is not None else None)
+            retries = self.retries if policy is not None and policy.idempotent else None
+            await self._proxy(response, receive, route, service, path, body, metadata, timeout, retries)
         except _Disconnected:
             return
         except GatewayError as exc:
@@ -254,25 +268,62 @@ class GrpcWebEndpoint:
         self,
         response: _Response,
         receive: Receive,
+        route: Route,
+        service: str,
+        path: str,
+        body: bytes,
+        metadata: bytes,
+        timeout: float | None,
+        retries: Retries | None,
+    ) -> None:
+        # Picked last: a replica's breaker may hand out a half-open probe, which _attempt reports on.
+        endpoint = route.pick()
+        if retries is None:
+            await self._attempt(response, receive, endpoint, service, path, body, metadata, timeout, False)
+            return
+        retries.budget.deposit()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 1
+        while True:
+            retryable = attempt < retries.max_attempts
+            ended = await self._attempt(response, receive, endpoint, service, path, body, metadata, timeout, retryable)
+            if not isinstance(ended, _Refused):
+                if attempt > 1:
+                    retries.finished(ended)
+                return
+            retry = retries.next_endpoint(route, endpoint)
+            if retry is not None and deadline is not None and (timeout := deadline - time.monotonic()) <= 0:
+                retry.report(grpc.StatusCode.CANCELLED)
+                retry = None
+            if retry is None:
+                await ended.answer()
+                return
+            endpoint, attempt = retry, attempt + 1
+
+    async def _attempt(
+        self,
+        response: _Response,
+        receive: Receive,
         endpoint: Endpoint,
         service: str,
         path: str,
         body: bytes,
         metadata: bytes,
         timeout: float | None,
-    ) -> None:
-        if not body:
-            # A grpc.aio server answers a unary or server-streaming method that gets no message with
-            # nothing at all, so the call would hang until its deadline (or forever). grpcio's sync
-            # server says UNIMPLEMENTED "requires exactly one request message"; so does the gateway.
-            raise MissingMessage(f"{path} requires a request message; the request body carries none")
+        retryable: bool,
+    ) -> grpc.StatusCode | _Refused:
+        """One try on one replica. With `retryable`, a refusal before anything reached the client is
+        not answered but handed back (_Refused), to be retried or answered by the caller."""
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
         try:
             try:
                 stream = await endpoint.client.unary(path, metadata, body, timeout)
             except StreamError as exc:
                 verdict = exc.code
-                raise gateway_error(exc, service) from None
+                error = gateway_error(exc, service)
+                if retryable and verdict is grpc.StatusCode.UNAVAILABLE:
+                    return _Refused.raising(error)
+                raise error from None
             watch = _DisconnectWatch(receive, stream)
             try:
                 frame = await stream.read()
@@ -286,31 +337,55 @@ class GrpcWebEndpoint:
                         result = outcome(stream, service)
                         verdict = result.code
                         await response.whole(headers, frames, result.lines())
-                        return
+                        return verdict
                     await response.start(headers)
                     while frame is not None:
                         # Everything that has arrived goes out in one write; nothing waits for more.
                         await response.messages([frame, *stream.read_queued()])
                         frame = await stream.read()
                 if watch.disconnected:
-                    return  # nobody is listening; the upstream call was cancelled
+                    return verdict  # nobody is listening; the upstream call was cancelled
                 result = outcome(stream, service)
                 verdict = result.code
-                lines = result.lines()
-                if response.started:
-                    await response.trailers(lines)
-                elif stream.headers is not None and (headers := response_metadata(stream.headers)):
-                    # Response metadata but no message: headers, then the status in a trailer frame.
-                    await response.start(headers)
-                    await response.trailers(lines)
-                else:
-                    await response.trailers_only(lines)
+                if retryable and verdict is grpc.StatusCode.UNAVAILABLE and not response.started:
+                    return _Refused(lambda: _finish(response, stream, result))
+                await _finish(response, stream, result)
             finally:
                 watch.stop()
                 if not stream.ended:
                     stream.cancel()
         finally:
             endpoint.report(verdict)
+        return verdict
+
+
+class _Refused:
+    """An attempt the upstream refused before answering anything; `answer` tells the client so."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Callable[[], Awaitable[None]]) -> None:
+        self.answer = answer
+
+    @classmethod
+    def raising(cls, error: GatewayError) -> _Refused:
+        async def answer() -> None:
+            raise error
+
+        return cls(answer)
+
+
+async def _finish(response: _Response, stream: Http2Stream, result: Outcome) -> None:
+    """The status of a call whose messages (if any) are out."""
+    lines = result.lines()
+    if response.started:
+        await response.trailers(lines)
+    elif stream.headers is not None and (headers := response_metadata(stream.headers)):
+        # Response metadata but no message: headers, then the status in a trailer frame.
+        await response.start(headers)
+        await response.trailers(lines)
+    else:
+        await response.trailers_only(lines)
 
 
 def _plain_frames(body: bytes, limit: int) -> bool:

@@ -16,6 +16,10 @@ Flow control, both ways, keeps memory bounded whatever the peers do:
 - upstream -> client: DATA goes out only within the client's windows; until it does, the call
   reads no further from its upstream stream, whose window is then not refilled.
 
+A method's manifest policy caps the deadline (`timeout`); a call to an idempotent method whose
+request was complete when it started is retried on another replica when one refuses it before
+answering (gateway/upstream/retry.py).
+
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
 the rest are cancelled. A client that breaks the protocol gets GOAWAY with the error code and
 its connection closed; other connections are untouched.
@@ -28,6 +32,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
@@ -82,13 +87,15 @@ from gateway.http2.frames import (
     frame,
     frame_need,
 )
+from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
-from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
-from gateway.upstream.outcome import explain, outcome
+from gateway.upstream.outcome import Outcome, explain, outcome
+from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.retry import Retries
 
 __all__ = ["IngressServer"]
 
@@ -123,6 +130,16 @@ _GRPC_CONTENT_TYPE = b"\x0f\x10" + bytes((len(b"application/grpc"),)) + b"applic
 _RESPONSE_START = _STATUS_200 + _GRPC_CONTENT_TYPE
 
 
+class _Refused:
+    """An attempt the upstream refused before answering anything; `answer` tells the client so."""
+
+    __slots__ = ("answer", "code")
+
+    def __init__(self, code: grpc.StatusCode, answer: Callable[[], None]) -> None:
+        self.code = code
+        self.answer = answer
+
+
 class _ConnectionError(Exception):
     """The client broke the protocol: GOAWAY with this code, then the connection closes."""
 
@@ -140,6 +157,7 @@ class _Call:
         "conn",
         "headers_sent",
         "id",
+        "idempotent",
         "metadata",
         "path",
         "pending",
@@ -166,8 +184,10 @@ class _Call:
         metadata: bytes,
         timeout: float | None,
         scope: dict[str, Any] | None = None,
+        idempotent: bool = False,
     ) -> None:
         self.conn = conn
+        self.idempotent = idempotent  # the manifest says so: may be retried when the request is complete
         # The request as auth and the rate limiter read it (peer, headers, path); None when neither runs.
         self.scope = scope
         self.id = stream_id
@@ -290,37 +310,80 @@ class _Call:
                     self.metadata += identity.metadata
             limiter = server.limiter
             if limiter is not None and server.identify is not None and scope is not None:
-                limit = await limiter.check(server.identify(scope))
+                limit = await limiter.check(server.identify(scope), self.path)
                 if limit is not None and not limit[1].allowed:
                     policy, decision = limit
                     wait = policy.retry_after(decision)
                     raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-            endpoint = self.conn.server.pool.route(self.service).pick()
+            route = self.conn.server.pool.route(self.service)
+            endpoint = route.pick()
         except GatewayError as exc:
             self._answer_locally(exc.code, exc.message, exc.headers)
             return
-        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
-        try:
-            verdict = await self._relay(endpoint.client)
-        finally:
-            endpoint.report(verdict)
+        retries = self.conn.server.retries
+        if retries is None or not self.idempotent or not self.request_ended:
+            verdict: grpc.StatusCode | _Refused = grpc.StatusCode.CANCELLED  # the breaker learns nothing, unless set
+            try:
+                verdict = await self._relay(endpoint.client)
+            finally:
+                endpoint.report(verdict if isinstance(verdict, grpc.StatusCode) else verdict.code)
+            return
+        # Retryable: the whole request is here, so it can be sent again.
+        body = self._take_body()
+        retries.budget.deposit()
+        loop = self.conn.loop
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        attempt = 1
+        while True:
+            ended: grpc.StatusCode | _Refused = grpc.StatusCode.CANCELLED
+            try:
+                ended = await self._relay(endpoint.client, body, retryable=attempt < retries.max_attempts)
+            finally:
+                endpoint.report(ended if isinstance(ended, grpc.StatusCode) else ended.code)
+            if not isinstance(ended, _Refused):
+                if attempt > 1:
+                    retries.finished(ended)
+                return
+            retry = retries.next_endpoint(route, endpoint) if not self.closed else None
+            if retry is not None and deadline is not None and (left := deadline - loop.time()) <= 0:
+                retry.report(grpc.StatusCode.CANCELLED)
+                retry = None
+            if retry is None:
+                ended.answer()
+                return
+            if deadline is not None:
+                self.timeout = left
+            endpoint, attempt = retry, attempt + 1
 
-    async def _relay(self, client: UpstreamClient) -> grpc.StatusCode:
-        """Run the call on `client`; returns how it ended, for the replica's circuit breaker."""
+    def _take_body(self) -> bytes:
+        """The whole request (the client half-closed), taken from `pending`."""
+        body = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.conn.credit(len(body))  # the gateway holds these bytes no longer, whatever happens
+        return bytes(body)
+
+    async def _relay(
+        self, client: UpstreamClient, body: bytes | None = None, *, retryable: bool = False
+    ) -> grpc.StatusCode | _Refused:
+        """Run the call on `client`; returns how it ended, for the replica's circuit breaker. With
+        `retryable` (`body` given), a refusal before anything reached the client is not answered
+        but handed back (_Refused)."""
         try:
-            if self.request_ended:
+            if body is None and self.request_ended:
                 # The whole request is here (a unary or server-streaming call, nearly always): HEADERS
                 # and DATA leave in one write.
-                body = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-                self.pending.clear()
-                self.pending_bytes = 0
-                self.conn.credit(len(body))  # the gateway holds these bytes no longer, whatever happens
-                upstream = await client.unary(self.path, self.metadata, bytes(body), self.timeout)
+                body = self._take_body()
+            if body is not None:
+                upstream = await client.unary(self.path, self.metadata, body, self.timeout)
             else:
                 upstream = await client.open(self.path, self.metadata, self.timeout)
         except StreamError as exc:
-            self._answer_locally(exc.code, explain(exc, self.service))
-            return exc.code
+            code, reason = exc.code, explain(exc, self.service)
+            if retryable and code is grpc.StatusCode.UNAVAILABLE:
+                return _Refused(code, lambda: self._answer_locally(code, reason))
+            self._answer_locally(code, reason)
+            return code
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")
             return grpc.StatusCode.CANCELLED
@@ -339,15 +402,22 @@ class _Call:
                 message = await upstream.read()
         if self.closed:
             return grpc.StatusCode.CANCELLED
+        result = outcome(upstream, self.service)
+        if retryable and result.code is grpc.StatusCode.UNAVAILABLE and not self.headers_sent:
+            self.upstream = None  # the next attempt opens its own
+            return _Refused(result.code, lambda: self._finish(upstream, result))
+        self._finish(upstream, result)
+        return result.code
+
+    def _finish(self, upstream: Http2Stream, result: Outcome) -> None:
+        """The status, after the messages (if any)."""
         if not self.headers_sent and upstream.headers is not None and response_metadata(upstream.headers):
             self._send_headers(upstream)  # response metadata, but no message
-        result = outcome(upstream, self.service)
         block = [encode_header(b"grpc-status", result.status)]
         if result.message:
             block.append(encode_header(b"grpc-message", result.message))
         block += [encode_header(name, value) for name, value in result.metadata]
         self._end(b"".join(block))
-        return result.code
 
     def _send_headers(self, upstream: Http2Stream) -> None:
         fields = [encode_header(name, value) for name, value in response_metadata(upstream.headers or ())]
@@ -697,17 +767,17 @@ class _Connection(asyncio.Protocol):
             if not end_stream:
                 self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
             return
-        max_timeout = self.server.max_timeout
-        if max_timeout is not None:
-            timeout = max_timeout if timeout is None else min(timeout, max_timeout)
         text_path = path.decode("latin-1")
-        service = text_path[1:].partition("/")[0]
+        service, _, method_name = text_path[1:].partition("/")
         server = self.server
+        policy = server.policies.get(service, method_name) if server.policies is not None else None
+        timeout = cap_timeout(timeout, server.max_timeout, policy.timeout if policy is not None else None)
         scope = None
         if server.authenticator is not None or server.limiter is not None:
             # Auth and the limiter's identity functions read an ASGI-like scope.
             scope = {"type": "http", "client": self.peer, "headers": headers, "path": text_path}
-        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, scope)
+        idempotent = policy is not None and policy.idempotent
+        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, scope, idempotent)
         self.streams[stream_id] = call
         if end_stream:
             call.on_data(b"", True)
@@ -844,14 +914,18 @@ class IngressServer:
         port: int,
         max_message_bytes: int,
         max_timeout: float | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: CallLimiter | None = None,
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
         forward_authorization: bool = True,
+        policies: MethodPolicies | None = None,
+        retries: Retries | None = None,
     ) -> None:
         self.pool = pool
         self.authenticator = authenticator
         self.forward_authorization = forward_authorization
+        self.policies = policies  # per-method deadline caps and idempotency, from the manifests
+        self.retries = retries
         # Rate limiting as for HTTP: the same buckets, so a client's gRPC-Web and native calls add up.
         self.limiter = limiter if identify is not None else None
         self.identify = identify

@@ -5,8 +5,9 @@ verified subject). An allowed request carries the IETF `RateLimit-Policy` and `R
 on its response; a refused one raises RateLimited, which the error middleware renders in the
 client's protocol: gRPC-Web gets HTTP 200, trailers-only `grpc-status: 8` (RESOURCE_EXHAUSTED) with
 `retry-after`, `ratelimit` and `ratelimit-policy` beside it; REST gets 429 with the same headers and
-`{"code": "RESOURCE_EXHAUSTED", "message": ...}`. /healthz and /readyz are never limited: an
-orchestrator probing a busy gateway must not be told it is dead.
+`{"code": "RESOURCE_EXHAUSTED", "message": ...}`. /healthz, /readyz and /metrics are never limited:
+an orchestrator probing a busy gateway must not be told it is dead. A gRPC-Web call is also held to
+its method's limit from the manifests (gateway/ratelimit/calls.py).
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import RateLimited
+from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
-from gateway.ratelimit.limiter import RateLimiter
 
 __all__ = ["ALWAYS_EXEMPT", "RateLimitMiddleware"]
 
-ALWAYS_EXEMPT = frozenset({"/healthz", "/readyz"})
+ALWAYS_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RateLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, *, limiter: RateLimiter, identify: Identify, exempt_paths: Iterable[str] = ()
+        self, app: ASGIApp, *, limiter: CallLimiter, identify: Identify, exempt_paths: Iterable[str] = ()
     ) -> None:
         self.app = app
         self.limiter = limiter
@@ -38,7 +39,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        verdict = await self.limiter.check(self.identify(scope))
+        verdict = await self.limiter.check(self.identify(scope), scope["path"])
         if verdict is None:
             await self.app(scope, receive, send)  # undecided, let through (failure mode open)
             return

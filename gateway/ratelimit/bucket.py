@@ -9,8 +9,7 @@ once, then `rate` requests a second. Every implementation keeps these semantics:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["Clock", "Decision", "StoreError", "TokenBucket", "refill_seconds"]
 
@@ -19,8 +18,9 @@ class StoreError(Exception):
     """The bucket's store could not answer (Redis down, timed out, refused the script)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: made once per request, and a frozen dataclass's
+    # __init__ (object.__setattr__ per field) costs several times a tuple's.
     allowed: bool
     remaining: int  # whole tokens left after this request
     retry_after: float  # seconds until `cost` tokens are there again; 0 when allowed

@@ -39,7 +39,7 @@ from gateway.ratelimit.redis import RedisTokenBucket, redis_client
 from gateway.ratelimit.resp import RespClient, RespTokenBucket, handles_url
 from gateway.settings import RateLimitSettings
 
-__all__ = ["FailureMode", "RateLimitPolicy", "RateLimiter", "Verdict"]
+__all__ = ["FailureMode", "RateLimitPolicy", "RateLimiter", "StoreClient", "Verdict", "bucket_on", "store_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,30 @@ class RateLimitPolicy:
 # The policy that decided (the local share while the store is failing), and its decision.
 Verdict = tuple[RateLimitPolicy, Decision]
 
+StoreClient = redis.asyncio.Redis | RespClient
+
+
+def store_client(settings: RateLimitSettings) -> StoreClient:
+    """The Redis client for `redisUrl`: the one place that chooses it by URL.
+
+    redis://  RespClient (gateway/ratelimit/resp.py): one pipelined connection, about a tenth
+              of redis-py's CPU per decision (bench/README.md, "Rate limiter cost");
+    rediss://, unix://  redis-py, which does TLS and Unix sockets; RespClient does neither.
+    """
+    if handles_url(settings.redis_url):
+        return RespClient(settings.redis_url, timeout=settings.redis_timeout)
+    return redis_client(
+        settings.redis_url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections
+    )
+
+
+def bucket_on(client: StoreClient, settings: RateLimitSettings, policy: RateLimitPolicy) -> TokenBucket:
+    """`policy`'s buckets in the Redis behind `client`, under `keyPrefix`."""
+    rate, burst, name, prefix = policy.rate, policy.burst, policy.name, settings.key_prefix
+    if isinstance(client, RespClient):
+        return RespTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix)
+    return RedisTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix)
+
 
 class RateLimiter:
     """Decides each request against one policy.
@@ -131,7 +155,7 @@ class RateLimiter:
         replicas: int = 1,
         counters: Counter[str] | None = None,
         clock: Clock = time.monotonic,
-        client: redis.asyncio.Redis | RespClient | None = None,
+        client: StoreClient | None = None,
         recheck_after: float = 1.0,
     ) -> None:
         self.policy = policy
@@ -144,6 +168,11 @@ class RateLimiter:
         self.client = client
         self.recheck_after = recheck_after
         self._store_down_until: float | None = None
+
+    @property
+    def store_healthy(self) -> bool:
+        """False while the store is being left alone after an error (see `recheck_after`)."""
+        return self._store_down_until is None
 
     @classmethod
     def from_settings(
@@ -168,20 +197,8 @@ class RateLimiter:
     def _redis_store(
         settings: RateLimitSettings, policy: RateLimitPolicy
     ) -> tuple[TokenBucket, redis.asyncio.Redis | RespClient]:
-        """The Redis bucket for `redisUrl`: the one place that chooses the client by URL.
-
-        redis://  RespClient (gateway/ratelimit/resp.py): one pipelined connection, about a tenth
-                  of redis-py's CPU per decision (bench/README.md, "Rate limiter cost");
-        rediss://, unix://  redis-py, which does TLS and Unix sockets; RespClient does neither.
-        """
-        rate, burst, name, prefix = policy.rate, policy.burst, policy.name, settings.key_prefix
-        if handles_url(settings.redis_url):
-            resp = RespClient(settings.redis_url, timeout=settings.redis_timeout)
-            return RespTokenBucket(resp, rate=rate, burst=burst, policy=name, prefix=prefix), resp
-        client = redis_client(
-            settings.redis_url, timeout=settings.redis_timeout, max_connections=settings.redis_max_connections
-        )
-        return RedisTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix), client
+        client = store_client(settings)
+        return bucket_on(client, settings, policy), client
 
     async def open(self) -> None:
         """Connect to Redis once at start-up, only to say early that it is unreachable."""

@@ -56,7 +56,8 @@ class BreakerPolicy:
 
 class CircuitBreaker:
     __slots__ = (
-        "_clock", "_failures", "_listener", "_opened_at", "_probe_started", "_probes", "_state", "name", "policy",
+        "_clock", "_failures", "_listener", "_opened_at", "_probe_started", "_probes", "_state", "last_change", "name",
+        "policy",
     )  # fmt: skip
 
     def __init__(
@@ -76,6 +77,13 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probes = 0
         self._probe_started = 0.0
+        # The last transition, for /api/admin/traffic: (from, to, wall-clock seconds, cause).
+        self.last_change: tuple[BreakerState, BreakerState, float, str] | None = None
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures counted while closed."""
+        return self._failures
 
     @property
     def state(self) -> BreakerState:
@@ -125,7 +133,7 @@ class CircuitBreaker:
     def record_failure(self) -> None:
         if self._state is BreakerState.HALF_OPEN:
             self._probes = max(0, self._probes - 1)
-            self._open()
+            self._open(cause="probe failed")
             return
         if self._state is BreakerState.CLOSED:
             self._failures += 1
@@ -137,15 +145,27 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN:
             self._probes = max(0, self._probes - 1)
 
-    def _open(self) -> None:
+    def open_on_hint(self) -> bool:
+        """Another gateway saw this replica fail and opened its breaker: open this one too, unless it
+        is half-open already (its own probe decides then). It half-opens on its own clock, after
+        reset_timeout. Returns whether it opened."""
+        if self.state is not BreakerState.CLOSED:
+            return False
+        self._open(cause="hint")
+        return True
+
+    def _open(self, cause: str = "failures") -> None:
         self._opened_at = self._clock()
         self._failures = 0
-        self._move(BreakerState.OPEN)
+        self._move(BreakerState.OPEN, cause)
 
-    def _move(self, state: BreakerState) -> None:
+    def _move(self, state: BreakerState, cause: str = "") -> None:
         if state is self._state:
             return
         previous, self._state = self._state, state
+        if not cause:
+            cause = "reset timeout" if state is BreakerState.HALF_OPEN else "probe"
+        self.last_change = (previous, state, time.time(), cause)
         if state is not BreakerState.HALF_OPEN:
             self._probes = 0
         if self._listener is not None:

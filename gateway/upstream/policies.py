@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from manifests.model import ALL_METHODS, MethodPolicy
 
-__all__ = ["MethodPolicies"]
+__all__ = ["MethodPolicies", "cap_timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +71,13 @@ def _merge(default: MethodPolicy | None, own: MethodPolicy) -> MethodPolicy:
     if default is None:
         return own
     return default.model_copy(update={key: getattr(own, key) for key in own.model_fields_set})
+
+
+def cap_timeout(requested: float | None, *caps: float | None) -> float | None:
+    """The deadline a call gets: what the client asked for, held to every cap that is set
+    (maxTimeout, the method's manifest `timeout`); None when nothing bounds it."""
+    timeout = requested
+    for cap in caps:
+        if cap is not None:
+            timeout = cap if timeout is None else min(timeout, cap)
+    return timeout

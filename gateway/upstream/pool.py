@@ -25,19 +25,29 @@ from gateway.upstream.client import UpstreamClient
 __all__ = ["Balancing", "Endpoint", "Route", "UpstreamPool"]
 
 Balancing = Literal["round_robin", "p2c"]
+_CODE_COUNT = 1 + max(code.value[0] for code in grpc.StatusCode)
 
 
 class Endpoint:
     """One replica of a service, with its circuit breaker (None when breakers are off) and the number
     of calls it has in flight (picked, not yet reported), which p2c balances on."""
 
-    __slots__ = ("_on_idle", "address", "breaker", "client", "inflight")
+    __slots__ = ("_on_idle", "address", "breaker", "client", "codes", "inflight")
 
-    def __init__(self, address: str, client: UpstreamClient, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        client: UpstreamClient,
+        breaker: CircuitBreaker | None = None,
+        codes: list[int] | None = None,
+    ) -> None:
         self.address = address
         self.client = client
         self.breaker = breaker
         self.inflight = 0
+        # Calls ended per gRPC status code (indexed by its number), shared by the service's
+        # endpoints and kept by the pool for the process's life: read by /metrics.
+        self.codes = codes if codes is not None else [0] * _CODE_COUNT
         # Set once the endpoint has left the routing table: called when its last call ends, so the
         # pool can close a client that nobody routes to any more without cutting a running call.
         self._on_idle: Callable[[], None] | None = None
@@ -45,6 +55,7 @@ class Endpoint:
     def report(self, code: grpc.StatusCode) -> None:
         """How a call that `Route.pick` sent here ended (CANCELLED: it proved nothing)."""
         self.inflight -= 1
+        self.codes[code.value[0]] += 1
         if self.breaker is not None:
             self.breaker.record(code)
         if self.inflight <= 0 and self._on_idle is not None:
@@ -70,11 +81,21 @@ class Route:
         self._cycle: Iterator[Endpoint] = itertools.cycle(self.endpoints)
         self._random = rng or random.Random()
 
-    def pick(self) -> Endpoint:
-        """A replica whose breaker lets the call through; the caller must `report` how the call ended."""
-        endpoint = self._pick()
+    def pick(self, avoid: Endpoint | None = None) -> Endpoint:
+        """A replica whose breaker lets the call through; the caller must `report` how the call ended.
+
+        `avoid`: a replica that just refused this call (a retry): another one is picked when the
+        service has more than one, and UpstreamUnavailable raised when none of them may be called."""
+        endpoint = self._pick() if avoid is None or len(self.endpoints) < 2 else self._pick_other(avoid)
         endpoint.inflight += 1
         return endpoint
+
+    def _pick_other(self, avoid: Endpoint) -> Endpoint:
+        for _ in range(len(self.endpoints)):
+            endpoint = next(self._cycle)
+            if endpoint is not avoid and (endpoint.breaker is None or endpoint.breaker.try_acquire()):
+                return endpoint
+        raise UpstreamUnavailable(f"{self.service} is unavailable: no other replica may be called")
 
     def _pick(self) -> Endpoint:
         if self.balancing == "p2c" and len(self.endpoints) > 1:
@@ -117,6 +138,8 @@ class UpstreamPool:
         self._static = {service: tuple(addresses) for service, addresses in upstreams.items()}
         # Services served by one process share its client, hence one HTTP/2 connection.
         self._clients: dict[str, UpstreamClient] = {}
+        # Calls ended per service and gRPC status code (see Endpoint.codes), for /metrics.
+        self.codes: dict[str, list[int]] = {}
         # Clients no route uses any more, kept open while some call still runs on them.
         self._retired: dict[str, tuple[UpstreamClient, list[Endpoint]]] = {}
         self._routes: dict[str, Route] = {}
@@ -140,7 +163,8 @@ class UpstreamPool:
             if self._breakers is not None
             else None
         )
-        return Endpoint(address, self._client(address), breaker)
+        codes = self.codes.setdefault(service, [0] * _CODE_COUNT)
+        return Endpoint(address, self._client(address), breaker, codes)
 
     def update(self, routes: Mapping[str, Sequence[str]]) -> None:
         """Replace the routes that came from the registry (service -> endpoints); static ones stay.
@@ -193,6 +217,11 @@ class UpstreamPool:
         if route is None:
             raise UnknownService(f"unknown service {service}: no upstream serves it")
         return route
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        """Every routed service and its replicas, now (read-only: for /api/admin/traffic)."""
+        return self._routes
 
     def __contains__(self, service: object) -> bool:
         return service in self._routes

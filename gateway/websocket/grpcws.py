@@ -91,10 +91,11 @@ from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
-from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
+from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
@@ -368,15 +369,17 @@ class GrpcWebSocketEndpoint:
         max_timeout: float | None = None,
         forward_cookies: bool = False,
         registry: WebSocketRegistry | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: CallLimiter | None = None,
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
         forward_authorization: bool = True,
         header_timeout: float = 10.0,
+        policies: MethodPolicies | None = None,
     ) -> None:
         self.pool = pool
         self.authenticator = authenticator
         self.forward_authorization = forward_authorization
+        self.policies = policies  # per-method deadline caps, from the manifests
         self.limiter = limiter
         self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
@@ -465,14 +468,13 @@ class GrpcWebSocketEndpoint:
         if self.limiter is not None and self.identify is not None:
             # One call per socket, so one token per socket; keyed like HTTP requests (the upgrade
             # request's peer and headers: an apiKey sent only in the header block is not seen yet).
-            limit = await self.limiter.check(self.identify(scope))
+            limit = await self.limiter.check(self.identify(scope), path)
             if limit is not None and not limit[1].allowed:
                 policy, decision = limit
                 wait = policy.retry_after(decision)
                 raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-        timeout = request.timeout
-        if self.max_timeout is not None:
-            timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
+        method = self.policies.get(service, path.rpartition("/")[2]) if self.policies is not None else None
+        timeout = cap_timeout(request.timeout, self.max_timeout, method.timeout if method is not None else None)
         # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
         endpoint = route.pick()
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below

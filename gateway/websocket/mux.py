@@ -42,10 +42,11 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
+from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
-from gateway.ratelimit.limiter import RateLimiter
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
+from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block
 from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
@@ -114,10 +115,11 @@ class MuxEndpoint:
         max_timeout: float | None = None,
         forward_cookies: bool = False,
         registry: WebSocketRegistry | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: CallLimiter | None = None,
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
         forward_authorization: bool = True,
+        policies: MethodPolicies | None = None,
         max_streams: int = 100,
         stream_window: int = 256 * 1024,
         connection_window: int = 1024 * 1024,
@@ -130,6 +132,7 @@ class MuxEndpoint:
         self.limiter = limiter
         self.identify = identify
         self.authenticator = authenticator
+        self.policies = policies  # per-method deadline caps, from the manifests
         self.forward_authorization = forward_authorization
         self.settings = Settings(
             max_streams=max_streams,
@@ -545,13 +548,16 @@ class _Connection:
         route = endpoint.pool.route(service)
         if endpoint.limiter is not None and endpoint.identify is not None:
             # One token per call, keyed like the upgrade request (its peer and headers) or the caller.
-            limit = await endpoint.limiter.check(endpoint.identify(scope))
+            limit = await endpoint.limiter.check(endpoint.identify(scope), request.path)
             if limit is not None and not limit[1].allowed:
                 policy, decision = limit
                 wait = policy.retry_after(decision)
                 raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-        timeouts = [t for t in (request.timeout, metadata.timeout, endpoint.max_timeout) if t is not None]
-        timeout = min(timeouts) if timeouts else None
+        method = endpoint.policies.get(service, request.path.rpartition("/")[2]) if endpoint.policies else None
+        requested = [t for t in (request.timeout, metadata.timeout) if t is not None]
+        timeout = cap_timeout(
+            min(requested) if requested else None, endpoint.max_timeout, method.timeout if method is not None else None
+        )
         # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
         replica = route.pick()
         verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below

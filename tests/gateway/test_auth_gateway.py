@@ -360,3 +360,28 @@ async def test_live_events_take_the_token_from_a_subprotocol_and_check_each_topi
                 async with events_client(events_url(gateway), subprotocols=subprotocols):
                     pass
             assert info.value.response.status_code == 403
+
+
+def test_the_traffic_admin_api_needs_the_permission_and_metrics_stay_public(
+    issuer: OidcIssuer, probe_address: str, work_dir: Path
+) -> None:
+    config = {
+        "upstreams": {"accept.v1.Probe": [probe_address]},
+        "admin": {"enabled": True},
+        "auth": {
+            "enabled": True,
+            "issuers": [{"issuer": issuer.issuer, "algorithms": ["RS256"], "jwksUri": issuer.jwks_uri,
+                         "rolesClaim": "realm_access.roles"}],
+            "roles": {"operator": ["admin:traffic"]},
+        },
+    }  # fmt: skip
+    with run_gateway(config, work_dir) as gateway:
+        url = f"{gateway.url}/api/admin/traffic"
+        assert httpx.get(url).status_code == 401
+        user = {"authorization": f"Bearer {issuer.mint()}"}
+        assert httpx.get(url, headers=user).status_code == 403
+        operator = {"authorization": f"Bearer {issuer.mint({'realm_access': {'roles': ['operator']}})}"}
+        answer = httpx.get(url, headers=operator)
+        assert answer.status_code == 200
+        assert "accept.v1.Probe" in answer.json()["breakers"]
+        assert httpx.get(f"{gateway.url}/metrics").status_code == 200  # a default public path, for scrapers

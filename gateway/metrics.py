@@ -1,0 +1,122 @@
+"""GET /metrics: the gateway's traffic counters in the Prometheus text format.
+
+Nothing here runs per call. The hot paths only bump plain integers they own (an endpoint's count per
+gRPC status, the limiter's decision counters, the retry counters); a collector of this app's own
+CollectorRegistry (never prometheus-client's global one: two apps in one process, as in tests, keep
+their numbers apart) reads them when /metrics is scraped.
+
+    upf_upstream_calls_total{service, code}                  calls ended, by gRPC status
+    upf_ratelimit_decisions_total{policy, decision, source}  allowed / limited, by the store or the
+                                                             local fallback bucket
+    upf_ratelimit_fallbacks_total{policy, mode}              requests decided without the store
+                                                             (failureMode open / closed / local)
+    upf_ratelimit_store_errors_total{policy}                 store calls that failed
+    upf_breaker_transitions_total{service, replica, from, to}
+    upf_breaker_state{service, replica}                      0 closed, 1 half-open, 2 open
+    upf_retries_total{outcome}                               attempted / succeeded / budget_exhausted
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.ratelimit.calls import CallLimiter
+from gateway.upstream.breaker import BreakerState
+from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.retry import Retries
+
+__all__ = ["TrafficMetrics", "split_breaker_name"]
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def split_breaker_name(name: str) -> tuple[str, str]:
+    """A breaker's name, `service@replica`, as (service, replica)."""
+    service, _, replica = name.partition("@")
+    return service, replica
+
+
+class TrafficMetrics(Collector):
+    """The app's CollectorRegistry and the collector over the counters named in the module docstring."""
+
+    def __init__(self, pool: UpstreamPool, limiter: CallLimiter | None, retries: Retries | None) -> None:
+        self.pool = pool
+        self.limiter = limiter
+        self.retries = retries
+        # (breaker name, from, to) -> transitions; bumped by the app's breaker listener.
+        self.transitions: Counter[tuple[str, str, str]] = Counter()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def breaker_moved(self, name: str, previous: BreakerState, state: BreakerState) -> None:
+        self.transitions[(name, previous.value, state.value)] += 1
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily(
+            "upf_upstream_calls", "Upstream calls ended, by gRPC status.", labels=["service", "code"]
+        )
+        for service, codes in sorted(self.pool.codes.items()):
+            for number, count in enumerate(codes):
+                if count:
+                    calls.add_metric([service, _CODE_NAMES.get(number, str(number))], count)
+        yield calls
+        yield from self._limiter()
+        moves = CounterMetricFamily(
+            "upf_breaker_transitions", "Circuit breaker state changes.", labels=["service", "replica", "from", "to"]
+        )
+        for (name, previous, state), count in sorted(self.transitions.items()):
+            moves.add_metric([*split_breaker_name(name), previous, state], count)
+        yield moves
+        states = GaugeMetricFamily(
+            "upf_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["service", "replica"]
+        )
+        for service, route in sorted(self.pool.routes.items()):
+            for endpoint in route.endpoints:
+                if endpoint.breaker is not None:
+                    states.add_metric([service, endpoint.address], _STATE_VALUES[endpoint.breaker.state])
+        yield states
+        retries = CounterMetricFamily("upf_retries", "Retries of refused idempotent calls.", labels=["outcome"])
+        if self.retries is not None:
+            retries.add_metric(["attempted"], self.retries.attempted)
+            retries.add_metric(["succeeded"], self.retries.succeeded)
+            retries.add_metric(["budget_exhausted"], self.retries.budget_exhausted)
+        yield retries
+
+    def _limiter(self) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "upf_ratelimit_decisions", "Rate-limit decisions.", labels=["policy", "decision", "source"]
+        )
+        fallbacks = CounterMetricFamily(
+            "upf_ratelimit_fallbacks", "Requests decided without the store (failureMode).", labels=["policy", "mode"]
+        )
+        errors = CounterMetricFamily(
+            "upf_ratelimit_store_errors", "Rate-limit store calls that failed.", labels=["policy"]
+        )
+        if self.limiter is not None:
+            for policy, counts in sorted(self.limiter.counters()):
+                for decision, source, key in (
+                    ("allowed", "store", "allowed"),
+                    ("limited", "store", "rejected"),
+                    ("allowed", "local", "local_allowed"),
+                    ("limited", "local", "local_rejected"),
+                ):
+                    decisions.add_metric([policy, decision, source], counts[key])
+                fallbacks.add_metric([policy, "open"], counts["failed_open"])
+                fallbacks.add_metric([policy, "closed"], counts["failed_closed"])
+                fallbacks.add_metric([policy, "local"], counts["local_allowed"] + counts["local_rejected"])
+                errors.add_metric([policy], counts["store_errors"])
+        yield decisions
+        yield fallbacks
+        yield errors

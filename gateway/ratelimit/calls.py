@@ -1,0 +1,200 @@
+"""The limits one call is held to: the per-client limit and its method's own, from the manifests.
+
+    rateLimiting.enabled        one bucket per client (the `default` policy), for every request
+    rateLimiting.methodLimits   one bucket per method and client, for methods whose manifest policy
+                                has a rateLimit (`policies: {Say: {rateLimit: {requestsPerSecond: 5}}}`,
+                                or "*" for every method of the interface)
+
+Both must allow a call. The per-client bucket is asked first: a call it refuses takes nothing from
+the method's, while a call the method's refuses has taken a per-client token (two separate
+decisions, one round trip each; a client hammering a limited method spends its own quota).
+Both live in the same store (memory or the same Redis connection) and follow the same failure mode;
+a method's policy is named `<package.Service>/<Method>` in its Redis keys, in the RateLimit fields
+and in /metrics. When both allow, the RateLimit fields describe the more
+restrictive one (fewer requests remaining), as a client needs to know which runs out first.
+
+A method limiter is made on its first call and remade when its manifest changes its rate or burst;
+its counters live on (they are keyed by policy name), so /metrics stays monotonic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import redis
+
+from gateway.ratelimit.bucket import Clock, StoreError
+from gateway.ratelimit.limiter import RateLimiter, RateLimitPolicy, StoreClient, Verdict, bucket_on, store_client
+from gateway.ratelimit.memory import MemoryTokenBucket
+from gateway.settings import RateLimitSettings
+from gateway.upstream.policies import MethodPolicies
+from manifests.model import RateLimit
+
+__all__ = ["CallLimiter", "split_call"]
+
+logger = logging.getLogger(__name__)
+
+
+def split_call(path: str) -> tuple[str, str] | None:
+    """(service, method) of a gRPC path, `/pkg.Service/Method` or `/api/pkg.Service/Method`; else None."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "api":
+        del parts[1]
+    if len(parts) == 3 and "." in parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None
+
+
+class CallLimiter:
+    """Asked once per call by every entry point (the HTTP middleware, native gRPC, grpc-websockets).
+
+    Args:
+        settings: rateLimiting.
+        policies: the manifests' per-method policies (kept current by RegistryRoutes).
+        per_client: the per-client limiter, None when rateLimiting.enabled is off.
+        client: the Redis client shared by every bucket (None: the memory store).
+        clock: for the memory buckets and the failure-mode recheck.
+    """
+
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        *,
+        policies: MethodPolicies,
+        per_client: RateLimiter | None,
+        client: StoreClient | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.per_client = per_client
+        self.client = client
+        self.clock = clock
+        self.method_limits = settings.method_limits
+        self._methods: dict[tuple[str, str], tuple[RateLimit, RateLimiter]] = {}
+        # Counters per policy name, kept when a method's limiter is remade.
+        self._counters: dict[str, Counter[str]] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RateLimitSettings,
+        *,
+        policies: MethodPolicies,
+        counters: Counter[str],
+        clock: Clock = time.monotonic,
+    ) -> CallLimiter:
+        client = store_client(settings) if settings.store == "redis" else None
+        per_client = None
+        if settings.enabled:
+            policy = RateLimitPolicy("default", settings.requests_per_second, settings.burst_size)
+            if client is None:
+                store = MemoryTokenBucket(rate=policy.rate, burst=policy.burst, clock=clock)
+                per_client = RateLimiter(policy, store=store, counters=counters, clock=clock)
+            else:
+                per_client = RateLimiter(
+                    policy,
+                    store=bucket_on(client, settings, policy),
+                    failure_mode=settings.failure_mode,
+                    replicas=settings.replicas,
+                    counters=counters,
+                    clock=clock,
+                    client=client,
+                )
+        limiter = cls(settings, policies=policies, per_client=per_client, client=client, clock=clock)
+        limiter._counters["default"] = counters
+        return limiter
+
+    async def open(self) -> None:
+        """Connect to Redis once at start-up, only to say early that it is unreachable."""
+        if self.client is None:
+            return
+        try:
+            await self.client.ping()
+        except (redis.RedisError, OSError, StoreError) as exc:
+            logger.warning(
+                "rate limiting: Redis does not answer (%s); failureMode %s applies until it does",
+                exc,
+                self.settings.failure_mode,
+            )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def check(self, identity: str, path: str | None = None) -> Verdict | None:
+        """The verdict on one call to `path` (None: no limit applies, or failure mode open).
+
+        Raises:
+            RateLimiterUnavailable: a store failed and the failure mode is `closed`.
+        """
+        verdict = None
+        if self.per_client is not None:
+            verdict = await self.per_client.check(identity)
+            if verdict is not None and not verdict[1].allowed:
+                return verdict
+        if path is None or not self.method_limits or not len(self.policies):
+            return verdict
+        limiter = self._method_limiter(path)
+        if limiter is None:
+            return verdict
+        own = await limiter.check(identity)
+        if own is None or (verdict is not None and own[1].allowed and own[1].remaining >= verdict[1].remaining):
+            return verdict
+        return own
+
+    def _method_limiter(self, path: str) -> RateLimiter | None:
+        target = split_call(path)
+        if target is None:
+            return None
+        policy = self.policies.get(*target)
+        limit = policy.rate_limit if policy is not None else None
+        if limit is None:
+            return None
+        known = self._methods.get(target)
+        if known is not None and known[0] == limit:
+            return known[1]
+        limiter = self._make(f"{target[0]}/{target[1]}", limit)
+        self._methods[target] = (limit, limiter)
+        return limiter
+
+    def _make(self, name: str, limit: RateLimit) -> RateLimiter:
+        burst = limit.burst_size or math.ceil(limit.requests_per_second)
+        policy = RateLimitPolicy(name, limit.requests_per_second, burst)
+        counters = self._counters.setdefault(name, Counter())
+        if self.client is None:
+            store = MemoryTokenBucket(rate=policy.rate, burst=policy.burst, clock=self.clock)
+            return RateLimiter(policy, store=store, counters=counters, clock=self.clock)
+        return RateLimiter(
+            policy,
+            store=bucket_on(self.client, self.settings, policy),
+            failure_mode=self.settings.failure_mode,
+            replicas=self.settings.replicas,
+            counters=counters,
+            clock=self.clock,
+        )
+
+    def counters(self) -> Iterator[tuple[str, Counter[str]]]:
+        """(policy name, its counters) for every policy that has decided something: for /metrics."""
+        yield from self._counters.items()
+
+    def state(self) -> dict[str, object]:
+        """The limiter's mode, for /api/admin/traffic."""
+        limiters = [self.per_client] if self.per_client is not None else []
+        limiters += [limiter for _, limiter in self._methods.values()]
+        healthy = all(limiter.store_healthy for limiter in limiters) if self.client is not None else None
+        return {
+            "perClient": self.per_client is not None,
+            "methodLimits": self.method_limits,
+            "store": self.settings.store,
+            "failureMode": self.settings.failure_mode if self.client is not None else None,
+            "redisHealthy": healthy,
+            "policies": {
+                limiter.policy.name: {"requestsPerSecond": limiter.policy.rate, "burstSize": limiter.policy.burst}
+                for limiter in limiters
+            },
+        }
