@@ -3,7 +3,8 @@
 A call is retried only when all of these hold:
 - its method's manifest policy says `idempotent: true` (running it twice is harmless);
 - its request is fully buffered, so it can be sent again (gRPC-Web always; native gRPC when the
-  client had half-closed before the call started: unary and server-streaming calls, in practice);
+  client had half-closed before the call started: unary and server-streaming calls, in practice;
+  grpc-websockets calls stream their request upstream as it comes and are never retried);
 - the attempt failed with UNAVAILABLE, or the connection failed, was refused or went away
   (GOAWAY, REFUSED_STREAM), before any response byte reached the client;
 - the budget has room, and attempts are left (`retries.maxAttempts`, the first included).
