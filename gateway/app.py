@@ -32,7 +32,6 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from gateway.admin import TrafficAdmin, admin_access, allow_from
-from gateway.auth.authenticator import grpc_target
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
 from gateway.events import LiveEvents
@@ -49,7 +48,7 @@ from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
-from gateway.upstream.policies import MethodPolicies
+from gateway.upstream.policies import MethodPolicies, split_call
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.upstream.retry import Retries
@@ -304,7 +303,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             Middleware(
                 AuthMiddleware,
                 authenticator=authenticator,
-                authenticates_in_band=lambda path: path == "/api/mux" or grpc_target(path) is not None,
+                authenticates_in_band=lambda path: path == "/api/mux" or split_call(path) is not None,
             )
         )
     if limiter is not None:

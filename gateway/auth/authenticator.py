@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from gateway.auth.identity import Identity
 from gateway.auth.verify import TokenVerifier
 from gateway.errors import GatewayError, PermissionDenied, Unauthenticated
-from gateway.upstream.policies import MethodPolicies
+from gateway.upstream.policies import MethodPolicies, split_call
 
-__all__ = ["ALWAYS_PUBLIC", "Authenticator", "bearer_token", "grpc_target"]
+__all__ = ["ALWAYS_PUBLIC", "Authenticator", "bearer_token"]
 
 # Probes, the keys that verify tokens, and the ways to obtain a token.
 ALWAYS_PUBLIC = ("/healthz", "/readyz", "/.well-known/jwks.json", "/api/auth/login", "/api/auth/refresh")
@@ -34,16 +34,6 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
                 return token.strip().decode("latin-1")
             return None
     return None
-
-
-def grpc_target(path: str) -> tuple[str, str] | None:
-    """(service, method) of a gRPC path, /pkg.Service/Method or /api/pkg.Service/Method; else None."""
-    parts = path.split("/")
-    if len(parts) == 4 and parts[1] == "api":
-        parts = parts[1:]
-    if len(parts) != 3 or "." not in parts[1] or not parts[2]:
-        return None
-    return parts[1], parts[2]
 
 
 class Authenticator:
@@ -75,7 +65,7 @@ class Authenticator:
     async def authenticate(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Identity | None:
         """The verified caller (None: anonymous on a public path); Unauthenticated / PermissionDenied else."""
         token = bearer_token(headers)
-        target = grpc_target(path)
+        target = split_call(path)
         policy = self.policies.get(*target) if target is not None else None
         required = policy.required_permission if policy is not None else None
         public = self.is_public(path)

@@ -31,22 +31,12 @@ from gateway.ratelimit.bucket import Clock, StoreError
 from gateway.ratelimit.limiter import RateLimiter, RateLimitPolicy, StoreClient, Verdict, bucket_on, store_client
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.settings import RateLimitSettings
-from gateway.upstream.policies import MethodPolicies
+from gateway.upstream.policies import MethodPolicies, split_call
 from manifests.model import RateLimit
 
-__all__ = ["CallLimiter", "split_call"]
+__all__ = ["CallLimiter"]
 
 logger = logging.getLogger(__name__)
-
-
-def split_call(path: str) -> tuple[str, str] | None:
-    """(service, method) of a gRPC path, `/pkg.Service/Method` or `/api/pkg.Service/Method`; else None."""
-    parts = path.split("/")
-    if len(parts) == 4 and parts[1] == "api":
-        del parts[1]
-    if len(parts) == 3 and "." in parts[1] and parts[2]:
-        return parts[1], parts[2]
-    return None
 
 
 class CallLimiter:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from manifests.model import ALL_METHODS, MethodPolicy
 
-__all__ = ["MethodPolicies", "cap_timeout"]
+__all__ = ["MethodPolicies", "cap_timeout", "split_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +81,13 @@ def cap_timeout(requested: float | None, *caps: float | None) -> float | None:
         if cap is not None:
             timeout = cap if timeout is None else min(timeout, cap)
     return timeout
+
+
+def split_call(path: str) -> tuple[str, str] | None:
+    """(service, method) of a gRPC path, `/pkg.Service/Method` or `/api/pkg.Service/Method`; else None."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "api":
+        del parts[1]
+    if len(parts) == 3 and "." in parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None

@@ -93,6 +93,8 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         gateway_config = {
             "registryUrl": registry.target,
             "routeRefreshInterval": 1,
+            "accessLog": True,  # every request logged: the log check below must see them
+            "logLevel": "debug",
             "auth": {"enabled": True, "issuers": [{"issuer": ISSUER}], "revocation": revocation},
         }
         first = stack.enter_context(run_gateway(gateway_config, work_dir))
@@ -147,6 +149,10 @@ def test_login_call_refresh_logout_then_refused_on_both_replicas(platform: tuple
     again = post(second, "/api/auth/refresh", {"refreshToken": fresh["refreshToken"]})
     assert again.status_code == 401
     assert again.headers["www-authenticate"] == 'Bearer realm="upf"'
+    for gateway in (first, second):  # tokens and passwords never reach a log
+        log = gateway.process.output()
+        for secret in (tokens["accessToken"], fresh["accessToken"], tokens["refreshToken"], "erin-secret"):
+            assert secret not in log
 
 
 def test_a_reused_refresh_token_ends_the_session_everywhere(platform: tuple[Gateway, Gateway]) -> None:

@@ -13,10 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.admin import allow_from
 from gateway.app import create_app
 from gateway.errors import UpstreamUnavailable
-from gateway.ratelimit.calls import split_call
 from gateway.settings import ConfigError, GatewaySettings, load_settings
 from gateway.upstream.breaker import BreakerPolicy
-from gateway.upstream.policies import cap_timeout
+from gateway.upstream.policies import cap_timeout, split_call
 from gateway.upstream.pool import UpstreamPool
 
 
