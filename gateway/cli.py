@@ -7,9 +7,12 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from gateway.settings import ConfigError, GatewaySettings, load_settings
+
+_Settings = TypeVar("_Settings")
 
 __all__ = ["main"]
 
@@ -228,6 +231,15 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     return load_settings(args.config)
 
 
+def _load_or_exit(load: Callable[[str | None], _Settings], path: str | None) -> _Settings:
+    """Settings from `path` and UPF_* variables; a bad configuration ends the command with status 2."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _run_registry(args: argparse.Namespace) -> None:
     # Imported here so that the gateway's commands do not load the registry.
     from registry.server import run_registry
@@ -241,11 +253,7 @@ def _run_registry(args: argparse.Namespace) -> None:
     }.items():
         if value is not None:
             os.environ[name] = str(value)
-    try:
-        settings = load_registry_settings(args.config)
-    except ConfigError as exc:
-        print(f"upf: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = _load_or_exit(load_registry_settings, args.config)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_registry(settings)
 
@@ -280,11 +288,7 @@ def _run_auth_plugin(args: argparse.Namespace) -> None:
     for name, value in {"UPF_HOST": args.host, "UPF_PORT": args.port, "UPF_REGISTRY_URL": args.registry}.items():
         if value is not None:
             os.environ[name] = str(value)
-    try:
-        settings = load_auth_settings(args.config)
-    except ConfigError as exc:
-        print(f"upf: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = _load_or_exit(load_auth_settings, args.config)
     raise SystemExit(
         run_auth(
             settings,
@@ -299,11 +303,7 @@ def _run_auth_admin(args: argparse.Namespace) -> None:
     from plugins.auth.admin import add_user
     from plugins.auth.settings import load_auth_settings
 
-    try:
-        settings = load_auth_settings(args.config)
-    except ConfigError as exc:
-        print(f"upf: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = _load_or_exit(load_auth_settings, args.config)
     try:
         user_id = add_user(settings, args.username, args.email, args.roles, args.name)
     except (ValueError, OSError) as exc:

@@ -25,10 +25,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-import redis
-
-from gateway.ratelimit.bucket import Clock, StoreError
-from gateway.ratelimit.limiter import RateLimiter, RateLimitPolicy, StoreClient, Verdict, bucket_on, store_client
+from gateway.ratelimit.bucket import Clock
+from gateway.ratelimit.limiter import (
+    RateLimiter,
+    RateLimitPolicy,
+    StoreClient,
+    Verdict,
+    bucket_on,
+    ping_store,
+    store_client,
+)
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.settings import RateLimitSettings
 from gateway.upstream.policies import MethodPolicies, split_call
@@ -100,17 +106,7 @@ class CallLimiter:
         return limiter
 
     async def open(self) -> None:
-        """Connect to Redis once at start-up, only to say early that it is unreachable."""
-        if self.client is None:
-            return
-        try:
-            await self.client.ping()
-        except (redis.RedisError, OSError, StoreError) as exc:
-            logger.warning(
-                "rate limiting: Redis does not answer (%s); failureMode %s applies until it does",
-                exc,
-                self.settings.failure_mode,
-            )
+        await ping_store(self.client, self.settings.failure_mode)
 
     async def close(self) -> None:
         if self.client is not None:

@@ -39,7 +39,16 @@ from gateway.ratelimit.redis import RedisTokenBucket, redis_client
 from gateway.ratelimit.resp import RespClient, RespTokenBucket, handles_url
 from gateway.settings import RateLimitSettings
 
-__all__ = ["FailureMode", "RateLimitPolicy", "RateLimiter", "StoreClient", "Verdict", "bucket_on", "store_client"]
+__all__ = [
+    "FailureMode",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "StoreClient",
+    "Verdict",
+    "bucket_on",
+    "ping_store",
+    "store_client",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -201,17 +210,7 @@ class RateLimiter:
         return bucket_on(client, settings, policy), client
 
     async def open(self) -> None:
-        """Connect to Redis once at start-up, only to say early that it is unreachable."""
-        if self.client is None:
-            return
-        try:
-            await self.client.ping()
-        except (redis.RedisError, OSError, StoreError) as exc:
-            logger.warning(
-                "rate limiting: Redis does not answer (%s); failureMode %s applies until it does",
-                exc,
-                self.failure_mode,
-            )
+        await ping_store(self.client, self.failure_mode)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -249,3 +248,15 @@ class RateLimiter:
         decision = await self.local.take(identity, cost)
         counters["local_allowed" if decision.allowed else "local_rejected"] += 1
         return self.local_policy, decision
+
+
+async def ping_store(client: StoreClient | None, failure_mode: str) -> None:
+    """Connect to Redis once at start-up, only to say early that it is unreachable."""
+    if client is None:
+        return
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError, StoreError) as exc:
+        logger.warning(
+            "rate limiting: Redis does not answer (%s); failureMode %s applies until it does", exc, failure_mode
+        )
