@@ -23,9 +23,11 @@ from websockets.typing import Subprotocol
 
 from tests.conftest import ALLOWED_ORIGIN
 from tests.gateway.test_grpc_websockets import BINARY_HEADERS, SUBPROTOCOL, TIMEOUT, unary, ws_url
+from tests.gateway.test_js_clients import CLIENTS
 from tests.gateway.test_registry_routing import FAST, OK, Plugin, gateway_config, register, say
 from tests.support.events import events_client, events_url
 from tests.support.grpcweb import BINARY, frame, parse_response
+from tests.support.node import node_call, require_node
 from tests.support.oidc_issuer import OidcIssuer, tamper
 from tests.support.processes import Gateway, run_gateway, wait_until
 from tests.support.registry_process import run_registry
@@ -385,3 +387,23 @@ def test_the_traffic_admin_api_needs_the_permission_and_metrics_stay_public(
         assert answer.status_code == 200
         assert "accept.v1.Probe" in answer.json()["breakers"]
         assert httpx.get(f"{gateway.url}/metrics").status_code == 200  # a default public path, for scrapers
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_real_grpc_web_clients_send_tokens_and_see_auth_errors(
+    client: str, auth_gateway: Gateway, issuer: OidcIssuer, probe_gen: Path
+) -> None:
+    node = require_node(("@connectrpc/connect-node", "grpc-web", "xhr2", "@protobuf-ts/grpcweb-transport"))
+    schema = str(probe_gen / "probe.binpb")
+
+    def run(**spec: Any) -> dict[str, Any]:
+        return node_call(node, "call.mjs", client, auth_gateway.url, schema, {"method": "Unary", "request": {}, **spec})
+
+    admitted = run(headers={"authorization": f"Bearer {issuer.mint()}"})
+    assert admitted["code"] == 0, admitted
+    assert admitted["messages"][0]["metadata"]["x-upf-user-id"] == issuer.users["alice"].sub
+    refused = run(headers={"authorization": f"Bearer {attacks(issuer)['expired']}"})
+    assert refused["code"] == UNAUTHENTICATED
+    assert "the token has expired" in refused["message"]
+    anonymous = run()
+    assert anonymous["code"] == UNAUTHENTICATED
