@@ -87,7 +87,10 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
   host: 127.0.0.1 / port: 0 / registryUrl: 127.0.0.1:50052
   provider: custom               custom (users in our store) | keycloak | auth0 (an OIDC issuer)
   jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
-        keyRotationInterval: 86400}       algorithm: EdDSA or RS256; rotation in seconds
+        keyRotationInterval: 86400, keyPublishAhead: 600}
+                                 algorithm: EdDSA or RS256; a key signs for keyRotationInterval s, and
+                                 the next one is in GetJwks keyPublishAhead s before it signs (keep it
+                                 at least the gateways' auth.jwksMaxAge, 300 by default)
   session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
   custom: {store: sqlite, sqlitePath: .upf/auth.db, postgresUrl: postgresql://127.0.0.1:5432/upf,
            passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}, maintenanceInterval: 60}

@@ -95,6 +95,8 @@ class CustomProvider:
             algorithm=settings.jwt.algorithm,
             rotation_interval=settings.jwt.key_rotation_interval,
             retention=self._access_ttl + self._leeway,
+            publish_ahead=settings.jwt.key_publish_ahead,
+            check_every=settings.custom.maintenance_interval,
             clock=clock,
         )
         self._maintenance: asyncio.Task[None] | None = None
@@ -102,9 +104,9 @@ class CustomProvider:
     # Life cycle
 
     async def start(self, *, maintenance: bool = True) -> None:
-        """Open the store, store the roles of the settings, make sure a signing key exists; then keep
-        house every custom.maintenanceInterval seconds (unless `maintenance` is False: tests call
-        `maintain()` themselves)."""
+        """Open the store, store the roles of the settings, make sure a signing key (and its successor,
+        when due) exists; then keep house every custom.maintenanceInterval seconds (unless
+        `maintenance` is False: tests call `maintain()` themselves)."""
         await self.store.start()
         await self._passwords.prepare()
         for role, permissions in self.settings.roles.items():
@@ -124,7 +126,7 @@ class CustomProvider:
         await self.store.close()
 
     async def maintain(self) -> None:
-        """Rotate the signing key when due, drop keys no token needs, delete expired refresh tokens."""
+        """Schedule the signing key's successor when due, drop keys no token needs, delete expired refresh tokens."""
         await self.keys.rotate_if_due()
         await self.keys.prune()
         await self.store.delete_expired_refresh_tokens(int(self._clock()) - self._leeway)

@@ -32,6 +32,7 @@ class LoadedKey:
     public: PublicKey
     jwk: dict[str, str]  # public members only, with kid, alg and use
     created_at: float
+    signs_from: float
     retired_at: float | None
 
 
@@ -63,7 +64,8 @@ def public_jwk(public: PublicKey, alg: str) -> dict[str, str]:
 
 
 def generate_key(alg: str, created_at: float) -> SigningKey:
-    """A new key for `alg` ("EdDSA" or "RS256"); RSA takes tens of milliseconds, so run it in a thread."""
+    """A new key for `alg` ("EdDSA" or "RS256"), signing from its creation until the store schedules it
+    (KeySchedule); RSA takes tens of milliseconds, so run it in a thread."""
     private: PrivateKey
     if alg == "EdDSA":
         private = ed25519.Ed25519PrivateKey.generate()
@@ -74,7 +76,7 @@ def generate_key(alg: str, created_at: float) -> SigningKey:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
-    return SigningKey(thumbprint(private.public_key()), alg, pem, created_at)
+    return SigningKey(thumbprint(private.public_key()), alg, pem, created_at, created_at)
 
 
 def load_key(key: SigningKey) -> LoadedKey:
@@ -83,4 +85,5 @@ def load_key(key: SigningKey) -> LoadedKey:
     if not isinstance(private, expected):
         raise ValueError(f"stored key {key.kid} is not a key for {key.alg}")
     public = private.public_key()
-    return LoadedKey(key.kid, key.alg, private, public, public_jwk(public, key.alg), key.created_at, key.retired_at)
+    jwk = public_jwk(public, key.alg)
+    return LoadedKey(key.kid, key.alg, private, public, jwk, key.created_at, key.signs_from, key.retired_at)

@@ -3,7 +3,8 @@
 The seed's shape:
 
     provider: custom                 # custom | keycloak | auth0
-    jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30}
+    jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
+          keyRotationInterval: 86400, keyPublishAhead: 600}
     session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
     custom: {store: sqlite, sqlitePath: .upf/auth.db, passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}}
     keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from gateway.settings import load_config
@@ -48,6 +49,20 @@ class JwtSettings(_Section):
     algorithm: Literal["RS256", "EdDSA"] = "EdDSA"  # signing algorithm of the custom provider
     leeway: float = Field(default=30.0, ge=0)  # seconds of clock skew tolerated on exp / nbf / iat
     key_rotation_interval: float = Field(default=86400.0, gt=0)  # seconds a signing key is used
+    # Seconds the next signing key is in the JWKS (GetJwks) before it signs. Keep it at least the
+    # gateways' auth.jwksMaxAge (300 s by default): every gateway then holds the key before it meets
+    # a token signed with it, and never depends on an unknown-kid refetch.
+    key_publish_ahead: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _publish_within_interval(self) -> JwtSettings:
+        if self.key_publish_ahead >= self.key_rotation_interval:
+            raise ValueError(
+                f"keyPublishAhead ({self.key_publish_ahead:g} s) must be less than keyRotationInterval "
+                f"({self.key_rotation_interval:g} s): the next key is published that long before the "
+                "current one's interval ends"
+            )
+        return self
 
 
 class SessionSettings(_Section):

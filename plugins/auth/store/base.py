@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AuthStore", "RefreshToken", "SigningKey", "StoreUnavailable", "User"]
+__all__ = ["AuthStore", "KeySchedule", "RefreshToken", "ScheduledKey", "SigningKey", "StoreUnavailable", "User"]
 
 
 class StoreUnavailable(Exception):
@@ -47,7 +47,47 @@ class SigningKey:
     alg: str  # "RS256" or "EdDSA"
     private_pem: str  # PKCS#8 PEM
     created_at: float
+    signs_from: float  # published (verifies) from created_at, signs from signs_from
     retired_at: float | None = None  # no longer signs from then on; still verifies its tokens
+
+
+class ScheduledKey(Protocol):
+    """What KeySchedule reads of a key (a SigningKey, or the key ring's loaded key)."""
+
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def signs_from(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchedule:
+    """When the key that signs last in the schedule needs a successor, and from when that one signs.
+
+    A key signs for `interval` seconds. Its successor is stored, hence in the JWKS, at least
+    `publish_ahead` seconds before it signs (gateways fetch the JWKS every jwksMaxAge seconds, and
+    know it before they meet its tokens). It is stored `check_every` seconds earlier still (how often
+    the schedule is looked at), so that a successor created on time starts exactly at the end of the
+    interval; one created late (the plugin was stopped) starts `publish_ahead` seconds after it was
+    created, and its predecessor signs until then. The first key, and a key replacing one of another
+    algorithm than the configured one, sign at once: no token of the right kind could be signed otherwise.
+    """
+
+    alg: str
+    interval: float
+    publish_ahead: float
+    check_every: float = 0.0
+
+    def successor_signs_from(self, last: ScheduledKey | None, now: float) -> float | None:
+        """When a new key must start signing, given the last key of the schedule (the only one not
+        retired); None while `last` needs no successor yet."""
+        if last is None or last.alg != self.alg:
+            return now
+        end = last.signs_from + self.interval
+        if now < end - self.publish_ahead - self.check_every:
+            return None
+        return max(end, now + self.publish_ahead)
 
 
 class AuthStore(Protocol):
@@ -130,12 +170,14 @@ class AuthStore(Protocol):
         """Every stored key, newest first."""
         ...
 
-    async def rotate_signing_key(self, new_key: SigningKey, *, due_before: float, alg: str) -> SigningKey:
-        """The key to sign with from now on, decided under a lock that replicas share.
+    async def schedule_signing_key(self, candidate: SigningKey, schedule: KeySchedule, *, now: float) -> SigningKey:
+        """The last key of the schedule after giving it a successor if it needs one, decided under a lock
+        that replicas share (of several replicas that find a successor due, only the first stores one).
 
-        If the newest unretired key was created after `due_before` and uses `alg`, it stays and is
-        returned (another replica may just have rotated). Otherwise every unretired key is retired at
-        new_key.created_at and `new_key` is stored and returned.
+        The last key is the newest (by signs_from) key not retired. When schedule.successor_signs_from
+        says it needs no successor, it is returned unchanged. Otherwise, with T that answer, every key
+        not retired by T is retired at T (the last key: its successor takes over then) and `candidate`
+        is stored to sign from T, and returned.
         """
         ...
 

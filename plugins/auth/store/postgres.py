@@ -2,19 +2,20 @@
 
 Replicas that start together create the tables under an advisory lock (CREATE TABLE IF NOT EXISTS
 is not safe against itself when run concurrently), and key rotation runs under another one, so
-that of several replicas that find the key due only the first creates a new one.
+that of several replicas that find a successor key due only the first creates one.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from plugins.auth.store.base import RefreshToken, SigningKey, StoreUnavailable, User
+from plugins.auth.store.base import KeySchedule, RefreshToken, SigningKey, StoreUnavailable, User
 
 __all__ = ["PostgresAuthStore"]
 
@@ -60,13 +61,17 @@ CREATE TABLE IF NOT EXISTS auth_signing_keys (
     alg TEXT NOT NULL,
     private_pem TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
+    signs_from DOUBLE PRECISION NOT NULL,
     retired_at DOUBLE PRECISION
 );
+-- Tables from before keys were published ahead: such a key signed from its creation (see _KEY_COLUMNS).
+ALTER TABLE auth_signing_keys ADD COLUMN IF NOT EXISTS signs_from DOUBLE PRECISION;
 """
 
 _USER_COLUMNS = "id, username, email, name, password_hash, disabled, created_at"
 _TOKEN_COLUMNS = "token_hash, family, user_id, issued_at, expires_at, access_expires_at, used, revoked"
-_KEY_COLUMNS = "kid, alg, private_pem, created_at, retired_at"
+# signs_from is NULL in a row written by a replica that predates it: that key signed from its creation.
+_KEY_COLUMNS = "kid, alg, private_pem, created_at, COALESCE(signs_from, created_at), retired_at"
 
 # What means "the database does not answer" rather than a mistake in our SQL.
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
@@ -253,26 +258,28 @@ class PostgresAuthStore:
         rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM auth_signing_keys ORDER BY created_at DESC")
         return [_key(row) for row in rows]
 
-    async def rotate_signing_key(self, new_key: SigningKey, *, due_before: float, alg: str) -> SigningKey:
+    async def schedule_signing_key(self, candidate: SigningKey, schedule: KeySchedule, *, now: float) -> SigningKey:
         async with self._connection() as db, db.transaction():
             # Held until commit: a replica that was waiting here then sees the key just created.
             await db.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
             row = await db.fetchrow(
                 f"SELECT {_KEY_COLUMNS} FROM auth_signing_keys WHERE retired_at IS NULL "
-                "ORDER BY created_at DESC LIMIT 1"
+                "ORDER BY COALESCE(signs_from, created_at) DESC LIMIT 1"
             )
-            if row is not None:
-                current = _key(row)
-                if current.created_at > due_before and current.alg == alg:
-                    return current
+            last = None if row is None else _key(row)
+            signs_from = schedule.successor_signs_from(last, now)
+            if signs_from is None:
+                assert last is not None  # no key at all always needs one
+                return last
             await db.execute(
-                "UPDATE auth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", new_key.created_at
+                "UPDATE auth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL OR retired_at > $1", signs_from
             )
             await db.execute(
-                f"INSERT INTO auth_signing_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, NULL)",
-                new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at,
+                "INSERT INTO auth_signing_keys (kid, alg, private_pem, created_at, signs_from, retired_at) "
+                "VALUES ($1, $2, $3, $4, $5, NULL)",
+                candidate.kid, candidate.alg, candidate.private_pem, candidate.created_at, signs_from,
             )  # fmt: skip
-        return SigningKey(new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at, None)
+        return replace(candidate, signs_from=signs_from, retired_at=None)
 
     async def delete_signing_keys_retired_by(self, when: float) -> int:
         return await self._execute(

@@ -11,12 +11,13 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from plugins.auth.store.base import RefreshToken, SigningKey, StoreUnavailable, User
+from plugins.auth.store.base import KeySchedule, RefreshToken, SigningKey, StoreUnavailable, User
 
 __all__ = ["SqliteAuthStore"]
 
@@ -58,12 +59,15 @@ CREATE TABLE IF NOT EXISTS auth_signing_keys (
     alg TEXT NOT NULL,
     private_pem TEXT NOT NULL,
     created_at REAL NOT NULL,
+    signs_from REAL NOT NULL,
     retired_at REAL
 );
 """
 
 _USER_COLUMNS = "id, username, email, name, password_hash, disabled, created_at"
 _TOKEN_COLUMNS = "token_hash, family, user_id, issued_at, expires_at, access_expires_at, used, revoked"
+# signs_from is NULL in a row of a file from before keys were published ahead: that key signed from its creation.
+_KEY_COLUMNS = "kid, alg, private_pem, created_at, COALESCE(signs_from, created_at), retired_at"
 
 
 def _user(row: Iterable[Any]) -> User:
@@ -102,6 +106,12 @@ class SqliteAuthStore:
             if self._path != ":memory:":
                 await db.execute("PRAGMA journal_mode = WAL")
             await db.executescript(_SCHEMA)
+        async with self._transaction() as db:
+            # A file from before keys were published ahead; in a transaction, as another process may add it too.
+            async with db.execute("SELECT name FROM pragma_table_info('auth_signing_keys')") as cursor:
+                columns = {name for (name,) in await cursor.fetchall()}
+            if "signs_from" not in columns:
+                await db.execute("ALTER TABLE auth_signing_keys ADD COLUMN signs_from REAL")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -256,30 +266,30 @@ class SqliteAuthStore:
     # Signing keys
 
     async def signing_keys(self) -> list[SigningKey]:
-        rows = await self._fetchall(
-            "SELECT kid, alg, private_pem, created_at, retired_at FROM auth_signing_keys ORDER BY created_at DESC", ()
-        )
+        rows = await self._fetchall(f"SELECT {_KEY_COLUMNS} FROM auth_signing_keys ORDER BY created_at DESC", ())
         return [SigningKey(*row) for row in rows]
 
-    async def rotate_signing_key(self, new_key: SigningKey, *, due_before: float, alg: str) -> SigningKey:
+    async def schedule_signing_key(self, candidate: SigningKey, schedule: KeySchedule, *, now: float) -> SigningKey:
         async with self._transaction() as db:
             async with db.execute(
-                "SELECT kid, alg, private_pem, created_at, retired_at FROM auth_signing_keys "
-                "WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1"
+                f"SELECT {_KEY_COLUMNS} FROM auth_signing_keys WHERE retired_at IS NULL "
+                "ORDER BY COALESCE(signs_from, created_at) DESC LIMIT 1"
             ) as cursor:
                 row = await cursor.fetchone()
-            if row is not None:
-                current = SigningKey(*row)
-                if current.created_at > due_before and current.alg == alg:
-                    return current
+            last = None if row is None else SigningKey(*row)
+            signs_from = schedule.successor_signs_from(last, now)
+            if signs_from is None:
+                assert last is not None  # no key at all always needs one
+                return last
             await db.execute(
-                "UPDATE auth_signing_keys SET retired_at = ? WHERE retired_at IS NULL", (new_key.created_at,)
+                "UPDATE auth_signing_keys SET retired_at = ? WHERE retired_at IS NULL OR retired_at > ?",
+                (signs_from, signs_from),
             )
             await db.execute(
-                "INSERT INTO auth_signing_keys (kid, alg, private_pem, created_at) VALUES (?, ?, ?, ?)",
-                (new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at),
+                "INSERT INTO auth_signing_keys (kid, alg, private_pem, created_at, signs_from) VALUES (?, ?, ?, ?, ?)",
+                (candidate.kid, candidate.alg, candidate.private_pem, candidate.created_at, signs_from),
             )
-        return SigningKey(new_key.kid, new_key.alg, new_key.private_pem, new_key.created_at, None)
+        return replace(candidate, signs_from=signs_from, retired_at=None)
 
     async def delete_signing_keys_retired_by(self, when: float) -> int:
         return await self._write(

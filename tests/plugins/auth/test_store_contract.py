@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from plugins.auth.store import AuthStore, PostgresAuthStore, RefreshToken, SigningKey, SqliteAuthStore, User
+from plugins.auth.store import (
+    AuthStore,
+    KeySchedule,
+    PostgresAuthStore,
+    RefreshToken,
+    SigningKey,
+    SqliteAuthStore,
+    User,
+)
 from tests.plugins.auth.conftest import drop_auth_tables
 
 OpenStore = Callable[[], Awaitable[AuthStore]]
@@ -54,8 +65,16 @@ def token(token_hash: str = "h1", family: str = "f1", expires_at: int = 2000, ac
     return RefreshToken(token_hash, family, "u1", 1000, expires_at, access)
 
 
+def pem(kid: str) -> str:
+    return f"-----BEGIN PRIVATE KEY-----\n{kid}\n-----END PRIVATE KEY-----\n"
+
+
 def key(kid: str, created_at: float, alg: str = "EdDSA") -> SigningKey:
-    return SigningKey(kid, alg, f"-----BEGIN PRIVATE KEY-----\n{kid}\n-----END PRIVATE KEY-----\n", created_at)
+    return SigningKey(kid, alg, pem(kid), created_at, created_at)
+
+
+# Keys sign for 100 s; a successor is stored 20 s (publish ahead) + 5 s (check every) before it signs.
+EDDSA = KeySchedule("EdDSA", interval=100.0, publish_ahead=20.0, check_every=5.0)
 
 
 async def test_users_round_trip_and_usernames_are_unique(store: AuthStore) -> None:
@@ -146,42 +165,101 @@ async def test_expired_refresh_tokens_are_deleted(store: AuthStore) -> None:
     assert await store.refresh_token("new") is not None
 
 
-async def test_rotation_keeps_a_fresh_key_and_replaces_a_due_one(store: AuthStore) -> None:
+async def test_a_successor_is_scheduled_ahead_and_takes_over_at_the_end_of_the_interval(store: AuthStore) -> None:
     assert await store.signing_keys() == []
-    first = await store.rotate_signing_key(key("k1", 100.0), due_before=50.0, alg="EdDSA")
-    assert first == key("k1", 100.0)
-    # Not due yet: the stored key stays, the candidate is dropped.
-    assert await store.rotate_signing_key(key("k2", 150.0), due_before=90.0, alg="EdDSA") == first
+    first = await store.schedule_signing_key(key("k1", 100.0), EDDSA, now=100.0)
+    assert first == key("k1", 100.0)  # the first key signs at once
+    # Not due yet (k1 signs until 200; its successor is stored from 200 - 20 - 5): nothing changes.
+    assert await store.schedule_signing_key(key("k2", 174.0), EDDSA, now=174.0) == first
     assert [k.kid for k in await store.signing_keys()] == ["k1"]
-    # Due (created at or before due_before): retired when the new one is created.
-    second = await store.rotate_signing_key(key("k2", 200.0), due_before=100.0, alg="EdDSA")
-    assert second.kid == "k2"
+    # Due: k2 is stored now, signs from 200, and k1 is retired then.
+    second = await store.schedule_signing_key(key("k2", 175.0), EDDSA, now=175.0)
+    assert second == SigningKey("k2", "EdDSA", pem("k2"), 175.0, 200.0, None)
     keys = await store.signing_keys()
-    assert [(k.kid, k.retired_at) for k in keys] == [("k2", None), ("k1", 200.0)]
-    assert keys[1].private_pem == key("k1", 100.0).private_pem
-    # Another algorithm configured: rotated at once, however fresh.
-    third = await store.rotate_signing_key(key("k3", 210.0, "RS256"), due_before=0.0, alg="RS256")
-    assert (third.kid, third.alg) == ("k3", "RS256")
-    assert [(k.kid, k.retired_at) for k in await store.signing_keys()] == [("k3", None), ("k2", 210.0), ("k1", 200.0)]
+    assert [(k.kid, k.signs_from, k.retired_at) for k in keys] == [("k2", 200.0, None), ("k1", 100.0, 200.0)]
+    assert keys[1].private_pem == pem("k1")
+    # The last key of the schedule is k2, whose successor is due from 275.
+    assert await store.schedule_signing_key(key("k3", 190.0), EDDSA, now=190.0) == second
+    # Stored late (the plugin was stopped): it still signs only publish_ahead after it is stored.
+    third = await store.schedule_signing_key(key("k3", 400.0), EDDSA, now=400.0)
+    assert (third.signs_from, third.retired_at) == (420.0, None)
+    assert [(k.kid, k.retired_at) for k in await store.signing_keys()] == [("k3", None), ("k2", 420.0), ("k1", 200.0)]
 
     assert await store.delete_signing_keys_retired_by(199.0) == 0
     assert await store.delete_signing_keys_retired_by(200.0) == 1  # at or before
     assert [k.kid for k in await store.signing_keys()] == ["k3", "k2"]
 
 
-async def test_replicas_rotating_at_once_create_one_key(open_store: OpenStore) -> None:
+async def test_another_algorithm_signs_at_once_and_the_scheduled_key_never_signs(store: AuthStore) -> None:
+    await store.schedule_signing_key(key("k1", 100.0), EDDSA, now=100.0)
+    await store.schedule_signing_key(key("k2", 180.0), EDDSA, now=180.0)  # to sign from 200
+    rs256 = KeySchedule("RS256", interval=100.0, publish_ahead=20.0)
+    chosen = await store.schedule_signing_key(key("k3", 190.0, "RS256"), rs256, now=190.0)
+    assert (chosen.kid, chosen.alg, chosen.signs_from) == ("k3", "RS256", 190.0)
+    keys = await store.signing_keys()
+    # k1 stops at once; k2, scheduled for 200, is retired before it ever signs.
+    assert [(k.kid, k.signs_from, k.retired_at) for k in keys] == [
+        ("k3", 190.0, None),
+        ("k2", 200.0, 190.0),
+        ("k1", 100.0, 190.0),
+    ]
+
+
+async def test_replicas_scheduling_at_once_create_one_successor(open_store: OpenStore) -> None:
     replicas = [await open_store() for _ in range(3)]
-    await replicas[0].rotate_signing_key(key("old", 100.0), due_before=0.0, alg="EdDSA")
+    await replicas[0].schedule_signing_key(key("old", 100.0), EDDSA, now=100.0)
     chosen = await asyncio.gather(
-        *(
-            r.rotate_signing_key(key(f"new{n}", 200.0 + n), due_before=150.0, alg="EdDSA")
-            for n, r in enumerate(replicas)
-        )
+        *(r.schedule_signing_key(key(f"new{n}", 180.0), EDDSA, now=180.0) for n, r in enumerate(replicas))
     )
     assert len({k.kid for k in chosen}) == 1
     keys = await replicas[0].signing_keys()
-    assert [k.kid for k in keys if k.retired_at is None] == [chosen[0].kid]
+    assert [(k.kid, k.signs_from) for k in keys if k.retired_at is None] == [(chosen[0].kid, 200.0)]
     assert len(keys) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_keys_stored_before_the_schedule_existed_sign_from_their_creation(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A store written before keys were published ahead (no signs_from column) is read and extended."""
+    legacy_table = (
+        "CREATE TABLE auth_signing_keys (kid TEXT PRIMARY KEY, alg TEXT NOT NULL, private_pem TEXT NOT NULL, "
+        "created_at DOUBLE PRECISION NOT NULL, retired_at DOUBLE PRECISION)"
+    )
+    rows = [("k0", "EdDSA", pem("k0"), 50.0, 100.0), ("k1", "EdDSA", pem("k1"), 100.0, None)]
+    store: AuthStore
+    url = ""
+    if backend == "sqlite":
+        path = tmp_path / "legacy.db"
+        with closing(sqlite3.connect(path)) as legacy, legacy:  # closed, after a commit
+            legacy.execute(legacy_table)
+            legacy.executemany("INSERT INTO auth_signing_keys VALUES (?, ?, ?, ?, ?)", rows)
+        store = SqliteAuthStore(path)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        db = await asyncpg.connect(url, timeout=5)
+        try:
+            await db.execute(legacy_table)
+            await db.executemany("INSERT INTO auth_signing_keys VALUES ($1, $2, $3, $4, $5)", rows)
+        finally:
+            await db.close()
+        store = PostgresAuthStore(url, pool_size=2)
+    await store.start()
+    try:
+        assert [(k.kid, k.signs_from, k.retired_at) for k in await store.signing_keys()] == [
+            ("k1", 100.0, None),
+            ("k0", 50.0, 100.0),
+        ]
+        successor = await store.schedule_signing_key(key("k2", 175.0), EDDSA, now=175.0)
+        assert (successor.kid, successor.signs_from) == ("k2", 200.0)
+        assert [(k.kid, k.signs_from, k.retired_at) for k in await store.signing_keys()][:2] == [
+            ("k2", 200.0, None),
+            ("k1", 100.0, 200.0),
+        ]
+    finally:
+        await store.close()
+        if url:
+            await drop_auth_tables(url)
 
 
 async def test_start_is_idempotent_and_keeps_the_data(open_store: OpenStore) -> None:
