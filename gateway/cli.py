@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run",
-        help="start the whole platform in one process: the gateway and the demo plugin",
-        description="Start the gateway with the built-in demo plugin (upf.demo.v1.Echo) on "
-        "http://127.0.0.1:8080. Nothing else needs to be installed or running.",
+        help="start the whole platform in one process: registry, auth and demo plugins, gateway",
+        description="Start the whole platform in one process on http://127.0.0.1:8080: the registry, the "
+        "auth plugin (custom provider, users in memory, a demo user 'demo' / 'demo-password' for local use "
+        "only), the demo plugin (upf.demo.v1.Echo) and the gateway, verifying tokens. Nothing else needs "
+        "to be installed or running.",
         epilog=CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
