@@ -219,7 +219,12 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
 
     # Live events (/api/events): sockets drained with the others; the bus closed after them.
     events = (
-        LiveEvents(settings.events, cors_origins=settings.cors.allow_origins, registry=websockets)
+        LiveEvents(
+            settings.events,
+            cors_origins=settings.cors.allow_origins,
+            registry=websockets,
+            still_valid=auth.verifier.still_valid if auth is not None else None,
+        )
         if settings.events.enabled
         else None
     )

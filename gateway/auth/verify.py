@@ -98,6 +98,17 @@ class TokenVerifier:
             return None
         return identity
 
+    def still_valid(self, identity: Identity) -> str | None:
+        """Why a caller verified earlier may no longer be served (expired, or its session revoked), else None.
+
+        For what outlives one request: an open live-events socket is closed once its caller's is not.
+        """
+        if self.clock() > identity.expires_at + self.leeway:
+            return "the token has expired"
+        if self.revocations.is_revoked(identity.token_id, identity.session_id):
+            return "the session has ended"
+        return None
+
     async def verify(self, token: str) -> Identity:
         """The token's identity; Unauthenticated (with the reason) for anything short of valid."""
         identity = self.cached(token)

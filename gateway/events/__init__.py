@@ -10,11 +10,12 @@ publish.py    POST /api/events/{topic}, when events.publish is on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from gateway.auth.identity import Identity
 from gateway.events.bus import Event, MessageBus
 from gateway.events.endpoint import EventsEndpoint
 from gateway.events.jetstream import JetStreamBus
@@ -44,7 +45,14 @@ def bus_from_settings(settings: EventsSettings) -> MessageBus:
 class LiveEvents:
     """What gateway/app.py mounts when events.enabled: the routes, and the bus to start and close."""
 
-    def __init__(self, settings: EventsSettings, *, cors_origins: Sequence[str], registry: WebSocketRegistry) -> None:
+    def __init__(
+        self,
+        settings: EventsSettings,
+        *,
+        cors_origins: Sequence[str],
+        registry: WebSocketRegistry,
+        still_valid: Callable[[Identity], str | None] | None = None,
+    ) -> None:
         self.bus = bus_from_settings(settings)
         self.endpoint = EventsEndpoint(
             self.bus,
@@ -53,6 +61,7 @@ class LiveEvents:
             heartbeat_interval=settings.heartbeat_interval,
             queue_size=settings.queue_size,
             max_topics=settings.max_topics_per_connection,
+            still_valid=still_valid,
         )
         self.publisher = (
             PublishEndpoint(self.bus, max_event_bytes=settings.max_event_bytes) if settings.publish else None

@@ -50,12 +50,15 @@ Close codes
         this socket when a live event came; the queue is dropped instead of growing. Reconnect with
         the last id received (the replay is paced by the client, not cut). Also after `unavailable`.
   1011  the gateway failed (logged; no details to the client)
+  1008  "the token has expired" / "the session has ended": with auth, the caller's token is checked
+        again before every message and heartbeat; log in again and reconnect
 
 Permissions
   When auth put an Identity in the scope (gateway/auth/identity.py), subscribing to pattern P needs
   the permission `events:P`, or `events:*` / `*`, or `events:G` for a pattern G that covers P
   (`events:order.*` allows `order.*` and `order.created`; `events:order.>` allows anything under
-  `order.`). Without an Identity (auth off) every pattern is allowed. Checked at subscribe time.
+  `order.`). Without an Identity (auth off) every pattern is allowed. Checked at subscribe time;
+  the token's expiry and revocation are checked for as long as the socket is open (1008 above).
 
 Flow: one bus subscription per connection, for all its patterns. Adding patterns replaces it by one
 starting where the old one stopped (so nothing is missed nor repeated for the old patterns) while
@@ -75,7 +78,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -113,6 +116,7 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL = "upf-events.v1"  # optional; echoed so that a browser may offer it beside bearer.<token>
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 MAX_CONTROL_MESSAGE = 64 * 1024
 SHUTTING_DOWN = "the gateway is shutting down"
@@ -170,6 +174,7 @@ class EventsEndpoint:
         queue_size: int = 256,
         max_topics: int = 32,
         close_timeout: float = 5.0,
+        still_valid: Callable[[Identity], str | None] | None = None,
     ) -> None:
         self.bus = bus
         self.registry = registry
@@ -178,6 +183,9 @@ class EventsEndpoint:
         self.queue_size = queue_size
         self.max_topics = max_topics
         self.close_timeout = close_timeout  # for the close frame to get past a client that stopped reading
+        # Auth's check of a caller verified at the upgrade: asked before each message and each
+        # heartbeat, so a logout or an expired token ends the socket (1008) within a heartbeat.
+        self.still_valid = still_valid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -292,10 +300,24 @@ class _Connection:
     def _error(self, code: str, message: str, **about: str) -> None:
         self._reply("error", code=code, message=message, **about)
 
+    def _caller_gone(self) -> bool:
+        """Whether the caller's token expired or its session was revoked; if so, the socket ends."""
+        check, identity = self._endpoint.still_valid, self._identity
+        if check is None or identity is None:
+            return False
+        reason = check(identity)
+        if reason is not None:
+            self._outbox.clear()
+            self._end(CLOSE_POLICY_VIOLATION, reason)
+            return True
+        return False
+
     async def _write(self) -> None:
         interval = self._endpoint.heartbeat_interval
         try:
             while True:
+                if self._caller_gone():
+                    return
                 if not self._outbox:
                     self._queued.clear()
                     try:

@@ -407,3 +407,23 @@ def test_real_grpc_web_clients_send_tokens_and_see_auth_errors(
     assert "the token has expired" in refused["message"]
     anonymous = run()
     assert anonymous["code"] == UNAUTHENTICATED
+
+
+async def test_an_events_socket_ends_when_its_token_expires(issuer: OidcIssuer, work_dir: Path) -> None:
+    config = {
+        "grpcPort": 0,
+        "events": {"enabled": True, "bus": "memory", "heartbeatInterval": 0.2},
+        "auth": {
+            "enabled": True,
+            "leeway": 0,
+            "issuers": [{"issuer": issuer.issuer, "algorithms": ["RS256"], "jwksUri": issuer.jwks_uri}],
+            "roles": {},
+        },
+    }
+    brief = issuer.mint({"exp": issuer.now() + 2, "permissions": ["events:*"]})
+    with run_gateway(config, work_dir) as gateway:
+        offered = [Subprotocol("upf-events.v1"), Subprotocol(f"bearer.{brief}")]
+        async with events_client(events_url(gateway), subprotocols=offered) as client:
+            assert (await client.subscribe("order.*"))["topics"] == ["order.*"]
+            _, closed = await client.closed(timeout=10)
+    assert (closed.code, closed.reason) == (1008, "the token has expired")
