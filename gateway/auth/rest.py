@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -69,7 +70,7 @@ class AuthEndpoints:
                 self.pool, self.service, method, request, response_type, metadata=metadata, timeout=self.timeout
             )
         except GatewayError as exc:
-            if exc.code.name == "UNAUTHENTICATED":
+            if exc.code is grpc.StatusCode.UNAUTHENTICATED:
                 exc.headers = {**exc.headers, **_CHALLENGE}
             raise
 
