@@ -7,7 +7,8 @@ the same loop with the step left out.
 
     rate limit (HTTP middleware)   RateLimitMiddleware + CallLimiter around an app that answers at
                                    once: memory store, Redis store (one and 32 requests in flight)
-    method limit                   the same with a manifest rateLimit on the method too (memory)
+    method limit                   the same with a manifest rateLimit on the method too (memory, and
+                                   Redis with 32 in flight: both buckets in one EVALSHA)
     breaker                        Route.pick + Endpoint.report with a breaker, against none
     retry budget                   RetryBudget.deposit (idempotent calls only)
 """
@@ -117,6 +118,7 @@ async def measure(n: int, prefix: str) -> list[tuple[str, float]]:
         ("rate limit + method limit, memory store", "memory", method, 1),
         ("rate limit, Redis store, 1 in flight", "redis", none, 1),
         ("rate limit, Redis store, 32 in flight", "redis", none, 32),
+        ("rate limit + method limit, Redis store, 32 in flight", "redis", method, 32),
     ):
         calls = limiter(store, prefix, policies)
         app = RateLimitMiddleware(answer, limiter=calls, identify=identify)

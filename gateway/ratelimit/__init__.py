@@ -2,10 +2,12 @@
 
     bucket.py         Decision, the TokenBucket and Clock protocols
     memory.py         MemoryTokenBucket: in-process, the embedded default and the local fallback
-    redis.py          RedisTokenBucket: token_bucket.lua, atomic on Redis server time, through redis-py
+    redis.py          RedisTokenBucket: token_bucket.lua, atomic on Redis server time, through redis-py;
+                      token_buckets.lua takes from several buckets at once, all or nothing
     resp.py           RespTokenBucket: the same script over a small pipelined RESP2 client (redis://)
     keys.py           identities for keyExtractor ip | token | apiKey, X-Forwarded-For trust
-    limiter.py        RateLimiter: the policy, failure modes, counters, RateLimit headers
+    limiter.py        RateLimiter: the policy, failure modes, counters, RateLimit headers; take_all
+    calls.py          CallLimiter: the per-client and the method limit of one call, in one decision
 
 The middleware that asks the limiter is gateway/middleware/ratelimit.py.
 """

@@ -5,13 +5,19 @@
                                 has a rateLimit (`policies: {Say: {rateLimit: {requestsPerSecond: 5}}}`,
                                 or "*" for every method of the interface)
 
-Both must allow a call. The per-client bucket is asked first: a call it refuses takes nothing from
-the method's, while a call the method's refuses has taken a per-client token (two separate
-decisions, one round trip each; a client hammering a limited method spends its own quota).
+Both must allow a call, and they are decided together, all or nothing: a call held to both is one
+decision over both buckets (take_all: token_buckets.lua in one EVALSHA, one Redis round trip; in
+memory, one step with no await between check and take), which takes a token from each only if each
+holds one. So a call the method's limit refuses spends no per-client token, and the other way round.
+A call held to one limit only takes from its bucket alone (token_bucket.lua, as before).
 Both live in the same store (memory or the same Redis connection) and follow the same failure mode;
-a method's policy is named `<package.Service>/<Method>` in its Redis keys, in the RateLimit fields
-and in /metrics. When both allow, the RateLimit fields describe the more
-restrictive one (fewer requests remaining), as a client needs to know which runs out first.
+a joint decision the store cannot make is a store error of each limiter, then `open` lets the call
+through, `closed` refuses it, `local` decides both local shares together, all or nothing as well.
+A method's policy is named `<package.Service>/<Method>` in its Redis keys, in the RateLimit fields
+and in /metrics. A refusal reports (and counts) the refusing limit, the per-client one when both
+refuse; a limit whose bucket would have allowed a refused call counts nothing, since it took nothing.
+When both allow, the RateLimit fields describe the more restrictive one (fewer requests remaining),
+as a client needs to know which runs out first.
 
 A method limiter is made on its first call and remade when its manifest changes its rate or burst;
 its counters live on (they are keyed by policy name), so /metrics stays monotonic.
@@ -25,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from gateway.ratelimit.bucket import Clock
+from gateway.ratelimit.bucket import Clock, Decision, StoreError
 from gateway.ratelimit.limiter import (
     RateLimiter,
     RateLimitPolicy,
@@ -34,6 +40,7 @@ from gateway.ratelimit.limiter import (
     bucket_on,
     ping_store,
     store_client,
+    take_all,
 )
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.settings import RateLimitSettings
@@ -118,20 +125,56 @@ class CallLimiter:
         Raises:
             RateLimiterUnavailable: a store failed and the failure mode is `closed`.
         """
-        verdict = None
-        if self.per_client is not None:
-            verdict = await self.per_client.check(identity)
-            if verdict is not None and not verdict[1].allowed:
-                return verdict
-        if path is None or not self.method_limits or not len(self.policies):
-            return verdict
-        limiter = self._method_limiter(path)
+        per_client = self.per_client
+        limiter = None
+        if path is not None and self.method_limits and len(self.policies):
+            limiter = self._method_limiter(path)
         if limiter is None:
-            return verdict
-        own = await limiter.check(identity)
-        if own is None or (verdict is not None and own[1].allowed and own[1].remaining >= verdict[1].remaining):
-            return verdict
-        return own
+            return await per_client.check(identity) if per_client is not None else None
+        if per_client is None:
+            return await limiter.check(identity)
+        return await self._check_both(identity, per_client, limiter)
+
+    async def _check_both(self, identity: str, per_client: RateLimiter, method: RateLimiter) -> Verdict | None:
+        # One store, so one health: the store is asked only when neither limiter is leaving it alone.
+        if per_client.store_due() and method.store_due():
+            try:
+                own, mine = await take_all((per_client.store, method.store), identity)
+            except StoreError as exc:
+                per_client.store_failed(exc)
+                method.store_failed(exc)
+            else:
+                per_client.store_answered()
+                method.store_answered()
+                return self._verdict(per_client.policy, own, method.policy, mine, per_client, method, "")
+        if per_client.failure_mode == "local":
+            own, mine = await take_all((per_client.local, method.local), identity)
+            return self._verdict(per_client.local_policy, own, method.local_policy, mine, per_client, method, "local_")
+        per_client.without_store()  # raises for `closed`, the method's not asked about
+        method.without_store()  # `open`: both let the call through undecided
+        return None
+
+    @staticmethod
+    def _verdict(
+        policy: RateLimitPolicy,
+        own: Decision,
+        method_policy: RateLimitPolicy,
+        mine: Decision,
+        per_client: RateLimiter,
+        method: RateLimiter,
+        source: str,
+    ) -> Verdict:
+        """The verdict of a joint decision, counted as two separate ones would be, minus the tokens."""
+        if not own.allowed:
+            # The per-client refusal is reported (and counted) first, the method's not asked about.
+            per_client.counters[source + "rejected"] += 1
+            return policy, own
+        if not mine.allowed:
+            method.counters[source + "rejected"] += 1
+            return method_policy, mine
+        per_client.counters[source + "allowed"] += 1
+        method.counters[source + "allowed"] += 1
+        return (method_policy, mine) if mine.remaining < own.remaining else (policy, own)
 
     def _method_limiter(self, path: str) -> RateLimiter | None:
         target = split_call(path)

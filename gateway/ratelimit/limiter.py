@@ -27,8 +27,9 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import redis.asyncio
 
@@ -48,6 +49,7 @@ __all__ = [
     "bucket_on",
     "ping_store",
     "store_client",
+    "take_all",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,6 +142,25 @@ def bucket_on(client: StoreClient, settings: RateLimitSettings, policy: RateLimi
     return RedisTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix)
 
 
+async def take_all(stores: Sequence[TokenBucket], key: str, cost: int = 1) -> list[Decision]:
+    """Take `cost` from `key`'s bucket in every store, or from none: one round trip for Redis.
+
+    The stores are all of one kind (memory, or Redis through one client), as bucket_on makes them.
+    One decision per store, in order; `allowed` says whether that store's bucket held `cost`.
+
+    Raises:
+        StoreError: Redis could not decide.
+    """
+    first = stores[0]
+    if isinstance(first, RespTokenBucket):
+        return await RespTokenBucket.take_all(cast(Sequence[RespTokenBucket], stores), key, cost)
+    if isinstance(first, RedisTokenBucket):
+        return await RedisTokenBucket.take_all(cast(Sequence[RedisTokenBucket], stores), key, cost)
+    if isinstance(first, MemoryTokenBucket):
+        return await MemoryTokenBucket.take_all(cast(Sequence[MemoryTokenBucket], stores), key, cost)
+    raise TypeError(f"no joint take for {type(first).__name__}")
+
+
 class RateLimiter:
     """Decides each request against one policy.
 
@@ -222,32 +243,54 @@ class RateLimiter:
         Raises:
             RateLimiterUnavailable: the store failed and the failure mode is `closed`.
         """
-        counters = self.counters
         if self._store_down_until is None or self.clock() >= self._store_down_until:
             try:
                 decision = await self.store.take(identity, cost)
             except StoreError as exc:
-                counters["store_errors"] += 1
-                if self._store_down_until is None:
-                    logger.warning("rate limiting: the store failed (%s); failureMode %s", exc, self.failure_mode)
-                self._store_down_until = self.clock() + self.recheck_after
+                self.store_failed(exc)
             else:
                 if self._store_down_until is not None:
-                    logger.warning("rate limiting: the store answers again")
-                    self._store_down_until = None
-                counters["allowed" if decision.allowed else "rejected"] += 1
+                    self.store_answered()
+                self.counters["allowed" if decision.allowed else "rejected"] += 1
                 return self.policy, decision
+        if self.failure_mode == "local":
+            decision = await self.local.take(identity, cost)
+            self.counters["local_allowed" if decision.allowed else "local_rejected"] += 1
+            return self.local_policy, decision
+        self.without_store()
+        return None
+
+    # The steps of `check`, for CallLimiter, which decides two limiters in one store call.
+
+    def store_due(self) -> bool:
+        """Whether the store is to be asked (it is healthy, or was left alone long enough)."""
+        return self._store_down_until is None or self.clock() >= self._store_down_until
+
+    def store_failed(self, exc: StoreError) -> None:
+        """Count a store error and leave the store alone for `recheck_after` seconds."""
+        self.counters["store_errors"] += 1
+        if self._store_down_until is None:
+            logger.warning("rate limiting: the store failed (%s); failureMode %s", exc, self.failure_mode)
+        self._store_down_until = self.clock() + self.recheck_after
+
+    def store_answered(self) -> None:
+        if self._store_down_until is not None:
+            logger.warning("rate limiting: the store answers again")
+            self._store_down_until = None
+
+    def without_store(self) -> None:
+        """Failure mode `open` or `closed`, with the store unavailable: through undecided, or refused.
+
+        Raises:
+            RateLimiterUnavailable: the failure mode is `closed`.
+        """
         if self.failure_mode == "open":
-            counters["failed_open"] += 1
+            self.counters["failed_open"] += 1
             return None
-        if self.failure_mode == "closed":
-            counters["failed_closed"] += 1
-            raise RateLimiterUnavailable(
-                "the rate limiter cannot decide right now; try again shortly", headers={"retry-after": "1"}
-            )
-        decision = await self.local.take(identity, cost)
-        counters["local_allowed" if decision.allowed else "local_rejected"] += 1
-        return self.local_policy, decision
+        self.counters["failed_closed"] += 1
+        raise RateLimiterUnavailable(
+            "the rate limiter cannot decide right now; try again shortly", headers={"retry-after": "1"}
+        )
 
 
 async def ping_store(client: StoreClient | None, failure_mode: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from gateway.ratelimit.bucket import Clock, Decision
 
@@ -52,6 +53,45 @@ class MemoryTokenBucket:
             return Decision(True, int(tokens), 0.0, (self.burst - tokens) / self.rate, self.burst)
         # Refused: nothing stored changes, as in the Lua script.
         return Decision(False, int(tokens), (cost - tokens) / self.rate, (self.burst - tokens) / self.rate, self.burst)
+
+    @staticmethod
+    async def take_all(buckets: Sequence[MemoryTokenBucket], key: str, cost: int = 1) -> list[Decision]:
+        """Take `cost` from `key`'s bucket in every one of `buckets`, or from none (token_buckets.lua).
+
+        One decision per bucket, in order; `allowed` says whether that bucket held `cost`, the call
+        going through only if all do. No await in here, so no other take comes between check and take.
+        """
+        levels = []
+        for bucket in buckets:
+            if not 0 <= cost <= bucket.burst:
+                raise ValueError(f"cost {cost} is outside 0..{bucket.burst}")
+            now = bucket.clock()
+            bucket._expire(now)
+            levels.append((bucket._level(key, now), now))
+        take = all(tokens >= cost for tokens, _ in levels)
+        decisions = []
+        for bucket, (tokens, now) in zip(buckets, levels, strict=True):
+            rate, burst = bucket.rate, bucket.burst
+            if take:
+                tokens -= cost
+                bucket._store(key, tokens, now)
+                decisions.append(Decision(True, int(tokens), 0.0, (burst - tokens) / rate, burst))
+            else:
+                retry_after = 0.0 if tokens >= cost else (cost - tokens) / rate
+                decisions.append(Decision(tokens >= cost, int(tokens), retry_after, (burst - tokens) / rate, burst))
+        return decisions
+
+    def _level(self, key: str, now: float) -> float:
+        """The tokens in `key`'s bucket at `now`, refilled (a missing bucket is full)."""
+        state = self._buckets.get(key)
+        tokens, last = state if state is not None else (float(self.burst), now)
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         buckets = self._buckets

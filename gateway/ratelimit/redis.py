@@ -5,12 +5,17 @@ with redis-py loading the script again when the server answers NOSCRIPT (after a
 failover). Keys are `{prefix}:{policy}:{identity}`, one key per bucket, so the script is also safe on
 Redis Cluster. The key expires once the bucket would be full again (at least burst / rate seconds).
 
+A call held to two limits (per client and per method) runs token_buckets.lua instead: both keys in
+one EVALSHA, taken from together or not at all (`take_all`). Its keys differ in their policy, so on
+a Redis Cluster they would need to share a hash slot; the gateway's clients speak to one server.
+
 The gateway uses this redis-py path for rediss:// and unix:// URLs; plain redis:// goes through the
 cheaper pipelined client of resp.py, which runs the same script (RateLimiter.from_settings chooses).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
 
 import redis.asyncio
@@ -24,6 +29,8 @@ __all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client"]
 
 DEFAULT_PREFIX = "upf:rl"
 _SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
+# Several buckets taken from together or not at all: a call held to a per-client and a method limit.
+_MULTI_SCRIPT = files("gateway.ratelimit").joinpath("token_buckets.lua").read_text(encoding="utf-8")
 
 
 def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) -> redis.asyncio.Redis:
@@ -73,6 +80,7 @@ class RedisTokenBucket:
         self.ttl = refill_seconds(rate, burst)
         self.key_prefix = f"{prefix}:{policy}:"
         self._script = client.register_script(_SCRIPT)
+        self._multi_script = client.register_script(_MULTI_SCRIPT)
         # The rate goes to Lua as text; repr keeps every digit of the float.
         self._args = (repr(float(rate)), burst)
 
@@ -90,3 +98,28 @@ class RedisTokenBucket:
         except (RedisError, OSError) as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return Decision(bool(allowed), int(remaining), float(retry_after), float(reset_after), self.burst)
+
+    @staticmethod
+    async def take_all(buckets: Sequence[RedisTokenBucket], key: str, cost: int = 1) -> list[Decision]:
+        """Take `cost` from `key`'s bucket in every one of `buckets`, or from none: one EVALSHA.
+
+        The buckets share the first one's client. One decision per bucket, in order; `allowed` says
+        whether that bucket held `cost`, the call going through only if all do.
+        """
+        keys: list[str] = []
+        args: list[str | int] = []
+        for bucket in buckets:
+            if not 0 <= cost <= bucket.burst:
+                raise ValueError(f"cost {cost} is outside 0..{bucket.burst}")
+            keys.append(bucket.key_prefix + key)
+            args += [*bucket._args, cost, bucket.ttl]
+        try:
+            replies = await buckets[0]._multi_script(keys=keys, args=args)
+            return [
+                Decision(bool(allowed), int(remaining), float(retry_after), float(reset_after), bucket.burst)
+                for bucket, (allowed, remaining, retry_after, reset_after) in zip(buckets, replies, strict=True)
+            ]
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"unexpected reply from the buckets script: {exc}") from exc

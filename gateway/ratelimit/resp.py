@@ -28,12 +28,15 @@ import asyncio
 import hashlib
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from gateway.corking import CorkedTransport
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
-from gateway.ratelimit.redis import _SCRIPT, DEFAULT_PREFIX
+from gateway.ratelimit.redis import _MULTI_SCRIPT, _SCRIPT, DEFAULT_PREFIX
+
+_MULTI_SHA = hashlib.sha1(_MULTI_SCRIPT.encode()).hexdigest().encode()
 
 __all__ = ["RespClient", "RespError", "RespTokenBucket", "handles_url"]
 
@@ -68,12 +71,20 @@ def command(*parts: bytes) -> bytes:
 _BUCKET_REPLY = re.compile(rb"\*4\r\n:(-?\d+)\r\n:(-?\d+)\r\n\$\d+\r\n([^\r]*)\r\n\$\d+\r\n([^\r]*)\r\n")
 
 
+# token_buckets.lua's reply for two buckets (a per-client and a method limit), likewise in one call.
+_PAIR_REPLY = re.compile(rb"\*2\r\n" + _BUCKET_REPLY.pattern * 2)
+
+
 def _parse(buf: bytearray, pos: int) -> tuple[Reply | RespError, int] | None:
     """One reply starting at `pos` and the position after it, or None when it has not all arrived."""
     bucket = _BUCKET_REPLY.match(buf, pos)
     if bucket is not None:
         allowed, remaining, retry_after, reset_after = bucket.groups()
         return [int(allowed), int(remaining), retry_after, reset_after], bucket.end()
+    pair = _PAIR_REPLY.match(buf, pos)
+    if pair is not None:
+        a1, r1, ra1, rs1, a2, r2, ra2, rs2 = pair.groups()
+        return [[int(a1), int(r1), ra1, rs1], [int(a2), int(r2), ra2, rs2]], pair.end()
     end = buf.find(b"\r\n", pos)
     if end < 0:
         return None
@@ -324,6 +335,8 @@ class RespTokenBucket:
         self._eval_head = b"*8\r\n" + bulks(b"EVAL", _SCRIPT.encode(), b"1")
         self._rate = repr(float(rate)).encode()  # repr keeps every digit of the float
         self._tails = {cost: self._tail(cost) for cost in (0, 1)}
+        # take_all's commands led by this bucket, encoded but for the keys: (buckets, cost) -> parts.
+        self._joint: dict[tuple[tuple[RespTokenBucket, ...], int], tuple[bytes, bytes, bytes]] = {}
 
     def key(self, identity: str) -> str:
         return self.key_prefix + identity
@@ -361,3 +374,64 @@ class RespTokenBucket:
             ):
                 return Decision(allowed == 1, remaining, float(retry_after), float(reset_after), self.burst)
         raise StoreError(f"unexpected reply from the bucket script: {reply!r}")
+
+    def _encode_joint(self, buckets: tuple[RespTokenBucket, ...], cost: int) -> tuple[bytes, bytes, bytes]:
+        for bucket in buckets:
+            if not 0 <= cost <= bucket.burst:
+                raise ValueError(f"cost {cost} is outside 0..{bucket.burst}")
+        count = b"%d" % len(buckets)
+        size = b"*%d\r\n" % (3 + 5 * len(buckets))  # EVALSHA sha numkeys, then a key and 4 args each
+        args = [
+            arg for bucket in buckets for arg in (bucket._rate, b"%d" % bucket.burst, b"%d" % cost, b"%d" % bucket.ttl)
+        ]
+        parts = (
+            size + bulks(b"EVALSHA", _MULTI_SHA, count),
+            size + bulks(b"EVAL", _MULTI_SCRIPT.encode(), count),
+            bulks(*args),
+        )
+        if len(self._joint) >= 64:
+            self._joint.clear()  # buckets remade for changed manifests: keep none of the old alive
+        self._joint[(buckets, cost)] = parts
+        return parts
+
+    @staticmethod
+    async def take_all(buckets: Sequence[RespTokenBucket], key: str, cost: int = 1) -> list[Decision]:
+        """Take `cost` from `key`'s bucket in every one of `buckets`, or from none: one EVALSHA.
+
+        The buckets share the first one's client. One decision per bucket, in order; `allowed` says
+        whether that bucket held `cost`, the call going through only if all do.
+        """
+        first = buckets[0]
+        parts = first._joint.get((tuple(buckets), cost))
+        if parts is None:
+            parts = first._encode_joint(tuple(buckets), cost)
+        evalsha_head, eval_head, tail = parts
+        keys = bulks(*[(bucket.key_prefix + key).encode() for bucket in buckets])
+        try:
+            try:
+                reply = await first.client.call(evalsha_head + keys + tail)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                reply = await first.client.call(eval_head + keys + tail)
+        except RespError as exc:
+            raise StoreError(f"Redis refused the buckets script: {exc}") from exc
+        decisions = []
+        if type(reply) is list and len(reply) == len(buckets):
+            for bucket, one in zip(buckets, reply, strict=True):
+                if type(one) is not list or len(one) != 4:
+                    break
+                allowed, remaining, retry_after, reset_after = one
+                if not (
+                    type(allowed) is int
+                    and type(remaining) is int
+                    and type(retry_after) is bytes
+                    and type(reset_after) is bytes
+                ):
+                    break
+                decisions.append(
+                    Decision(allowed == 1, remaining, float(retry_after), float(reset_after), bucket.burst)
+                )
+            else:
+                return decisions
+        raise StoreError(f"unexpected reply from the buckets script: {reply!r}")

@@ -140,25 +140,29 @@ def test_a_method_limit_holds_on_every_entry_point_on_top_of_the_per_client_limi
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             trailers: dict[str, Any] = dict(cast(Any, caught.value.trailing_metadata()) or ())
             assert trailers["ratelimit-policy"] == f'"{SERVICE}/Say";q=3;w=300'
-            # Every call so far took a per-client token, the two its method refused too (the
-            # per-client bucket is asked first): 6 taken, none left.
             status, ws_trailers = asyncio.run(ws_say(gateway, "f"))
             assert status == RESOURCE_EXHAUSTED
-            assert ws_trailers["ratelimit-policy"] == '"default";q=6;w=600'
-            # A method without a limit of its own is held to the per-client limit.
+            assert ws_trailers["ratelimit-policy"] == f'"{SERVICE}/Say";q=3;w=300'
+            # The calls its method refused took no per-client token (one decision, all or nothing):
+            # 4 taken, 2 left. A method without a limit of its own is held to the per-client limit.
+            for left in (1, 0):
+                allowed = web_call(gateway, "Count", demo_pb2.CountRequest(count=1))
+                assert web_status(allowed) == OK
+                assert allowed.headers["ratelimit-policy"] == '"default";q=6;w=600'
+                assert allowed.headers["ratelimit"].startswith(f'"default";r={left};')
             refused = web_call(gateway, "Count", demo_pb2.CountRequest(count=1))
             assert web_status(refused) == RESOURCE_EXHAUSTED
             assert refused.headers["ratelimit-policy"] == '"default";q=6;w=600'
 
         metrics = httpx.get(f"{gateway.url}/metrics").text
         assert (
-            f'upf_ratelimit_decisions_total{{decision="limited",policy="{SERVICE}/Say",source="store"}} 2.0' in metrics
+            f'upf_ratelimit_decisions_total{{decision="limited",policy="{SERVICE}/Say",source="store"}} 3.0' in metrics
         )
         assert (
             f'upf_ratelimit_decisions_total{{decision="allowed",policy="{SERVICE}/Say",source="store"}} 3.0' in metrics
         )
         assert 'upf_ratelimit_decisions_total{decision="allowed",policy="default",source="store"} 6.0' in metrics
-        assert 'upf_ratelimit_decisions_total{decision="limited",policy="default",source="store"} 2.0' in metrics
+        assert 'upf_ratelimit_decisions_total{decision="limited",policy="default",source="store"} 1.0' in metrics
 
         if store == "redis":
             client = redis.Redis.from_url(SHARED_URL)
