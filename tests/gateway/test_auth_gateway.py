@@ -420,8 +420,10 @@ async def test_an_events_socket_ends_when_its_token_expires(issuer: OidcIssuer, 
             "roles": {},
         },
     }
-    brief = issuer.mint({"exp": issuer.now() + 2, "permissions": ["events:*"]})
     with run_gateway(config, work_dir) as gateway:
+        # Minted once the gateway is up (its start-up must not eat the token's lifetime); 3 s covers
+        # the first verification, with the key fetch, on a slow machine.
+        brief = issuer.mint({"exp": issuer.now() + 3, "permissions": ["events:*"]})
         offered = [Subprotocol("upf-events.v1"), Subprotocol(f"bearer.{brief}")]
         async with events_client(events_url(gateway), subprotocols=offered) as client:
             assert (await client.subscribe("order.*"))["topics"] == ["order.*"]
