@@ -93,7 +93,8 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
                                  at least the gateways' auth.jwksMaxAge, 300 by default)
   session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
   custom: {store: sqlite, sqlitePath: .upf/auth.db, postgresUrl: postgresql://127.0.0.1:5432/upf,
-           passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}, maintenanceInterval: 60}
+           passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}, maintenanceInterval: 60,
+           keyPassphrase: ...}   encrypts the stored signing keys; give it as UPF_CUSTOM__KEY_PASSPHRASE
   keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
   auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
   revocation: {store: memory, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}

@@ -98,6 +98,9 @@ class CustomProvider:
             publish_ahead=settings.jwt.key_publish_ahead,
             check_every=settings.custom.maintenance_interval,
             clock=clock,
+            passphrase=passphrase.get_secret_value().encode()
+            if (passphrase := settings.custom.key_passphrase)
+            else None,
         )
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -108,12 +111,16 @@ class CustomProvider:
         when due) exists; then keep house every custom.maintenanceInterval seconds (unless
         `maintenance` is False: tests call `maintain()` themselves)."""
         await self.store.start()
-        await self._passwords.prepare()
-        for role, permissions in self.settings.roles.items():
-            # The settings are the source of truth for the roles they name; others are left alone.
-            await self.store.put_role(role, permissions)
-        await self.keys.load()
-        await self.keys.rotate_if_due()
+        try:
+            await self._passwords.prepare()
+            for role, permissions in self.settings.roles.items():
+                # The settings are the source of truth for the roles they name; others are left alone.
+                await self.store.put_role(role, permissions)
+            await self.keys.load()
+            await self.keys.rotate_if_due()
+        except BaseException:
+            await self.store.close()  # a start that fails leaves no connection open
+            raise
         if maintenance and self._maintenance is None:
             self._maintenance = asyncio.create_task(self._keep_house(), name="auth maintenance")
 

@@ -41,8 +41,10 @@ class KeyRing:
         check_every: float = 0.0,
         clock: Callable[[], float] = time.time,
         unknown_kid_cooldown: float = 1.0,
+        passphrase: bytes | None = None,
     ) -> None:
         self._store = store
+        self._passphrase = passphrase  # encrypts the private keys this ring stores (custom.keyPassphrase)
         self._alg = algorithm
         # check_every: how often the housekeeping looks, so that a successor is stored early enough
         # to start exactly at the end of its predecessor's interval.
@@ -58,11 +60,18 @@ class KeyRing:
     async def load(self) -> None:
         """Read every key from the store (other replicas may have rotated)."""
         keys: dict[str, LoadedKey] = {}
-        for stored in await self._store.signing_keys():
+        stored_keys = await self._store.signing_keys()
+        unreadable = []
+        for stored in stored_keys:
             try:
-                keys[stored.kid] = load_key(stored)
+                keys[stored.kid] = load_key(stored, self._passphrase)
             except ValueError as exc:
                 logger.error("auth: skipping signing key %s: %s", stored.kid, exc)
+                unreadable.append(str(exc))
+        if stored_keys and not keys:
+            # Not one key readable (a missing or wrong passphrase): signing with a fresh key would
+            # hide it and orphan every token in circulation. Stop instead, saying why.
+            raise StoreUnavailable(f"no stored signing key can be used: {unreadable[0]}")
         self._keys = keys
         self._last_reload = self._clock()
         self._last = max((k for k in keys.values() if k.retired_at is None), key=lambda k: k.signs_from, default=None)
@@ -92,7 +101,7 @@ class KeyRing:
             if not self._due():
                 return
             now = self._clock()
-            candidate = await asyncio.to_thread(generate_key, self._alg, now)
+            candidate = await asyncio.to_thread(generate_key, self._alg, now, self._passphrase)
             chosen = await self._store.schedule_signing_key(candidate, self._schedule, now=now)
             if chosen.kid == candidate.kid:
                 logger.info(

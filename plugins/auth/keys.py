@@ -63,9 +63,10 @@ def public_jwk(public: PublicKey, alg: str) -> dict[str, str]:
     return {**_required_members(public), "kid": thumbprint(public), "alg": alg, "use": "sig"}
 
 
-def generate_key(alg: str, created_at: float) -> SigningKey:
+def generate_key(alg: str, created_at: float, passphrase: bytes | None = None) -> SigningKey:
     """A new key for `alg` ("EdDSA" or "RS256"), signing from its creation until the store schedules it
-    (KeySchedule); RSA takes tens of milliseconds, so run it in a thread."""
+    (KeySchedule), its private part encrypted with `passphrase` when one is given; RSA takes tens of
+    milliseconds, so run it in a thread."""
     private: PrivateKey
     if alg == "EdDSA":
         private = ed25519.Ed25519PrivateKey.generate()
@@ -73,14 +74,25 @@ def generate_key(alg: str, created_at: float) -> SigningKey:
         private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     else:
         raise ValueError(f"unsupported signing algorithm {alg!r} (RS256 or EdDSA)")
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode(
+        "ascii"
+    )
     return SigningKey(thumbprint(private.public_key()), alg, pem, created_at, created_at)
 
 
-def load_key(key: SigningKey) -> LoadedKey:
-    private: Any = serialization.load_pem_private_key(key.private_pem.encode("ascii"), password=None)
+def load_key(key: SigningKey, passphrase: bytes | None = None) -> LoadedKey:
+    """A stored key, decrypted with `passphrase` if it was stored encrypted; ValueError if it cannot be."""
+    pem = key.private_pem.encode("ascii")
+    encrypted = b"ENCRYPTED PRIVATE KEY" in pem
+    if encrypted and not passphrase:
+        raise ValueError(f"stored key {key.kid} is encrypted and custom.keyPassphrase is not set")
+    try:
+        private: Any = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
+    except (ValueError, TypeError):
+        raise ValueError(f"stored key {key.kid} cannot be read (a wrong custom.keyPassphrase?)") from None
     expected = ed25519.Ed25519PrivateKey if key.alg == "EdDSA" else rsa.RSAPrivateKey
     if not isinstance(private, expected):
         raise ValueError(f"stored key {key.kid} is not a key for {key.alg}")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.alias_generators import to_camel
 
 from gateway.settings import load_config
@@ -88,6 +88,10 @@ class CustomSettings(_Section):
     # Seconds between housekeeping rounds: rotate the signing key when due, drop keys whose tokens
     # have all expired, delete expired refresh tokens.
     maintenance_interval: float = Field(default=60.0, gt=0)
+    # Encrypts the signing keys' private parts in the store (PKCS#8, the best scheme cryptography
+    # offers), so a copy of the database alone signs nothing. Give it through the environment
+    # (UPF_CUSTOM__KEY_PASSPHRASE), not the file. Keys stored without one still load.
+    key_passphrase: SecretStr | None = Field(default=None, min_length=12)
 
 
 class KeycloakSettings(_Section):

@@ -23,6 +23,7 @@ from gateway.settings import ConfigError
 from plugins.auth.keys import generate_key, load_key, thumbprint
 from plugins.auth.settings import AuthSettings, load_auth_settings
 from plugins.auth.store import PostgresAuthStore, SqliteAuthStore
+from plugins.auth.store.base import SigningKey, StoreUnavailable
 from tests.plugins.auth.conftest import drop_auth_tables
 from tests.plugins.auth.harness import Auth, Clock, make_settings, serve_auth
 
@@ -293,3 +294,46 @@ def test_the_publication_lead_must_be_shorter_than_the_rotation_interval() -> No
     with pytest.raises(ConfigError) as refused:
         load_auth_settings(environ={"UPF_JWT__KEY_PUBLISH_AHEAD": "-1"})
     assert "jwt.keyPublishAhead: Input should be greater than or equal to 0" in str(refused.value)
+
+
+async def test_a_passphrase_encrypts_the_stored_keys_and_is_needed_to_start(tmp_path: Path) -> None:
+    path = str(tmp_path / "auth.db")
+    plain = make_settings(custom={"sqlitePath": path})
+    async with serve_auth(plain) as auth:
+        old_token = (await auth.login()).access_token  # a key stored before the passphrase was set
+    secret = make_settings(custom={"sqlitePath": path, "keyPassphrase": "correct horse battery"})
+    clock = Clock()
+    async with serve_auth(secret, users=False, clock=clock) as auth:
+        assert (await auth.validate(old_token)).valid  # unencrypted keys still load
+        clock.advance(secret.jwt.key_rotation_interval + 1)
+        await auth.provider.maintain()
+        token = (await auth.login()).access_token
+        assert (await auth.validate(token)).valid
+    pems = [key.private_pem for key in await _stored_keys(path)]
+    assert any("ENCRYPTED PRIVATE KEY" in pem for pem in pems)  # the key made with the passphrase
+
+
+async def test_encrypted_keys_without_their_passphrase_stop_the_start(tmp_path: Path) -> None:
+    path = str(tmp_path / "auth.db")
+    async with serve_auth(make_settings(custom={"sqlitePath": path, "keyPassphrase": "correct horse battery"})):
+        pass
+    [key] = await _stored_keys(path)
+    assert "ENCRYPTED PRIVATE KEY" in key.private_pem
+    assert "BEGIN PRIVATE KEY" not in key.private_pem
+    wrong = make_settings(custom={"sqlitePath": path, "keyPassphrase": "wrong horse battery"})
+    with pytest.raises(StoreUnavailable, match=r"wrong custom\.keyPassphrase"):
+        async with serve_auth(wrong, users=False):
+            pass
+    with pytest.raises(StoreUnavailable, match="keyPassphrase is not set"):
+        async with serve_auth(make_settings(custom={"sqlitePath": path}), users=False):
+            pass
+    assert len(await _stored_keys(path)) == 1  # no fresh key was made to hide the problem
+
+
+async def _stored_keys(path: str) -> list[SigningKey]:
+    store = SqliteAuthStore(path)
+    await store.start()
+    try:
+        return list(await store.signing_keys())
+    finally:
+        await store.close()
