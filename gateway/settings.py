@@ -34,6 +34,7 @@ __all__ = [
     "IssuerSettings",
     "MuxSettings",
     "RateLimitSettings",
+    "RedisUrl",
     "RetrySettings",
     "WebSocketSettings",
     "load_config",
@@ -84,6 +85,15 @@ def _check_network(value: str) -> str:
 Network = Annotated[str, AfterValidator(_check_network)]
 
 
+def _check_redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+    return url
+
+
+RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
+
+
 class RateLimitSettings(_Section):
     """A token bucket per client: `burstSize` requests at once, refilled at `requestsPerSecond`."""
 
@@ -96,7 +106,7 @@ class RateLimitSettings(_Section):
     # Where the buckets live: this process ("memory": each worker process and replica counts on its
     # own), or Redis, shared by every worker and replica.
     store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// or unix://
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"  # redis://, rediss:// or unix://
     key_prefix: str = Field(default="upf:rl", min_length=1)  # Redis keys are <prefix>:<policy>:<identity>
     redis_timeout: float = Field(default=0.25, gt=0)  # seconds for Redis to connect or answer
     redis_max_connections: int = Field(default=64, ge=1)  # per gateway process; more requests wait
@@ -116,13 +126,6 @@ class RateLimitSettings(_Section):
     # Per-method limits from the plugins' manifests (policies.rateLimit), on the same store and
     # failure mode, in addition to the per-client limit above (which `enabled` turns on).
     method_limits: bool = True
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
-        return url
 
     @field_validator("exempt_paths")
     @classmethod
@@ -149,15 +152,8 @@ class CircuitBreakerSettings(_Section):
     # and PUBLISH), which open theirs for that replica too; each still probes on its own clock.
     # A hint only: with Redis down every gateway goes on deciding alone.
     share_via: Literal["none", "redis"] = "none"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field(default="upf:cb", min_length=1)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
-        return url
 
 
 class RetrySettings(_Section):
@@ -257,7 +253,7 @@ class RevocationStoreSettings(_Section):
     # Where revoked sessions and tokens are learnt: this process (`upf run`, where the auth plugin
     # shares it), or Redis, where every gateway replica sees a logout within a second.
     store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field(default="upf:auth", min_length=1)
 
 

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from gateway.settings import load_config
+from gateway.settings import RedisUrl, load_config
 
 __all__ = ["HealthSettings", "RegistrySettings", "load_registry_settings"]
 
@@ -48,18 +48,11 @@ class RegistrySettings(_Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Where registrations live: this process ("memory"; lost on restart), or Redis (shared, durable).
     store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field(default="upf:registry", min_length=1)  # Redis keys are <prefix>:<name>
     lease_ttl: float = Field(default=15.0, gt=0)  # seconds an instance stays registered without renewing
     history: int = Field(default=1000, ge=1)  # changes kept for WatchHealth to resume from
     health: HealthSettings = Field(default_factory=HealthSettings)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
-        return url
 
 
 def load_registry_settings(

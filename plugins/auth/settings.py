@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.alias_generators import to_camel
 
-from gateway.settings import load_config
+from gateway.settings import RedisUrl, load_config
 
 __all__ = [
     "Auth0Settings",
@@ -112,7 +112,7 @@ class RevocationSettings(_Section):
     # Where logouts are published for every gateway replica: this process ("memory", for `upf run`
     # where gateway and plugin share it) or Redis (see proto/upf/auth/v1/auth.proto for the layout).
     store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field(default="upf:auth", min_length=1)
 
 
