@@ -1,12 +1,18 @@
-"""Gateway CPU per rate-limit decision: the in-memory bucket, redis-py, and the pipelined RESP client.
+"""Gateway CPU per rate-limit decision: the in-memory bucket, redis-py, the pipelined RESP client, leases.
 
-    python -m bench.ratelimit_cost [--concurrency 64] [--seconds 3] [--keys 1000] [--url redis://127.0.0.1:6379/0]
+    python -m bench.ratelimit_cost [--concurrency 64] [--seconds 3] [--keys 1000] [--lease 16]
+                                   [--url redis://127.0.0.1:6379/0]
 
 For each store, `concurrency` tasks on one uvloop event loop take from `keys` buckets for `seconds`
 (after a short warm-up that is not counted); CPU is this process's user + system time from
 resource.getrusage, divided by the decisions made (errors are not decisions: they are counted
 apart, and their CPU is in the total). Redis's own CPU is not counted: the target
 (issue 5) is the gateway's. The buckets live under a key prefix of this run's own, deleted at the end.
+
+The `resp lease N` row is the RESP client with rateLimiting.leaseTokens N (gateway/ratelimit/lease.py):
+a round trip takes up to N tokens beyond the waiting calls' and later decisions on that key spend
+them locally; `round trips` says how many decisions went to Redis. It needs keys that come back
+within leaseSeconds (0.2 s): with the default 1000 keys visited in turn, each does.
 
 The `ping floor` row is the least a round trip to Redis can cost this process: one bare
 asyncio.Protocol sending PING and waiting for PONG, `concurrency` at a time, nothing else. On
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import resource
 import time
 import uuid
@@ -34,7 +41,9 @@ from gateway.ratelimit import (
     StoreError,
     TokenBucket,
 )
+from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.redis import redis_client
+from gateway.ratelimit.resp import RespScript
 
 WARM_UP = 0.3  # seconds: connections opened, scripts cached, before anything is counted
 
@@ -46,6 +55,7 @@ class Result:
     errors: int  # StoreErrors (redis-py's pool of 64 times out when far more are in flight)
     cpu_us: float  # per decision
     rate: float  # decisions per second of wall time
+    round_trips: int | None = None  # decisions that went to Redis, where leases make it differ
 
 
 def cpu_seconds() -> float:
@@ -54,9 +64,10 @@ def cpu_seconds() -> float:
 
 
 async def drive(
-    bucket: TokenBucket, concurrency: int, seconds: float, keys: list[str]
-) -> tuple[int, int, float, float]:
-    """Decisions made, errors, CPU seconds and wall seconds of `concurrency` tasks taking for `seconds`."""
+    bucket: TokenBucket, concurrency: int, seconds: float, keys: list[str], trips: Callable[[], int] = lambda: 0
+) -> tuple[int, int, float, float, int]:
+    """Decisions made, errors, CPU seconds, wall seconds and round trips (as `trips` counts them) of
+    `concurrency` tasks taking for `seconds`."""
     done = errors = 0
     stop = False
 
@@ -77,13 +88,13 @@ async def drive(
 
     tasks = [asyncio.create_task(worker(n)) for n in range(concurrency)]
     await asyncio.sleep(WARM_UP)
-    counted_from, errors_from, cpu0, wall0 = done, errors, cpu_seconds(), time.perf_counter()
+    counted_from, errors_from, trips_from, cpu0, wall0 = done, errors, trips(), cpu_seconds(), time.perf_counter()
     await asyncio.sleep(seconds)
     decisions, cpu, wall = done - counted_from, cpu_seconds() - cpu0, time.perf_counter() - wall0
-    failed = errors - errors_from
+    failed, made = errors - errors_from, trips() - trips_from
     stop = True
     await asyncio.gather(*tasks)
-    return decisions, failed, cpu, wall
+    return decisions, failed, cpu, wall, made
 
 
 class _Pinger(asyncio.Protocol):
@@ -133,9 +144,10 @@ async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
     rate, burst = 1_000_000.0, 1_000_000
     results = []
 
-    async def run(name: str, make: Callable[[], TokenBucket]) -> None:
-        decisions, errors, cpu, wall = await drive(make(), args.concurrency, args.seconds, keys)
-        results.append(Result(name, decisions, errors, cpu / decisions * 1e6, decisions / wall))
+    async def run(name: str, make: Callable[[], TokenBucket], trips: Callable[[], int] | None = None) -> None:
+        decisions, errors, cpu, wall, made = await drive(make(), args.concurrency, args.seconds, keys, trips or int)
+        result = Result(name, decisions, errors, cpu / decisions * 1e6, decisions / wall)
+        results.append(result if trips is None else dataclasses.replace(result, round_trips=made))
 
     await run("memory", lambda: MemoryTokenBucket(rate=rate, burst=burst))
     decisions, errors, cpu, wall = await ping_floor(args.url, args.concurrency, args.seconds)
@@ -148,6 +160,10 @@ async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
     resp = RespClient(args.url, timeout=1.0)
     try:
         await run("resp", lambda: RespTokenBucket(resp, rate=rate, burst=burst, prefix=prefix))
+        if args.lease:
+            table = LeaseTable(RespScript(resp, LEASE_SCRIPT), lease_seconds=args.lease_seconds)
+            leased = LeasedTokenBucket(table, rate=rate, burst=burst, policy="lease", prefix=prefix, extra=args.lease)
+            await run(f"resp lease {args.lease}", lambda: leased, lambda: table.round_trips)
     finally:
         await resp.aclose()
     return results
@@ -159,6 +175,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--lease", type=int, default=16, help="leaseTokens of the `resp lease` row (0: no such row)")
+    parser.add_argument("--lease-seconds", type=float, default=1.0, help="leaseSeconds of the `resp lease` row")
     args = parser.parse_args()
     prefix = f"upf:bench:{uuid.uuid4().hex[:12]}"
     try:
@@ -169,9 +187,10 @@ def main() -> None:
             sync.delete(key)
         sync.close()
     print(f"{args.concurrency} concurrent decisions on {args.keys} keys, {args.seconds} s per store, uvloop")
-    print(f"{'store':<10} {'decisions':>10} {'errors':>7} {'CPU us/decision':>16} {'decisions/s':>12}")
+    print(f"{'store':<14} {'decisions':>10} {'errors':>7} {'CPU us/decision':>16} {'decisions/s':>12}  round trips")
     for r in results:
-        print(f"{r.store:<10} {r.decisions:>10} {r.errors:>7} {r.cpu_us:>16.1f} {r.rate:>12.0f}")
+        trips = "" if r.round_trips is None else f"  {r.round_trips}"
+        print(f"{r.store:<14} {r.decisions:>10} {r.errors:>7} {r.cpu_us:>16.1f} {r.rate:>12.0f}{trips}")
 
 
 if __name__ == "__main__":

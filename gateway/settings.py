@@ -113,8 +113,15 @@ class RateLimitSettings(_Section):
     # When Redis fails: "open" lets requests through, "closed" answers UNAVAILABLE / 503, "local"
     # limits each gateway process on its own to requestsPerSecond / replicas (and burstSize / replicas).
     failure_mode: Literal["open", "closed", "local"] = "local"
-    # Gateway processes sharing Redis (replicas x workers): how the "local" fallback shares the limit.
+    # Gateway processes sharing Redis (replicas x workers): how the "local" fallback shares the limit,
+    # and how much of a bucket one lease may take.
     replicas: int = Field(default=1, ge=1)
+    # Redis store: each round trip may lease up to this many tokens beyond the waiting calls' own,
+    # spent here without a round trip for up to leaseSeconds. 0: a round trip per decision, exact.
+    # Leases never let more through than the bucket; a gateway's unspent lease may make another
+    # refuse early (gateway/ratelimit/lease.py). Every gateway on one keyPrefix must agree.
+    lease_tokens: int = Field(default=0, ge=0, le=10_000)
+    lease_seconds: float = Field(default=1.0, gt=0, le=10)
     # X-Forwarded-For is believed only from these proxies (CIDRs or addresses) ...
     trusted_proxies: list[Network] = Field(default_factory=list)
     # ... and for at most this many hops (with no trustedProxies: from whichever proxy is in front).
@@ -134,6 +141,12 @@ class RateLimitSettings(_Section):
             if not path.startswith("/"):
                 raise ValueError(f"{path!r} is not a path (it must start with /)")
         return paths
+
+    @model_validator(mode="after")
+    def _leases_need_redis(self) -> RateLimitSettings:
+        if self.lease_tokens and self.store != "redis":
+            raise ValueError("leaseTokens applies to the Redis store only (store: redis)")
+        return self
 
 
 def _default_failure_codes() -> list[StatusName]:

@@ -32,12 +32,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 from gateway.ratelimit.bucket import Clock, Decision, StoreError
+from gateway.ratelimit.lease import LeaseTable
 from gateway.ratelimit.limiter import (
     RateLimiter,
     RateLimitPolicy,
     StoreClient,
     Verdict,
     bucket_on,
+    lease_table,
     ping_store,
     store_client,
     take_all,
@@ -60,6 +62,7 @@ class CallLimiter:
         policies: the manifests' per-method policies (kept current by RegistryRoutes).
         per_client: the per-client limiter, None when rateLimiting.enabled is off.
         client: the Redis client shared by every bucket (None: the memory store).
+        leases: this process's token leases on that Redis (None: a round trip per decision).
         clock: for the memory buckets and the failure-mode recheck.
     """
 
@@ -70,12 +73,14 @@ class CallLimiter:
         policies: MethodPolicies,
         per_client: RateLimiter | None,
         client: StoreClient | None = None,
+        leases: LeaseTable | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
         self.policies = policies
         self.per_client = per_client
         self.client = client
+        self.leases = leases
         self.clock = clock
         self.method_limits = settings.method_limits
         self._methods: dict[tuple[str, str], tuple[RateLimit, RateLimiter]] = {}
@@ -92,6 +97,7 @@ class CallLimiter:
         clock: Clock = time.monotonic,
     ) -> CallLimiter:
         client = store_client(settings) if settings.store == "redis" else None
+        leases = lease_table(client, settings, clock) if client is not None else None
         per_client = None
         if settings.enabled:
             policy = RateLimitPolicy("default", settings.requests_per_second, settings.burst_size)
@@ -101,14 +107,14 @@ class CallLimiter:
             else:
                 per_client = RateLimiter(
                     policy,
-                    store=bucket_on(client, settings, policy),
+                    store=bucket_on(client, settings, policy, leases),
                     failure_mode=settings.failure_mode,
                     replicas=settings.replicas,
                     counters=counters,
                     clock=clock,
                     client=client,
                 )
-        limiter = cls(settings, policies=policies, per_client=per_client, client=client, clock=clock)
+        limiter = cls(settings, policies=policies, per_client=per_client, client=client, leases=leases, clock=clock)
         limiter._counters["default"] = counters
         return limiter
 
@@ -200,7 +206,7 @@ class CallLimiter:
             return RateLimiter(policy, store=store, counters=counters, clock=self.clock)
         return RateLimiter(
             policy,
-            store=bucket_on(self.client, self.settings, policy),
+            store=bucket_on(self.client, self.settings, policy, self.leases),
             failure_mode=self.settings.failure_mode,
             replicas=self.settings.replicas,
             counters=counters,
@@ -221,6 +227,8 @@ class CallLimiter:
             "methodLimits": self.method_limits,
             "store": self.settings.store,
             "failureMode": self.settings.failure_mode if self.client is not None else None,
+            # Tokens one round trip may lease beyond the waiting calls' (0: a round trip per decision).
+            "leaseTokens": self.settings.lease_tokens,
             "redisHealthy": healthy,
             "policies": {
                 limiter.policy.name: {"requestsPerSecond": limiter.policy.rate, "burstSize": limiter.policy.burst}

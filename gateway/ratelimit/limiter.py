@@ -35,9 +35,10 @@ import redis.asyncio
 
 from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket, refill_seconds
+from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.memory import MemoryTokenBucket
-from gateway.ratelimit.redis import RedisTokenBucket, redis_client
-from gateway.ratelimit.resp import RespClient, RespTokenBucket, handles_url
+from gateway.ratelimit.redis import RedisTokenBucket, redis_client, script_on
+from gateway.ratelimit.resp import RespClient, RespScript, RespTokenBucket, handles_url
 from gateway.settings import RateLimitSettings
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "StoreClient",
     "Verdict",
     "bucket_on",
+    "lease_table",
     "ping_store",
     "store_client",
     "take_all",
@@ -134,9 +136,22 @@ def store_client(settings: RateLimitSettings) -> StoreClient:
     )
 
 
-def bucket_on(client: StoreClient, settings: RateLimitSettings, policy: RateLimitPolicy) -> TokenBucket:
-    """`policy`'s buckets in the Redis behind `client`, under `keyPrefix`."""
+def lease_table(client: StoreClient, settings: RateLimitSettings, clock: Clock = time.monotonic) -> LeaseTable | None:
+    """This process's token leases on the Redis behind `client`, or None when leaseTokens is 0."""
+    if not settings.lease_tokens:
+        return None
+    run = RespScript(client, LEASE_SCRIPT) if isinstance(client, RespClient) else script_on(client, LEASE_SCRIPT)
+    return LeaseTable(run, lease_seconds=settings.lease_seconds, replicas=settings.replicas, clock=clock)
+
+
+def bucket_on(
+    client: StoreClient, settings: RateLimitSettings, policy: RateLimitPolicy, leases: LeaseTable | None = None
+) -> TokenBucket:
+    """`policy`'s buckets in the Redis behind `client`, under `keyPrefix`; spent through `leases` if given."""
     rate, burst, name, prefix = policy.rate, policy.burst, policy.name, settings.key_prefix
+    if leases is not None:
+        extra = settings.lease_tokens
+        return LeasedTokenBucket(leases, rate=rate, burst=burst, policy=name, prefix=prefix, extra=extra)
     if isinstance(client, RespClient):
         return RespTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix)
     return RedisTokenBucket(client, rate=rate, burst=burst, policy=name, prefix=prefix)
@@ -152,6 +167,8 @@ async def take_all(stores: Sequence[TokenBucket], key: str, cost: int = 1) -> li
         StoreError: Redis could not decide.
     """
     first = stores[0]
+    if isinstance(first, LeasedTokenBucket):
+        return await LeasedTokenBucket.take_all(cast(Sequence[LeasedTokenBucket], stores), key, cost)
     if isinstance(first, RespTokenBucket):
         return await RespTokenBucket.take_all(cast(Sequence[RespTokenBucket], stores), key, cost)
     if isinstance(first, RedisTokenBucket):
@@ -228,7 +245,7 @@ class RateLimiter:
         settings: RateLimitSettings, policy: RateLimitPolicy
     ) -> tuple[TokenBucket, redis.asyncio.Redis | RespClient]:
         client = store_client(settings)
-        return bucket_on(client, settings, policy), client
+        return bucket_on(client, settings, policy, lease_table(client, settings)), client
 
     async def open(self) -> None:
         await ping_store(self.client, self.failure_mode)

@@ -15,8 +15,9 @@ cheaper pipelined client of resp.py, which runs the same script (RateLimiter.fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
+from typing import Any
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
 
-__all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client"]
+__all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client", "script_on"]
 
 DEFAULT_PREFIX = "upf:rl"
 _SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
@@ -51,6 +52,19 @@ def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) 
         retry=Retry(NoBackoff(), 1),
     )
     return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+def script_on(client: redis.asyncio.Redis, text: str) -> Callable[..., Awaitable[Any]]:
+    """A Lua script on redis-py: `await run(keys=..., args=...)`, its failures StoreErrors."""
+    script = client.register_script(text)
+
+    async def run(*, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    return run
 
 
 class RedisTokenBucket:

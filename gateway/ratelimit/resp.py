@@ -38,7 +38,7 @@ from gateway.ratelimit.redis import _MULTI_SCRIPT, _SCRIPT, DEFAULT_PREFIX
 
 _MULTI_SHA = hashlib.sha1(_MULTI_SCRIPT.encode()).hexdigest().encode()
 
-__all__ = ["RespClient", "RespError", "RespTokenBucket", "handles_url"]
+__all__ = ["RespClient", "RespError", "RespScript", "RespTokenBucket", "handles_url"]
 
 Reply = int | bytes | None | list["Reply"]
 
@@ -299,6 +299,41 @@ class RespClient:
             raise StoreError("lost the Redis connection while setting it up")
         self._connection = connection
         return connection
+
+
+class RespScript:
+    """A Lua script run through RespClient, called like redis-py's registered scripts.
+
+    `await script(keys=[...], args=[...])`: EVALSHA, and EVAL on NOSCRIPT (which caches it again).
+    Replies go through the generic parser; for scripts run far less often than once per decision.
+    """
+
+    def __init__(self, client: RespClient, text: str) -> None:
+        self.client = client
+        self._text = text.encode()
+        self._sha = hashlib.sha1(self._text).hexdigest().encode()
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Reply:
+        tail = bulks(*(key.encode() for key in keys)) + bulks(*map(_arg, args))
+        head = b"*%d\r\n" % (3 + len(keys) + len(args))
+        count = b"%d" % len(keys)
+        try:
+            try:
+                return await self.client.call(head + bulks(b"EVALSHA", self._sha, count) + tail)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return await self.client.call(head + bulks(b"EVAL", self._text, count) + tail)
+        except RespError as exc:
+            raise StoreError(f"Redis refused the script: {exc}") from exc
+
+
+def _arg(value: str | bytes | int | float) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, float):
+        return repr(value).encode()  # every digit
+    return str(value).encode()
 
 
 class RespTokenBucket:
