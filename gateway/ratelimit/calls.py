@@ -228,7 +228,7 @@ class CallLimiter:
             "store": self.settings.store,
             "failureMode": self.settings.failure_mode if self.client is not None else None,
             # Tokens one round trip may lease beyond the waiting calls' (0: a round trip per decision).
-            "leaseTokens": self.settings.lease_tokens,
+            "leaseTokens": self.settings.lease_tokens if self.client is not None else None,
             "redisHealthy": healthy,
             "policies": {
                 limiter.policy.name: {"requestsPerSecond": limiter.policy.rate, "burstSize": limiter.policy.burst}

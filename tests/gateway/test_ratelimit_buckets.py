@@ -1,7 +1,9 @@
 """The token bucket contract, run over every implementation, then what is particular to each.
 
-Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket, RedisTokenBucket (redis-py) and
-RespTokenBucket (the pipelined RESP2 client) alike:
+Contract (gateway/ratelimit/bucket.py), for MemoryTokenBucket, RedisTokenBucket (redis-py),
+RespTokenBucket (the pipelined RESP2 client) and LeasedTokenBucket (rateLimiting.leaseTokens 16: the
+buckets here are small enough that it leases nothing, so it must keep the contract exactly; its own
+behaviour is in test_ratelimit_lease.py) alike:
 - a fresh bucket is full: `burst` takes are allowed, counting `remaining` down, then refused;
 - a refusal says how long until the request would pass (`retry_after`) and until the bucket is
   full (`reset_after`), and takes nothing;
@@ -29,8 +31,9 @@ import pytest
 import redis.asyncio
 
 from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, RespClient, RespTokenBucket, StoreError, TokenBucket
+from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.redis import redis_client
-from gateway.ratelimit.resp import command
+from gateway.ratelimit.resp import RespScript, command
 from tests.support.processes import free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
@@ -53,7 +56,7 @@ class Buckets:
     exact: bool  # time moves only when told (memory), or also while the test runs (Redis)
 
 
-@pytest.fixture(params=["memory", "redis", "resp"])
+@pytest.fixture(params=["memory", "redis", "resp", "lease"])
 async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
     if request.param == "memory":
         clock = ManualClock()
@@ -65,12 +68,17 @@ async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
         return
     sync = shared_client()  # fails the test when Redis is not there
     prefix = new_prefix()
-    if request.param == "resp":
+    if request.param in ("resp", "lease"):
         resp = RespClient(SHARED_URL, timeout=5)
+        table = LeaseTable(RespScript(resp, LEASE_SCRIPT), lease_seconds=1.0)
+
+        def make(rate: float, burst: int) -> TokenBucket:
+            if request.param == "lease":
+                return LeasedTokenBucket(table, rate=rate, burst=burst, policy="default", prefix=prefix, extra=16)
+            return RespTokenBucket(resp, rate=rate, burst=burst, prefix=prefix)
+
         try:
-            yield Buckets(
-                lambda rate, burst: RespTokenBucket(resp, rate=rate, burst=burst, prefix=prefix), asyncio.sleep, False
-            )
+            yield Buckets(make, asyncio.sleep, False)
         finally:
             await resp.aclose()
             delete_prefix(sync, prefix)

@@ -5,6 +5,7 @@
 - The refill rate holds within 5 % over 5 s: under a steady offered load well above the rate, the
   calls let through match rate x elapsed, elapsed measured on Redis TIME (the clock the buckets
   run on).
+  Both also with `leaseTokens: 16` (gateway/ratelimit/lease.py), which must not change either.
 - Allowed answers carry RateLimit-Policy and RateLimit; refusals add Retry-After. gRPC-Web refusals
   are HTTP 200 trailers-only grpc-status 8 with those headers, exposed to an allowed Origin; REST
   refusals are 429 JSON. /healthz and /readyz are never limited.
@@ -83,11 +84,19 @@ def redis_seconds(store: redis.Redis) -> float:
 # Done when: two gateways, one bucket ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("lease_tokens", [0, 16], ids=["exact", "leases"])
 async def test_two_gateways_sharing_redis_let_exactly_the_burst_through(
-    probe_address: str, work_dir: Path, pb: Any, store: redis.Redis, prefix: str
+    probe_address: str, work_dir: Path, pb: Any, store: redis.Redis, prefix: str, lease_tokens: int
 ) -> None:
     # A refill of one token per 1000 s: whatever the calls take, nothing comes back during the test.
-    limits = {"requestsPerSecond": 0.001, "burstSize": 50, "keyPrefix": prefix}
+    # With leases, each gateway takes a few tokens ahead while the bucket is full: still exactly 50.
+    limits = {
+        "requestsPerSecond": 0.001,
+        "burstSize": 50,
+        "keyPrefix": prefix,
+        "leaseTokens": lease_tokens,
+        "replicas": 2,
+    }
     body = frame(pb.CallRequest(payload=b"x").SerializeToString())
     with ExitStack() as stack:
         gateways = [stack.enter_context(run_gateway(config(probe_address, **limits), work_dir)) for _ in range(2)]
@@ -103,11 +112,12 @@ async def test_two_gateways_sharing_redis_let_exactly_the_burst_through(
     assert [key.decode() for key in store.scan_iter(match=f"{prefix}:*")] == [f"{prefix}:default:ip:127.0.0.1"]
 
 
+@pytest.mark.parametrize("lease_tokens", [0, 16], ids=["exact", "leases"])
 async def test_refill_rate_holds_within_5_percent_over_5_s(
-    probe_address: str, work_dir: Path, pb: Any, store: redis.Redis, prefix: str
+    probe_address: str, work_dir: Path, pb: Any, store: redis.Redis, prefix: str, lease_tokens: int
 ) -> None:
     rate, offered, seconds = 40.0, 100.0, 5.0
-    limits = {"requestsPerSecond": rate, "burstSize": 10, "keyPrefix": prefix}
+    limits = {"requestsPerSecond": rate, "burstSize": 10, "keyPrefix": prefix, "leaseTokens": lease_tokens}
     body = frame(pb.CallRequest(payload=b"x").SerializeToString())
     with ExitStack() as stack:
         gateways = [stack.enter_context(run_gateway(config(probe_address, **limits), work_dir)) for _ in range(2)]

@@ -20,8 +20,10 @@ import redis.asyncio
 from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, RespClient, RespTokenBucket, TokenBucket
 from gateway.ratelimit.calls import CallLimiter
+from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.limiter import RateLimiter, RateLimitPolicy, StoreClient, bucket_on, take_all
 from gateway.ratelimit.redis import redis_client
+from gateway.ratelimit.resp import RespScript
 from gateway.settings import RateLimitSettings
 from gateway.upstream.policies import MethodPolicies
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
@@ -42,7 +44,7 @@ class ManualClock:
 MakeBucket = Callable[[str, int], TokenBucket]
 
 
-@pytest.fixture(params=["memory", "redis", "resp"])
+@pytest.fixture(params=["memory", "redis", "resp", "lease"])
 async def make_bucket(request: pytest.FixtureRequest) -> AsyncIterator[MakeBucket]:
     if request.param == "memory":
         clock = ManualClock()
@@ -50,9 +52,15 @@ async def make_bucket(request: pytest.FixtureRequest) -> AsyncIterator[MakeBucke
         return
     sync = shared_client()
     prefix = new_prefix()
-    client: StoreClient = RespClient(SHARED_URL, timeout=5) if request.param == "resp" else redis_client(SHARED_URL)
+    resp_kinds = ("resp", "lease")
+    client: StoreClient = RespClient(SHARED_URL, timeout=5) if request.param in resp_kinds else redis_client(SHARED_URL)
     try:
-        if isinstance(client, RespClient):
+        if request.param == "lease" and isinstance(client, RespClient):
+            table = LeaseTable(RespScript(client, LEASE_SCRIPT), lease_seconds=1.0)
+            yield lambda policy, burst: LeasedTokenBucket(
+                table, rate=0.001, burst=burst, policy=policy, prefix=prefix, extra=16
+            )
+        elif isinstance(client, RespClient):
             resp = client
             yield lambda policy, burst: RespTokenBucket(resp, rate=0.001, burst=burst, policy=policy, prefix=prefix)
         else:

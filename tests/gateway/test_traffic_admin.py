@@ -63,6 +63,7 @@ async def test_the_traffic_state_names_every_replica_its_breaker_the_limiter_and
         "methodLimits": True,
         "store": "memory",
         "failureMode": None,
+        "leaseTokens": None,
         "redisHealthy": None,
         "policies": {"default": {"requestsPerSecond": 5.0, "burstSize": 10}},
     }
