@@ -1,6 +1,6 @@
 """`python -m bench.traffic`: the whole gateway with traffic control off and on, against direct gRPC.
 
-One backend (bench.backend) and four gateways in front of it, all started at once (an idle server
+One backend (bench.backend) and five gateways in front of it, all started at once (an idle server
 costs no measurable CPU), on 127.0.0.1 only:
 
     off      circuitBreaker.enabled false, no rate limiting, retries off: the bare proxy
@@ -8,6 +8,7 @@ costs no measurable CPU), on 127.0.0.1 only:
     memory   breakers + rateLimiting on the in-process store
     redis    breakers + rateLimiting on the local Redis (127.0.0.1:6379, a key prefix of the run's own,
              deleted at the end), through the pipelined RESP client
+    lease    the same with rateLimiting.leaseTokens 16: a round trip per 17 calls of a client
 
 The limits are set far above the offered load (nothing is refused): the rows measure what deciding
 costs, not refusals. Each round runs, for the 100 B unary echo: direct gRPC (h2load -c32 -m1, the
@@ -51,12 +52,17 @@ GATEWAYS: dict[str, str] = {
         "rateLimiting: {enabled: true, store: redis, redisUrl: '%(url)s', keyPrefix: '%(prefix)s',"
         " requestsPerSecond: %(rps)g, burstSize: %(burst)d}\n"
     ),
+    "lease": (
+        "rateLimiting: {enabled: true, store: redis, redisUrl: '%(url)s', keyPrefix: '%(prefix)s:lease',"
+        " requestsPerSecond: %(rps)g, burstSize: %(burst)d, leaseTokens: 16}\n"
+    ),
 }
 LABELS = {
     "off": "breakers off, limits off",
     "breakers": "breakers + retries on, limits off",
     "memory": "breakers on, limits on (memory)",
     "redis": "breakers on, limits on (Redis)",
+    "lease": "breakers on, limits on (Redis, leaseTokens 16)",
 }
 
 
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"  r{rnd} {name:<8} {kind:<17} {row['calls_per_s']:>8,.0f} calls/s  "
                         f"gateway {row['cpu'][name]:.0f} us/call  errors {row['errors']}"
                     )
-        counted = {name: decisions(urls[name][0]) for name in ("memory", "redis")}
+        counted = {name: decisions(urls[name][0]) for name in ("memory", "redis", "lease")}
     finally:
         for server in servers.values():
             server.stop()

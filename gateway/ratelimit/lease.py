@@ -100,19 +100,14 @@ class LeaseTable:
         return lease
 
     def _prune(self) -> None:
+        # Down to nine tenths at least, so that pruning is rare: spent or expired leases first, then
+        # the oldest (their tokens stay leased in Redis until they expire: too few let through, never more).
         now = self.clock()
-        idle = [
-            name
-            for name, lease in self.leases.items()
-            if lease.fetch is None and (lease.expires <= now or lease.tokens == 0)
-        ]
-        for name in idle:
+        target = self.max_leases * 9 // 10
+        for name in [n for n, lease in self.leases.items() if lease.fetch is None and lease.expires <= now]:
             del self.leases[name]
-        if len(self.leases) >= self.max_leases:
-            # Every lease still live: drop the oldest; their unspent tokens come back when they expire.
-            for name in list(self.leases)[: len(self.leases) // 10 + 1]:
-                if self.leases[name].fetch is None:
-                    del self.leases[name]
+        for name in [n for n, lease in self.leases.items() if lease.fetch is None][: len(self.leases) - target]:
+            del self.leases[name]
 
     async def take(self, buckets: Sequence[LeasedTokenBucket], key: str, cost: int) -> list[Decision]:
         """Take `cost` from `key`'s bucket in every one of `buckets`, or from none.

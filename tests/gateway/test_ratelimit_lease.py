@@ -229,6 +229,19 @@ async def test_a_store_failure_reaches_every_waiting_call(tmp_path: Path) -> Non
     assert all(isinstance(outcome, StoreError) for outcome in outcomes)
 
 
+async def test_the_leases_kept_are_bounded(shared: Shared) -> None:
+    config = settings(SHARED_URL, shared.prefix)
+    table = LeaseTable(table_on(shared.client(), config).run, lease_seconds=1.0, max_leases=10)
+    wide = bucket(table, shared.prefix, rate=1e6, burst=1_000_000)
+    for n in range(50):
+        assert (await wide.take(f"client-{n}")).allowed
+        assert len(table.leases) <= 10
+    # The newest are kept: the last client spends its lease without a round trip.
+    trips = table.round_trips
+    assert (await wide.take("client-49")).allowed
+    assert table.round_trips == trips
+
+
 def test_leases_need_the_redis_store() -> None:
     with pytest.raises(pydantic.ValidationError, match="leaseTokens applies to the Redis store only"):
         RateLimitSettings.model_validate({"store": "memory", "leaseTokens": 8})
