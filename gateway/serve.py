@@ -57,6 +57,27 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
     }
 
 
+class _WebSocketHandshakeLines(logging.Filter):
+    """Drops uvicorn's line per WebSocket handshake when the access log is off.
+
+    uvicorn logs every handshake (`<client> - "WebSocket /path" [accepted]`, or its status) on
+    uvicorn.error at INFO, whatever `access_log` says: they are access-log lines, so accessLog
+    false silences them too, and logLevel info stays about the gateway, not about each client.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith('%s - "WebSocket %s"'))
+
+
+def _quiet_websocket_handshakes(access_log: bool) -> None:
+    """Installed in each process that serves (workers configure logging themselves), once."""
+    if access_log:
+        return
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(existing, _WebSocketHandshakeLines) for existing in error_log.filters):
+        error_log.addFilter(_WebSocketHandshakeLines())
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, but a SIGTERM or SIGINT that ends in a graceful shutdown exits with 0.
 
@@ -71,6 +92,10 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self._drain = drain
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        _quiet_websocket_handshakes(self.config.access_log)
+        await super().startup(sockets)
 
     def _app_drain(self) -> Callable[[], Awaitable[None]] | None:
         """The drain given, else the loaded app's (a worker process loads the app itself)."""

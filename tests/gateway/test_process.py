@@ -8,6 +8,9 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import Gateway, run_gateway
@@ -49,3 +52,21 @@ def test_sigterm_stops_the_gateway_cleanly(probe_address: str, work_dir: Path) -
     assert returncode == 0
     assert "Application shutdown complete" in gateway.process.output()
     assert "Traceback" not in gateway.process.output()
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+async def test_websocket_handshakes_are_logged_only_with_the_access_log(
+    probe_address: str, work_dir: Path, access_log: bool
+) -> None:
+    config = {"upstreams": {"accept.v1.Probe": [probe_address]}, "logLevel": "info", "accessLog": access_log}
+    with run_gateway(config, work_dir) as gateway:
+        url = f"ws://127.0.0.1:{gateway.http_port}/accept.v1.Probe/Bidi"
+        async with connect(url, subprotocols=[Subprotocol("grpc-websockets")], proxy=None, open_timeout=5):
+            pass
+        # uvicorn logs the handshake before it answers it: once connected, the line is in the log or never.
+        if access_log:
+            assert '"WebSocket /accept.v1.Probe/Bidi" [accepted]' in gateway.process.output()
+        else:
+            output = gateway.process.output()
+            assert "WebSocket" not in output
+            assert "Uvicorn running" in output  # the rest of the info log is still there
