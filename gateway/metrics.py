@@ -11,6 +11,8 @@ their numbers apart) reads them when /metrics is scraped.
     upf_ratelimit_fallbacks_total{policy, mode}              requests decided without the store
                                                              (failureMode open / closed / local)
     upf_ratelimit_store_errors_total{policy}                 store calls that failed
+    upf_ratelimit_round_trips_total                          with leaseTokens: decisions that went to
+                                                             Redis (the rest were spent from a lease)
     upf_breaker_transitions_total{service, replica, from, to}
     upf_breaker_state{service, replica}                      0 closed, 1 half-open, 2 open
     upf_retries_total{outcome}                               attempted / succeeded / budget_exhausted
@@ -104,6 +106,13 @@ class TrafficMetrics(Collector):
         errors = CounterMetricFamily(
             "upf_ratelimit_store_errors", "Rate-limit store calls that failed.", labels=["policy"]
         )
+        leases = self.limiter.leases if self.limiter is not None else None
+        if leases is not None:
+            trips = CounterMetricFamily(
+                "upf_ratelimit_round_trips", "Rate-limit round trips to Redis that took a lease (leaseTokens)."
+            )
+            trips.add_metric([], leases.round_trips)
+            yield trips
         if self.limiter is not None:
             for policy, counts in sorted(self.limiter.counters()):
                 for decision, source, key in (

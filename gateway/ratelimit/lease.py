@@ -89,7 +89,7 @@ class LeaseTable:
         self.holder = secrets.token_hex(8)  # this process: its lease field in every bucket
         self._head = [self.holder, b"%d" % round(lease_seconds * 1_000_000), repr(SHARE / replicas)]
         self.leases: dict[str, _Lease] = {}
-        self.round_trips = 0  # for tests and benchmarks: decisions that went to Redis
+        self.round_trips = 0  # that went to Redis (for /metrics): decisions less these were spent from leases
 
     def lease(self, name: str) -> _Lease:
         lease = self.leases.get(name)

@@ -106,8 +106,16 @@ async def test_two_gateways_sharing_redis_let_exactly_the_burst_through(
                 http.post(gateways[i % 2].url + UNARY, content=body, headers=grpc_web_headers()) for i in range(200)
             ]
             answers = await asyncio.gather(*calls)
+            metrics = [(await http.get(gateway.url + "/metrics")).text for gateway in gateways]
     statuses = Counter(status_of(r) for r in answers)
     assert statuses == {OK: 50, RESOURCE_EXHAUSTED: 150}
+    if lease_tokens:
+        # At most one round trip per decision (each gateway decided 100), fewer when calls shared one.
+        for text in metrics:
+            trips = next(line for line in text.splitlines() if line.startswith("upf_ratelimit_round_trips_total"))
+            assert 0 < float(trips.split()[1]) <= 100
+    else:
+        assert all("upf_ratelimit_round_trips" not in text for text in metrics)
     # Both gateways took from the same bucket: the one key of 127.0.0.1.
     assert [key.decode() for key in store.scan_iter(match=f"{prefix}:*")] == [f"{prefix}:default:ip:127.0.0.1"]
 
