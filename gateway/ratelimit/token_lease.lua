@@ -36,14 +36,16 @@ local holder = 'l:' .. ARGV[1]
 local lease_us = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
 
-local levels = {}
+local levels, params = {}, {}
 local all = true
 for i = 1, #KEYS do
   local base = 3 + (i - 1) * 7
-  local rate = tonumber(ARGV[base + 1])
-  local burst = tonumber(ARGV[base + 2])
-  local least = tonumber(ARGV[base + 4])
-  local unused = tonumber(ARGV[base + 7])
+  local p = {}
+  for k = 1, 7 do
+    p[k] = tonumber(ARGV[base + k])
+  end
+  params[i] = p
+  local rate, burst, least, unused = p[1], p[2], p[4], p[7]
   local fields = redis.call('HGETALL', KEYS[i])
   local tokens, last
   local held, mine = 0, 0 -- extras on others' live leases, on this holder's
@@ -85,13 +87,7 @@ end
 
 local replies = {}
 for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 7
-  local rate = tonumber(ARGV[base + 1])
-  local burst = tonumber(ARGV[base + 2])
-  local ttl = tonumber(ARGV[base + 3])
-  local least = tonumber(ARGV[base + 4])
-  local want = tonumber(ARGV[base + 5])
-  local extra = tonumber(ARGV[base + 6])
+  local rate, burst, ttl, least, want, extra = unpack(params[i], 1, 6)
   local tokens = levels[i]
   local granted, retry_after = 0, 0
   local leased = 0
