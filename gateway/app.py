@@ -38,6 +38,7 @@ from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.logs import configure_logging
 from gateway.metrics import TrafficMetrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
@@ -335,4 +336,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
 
 def create_app_from_environment() -> Starlette:
     """Factory for `uvicorn --factory` and worker processes: settings from $UPF_CONFIG and UPF_* variables."""
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from gateway.logs import configure_logging
 from gateway.settings import ConfigError, GatewaySettings, load_settings
 
 _Settings = TypeVar("_Settings")
@@ -260,12 +260,12 @@ def _run_registry(args: argparse.Namespace) -> None:
         if value is not None:
             os.environ[name] = str(value)
     settings = _load_or_exit(load_registry_settings, args.config)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     run_registry(settings)
 
 
 def _run_plugin(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if args.name == "auth":
         _run_auth_plugin(args)
         return
@@ -339,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"upf: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     if args.command == "gateway":
         from gateway.serve import run_gateway
 

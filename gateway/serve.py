@@ -58,15 +58,21 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
 
 
 class _WebSocketHandshakeLines(logging.Filter):
-    """Drops uvicorn's line per WebSocket handshake when the access log is off.
+    """Drops the lines logged per WebSocket connection when the access log is off.
 
-    uvicorn logs every handshake (`<client> - "WebSocket /path" [accepted]`, or its status) on
-    uvicorn.error at INFO, whatever `access_log` says: they are access-log lines, so accessLog
-    false silences them too, and logLevel info stays about the gateway, not about each client.
+    uvicorn logs every handshake (`<client> - "WebSocket /path" [accepted]`, or its status), and the
+    websockets protocol it drives logs "connection open" / "connection closed", all on uvicorn.error
+    at INFO whatever `access_log` says: they are access-log lines, so accessLog false silences them
+    too, and logLevel info stays about the gateway, not about each client.
     """
 
+    _PER_CONNECTION = frozenset({"connection open", "connection closed", "connection rejected (%d %s)"})
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith('%s - "WebSocket %s"'))
+        message = record.msg
+        if not isinstance(message, str):
+            return True
+        return not (message.startswith('%s - "WebSocket %s"') or message in self._PER_CONNECTION)
 
 
 def _quiet_websocket_handshakes(access_log: bool) -> None:

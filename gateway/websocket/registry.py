@@ -62,6 +62,8 @@ class WebSocketRegistry:
     async def drain(self) -> None:
         """Close idle sockets now, wait up to the grace for calls in flight, then cut the rest."""
         self.draining = True
+        if self._open:
+            logger.info("WebSockets: draining %d socket(s), up to %g s for their calls", len(self._open), self.grace)
         for socket in list(self._open):
             await socket.going_away()
         if await self._wait(self.grace):

@@ -65,8 +65,11 @@ async def test_websocket_handshakes_are_logged_only_with_the_access_log(
             pass
         # uvicorn logs the handshake before it answers it: once connected, the line is in the log or never.
         if access_log:
-            assert '"WebSocket /accept.v1.Probe/Bidi" [accepted]' in gateway.process.output()
+            output = gateway.process.output()
+            assert '"WebSocket /accept.v1.Probe/Bidi" [accepted]' in output
+            assert "connection open" in output
         else:
             output = gateway.process.output()
             assert "WebSocket" not in output
+            assert "connection open" not in output
             assert "Uvicorn running" in output  # the rest of the info log is still there

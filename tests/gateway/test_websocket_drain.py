@@ -41,7 +41,7 @@ from tests.gateway.test_grpc_websockets import (
     wait_cancelled,
     ws_url,
 )
-from tests.support.processes import Gateway, run_gateway
+from tests.support.processes import Gateway, run_gateway, wait_until
 
 GOING_AWAY = 1001
 
@@ -76,7 +76,9 @@ async def test_a_call_in_flight_finishes_then_its_socket_closes_1001(
                 await call.request(pb, payload=f"ping {n}".encode())
                 assert (await call.reply(pb)).index == n
             sigterm(gateway)
-            await asyncio.sleep(0.5)  # well into the drain
+            await asyncio.to_thread(
+                wait_until, lambda: "WebSockets: draining" in gateway.process.output(), what="the drain to begin"
+            )
             for n in range(2, 5):
                 await call.request(pb, payload=f"ping {n}".encode())
                 reply = await call.reply(pb)
@@ -188,7 +190,12 @@ async def test_with_two_workers_each_drains_its_own_sockets(probe_address: str, 
                 calls.append(call)
             held = worker_connections(gateway)
             sigterm(gateway)
-            await asyncio.sleep(0.5)  # well into the drain
+            # Each worker says when its drain begins (the supervisor relays the SIGTERM to it).
+            await asyncio.to_thread(
+                wait_until,
+                lambda: gateway.process.output().count("WebSockets: draining") == 2,
+                what="both workers to start draining",
+            )
             answers = []
             for call in calls:
                 await call.request(pb, payload=b"during")
