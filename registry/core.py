@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from manifests import ManifestError, PluginManifest, SemverError, parse_manifest, parse_range, parse_version, satisfies
 from registry.errors import InstanceTaken, InvalidRequest, UnknownLease, UnknownPlugin
-from registry.model import Change, Clock, InstanceRecord, InstanceView, Phase
+from registry.model import Clock, InstanceRecord, InstanceView, Phase
 from registry.resolve import Explanation, evaluate, explain
 from registry.store.base import PluginStore
 
@@ -45,6 +45,7 @@ class PluginSummary:
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
+    epoch: str  # the history `revision` belongs to
     revision: int
     kind: str  # "snapshot", "updated" or "removed"
     views: tuple[InstanceView, ...]
@@ -137,8 +138,7 @@ class PluginRegistry:
         async with self._refreshing:
             records = await self.store.all()
             views = evaluate(records)
-            _, published = await self.store.snapshot()
-            for view in published:
+            for view in (await self.store.snapshot()).views:
                 if view.instance_id not in views:
                     await self.store.publish(view.instance_id, None)
             for instance_id, view in views.items():
@@ -151,8 +151,7 @@ class PluginRegistry:
         except SemverError as exc:
             raise InvalidRequest(f"range: {exc}") from None
         records = await self.store.all()
-        _, views = await self.store.snapshot()
-        by_id = {v.instance_id: v for v in views}
+        by_id = {v.instance_id: v for v in (await self.store.snapshot()).views}
         groups: dict[tuple[str, str, str], list[InstanceView]] = {}
         for record in records:
             for provided in record.manifest.provides:
@@ -174,23 +173,23 @@ class PluginRegistry:
         }
         if not matching:
             raise UnknownPlugin(f'no registered plugin has the id or serves the gRPC service "{target}"')
-        _, views = await self.store.snapshot()
-        mine = [v for v in views if v.instance_id in matching]
+        mine = [v for v in (await self.store.snapshot()).views if v.instance_id in matching]
         routable = [v for v in mine if v.routable]
         if routable:
             return routable, ""
         states = "; ".join(f"{v.instance_id}: {v.health.value}, {v.phase.value} ({v.reason})" for v in mine)
         return [], f"no instance of {target} may take calls: {states or 'none published yet'}"
 
-    async def plugins(self) -> tuple[int, list[PluginSummary]]:
+    async def plugins(self) -> tuple[str, int, list[PluginSummary]]:
+        """Every plugin, with the epoch and revision of the instance statuses listed."""
         records = await self.store.all()
-        revision, views = await self.store.snapshot()
+        epoch, revision, views = await self.store.snapshot()
         summaries = []
         for plugin_id in sorted({r.plugin_id for r in records}):
             latest = max((r for r in records if r.plugin_id == plugin_id), key=lambda r: r.registered_at)
             mine = tuple(v for v in views if v.plugin_id == plugin_id)
             summaries.append(PluginSummary(latest.manifest, latest.manifest_json, mine))
-        return revision, summaries
+        return epoch, revision, summaries
 
     async def explain(self, plugin_id: str) -> Explanation:
         explanation = explain(await self.store.all(), plugin_id)
@@ -198,29 +197,29 @@ class PluginRegistry:
             raise UnknownPlugin(f'no instance of plugin "{plugin_id}" is registered')
         return explanation
 
-    async def watch(self, since_revision: int, *, poll: float = 1.0) -> AsyncGenerator[WatchEvent, None]:
-        """A snapshot (or, resuming, the changes after `since_revision`), then every change, forever."""
-        revision = since_revision
-        changes = await self.store.changes_since(since_revision) if since_revision > 0 else None
+    async def watch(
+        self, since_revision: int, since_epoch: str = "", *, poll: float = 1.0
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """A snapshot (or, resuming, the changes after `since_revision` of `since_epoch`), then every
+        change, forever. Without `since_epoch` the revision is taken to be of the current history."""
+        epoch, revision = since_epoch or await self.store.epoch(), since_revision
+        changes = await self.store.changes_since(epoch, since_revision) if since_revision > 0 else None
         if changes is None:
-            revision, views = await self.store.snapshot()
-            yield WatchEvent(revision, "snapshot", tuple(views), reset=since_revision > 0)
+            epoch, revision, views = await self.store.snapshot()
+            yield WatchEvent(epoch, revision, "snapshot", tuple(views), reset=since_revision > 0)
             changes = []
         while True:
             for change in changes:
-                yield _event(change)
+                yield WatchEvent(epoch, change.revision, change.kind, (change.view,))
                 revision = change.revision
-            await self.store.wait(revision, poll)
-            changes = await self.store.changes_since(revision)
+            await self.store.wait(epoch, revision, poll)
+            changes = await self.store.changes_since(epoch, revision)
             if changes is None:
-                # The watcher fell further behind than the history reaches: start it over.
-                revision, views = await self.store.snapshot()
-                yield WatchEvent(revision, "snapshot", tuple(views), reset=True)
+                # The watcher fell further behind than the history reaches, or the history itself
+                # was lost (a flushed Redis store): start it over.
+                epoch, revision, views = await self.store.snapshot()
+                yield WatchEvent(epoch, revision, "snapshot", tuple(views), reset=True)
                 changes = []
-
-
-def _event(change: Change) -> WatchEvent:
-    return WatchEvent(change.revision, change.kind, (change.view,))
 
 
 class _Descending:

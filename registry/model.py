@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from manifests import PluginManifest
 
@@ -26,6 +26,7 @@ __all__ = [
     "InstanceView",
     "Phase",
     "RegistryError",
+    "Snapshot",
 ]
 
 
@@ -166,3 +167,11 @@ class Change:
     def from_json(cls, text: str) -> Change:
         data = json.loads(text)
         return cls(data["revision"], data["kind"], InstanceView.from_json(json.dumps(data["view"])))
+
+
+class Snapshot(NamedTuple):
+    """Every published view at `revision` of the history named `epoch`."""
+
+    epoch: str
+    revision: int
+    views: list[InstanceView]

@@ -109,9 +109,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         return pb.ResolveEndpointResponse(endpoints=[status_message(v) for v in views], reason=reason)
 
     async def ListPlugins(self, request: pb.ListPluginsRequest, context: _Context) -> pb.ListPluginsResponse:
-        revision, plugins = await self.registry.plugins()
+        epoch, revision, plugins = await self.registry.plugins()
         return pb.ListPluginsResponse(
             revision=revision,
+            epoch=epoch,
             plugins=[
                 pb.Plugin(
                     plugin_id=p.manifest.id,
@@ -129,12 +130,13 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchHealthResponse]:
         if request.since_revision < 0:
             raise InvalidRequest("since_revision: must be 0 (snapshot) or a revision seen earlier")
-        async for event in self.registry.watch(request.since_revision):
+        async for event in self.registry.watch(request.since_revision, request.since_epoch):
             yield pb.WatchHealthResponse(
                 revision=event.revision,
                 kind=_KIND[event.kind],
                 instances=[status_message(v) for v in event.views],
                 reset=event.reset,
+                epoch=event.epoch,
             )
 
     async def Explain(self, request: pb.ExplainRequest, context: _Context) -> pb.ExplainResponse:

@@ -2,11 +2,10 @@
 
 One background task per gateway process (started in the app lifespan when `registryUrl` is set):
 
-  connect: ListPlugins (every manifest and instance status, at revision R), then
-           WatchHealth(since_revision=R): each change after R, as it happens.
-  broken stream or unreachable registry: reconnect with backoff and start again from ListPlugins.
-           Resuming from the list's revision (rather than the last one seen) also covers a registry
-           whose memory store restarted: its revisions start over, and the list is its new truth.
+  connect: ListPlugins (every manifest and instance status, at revision R of epoch E), then
+           WatchHealth(since_revision=R, since_epoch=E): each change after R, as it happens.
+  broken stream or unreachable registry: reconnect with backoff and start again from ListPlugins,
+           which brings the manifests up to date and tells that the registry answers again.
   every routeRefreshInterval: ListPlugins again (manifests can change without any health change,
            and a lost update must not linger); an instance of a plugin whose manifest is not known
            yet triggers one at once.
@@ -16,6 +15,12 @@ DEGRADED (health), per the plugin manifest's `provides[].grpcServices`. A STOPPI
 the table, so it gets no new calls; calls already on it run to their end (the pool closes a client
 only once its last call has reported). While the registry is unreachable the last known table keeps
 serving, and /api/manifests answers the last known list marked `"stale": true`.
+
+The table is always at a position (revision, epoch) of the registry's history. A revision is only
+compared with revisions of the same epoch: a list or a snapshot of another epoch (a registry with
+the memory store restarted, or its Redis data was lost) replaces the table whatever its revision,
+and the registry answers a WatchHealth resumed from another epoch with a snapshot, never with
+changes. So the table never mixes two histories, whichever of the list and the watch comes first.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class RegistryRoutes:
         self.reachable = False
         self.error = "not connected yet"
         self.revision = 0
+        self.epoch = ""  # the history `revision` is of ("" until the first list)
         self._plugins: dict[str, _Plugin] = {}
         self._instances: dict[str, pb.InstanceStatus] = {}
         self._channel: grpc.aio.Channel | None = None
@@ -148,6 +154,7 @@ class RegistryRoutes:
             "url": self.registry_url,
             "reachable": self.reachable,
             "revision": self.revision,
+            "epoch": self.epoch,
             "plugins": len(self._plugins),
             "instances": len(self._instances),
             **({} if self.reachable else {"error": self.error}),
@@ -159,9 +166,10 @@ class RegistryRoutes:
         backoff = _BACKOFF_INITIAL
         while True:
             try:
-                await self._list(replace=True)
+                await self._list()
                 assert self._stub is not None
-                call = self._stub.WatchHealth(pb.WatchHealthRequest(since_revision=self.revision))
+                resume = pb.WatchHealthRequest(since_revision=self.revision, since_epoch=self.epoch)
+                call = self._stub.WatchHealth(resume)
                 async for event in call:
                     self._apply(event)
                     backoff = _BACKOFF_INITIAL
@@ -179,7 +187,7 @@ class RegistryRoutes:
             if not self.reachable:
                 continue  # the watch loop is reconnecting, and lists first when it does
             try:
-                await self._list(replace=False)
+                await self._list()
             except grpc.aio.AioRpcError as exc:
                 # The watch stream notices too and reconnects; until then, keep the table.
                 logger.warning("registry %s: ListPlugins failed: %s", self.registry_url, exc.details())
@@ -192,7 +200,7 @@ class RegistryRoutes:
 
     # --- state ---------------------------------------------------------------------------------
 
-    async def _list(self, *, replace: bool) -> None:
+    async def _list(self) -> None:
         assert self._stub is not None
         reply = await self._stub.ListPlugins(pb.ListPluginsRequest(), timeout=_CALL_TIMEOUT)
         plugins: dict[str, _Plugin] = {}
@@ -210,12 +218,14 @@ class RegistryRoutes:
         self._plugins = plugins
         self.policies.update(plugin.manifest for plugin in plugins.values())
         # The list is a snapshot at its revision: it replaces the instances unless the watch has
-        # already applied later changes (then only the manifests are news).
-        if replace or reply.revision >= self.revision:
+        # already applied later changes of the same history (then only the manifests are news).
+        if reply.epoch != self.epoch or reply.revision >= self.revision:
             self._instances = {status.instance_id: status for plugin in reply.plugins for status in plugin.instances}
-            self.revision = reply.revision
+            self.revision, self.epoch = reply.revision, reply.epoch
         if not self.reachable:
-            logger.info("registry %s: connected at revision %d", self.registry_url, reply.revision)
+            logger.info(
+                "registry %s: connected at revision %d (epoch %s)", self.registry_url, reply.revision, reply.epoch
+            )
         self.reachable, self.error = True, ""
         self._changed()
         self._connected.set()
@@ -223,6 +233,11 @@ class RegistryRoutes:
     def _apply(self, event: pb.WatchHealthResponse) -> None:
         if event.kind == pb.WatchHealthResponse.KIND_SNAPSHOT:
             self._instances = {status.instance_id: status for status in event.instances}
+            self.epoch = event.epoch
+        elif event.epoch != self.epoch:
+            # A change of the history the stream resumed from, after a list of a newer one replaced
+            # the table (the store was lost meanwhile): this stream's next event is a snapshot.
+            return
         elif event.revision <= self.revision:
             return  # already part of the list this stream resumed from
         elif event.kind == pb.WatchHealthResponse.KIND_REMOVED:

@@ -7,13 +7,18 @@ a health verdict on another never overwrite each other.
 `publish` is a compare-and-set: it records a change, with the next revision, only when the view differs
 from the published one. Several replicas publishing the same state therefore add one change, not one
 each. The last `history` changes are kept so that a watcher can resume after a reconnect.
+
+Revisions count the changes of one history, named by its epoch: a store that loses its changes
+(a memory store that restarts, Redis data that is flushed) starts a new history with a new epoch,
+and revisions from 1 again. A revision is only compared with revisions of the same epoch, so a
+watcher holding revision N of an old history is never answered with changes of a new one.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from registry.model import Change, Check, InstanceRecord, InstanceView, Phase
+from registry.model import Change, Check, InstanceRecord, InstanceView, Phase, Snapshot
 
 __all__ = ["PluginStore"]
 
@@ -42,13 +47,18 @@ class PluginStore(Protocol):
     async def publish(self, instance_id: str, view: InstanceView | None) -> int | None:
         """Publish a view (None: the instance is removed). Returns the new revision, None if unchanged."""
 
-    async def snapshot(self) -> tuple[int, list[InstanceView]]:
-        """Every published view and the revision they correspond to, read atomically."""
+    async def epoch(self) -> str:
+        """The id of the store's current revision history."""
 
-    async def changes_since(self, revision: int) -> list[Change] | None:
-        """Changes after `revision`, oldest first; None when some of them are no longer retained."""
+    async def snapshot(self) -> Snapshot:
+        """Every published view with the epoch and revision they correspond to, read atomically."""
 
-    async def wait(self, revision: int, timeout: float) -> None:
-        """Return once the revision is past `revision`, or after `timeout` seconds."""
+    async def changes_since(self, epoch: str, revision: int) -> list[Change] | None:
+        """Changes after `revision` of the history `epoch`, oldest first; None when `epoch` is not the
+        store's current one or some of the changes are no longer retained (the caller needs a snapshot)."""
+
+    async def wait(self, epoch: str, revision: int, timeout: float) -> None:
+        """Return once the store is past `revision` of `epoch` (a later revision, or another epoch),
+        or after `timeout` seconds."""
 
     async def close(self) -> None: ...

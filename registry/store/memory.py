@@ -1,12 +1,16 @@
-"""The embedded store: everything in this process, gone when it stops. The default for `upf run`."""
+"""The embedded store: everything in this process, gone when it stops. The default for `upf run`.
+
+Each store is a history of its own (a new epoch): a restarted registry counts revisions from 1 again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
 
-from registry.model import Change, Check, InstanceRecord, InstanceView, Phase
+from registry.model import Change, Check, InstanceRecord, InstanceView, Phase, Snapshot
 
 __all__ = ["MemoryPluginStore"]
 
@@ -17,6 +21,7 @@ class MemoryPluginStore:
         self._leases: dict[str, str] = {}
         self._views: dict[str, InstanceView] = {}
         self._changes: deque[Change] = deque(maxlen=history)
+        self._epoch = uuid.uuid4().hex
         self._revision = 0
         self._changed = asyncio.Event()  # replaced on every change, so each waiter sees one wake-up
 
@@ -77,20 +82,23 @@ class MemoryPluginStore:
         self._changed = asyncio.Event()
         return self._revision
 
-    async def snapshot(self) -> tuple[int, list[InstanceView]]:
-        return self._revision, [self._views[key] for key in sorted(self._views)]
+    async def epoch(self) -> str:
+        return self._epoch
 
-    async def changes_since(self, revision: int) -> list[Change] | None:
-        if revision > self._revision:
-            return None  # a revision from before a restart of this store: the watcher must start over
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(self._epoch, self._revision, [self._views[key] for key in sorted(self._views)])
+
+    async def changes_since(self, epoch: str, revision: int) -> list[Change] | None:
+        if epoch != self._epoch or revision > self._revision:
+            return None  # a revision of another history (before a restart): the watcher must start over
         if revision == self._revision:
             return []
         if not self._changes or self._changes[0].revision > revision + 1:
             return None
         return [change for change in self._changes if change.revision > revision]
 
-    async def wait(self, revision: int, timeout: float) -> None:
-        if self._revision > revision:
+    async def wait(self, epoch: str, revision: int, timeout: float) -> None:
+        if epoch != self._epoch or self._revision > revision:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)

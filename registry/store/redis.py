@@ -7,25 +7,32 @@ Keys, under the configured prefix P:
     P:leases              hash lease id -> instance id
     P:views               hash instance id -> published view (JSON)
     P:revision            the last revision (INCR)
+    P:epoch               the id of the revision history (see store/base.py)
     P:changes             list of changes (JSON), newest first, trimmed to `history`
 
 Leases are an expiry time in the record rather than a Redis TTL: an expiry must be seen (and
 published as a removal) by a registry, and tests move time with an injected clock. Every
 read-modify-write runs as one Lua script, so replicas never interleave inside one.
+
+The epoch is made by whichever command first needs it (SET NX, in the same script or transaction
+that reads or bumps the revision), so registry restarts and replicas keep the one already stored,
+and a store whose data was lost (flushed, a new Redis) gets a new one with the first command after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from registry.errors import StoreUnavailable
-from registry.model import Change, Check, InstanceRecord, InstanceView, Phase
+from registry.model import Change, Check, InstanceRecord, InstanceView, Phase, Snapshot
 
 __all__ = ["RedisPluginStore"]
 
@@ -54,8 +61,9 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: views, revision, changes. ARGV: instance id, new view JSON ("" = removed), history.
-# The change's JSON is assembled here because only here is its revision known.
+# KEYS: views, revision, changes, epoch. ARGV: instance id, new view JSON ("" = removed), history,
+# an epoch for the case that the store has none yet. The change's JSON is assembled here because
+# only here is its revision known.
 _PUBLISH = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local kind, view
@@ -68,6 +76,7 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   kind, view = 'updated', ARGV[2]
 end
+redis.call('SET', KEYS[4], ARGV[4], 'NX')
 local revision = redis.call('INCR', KEYS[2])
 redis.call('LPUSH', KEYS[3], '{"revision":' .. revision .. ',"kind":"' .. kind .. '","view":' .. view .. '}')
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
@@ -157,25 +166,38 @@ class RedisPluginStore:
     async def publish(self, instance_id: str, view: InstanceView | None) -> int | None:
         async with self._errors():
             revision = await self._publish(
-                keys=[self._key("views"), self._key("revision"), self._key("changes")],
-                args=[instance_id, "" if view is None else view.to_json(), self._history],
+                keys=[self._key("views"), self._key("revision"), self._key("changes"), self._key("epoch")],
+                args=[instance_id, "" if view is None else view.to_json(), self._history, uuid.uuid4().hex],
             )
         return None if revision is None else int(revision)
 
-    async def snapshot(self) -> tuple[int, list[InstanceView]]:
+    def _read_epoch(self, pipe: Pipeline) -> None:
+        """Queue two commands that answer (ignored, the epoch), making the epoch if there is none."""
+        pipe.set(self._key("epoch"), uuid.uuid4().hex, nx=True)
+        pipe.get(self._key("epoch"))
+
+    async def epoch(self) -> str:
         async with self._errors(), self._redis.pipeline(transaction=True) as pipe:
+            self._read_epoch(pipe)
+            _, epoch = await pipe.execute()
+        return cast("str", epoch)
+
+    async def snapshot(self) -> Snapshot:
+        async with self._errors(), self._redis.pipeline(transaction=True) as pipe:
+            self._read_epoch(pipe)
             pipe.get(self._key("revision"))
             pipe.hgetall(self._key("views"))
-            revision, views = await pipe.execute()
-        return int(revision or 0), [InstanceView.from_json(views[key]) for key in sorted(views)]
+            _, epoch, revision, views = await pipe.execute()
+        return Snapshot(epoch, int(revision or 0), [InstanceView.from_json(views[key]) for key in sorted(views)])
 
-    async def changes_since(self, revision: int) -> list[Change] | None:
+    async def changes_since(self, epoch: str, revision: int) -> list[Change] | None:
         async with self._errors(), self._redis.pipeline(transaction=True) as pipe:
+            self._read_epoch(pipe)
             pipe.get(self._key("revision"))
             pipe.lrange(self._key("changes"), 0, -1)
-            current_text, texts = await pipe.execute()
+            _, current_epoch, current_text, texts = await pipe.execute()
         current = int(current_text or 0)
-        if revision > current:
+        if epoch != current_epoch or revision > current:
             return None
         if revision == current:
             return []
@@ -184,16 +206,18 @@ class RedisPluginStore:
             return None
         return [change for change in changes if change.revision > revision]
 
-    async def revision(self) -> int:
+    async def _moved(self, epoch: str, revision: int) -> bool:
         async with self._errors():
-            return int(await self._redis.get(self._key("revision")) or 0)
+            current_epoch, current = await self._redis.mget(self._key("epoch"), self._key("revision"))
+        # No epoch at all: the data is gone, and whatever comes next is another history.
+        return bool(current_epoch != epoch or int(current or 0) > revision)
 
-    async def wait(self, revision: int, timeout: float) -> None:
+    async def wait(self, epoch: str, revision: int, timeout: float) -> None:
         # Polling keeps this simple and independent of which replica made the change; at 50 ms it
-        # costs one GET per watcher stream per tick.
+        # costs one MGET per watcher stream per tick.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while await self.revision() <= revision and loop.time() < deadline:  # noqa: ASYNC110
+        while not await self._moved(epoch, revision) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(min(self._poll, max(0.0, deadline - loop.time())))
 
     async def delete_all(self) -> None:

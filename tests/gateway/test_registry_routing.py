@@ -144,6 +144,8 @@ def test_routed_dropped_after_sigkill_routed_again_manifests_and_registry_restar
             what="the gateway to notice",
         )
         assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+        old_epoch = ready.json()["registry"]["epoch"]
+        assert old_epoch
         assert say(client, url) == (OK, f"hi @{plugin.port}")
         stale = client.get(f"{url}/api/manifests", headers={"if-none-match": etag})
         assert stale.status_code == 200
@@ -154,6 +156,10 @@ def test_routed_dropped_after_sigkill_routed_again_manifests_and_registry_restar
         restarted = stack.enter_context(run_registry(FAST, work_dir, port=registry_port))
         lease = register(restarted, plugin, "echo-1")
         wait_until(lambda: client.get(f"{url}/api/manifests").json()["stale"] is False, what="the watch to resume")
+        # A new history: the gateway's table is now at a revision of the new registry's epoch.
+        new_epoch = restarted.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5).epoch
+        assert new_epoch != old_epoch
+        assert client.get(f"{url}/readyz").json()["registry"]["epoch"] == new_epoch
         wait_until(lambda: say(client, url) == (OK, f"hi @{plugin.port}"), what="routed by the new registry")
         # The watch is live again: a phase change reaches the gateway.
         restarted.stub.SetPhase(pb.SetPhaseRequest(lease_id=lease, phase=pb.PHASE_STOPPING))
@@ -249,6 +255,7 @@ def test_redis_store_registry_restart_keeps_registrations_and_the_gateways_route
             register(registry, plugin, "echo-redis")
             gateway = stack.enter_context(run_gateway(gateway_config(registry), work_dir))
             wait_until(lambda: say(client, gateway.url) == (OK, f"hi @{plugin.port}"), what="the plugin to be routed")
+            epoch = client.get(f"{gateway.url}/readyz").json()["registry"]["epoch"]
             registry.process.stop(signal.SIGTERM)
             # The gateway keeps its last table while the registry is away.
             assert say(client, gateway.url) == (OK, f"hi @{plugin.port}")
@@ -257,12 +264,14 @@ def test_redis_store_registry_restart_keeps_registrations_and_the_gateways_route
             restarted = stack.enter_context(run_registry(config, work_dir, port=registry_port))
             listed = restarted.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5)
             assert [instance.instance_id for p in listed.plugins for instance in p.instances] == ["echo-redis"]
+            assert listed.epoch == epoch  # the history is in Redis, not in the registry process
 
             def reachable() -> bool:
                 ready = client.get(f"{gateway.url}/readyz").json()
                 return bool(ready["registry"]["reachable"])
 
             wait_until(reachable, timeout=15, what="the gateway to watch the restarted registry")
+            assert client.get(f"{gateway.url}/readyz").json()["registry"]["epoch"] == epoch
             assert all(say(client, gateway.url) == (OK, f"hi @{plugin.port}") for _ in range(10))
     finally:
         redis_client = redis.Redis.from_url("redis://127.0.0.1:6379/0")

@@ -64,7 +64,7 @@ class World:
         return record.instance_id, record.lease_id
 
     async def view(self, instance_id: str) -> Any:
-        _, views = await self.registry.store.snapshot()
+        views = (await self.registry.store.snapshot()).views
         return next(v for v in views if v.instance_id == instance_id)
 
 
@@ -109,9 +109,9 @@ async def test_lease_expiry_removes_the_instance_and_renewal_keeps_it(world: Wor
     await world.registry.renew(kept_lease)
     world.clock.now += 5  # a-2's lease (10 s) is over, a-1's was renewed 5 s ago
     await world.monitor.tick()
-    _, views = await world.registry.store.snapshot()
+    epoch, _, views = await world.registry.store.snapshot()
     assert [v.instance_id for v in views] == [kept]
-    changes = await world.registry.store.changes_since(0)
+    changes = await world.registry.store.changes_since(epoch, 0)
     assert changes is not None
     assert [c.view.instance_id for c in changes if c.kind == "removed"] == [gone]
     with pytest.raises(UnknownLease, match="register again"):
@@ -209,14 +209,25 @@ async def test_watch_resumes_from_a_revision(world: World) -> None:
     change = await anext(stream)
     assert change.kind == "updated"
     assert change.revision > snapshot.revision
+    assert change.epoch == snapshot.epoch
     await stream.aclose()
     await world.add(manifest("b"), "b-1")
-    resumed = world.registry.watch(change.revision)
+    resumed = world.registry.watch(change.revision, change.epoch)
     missed = await anext(resumed)
     assert (missed.kind, missed.views[0].instance_id) == ("updated", "b-1")
-    assert missed.revision == change.revision + 1
+    assert (missed.epoch, missed.revision) == (change.epoch, change.revision + 1)
     await resumed.aclose()
-    lost = world.registry.watch(10_000)
+    lost = world.registry.watch(10_000, change.epoch)
     fresh = await anext(lost)
     assert (fresh.kind, fresh.reset) == ("snapshot", True)
     await lost.aclose()
+    # A revision this registry has, but of another history: a snapshot, not the changes after it.
+    other = world.registry.watch(1, "another-epoch")
+    fresh = await anext(other)
+    assert (fresh.kind, fresh.reset, fresh.epoch) == ("snapshot", True, snapshot.epoch)
+    assert [v.instance_id for v in fresh.views] == ["a-1", "b-1"]
+    await other.aclose()
+    # A watcher that sends no epoch: as before epochs, the revision is taken to be of this history.
+    legacy = world.registry.watch(change.revision)
+    assert (await anext(legacy)).kind == "updated"
+    await legacy.aclose()

@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from upf.registry.v1 import registry_pb2 as pb
 
 from tests.support.processes import wait_until
-from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, shared_client
+from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 from tests.support.registry_process import plugin_process, run_registry
 
 INTERVAL = 0.2
@@ -49,6 +50,27 @@ def read(stream: Any, count: int) -> list[Any]:
     got = [next(stream) for _ in range(count)]
     stream.cancel()
     return got
+
+
+def resume(stub: Any, seen: Any) -> Any:
+    """The first answer to a watcher resuming from `seen` (a WatchHealth event), with its epoch."""
+    request = pb.WatchHealthRequest(since_revision=seen.revision, since_epoch=seen.epoch)
+    return read(stub.WatchHealth(request, timeout=10), 1)[0]
+
+
+def register_past(stub: Any, revision: int, endpoint: str) -> Any:
+    """Register instances until the registry's revision is past `revision`, so that the number exists
+    in its history too; returns the ListPlugins reply that is past it."""
+    for n in range(revision + 1):  # every registration adds at least one revision
+        listed = stub.ListPlugins(pb.ListPluginsRequest(), timeout=2)
+        if listed.revision > revision:
+            return listed
+        stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id=f"echo-{n + 1}", endpoint=endpoint))
+    raise AssertionError(f"revision {revision} not passed after {revision + 1} registrations")
+
+
+def instance_ids(event: Any) -> list[str]:
+    return sorted(status.instance_id for status in event.instances)
 
 
 def test_plugin_is_routed_unhealthy_after_sigkill_and_routed_again_after_restart(work_dir: Path) -> None:
@@ -156,16 +178,85 @@ def test_redis_store_keeps_registrations_and_revisions_across_a_restart(work_dir
                     pb.RegisterRequest(manifest=ECHO, instance_id="echo-1", endpoint=plugin.endpoint)
                 ).lease_id
                 wait_until(lambda: endpoints(registry.stub, "echo-plugin"), what="routed")
-                before = registry.stub.ListPlugins(pb.ListPluginsRequest()).revision
+                before = registry.stub.ListPlugins(pb.ListPluginsRequest())
             with run_registry(config, work_dir) as restarted:
                 stub = restarted.stub
                 assert endpoints(stub, "echo-plugin") == [plugin.endpoint]
-                assert stub.ListPlugins(pb.ListPluginsRequest()).revision >= before
+                listed = stub.ListPlugins(pb.ListPluginsRequest())
+                # The same history: the epoch is the one stored in Redis, the revisions go on from it.
+                assert listed.epoch == before.epoch
+                assert listed.revision >= before.revision
                 stub.RenewLease(pb.RenewLeaseRequest(lease_id=lease))  # the lease survived too
                 stub.SetPhase(pb.SetPhaseRequest(lease_id=lease, phase=pb.PHASE_STOPPING))
-                [change] = read(stub.WatchHealth(pb.WatchHealthRequest(since_revision=before)), 1)
-                assert change.revision == before + 1
+                change = resume(stub, before)
+                assert (change.kind, change.epoch, change.revision) == (
+                    pb.WatchHealthResponse.KIND_UPDATED,
+                    before.epoch,
+                    before.revision + 1,
+                )
                 assert change.instances[0].phase == pb.PHASE_STOPPING
     finally:
         delete_prefix(client, prefix)
         client.close()
+
+
+def test_a_restarted_memory_registry_answers_a_revision_of_its_previous_life_with_a_snapshot(work_dir: Path) -> None:
+    with plugin_process(work_dir) as plugin:
+        with run_registry(FAST, work_dir) as registry:
+            registry.stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
+            wait_until(lambda: endpoints(registry.stub, "echo-plugin"), what="routed")
+            seen = read(registry.stub.WatchHealth(pb.WatchHealthRequest()), 1)[0]  # a watcher's last event
+            assert seen.epoch
+        with run_registry(FAST, work_dir) as restarted:
+            stub = restarted.stub
+            # The new registry counts from 1 again, past the watcher's revision: that number now
+            # names another state, and the changes after it are changes of another history.
+            listed = register_past(stub, seen.revision, plugin.endpoint)
+            assert listed.epoch != seen.epoch
+            answer = resume(stub, seen)
+            assert (answer.kind, answer.reset, answer.epoch) == (
+                pb.WatchHealthResponse.KIND_SNAPSHOT,
+                True,
+                listed.epoch,
+            )
+            assert instance_ids(answer) == sorted(i.instance_id for p in listed.plugins for i in p.instances)
+            assert "echo-0" not in instance_ids(answer)
+            # A watcher that predates epochs still gets what it always got: the changes after the
+            # number, of whichever history the registry has now (why watchers must send the epoch).
+            legacy = read(stub.WatchHealth(pb.WatchHealthRequest(since_revision=seen.revision), timeout=10), 1)[0]
+            assert (legacy.kind, legacy.revision) == (pb.WatchHealthResponse.KIND_UPDATED, seen.revision + 1)
+
+
+def test_a_flushed_redis_store_starts_a_new_epoch_and_watchers_get_a_snapshot(work_dir: Path) -> None:
+    with redis_server(work_dir) as server, plugin_process(work_dir) as plugin:
+        config = {**FAST, "store": "redis", "redisUrl": server.url, "keyPrefix": "upf:registry"}
+        with run_registry(config, work_dir) as registry:
+            stub = registry.stub
+            stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
+            wait_until(lambda: endpoints(stub, "echo-plugin"), what="routed")
+            stream: Any = stub.WatchHealth(pb.WatchHealthRequest(), timeout=10)  # read event by event
+            seen = next(stream)
+            client = redis.Redis.from_url(server.url, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+            # The stream open across the flush goes on with a snapshot of the new (empty) history,
+            # although no revision has passed the watcher's yet.
+            live = next(stream)
+            stream.cancel()
+            assert (live.kind, live.reset, instance_ids(live)) == (pb.WatchHealthResponse.KIND_SNAPSHOT, True, [])
+            assert live.epoch not in ("", seen.epoch)
+            # The registry runs on; plugins register again (their leases went with the data), and
+            # the new history's revisions pass the watcher's.
+            listed = register_past(stub, seen.revision, plugin.endpoint)
+            assert listed.epoch == live.epoch
+            # A watcher resuming from before the flush gets a snapshot of the new history.
+            answer = resume(stub, seen)
+            assert (answer.kind, answer.reset, answer.epoch) == (
+                pb.WatchHealthResponse.KIND_SNAPSHOT,
+                True,
+                listed.epoch,
+            )
+            assert instance_ids(answer) == sorted(i.instance_id for p in listed.plugins for i in p.instances)
+            assert "echo-0" not in instance_ids(answer)

@@ -68,7 +68,7 @@ async def test_publish_is_compare_and_set_with_increasing_revisions(store: Plugi
     assert await store.publish("a-1", view(health=Health.UNHEALTHY)) == 2
     assert await store.publish("a-1", None) == 3
     assert await store.publish("a-1", None) is None
-    changes = await store.changes_since(0)
+    changes = await store.changes_since(await store.epoch(), 0)
     assert changes is not None
     assert [(c.revision, c.kind, c.view.health) for c in changes] == [
         (1, "updated", Health.HEALTHY),
@@ -76,24 +76,75 @@ async def test_publish_is_compare_and_set_with_increasing_revisions(store: Plugi
         (3, "removed", Health.UNHEALTHY),
     ]
     assert changes[0].view == view()
-    assert await store.snapshot() == (3, [])
+    assert await store.snapshot() == (await store.epoch(), 3, [])
 
 
 async def test_history_is_bounded_and_a_lost_revision_asks_for_a_snapshot(store: PluginStore) -> None:
     for n in range(5):
         await store.publish(f"a-{n}", view(f"a-{n}"))
-    assert await store.changes_since(1) is None  # revisions 2.. are no longer all retained (history 3)
-    kept = await store.changes_since(2)
+    epoch = await store.epoch()
+    assert await store.changes_since(epoch, 1) is None  # revisions 2.. are no longer all retained (history 3)
+    kept = await store.changes_since(epoch, 2)
     assert kept is not None
     assert [c.revision for c in kept] == [3, 4, 5]
-    assert await store.changes_since(5) == []
-    assert await store.changes_since(99) is None  # from a store that was reset
-    revision, views = await store.snapshot()
-    assert revision == 5
+    assert await store.changes_since(epoch, 5) == []
+    assert await store.changes_since(epoch, 99) is None  # from a store that was reset
+    snapshot_epoch, revision, views = await store.snapshot()
+    assert (snapshot_epoch, revision) == (epoch, 5)
     assert [v.instance_id for v in views] == [f"a-{n}" for n in range(5)]
+
+
+async def test_a_revision_of_another_epoch_is_never_answered_with_changes(store: PluginStore) -> None:
+    epoch = await store.epoch()
+    assert epoch
+    for n in range(3):
+        await store.publish(f"a-{n}", view(f"a-{n}"))
+    assert await store.epoch() == epoch  # publishing continues the history
+    assert await store.changes_since(epoch, 1) is not None
+    # Revision 1 exists here, but the one asked about is of another history.
+    assert await store.changes_since("another-epoch", 1) is None
+    assert await store.changes_since("", 1) is None
 
 
 async def test_wait_returns_at_once_when_already_past(store: PluginStore) -> None:
     await store.publish("a-1", view())
-    await store.wait(0, timeout=30)  # would hang the test if it did not return at once
-    await store.wait(1, timeout=0.01)
+    epoch = await store.epoch()
+    await store.wait(epoch, 0, timeout=30)  # would hang the test if it did not return at once
+    await store.wait("another-epoch", 1, timeout=30)  # another history: past whatever it held
+    await store.wait(epoch, 1, timeout=0.01)
+
+
+async def test_each_memory_store_is_a_history_of_its_own() -> None:
+    one, two = MemoryPluginStore(), MemoryPluginStore()
+    await one.publish("a-1", view())
+    await two.publish("b-1", view("b-1"))
+    assert await one.epoch() != await two.epoch()
+    assert await two.changes_since(await one.epoch(), 0) is None
+
+
+async def test_redis_epoch_is_kept_by_every_store_on_the_keys_and_renewed_when_they_are_lost() -> None:
+    shared_client().close()
+    prefix = new_prefix()
+    first = RedisPluginStore.from_url(SHARED_URL, prefix=prefix)
+    again = RedisPluginStore.from_url(SHARED_URL, prefix=prefix)  # a restarted or second replica
+    try:
+        await first.publish("a-1", view())
+        await first.publish("a-2", view("a-2"))
+        epoch = await first.epoch()
+        assert await again.epoch() == epoch
+        resumed = await again.changes_since(epoch, 1)
+        assert resumed is not None
+        assert [(c.revision, c.view.instance_id) for c in resumed] == [(2, "a-2")]
+        await first.delete_all()  # the data is lost: a new history, revisions from 1 again
+        for n in range(3):
+            await again.publish(f"b-{n}", view(f"b-{n}"))
+        renewed = await first.epoch()
+        assert renewed != epoch
+        assert await first.changes_since(epoch, 1) is None  # revision 1 exists, in another history
+        assert (await first.snapshot())[:2] == (renewed, 3)
+        await first.delete_all()
+        assert await first.epoch() not in (epoch, renewed)  # reading alone makes one
+    finally:
+        await first.delete_all()
+        await first.close()
+        await again.close()

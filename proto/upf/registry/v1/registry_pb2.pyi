@@ -499,8 +499,13 @@ class ListPluginsResponse(_message.Message):
 
     PLUGINS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
-    """The revision this list corresponds to (as in WatchHealth)."""
+    """The revision this list corresponds to (as in WatchHealth): pass it, with `epoch`, to
+    WatchHealth to receive the changes after this list.
+    """
+    epoch: _builtins.str
+    """The revision history `revision` belongs to (see WatchHealthRequest.since_epoch)."""
     @_builtins.property
     def plugins(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plugin]: ...
     def __init__(
@@ -508,10 +513,11 @@ class ListPluginsResponse(_message.Message):
         *,
         plugins: _abc.Iterable[Global___Plugin] | None = ...,
         revision: _builtins.int = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plugins", b"plugins", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "plugins", b"plugins", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,21 +525,37 @@ Global___ListPluginsResponse: _TypeAlias = ListPluginsResponse  # noqa: Y015
 
 @_typing.final
 class WatchHealthRequest(_message.Message):
+    """Revisions count the changes of one revision history, named by its epoch. A registry with the
+    memory store starts a new history (a new epoch, revisions from 1 again) every time it starts;
+    registries sharing a Redis store share one history, kept across their restarts, until the Redis
+    data is lost. A revision number means nothing without its epoch: resume with both.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    SINCE_EPOCH_FIELD_NUMBER: _builtins.int
     since_revision: _builtins.int
     """0: start with a snapshot. Otherwise the last revision the watcher saw: if the registry still
-    has the changes after it, only those are sent; else a snapshot with reset = true.
+    has the changes after it (in the history of since_epoch), only those are sent; else a snapshot
+    with reset = true.
+    """
+    since_epoch: _builtins.str
+    """The epoch that came with since_revision. When it is not the registry's epoch, the revision is
+    of another history (a memory-store registry restarted, or the Redis data was lost) and the
+    watcher gets a snapshot with reset = true, never changes. Empty (a watcher that predates
+    epochs): the revision is taken to be of the current history, as before epochs existed; right
+    only if the history has not changed since the watcher saw it.
     """
     def __init__(
         self,
         *,
         since_revision: _builtins.int = ...,
+        since_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_revision", b"since_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_epoch", b"since_epoch", "since_revision", b"since_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -570,10 +592,17 @@ class WatchHealthResponse(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     kind: Global___WatchHealthResponse.Kind.ValueType
     reset: _builtins.bool
-    """On a snapshot: the requested since_revision is no longer retained, so this replaces it."""
+    """On a snapshot: the requested since_revision is no longer retained, or is of another epoch, so
+    this replaces whatever the watcher knew.
+    """
+    epoch: _builtins.str
+    """The history `revision` belongs to. It changes only with a snapshot: remember it with the
+    revision and send both (since_epoch, since_revision) when resuming.
+    """
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceStatus]: ...
     def __init__(
@@ -583,10 +612,11 @@ class WatchHealthResponse(_message.Message):
         kind: Global___WatchHealthResponse.Kind.ValueType = ...,
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         reset: _builtins.bool = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "kind", b"kind", "reset", b"reset", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "instances", b"instances", "kind", b"kind", "reset", b"reset", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -134,7 +134,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchHealth(self, request, context):
-        """A snapshot of every instance's status, then each change, with increasing revisions.
+        """A snapshot of every instance's status, then each change, with increasing revisions (of one
+        epoch); or, resuming, the changes after a revision of the same epoch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

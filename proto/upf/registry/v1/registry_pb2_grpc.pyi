@@ -60,7 +60,9 @@ class RegistryStub:
     ListPlugins: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPluginsRequest, _registry_pb2.ListPluginsResponse]
     """Every registered plugin with its manifest and instances."""
     WatchHealth: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchHealthRequest, _registry_pb2.WatchHealthResponse]
-    """A snapshot of every instance's status, then each change, with increasing revisions."""
+    """A snapshot of every instance's status, then each change, with increasing revisions (of one
+    epoch); or, resuming, the changes after a revision of the same epoch.
+    """
     Explain: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExplainRequest, _registry_pb2.ExplainResponse]
     """Why each required interface of a plugin was resolved the way it was, and dependency cycles."""
 
@@ -82,7 +84,9 @@ class RegistryAsyncStub(RegistryStub):
     ListPlugins: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPluginsRequest, _registry_pb2.ListPluginsResponse]  # type: ignore[assignment]
     """Every registered plugin with its manifest and instances."""
     WatchHealth: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchHealthRequest, _registry_pb2.WatchHealthResponse]  # type: ignore[assignment]
-    """A snapshot of every instance's status, then each change, with increasing revisions."""
+    """A snapshot of every instance's status, then each change, with increasing revisions (of one
+    epoch); or, resuming, the changes after a revision of the same epoch.
+    """
     Explain: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExplainRequest, _registry_pb2.ExplainResponse]  # type: ignore[assignment]
     """Why each required interface of a plugin was resolved the way it was, and dependency cycles."""
 
@@ -149,7 +153,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.WatchHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchHealthResponse], _abc.AsyncIterator[_registry_pb2.WatchHealthResponse]]:
-        """A snapshot of every instance's status, then each change, with increasing revisions."""
+        """A snapshot of every instance's status, then each change, with increasing revisions (of one
+        epoch); or, resuming, the changes after a revision of the same epoch.
+        """
 
     @_abc_1.abstractmethod
     def Explain(
