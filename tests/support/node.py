@@ -1,11 +1,16 @@
-"""Running the JavaScript clients of tests/js from pytest: one Node process per call, JSON out."""
+"""Running the JavaScript clients of tests/js from pytest: one Node process per call, JSON out; or one
+for a whole test, driven by commands (NodeSession)."""
 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,3 +39,61 @@ def node_call(node: str, script: str, client: str, url: str, schema: str, spec: 
     assert done.returncode == 0, f"{client} call failed (exit {done.returncode}):\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+class NodeSession:
+    """A Node script that runs for a whole test, driven by JSON lines: one command in, one answer out."""
+
+    def __init__(self, node: str, script: str, args: Sequence[str], log: Path) -> None:
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [node, str(JS_DIR / script), *args],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self.log = log
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._answers.put(line)
+        self._answers.put(None)  # the script ended
+
+    def ask(self, op: str, *, timeout: float = NODE_TIMEOUT, **command: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **command}) + "\n")
+        self.process.stdin.flush()
+        try:
+            line = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no answer to {op} within {timeout} s:\n{self.log.read_text()}") from None
+        assert line is not None, f"the script ended before answering {op}:\n{self.log.read_text()}"
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()  # the script closes its client and exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+
+@contextmanager
+def node_session(node: str, script: str, args: Sequence[str], log: Path) -> Iterator[NodeSession]:
+    session = NodeSession(node, script, args, log)
+    try:
+        yield session
+    finally:
+        session.stop()

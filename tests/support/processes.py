@@ -119,16 +119,20 @@ class Gateway:
 
 
 @contextmanager
-def run_gateway(config: dict[str, Any], work_dir: Path, *, command: str = "gateway") -> Iterator[Gateway]:
-    """`upf gateway` (or `upf run`) with this configuration, on free ports; stopped with SIGTERM."""
-    http_port, grpc_port = free_port(), free_port()
+def run_gateway(
+    config: dict[str, Any], work_dir: Path, *, command: str = "gateway", http_port: int | None = None
+) -> Iterator[Gateway]:
+    """`upf gateway` (or `upf run`) with this configuration, on free ports (or this HTTP port: a
+    gateway started again where another one was); stopped with SIGTERM."""
+    http_port, grpc_port = http_port or free_port(), free_port()
     config = {"httpPort": http_port, "grpcPort": grpc_port, "accessLog": False, **config}
-    config_file = work_dir / f"gateway-{http_port}.yaml"
+    name = f"gateway-{http_port}-{grpc_port}"
+    config_file = work_dir / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     upf = str(Path(sys.executable).parent / "upf")
     # The developer's own UPF_* variables must not leak into the test's gateway.
     env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
-    process = Process([upf, command, "--config", str(config_file)], env=env, log=work_dir / f"gateway-{http_port}.log")
+    process = Process([upf, command, "--config", str(config_file)], env=env, log=work_dir / f"{name}.log")
     gateway = Gateway(process, http_port, grpc_port)
     try:
         wait_until(lambda: _ready(gateway) or (not process.alive() and _died(process)), what="the gateway to be ready")

@@ -1,7 +1,7 @@
 // A client for upf-mux.v1 (gateway/websocket/MUX.md): gRPC calls of every kind, multiplexed over
 // one WebSocket to the UPF gateway, so that a page is not held to six HTTP/1.1 connections.
 //
-//   const mux = await MuxClient.connect("wss://gateway.example/api/mux");
+//   const mux = await MuxClient.connect("wss://gateway.example/api/mux");   // or new MuxClient(url): lazily
 //   const reply = await mux.unary(method, request, { metadata: { authorization: "Bearer ..." } });
 //   for await (const event of mux.serverStream(method, request, { signal })) { ... }
 //   const total = await mux.clientStream(method, requests);        // any (async) iterable
@@ -12,6 +12,15 @@
 // cancelled (an AbortSignal) or when their deadline (timeoutMs) passes. Flow control is the
 // protocol's: a stream's replies are granted again only as the application reads them, so a
 // stream nobody reads holds up no other; requests wait for the gateway's credit.
+//
+// The client outlives its sockets, as an HTTP/2 channel outlives its connections. New calls go to
+// the current socket; when there is none, the first call opens one (calls that arrive together
+// share it). After the gateway's GOAWAY (it is draining) the calls it took run to
+// their end on the old socket, which is closed once the last one ends, while new calls open a new
+// socket (another gateway process answers). A socket that is lost fails its calls with
+// UNAVAILABLE; the next call opens another. A failed attempt holds the next one back (a growing,
+// jittered delay) and the calls made meanwhile fail at once with UNAVAILABLE, so a gateway that is
+// down is not hammered.
 
 export const SUBPROTOCOL = "upf-mux.v1";
 
@@ -50,6 +59,8 @@ const Frame = {
 
 const HEADER_SIZE = 10;
 const DEFAULT_WINDOW = 1 << 20;
+const DEFAULT_CONNECT_TIMEOUT = 10_000;
+const NORMAL_CLOSURE = 1000;
 
 /** Response metadata: lower-case names; -bin values stay base64. */
 export type Metadata = Record<string, string[]>;
@@ -97,8 +108,26 @@ export interface ConnectOptions {
   WebSocket?: WebSocketConstructor;
   /** Reply bytes each stream may have in flight towards this client (its window). */
   streamWindow?: number;
-  /** Milliseconds to wait for the socket to open. */
+  /** Milliseconds to wait for a socket to open (and the gateway's SETTINGS); 10 s by default. */
   connectTimeoutMs?: number;
+  /** How long a failed connection attempt holds back the next one. */
+  reconnect?: ReconnectOptions;
+}
+
+/**
+ * The delay after the n-th failed attempt in a row is initialDelayMs * multiplier^(n-1), at most
+ * maxDelayMs, spread by +-jitter (a fraction) so that many pages do not come back all at once.
+ * The first attempt after a socket was open, or after a GOAWAY, is never delayed.
+ */
+export interface ReconnectOptions {
+  /** 1000 by default. */
+  initialDelayMs?: number;
+  /** 30000 by default. */
+  maxDelayMs?: number;
+  /** 1.6 by default. */
+  multiplier?: number;
+  /** 0.2 by default. */
+  jitter?: number;
 }
 
 export interface Settings {
@@ -196,12 +225,23 @@ function grpcFrame(message: Uint8Array): Uint8Array {
 
 type Waiter = () => void;
 
+/** What a client assumes until a socket's SETTINGS say otherwise. */
+const DEFAULT_SETTINGS: Settings = {
+  maxStreams: 100,
+  maxMessageBytes: 4 << 20,
+  streamWindow: 0,
+  connectionWindow: 0,
+  maxFrameBytes: 4 << 20,
+};
+
 class Stream {
+  conn: Connection | null = null; // the socket the call runs on, once it has a stream there
   id = 0; // given when the OPEN leaves: ids must increase on the wire in the order OPENs are sent
-  sendWindow: number;
+  sendWindow = 0;
+  maxMessage = DEFAULT_SETTINGS.maxMessageBytes;
   owed = 0; // reply bytes read by the application, not yet granted again
   ended = false; // TRAILERS arrived, or the call failed here
-  closed = false; // TRAILERS arrived: the gateway no longer counts the stream
+  closed = false; // TRAILERS arrived (or never will): the gateway no longer counts the stream
   error: MuxError | null = null;
   headers: Metadata | null = null;
   readonly replies: Uint8Array[] = [];
@@ -210,12 +250,10 @@ class Stream {
 
   constructor(
     readonly window: number,
-    sendWindow: number,
-    readonly maxMessage: number,
     readonly options: CallOptions,
-  ) {
-    this.sendWindow = sendWindow;
-  }
+    /** performance.now() at which the call's deadline passes. */
+    readonly deadline: number | undefined,
+  ) {}
 
   /** Resolves at the next change: a reply, a window, the end. */
   changed(): Promise<void> {
@@ -248,6 +286,11 @@ class Stream {
     return null;
   }
 
+  /** Why a call that ended before it had a stream ended. */
+  outcome(): MuxError {
+    return this.error ?? new MuxError(Status.CANCELLED, "the call ended");
+  }
+
   fail(error: MuxError): void {
     if (this.ended) return;
     this.ended = true;
@@ -256,259 +299,183 @@ class Stream {
   }
 }
 
-// --- the socket -------------------------------------------------------------------------------
+/** The OPEN payload: made when the call gets its stream, so that the timeout sent is what is left of it. */
+function openPayload(stream: Stream, path: Uint8Array, block: Uint8Array): Uint8Array {
+  const payload = new Uint8Array(10 + path.length + block.length);
+  const view = new DataView(payload.buffer);
+  view.setUint32(0, stream.window);
+  view.setUint32(4, stream.deadline !== undefined ? Math.max(1, Math.ceil(stream.deadline - performance.now())) : 0);
+  view.setUint16(8, path.length);
+  payload.set(path, 10);
+  payload.set(block, 10 + path.length);
+  return payload;
+}
 
-export class MuxClient {
-  settings: Settings = {
-    maxStreams: 100,
-    maxMessageBytes: 4 << 20,
-    streamWindow: 0,
-    connectionWindow: 0,
-    maxFrameBytes: 4 << 20,
-  };
-  /** Set once the socket has closed (or the gateway said GOAWAY): new calls fail with UNAVAILABLE. */
-  closedReason: string | null = null;
+function closeText(code: number, reason: string): string {
+  return `the socket closed (${code}${reason ? `: ${reason}` : ""})`;
+}
+
+// --- one socket -------------------------------------------------------------------------------
+
+/** One WebSocket and the streams on it; MuxClient decides which calls come here. */
+class Connection {
+  settings: Settings = DEFAULT_SETTINGS;
+  /** Request DATA bytes all streams together may still send (the gateway's connection window). */
+  window = 0;
+  /** The gateway's GOAWAY: streams up to lastStreamId run on here, no stream is opened any more. */
+  goaway: { lastStreamId: number; reason: string } | null = null;
+  /** Why the socket ended; null while it is open. */
+  ended: string | null = null;
+  readonly calls = new Set<Stream>(); // streams counted against maxStreams, opened or about to be
   private readonly streams = new Map<number, Stream>(); // by id, once their OPEN has left
-  private readonly calls = new Set<Stream>(); // every call running, opened or not (for maxStreams)
   private nextId = 1;
-  private connectionWindow = 0;
-  private readonly windowWaiters = new Set<Waiter>(); // calls waiting for connection credit
-  private readonly slotWaiters: Waiter[] = []; // calls waiting for a stream slot (maxStreams)
+  private ready = false; // SETTINGS arrived
   private settingsArrived: Waiter | null = null;
+  private readonly windowWaiters = new Set<Waiter>(); // streams waiting for connection credit
+  private readonly slotWaiters = new Set<Waiter>(); // calls waiting for a stream (maxStreams)
 
   private constructor(
     private readonly socket: WebSocketLike,
-    private readonly streamWindow: number,
+    private readonly onEnd: (conn: Connection) => void,
   ) {}
 
-  static connect(url: string, options: ConnectOptions = {}): Promise<MuxClient> {
-    const Ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!Ctor) throw new TypeError("no WebSocket class: pass ConnectOptions.WebSocket");
-    const socket = new Ctor(url, SUBPROTOCOL);
-    socket.binaryType = "arraybuffer";
-    const client = new MuxClient(socket, options.streamWindow ?? DEFAULT_WINDOW);
+  /** A socket to `url` once the gateway's SETTINGS have arrived; UNAVAILABLE when none can be had. */
+  static open(
+    url: string,
+    WebSocket: WebSocketConstructor,
+    timeoutMs: number,
+    onEnd: (conn: Connection) => void,
+  ): Promise<Connection> {
     return new Promise((resolve, reject) => {
+      let socket: WebSocketLike;
+      try {
+        socket = new WebSocket(url, SUBPROTOCOL);
+      } catch (error) {
+        reject(new MuxError(Status.UNAVAILABLE, `cannot open a socket to ${url}: ${String(error)}`));
+        return;
+      }
+      socket.binaryType = "arraybuffer";
+      const conn = new Connection(socket, onEnd);
+      let failure = ""; // why the socket failed to open, when something said so
       const timer = setTimeout(() => {
+        failure = `no answer within ${timeoutMs} ms`;
+        reject(new MuxError(Status.UNAVAILABLE, `no connection to ${url}: ${failure}`));
         socket.close();
-        reject(new MuxError(Status.UNAVAILABLE, `no connection to ${url} within ${options.connectTimeoutMs ?? 10_000} ms`));
-      }, options.connectTimeoutMs ?? 10_000);
-      client.settingsArrived = () => {
+      }, timeoutMs);
+      conn.settingsArrived = () => {
         clearTimeout(timer);
-        resolve(client);
+        resolve(conn);
       };
       socket.onopen = () => {
-        if (socket.protocol !== SUBPROTOCOL) socket.close(1002, `expected subprotocol ${SUBPROTOCOL}`);
+        if (socket.protocol !== SUBPROTOCOL) {
+          failure = `the server chose the subprotocol "${socket.protocol}", not ${SUBPROTOCOL}`;
+          socket.close(NORMAL_CLOSURE); // scripts may close with 1000 (or 3000-4999) only
+        }
       };
-      socket.onerror = () => {}; // the close event that follows says what happened
-      socket.onmessage = (event) => client.onMessage(event.data);
+      // Node's `ws` says why (ECONNREFUSED, "Unexpected server response: 503"); browsers never do.
+      socket.onerror = (event) => {
+        const message = (event as { message?: unknown } | null)?.message;
+        if (!failure && typeof message === "string") failure = message;
+      };
+      socket.onmessage = (event) => conn.onMessage(event.data);
       socket.onclose = (event) => {
         clearTimeout(timer);
-        client.onClose(event.code, event.reason);
-        if (client.settingsArrived) reject(new MuxError(Status.UNAVAILABLE, client.closedReason ?? "closed"));
+        const opened = conn.ready;
+        conn.onClose(event.code, event.reason);
+        if (!opened) {
+          reject(new MuxError(Status.UNAVAILABLE, `no connection to ${url}: ${failure || closeText(event.code, event.reason)}`));
+        }
       };
     });
   }
 
-  /** Close the socket: every call still running ends with CANCELLED (the gateway cancels them upstream). */
-  close(): void {
-    this.closedReason ??= "closed by the client";
-    for (const stream of this.calls) stream.fail(new MuxError(Status.CANCELLED, "the client closed the socket"));
-    this.socket.close(1000);
+  /** New streams may be opened here. */
+  get accepting(): boolean {
+    return this.ready && this.goaway === null && this.ended === null;
   }
 
-  /** Calls open on this socket now. */
-  get activeCalls(): number {
-    return this.calls.size;
-  }
-
-  async unary<I, O>(method: Method<I, O>, request: I, options: CallOptions = {}): Promise<O> {
-    return this.single(method, this.run(method, [request], options));
-  }
-
-  serverStream<I, O>(method: Method<I, O>, request: I, options: CallOptions = {}): AsyncIterable<O> {
-    return this.run(method, [request], options);
-  }
-
-  async clientStream<I, O>(
-    method: Method<I, O>,
-    requests: AsyncIterable<I> | Iterable<I>,
-    options: CallOptions = {},
-  ): Promise<O> {
-    return this.single(method, this.run(method, requests, options));
-  }
-
-  bidi<I, O>(method: Method<I, O>, requests: AsyncIterable<I> | Iterable<I>, options: CallOptions = {}): AsyncIterable<O> {
-    return this.run(method, requests, options);
-  }
-
-  // --- calls --------------------------------------------------------------------------------
-
-  private async single<I, O>(method: Method<I, O>, replies: AsyncIterable<O>): Promise<O> {
-    let reply: O | undefined;
-    let count = 0;
-    for await (const message of replies) {
-      reply = message;
-      count += 1;
-    }
-    if (count !== 1) {
-      throw new MuxError(Status.UNIMPLEMENTED, `${method.path} answered ${count} messages; expected exactly one`);
-    }
-    return reply as O;
-  }
-
-  private async *run<I, O>(
-    method: Method<I, O>,
-    requests: AsyncIterable<I> | Iterable<I>,
-    options: CallOptions,
-  ): AsyncGenerator<O, void, undefined> {
-    const { signal, timeoutMs } = options;
-    if (signal?.aborted) throw new MuxError(Status.CANCELLED, "aborted before the call began");
-    await this.slot(signal);
-    const [stream, open] = this.open(method.path, options);
+  /** Counts `stream` against maxStreams here; false when this socket takes no new stream now. */
+  admit(stream: Stream): boolean {
+    if (!this.accepting || this.calls.size >= this.settings.maxStreams) return false;
     this.calls.add(stream);
-    const abort = () => this.cancel(stream, new MuxError(Status.CANCELLED, "the call was aborted"));
-    signal?.addEventListener("abort", abort);
-    const timer =
-      timeoutMs !== undefined
-        ? setTimeout(() => this.cancel(stream, new MuxError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")), timeoutMs + 50)
-        : undefined; // a little after the gateway's own deadline, whose status is the one to report
-    // Not awaited at the end: a request iterable may wait for something that never comes once the
-    // call is over; whatever it yields then is dropped.
-    void this.sendAll(stream, open, method, requests);
-    try {
-      while (true) {
-        const next = stream.replies.shift();
-        if (next !== undefined) {
-          this.consumed(stream, next.length + 5);
-          yield method.deserialize(next);
-          continue;
-        }
-        if (stream.ended) break;
-        await stream.changed();
-      }
-      if (stream.error) throw stream.error;
-    } finally {
-      signal?.removeEventListener("abort", abort);
-      if (timer !== undefined) clearTimeout(timer);
-      // A consumer that stops reading early (break, throw) abandons the call.
-      if (!stream.ended) this.cancel(stream, new MuxError(Status.CANCELLED, "the reader stopped"));
-      this.forget(stream);
-    }
+    stream.conn = this;
+    stream.sendWindow = this.settings.streamWindow;
+    stream.maxMessage = this.settings.maxMessageBytes;
+    return true;
   }
 
-  /** A stream for the call, and its OPEN payload (sent with the first request bytes). */
-  private open(path: string, options: CallOptions): [Stream, Uint8Array] {
-    if (this.closedReason !== null) throw new MuxError(Status.UNAVAILABLE, this.closedReason);
-    const { streamWindow, maxMessageBytes } = this.settings;
-    const stream = new Stream(this.streamWindow, streamWindow, maxMessageBytes, options);
-    const pathBytes = encoder.encode(path);
-    const block = encoder.encode(metadataBlock(options.metadata));
-    const payload = new Uint8Array(10 + pathBytes.length + block.length);
-    const view = new DataView(payload.buffer);
-    view.setUint32(0, stream.window);
-    view.setUint32(4, options.timeoutMs !== undefined ? Math.max(1, Math.ceil(options.timeoutMs)) : 0);
-    view.setUint16(8, pathBytes.length);
-    payload.set(pathBytes, 10);
-    payload.set(block, 10 + pathBytes.length);
-    return [stream, payload];
+  /** Resolves once a stream may have become free here, or the socket takes no new ones at all. */
+  slotFreed(): Promise<void> {
+    return new Promise((resolve) => this.slotWaiters.add(resolve));
   }
 
-  private async sendAll<I, O>(
-    stream: Stream,
-    open: Uint8Array,
-    method: Method<I, O>,
-    requests: AsyncIterable<I> | Iterable<I>,
-  ): Promise<void> {
-    try {
-      // The OPEN leaves with the first message (and, for an array, with all that fit): one
-      // WebSocket message for a whole unary call.
-      let frames: Array<[number, Uint8Array | undefined]> = [[Frame.OPEN, open]];
-      const flush = () => {
-        if (frames.length && !stream.ended && this.closedReason === null) {
-          if (stream.id === 0) {
-            stream.id = this.nextId++;
-            this.streams.set(stream.id, stream);
-          }
-          this.socket.send(concat(frames.map(([type, payload]) => frame(type, stream.id, payload))));
-        }
-        frames = [];
-      };
-      const send = async (message: I) => {
-        const bytes = method.serialize(message);
-        if (bytes.length > this.settings.maxMessageBytes) {
-          throw new MuxError(Status.RESOURCE_EXHAUSTED, `a request of ${bytes.length} bytes is over the limit`);
-        }
-        let data = grpcFrame(bytes);
-        while (data.length && !stream.ended) {
-          const size = Math.min(data.length, stream.sendWindow, this.connectionWindow, this.settings.maxFrameBytes);
-          if (size === 0) {
-            flush();
-            await this.credit(stream);
-            continue;
-          }
-          frames.push([Frame.DATA, data.subarray(0, size)]);
-          stream.sendWindow -= size;
-          this.connectionWindow -= size;
-          data = data.subarray(size);
-        }
-      };
-      if (Symbol.iterator in requests) {
-        for (const message of requests) {
-          if (stream.ended) return;
-          await send(message);
-        }
-      } else {
-        for await (const message of requests) {
-          if (stream.ended) return;
-          await send(message);
-          flush(); // a streamed message leaves at once
-        }
-      }
-      frames.push([Frame.HALF_CLOSE, undefined]);
-      flush();
-    } catch (error) {
-      const failure =
-        error instanceof MuxError ? error : new MuxError(Status.CANCELLED, `the request stream failed: ${String(error)}`);
-      this.cancel(stream, failure);
-    }
+  /** Gives an admitted stream its id as its OPEN leaves; false after a GOAWAY (the OPEN must not go). */
+  register(stream: Stream): boolean {
+    if (this.goaway !== null) return false;
+    stream.id = this.nextId++;
+    this.streams.set(stream.id, stream);
+    return true;
   }
 
-  private async slot(signal: AbortSignal | undefined): Promise<void> {
-    while (this.calls.size >= this.settings.maxStreams && this.closedReason === null) {
-      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
-      if (signal?.aborted) throw new MuxError(Status.CANCELLED, "aborted while waiting for a stream");
-    }
+  send(bytes: Uint8Array): void {
+    if (this.ended === null) this.socket.send(bytes);
   }
 
-  private credit(stream: Stream): Promise<void> {
+  /** Resolves when connection credit arrives, or anything happens to the stream. */
+  credit(stream: Stream): Promise<void> {
     return new Promise((resolve) => {
       this.windowWaiters.add(resolve);
       void stream.changed().then(resolve);
     });
   }
 
-  private consumed(stream: Stream, size: number): void {
+  consumed(stream: Stream, size: number): void {
     stream.owed += size;
     if (!stream.ended && stream.owed >= stream.window / 2) {
       const increment = new Uint8Array(4);
       new DataView(increment.buffer).setUint32(0, stream.owed);
-      this.socket.send(frame(Frame.WINDOW_UPDATE, stream.id, increment));
+      this.send(frame(Frame.WINDOW_UPDATE, stream.id, increment));
       stream.owed = 0;
     }
   }
 
-  private cancel(stream: Stream, error: MuxError): void {
-    if (stream.ended) return;
-    stream.fail(error);
-    if (stream.id !== 0 && this.closedReason === null) this.socket.send(frame(Frame.CANCEL, stream.id));
+  cancel(stream: Stream): void {
+    if (stream.id !== 0) this.send(frame(Frame.CANCEL, stream.id));
   }
 
-  private forget(stream: Stream): void {
+  forget(stream: Stream): void {
     // The gateway counts a stream against maxStreams until its TRAILERS, which a cancelled call
     // still gets: until they come, it keeps its slot here too.
-    if (stream.id !== 0 && !stream.closed && this.closedReason === null) return;
+    if (stream.id !== 0 && !stream.closed && this.ended === null) return;
     this.streams.delete(stream.id);
-    if (this.calls.delete(stream)) this.slotWaiters.shift()?.();
+    if (this.calls.delete(stream)) {
+      this.wakeSlotWaiters();
+      this.closeIfDrained();
+    }
+  }
+
+  /** The error of a call this socket can no longer open: the gateway has not processed it. */
+  refusal(): MuxError {
+    const reason = this.goaway?.reason ?? this.ended ?? "";
+    return new MuxError(
+      Status.UNAVAILABLE,
+      `the gateway went away before it took this call (${reason}); the call was not processed and may be retried`,
+    );
+  }
+
+  close(): void {
+    this.socket.close(NORMAL_CLOSURE);
+  }
+
+  private closeIfDrained(): void {
+    if (this.goaway !== null && this.calls.size === 0 && this.ended === null) this.close();
+  }
+
+  private wakeSlotWaiters(): void {
+    // All of them: each checks again, and one that gave up (aborted) must not swallow the wake-up.
+    const waiting = [...this.slotWaiters];
+    this.slotWaiters.clear();
+    for (const resolve of waiting) resolve();
   }
 
   // --- from the gateway ---------------------------------------------------------------------
@@ -538,18 +505,18 @@ export class MuxClient {
           connectionWindow: view.getUint32(14),
           maxFrameBytes: view.getUint32(18),
         };
-        this.connectionWindow = this.settings.connectionWindow;
+        this.window = this.settings.connectionWindow;
+        this.ready = true;
         const arrived = this.settingsArrived;
         this.settingsArrived = null;
         arrived?.();
       } else if (type === Frame.WINDOW_UPDATE) {
-        this.connectionWindow += view.getUint32(0);
+        this.window += view.getUint32(0);
         const waiting = [...this.windowWaiters];
         this.windowWaiters.clear();
         for (const resolve of waiting) resolve();
       } else if (type === Frame.GOAWAY) {
-        const reason = decoder.decode(payload.subarray(6));
-        this.closedReason = `the gateway is going away: ${reason}`;
+        this.onGoaway(view.getUint32(0), decoder.decode(payload.subarray(6)));
       }
       return;
     }
@@ -568,7 +535,10 @@ export class MuxClient {
       stream.options.onHeader?.(stream.headers);
     } else if (type === Frame.DATA) {
       const error = stream.onData(payload);
-      if (error) this.cancel(stream, error);
+      if (error) {
+        stream.fail(error);
+        this.cancel(stream);
+      }
     } else if (type === Frame.TRAILERS) {
       const code = view.getUint16(0);
       const length = view.getUint16(2);
@@ -585,13 +555,321 @@ export class MuxClient {
     }
   }
 
+  /**
+   * The gateway is draining (or failing, then it closes at once): the streams it took run to
+   * their end; those above its last id were never seen by a backend, and will only get the
+   * gateway's refusal, so they end now. New calls go to another socket (MuxClient).
+   */
+  private onGoaway(lastStreamId: number, reason: string): void {
+    const last = Math.min(lastStreamId, this.goaway?.lastStreamId ?? lastStreamId);
+    this.goaway = { lastStreamId: last, reason };
+    const refused = this.refusal();
+    for (const stream of [...this.streams.values()]) {
+      if (stream.id > last) {
+        stream.fail(refused);
+        stream.closed = true; // its TRAILERS (the refusal) free nothing on the gateway's side
+        this.forget(stream);
+      }
+    }
+    this.wakeSlotWaiters();
+    this.closeIfDrained();
+  }
+
   private onClose(code: number, reason: string): void {
-    this.closedReason = `the socket closed (${code}${reason ? `: ${reason}` : ""})`;
-    const error = new MuxError(code === 1000 ? Status.CANCELLED : Status.UNAVAILABLE, this.closedReason);
+    this.ended = closeText(code, reason);
+    const error = new MuxError(
+      Status.UNAVAILABLE,
+      `the connection to the gateway ended before the call did: ${this.goaway?.reason ?? this.ended}`,
+    );
     for (const stream of this.calls) stream.fail(error);
     this.streams.clear();
-    for (const resolve of this.slotWaiters.splice(0)) resolve();
-    for (const resolve of this.windowWaiters) resolve();
+    this.wakeSlotWaiters();
+    const waiting = [...this.windowWaiters];
     this.windowWaiters.clear();
+    for (const resolve of waiting) resolve();
+    this.onEnd(this);
+  }
+}
+
+// --- the client -------------------------------------------------------------------------------
+
+export class MuxClient {
+  private readonly WebSocket: WebSocketConstructor;
+  private readonly streamWindow: number;
+  private current: Connection | null = null; // where new calls go, while it takes them
+  private attempt: Promise<Connection> | null = null; // the socket being opened, shared by the calls that wait
+  private readonly connections = new Set<Connection>(); // every open socket, draining ones too
+  private readonly calls = new Set<Stream>(); // every call running, whether it has a stream yet or not
+  private failures = 0; // failed attempts in a row
+  private retryAt = 0; // performance.now() before which no attempt is made
+  private lastFailure = "";
+  private closed = false;
+
+  /** A client that opens its first socket when a call needs one. */
+  constructor(
+    readonly url: string,
+    private readonly options: ConnectOptions = {},
+  ) {
+    const WebSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocket) throw new TypeError("no WebSocket class: pass ConnectOptions.WebSocket");
+    this.WebSocket = WebSocket;
+    this.streamWindow = options.streamWindow ?? DEFAULT_WINDOW;
+  }
+
+  /** A client whose first socket is open; fails with UNAVAILABLE when the gateway cannot be reached. */
+  static async connect(url: string, options: ConnectOptions = {}): Promise<MuxClient> {
+    const client = new MuxClient(url, options);
+    await client.connection();
+    return client;
+  }
+
+  /** The gateway's SETTINGS on the socket new calls go to (defaults while there is none). */
+  get settings(): Settings {
+    return this.current?.settings ?? DEFAULT_SETTINGS;
+  }
+
+  /** Calls running now. */
+  get activeCalls(): number {
+    return this.calls.size;
+  }
+
+  /** Close every socket: calls still running end with CANCELLED (the gateway cancels them upstream), and so do later ones. */
+  close(): void {
+    this.closed = true;
+    const error = new MuxError(Status.CANCELLED, "the client was closed");
+    for (const stream of this.calls) stream.fail(error);
+    for (const conn of this.connections) conn.close();
+    this.current = null;
+  }
+
+  async unary<I, O>(method: Method<I, O>, request: I, options: CallOptions = {}): Promise<O> {
+    return this.single(method, this.run(method, [request], options));
+  }
+
+  serverStream<I, O>(method: Method<I, O>, request: I, options: CallOptions = {}): AsyncIterable<O> {
+    return this.run(method, [request], options);
+  }
+
+  async clientStream<I, O>(
+    method: Method<I, O>,
+    requests: AsyncIterable<I> | Iterable<I>,
+    options: CallOptions = {},
+  ): Promise<O> {
+    return this.single(method, this.run(method, requests, options));
+  }
+
+  bidi<I, O>(method: Method<I, O>, requests: AsyncIterable<I> | Iterable<I>, options: CallOptions = {}): AsyncIterable<O> {
+    return this.run(method, requests, options);
+  }
+
+  // --- sockets ------------------------------------------------------------------------------
+
+  /** The socket new calls go to: the current one, or the one being opened, or a new attempt. */
+  private connection(): Promise<Connection> {
+    if (this.closed) return Promise.reject(new MuxError(Status.CANCELLED, "the client was closed"));
+    if (this.current?.accepting) return Promise.resolve(this.current);
+    if (this.attempt === null) {
+      const wait = Math.ceil(this.retryAt - performance.now());
+      if (wait > 0) {
+        const message = `${this.lastFailure}; the next attempt is in ${wait} ms`;
+        return Promise.reject(new MuxError(Status.UNAVAILABLE, message));
+      }
+      const attempt = this.open();
+      this.attempt = attempt;
+      attempt.catch(() => {}); // the calls waiting for it may all have ended meanwhile
+    }
+    return this.attempt;
+  }
+
+  private async open(): Promise<Connection> {
+    const timeout = this.options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT;
+    let conn: Connection;
+    try {
+      conn = await Connection.open(this.url, this.WebSocket, timeout, (ended) => this.ended(ended));
+    } catch (error) {
+      this.failures += 1;
+      this.retryAt = performance.now() + this.backoff();
+      this.lastFailure = error instanceof MuxError ? error.details : String(error);
+      throw error;
+    } finally {
+      this.attempt = null;
+    }
+    this.failures = 0;
+    this.retryAt = 0;
+    if (this.closed) {
+      conn.close();
+      throw new MuxError(Status.CANCELLED, "the client was closed");
+    }
+    if (conn.ended === null) this.connections.add(conn); // it may have ended in the frames that opened it
+    this.current = conn;
+    return conn;
+  }
+
+  private ended(conn: Connection): void {
+    this.connections.delete(conn);
+    if (this.current === conn) this.current = null;
+  }
+
+  /** Milliseconds the attempt after `failures` failed ones in a row waits. */
+  private backoff(): number {
+    const { initialDelayMs = 1000, maxDelayMs = 30_000, multiplier = 1.6, jitter = 0.2 } = this.options.reconnect ?? {};
+    const delay = Math.min(maxDelayMs, initialDelayMs * multiplier ** (this.failures - 1));
+    return Math.min(maxDelayMs, delay * (1 + jitter * (2 * Math.random() - 1)));
+  }
+
+  /** A socket with a stream free for the call, counted there; fails when none can be had or the call ends first. */
+  private async admit(stream: Stream): Promise<Connection> {
+    while (true) {
+      const conn = await this.until(stream, this.connection());
+      if (stream.ended) throw stream.outcome();
+      if (conn.admit(stream)) return conn;
+      // Every stream is taken (maxStreams): wait for one; after a GOAWAY, go round for a new socket.
+      if (conn.accepting) await this.until(stream, conn.slotFreed());
+    }
+  }
+
+  /** What `promise` gives, unless the call ends first (aborted, past its deadline, the client closed). */
+  private async until<T>(stream: Stream, promise: Promise<T>): Promise<T> {
+    while (!stream.ended) {
+      const settled = await Promise.race([promise.then((value) => ({ value })), stream.changed().then(() => null)]);
+      if (settled !== null && !stream.ended) return settled.value;
+    }
+    throw stream.outcome();
+  }
+
+  // --- calls --------------------------------------------------------------------------------
+
+  private async single<I, O>(method: Method<I, O>, replies: AsyncIterable<O>): Promise<O> {
+    let reply: O | undefined;
+    let count = 0;
+    for await (const message of replies) {
+      reply = message;
+      count += 1;
+    }
+    if (count !== 1) {
+      throw new MuxError(Status.UNIMPLEMENTED, `${method.path} answered ${count} messages; expected exactly one`);
+    }
+    return reply as O;
+  }
+
+  private async *run<I, O>(
+    method: Method<I, O>,
+    requests: AsyncIterable<I> | Iterable<I>,
+    options: CallOptions,
+  ): AsyncGenerator<O, void, undefined> {
+    const { signal, timeoutMs } = options;
+    if (signal?.aborted) throw new MuxError(Status.CANCELLED, "aborted before the call began");
+    const block = encoder.encode(metadataBlock(options.metadata)); // bad metadata throws before anything happens
+    const deadline = timeoutMs !== undefined ? performance.now() + timeoutMs : undefined;
+    const stream = new Stream(this.streamWindow, options, deadline);
+    this.calls.add(stream);
+    const abort = () => this.cancel(stream, new MuxError(Status.CANCELLED, "the call was aborted"));
+    signal?.addEventListener("abort", abort);
+    const timer =
+      timeoutMs !== undefined
+        ? setTimeout(() => this.cancel(stream, new MuxError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")), timeoutMs + 50)
+        : undefined; // a little after the gateway's own deadline, whose status is the one to report
+    // Not awaited at the end: a request iterable may wait for something that never comes once the
+    // call is over; whatever it yields then is dropped.
+    void this.sendAll(stream, encoder.encode(method.path), block, method, requests);
+    try {
+      while (true) {
+        const next = stream.replies.shift();
+        if (next !== undefined) {
+          stream.conn?.consumed(stream, next.length + 5);
+          yield method.deserialize(next);
+          continue;
+        }
+        if (stream.ended) break;
+        await stream.changed();
+      }
+      if (stream.error) throw stream.error;
+    } finally {
+      signal?.removeEventListener("abort", abort);
+      if (timer !== undefined) clearTimeout(timer);
+      // A consumer that stops reading early (break, throw) abandons the call.
+      if (!stream.ended) this.cancel(stream, new MuxError(Status.CANCELLED, "the reader stopped"));
+      this.calls.delete(stream);
+      stream.conn?.forget(stream);
+    }
+  }
+
+  private async sendAll<I, O>(
+    stream: Stream,
+    path: Uint8Array,
+    block: Uint8Array,
+    method: Method<I, O>,
+    requests: AsyncIterable<I> | Iterable<I>,
+  ): Promise<void> {
+    try {
+      let conn: Connection | null = null;
+      // The OPEN leaves with the first message (and, for an array, with all that fit): one
+      // WebSocket message for a whole unary call.
+      let frames: Array<[number, Uint8Array | undefined]> = [];
+      // The call takes its socket when its first message is ready, and its OPEN leaves before
+      // anything else can happen (no I/O in between): so a GOAWAY that the socket has seen
+      // sends the call to another socket, and one still on its way refuses it.
+      const socket = async (): Promise<Connection> => {
+        if (conn === null) {
+          conn = await this.admit(stream);
+          frames.push([Frame.OPEN, openPayload(stream, path, block)]);
+        }
+        return conn;
+      };
+      const flush = () => {
+        const target = conn;
+        if (target !== null && frames.length && !stream.ended && target.ended === null) {
+          if (stream.id === 0 && !target.register(stream)) this.cancel(stream, target.refusal());
+          else target.send(concat(frames.map(([type, payload]) => frame(type, stream.id, payload))));
+        }
+        frames = [];
+      };
+      const send = async (message: I) => {
+        const bytes = method.serialize(message);
+        const target = await socket();
+        if (bytes.length > target.settings.maxMessageBytes) {
+          throw new MuxError(Status.RESOURCE_EXHAUSTED, `a request of ${bytes.length} bytes is over the limit`);
+        }
+        let data = grpcFrame(bytes);
+        while (data.length && !stream.ended) {
+          const size = Math.min(data.length, stream.sendWindow, target.window, target.settings.maxFrameBytes);
+          if (size === 0) {
+            flush();
+            await target.credit(stream);
+            continue;
+          }
+          frames.push([Frame.DATA, data.subarray(0, size)]);
+          stream.sendWindow -= size;
+          target.window -= size;
+          data = data.subarray(size);
+        }
+      };
+      if (Symbol.iterator in requests) {
+        for (const message of requests) {
+          if (stream.ended) return;
+          await send(message);
+        }
+      } else {
+        for await (const message of requests) {
+          if (stream.ended) return;
+          await send(message);
+          flush(); // a streamed message leaves at once
+        }
+      }
+      if (stream.ended) return;
+      await socket();
+      frames.push([Frame.HALF_CLOSE, undefined]);
+      flush();
+    } catch (error) {
+      const failure =
+        error instanceof MuxError ? error : new MuxError(Status.CANCELLED, `the request stream failed: ${String(error)}`);
+      this.cancel(stream, failure);
+    }
+  }
+
+  private cancel(stream: Stream, error: MuxError): void {
+    if (stream.ended) return;
+    stream.fail(error);
+    stream.conn?.cancel(stream);
   }
 }
