@@ -36,7 +36,8 @@ Client -> server: binary messages only (a text message is an error)
 
 Server -> client: binary messages, without a control byte
   1. A header frame (flag 0x80, 4-byte length, `name: value\r\n` lines): content-type and the
-     upstream's response metadata, once per call, before the first message or with the status.
+     upstream's response metadata, once per call, as soon as the upstream sends its response
+     headers (a server may send them long before its first message), else with the status.
   2. The upstream's message frames (flag 0x00) as they arrive; frames that arrived together leave in
      one WebSocket message.
   3. The trailer frame (flag 0x80): grpc-status, grpc-message (percent-encoded), trailing metadata.
@@ -488,6 +489,11 @@ class GrpcWebSocketEndpoint:
             requests = _Requests(receive, stream, frames, self.max_size)
             forwarding = asyncio.ensure_future(requests.run())
             try:
+                await stream.wait_for_headers()
+                if stream.headers is not None:
+                    # Now, not with the first message: a server may send its headers and then wait
+                    # (for this client's first message, say). A trailers-only answer has none.
+                    await socket.headers(response_metadata(stream.headers))
                 frame = await stream.read()
                 while frame is not None:
                     if not socket.headers_sent:

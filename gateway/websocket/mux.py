@@ -5,8 +5,8 @@ One socket is one `_Connection`, served in uvicorn's task for it:
   - the reader (that task) takes WebSocket messages, splits them into frames and dispatches them;
     it never waits on a call, so a call whose upstream is slow cannot hold up the others;
   - each call (`_Stream`) runs in a task of its own: it places the call upstream (auth hook, rate
-    limit, route, replica), then relays the answer: HEADERS, DATA as the client's window for the
-    stream allows, TRAILERS;
+    limit, route, replica), then relays the answer: HEADERS as soon as the upstream sends them,
+    DATA as the client's window for the stream allows, TRAILERS;
   - one writer task sends what the calls queue, the frames of one moment joined into one message.
 
 Flow control, and what the gateway holds per socket:
@@ -569,7 +569,7 @@ class _Connection:
                 raise gateway_error(exc, service) from None
             try:
                 stream.attach(upstream, RequestFrames(self.settings.max_message_bytes, metadata.encoding))
-                headers_sent = await self._relay(stream, upstream)
+                await self._relay(stream, upstream)
             finally:
                 upstream.on_writable = None
                 if not upstream.ended:
@@ -578,28 +578,31 @@ class _Connection:
                 raise stream.failure
             result = outcome(upstream, service)
             verdict = result.code
-            if not headers_sent and upstream.headers is not None and upstream.error is None:
-                self._headers(stream, upstream)
             message = unquote_to_bytes(result.message).decode("utf-8", "replace").encode()
             self.queue(trailers(stream.id, result.code.value[0], message, result.metadata))
         finally:
             replica.report(verdict)
 
-    async def _relay(self, stream: _Stream, upstream: Http2Stream) -> bool:
-        """Upstream messages to the client within its window; True once HEADERS went out."""
-        headers_sent = False
+    async def _relay(self, stream: _Stream, upstream: Http2Stream) -> None:
+        """HEADERS as soon as the upstream sends them, then its messages within the client's window."""
+        await upstream.wait_for_headers()
+        # Now, not with the first message: a server may send its headers and then wait (for this
+        # client's first message, say). A trailers-only answer, or a call that failed first, has none.
+        headers_sent = upstream.headers is not None and upstream.error is None
+        if headers_sent:
+            self._headers(stream, upstream)
         max_frame = self.settings.max_frame_bytes
         while True:
             message = await upstream.read()
             if message is None:
-                return headers_sent
+                return
             if not headers_sent:
                 headers_sent = True
                 self._headers(stream, upstream)
             view = memoryview(message)
             while view:
                 if not await stream.sendable():
-                    return headers_sent
+                    return
                 size = min(len(view), stream.window, max_frame)
                 self.queue(encode(FrameType.DATA, stream.id, view[:size]))
                 stream.window -= size
