@@ -98,7 +98,7 @@ from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
-from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
+from gateway.websocket.handshake import Upgrade
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
 from gateway.websocket.request_frames import RequestFrames
 
@@ -384,7 +384,7 @@ class GrpcWebSocketEndpoint:
         self.limiter = limiter
         self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.origin_policy = OriginPolicy(allow_origins)
+        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
         self.header_timeout = header_timeout
         self.max_message_bytes = max_message_bytes
         self.max_size = max_websocket_message(max_message_bytes)
@@ -392,25 +392,13 @@ class GrpcWebSocketEndpoint:
         self.forward_cookies = forward_cookies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
+        if not await self.upgrade.accept(scope, receive, send):
             return
-        if not self.origin_policy.allowed(scope["headers"]):
-            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
-            return
-        subprotocol = choose_subprotocol(scope, SUBPROTOCOL)
-        if subprotocol is None:
-            body = b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n"
-            await refuse_upgrade(scope, send, 400, body)
-            return
-        if self.registry.draining:
-            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
-            return
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
         socket = _Socket(send, self.registry)
-        if self.registry.draining:  # the drain began while the accept went out
-            await socket.close(CLOSE_GOING_AWAY)
-            return
-        self.registry.add(socket)
+        with self.registry.registered(socket):
+            await self._serve(scope, receive, socket)
+
+    async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:
         params = scope["path_params"]
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
@@ -437,8 +425,6 @@ class GrpcWebSocketEndpoint:
         except Exception:
             logger.exception("grpc-websockets call %s failed inside the gateway", path)
             await socket.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
-        finally:
-            self.registry.discard(socket)
 
     async def _call(self, scope: Scope, receive: Receive, socket: _Socket, service: str, path: str) -> None:
         try:

@@ -27,7 +27,6 @@ service, backend down, rate limit, auth refusal, client cancel), except when the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import deque
@@ -49,7 +48,7 @@ from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block
-from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
+from gateway.websocket.handshake import Upgrade
 from gateway.websocket.mux_frames import (
     HEADER,
     MAX_WINDOW,
@@ -125,10 +124,10 @@ class MuxEndpoint:
         connection_window: int = 1024 * 1024,
     ) -> None:
         self.pool = pool
-        self.origin_policy = OriginPolicy(allow_origins)
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
+        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
         self.limiter = limiter
         self.identify = identify
         self.authenticator = authenticator
@@ -144,29 +143,11 @@ class MuxEndpoint:
         self.max_size = max_message_bytes + MESSAGE_SLACK  # a WebSocket message (uvicorn's ws_max_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
-            return
-        if not self.origin_policy.allowed(scope["headers"]):
-            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
-            return
-        subprotocol = choose_subprotocol(scope, SUBPROTOCOL)
-        if subprotocol is None:
-            await refuse_upgrade(scope, send, 400, b"expected the upf-mux.v1 subprotocol (Sec-WebSocket-Protocol)\n")
-            return
-        if self.registry.draining:
-            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
-            return
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        if self.registry.draining:  # the drain began while the accept went out
-            with contextlib.suppress(OSError):
-                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
+        if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        self.registry.add(connection)
-        try:
+        with self.registry.registered(connection):
             await connection.run()
-        finally:
-            self.registry.discard(connection)
 
 
 class _Stream:
