@@ -98,7 +98,7 @@ from gateway.events.bus import (
     parse_event_id,
 )
 from gateway.events.topics import InvalidTopic, Pattern, parse_pattern
-from gateway.websocket.handshake import OriginPolicy, refuse_upgrade
+from gateway.websocket.handshake import Upgrade
 from gateway.websocket.registry import WebSocketRegistry
 
 __all__ = [
@@ -178,7 +178,7 @@ class EventsEndpoint:
     ) -> None:
         self.bus = bus
         self.registry = registry
-        self.origin_policy = OriginPolicy(allow_origins)
+        self.upgrade = Upgrade(registry, allow_origins, SUBPROTOCOL, required=False)
         self.heartbeat_interval = heartbeat_interval
         self.queue_size = queue_size
         self.max_topics = max_topics
@@ -188,25 +188,11 @@ class EventsEndpoint:
         self.still_valid = still_valid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
+        if not await self.upgrade.accept(scope, receive, send):
             return
-        if not self.origin_policy.allowed(scope["headers"]):
-            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
-            return
-        if self.registry.draining:
-            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
-            return
-        offered = scope.get("subprotocols") or ()
-        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if SUBPROTOCOL in offered else None})
         connection = _Connection(self, scope, receive, send)
-        if self.registry.draining:  # the drain began while the accept went out
-            await connection.send_close(CLOSE_GOING_AWAY, SHUTTING_DOWN)
-            return
-        self.registry.add(connection)
-        try:
+        with self.registry.registered(connection):
             await connection.run()
-        finally:
-            self.registry.discard(connection)
 
 
 class _Connection:

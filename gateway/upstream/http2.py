@@ -205,6 +205,19 @@ class Http2Stream:
             finally:
                 self._waiter = None
 
+    async def wait_for_headers(self) -> None:
+        """Until the upstream has begun its gRPC answer (its response headers are in `headers`, or a
+        message is waiting) or the call has ended. A server may send its headers long before its
+        first message (a bidi server that answers only after the client's first request): a bridge
+        that waits here can hand them on at once instead of with that message. A non-gRPC answer (a
+        proxy's error page) counts only once it has ended."""
+        while not self.ended and not self._messages and (self.headers is None or self._http_error is not None):
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
     def read_queued(self) -> list[bytes]:
         """The frames that have arrived and not been read yet, without waiting (maybe none)."""
         if not self._messages:

@@ -36,7 +36,8 @@ Client -> server: binary messages only (a text message is an error)
 
 Server -> client: binary messages, without a control byte
   1. A header frame (flag 0x80, 4-byte length, `name: value\r\n` lines): content-type and the
-     upstream's response metadata, once per call, before the first message or with the status.
+     upstream's response metadata, once per call, as soon as the upstream sends its response
+     headers (a server may send them long before its first message), else with the status.
   2. The upstream's message frames (flag 0x00) as they arrive; frames that arrived together leave in
      one WebSocket message.
   3. The trailer frame (flag 0x80): grpc-status, grpc-message (percent-encoded), trailing metadata.
@@ -97,7 +98,7 @@ from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
-from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
+from gateway.websocket.handshake import Upgrade
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
 from gateway.websocket.request_frames import RequestFrames
 
@@ -383,7 +384,7 @@ class GrpcWebSocketEndpoint:
         self.limiter = limiter
         self.identify = identify
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.origin_policy = OriginPolicy(allow_origins)
+        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
         self.header_timeout = header_timeout
         self.max_message_bytes = max_message_bytes
         self.max_size = max_websocket_message(max_message_bytes)
@@ -391,25 +392,13 @@ class GrpcWebSocketEndpoint:
         self.forward_cookies = forward_cookies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
+        if not await self.upgrade.accept(scope, receive, send):
             return
-        if not self.origin_policy.allowed(scope["headers"]):
-            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
-            return
-        subprotocol = choose_subprotocol(scope, SUBPROTOCOL)
-        if subprotocol is None:
-            body = b"expected the grpc-websockets subprotocol (Sec-WebSocket-Protocol)\n"
-            await refuse_upgrade(scope, send, 400, body)
-            return
-        if self.registry.draining:
-            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
-            return
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
         socket = _Socket(send, self.registry)
-        if self.registry.draining:  # the drain began while the accept went out
-            await socket.close(CLOSE_GOING_AWAY)
-            return
-        self.registry.add(socket)
+        with self.registry.registered(socket):
+            await self._serve(scope, receive, socket)
+
+    async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:
         params = scope["path_params"]
         service: str = params["service"]
         path = f"/{service}/{params['method']}"
@@ -436,8 +425,6 @@ class GrpcWebSocketEndpoint:
         except Exception:
             logger.exception("grpc-websockets call %s failed inside the gateway", path)
             await socket.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
-        finally:
-            self.registry.discard(socket)
 
     async def _call(self, scope: Scope, receive: Receive, socket: _Socket, service: str, path: str) -> None:
         try:
@@ -488,6 +475,11 @@ class GrpcWebSocketEndpoint:
             requests = _Requests(receive, stream, frames, self.max_size)
             forwarding = asyncio.ensure_future(requests.run())
             try:
+                await stream.wait_for_headers()
+                if stream.headers is not None:
+                    # Now, not with the first message: a server may send its headers and then wait
+                    # (for this client's first message, say). A trailers-only answer has none.
+                    await socket.headers(response_metadata(stream.headers))
                 frame = await stream.read()
                 while frame is not None:
                     if not socket.headers_sent:

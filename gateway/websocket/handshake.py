@@ -1,12 +1,17 @@
-"""Before a WebSocket upgrade is accepted: the Origin check, the subprotocol, and refusals as HTTP answers."""
+"""Before a WebSocket upgrade is accepted: the Origin check, the subprotocol, refusals as HTTP
+answers, and the drain. Every WebSocket endpoint (grpc-websockets, upf-mux.v1, /api/events) starts
+with `Upgrade.accept`; what follows it is the endpoint's own."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
-__all__ = ["OriginPolicy", "choose_subprotocol", "refuse_upgrade"]
+from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+
+__all__ = ["OriginPolicy", "Upgrade", "choose_subprotocol", "refuse_upgrade"]
 
 
 class OriginPolicy:
@@ -49,3 +54,45 @@ async def refuse_upgrade(scope: Scope, send: Send, status: int, body: bytes) -> 
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})  # before the accept, servers answer 403
+
+
+class Upgrade:
+    """The steps every WebSocket endpoint takes before its socket is its own.
+
+    An endpoint names its subprotocol and whether a client must offer it; `accept` does the rest,
+    in this order: the Origin (HTTP 403), the subprotocol (HTTP 400 when `required` and not
+    offered), a drain under way (HTTP 503), then the accept, echoing the subprotocol as the client
+    spelled it (none when it was not offered). A drain that begins while the accept goes out closes
+    the new socket at once with 1001. An accepted socket is then served under
+    `registry.registered(socket)`, so that a drain reaches it.
+    """
+
+    def __init__(
+        self, registry: WebSocketRegistry, allow_origins: Sequence[str], subprotocol: str, *, required: bool
+    ) -> None:
+        self.registry = registry
+        self.origin_policy = OriginPolicy(allow_origins)
+        self.subprotocol = subprotocol
+        self.required = required
+        self._missing = f"expected the {subprotocol} subprotocol (Sec-WebSocket-Protocol)\n".encode()
+
+    async def accept(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Accept the upgrade, or refuse it: False when refused, closed at once, or the client left first."""
+        if (await receive())["type"] != "websocket.connect":
+            return False
+        if not self.origin_policy.allowed(scope["headers"]):
+            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
+            return False
+        subprotocol = choose_subprotocol(scope, self.subprotocol)
+        if subprotocol is None and self.required:
+            await refuse_upgrade(scope, send, 400, self._missing)
+            return False
+        if self.registry.draining:
+            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
+            return False
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        if self.registry.draining:  # the drain began while the accept went out: it has told its sockets
+            with contextlib.suppress(OSError):  # gone already: nothing to close
+                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": SHUTTING_DOWN})
+            return False
+        return True

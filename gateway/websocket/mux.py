@@ -5,8 +5,8 @@ One socket is one `_Connection`, served in uvicorn's task for it:
   - the reader (that task) takes WebSocket messages, splits them into frames and dispatches them;
     it never waits on a call, so a call whose upstream is slow cannot hold up the others;
   - each call (`_Stream`) runs in a task of its own: it places the call upstream (auth hook, rate
-    limit, route, replica), then relays the answer: HEADERS, DATA as the client's window for the
-    stream allows, TRAILERS;
+    limit, route, replica), then relays the answer: HEADERS as soon as the upstream sends them,
+    DATA as the client's window for the stream allows, TRAILERS;
   - one writer task sends what the calls queue, the frames of one moment joined into one message.
 
 Flow control, and what the gateway holds per socket:
@@ -27,7 +27,6 @@ service, backend down, rate limit, auth refusal, client cancel), except when the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import deque
@@ -49,7 +48,7 @@ from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block
-from gateway.websocket.handshake import OriginPolicy, choose_subprotocol, refuse_upgrade
+from gateway.websocket.handshake import Upgrade
 from gateway.websocket.mux_frames import (
     HEADER,
     MAX_WINDOW,
@@ -125,10 +124,10 @@ class MuxEndpoint:
         connection_window: int = 1024 * 1024,
     ) -> None:
         self.pool = pool
-        self.origin_policy = OriginPolicy(allow_origins)
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
         self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
+        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
         self.limiter = limiter
         self.identify = identify
         self.authenticator = authenticator
@@ -144,29 +143,11 @@ class MuxEndpoint:
         self.max_size = max_message_bytes + MESSAGE_SLACK  # a WebSocket message (uvicorn's ws_max_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
-            return
-        if not self.origin_policy.allowed(scope["headers"]):
-            await refuse_upgrade(scope, send, 403, b"origin not allowed\n")
-            return
-        subprotocol = choose_subprotocol(scope, SUBPROTOCOL)
-        if subprotocol is None:
-            await refuse_upgrade(scope, send, 400, b"expected the upf-mux.v1 subprotocol (Sec-WebSocket-Protocol)\n")
-            return
-        if self.registry.draining:
-            await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
-            return
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        if self.registry.draining:  # the drain began while the accept went out
-            with contextlib.suppress(OSError):
-                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
+        if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        self.registry.add(connection)
-        try:
+        with self.registry.registered(connection):
             await connection.run()
-        finally:
-            self.registry.discard(connection)
 
 
 class _Stream:
@@ -569,7 +550,7 @@ class _Connection:
                 raise gateway_error(exc, service) from None
             try:
                 stream.attach(upstream, RequestFrames(self.settings.max_message_bytes, metadata.encoding))
-                headers_sent = await self._relay(stream, upstream)
+                await self._relay(stream, upstream)
             finally:
                 upstream.on_writable = None
                 if not upstream.ended:
@@ -578,28 +559,31 @@ class _Connection:
                 raise stream.failure
             result = outcome(upstream, service)
             verdict = result.code
-            if not headers_sent and upstream.headers is not None and upstream.error is None:
-                self._headers(stream, upstream)
             message = unquote_to_bytes(result.message).decode("utf-8", "replace").encode()
             self.queue(trailers(stream.id, result.code.value[0], message, result.metadata))
         finally:
             replica.report(verdict)
 
-    async def _relay(self, stream: _Stream, upstream: Http2Stream) -> bool:
-        """Upstream messages to the client within its window; True once HEADERS went out."""
-        headers_sent = False
+    async def _relay(self, stream: _Stream, upstream: Http2Stream) -> None:
+        """HEADERS as soon as the upstream sends them, then its messages within the client's window."""
+        await upstream.wait_for_headers()
+        # Now, not with the first message: a server may send its headers and then wait (for this
+        # client's first message, say). A trailers-only answer, or a call that failed first, has none.
+        headers_sent = upstream.headers is not None and upstream.error is None
+        if headers_sent:
+            self._headers(stream, upstream)
         max_frame = self.settings.max_frame_bytes
         while True:
             message = await upstream.read()
             if message is None:
-                return headers_sent
+                return
             if not headers_sent:
                 headers_sent = True
                 self._headers(stream, upstream)
             view = memoryview(message)
             while view:
                 if not await stream.sendable():
-                    return headers_sent
+                    return
                 size = min(len(view), stream.window, max_frame)
                 self.queue(encode(FrameType.DATA, stream.id, view[:size]))
                 stream.window -= size

@@ -1,7 +1,8 @@
 """The open WebSockets of one app, so that a shutdown can drain them.
 
-Both bridges register their sockets here: grpc-websockets (one call per socket, grpcws.py) and
-upf-mux.v1 (many calls per socket, mux.py). Made by gateway/app.py and handed to the endpoints;
+Every WebSocket endpoint registers its sockets here: grpc-websockets (one call per socket,
+grpcws.py), upf-mux.v1 (many calls per socket, mux.py) and /api/events (gateway/events/endpoint.py),
+after `Upgrade.accept` (handshake.py). Made by gateway/app.py and handed to the endpoints;
 `drain()` runs once, at shutdown, before uvicorn's own shutdown (which would close every socket
 with 1012 at once):
 
@@ -16,7 +17,9 @@ with 1012 at once):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Protocol
 
 __all__ = ["CLOSE_GOING_AWAY", "SHUTTING_DOWN", "Drainable", "WebSocketRegistry"]
@@ -47,17 +50,20 @@ class WebSocketRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, socket: Drainable) -> None:
-        """Called from the task that serves the socket (uvicorn's task for the connection)."""
+    @contextlib.contextmanager
+    def registered(self, socket: Drainable) -> Iterator[None]:
+        """While the socket is served; entered from the task that serves it (uvicorn's task for the
+        connection), which a drain past its grace cancels."""
         task = asyncio.current_task()
         assert task is not None
         self._open[socket] = task
         self._empty.clear()
-
-    def discard(self, socket: Drainable) -> None:
-        self._open.pop(socket, None)
-        if not self._open:
-            self._empty.set()
+        try:
+            yield
+        finally:
+            self._open.pop(socket, None)
+            if not self._open:
+                self._empty.set()
 
     async def drain(self) -> None:
         """Close idle sockets now, wait up to the grace for calls in flight, then cut the rest."""

@@ -455,6 +455,39 @@ async def test_w7_a_stream_without_replies_still_sends_both_frames(gateway: Gate
     assert answer.close_code == 1000
 
 
+async def test_w7_the_header_frame_comes_as_soon_as_the_upstream_sends_its_headers(
+    gateway: Gateway, pb: Any, probe_stub: Any
+) -> None:
+    # The service sends its headers, then waits for Release before its first reply.
+    name = key()
+    async with opened(gateway, "ServerStream") as call:
+        await call.request(pb, count=2, key=name, headers={"x-early": "yes"}, wait_release_first=True)
+        await call.half_close()
+        flags, payload = await asyncio.wait_for(call.next_frame(), 5)
+        assert flags == TRAILER
+        assert dict(parse_block(payload)) == {"content-type": "application/grpc-web+proto", "x-early": "yes"}
+        assert len(call.received) == 1  # the header frame alone: no reply came with it
+        probe_stub.Release(pb.Key(key=name), timeout=5)
+        answer = await call.finish()
+    assert [flags for flags, _ in answer.frames] == [TRAILER, 0, 0, TRAILER]
+    assert answer.headers == {"content-type": "application/grpc-web+proto", "x-early": "yes"}
+    assert answer.status == OK
+
+
+async def test_w7_a_bidi_servers_headers_arrive_before_the_client_sends_anything(gateway: Gateway, pb: Any) -> None:
+    # The service sends its headers at once and answers only each request: the client gets them first.
+    async with opened(gateway, "Bidi", header_block=BINARY_HEADERS + b"x-headers-first: now\r\n") as call:
+        flags, payload = await asyncio.wait_for(call.next_frame(), 5)
+        assert flags == TRAILER
+        assert dict(parse_block(payload))["x-headers-first"] == "now"
+        await call.request(pb, payload=b"ping")
+        assert (await call.reply(pb)).payload == b"ping"
+        await call.half_close()
+        answer = await call.finish()
+    assert [flags for flags, _ in answer.frames] == [TRAILER, 0, TRAILER]
+    assert answer.status == OK
+
+
 # W8 -----------------------------------------------------------------------------------------------
 
 

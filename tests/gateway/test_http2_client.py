@@ -94,6 +94,68 @@ async def test_trailers_only_answer() -> None:
     assert (result.code, result.message) == (grpc.StatusCode.NOT_FOUND, b"gone%21")
 
 
+async def test_wait_for_headers_returns_when_the_headers_arrive_not_with_the_first_message() -> None:
+    release = asyncio.Event()
+
+    async def headers_then_wait(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, [*GRPC_HEADERS, (b"x-early", b"yes")])
+        await release.wait()
+        await conn.send_data(request.stream_id, grpc_frame(b"late"))
+        conn.respond(request.stream_id, OK_TRAILERS, end=True)
+
+    async with H2Server(headers_then_wait).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5.0)
+        await asyncio.wait_for(stream.wait_for_headers(), 5)
+        assert stream.headers is not None
+        assert (b"x-early", b"yes") in stream.headers
+        assert not stream.ended
+        release.set()
+        assert [f async for f in _frames(stream)] == [grpc_frame(b"late")]
+        client.close()
+
+
+async def test_wait_for_headers_of_a_trailers_only_answer_returns_at_its_end_without_headers() -> None:
+    async def not_found(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, [*GRPC_HEADERS, (b"grpc-status", b"5")], end=True)
+
+    async with H2Server(not_found).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5.0)
+        await asyncio.wait_for(stream.wait_for_headers(), 5)
+        assert (stream.headers, stream.ended) == (None, True)
+        client.close()
+
+
+async def test_wait_for_headers_of_a_non_grpc_answer_waits_for_its_end() -> None:
+    # A proxy's error page is no gRPC answer: its headers are not the call's to hand on early.
+    release = asyncio.Event()
+
+    async def bad_gateway(conn: ServerConnection, request: Request) -> None:
+        conn.respond(request.stream_id, [(b":status", b"502"), (b"content-type", b"text/plain")])
+        await release.wait()
+        await conn.send_data(request.stream_id, b"upstream connect error", end=True)
+
+    async with H2Server(bad_gateway).running() as server:
+        client = UpstreamClient(server.address, max_message_bytes=1 << 20)
+        stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5.0)
+        waiting = asyncio.ensure_future(stream.wait_for_headers())
+        try:
+            async with asyncio.timeout(5):
+                while stream.headers is None:  # noqa: ASYNC110  # polled: the stream has no event for this
+                    await asyncio.sleep(0.005)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the waiter, woken by those headers, runs and waits again
+            assert not waiting.done()
+            release.set()
+            await asyncio.wait_for(waiting, 5)
+        finally:
+            waiting.cancel()
+            client.close()
+    assert stream.ended
+    assert outcome(stream, "test.v1.Svc").code is grpc.StatusCode.UNAVAILABLE
+
+
 async def test_missing_grpc_status_is_internal() -> None:
     async def no_status(conn: ServerConnection, request: Request) -> None:
         conn.respond(request.stream_id, GRPC_HEADERS)

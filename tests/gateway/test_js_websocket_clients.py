@@ -92,6 +92,26 @@ def test_bidi_ping_pong_reply_n_arrives_before_request_n_plus_1_is_sent(call: Ca
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_bidi_servers_headers_reach_the_client_before_its_first_request(call: Call, client: str) -> None:
+    # The probe sends its headers at once and answers only requests; ws-call.mjs hands the client its
+    # first request only once they have arrived: a bridge that sent them with the first reply would
+    # leave the call hanging until the timeout.
+    result = call(
+        client,
+        method="Bidi",
+        requests=[{"payload": b64(b"ping")}],
+        headers={"x-headers-first": "now"},
+        afterHeaders=True,
+        timeoutMs=5_000,
+    )
+
+    assert result["code"] == 0, result
+    assert result["headers"]["x-headers-first"] == "now"
+    assert result["events"] == ["headers", "send 0", "message 0", "end 0"]
+    assert payloads(result) == [b"ping"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_unary_and_server_streaming_over_websocket(call: Call, client: str) -> None:
     unary = call(client, method="Unary", requests=[{"payload": b64(b"\x00\xffhi")}])
     stream = call(client, method="ServerStream", requests=[{"count": 3, "payload": b64(b"tick")}])

@@ -200,6 +200,36 @@ async def test_bidi_ping_pong(gateway: Gateway, pb: Any) -> None:
     assert result.status == OK
 
 
+async def test_headers_come_as_soon_as_the_upstream_sends_them(gateway: Gateway, pb: Any, probe_stub: Any) -> None:
+    # The service sends its headers, then waits for Release before its first reply.
+    name = key()
+    held = request(pb, count=2, key=name, headers={"x-early": "yes"}, wait_release_first=True)
+    async with mux(gateway) as client:
+        then = (frame(FrameType.DATA, client.next_id, grpc_message(held)), frame(FrameType.HALF_CLOSE, client.next_id))
+        stream = await client.open("ServerStream", then=then)
+        headers = await client.next(stream, timeout=5)
+        assert (headers.kind, headers.payload) == (FrameType.HEADERS, b"x-early: yes\r\n")
+        assert client.pending(stream) == []  # no reply came with them
+        probe_stub.Release(pb.Key(key=name), timeout=5)
+        result = await client.result(stream)
+    assert result.kinds == ["DATA", "DATA", "TRAILERS"]
+    assert result.status == OK
+
+
+async def test_a_bidi_servers_headers_arrive_before_the_client_sends_anything(gateway: Gateway, pb: Any) -> None:
+    # The service sends its headers at once and answers only each request: the client gets them first.
+    async with mux(gateway) as client:
+        stream = await client.open("Bidi", metadata={"x-headers-first": "now"})
+        headers = await client.next(stream, timeout=5)
+        assert (headers.kind, headers.payload) == (FrameType.HEADERS, b"x-headers-first: now\r\n")
+        await client.message(stream, request(pb, payload=b"ping"))
+        assert pb.CallReply.FromString(await client.next_message(stream)).payload == b"ping"
+        await client.half_close(stream)
+        result = await client.result(stream)
+    assert result.kinds == ["TRAILERS"]
+    assert result.status == OK
+
+
 async def test_an_error_status_and_its_message_arrive_as_sent(gateway: Gateway, pb: Any) -> None:
     async with mux(gateway) as client:
         result = await client.unary("Unary", request(pb, fail_code=NOT_FOUND, fail_message=AWKWARD_MESSAGE))

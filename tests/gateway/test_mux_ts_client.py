@@ -89,6 +89,21 @@ def test_bidi_ping_pong_reply_n_arrives_before_request_n_plus_1(scenario: Scenar
     assert payloads(result) == [f"ping {n}".encode() for n in range(count)]
 
 
+def test_headers_reach_the_client_before_the_first_reply(scenario: Scenario) -> None:
+    # The probe sends its headers and holds its replies until the scenario, having seen the headers,
+    # releases them: a bridge that sent the headers with the first reply would hang the call.
+    name = f"ts-{uuid.uuid4().hex}"
+    request = {"count": 1, "key": name, "headers": {"x-early": "yes"}, "waitReleaseFirst": True}
+    result = scenario("headersFirst", request=request, timeoutMs=5_000)
+
+    assert result["code"] == OK, result
+    assert result["headers"]["x-early"] == ["yes"]
+    # The release's own answer and the reply it lets go may arrive in either order.
+    assert result["events"][0] == "headers"
+    assert sorted(result["events"][1:]) == ["message 0", "released"]
+    assert [reply["index"] for reply in result["replies"]] == [0]
+
+
 def test_an_abort_cancels_the_call_upstream_and_the_socket_carries_on(
     scenario: Scenario, pb: Any, probe_stub: Any
 ) -> None:

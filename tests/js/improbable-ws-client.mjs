@@ -34,11 +34,14 @@ function plain(metadata) {
 export function makeClient(baseUrl) {
   const transport = grpc.WebsocketTransport();
 
-  function call(method, requests, { headers, signal, onMessage }) {
+  function call(method, requests, { headers, signal, onHeaders, onMessage }) {
     return new Promise((resolve) => {
       const seen = { headers: null, trailers: null };
       const client = grpc.client(definitionOf(method), { host: baseUrl, transport });
-      client.onHeaders((h) => (seen.headers = plain(h)));
+      client.onHeaders((h) => {
+        seen.headers = plain(h);
+        onHeaders();
+      });
       client.onMessage((reply) => onMessage(reply.message));
       client.onEnd((code, message, trailers) => {
         seen.trailers = plain(trailers);

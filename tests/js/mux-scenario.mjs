@@ -9,6 +9,8 @@
 //   cancel      spec.request on ServerStream held by the probe; aborted after the first reply, then
 //               one more unary call on the same socket
 //   deadline    a unary call with spec.request and spec.timeoutMs
+//   headersFirst  spec.request on ServerStream, held by the probe after its headers (waitReleaseFirst)
+//               until the scenario, once the headers have arrived, calls Release on the same socket
 // Every call reports {code, message, replies, headers, trailers}; `sockets` counts the WebSockets made.
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
@@ -111,6 +113,23 @@ if (scenario === "concurrent") {
   });
   const after = await call(client, { kind: "unary", method: "Unary", request: { payload: "YWZ0ZXI=" } });
   result = { cancelled, after, activeCalls: client.activeCalls };
+} else if (scenario === "headersFirst") {
+  // The probe sends its headers, then holds its replies until Release(key), which this scenario
+  // asks for (on the same socket) only once the headers have arrived.
+  const events = [];
+  const m = method("ServerStream");
+  const done = await outcome(async (options, onReply) => {
+    const onHeader = (h) => {
+      options.onHeader(h);
+      events.push("headers");
+      client.unary(method("Release"), { key: spec.request.key }).then(() => events.push("released"));
+    };
+    for await (const reply of client.serverStream(m, spec.request, { ...options, onHeader, timeoutMs: spec.timeoutMs })) {
+      events.push(`message ${reply.index}`);
+      onReply(reply);
+    }
+  });
+  result = { ...done, events };
 } else if (scenario === "deadline") {
   result = await call(client, { kind: "unary", method: "Unary", request: spec.request }, { timeoutMs: spec.timeoutMs });
 } else {

@@ -40,13 +40,16 @@ async function first(iterable) {
 export function makeClient(baseUrl) {
   const channel = createChannel(baseUrl, WebsocketTransport());
 
-  async function call(method, requests, { headers, signal, onMessage }) {
+  async function call(method, requests, { headers, signal, onHeaders, onMessage }) {
     const client = createClient(definitionOf(method), channel);
     const seen = { headers: null, trailers: null };
     const options = {
       metadata: Metadata(headers),
       signal,
-      onHeader: (h) => (seen.headers = plain(h)),
+      onHeader: (h) => {
+        seen.headers = plain(h);
+        onHeaders();
+      },
       onTrailer: (t) => (seen.trailers = plain(t)),
     };
     const requestStream = STREAMING_REQUESTS.has(method.methodKind);

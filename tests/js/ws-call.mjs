@@ -12,6 +12,9 @@
 //   pingPong    request n+1 is handed to the client only once reply n has arrived: a gateway that
 //               held replies back until the request stream ended would never finish the call
 //   timeoutMs   the script aborts the call after this long (status "aborted", code null)
+//   afterHeaders  request 0 is handed to the client only once the response headers have arrived
+//               (recorded as the event "headers"): a gateway that held them back until the first
+//               reply would never finish a call whose server answers only requests
 // Prints {client, code, message, headers, trailers, messages, events, elapsedMs}; `events` records
 // "send n" when request n is handed to the client, "message n" when reply n arrives, "end CODE".
 import { performance } from "node:perf_hooks";
@@ -43,8 +46,12 @@ function replyArrived(n) {
   return arrived[n];
 }
 
+let headersArrived;
+const headers = new Promise((resolve) => (headersArrived = resolve));
+
 async function* requests() {
   for (let n = 0; n < inputs.length; n++) {
+    if (spec.afterHeaders && n === 0) await headers;
     if (spec.pingPong && n > 0) await replyArrived(n - 1).promise;
     events.push(`send ${n}`);
     yield inputs[n];
@@ -57,6 +64,10 @@ const started = performance.now();
 const result = await client.call(method, requests(), {
   headers: spec.headers ?? {},
   signal: abort.signal,
+  onHeaders() {
+    if (spec.afterHeaders) events.push("headers");
+    headersArrived();
+  },
   onMessage(reply) {
     const n = messages.length;
     messages.push(toJson(method.output, reply, { alwaysEmitImplicit: true }));

@@ -92,6 +92,8 @@ def build_servicer(pb2: Any, pb2_grpc: Any) -> Any:
             observations[request.key]["started"] += 1
         if request.headers or request.send_headers_first:
             await context.send_initial_metadata(_metadata(request.headers))
+        if request.wait_release_first:
+            await releases[request.key].acquire()
         if request.sleep_ms:
             await asyncio.sleep(request.sleep_ms / 1000)
 
@@ -140,6 +142,9 @@ def build_servicer(pb2: Any, pb2_grpc: Any) -> Any:
             return pb2.CallReply(payload=payload, requests=count)
 
         async def Bidi(self, request_iterator: Any, context: Any) -> Any:
+            first = [(k, v) for k, v in context.invocation_metadata() or () if k == "x-headers-first"]
+            if first:
+                await context.send_initial_metadata(first)
             count = 0
             async for request in request_iterator:
                 count += 1
