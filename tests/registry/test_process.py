@@ -213,18 +213,18 @@ def test_a_restarted_memory_registry_answers_a_revision_of_its_previous_life_wit
             # names another state, and the changes after it are changes of another history.
             listed = register_past(stub, seen.revision, plugin.endpoint)
             assert listed.epoch != seen.epoch
-            answer = resume(stub, seen)
-            assert (answer.kind, answer.reset, answer.epoch) == (
-                pb.WatchHealthResponse.KIND_SNAPSHOT,
-                True,
-                listed.epoch,
-            )
-            assert instance_ids(answer) == sorted(i.instance_id for p in listed.plugins for i in p.instances)
-            assert "echo-0" not in instance_ids(answer)
+            assert_snapshot_of_the_new_history(resume(stub, seen), listed)
             # A watcher that predates epochs still gets what it always got: the changes after the
             # number, of whichever history the registry has now (why watchers must send the epoch).
             legacy = read(stub.WatchHealth(pb.WatchHealthRequest(since_revision=seen.revision), timeout=10), 1)[0]
             assert (legacy.kind, legacy.revision) == (pb.WatchHealthResponse.KIND_UPDATED, seen.revision + 1)
+
+
+def assert_snapshot_of_the_new_history(answer: Any, listed: Any) -> None:
+    """A resume from the old history: a full snapshot of the new one (its epoch, its instances only)."""
+    assert (answer.kind, answer.reset, answer.epoch) == (pb.WatchHealthResponse.KIND_SNAPSHOT, True, listed.epoch)
+    assert instance_ids(answer) == sorted(i.instance_id for p in listed.plugins for i in p.instances)
+    assert "echo-0" not in instance_ids(answer)
 
 
 def test_a_flushed_redis_store_starts_a_new_epoch_and_watchers_get_a_snapshot(work_dir: Path) -> None:
@@ -252,11 +252,4 @@ def test_a_flushed_redis_store_starts_a_new_epoch_and_watchers_get_a_snapshot(wo
             listed = register_past(stub, seen.revision, plugin.endpoint)
             assert listed.epoch == live.epoch
             # A watcher resuming from before the flush gets a snapshot of the new history.
-            answer = resume(stub, seen)
-            assert (answer.kind, answer.reset, answer.epoch) == (
-                pb.WatchHealthResponse.KIND_SNAPSHOT,
-                True,
-                listed.epoch,
-            )
-            assert instance_ids(answer) == sorted(i.instance_id for p in listed.plugins for i in p.instances)
-            assert "echo-0" not in instance_ids(answer)
+            assert_snapshot_of_the_new_history(resume(stub, seen), listed)
