@@ -61,12 +61,14 @@ def resume(stub: Any, seen: Any) -> Any:
 def register_past(stub: Any, revision: int, endpoint: str) -> Any:
     """Register instances until the registry's revision is past `revision`, so that the number exists
     in its history too; returns the ListPlugins reply that is past it."""
-    for n in range(revision + 1):  # every registration adds at least one revision
+    registrations = revision + 1  # every registration adds at least one revision
+    for n in range(registrations + 1):  # a look before each registration and one after the last
         listed = stub.ListPlugins(pb.ListPluginsRequest(), timeout=2)
         if listed.revision > revision:
             return listed
-        stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id=f"echo-{n + 1}", endpoint=endpoint))
-    raise AssertionError(f"revision {revision} not passed after {revision + 1} registrations")
+        if n < registrations:
+            stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id=f"echo-{n + 1}", endpoint=endpoint))
+    raise AssertionError(f"revision {revision} not passed after {registrations} registrations")
 
 
 def instance_ids(event: Any) -> list[str]:
