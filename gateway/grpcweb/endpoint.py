@@ -3,7 +3,9 @@
 Request: `POST /<package.Service>/<Method>` (or under `/api/`), any of the four gRPC-Web content
 types. The body is read whole (HTTP/1.1 gRPC-Web carries unary and server-streaming calls only),
 then passed upstream as raw bytes. Responses are written frame by frame as the upstream produces
-them, each flushed at once; the status always travels in `grpc-status` with HTTP 200:
+them, each flushed at once, and the response head as soon as the upstream's headers arrive (a
+server that answers later still shows its headers now); the status always travels in `grpc-status`
+with HTTP 200:
 
 - no message and no response headers from upstream -> trailers-only (status in HTTP headers,
   empty body, and no empty trailer frame: traefik/traefik#13842);
@@ -326,19 +328,24 @@ class GrpcWebEndpoint:
                 raise error from None
             watch = _DisconnectWatch(receive, stream)
             try:
+                await stream.wait_for_headers()
+                if stream.headers is not None and not stream.ended and not stream.has_message:
+                    # Headers ahead of the first message (a stream whose server answers later): the
+                    # client gets them now, as from a direct call, not with that message.
+                    await response.start(response_metadata(stream.headers))
                 frame = await stream.read()
                 if frame is not None:
-                    headers = response_metadata(stream.headers or ())
-                    if stream.ended:
+                    if stream.ended and not response.started:
                         # The whole answer is here already (a unary call, usually): send it in one piece.
                         frames = [frame]
                         while (frame := await stream.read()) is not None:
                             frames.append(frame)
                         result = outcome(stream, service)
                         verdict = result.code
-                        await response.whole(headers, frames, result.lines())
+                        await response.whole(response_metadata(stream.headers or ()), frames, result.lines())
                         return verdict
-                    await response.start(headers)
+                    if not response.started:
+                        await response.start(response_metadata(stream.headers or ()))
                     while frame is not None:
                         # Everything that has arrived goes out in one write; nothing waits for more.
                         await response.messages([frame, *stream.read_queued()])

@@ -218,6 +218,11 @@ class Http2Stream:
             finally:
                 self._waiter = None
 
+    @property
+    def has_message(self) -> bool:
+        """Whether a whole message is waiting to be read."""
+        return bool(self._messages)
+
     def read_queued(self) -> list[bytes]:
         """The frames that have arrived and not been read yet, without waiting (maybe none)."""
         if not self._messages:

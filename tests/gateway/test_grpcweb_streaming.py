@@ -117,6 +117,51 @@ def test_r1_each_message_reaches_the_client_before_the_next_is_produced(
         reader.assert_at_end()
 
 
+@pytest.mark.parametrize("mode", ["binary", "text"])
+@pytest.mark.parametrize("method", ["Unary", "ServerStream"])
+def test_r1_response_headers_reach_the_client_before_the_first_message_exists(
+    gateway: Gateway, pb: Any, probe_stub: Any, method: str, mode: str
+) -> None:
+    # The server sends its headers, then waits for a Release before any reply: a direct gRPC client
+    # sees the headers now, and so must a gRPC-Web client (a stream that answers minutes later).
+    key = new_key()
+    text = mode == "text"
+    request = pb.CallRequest(key=key, count=1, headers={"x-early": "yes"}, wait_release_first=True, payload=b"m")
+    body = frame(request.SerializeToString())
+    with (
+        httpx.Client(timeout=httpx.Timeout(5.0)) as client,
+        client.stream(
+            "POST",
+            f"{gateway.url}/accept.v1.Probe/{method}",
+            content=base64.b64encode(body) if text else body,
+            headers={"content-type": TEXT if text else BINARY},
+        ) as response,
+    ):
+        # client.stream returns once the response head is in; the probe has not replied yet.
+        assert response.status_code == 200
+        assert response.headers["x-early"] == "yes"
+        assert response.headers["content-type"] == ("application/grpc-web-text+proto" if text else BINARY)
+        assert "grpc-status" not in response.headers
+        assert observe(pb, probe_stub, key).finished == 0
+        probe_stub.Release(pb.Key(key=key), timeout=5)
+        reader = FrameReader(response.iter_raw(), text=text)
+        flags, payload = reader.next_frame()
+        assert (flags, pb.CallReply.FromString(payload).payload) == (0, b"m")
+        flags, block = reader.next_frame()
+        assert flags == TRAILER
+        assert dict(parse_trailer_block(block))["grpc-status"] == "0"
+        reader.assert_at_end()
+
+
+def test_r1_a_unary_answer_that_is_all_there_goes_out_in_one_piece(gateway: Gateway, pb: Any) -> None:
+    # The usual unary answer: headers, message and status in one burst from the server.
+    body = frame(pb.CallRequest(trailers={"x-trail": "t"}, payload=b"m").SerializeToString())
+    r = httpx.post(f"{gateway.url}/accept.v1.Probe/Unary", content=body, headers={"content-type": BINARY})
+    assert r.headers["content-length"] == str(len(r.content))  # not chunked
+    response = parse_response(r.status_code, dict(r.headers), r.content)
+    assert (pb.CallReply.FromString(response.messages[0]).payload, response.trailer("x-trail")) == (b"m", "t")
+
+
 # R2 -----------------------------------------------------------------------------------------------
 
 

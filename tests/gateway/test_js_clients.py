@@ -123,6 +123,33 @@ def test_server_stream_hands_over_each_reply_before_the_stream_ends(
     assert (seen.started, seen.finished, seen.cancelled) == (1, 1, 0)
 
 
+# grpc-web reports metadata only at the end of a call, and connect reports a unary call's headers
+# with its reply: those two cannot show when the headers came.
+@pytest.mark.parametrize(
+    ("client", "method"), [("connect", "ServerStream"), ("protobuf-ts", "ServerStream"), ("protobuf-ts", "Unary")]
+)
+def test_response_headers_reach_the_client_before_the_first_reply(
+    call: Call, observe: Callable[[str], Any], client: str, method: str
+) -> None:
+    # The service sends its headers, then waits for Release(key) before any reply; the script calls
+    # Release when its client reports the headers. The call can only finish if they came first.
+    name = key()
+    result = call(
+        client,
+        method=method,
+        request={"count": 1, "key": name, "headers": {"x-early": "yes"}, "waitReleaseFirst": True},
+        releaseOnHeaders=name,
+        timeoutMs=10_000,
+    )
+
+    assert result["code"] == 0, result
+    assert result["headers"]["x-early"] == "yes"
+    events = result["events"]
+    assert events[0] == "headers", events
+    assert sorted(events[1:]) == ["end 0", "message 0", "released after headers"], events
+    assert observe(name).finished == 1
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_error_status_and_message_reach_the_client(call: Call, client: str) -> None:
     result = call(client, method="Unary", request={"failCode": 5, "failMessage": AWKWARD_MESSAGE})

@@ -11,6 +11,9 @@
 //   timeoutMs         the call's deadline
 //   releaseKey        after each reply, call Release(releaseKey) through the same client; a
 //                     server stream with wait_release only goes on once the reply was delivered
+//   releaseOnHeaders  when the client reports the response headers, call Release(releaseOnHeaders)
+//                     (connect and protobuf-ts; grpc-web reports metadata only at the end): a call
+//                     with wait_release_first then goes on only if the headers came before any reply
 // Prints {code, message, headers, trailers, messages, events, elapsedMs, ...}.
 import { performance } from "node:perf_hooks";
 import { SERVICE, create, fromJson, loadProbe, resolveMethod, toJson } from "./probe.mjs";
@@ -36,8 +39,8 @@ const events = [];
 const messages = [];
 const releases = [];
 
-function release(index) {
-  const key = create(probe.Key, { key: spec.releaseKey });
+function release(index, name = spec.releaseKey) {
+  const key = create(probe.Key, { key: name });
   const noop = { headers: {}, binaryHeaders: {}, timeoutMs: 10000, onMessage: () => {} };
   return client.call(releaseMethod, key, noop).then((result) => {
     events.push(result.code === 0 ? `released ${index}` : `release ${index} failed: ${result.code} ${result.message}`);
@@ -54,6 +57,11 @@ const result = await client.call(method, input, {
     messages.push(toJson(method.output, reply, { alwaysEmitImplicit: true }));
     events.push(`message ${index}`);
     if (spec.releaseKey) releases.push(release(index));
+  },
+  onHeaders() {
+    if (!spec.releaseOnHeaders) return;
+    events.push("headers");
+    releases.push(release("after headers", spec.releaseOnHeaders));
   },
 });
 const elapsedMs = performance.now() - started;

@@ -9,7 +9,7 @@ export const description = "@connectrpc/connect-node createGrpcWebTransport (bin
 export function makeClient(baseUrl) {
   const transport = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
 
-  async function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage }) {
+  async function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage, onHeaders }) {
     const client = createClient(method.parent, transport);
     const rpc = client[method.localName];
     const requestHeaders = new Headers(headers);
@@ -20,7 +20,10 @@ export function makeClient(baseUrl) {
     const options = {
       headers: requestHeaders,
       timeoutMs,
-      onHeader: (h) => (seen.headers = Object.fromEntries(h)),
+      onHeader: (h) => {
+        seen.headers = Object.fromEntries(h);
+        onHeaders?.();
+      },
       onTrailer: (t) => (seen.trailers = Object.fromEntries(t)),
     };
     try {

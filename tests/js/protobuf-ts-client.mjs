@@ -24,7 +24,7 @@ function methodInfo(method) {
 export function makeClient(baseUrl) {
   const transport = new GrpcWebFetchTransport({ baseUrl, format: "text" });
 
-  async function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage }) {
+  async function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage, onHeaders }) {
     const meta = { ...headers };
     for (const [key, bytes] of Object.entries(binaryHeaders)) {
       meta[key] = Buffer.from(bytes).toString("base64");
@@ -36,11 +36,11 @@ export function makeClient(baseUrl) {
       let rpc;
       if (info.serverStreaming) {
         rpc = transport.serverStreaming(info, input, options);
-        rpc.headers.then((h) => (seen.headers = { ...h }), () => {});
+        rpc.headers.then((h) => ((seen.headers = { ...h }), onHeaders?.()), () => {});
         for await (const reply of rpc.responses) onMessage(reply);
       } else {
         rpc = transport.unary(info, input, options);
-        rpc.headers.then((h) => (seen.headers = { ...h }), () => {});
+        rpc.headers.then((h) => ((seen.headers = { ...h }), onHeaders?.()), () => {});
         onMessage(await rpc.response);
       }
       const status = await rpc.status;
