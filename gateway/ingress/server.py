@@ -5,7 +5,8 @@ and a pump task per proxied call, about as much again. The four call kinds diffe
 only in how many messages each side sends, so the proxy works at the frame level and needs no
 descriptors: request headers open an upstream stream through the gateway's HTTP/2 client (the
 service in :path picks the upstream), request DATA goes upstream as bytes (half-close as
-END_STREAM), the upstream's response headers, messages and status come back to the client.
+END_STREAM), the upstream's response headers (as soon as they arrive, ahead of the first message),
+messages and status come back to the client.
 
 One asyncio.Protocol per connection. A call is one task (open upstream, then relay the answer);
 request bytes go upstream straight from data_received, without a task or a copy.
@@ -391,9 +392,15 @@ class _Call:
         if self.pending or not self.request_ended:
             upstream.on_writable = self.pump
             self.pump()
+        await upstream.wait_for_headers()
+        if upstream.headers is not None and not upstream.ended and not upstream.has_message and not self.closed:
+            # Headers ahead of the first message (a stream whose server answers later): the client
+            # gets them now, as from a direct call, not with that message.
+            self._send_headers(upstream)
         message = await upstream.read()
         if message is not None:
-            self._send_headers(upstream)
+            if not self.headers_sent:
+                self._send_headers(upstream)
             while message is not None:
                 if not self._send_now(message):
                     await self._send_later(message)

@@ -69,6 +69,28 @@ async def test_metadata_both_ways(stub: Any, pb: Any) -> None:
     assert ("x-trailer-bin", b"\x00\x01\x02") in tuple(await call.trailing_metadata())
 
 
+async def test_response_headers_arrive_before_a_server_stream_has_replied(stub: Any, direct: Any, pb: Any) -> None:
+    # The service sends its headers, then waits for a Release before any reply.
+    key = f"early-{time.monotonic_ns()}"
+    request = pb.CallRequest(key=key, count=1, headers={"x-early": "yes"}, wait_release_first=True)
+    call = stub.ServerStream(request, timeout=10)
+    assert ("x-early", "yes") in tuple(await asyncio.wait_for(call.initial_metadata(), 5))
+    assert (await direct.Observe(pb.Key(key=key))).finished == 0
+    await direct.Release(pb.Key(key=key))
+    assert [reply.index async for reply in call] == [0]
+    assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_bidi_headers_arrive_before_the_client_has_sent_anything(stub: Any, pb: Any) -> None:
+    # The service answers a message only once it has one: its headers must not wait for that.
+    call = stub.Bidi(metadata=(("x-headers-first", "yes"),), timeout=10)
+    assert ("x-headers-first", "yes") in tuple(await asyncio.wait_for(call.initial_metadata(), 5))
+    await call.write(pb.CallRequest(payload=b"then"))
+    assert (await call.read()).payload == b"then"
+    await call.done_writing()
+    assert await call.code() is grpc.StatusCode.OK
+
+
 async def test_error_status_message_and_details_pass_through(stub: Any, pb: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Unary(pb.CallRequest(fail_code=5, fail_message="no such thing: 100% é", details=True))
