@@ -6,7 +6,9 @@ A call is retried only when all of these hold:
   client had half-closed before the call started: unary and server-streaming calls, in practice;
   grpc-websockets calls stream their request upstream as it comes and are never retried);
 - the attempt failed with UNAVAILABLE, or the connection failed, was refused or went away
-  (GOAWAY, REFUSED_STREAM), before any response byte reached the client;
+  (GOAWAY, REFUSED_STREAM), before any response byte reached the client (the response headers
+  count: they go out as soon as the replica sends them, so a replica that answered headers and
+  then failed is not retried, as with gRPC's own retries once headers were received);
 - the budget has room, and attempts are left (`retries.maxAttempts`, the first included).
 
 The next attempt goes to another replica when there is one whose breaker lets it through (one
