@@ -225,8 +225,14 @@ def test_two_replicas_share_the_load_and_a_rolling_restart_loses_no_call(work_di
         assert min(shares.values()) > 0.3 * sum(shares.values()), shares
 
         # Rolling restart of replica one: Stopping (no new calls), drain, restart, register again.
+        stopping = load.mark()
         registry.stub.SetPhase(pb.SetPhaseRequest(lease_id=lease, phase=pb.PHASE_STOPPING))
-        time.sleep(0.5)  # the gateway hears of it within milliseconds; calls already on `one` finish
+        # The gateway hears of it within milliseconds; the calls already on `one` (one per thread at
+        # most) finish. Then every call goes to `two`: three in a row per thread show it.
+        wait_until(
+            lambda: (end := load.mark()) >= stopping + 12 and set(load.since(end - 12)) == {tag_two},
+            what="calls to go to replica two only",
+        )
         mark = load.mark()
         time.sleep(0.5)
         assert set(load.since(mark)) == {tag_two}
