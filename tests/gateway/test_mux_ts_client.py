@@ -104,6 +104,18 @@ def test_headers_reach_the_client_before_the_first_reply(scenario: Scenario) -> 
     assert [reply["index"] for reply in result["replies"]] == [0]
 
 
+def test_a_bidi_call_opens_before_its_first_request_and_sees_headers_sent_first(scenario: Scenario) -> None:
+    # The probe's Bidi sends its headers before reading anything (x-headers-first); the request
+    # iterable yields only once they have arrived: a client that opened the call with its first
+    # message would wait for its deadline.
+    result = scenario("bidiHeadersFirst", timeoutMs=5_000)
+
+    assert result["code"] == OK, result
+    assert result["headers"]["x-headers-first"] == ["yes"]
+    assert result["events"] == ["headers", "send 0", "message 0"]
+    assert payloads(result) == [b"after the headers"]
+
+
 def test_an_abort_cancels_the_call_upstream_and_the_socket_carries_on(
     scenario: Scenario, pb: Any, probe_stub: Any
 ) -> None:

@@ -6,8 +6,10 @@ Choices pinned here (shell-web/sdk/README.md describes them):
 
 - After the gateway's GOAWAY the calls it took run to their end on the old socket, which is closed
   once the last one has ended; new calls open one new socket, shared by those that come together.
-- A call whose OPEN crossed the GOAWAY (its id is above the GOAWAY's last stream id) fails at once
-  with UNAVAILABLE, saying that it was not processed; the backend never saw it.
+- A call whose OPEN crossed the GOAWAY (its id is above the GOAWAY's last stream id) never reached
+  the backend: when its requests were all at hand (an array) it is sent again, once, on a new
+  socket, and the backend sees it exactly once; when they are an async iterable it fails at once
+  with UNAVAILABLE, saying that it was not processed.
 - A socket lost without GOAWAY fails its calls with UNAVAILABLE. The next call tries again at once;
   after a failed attempt the next one waits (a growing delay) and calls meanwhile fail at once
   with UNAVAILABLE, so a gateway that is down sees a few attempts, not one per call.
@@ -68,13 +70,19 @@ def mux_url(port: int) -> str:
     return f"ws://127.0.0.1:{port}/api/mux"
 
 
-def unary(payload: bytes, **call: Any) -> dict[str, Any]:
-    return {"kind": "unary", "method": "Unary", "request": {"payload": base64.b64encode(payload).decode()}, **call}
+def unary(payload: bytes, key: str = "", **call: Any) -> dict[str, Any]:
+    """A Unary call; the probe counts the calls it sees with a `key` (Observe)."""
+    request = {"payload": b64(payload), **({"key": key} if key else {})}
+    return {"kind": "unary", "method": "Unary", "request": request, **call}
 
 
 def held_stream(name: str) -> dict[str, Any]:
     """Three replies; the probe waits for a Release(name) after each."""
     return {"kind": "serverStream", "method": "ServerStream", "request": {"count": 3, "key": name, "waitRelease": True}}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def payload(outcome: dict[str, Any]) -> bytes:
@@ -84,6 +92,15 @@ def payload(outcome: dict[str, Any]) -> bytes:
 def release(pb: Any, probe_stub: Any, name: str, times: int) -> None:
     for _ in range(times):
         probe_stub.Release(pb.Key(key=name), timeout=5)
+
+
+def refused(port: int) -> bool:
+    """Nothing listens on the port (any more)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def exited(gateway: Gateway) -> int:
@@ -130,33 +147,57 @@ def test_after_goaway_a_stream_runs_on_while_new_calls_share_one_new_socket(
             assert exited(first) == 0
 
 
-def test_a_call_that_crosses_the_goaway_fails_unavailable_at_once_unprocessed(
+def test_calls_that_cross_the_goaway_are_sent_again_once_unless_their_requests_are_streamed(
     node: str, probe_gen: Path, probe_address: str, work_dir: Path, pb: Any, probe_stub: Any
 ) -> None:
-    name, crossing = f"ts-{uuid.uuid4().hex}", f"ts-{uuid.uuid4().hex}"
+    name, unary_key, stream_key = (f"ts-{uuid.uuid4().hex}" for _ in range(3))
     port = free_port()
+    go = work_dir / f"go-{uuid.uuid4().hex}"
     with (
         own_gateway(probe_address, work_dir, port) as first,
         mux_session(node, mux_url(port), probe_gen, work_dir) as mux,
     ):
         mux.ask("call", name="long", **held_stream(name))
         assert mux.ask("replies", name="long", count=1) == {"replies": 1, "ended": False}
-        # The client reads nothing for 2 s, then opens a call on the socket it has: meanwhile the
-        # GOAWAY has arrived, unread, and the OPEN crosses it.
-        call = unary(b"crossing", name="crossing")
-        call["request"]["key"] = crossing
-        assert mux.ask("block", ms=2000, call=call) == {"blocking": True}
+        # The client reads nothing until `go` exists, then opens these calls on the socket it has:
+        # meanwhile the GOAWAY has arrived, unread, and their OPENs cross it.
+        crossing = [
+            unary(b"crossing", key=unary_key, name="unary"),
+            {
+                "name": "stream",
+                "kind": "serverStream",
+                "method": "ServerStream",
+                "request": {"count": 2, "key": stream_key},
+            },
+            {"name": "bidi", "kind": "bidi", "method": "Bidi", "requests": [{"payload": b64(b"b")}], "streamed": True},
+        ]
+        assert mux.ask("block", untilFile=str(go), calls=crossing) == {"blocking": True}
         os.kill(first.process.pid, signal.SIGTERM)
+        wait_until(lambda: refused(port), what="the first gateway to close its listener")
 
-        outcome = mux.ask("wait", name="crossing")
-        assert (outcome["code"], outcome["message"]) == (UNAVAILABLE, NOT_PROCESSED)
-        assert outcome["elapsedMs"] < 1000, "failed at the GOAWAY, not at the end of the drain"
-        assert len(mux.ask("sockets")) == 1
-        assert probe_stub.Observe(pb.Key(key=crossing), timeout=5).started == 0
+        with own_gateway(probe_address, work_dir, port):
+            go.touch()
+            # The GOAWAY took stream 1 only: the three calls crossed it.
+            assert mux.ask("goaway") == {"lastStreamId": 1, "reason": SHUTTING_DOWN}
+            # Their requests all at hand, the unary and server-streaming calls went again, on a new
+            # socket (the second gateway), and the backend saw each exactly once.
+            unary_call, stream_call = mux.ask("wait", name="unary"), mux.ask("wait", name="stream")
+            assert (unary_call["code"], stream_call["code"]) == (OK, OK), (unary_call, stream_call)
+            assert payload(unary_call) == b"crossing"
+            assert [reply["index"] for reply in stream_call["replies"]] == [0, 1]
+            for key in (unary_key, stream_key):
+                assert probe_stub.Observe(pb.Key(key=key), timeout=5).started == 1
+            # Its requests streamed (and maybe read already), the bidi call is not sent again: it
+            # fails at the GOAWAY, not at the end of the drain.
+            bidi = mux.ask("wait", name="bidi")
+            assert (bidi["code"], bidi["message"], bidi["replies"]) == (UNAVAILABLE, NOT_PROCESSED, [])
+            assert bidi["elapsedMs"] < 1000
+            old, fresh = mux.ask("sockets")
+            assert (old["goaway"], fresh["opened"], fresh["goaway"]) == (True, True, False)
 
-        release(pb, probe_stub, name, 3)
-        assert mux.ask("wait", name="long")["code"] == OK
-        assert exited(first) == 0
+            release(pb, probe_stub, name, 3)
+            assert mux.ask("wait", name="long")["code"] == OK
+            assert exited(first) == 0
 
 
 def test_a_killed_gateway_fails_calls_fast_without_being_hammered_and_serves_again_once_back(

@@ -11,6 +11,9 @@
 //   deadline    a unary call with spec.request and spec.timeoutMs
 //   headersFirst  spec.request on ServerStream, held by the probe after its headers (waitReleaseFirst)
 //               until the scenario, once the headers have arrived, calls Release on the same socket
+//   bidiHeadersFirst  a Bidi call with `x-headers-first` metadata (the probe sends its headers before
+//               reading anything) whose request iterable yields its one message only once the
+//               headers have arrived; spec.timeoutMs
 // Every call reports {code, message, replies, headers, trailers}; `sockets` counts the WebSockets made.
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
@@ -125,6 +128,28 @@ if (scenario === "concurrent") {
       client.unary(method("Release"), { key: spec.request.key }).then(() => events.push("released"));
     };
     for await (const reply of client.serverStream(m, spec.request, { ...options, onHeader, timeoutMs: spec.timeoutMs })) {
+      events.push(`message ${reply.index}`);
+      onReply(reply);
+    }
+  });
+  result = { ...done, events };
+} else if (scenario === "bidiHeadersFirst") {
+  const events = [];
+  let headersArrived;
+  const arrived = new Promise((resolve) => (headersArrived = resolve));
+  async function* requests() {
+    await arrived;
+    events.push("send 0");
+    yield { payload: Buffer.from("after the headers").toString("base64") };
+  }
+  const done = await outcome(async (options, onReply) => {
+    const onHeader = (h) => {
+      options.onHeader(h);
+      events.push("headers");
+      headersArrived();
+    };
+    const callOptions = { ...options, onHeader, metadata: { "x-headers-first": "yes" }, timeoutMs: spec.timeoutMs };
+    for await (const reply of client.bidi(method("Bidi"), requests(), callOptions)) {
       events.push(`message ${reply.index}`);
       onReply(reply);
     }

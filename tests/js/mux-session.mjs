@@ -6,19 +6,22 @@
 // OPTIONS_JSON: ConnectOptions (connectTimeoutMs, reconnect), and `lazy: true` for `new MuxClient`
 // instead of MuxClient.connect. Commands are JSON lines on stdin, run one after another; each is
 // answered with one JSON line on stdout:
-//   {op: "call", name, kind, method, request | requests, timeoutMs?, abortAfterMs?}
-//        starts a call and answers at once: {started}
+//   {op: "call", name, kind, method, request | requests, streamed?, timeoutMs?, abortAfterMs?}
+//        starts a call and answers at once: {started}; `streamed: true` gives the client the
+//        requests as an async iterable (an array otherwise)
 //   {op: "replies", name, count}   once the call has that many replies, or has ended: {replies, ended}
 //   {op: "wait", name}             once the call has ended: {code, message, replies, elapsedMs}
 //   {op: "goaway"}                 once a socket has received a GOAWAY: {lastStreamId, reason}
 //   {op: "sockets"}                the sockets made so far: [{opened, goaway, closeCode}]
-//   {op: "block", ms, call}        answers {blocking: true}, then holds the event loop for `ms` (no
-//                                  frame is read meanwhile) and starts `call` right after
+//   {op: "block", untilFile, calls}  answers {blocking: true}, then holds the event loop (no frame
+//                                  is read meanwhile) until the file `untilFile` exists, at most
+//                                  30 s, and starts the `calls` ([call]) right after
 //   {op: "repeat", call, everyMs, forMs | untilOk}
 //        the call made again and again, each awaited: {results: [{code, message, elapsedMs}], sockets}
 //        (sockets: how many were made meanwhile); untilOk stops at the first OK
 // Codes are gRPC status codes (0 OK); `sockets` counts the WebSockets made, whether they opened or not.
 import { performance } from "node:perf_hooks";
+import { existsSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
@@ -74,8 +77,9 @@ const client = lazy ? new MuxClient(url, clientOptions) : await MuxClient.connec
 const calls = new Map();
 
 /** Starts a call; its record fills in as replies come and when it ends. */
-function start({ kind, method: name, request, requests, timeoutMs, abortAfterMs }) {
+function start({ kind, method: name, request, requests: list, streamed, timeoutMs, abortAfterMs }) {
   const m = method(name);
+  const requests = streamed ? (async function* () { yield* list; })() : list;
   const record = { replies: [], ended: false, outcome: null };
   const callOptions = {};
   if (timeoutMs !== undefined) callOptions.timeoutMs = timeoutMs;
@@ -135,9 +139,9 @@ async function handle(command) {
     case "block":
       // After the answer has gone: stdout is a pipe, written synchronously on Linux.
       setImmediate(() => {
-        const end = performance.now() + command.ms;
-        while (performance.now() < end);
-        calls.set(command.call.name, start(command.call));
+        const end = performance.now() + 30_000;
+        while (!existsSync(command.untilFile) && performance.now() < end);
+        for (const call of command.calls) calls.set(call.name, start(call));
       });
       return { blocking: true };
     case "repeat": {

@@ -13,11 +13,21 @@
 // protocol's: a stream's replies are granted again only as the application reads them, so a
 // stream nobody reads holds up no other; requests wait for the gateway's credit.
 //
+// Requests given as a (sync) iterable, an array say, are read whole when the call begins, and its
+// OPEN leaves with all of them that fit: one WebSocket message for a unary call. Requests given as
+// an AsyncIterable are sent as they come, and the OPEN leaves as soon as the call has a stream,
+// before the first of them: the server starts the call at once, and a bidi server that sends its
+// headers before reading anything is heard (onHeader) before the first request.
+//
 // The client outlives its sockets, as an HTTP/2 channel outlives its connections. New calls go to
 // the current socket; when there is none, the first call opens one (calls that arrive together
 // share it). After the gateway's GOAWAY (it is draining) the calls it took run to
 // their end on the old socket, which is closed once the last one ends, while new calls open a new
-// socket (another gateway process answers). A socket that is lost fails its calls with
+// socket (another gateway process answers). A call whose OPEN crossed the GOAWAY never reached a
+// backend: when its requests were all at hand (a sync iterable) it is sent again, once, on the new
+// socket, with its deadline, signal and metadata (gRPC's transparent retry); one whose requests
+// are an AsyncIterable (some may have been read) fails with UNAVAILABLE, saying that it was not
+// processed, and so does a call refused twice. A socket that is lost fails its calls with
 // UNAVAILABLE; the next call opens another. A failed attempt holds the next one back (a growing,
 // jittered delay) and the calls made meanwhile fail at once with UNAVAILABLE, so a gateway that is
 // down is not hammered.
@@ -244,6 +254,8 @@ class Stream {
   closed = false; // TRAILERS arrived (or never will): the gateway no longer counts the stream
   error: MuxError | null = null;
   headers: Metadata | null = null;
+  /** Sends the call again from its OPEN; set while that is safe (see refused). */
+  resend: (() => void) | null = null;
   readonly replies: Uint8Array[] = [];
   private partial = new Uint8Array(0);
   private readonly waiters = new Set<Waiter>();
@@ -297,6 +309,25 @@ class Stream {
     this.error = error;
     this.wake();
   }
+
+  /**
+   * The gateway will never process this stream (its OPEN crossed a GOAWAY): no backend has seen
+   * it, so a call that can be sent again (its requests all at hand, no answer yet) is, once, on
+   * another socket: gRPC's transparent retry. Any other fails with `error`.
+   */
+  refused(error: MuxError): void {
+    const resend = this.resend;
+    this.resend = null;
+    if (resend === null || this.ended) {
+      this.fail(error);
+      return;
+    }
+    this.conn = null;
+    this.id = 0;
+    this.closed = false;
+    this.wake(); // an attempt still waiting for credit on the old socket gives up
+    resend();
+  }
 }
 
 /** The OPEN payload: made when the call gets its stream, so that the timeout sent is what is left of it. */
@@ -309,6 +340,16 @@ function openPayload(stream: Stream, path: Uint8Array, block: Uint8Array): Uint8
   payload.set(path, 10);
   payload.set(block, 10 + path.length);
   return payload;
+}
+
+/** The serialised messages of a streamed call, as its application produces them. */
+async function* serialized<I>(requests: AsyncIterable<I>, method: Method<I, unknown>): AsyncGenerator<Uint8Array> {
+  for await (const message of requests) yield method.serialize(message);
+}
+
+/** Why a call whose requests could not be sent ends. */
+function requestFailure(error: unknown): MuxError {
+  return error instanceof MuxError ? error : new MuxError(Status.CANCELLED, `the request stream failed: ${String(error)}`);
 }
 
 function closeText(code: number, reason: string): string {
@@ -409,9 +450,12 @@ class Connection {
     return new Promise((resolve) => this.slotWaiters.add(resolve));
   }
 
-  /** Gives an admitted stream its id as its OPEN leaves; false after a GOAWAY (the OPEN must not go). */
+  /** Gives an admitted stream its id as its OPEN leaves; after a GOAWAY the OPEN must not go: refused, false. */
   register(stream: Stream): boolean {
-    if (this.goaway !== null) return false;
+    if (this.goaway !== null) {
+      this.refuse(stream);
+      return false;
+    }
     stream.id = this.nextId++;
     this.streams.set(stream.id, stream);
     return true;
@@ -465,6 +509,13 @@ class Connection {
 
   close(): void {
     this.socket.close(NORMAL_CLOSURE);
+  }
+
+  /** A stream the gateway will not process: off this socket, then sent again or failed (Stream.refused). */
+  private refuse(stream: Stream): void {
+    stream.closed = true; // its TRAILERS (the refusal), if its OPEN went, free nothing on the gateway's side
+    this.forget(stream);
+    stream.refused(this.refusal());
   }
 
   private closeIfDrained(): void {
@@ -530,6 +581,7 @@ class Connection {
       }
       return;
     }
+    if (type === Frame.HEADERS || type === Frame.DATA) stream.resend = null; // processed: never sent again
     if (type === Frame.HEADERS) {
       stream.headers = parseBlock(payload);
       stream.options.onHeader?.(stream.headers);
@@ -558,18 +610,14 @@ class Connection {
   /**
    * The gateway is draining (or failing, then it closes at once): the streams it took run to
    * their end; those above its last id were never seen by a backend, and will only get the
-   * gateway's refusal, so they end now. New calls go to another socket (MuxClient).
+   * gateway's refusal, so they are refused now (sent again elsewhere, or failed). New calls go to
+   * another socket (MuxClient).
    */
   private onGoaway(lastStreamId: number, reason: string): void {
     const last = Math.min(lastStreamId, this.goaway?.lastStreamId ?? lastStreamId);
     this.goaway = { lastStreamId: last, reason };
-    const refused = this.refusal();
     for (const stream of [...this.streams.values()]) {
-      if (stream.id > last) {
-        stream.fail(refused);
-        stream.closed = true; // its TRAILERS (the refusal) free nothing on the gateway's side
-        this.forget(stream);
-      }
+      if (stream.id > last) this.refuse(stream);
     }
     this.wakeSlotWaiters();
     this.closeIfDrained();
@@ -794,76 +842,88 @@ export class MuxClient {
     }
   }
 
-  private async sendAll<I, O>(
+  private sendAll<I, O>(
     stream: Stream,
     path: Uint8Array,
     block: Uint8Array,
     method: Method<I, O>,
     requests: AsyncIterable<I> | Iterable<I>,
+  ): void {
+    if (!(Symbol.iterator in requests)) {
+      void this.transmit(stream, path, block, serialized(requests, method));
+      return;
+    }
+    let messages: Uint8Array[];
+    try {
+      messages = Array.from(requests, (message) => method.serialize(message));
+    } catch (error) {
+      this.cancel(stream, requestFailure(error));
+      return;
+    }
+    // All at hand: a call the gateway refuses unseen can be sent again (Stream.refused).
+    stream.resend = () => void this.transmit(stream, path, block, messages);
+    void this.transmit(stream, path, block, messages);
+  }
+
+  /** One attempt at the call, on one socket: its OPEN, its messages as the windows allow, HALF_CLOSE. */
+  private async transmit(
+    stream: Stream,
+    path: Uint8Array,
+    block: Uint8Array,
+    messages: Uint8Array[] | AsyncIterable<Uint8Array>,
   ): Promise<void> {
     try {
-      let conn: Connection | null = null;
-      // The OPEN leaves with the first message (and, for an array, with all that fit): one
-      // WebSocket message for a whole unary call.
-      let frames: Array<[number, Uint8Array | undefined]> = [];
-      // The call takes its socket when its first message is ready, and its OPEN leaves before
-      // anything else can happen (no I/O in between): so a GOAWAY that the socket has seen
-      // sends the call to another socket, and one still on its way refuses it.
-      const socket = async (): Promise<Connection> => {
-        if (conn === null) {
-          conn = await this.admit(stream);
-          frames.push([Frame.OPEN, openPayload(stream, path, block)]);
-        }
-        return conn;
-      };
+      // The OPEN is made once the call has its stream, and leaves before anything else can happen
+      // (no I/O in between): so a GOAWAY that the socket has seen sends the call to another
+      // socket, and one still on its way refuses it.
+      const conn = await this.admit(stream);
+      let frames: Array<[number, Uint8Array | undefined]> = [[Frame.OPEN, openPayload(stream, path, block)]];
+      // False once the call has ended, or was refused here (another attempt may have it now).
+      const live = () => !stream.ended && stream.conn === conn;
       const flush = () => {
-        const target = conn;
-        if (target !== null && frames.length && !stream.ended && target.ended === null) {
-          if (stream.id === 0 && !target.register(stream)) this.cancel(stream, target.refusal());
-          else target.send(concat(frames.map(([type, payload]) => frame(type, stream.id, payload))));
+        if (frames.length && live() && (stream.id !== 0 || conn.register(stream))) {
+          conn.send(concat(frames.map(([type, payload]) => frame(type, stream.id, payload))));
         }
         frames = [];
       };
-      const send = async (message: I) => {
-        const bytes = method.serialize(message);
-        const target = await socket();
-        if (bytes.length > target.settings.maxMessageBytes) {
+      const push = async (bytes: Uint8Array) => {
+        if (bytes.length > conn.settings.maxMessageBytes) {
           throw new MuxError(Status.RESOURCE_EXHAUSTED, `a request of ${bytes.length} bytes is over the limit`);
         }
         let data = grpcFrame(bytes);
-        while (data.length && !stream.ended) {
-          const size = Math.min(data.length, stream.sendWindow, target.window, target.settings.maxFrameBytes);
+        while (data.length && live()) {
+          const size = Math.min(data.length, stream.sendWindow, conn.window, conn.settings.maxFrameBytes);
           if (size === 0) {
             flush();
-            await target.credit(stream);
+            await conn.credit(stream);
             continue;
           }
           frames.push([Frame.DATA, data.subarray(0, size)]);
           stream.sendWindow -= size;
-          target.window -= size;
+          conn.window -= size;
           data = data.subarray(size);
         }
       };
-      if (Symbol.iterator in requests) {
-        for (const message of requests) {
-          if (stream.ended) return;
-          await send(message);
+      if (Array.isArray(messages)) {
+        // The OPEN leaves with all the messages that fit: one WebSocket message for a unary call.
+        for (const bytes of messages) {
+          if (!live()) return;
+          await push(bytes);
         }
       } else {
-        for await (const message of requests) {
-          if (stream.ended) return;
-          await send(message);
+        // The OPEN leaves now, before the first message is produced: the server starts the call,
+        // and a bidi server that answers its headers first is heard at once.
+        flush();
+        for await (const bytes of messages) {
+          if (!live()) return;
+          await push(bytes);
           flush(); // a streamed message leaves at once
         }
       }
-      if (stream.ended) return;
-      await socket();
       frames.push([Frame.HALF_CLOSE, undefined]);
       flush();
     } catch (error) {
-      const failure =
-        error instanceof MuxError ? error : new MuxError(Status.CANCELLED, `the request stream failed: ${String(error)}`);
-      this.cancel(stream, failure);
+      this.cancel(stream, requestFailure(error));
     }
   }
 
