@@ -16,7 +16,7 @@
 //                     with wait_release_first then goes on only if the headers came before any reply
 // Prints {code, message, headers, trailers, messages, events, elapsedMs, ...}.
 import { performance } from "node:perf_hooks";
-import { SERVICE, create, fromJson, loadProbe, resolveMethod, toJson } from "./probe.mjs";
+import { SERVICE, binaryHeadersOf, create, fromJson, loadProbe, resolveMethod, toJson } from "./probe.mjs";
 
 const [clientName, baseUrl, descriptorSet, specJson] = process.argv.slice(2);
 if (!specJson) {
@@ -30,9 +30,7 @@ const client = makeClient(baseUrl);
 
 const method = resolveMethod(probe, spec.service ?? SERVICE, spec.method, spec.kind);
 const input = fromJson(method.input, spec.request ?? {});
-const binaryHeaders = Object.fromEntries(
-  Object.entries(spec.binaryHeaders ?? {}).map(([key, value]) => [key, new Uint8Array(Buffer.from(value, "base64"))]),
-);
+const binaryHeaders = binaryHeadersOf(spec.binaryHeaders);
 const releaseMethod = resolveMethod(probe, SERVICE, "Release");
 
 const events = [];

@@ -1,13 +1,33 @@
 // The accept.v1.Probe schema at run time, from the descriptor set the Python tests generate
-// (tests/support/probe.py writes probe.binpb): no JavaScript code generation at all.
+// (tests/support/probe.py writes probe.binpb): no JavaScript code generation at all. loadRegistry
+// and findMethod do the same for any descriptor set (interop.mjs: grpc.testing.TestService).
 import { readFileSync } from "node:fs";
 import { create, createFileRegistry, fromBinary, fromJson, toBinary, toJson } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 
 export const SERVICE = "accept.v1.Probe";
 
+/** The schemas of a descriptor set (protoc --include_imports --descriptor_set_out). */
+export function loadRegistry(descriptorSetPath) {
+  return createFileRegistry(fromBinary(FileDescriptorSetSchema, readFileSync(descriptorSetPath)));
+}
+
+/** A method of a service the descriptor set describes. */
+export function findMethod(registry, serviceName, methodName) {
+  const method = registry.getService(serviceName)?.methods.find((m) => m.name === methodName);
+  if (!method) throw new Error(`the descriptor set has no method ${serviceName}/${methodName}`);
+  return method;
+}
+
+/** {name-bin: base64 of the raw bytes} as {name-bin: Uint8Array}, the form the client adapters take. */
+export function binaryHeadersOf(spec) {
+  return Object.fromEntries(
+    Object.entries(spec ?? {}).map(([key, value]) => [key, new Uint8Array(Buffer.from(value, "base64"))]),
+  );
+}
+
 export function loadProbe(descriptorSetPath) {
-  const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, readFileSync(descriptorSetPath)));
+  const registry = loadRegistry(descriptorSetPath);
   const service = registry.getService(SERVICE);
   const CallRequest = registry.getMessage("accept.v1.CallRequest");
   const CallReply = registry.getMessage("accept.v1.CallReply");

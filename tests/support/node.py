@@ -1,5 +1,5 @@
-"""Running the JavaScript clients of tests/js from pytest: one Node process per call, JSON out; or one
-for a whole test, driven by commands (NodeSession)."""
+"""Running the JavaScript clients of tests/js from pytest: one Node process per call, JSON out; one for
+a list of calls (node_batch); or one for a whole test, driven by commands (NodeSession)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def node_call(node: str, script: str, client: str, url: str, schema: str, spec: 
     assert done.returncode == 0, f"{client} call failed (exit {done.returncode}):\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def node_batch(node: str, script: str, args: Sequence[str], calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run `node script args...` in tests/js with the calls as a JSON list on standard input (no size
+    limit, unlike an argument), and return the JSON list it prints: one Node process for many calls."""
+    done = subprocess.run(
+        [node, str(JS_DIR / script), *args],
+        cwd=JS_DIR,
+        input=json.dumps(calls),
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} {' '.join(args[:1])} failed (exit {done.returncode}):\n{done.stderr}"
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    return results
 
 
 class NodeSession:

@@ -14,6 +14,7 @@ import base64
 import importlib
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +24,31 @@ PROTO_DIR = Path(__file__).resolve().parent / "proto"
 PROTO_FILE = "accept/v1/probe.proto"
 
 
-def generate(out: Path) -> Path:
-    """Write probe_pb2(.py/_grpc.py) under out/accept/v1 and out/probe.binpb; returns out."""
+def compile_protos(out: Path, files: Sequence[str], descriptor_set: str, *, include: str = str(PROTO_DIR)) -> Path:
+    """grpc_tools' protoc: Python modules and gRPC stubs for `files` under out, and out/descriptor_set
+    (with the imports) for the JavaScript clients. `include` is the import root, or VIRTUAL=DISK."""
     from grpc_tools import protoc
 
     out.mkdir(parents=True, exist_ok=True)
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
+        f"-I{include}",
         f"-I{well_known}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         "--include_imports",
-        f"--descriptor_set_out={out / 'probe.binpb'}",
-        PROTO_FILE,
+        f"--descriptor_set_out={out / descriptor_set}",
+        *files,
     ]
     if protoc.main(args) != 0:
-        raise RuntimeError("protoc failed for the probe service")
+        raise RuntimeError(f"protoc failed for {', '.join(files)}")
     return out
+
+
+def generate(out: Path) -> Path:
+    """Write probe_pb2(.py/_grpc.py) under out/accept/v1 and out/probe.binpb; returns out."""
+    return compile_protos(out, [PROTO_FILE], "probe.binpb")
 
 
 def load(gen_dir: Path) -> tuple[Any, Any]:

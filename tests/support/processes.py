@@ -88,17 +88,31 @@ class Process:
 def probe_backend(
     gen_dir: Path, log_dir: Path, *, port: int = 0, compress: bool = False
 ) -> Iterator[tuple[str, Process]]:
-    args = [sys.executable, "-m", "tests.support.probe", "--port", str(port), "--gen-dir", str(gen_dir)]
-    if compress:
-        args.append("--compress")
-    process = Process(args, log=log_dir / f"probe-{free_port()}.log")
+    with _python_backend("probe", gen_dir, log_dir, port=port, extra=["--compress"] if compress else []) as running:
+        yield running
+
+
+@contextmanager
+def interop_backend(gen_dir: Path, log_dir: Path) -> Iterator[tuple[str, Process]]:
+    """The grpc.testing.TestService interop server (tests/support/interop_server.py)."""
+    with _python_backend("interop_server", gen_dir, log_dir) as running:
+        yield running
+
+
+@contextmanager
+def _python_backend(
+    module: str, gen_dir: Path, log_dir: Path, *, port: int = 0, extra: Sequence[str] = ()
+) -> Iterator[tuple[str, Process]]:
+    """`python -m tests.support.MODULE --port P --gen-dir DIR`, which prints `PORT <n>` once it listens."""
+    args = [sys.executable, "-m", f"tests.support.{module}", "--port", str(port), "--gen-dir", str(gen_dir), *extra]
+    process = Process(args, log=log_dir / f"{module}-{free_port()}.log")
     try:
         line = wait_until(
             lambda: (
                 next((ln for ln in process.output().splitlines() if ln.startswith("PORT ")), None)
                 or (not process.alive() and _died(process))
             ),
-            what="the probe service to listen",
+            what=f"the {module} service to listen",
         )
         yield f"127.0.0.1:{line.split()[1]}", process
     finally:
