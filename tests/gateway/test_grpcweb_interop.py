@@ -12,8 +12,10 @@ test_js_clients.py, driven by tests/js/interop.mjs:
 Every case also runs with a grpcio client over the gateway's native gRPC ingress (grpcPort), with the
 same assertions: both entry points give a client's user the same answers.
 
-Each client makes all the calls in one Node process (one per module), and each test reads what that
-client's user saw of its call.
+The cases (grpc-web's and a few of our checklist's), their calls and what a client's user must see
+of each live in tests/support/interop_cases.py, which bench/conformance.py shares to run them
+against Traefik too. Each client makes all the calls in one Node process (one per module), and each
+test reads what that client's user saw of its call.
 """
 
 from __future__ import annotations
@@ -30,91 +32,14 @@ import pytest
 from google.protobuf import json_format, message_factory
 
 from tests.support import interop_server
+from tests.support.interop_cases import CALLS, CASE_BY_NAME, CASES, CLIENTS, Seen, gateway_config, problem
 from tests.support.node import node_batch, require_node
 from tests.support.processes import Gateway, interop_backend, run_gateway
 
-CLIENTS = ["connect", "grpc-web", "protobuf-ts"]
 NATIVE = "grpcio-native"
 ENTRIES = [*CLIENTS, NATIVE]
-
-TEST_SERVICE = "grpc.testing.TestService"
-UNIMPLEMENTED_SERVICE = "grpc.testing.UnimplementedService"
-
-ECHO_INITIAL_KEY, ECHO_INITIAL_VALUE = "x-grpc-test-echo-initial", "test_initial_metadata_value"
-ECHO_TRAILING_KEY, ECHO_TRAILING_VALUE = "x-grpc-test-echo-trailing-bin", b"\xab\xab\xab"
-TEST_STATUS_MESSAGE = "test status message"
-SPECIAL_STATUS_MESSAGE = "\t\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\t\n"
-# Its grpc-message value on the wire (percent-encoded UTF-8), which @protobuf-ts shows undecoded.
-SPECIAL_STATUS_MESSAGE_ON_THE_WIRE = (
-    "%09%0Atest with whitespace%0D%0Aand Unicode BMP %E2%98%BA and non-BMP %F0%9F%98%88%09%0A"
-)
-LARGE_REQUEST, LARGE_RESPONSE = 271828, 314159
-STREAM_SIZES = [31415, 9, 2653, 58979]
-
-Seen = dict[str, Any]
-
-
-def zeros(size: int) -> str:
-    return base64.b64encode(bytes(size)).decode()
-
-
-def large_unary_request() -> dict[str, Any]:
-    return {"responseSize": LARGE_RESPONSE, "payload": {"body": zeros(LARGE_REQUEST)}}
-
-
-def status(message: str) -> dict[str, Any]:
-    return {"code": 2, "message": message}
-
-
-ECHO_METADATA: dict[str, Any] = {
-    "headers": {ECHO_INITIAL_KEY: ECHO_INITIAL_VALUE},
-    "binaryHeaders": {ECHO_TRAILING_KEY: base64.b64encode(ECHO_TRAILING_VALUE).decode()},
-}
-
-
-def interop_call(name: str, method: str, *, service: str = TEST_SERVICE, **spec: Any) -> dict[str, Any]:
-    """One call as interop.mjs takes it (the request in protobuf JSON; see interop.mjs)."""
-    return {"name": name, "service": service, "method": method, **spec}
-
-
-# The calls of every case. The interop descriptions' custom_metadata, status_code_and_message and
-# special_status_message make their streaming half with FullDuplexCall, which gRPC-Web cannot make:
-# StreamingOutputCall stands in for it.
-CALLS: list[dict[str, Any]] = [
-    interop_call("empty_unary", "EmptyCall"),
-    interop_call("empty_unary_with_deadline", "EmptyCall", timeoutMs=5000),
-    interop_call("large_unary", "UnaryCall", request=large_unary_request()),
-    interop_call(
-        "server_streaming",
-        "StreamingOutputCall",
-        request={"responseParameters": [{"size": s, "intervalUs": i * 10} for i, s in enumerate(STREAM_SIZES)]},
-    ),
-    interop_call("custom_metadata_unary", "UnaryCall", request=large_unary_request(), **ECHO_METADATA),
-    interop_call(
-        "custom_metadata_streaming",
-        "StreamingOutputCall",
-        request={"responseParameters": [{"size": LARGE_RESPONSE}], "payload": {"body": zeros(LARGE_REQUEST)}},
-        **ECHO_METADATA,
-    ),
-    interop_call("status_code_and_message_unary", "UnaryCall", request={"responseStatus": status(TEST_STATUS_MESSAGE)}),
-    interop_call(
-        "status_code_and_message_streaming",
-        "StreamingOutputCall",
-        request={"responseStatus": status(TEST_STATUS_MESSAGE)},
-    ),
-    interop_call(
-        "special_status_message_unary", "UnaryCall", request={"responseStatus": status(SPECIAL_STATUS_MESSAGE)}
-    ),
-    # After one reply: the status comes in trailers after a message (the gRPC-Web trailer frame), not
-    # in a trailers-only response as in the unary case.
-    interop_call(
-        "special_status_message_streaming",
-        "StreamingOutputCall",
-        request={"responseParameters": [{"size": 1}], "responseStatus": status(SPECIAL_STATUS_MESSAGE)},
-    ),
-    interop_call("unimplemented_method", "UnimplementedCall"),
-    interop_call("unimplemented_service", "UnimplementedCall", service=UNIMPLEMENTED_SERVICE),
-]
+# grpcio's own default (4 MiB) is below large_response_5mib.
+NATIVE_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +50,12 @@ def interop_gen(work_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def interop_gateway(interop_gen: Path, work_dir: Path) -> Iterator[Gateway]:
-    """A gateway in front of the interop server, for both of its services (as Envoy is configured
-    in grpc-web's interop set-up)."""
-    with interop_backend(interop_gen, work_dir) as (address, _process):
-        config = {"upstreams": {TEST_SERVICE: [address], UNIMPLEMENTED_SERVICE: [address]}}
-        with run_gateway(config, work_dir) as running:
-            yield running
+    """A gateway in front of the interop server, for both of its services."""
+    with (
+        interop_backend(interop_gen, work_dir) as (address, _process),
+        run_gateway(gateway_config(address), work_dir) as running,
+    ):
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +85,7 @@ def seen(interop_gateway: Gateway, interop_gen: Path, node: str) -> Callable[[st
 def native_calls(target: str, gen_dir: Path) -> list[Seen]:
     """CALLS with grpcio over native gRPC, reported in interop.mjs's shape."""
     pool = interop_server.load(gen_dir).test_pb2.DESCRIPTOR.pool
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target, options=NATIVE_OPTIONS) as channel:
         return [native_call(channel, pool, spec) for spec in CALLS]
 
 
@@ -207,84 +132,9 @@ def metadata_dict(metadata: Any) -> dict[str, str]:
     }
 
 
-def b64(value: str) -> bytes:
-    return base64.b64decode(value + "=" * (-len(value) % 4))
-
-
-def bodies(result: Seen) -> list[bytes]:
-    return [base64.b64decode(message["payload"]["body"]) for message in result["messages"]]
-
-
-def ok(result: Seen) -> Seen:
-    assert result["code"] == 0, result
-    return result
-
-
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_empty_unary(seen: Callable[[str, str], Seen], entry: str) -> None:
-    assert ok(seen(entry, "empty_unary"))["messages"] == [{}]
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_empty_unary_with_deadline(seen: Callable[[str, str], Seen], entry: str) -> None:
-    # A deadline of 5 s (grpc-timeout on the wire): the call ends well within it.
-    assert ok(seen(entry, "empty_unary_with_deadline"))["messages"] == [{}]
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_large_unary(seen: Callable[[str, str], Seen], entry: str) -> None:
-    result = ok(seen(entry, "large_unary"))
-    assert bodies(result) == [bytes(LARGE_RESPONSE)]
-    assert result["messages"][0]["payload"]["type"] == "COMPRESSABLE"
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_server_streaming(seen: Callable[[str, str], Seen], entry: str) -> None:
-    result = ok(seen(entry, "server_streaming"))
-    assert bodies(result) == [bytes(size) for size in STREAM_SIZES]
-
-
-@pytest.mark.parametrize("kind", ["unary", "streaming"])
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_custom_metadata(seen: Callable[[str, str], Seen], entry: str, kind: str) -> None:
-    # grpc-web reports the response headers only at the end of the call ('metadata'), which is
-    # enough here: the case is about their values.
-    result = ok(seen(entry, f"custom_metadata_{kind}"))
-    assert bodies(result) == [bytes(LARGE_RESPONSE)]
-    assert result["headers"][ECHO_INITIAL_KEY] == ECHO_INITIAL_VALUE, result["headers"]
-    assert b64(result["trailers"][ECHO_TRAILING_KEY]) == ECHO_TRAILING_VALUE, result["trailers"]
-
-
-@pytest.mark.parametrize("kind", ["unary", "streaming"])
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_status_code_and_message(seen: Callable[[str, str], Seen], entry: str, kind: str) -> None:
-    result = seen(entry, f"status_code_and_message_{kind}")
-    assert (result["code"], result["message"]) == (2, TEST_STATUS_MESSAGE), result
-    assert result["messages"] == []
-
-
-@pytest.mark.parametrize("kind", ["unary", "streaming"])
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_special_status_message(seen: Callable[[str, str], Seen], entry: str, kind: str) -> None:
-    result = seen(entry, f"special_status_message_{kind}")
-    if entry == "protobuf-ts":
-        # It shows grpc-message as it arrives, without percent-decoding it (as in test_js_clients.py):
-        # a limitation of that client, whichever proxy it talks to.
-        assert (result["code"], result["message"]) == (2, SPECIAL_STATUS_MESSAGE_ON_THE_WIRE), result
-    else:
-        assert (result["code"], result["message"]) == (2, SPECIAL_STATUS_MESSAGE), result
-    assert bodies(result) == ([] if kind == "unary" else [bytes(1)])
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_unimplemented_method(seen: Callable[[str, str], Seen], entry: str) -> None:
-    result = seen(entry, "unimplemented_method")
-    assert result["code"] == 12, result
-    assert result["messages"] == []
-
-
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_unimplemented_service(seen: Callable[[str, str], Seen], entry: str) -> None:
-    result = seen(entry, "unimplemented_service")
-    assert result["code"] == 12, result
-    assert result["messages"] == []
+@pytest.mark.parametrize("case", [case.name for case in CASES])
+def test_interop_case(seen: Callable[[str, str], Seen], entry: str, case: str) -> None:
+    """What the case expects (tests/support/interop_cases.py), as the user of this client sees it."""
+    result = seen(entry, case)
+    assert problem(CASE_BY_NAME[case], entry, result) is None, result

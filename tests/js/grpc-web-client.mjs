@@ -50,7 +50,9 @@ function messageClass(schema) {
 }
 
 export function makeClient(baseUrl) {
-  const client = new GrpcWebClientBase({ format: "text" });
+  // grpc-web refuses messages above 4 MiB by default, as grpcio does: lifted (0 = no limit) so that
+  // the limit a large response meets is the proxy's (interop_cases.py large_response_5mib).
+  const client = new GrpcWebClientBase({ format: "text", maxReceiveMessageSize: 0 });
 
   function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage }) {
     const Request = messageClass(method.input);
