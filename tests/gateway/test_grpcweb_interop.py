@@ -103,10 +103,13 @@ def native_call(channel: grpc.Channel, pool: Any, spec: dict[str, Any]) -> Seen:
     serialize, deserialize = request_class.SerializeToString, response_class.FromString
     messages: list[Any] = []
     started = time.monotonic()
+    headers_ms = None
     call: Any
     # A failed call raises; its status is read below, as for a successful one.
     if method.server_streaming:
         call = channel.unary_stream(path, serialize, deserialize)(request, metadata=metadata, timeout=timeout)
+        call.initial_metadata()  # waits for the response headers (or the end)
+        headers_ms = (time.monotonic() - started) * 1000
         with contextlib.suppress(grpc.RpcError):
             messages.extend(call)
     else:
@@ -122,6 +125,7 @@ def native_call(channel: grpc.Channel, pool: Any, spec: dict[str, Any]) -> Seen:
         "trailers": metadata_dict(call.trailing_metadata()),
         "messages": [json_format.MessageToDict(m, always_print_fields_with_no_presence=True) for m in messages],
         "elapsedMs": (time.monotonic() - started) * 1000,
+        "headersMs": headers_ms,
     }
 
 

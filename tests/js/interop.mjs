@@ -14,8 +14,9 @@
 //   binaryHeaders     {name-bin: base64 of the raw bytes}: each client encodes them its own way
 //   timeoutMs         the call's deadline
 // The calls run one after the other. Prints one JSON list, in the same order, of
-// {name, client, code, message, headers, trailers, messages, elapsedMs, ...}: messages in protobuf
-// JSON, headers and trailers as the client exposes them (null when it did not report them).
+// {name, client, code, message, headers, trailers, messages, elapsedMs, headersMs, ...}: messages in
+// protobuf JSON, headers and trailers as the client exposes them (null when it did not report them),
+// headersMs when the client reported the headers (absent for grpc-web: it reports them at the end).
 import { text } from "node:stream/consumers";
 import { performance } from "node:perf_hooks";
 import { binaryHeadersOf, findMethod, fromJson, loadRegistry, toJson } from "./probe.mjs";
@@ -35,14 +36,16 @@ for (const spec of calls) {
   const method = findMethod(registry, spec.service, spec.method);
   const messages = [];
   const started = performance.now();
+  let headersMs; // when the client reported the response headers (connect and protobuf-ts report them as they come)
   const result = await client.call(method, fromJson(method.input, spec.request ?? {}), {
     headers: spec.headers ?? {},
     binaryHeaders: binaryHeadersOf(spec.binaryHeaders),
     timeoutMs: spec.timeoutMs,
     onMessage: (reply) => messages.push(toJson(method.output, reply, { alwaysEmitImplicit: true })),
+    onHeaders: () => (headersMs ??= performance.now() - started),
   });
   const elapsedMs = performance.now() - started;
-  results.push({ name: spec.name, client: description, ...result, messages, elapsedMs });
+  results.push({ name: spec.name, client: description, ...result, messages, elapsedMs, headersMs });
 }
 
 process.stdout.write(JSON.stringify(results) + "\n", () => process.exit(0));

@@ -36,6 +36,9 @@ STREAM_SIZES = [31415, 9, 2653, 58979]
 # Above gRPC's default 4 MiB message limit: a proxy must be configured to carry it (GATEWAY_LIMIT).
 HUGE_RESPONSE = 5 * 1024 * 1024
 GATEWAY_LIMIT = 8 * 1024 * 1024
+# headers_before_first_message: the server sends its headers at once and its first message 800 ms
+# later; the client must have the headers well before that.
+LATE_FIRST_MESSAGE_US, LATE_HEADERS_MS = 800_000, 400
 # deadline_mid_stream: a message every 150 ms, a deadline of 400 ms: two messages, then the deadline.
 SLOW_STREAM_MESSAGES, SLOW_STREAM_INTERVAL_US, SLOW_STREAM_DEADLINE_MS = 8, 150_000, 400
 
@@ -240,6 +243,17 @@ def check_deadline_mid_stream(client: str, seen: Seen) -> None:
         raise Mismatch(f"{saw_status(seen)} after {count} of {SLOW_STREAM_MESSAGES} messages")
 
 
+def check_headers_before_first_message(client: str, seen: Seen) -> None:
+    expect_ok(seen)
+    expect_sizes(seen, [1])
+    expect_header(seen, ECHO_INITIAL_KEY, ECHO_INITIAL_VALUE)
+    # grpc-web reports the headers only when the response completes: it cannot show when they came.
+    headers_ms = seen.get("headersMs")
+    if client != "grpc-web" and (headers_ms is None or headers_ms > LATE_HEADERS_MS):
+        late = "never reported" if headers_ms is None else f"after {headers_ms:.0f} ms"
+        raise Mismatch(f"headers {late}; the first message came after {LATE_FIRST_MESSAGE_US // 1000} ms")
+
+
 def check_huge_response(client: str, seen: Seen) -> None:
     expect_ok(seen)
     expect_sizes(seen, [HUGE_RESPONSE])
@@ -321,6 +335,16 @@ CASES: list[Case] = [
         "M4",
         request={"responseStatus": status(TEST_STATUS_MESSAGE)},
         binaryHeaders=ECHO_METADATA["binaryHeaders"],
+    ),
+    # R1: the response headers (echoed initial metadata) reach the client when the server sends them,
+    # not with the first message, which comes later (as with a direct gRPC call).
+    case(
+        "headers_before_first_message",
+        "StreamingOutputCall",
+        check_headers_before_first_message,
+        "R1",
+        request={"responseParameters": [{"size": 1, "intervalUs": LATE_FIRST_MESSAGE_US}]},
+        headers=ECHO_METADATA["headers"],
     ),
     # M6: the deadline expires while the stream is running.
     case(
