@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
-from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, MissingMessage
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame, status_lines
+from gateway.errors import GatewayError, MissingMessage
+from gateway.grpcweb.framing import PREFIX, TRAILER_FLAG, encode_frame, status_lines
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
+from gateway.grpcweb.request_frames import RequestFrames
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
@@ -213,58 +213,34 @@ class GrpcWebEndpoint:
             await response.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
 
     async def _read_body(self, receive: Receive, text_request: bool, encoding: str | None) -> bytes:
-        """The request's gRPC frames, checked, as they go upstream."""
+        """The request's gRPC frames, checked as they arrive (RequestFrames), as they go upstream."""
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk: bytes = message.get("body", b"")
-        if not text_request and not message.get("more_body", False) and _plain_frames(chunk, self.max_message_bytes):
+        more: bool = message.get("more_body", False)
+        if not text_request and not more and _plain_frames(chunk, self.max_message_bytes):
             return chunk  # the usual case, a binary body in one piece: forwarded without a copy
-        decoder = FrameDecoder(self.max_message_bytes)
+        frames = RequestFrames(self.max_message_bytes, encoding)
         text = TextDecoder() if text_request else None
-        frames = []
-        raw = bytearray()
+        parts: list[bytes | memoryview] = []
         while True:
             if text is not None:
                 chunk = text.feed(chunk)
             if chunk:
-                raw += chunk
-                frames += decoder.feed(chunk)
-            if not message.get("more_body", False):
+                parts.append(frames.feed(chunk))
+            if not more:
                 break
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
-        if text is not None:
-            tail = text.close()
-            raw += tail
-            frames += decoder.feed(tail)
-        decoder.close()
-        rewrite = False
-        for index, (flags, payload) in enumerate(frames):
-            if flags & TRAILER_FLAG:
-                raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
-            if flags & COMPRESSED_FLAG:
-                if encoding is None:
-                    raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
-                frames[index] = (0, self._decompress(payload, encoding))
-                rewrite = True
-        # Uncompressed frames go upstream exactly as they came.
-        return b"".join(encode_frame(payload) for _, payload in frames) if rewrite else bytes(raw)
-
-    def _decompress(self, payload: bytes, encoding: str) -> bytes:
-        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        inflater = zlib.decompressobj(wbits)
-        try:
-            data = inflater.decompress(payload, self.max_message_bytes)
-        except zlib.error as exc:
-            raise MalformedMessage(f"request frame cannot be decompressed with {encoding}: {exc}") from None
-        if inflater.unconsumed_tail:
-            raise MessageTooLarge(
-                f"request message decompresses to more than the gateway's limit of {self.max_message_bytes} bytes"
-            )
-        return data
+            more = message.get("more_body", False)
+        if text is not None and (tail := text.close()):
+            parts.append(frames.feed(tail))
+        frames.close()
+        # Uncompressed frames go upstream exactly as they came, joined once.
+        return b"".join(parts)
 
     async def _proxy(
         self,

@@ -92,6 +92,7 @@ from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
 from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.grpcweb.request_frames import RequestFrames
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -100,7 +101,6 @@ from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.handshake import Upgrade
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
-from gateway.websocket.request_frames import RequestFrames
 
 __all__ = [
     "CLOSE_GOING_AWAY",

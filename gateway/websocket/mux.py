@@ -41,6 +41,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
 from gateway.grpcweb.metadata import parse_request_headers, response_metadata
+from gateway.grpcweb.request_frames import RequestFrames
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -68,7 +69,6 @@ from gateway.websocket.mux_frames import (
     window_update,
 )
 from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
-from gateway.websocket.request_frames import RequestFrames
 
 __all__ = ["Headers", "MuxEndpoint"]
 

@@ -775,7 +775,7 @@ async def test_a_protocol_error_mid_call_ends_it_and_cancels_the_upstream(
 @pytest.mark.parametrize(
     ("after", "expected"),
     [
-        (b"\x00" + struct.pack(">BI", 0, 10) + b"abc", "7 bytes short"),
+        (b"\x00" + struct.pack(">BI", 0, 10) + b"abc", "announces 10 bytes but only 3 arrived"),
         (b"\x00\x00\x00", "inside a frame prefix (2 of 5 bytes)"),
         (None, "after its half-close"),
     ],
