@@ -37,6 +37,7 @@ from bench import harness
 from bench.harness import HOST, Server, log
 from tests.support import interop_cases, interop_server
 from tests.support.interop_cases import CASES, CLIENTS, Seen
+from tests.support.node import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_DIR = ROOT / "tests" / "js"
@@ -208,15 +209,7 @@ def node_calls(
 ) -> tuple[list[Seen] | None, str]:
     """interop.mjs's answers, or None and why there are none."""
     try:
-        done = subprocess.run(
-            [node, str(JS_DIR / "interop.mjs"), client, url, str(schema)],
-            cwd=JS_DIR,
-            input=json.dumps(calls),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        done = run_batch(node, "interop.mjs", [client, url, str(schema)], calls, timeout)
     except subprocess.TimeoutExpired:
         return None, f"the client did not finish within {timeout:g} s"
     if done.returncode != 0:

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from tests.support.probe import compile_protos
+from tests.support.probe import compile_protos, serve_on
 
 PROTO_DIR = Path(__file__).resolve().parent / "proto" / "grpc" / "testing"
 IMPORT_PATH = "src/proto/grpc/testing"
@@ -106,10 +106,7 @@ async def serve(port: int, gen_dir: Path) -> None:
     modules = load(gen_dir)
     server = grpc.aio.server()
     modules.test_pb2_grpc.add_TestServiceServicer_to_server(build_servicer(modules), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"PORT {bound}", flush=True)
-    await server.wait_for_termination()
+    await serve_on(server, port)
 
 
 def main() -> None:

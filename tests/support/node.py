@@ -41,18 +41,25 @@ def node_call(node: str, script: str, client: str, url: str, schema: str, spec: 
     return result
 
 
-def node_batch(node: str, script: str, args: Sequence[str], calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_batch(
+    node: str, script: str, args: Sequence[str], calls: list[dict[str, Any]], timeout: float = NODE_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run `node script args...` in tests/js with the calls as a JSON list on standard input (no size
-    limit, unlike an argument), and return the JSON list it prints: one Node process for many calls."""
-    done = subprocess.run(
+    limit, unlike an argument): one Node process for many calls. Raises TimeoutExpired past `timeout`."""
+    return subprocess.run(
         [node, str(JS_DIR / script), *args],
         cwd=JS_DIR,
         input=json.dumps(calls),
         capture_output=True,
         text=True,
-        timeout=NODE_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
+
+
+def node_batch(node: str, script: str, args: Sequence[str], calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """run_batch, asserting that it worked; returns the JSON list the script prints."""
+    done = run_batch(node, script, args, calls)
     assert done.returncode == 0, f"{script} {' '.join(args[:1])} failed (exit {done.returncode}):\n{done.stderr}"
     results: list[dict[str, Any]] = json.loads(done.stdout)
     return results

@@ -169,14 +169,20 @@ def build_servicer(pb2: Any, pb2_grpc: Any) -> Any:
     return Probe()
 
 
-async def serve(port: int, gen_dir: Path, compress: bool) -> None:
-    pb2, pb2_grpc = load(gen_dir)
-    server = grpc.aio.server(compression=grpc.Compression.Gzip if compress else None)
-    pb2_grpc.add_ProbeServicer_to_server(build_servicer(pb2, pb2_grpc), server)
+async def serve_on(server: Any, port: int) -> None:
+    """Listen on 127.0.0.1:port (0: a free one), say `PORT <n>` on stdout (what the tests' start-up
+    waits for: tests/support/processes.py) and serve until stopped."""
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"PORT {bound}", flush=True)
     await server.wait_for_termination()
+
+
+async def serve(port: int, gen_dir: Path, compress: bool) -> None:
+    pb2, pb2_grpc = load(gen_dir)
+    server = grpc.aio.server(compression=grpc.Compression.Gzip if compress else None)
+    pb2_grpc.add_ProbeServicer_to_server(build_servicer(pb2, pb2_grpc), server)
+    await serve_on(server, port)
 
 
 def main() -> None:
