@@ -1,5 +1,12 @@
 # Everything a fresh machine with Python 3.11 and Node 20 needs: `make run`, `make test`.
 PYTHON ?= python3.11
+# The Python environment is installed from uv.lock (every package pinned, with hashes) by uv, itself pinned
+# here and in the lock (a test checks the two agree). uv lives in its own small venv so that `uv sync`,
+# which removes what the lock does not list, never removes the tool that runs it.
+UV_VERSION := 0.13.8
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
@@ -8,15 +15,22 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 SDK_DIR := shell-web/sdk
 SDK_STAMP := $(SDK_DIR)/dist/.built
 
-.PHONY: run test check lint format proto proto-check schema bench install clean
+.PHONY: run test check lint format proto proto-check schema bench install lock clean
 
 install: $(PY_STAMP)
 
-$(PY_STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+# --locked: install exactly what uv.lock says, and stop if pyproject.toml asks for something it does not.
+$(PY_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --all-extras --python $(PYTHON) --quiet
 	touch $@
+
+# Resolve pyproject.toml again into uv.lock (newest versions its ranges allow); then run `make test`.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
@@ -34,6 +48,7 @@ test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) check
 	$(BIN)/pytest
 
 check: $(PY_STAMP)
+	$(UV) lock --check --python $(PYTHON) --quiet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -56,4 +71,4 @@ bench: $(PY_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(UV_VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist .mypy_cache .ruff_cache .pytest_cache

@@ -291,7 +291,7 @@ class RedisRevocations:
             await self._listen(pubsub)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                await pubsub.aclose()
 
     async def _listen(self, pubsub: PubSub) -> None:
         awaiting_pong = False
