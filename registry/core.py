@@ -108,6 +108,13 @@ class PluginRegistry:
             raise UnknownLease(f'lease "{lease_id}" ended while being renewed; register again')
         return self.lease_ttl
 
+    async def lease_holder(self, lease_id: str) -> InstanceRecord:
+        """The registration a lease belongs to; UnknownLease when it has ended."""
+        record = await self.store.get(await self._lease(lease_id))
+        if record is None:
+            raise UnknownLease(f'lease "{lease_id}" ended; register again')
+        return record
+
     async def set_phase(self, lease_id: str, phase: Phase) -> InstanceView:
         instance_id = await self._lease(lease_id)
         if phase in (Phase.REGISTERED, Phase.DEGRADED):

@@ -26,6 +26,7 @@ from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from registry.core import PluginRegistry
 from registry.health import GrpcHealthChecker, HealthMonitor
+from registry.identity import IdentityIssuer
 from registry.model import Clock, RegistryError
 from registry.service import RegistryService
 from registry.settings import RegistrySettings
@@ -104,7 +105,8 @@ async def serve(
     monitor = HealthMonitor(registry, checker, settings.health)
 
     server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(registry, monitor), server)
+    identity = await IdentityIssuer.from_store(store, ttl=settings.identity_token_ttl, clock=clock)
+    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(registry, monitor, identity), server)
     own_health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(own_health, server)
     reflection.enable_server_reflection(

@@ -6,6 +6,7 @@
     redisUrl: redis://127.0.0.1:6379/0
     keyPrefix: upf:registry
     leaseTtl: 15                    # seconds an instance stays registered without renewing
+    identityTokenTtl: 300           # seconds a plugin's identity token is valid (renewing the lease renews it)
     health: {interval: 5, timeout: 2, failuresBeforeUnhealthy: 3, successesBeforeHealthy: 2}
 
 `UPF_PORT=50060`, `UPF_HEALTH__INTERVAL=0.5`, ...: the same rules as gateway/settings.py (whose
@@ -52,6 +53,9 @@ class RegistrySettings(_Section):
     key_prefix: str = Field(default="upf:registry", min_length=1)  # Redis keys are <prefix>:<name>
     lease_ttl: float = Field(default=15.0, gt=0)  # seconds an instance stays registered without renewing
     history: int = Field(default=1000, ge=1)  # changes kept for WatchHealth to resume from
+    # Seconds an identity token (Register, RenewLease) stays valid; every renewal brings a new one, so
+    # this only bounds how long a plugin cut off from the registry can still prove who it is.
+    identity_token_ttl: float = Field(default=300.0, ge=10)
     health: HealthSettings = Field(default_factory=HealthSettings)
 
 

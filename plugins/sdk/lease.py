@@ -79,6 +79,9 @@ class LeaseKeeper:
         self._timeout = call_timeout
         self.lease_id: str | None = None
         self.ttl: float | None = None
+        # Who this instance is, signed by the registry: sent on calls to other plugins (see identity.py).
+        # The last one received stays in use while the registry cannot be reached; it runs out by itself.
+        self.identity_token = ""
         self.registrations = 0  # how many times Register succeeded (1 + re-registrations)
         self.registered = asyncio.Event()
 
@@ -112,6 +115,7 @@ class LeaseKeeper:
     async def _register(self) -> None:
         reply = await self._registry.Register(self._request, timeout=self._timeout)
         self.lease_id, self.ttl = reply.lease_id, reply.ttl_seconds
+        self.identity_token = reply.identity_token or self.identity_token
         self.registrations += 1
         self.registered.set()
         logger.info(
@@ -127,6 +131,7 @@ class LeaseKeeper:
         assert self.lease_id is not None
         reply = await self._registry.RenewLease(pb.RenewLeaseRequest(lease_id=self.lease_id), timeout=self._timeout)
         self.ttl = reply.ttl_seconds
+        self.identity_token = reply.identity_token or self.identity_token
 
     def _forget(self) -> None:
         self.lease_id = None

@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
+from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
 
@@ -170,9 +171,11 @@ class Plugin:
             self._registry_channel = grpc.aio.insecure_channel(self._registry_target)
             stub = self._stub = registry_pb2_grpc.RegistryStub(self._registry_channel)
         ranges = {r.interface: r.version for r in self.manifest.requires}
+        interceptors = caller_token_interceptors(self.identity_token)
         self._resolver = Resolver(
             stub, ranges, cache_ttl=self.timings.resolve_cache_ttl, clock=self._clock,
             call_timeout=self.timings.call_timeout,
+            connect=lambda endpoint: grpc.aio.insecure_channel(endpoint, interceptors=interceptors),
         )  # fmt: skip
         request = pb.RegisterRequest(
             manifest=self.manifest_text, instance_id=self.instance_id, endpoint=self.endpoint, phase=pb.PHASE_READY
@@ -189,8 +192,14 @@ class Plugin:
         self.started.set()
         return task
 
+    def identity_token(self) -> str:
+        """This instance's identity token from the registry ("" until first registered); every call on
+        a `channel()` carries it, so the callee knows which plugin calls."""
+        return self.keeper.identity_token if self.keeper is not None else ""
+
     async def channel(self, interface: str) -> grpc.aio.Channel:
-        """A channel to a healthy provider of a required interface; DependencyUnavailable if none."""
+        """A channel to a healthy provider of a required interface; DependencyUnavailable if none.
+        Its calls carry this plugin's identity token (plugins/sdk/identity.py)."""
         return await self._require_resolver().channel(interface)
 
     async def channel_to(self, target: str) -> grpc.aio.Channel:

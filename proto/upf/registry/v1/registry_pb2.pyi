@@ -11,6 +11,13 @@ file, grpc, a grpc.health.v1 service and its manifest:
   3. SetPhase(lease_id, PHASE_STOPPING) before a graceful shutdown, so no new calls are routed to
      it; Unregister(lease_id) when it is gone.
 
+Caller identity: Register and RenewLease answer an identity_token, a JWT (EdDSA, Ed25519) that
+says which plugin the instance is: iss "upf-registry", aud "upf-plugins", sub the plugin id, iid the
+instance id, exp a few minutes ahead (renewing the lease renews it). A plugin sends its current
+token as the metadata "upf-caller-token" on every call to another plugin; the callee verifies it
+with the keys from GetIdentityKeys and so knows its caller from a credential, not from a claim
+(infrastructure plugins keep each caller's data apart by it).
+
 The registry calls grpc.health.v1.Health/Check (service "") on every instance at its health
 interval. Errors are gRPC statuses whose message says what to fix: INVALID_ARGUMENT for a bad
 manifest (one line per problem, naming the field), NOT_FOUND for an unknown lease or plugin,
@@ -136,11 +143,14 @@ class RegisterResponse(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    IDENTITY_TOKEN_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     lease_id: _builtins.str
     """Pass to RenewLease, SetPhase and Unregister."""
     ttl_seconds: _builtins.float
     """Renew well within this many seconds (every ttl_seconds / 3 is safe)."""
+    identity_token: _builtins.str
+    """This instance's caller identity (see the top of this file)."""
     @_builtins.property
     def status(self) -> Global___InstanceStatus:
         """The instance's status right after registering."""
@@ -152,10 +162,11 @@ class RegisterResponse(_message.Message):
         lease_id: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         status: Global___InstanceStatus | None = ...,
+        identity_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "lease_id", b"lease_id", "status", b"status", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_token", b"identity_token", "instance_id", b"instance_id", "lease_id", b"lease_id", "status", b"status", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,15 +196,19 @@ class RenewLeaseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDENTITY_TOKEN_FIELD_NUMBER: _builtins.int
     ttl_seconds: _builtins.float
+    identity_token: _builtins.str
+    """A fresh identity token, to use from now on."""
     def __init__(
         self,
         *,
         ttl_seconds: _builtins.float = ...,
+        identity_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_token", b"identity_token", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,3 +784,45 @@ class ExplainResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
+
+@_typing.final
+class GetIdentityKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityKeysRequest: _TypeAlias = GetIdentityKeysRequest  # noqa: Y015
+
+@_typing.final
+class GetIdentityKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JWKS_JSON_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    jwks_json: _builtins.str
+    """A JWK Set (RFC 7517) as JSON: {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ..., "kid": ...}]}."""
+    issuer: _builtins.str
+    """The "iss" and "aud" that identity tokens carry."""
+    audience: _builtins.str
+    def __init__(
+        self,
+        *,
+        jwks_json: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "issuer", b"issuer", "jwks_json", b"jwks_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityKeysResponse: _TypeAlias = GetIdentityKeysResponse  # noqa: Y015
