@@ -64,7 +64,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     async def Register(self, request: pb.RegisterRequest, context: _Context) -> pb.RegisterResponse:
         record, view = await self.registry.register(
-            request.manifest, request.instance_id, request.endpoint, _phase(request.phase, default=Phase.READY)
+            request.manifest,
+            request.instance_id,
+            request.endpoint,
+            _phase(request.phase, default=Phase.READY),
+            credential=request.credential,
         )
         self.monitor.reset(record.instance_id)
         self.monitor.wake()

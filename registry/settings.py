@@ -8,6 +8,7 @@
     leaseTtl: 15                    # seconds an instance stays registered without renewing
     identityTokenTtl: 300           # seconds a plugin's identity token is valid (renewing the lease renews it)
     health: {interval: 5, timeout: 2, failuresBeforeUnhealthy: 3, successesBeforeHealthy: 2}
+    registration: {secret: "", secretFile: .upf/registration.secret, open: false}
 
 `UPF_PORT=50060`, `UPF_HEALTH__INTERVAL=0.5`, ...: the same rules as gateway/settings.py (whose
 loader this uses), so a bad key stops start-up with a message that names it.
@@ -24,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from gateway.settings import RedisUrl, load_config
 
-__all__ = ["HealthSettings", "RegistrySettings", "load_registry_settings"]
+__all__ = ["HealthSettings", "RegistrationSettings", "RegistrySettings", "load_registry_settings"]
 
 
 class _Section(BaseModel):
@@ -43,6 +44,18 @@ class HealthSettings(_Section):
     successes_before_healthy: int = Field(default=2, ge=1)
 
 
+class RegistrationSettings(_Section):
+    """Who may register a plugin id (registry/credentials.py)."""
+
+    # The secret each plugin id's credential derives from; empty: read secretFile.
+    secret: str = ""
+    # Read, or created with a random secret when missing; plugins started from the same folder read it too.
+    secret_file: str = ".upf/registration.secret"
+    # Accept registrations without a credential: only where every process that reaches the registry
+    # is trusted (the services of one plugin id still belong to it alone).
+    open: bool = False
+
+
 class RegistrySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)  # 0 picks a free port (printed at start-up)
@@ -57,6 +70,7 @@ class RegistrySettings(_Section):
     # this only bounds how long a plugin cut off from the registry can still prove who it is.
     identity_token_ttl: float = Field(default=300.0, ge=10)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
 
 
 def load_registry_settings(

@@ -169,14 +169,15 @@ class UpstreamPool:
 
     def update(self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = ()) -> None:
         """Replace the routes that came from the registry (service -> endpoints); static ones stay.
-        `internal` names the services that plugins provide only to each other (infrastructure): a call
-        from outside is refused with PERMISSION_DENIED rather than UNIMPLEMENTED, which says why.
+        `internal` names those of them that plugins provide only to each other (infrastructure): routed
+        for the gateway's own calls (`route(internal=True)`), refused with PERMISSION_DENIED to calls
+        from outside.
 
         Runs on the event loop between calls: each Route is swapped whole, so a pick sees the old
         or the new replicas, never a mix. An endpoint whose address stays keeps its Endpoint (its
         breaker state and in-flight count) and client (its connection)."""
         self._dynamic = {service: tuple(addresses) for service, addresses in routes.items() if addresses}
-        self._internal = frozenset(internal)
+        self._internal = frozenset(internal).difference(self._static)  # a static upstream is the operator's choice
         self._apply()
 
     def _apply(self) -> None:
@@ -216,14 +217,15 @@ class UpstreamPool:
                 del self._retired[address]
                 client.close()
 
-    def route(self, service: str) -> Route:
+    def route(self, service: str, *, internal: bool = False) -> Route:
+        """The route of a call from outside, or (`internal`) of the gateway's own call."""
         route = self._routes.get(service)
-        if route is None:
+        if route is None or (not internal and service in self._internal):
             raise self.unroutable(service)
         return route
 
     def unroutable(self, service: str) -> GatewayError:
-        """Why a service that has no route is not served (for an entry point that answers early)."""
+        """Why a call from outside to `service` is not served (also for an entry point that answers early)."""
         if service in self._internal:
             return PermissionDenied(
                 f"{service} is internal to the platform: plugins call it directly, the gateway does not route it"

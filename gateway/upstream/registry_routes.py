@@ -84,8 +84,8 @@ class _Plugin:
         for provided in manifest.get("provides") or []:
             into = exposed if is_exposed(manifest.get("type"), provided.get("exposed")) else internal
             into.update(dict.fromkeys(s for s in provided.get("grpcServices") or [] if isinstance(s, str)))
-        self.services = tuple(exposed)  # routed
-        self.internal = tuple(s for s in internal if s not in exposed)  # refused at the edge
+        self.services = tuple({**exposed, **internal})  # routed
+        self.internal = tuple(s for s in internal if s not in exposed)  # for the gateway's own calls only
 
 
 class RegistryRoutes:

@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
+from plugins.sdk.credentials import Credential, registration_credential
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
@@ -94,6 +95,7 @@ class Plugin:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         handle_signals: bool = True,
+        credential: Credential | None = None,
     ) -> None:
         # Loaded now, so that a broken manifest stops the plugin before it opens a port.
         self.manifest_text, self.manifest = load_manifest_text(manifest_path)
@@ -110,6 +112,9 @@ class Plugin:
         self._sleep = sleep
         self._clock = clock
         self._handle_signals = handle_signals
+        # The registration credential (or a function of the plugin id that gives it); None: found at
+        # each attempt (credentials.py).
+        self._credential = credential
         self.services = [s for provided in self.manifest.provides for s in provided.grpc_services]
         self.port: int | None = None  # the port bound, once started
         self.health = HealthServicer()
@@ -187,10 +192,18 @@ class Plugin:
             sleep=self._sleep,
             renew_fraction=self.timings.renew_fraction,
             call_timeout=self.timings.call_timeout,
+            credential=self._registration_credential,
         )
         task = asyncio.create_task(self.keeper.run(), name=f"lease of {self.instance_id}")
         self.started.set()
         return task
+
+    def _registration_credential(self) -> str:
+        if isinstance(self._credential, str):
+            return self._credential
+        if self._credential is not None:
+            return self._credential(self.manifest.id)
+        return registration_credential(self.manifest.id)
 
     def identity_token(self) -> str:
         """This instance's identity token from the registry ("" until first registered); every call on

@@ -85,8 +85,16 @@ async def pair(registry: RunningRegistry, tmp_path: Path) -> AsyncIterator[tuple
         registry=registry.target,
         timings=FAST,
         handle_signals=False,
+        credential=registry.credential,
     )
-    caller = Plugin(manifest_file(tmp_path, CALLER), [], registry=registry.target, timings=FAST, handle_signals=False)
+    caller = Plugin(
+        manifest_file(tmp_path, CALLER),
+        [],
+        registry=registry.target,
+        timings=FAST,
+        handle_signals=False,
+        credential=registry.credential,
+    )
     tasks = [await callee.start(), await caller.start()]
     try:
         yield callee, caller, verifier
@@ -143,7 +151,7 @@ async def test_a_dependency_call_carries_the_callers_identity_and_nothing_else_p
 
 async def test_renewing_the_lease_brings_a_new_token_for_the_same_plugin(registry: RunningRegistry) -> None:
     manifest = json.dumps(CALLER | {"id": "renewing-plugin", "requires": []})
-    reply = registry.stub.Register(pb.RegisterRequest(manifest=manifest, endpoint="127.0.0.1:1"))
+    reply = registry.stub.Register(registry.register_request(manifest, endpoint="127.0.0.1:1"))
     renewed = registry.stub.RenewLease(pb.RenewLeaseRequest(lease_id=reply.lease_id))
     keys = registry.stub.GetIdentityKeys(pb.GetIdentityKeysRequest())
     registry.stub.Unregister(pb.UnregisterRequest(lease_id=reply.lease_id))

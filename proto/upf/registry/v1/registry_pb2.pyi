@@ -21,7 +21,9 @@ with the keys from GetIdentityKeys and so knows its caller from a credential, no
 The registry calls grpc.health.v1.Health/Check (service "") on every instance at its health
 interval. Errors are gRPC statuses whose message says what to fix: INVALID_ARGUMENT for a bad
 manifest (one line per problem, naming the field), NOT_FOUND for an unknown lease or plugin,
-ALREADY_EXISTS for an instance id taken by another plugin, UNAVAILABLE when the store is down.
+ALREADY_EXISTS for an instance id taken by another plugin or a gRPC service that another plugin id
+serves (a service has one owning plugin), UNAUTHENTICATED / PERMISSION_DENIED for a missing or
+wrong registration credential, UNAVAILABLE when the store is down.
 """
 
 from collections import abc as _abc
@@ -111,6 +113,7 @@ class RegisterRequest(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
     manifest: _builtins.str
     """The plugin's manifest as the text of its manifest.json or manifest.yaml (see manifests/schema.json)."""
     instance_id: _builtins.str
@@ -119,6 +122,13 @@ class RegisterRequest(_message.Message):
     """Where the instance serves gRPC, host:port (e.g. "10.0.0.7:50061")."""
     phase: Global___Phase.ValueType
     """The phase the instance is in; unspecified means READY (it is serving)."""
+    credential: _builtins.str
+    """Proof that the caller may register this plugin id: "upfreg1." followed by the lowercase hex of
+    HMAC-SHA256(registration secret, "upf-registration:" + plugin id). The operator hands each plugin
+    its own (`upf registry --credential-for ID`), so a plugin cannot register under another's id.
+    UNAUTHENTICATED without one, PERMISSION_DENIED when it is another id's (unless the registry runs
+    with `registration.open`). Replicas of one id share its credential.
+    """
     def __init__(
         self,
         *,
@@ -126,10 +136,11 @@ class RegisterRequest(_message.Message):
         instance_id: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         phase: Global___Phase.ValueType = ...,
+        credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "instance_id", b"instance_id", "manifest", b"manifest", "phase", b"phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "endpoint", b"endpoint", "instance_id", b"instance_id", "manifest", b"manifest", "phase", b"phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,7 +21,9 @@ with the keys from GetIdentityKeys and so knows its caller from a credential, no
 The registry calls grpc.health.v1.Health/Check (service "") on every instance at its health
 interval. Errors are gRPC statuses whose message says what to fix: INVALID_ARGUMENT for a bad
 manifest (one line per problem, naming the field), NOT_FOUND for an unknown lease or plugin,
-ALREADY_EXISTS for an instance id taken by another plugin, UNAVAILABLE when the store is down.
+ALREADY_EXISTS for an instance id taken by another plugin or a gRPC service that another plugin id
+serves (a service has one owning plugin), UNAUTHENTICATED / PERMISSION_DENIED for a missing or
+wrong registration credential, UNAVAILABLE when the store is down.
 """
 
 from collections import abc as _abc
