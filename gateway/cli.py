@@ -109,6 +109,14 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
                                  redis: logouts reach every gateway replica within a second
   roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
 """
+MESSAGE_BUS_EPILOG = """
+message-bus-memory | -nats | -rabbitmq | -redis (IMessageBus): --bus-url picks the broker, --bus-prefix
+the names it makes there; callers' durables and queue groups are kept apart by their plugin id.
+  upf plugin message-bus-nats --bus-url nats://127.0.0.1:4222
+"""
+
+# IMessageBus plugins (plugins/messagebus): one servicer over four backends.
+MESSAGE_BUS_PLUGINS = ("message-bus-memory", "message-bus-nats", "message-bus-rabbitmq", "message-bus-redis")
 
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
@@ -211,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=AUTH_PLUGIN_EPILOG,
+        epilog=AUTH_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plugin.add_argument("name", choices=["demo", "auth"], help="which plugin")
+    plugin.add_argument("name", choices=["demo", "auth", *MESSAGE_BUS_PLUGINS], help="which plugin")
     plugin.add_argument(
         "--config", metavar="FILE", help="auth: YAML configuration file (default: $UPF_CONFIG; see below)"
     )
@@ -227,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     plugin.add_argument("--port", type=int, metavar="PORT", help="gRPC port (default 0: any free port; auth: port)")
     plugin.add_argument("--instance-id", metavar="ID", help="this instance's id (default: <plugin id>-<random>)")
     plugin.add_argument("--manifest", metavar="FILE", help="use this manifest instead of the plugin's own")
+    plugin.add_argument(
+        "--bus-url",
+        metavar="URL",
+        help="message-bus-nats|rabbitmq|redis: the broker (default: $UPF_NATS_URL or nats://127.0.0.1:4222, "
+        "$UPF_RABBITMQ_URL or amqp://guest:guest@127.0.0.1:5672/, $UPF_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    plugin.add_argument(
+        "--bus-prefix",
+        metavar="PREFIX",
+        help="message-bus-*: prefix of the subjects, streams, exchanges or keys it makes in the broker "
+        "(default: $UPF_BUS_PREFIX, or upf.bus; upf:bus for Redis)",
+    )
     plugin.add_argument(
         "--drain-grace", type=float, default=10.0, metavar="SECONDS", help="time in-flight calls get on SIGTERM"
     )
@@ -292,6 +312,9 @@ def _run_plugin(args: argparse.Namespace) -> None:
     if args.name == "auth":
         _run_auth_plugin(args)
         return
+    if args.name in MESSAGE_BUS_PLUGINS:
+        _run_message_bus_plugin(args)
+        return
     if args.config is not None:
         print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
         raise SystemExit(2)
@@ -305,6 +328,23 @@ def _run_plugin(args: argparse.Namespace) -> None:
             port=args.port or 0,
             instance_id=args.instance_id,
             manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
+def _run_message_bus_plugin(args: argparse.Namespace) -> None:
+    from plugins.messagebus.plugin import main as run_bus, settings_from_env
+
+    settings = settings_from_env(args.name.removeprefix("message-bus-"), args.bus_url, args.bus_prefix)
+    raise SystemExit(
+        run_bus(
+            settings,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
+            instance_id=args.instance_id,
+            manifest=args.manifest,
             drain_grace=args.drain_grace,
         )
     )

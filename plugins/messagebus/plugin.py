@@ -1,0 +1,130 @@
+"""The message-bus plugins as processes: `upf plugin message-bus-memory|-nats|-rabbitmq|-redis`.
+
+Each registers its own manifest (manifests/message-bus-<backend>.yaml) and serves
+upf.messagebus.v1.MessageBus over its backend. Callers are identified by the registry-signed token
+every SDK channel carries; their plugin id is the namespace of their durables and queue groups.
+The broker is reached lazily: the plugin starts and registers while its broker is down, answers
+UNAVAILABLE meanwhile, and carries on once the broker is back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from upf.messagebus.v1 import messagebus_pb2_grpc
+from upf.registry.v1 import registry_pb2 as registry_pb, registry_pb2_grpc
+
+from plugins.messagebus.backend import Backend
+from plugins.messagebus.service import MessageBusService
+from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.credentials import Credential
+from plugins.sdk.identity import CallerVerifier
+
+__all__ = ["BACKENDS", "BusSettings", "build", "main", "manifest_of", "settings_from_env"]
+
+BACKENDS = ("memory", "nats", "rabbitmq", "redis")
+_MANIFESTS = Path(__file__).with_name("manifests")
+# (environment variable of the broker URL, its default, the default prefix of names in the broker)
+_DEFAULTS = {
+    "memory": ("", "", ""),
+    "nats": ("UPF_NATS_URL", "nats://127.0.0.1:4222", "upf.bus"),
+    "rabbitmq": ("UPF_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/", "upf.bus"),
+    "redis": ("UPF_REDIS_URL", "redis://127.0.0.1:6379/0", "upf:bus"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    backend: str
+    url: str = ""  # the broker's URL ("" for memory)
+    prefix: str = ""  # names this bus makes in the broker start with it (subjects, streams, keys)
+
+
+def settings_from_env(backend: str, url: str | None = None, prefix: str | None = None) -> BusSettings:
+    """Flags first, then $UPF_<BROKER>_URL and $UPF_BUS_PREFIX, then the defaults."""
+    variable, default_url, default_prefix = _DEFAULTS[backend]
+    url = url or (os.environ.get(variable) if variable else None) or default_url
+    return BusSettings(backend, url, prefix or os.environ.get("UPF_BUS_PREFIX") or default_prefix)
+
+
+def manifest_of(backend: str) -> Path:
+    return _MANIFESTS / f"message-bus-{backend}.yaml"
+
+
+def make_backend(settings: BusSettings) -> Backend:
+    # Imported on demand: a memory bus does not load three broker clients.
+    if settings.backend == "memory":
+        from plugins.messagebus.memory_bus import MemoryBus
+
+        return MemoryBus()
+    if settings.backend == "nats":
+        from plugins.messagebus.nats_bus import NatsBus
+
+        return NatsBus(settings.url, prefix=settings.prefix)
+    if settings.backend == "rabbitmq":
+        from plugins.messagebus.rabbitmq_bus import RabbitBus
+
+        return RabbitBus(settings.url, prefix=settings.prefix)
+    if settings.backend == "redis":
+        from plugins.messagebus.redis_bus import RedisBus
+
+        return RedisBus(settings.url, prefix=settings.prefix)
+    raise ValueError(f"unknown message bus backend {settings.backend!r}; one of {', '.join(BACKENDS)}")
+
+
+def registry_verifier(registry: str) -> CallerVerifier:
+    """Checks callers' tokens with the registry's keys, over a channel opened at the first check
+    (inside the event loop that serves the calls)."""
+    stubs: list[registry_pb2_grpc.RegistryAsyncStub] = []
+
+    async def fetch() -> registry_pb.GetIdentityKeysResponse:
+        if not stubs:
+            stubs.append(registry_pb2_grpc.RegistryStub(grpc.aio.insecure_channel(registry)))
+        reply: registry_pb.GetIdentityKeysResponse = await stubs[0].GetIdentityKeys(
+            registry_pb.GetIdentityKeysRequest(), timeout=5.0
+        )
+        return reply
+
+    return CallerVerifier(fetch)
+
+
+def build(
+    settings: BusSettings,
+    *,
+    registry: str = "127.0.0.1:50052",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    instance_id: str | None = None,
+    manifest: str | Path | None = None,
+    drain_grace: float = 10.0,
+    timings: Timings | None = None,
+    handle_signals: bool = True,
+    credential: Credential | None = None,
+    backend: Backend | None = None,
+    verifier: CallerVerifier | None = None,
+) -> Plugin:
+    verifier = verifier or registry_verifier(registry)
+    service = MessageBusService(backend or make_backend(settings), verifier.namespace_of)
+    return Plugin(
+        manifest or manifest_of(settings.backend),
+        [(messagebus_pb2_grpc.add_MessageBusServicer_to_server, service)],
+        handle_signals=handle_signals,
+        registry=registry,
+        host=host,
+        port=port,
+        instance_id=instance_id,
+        timings=timings or Timings(drain_grace=drain_grace),
+        credential=credential,
+    )
+
+
+def main(settings: BusSettings, **options: object) -> int:
+    """Run until SIGTERM/SIGINT; the exit status."""
+
+    def make() -> Plugin:
+        return build(settings, **options)  # type: ignore[arg-type]  # build's keywords, from the CLI
+
+    return run_plugin(make)
