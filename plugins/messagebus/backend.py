@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "AckTooLate",
     "Backend",
     "BusUnavailable",
     "Consumer",
@@ -28,6 +29,10 @@ __all__ = [
 
 class BusUnavailable(Exception):
     """The broker cannot be reached now; the call may be retried (the backend reconnects by itself)."""
+
+
+class AckTooLate(Exception):
+    """The delivery was already given up on (its ack wait ran out): the message comes again."""
 
 
 class Unsupported(Exception):

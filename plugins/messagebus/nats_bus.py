@@ -172,7 +172,9 @@ class NatsBus:
     def _config(self, spec: ConsumerSpec, durable: str | None, filter_subject: str) -> ConsumerConfig:
         start_time = None
         if spec.deliver is Deliver.BY_TIME:
-            start_time = datetime.datetime.fromtimestamp(spec.start_time, datetime.UTC)
+            # A microsecond early: times travel as floats and microsecond datetimes, and must not land
+            # just after the message they were read from.
+            start_time = datetime.datetime.fromtimestamp(spec.start_time - 1e-6, datetime.UTC)
         return ConsumerConfig(
             durable_name=durable,
             deliver_policy=_POLICIES[spec.deliver],
@@ -232,7 +234,7 @@ class _NatsConsumer:
         headers = dict(msg.headers or {})
         reply_to = headers.pop(_REPLY_TO, "")
         metadata = msg.metadata
-        timestamp = metadata.timestamp.timestamp() if metadata.timestamp else 0.0
+        timestamp = _timestamp(msg)
         return Received(
             self._bus.from_nats(msg.subject), msg.data, headers, str(metadata.sequence.stream),
             metadata.sequence.stream, timestamp, reply_to, metadata.num_delivered or 1, msg,
@@ -266,6 +268,19 @@ class _NatsConsumer:
                 await self._js.delete_consumer(self._stream, self._durable)
         except (*_ERRORS, nats.js.errors.NotFoundError):
             pass  # an ephemeral consumer goes by itself after its inactive threshold
+
+
+def _timestamp(msg: Msg) -> float:
+    """When the message was stored, from its ack subject's nanoseconds (nats-py's metadata rounds them to
+    the nearest microsecond, which may be after the message)."""
+    tokens = (msg.reply or "").split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with <domain>.<hash>
+    # after ACK and a random token at the end (the newer form).
+    index = 7 if len(tokens) == 9 else 9
+    try:
+        return int(tokens[index]) / 1e9
+    except (IndexError, ValueError):
+        return msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else 0.0
 
 
 def _describe(exc: BaseException) -> str:

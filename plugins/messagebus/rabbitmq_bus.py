@@ -37,7 +37,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from plugins.messagebus.backend import BusUnavailable, ConsumerSpec, Outgoing, Received
+from plugins.messagebus.backend import AckTooLate, BusUnavailable, ConsumerSpec, Outgoing, Received
 from plugins.messagebus.subjects import INBOX_PREFIX, is_inbox, matches
 
 __all__ = ["RabbitBus"]
@@ -204,6 +204,7 @@ class _RabbitConsumer:
         self._arrived: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._tag: str | None = None
         self._expiring: set[asyncio.Task[None]] = set()
+        self._unsettled: set[_Delivery] = set()
 
     async def start(self) -> None:
         self._channel.close_callbacks.add(lambda *_: self._arrived.put_nowait(None))
@@ -230,6 +231,7 @@ class _RabbitConsumer:
         delivery = _Delivery(message, count)
         loop = asyncio.get_running_loop()
         delivery.timer = loop.call_later(self._spec.ack_wait, self._expire, delivery)
+        self._unsettled.add(delivery)
         timestamp = message.timestamp.timestamp() if message.timestamp else 0.0
         text_headers = {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in headers.items()}
         return Received(
@@ -237,15 +239,26 @@ class _RabbitConsumer:
         )
 
     def _expire(self, delivery: _Delivery) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(delivery, again_after=0.0))
+        if delivery.settled:
+            return
+        task = asyncio.get_running_loop().create_task(self._resend(delivery))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
+
+    async def _resend(self, delivery: _Delivery) -> None:
+        # The channel gone, the delivery went with it: the broker gives the message out again.
+        with contextlib.suppress(BusUnavailable, AckTooLate):
+            await self._settle(delivery, again_after=0.0)
 
     async def _settle(self, delivery: _Delivery, *, again_after: float | None) -> None:
         """Ack the delivery; with `again_after`, first publish a copy due after that many seconds."""
         if delivery.settled:
-            return  # already expired and sent again, or acked: at least once holds either way
+            raise AckTooLate("the ack wait ran out first: the message was sent again")
+        if self._channel.is_closed:
+            # The broker gives the message out again by itself; a copy now would be a second one.
+            raise BusUnavailable("the RabbitMQ channel closed; the message comes again")
         delivery.settled = True
+        self._unsettled.discard(delivery)
         if delivery.timer is not None:
             delivery.timer.cancel()
         try:
@@ -266,6 +279,13 @@ class _RabbitConsumer:
         await self._settle(handle, again_after=delay)
 
     async def close(self) -> None:
+        # With the channel gone the broker gives its unacknowledged messages out again by itself: a copy
+        # published now by an ack wait running out would be a second one.
+        for delivery in self._unsettled:
+            delivery.settled = True
+            if delivery.timer is not None:
+                delivery.timer.cancel()
+        self._unsettled.clear()
         for task in list(self._expiring):
             task.cancel()
         # Closing the channel gives every unacknowledged message back to its queue.

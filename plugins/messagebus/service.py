@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from upf.messagebus.v1 import messagebus_pb2 as pb, messagebus_pb2_grpc
 
 from plugins.messagebus.backend import (
+    AckTooLate,
     Backend,
     BusUnavailable,
     Consumer,
@@ -57,6 +58,7 @@ MAX_ACK_WAIT = 12 * 3600.0
 DEFAULT_IN_FLIGHT = 256
 MAX_IN_FLIGHT = 10_000
 DEFAULT_REQUEST_TIMEOUT = 5.0
+SETTLING_AT_ONCE = 64  # acks and naks of one subscription on their way to the broker at a time
 MAX_REQUEST_TIMEOUT = 300.0
 _POLICIES = {
     pb.DELIVER_POLICY_UNSPECIFIED: Deliver.NEW,
@@ -207,6 +209,7 @@ class _Session:
         # slow the broker down rather than fill memory.
         self._out: asyncio.Queue[pb.SubscribeResponse | BaseException | None] = asyncio.Queue(256)
         self._tasks: list[asyncio.Task[None]] = []
+        self._settling = asyncio.Semaphore(SETTLING_AT_ONCE)
 
     async def run(self) -> AsyncIterator[pb.SubscribeResponse]:
         self._tasks = [asyncio.create_task(self._deliver()), asyncio.create_task(self._settle())]
@@ -232,27 +235,48 @@ class _Session:
             await self._out.put(exc)
 
     async def _settle(self) -> None:
+        # Acks are settled concurrently (each is a round trip to the broker), a bounded number at a time.
+        running: set[asyncio.Task[None]] = set()
         try:
             async for request in self._requests:
                 kind = request.WhichOneof("kind")
                 if kind == "start":
                     raise InvalidInput("start", "sent twice; a stream is one subscription")
-                ack_id = request.ack.ack_id if kind == "ack" else request.nak.ack_id
-                handle = self._handles.pop(ack_id, None)
-                if handle is None:
-                    result = pb.AckResult(ack_id=ack_id, ok=False, error="unknown ack_id (already settled?)")
-                elif kind == "ack":
-                    await self._consumer.ack(handle)
-                    result = pb.AckResult(ack_id=ack_id, ok=True)
-                else:
-                    if request.nak.delay < 0:
-                        raise InvalidInput("nak.delay", "must not be negative")
-                    await self._consumer.nak(handle, request.nak.delay)
-                    result = pb.AckResult(ack_id=ack_id, ok=True)
-                await self._out.put(pb.SubscribeResponse(ack_result=result))
+                if kind == "nak" and request.nak.delay < 0:
+                    raise InvalidInput("nak.delay", "must not be negative")
+                await self._settling.acquire()
+                task = asyncio.create_task(self._settle_one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
             await self._out.put(None)  # the caller closed its side: the subscription ends
         except Exception as exc:
             await self._out.put(exc)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _settle_one(self, request: pb.SubscribeRequest) -> None:
+        try:
+            kind = request.WhichOneof("kind")
+            ack_id = request.ack.ack_id if kind == "ack" else request.nak.ack_id
+            handle = self._handles.pop(ack_id, None)
+            if handle is None:
+                result = pb.AckResult(ack_id=ack_id, ok=False, error="unknown ack_id (already settled?)")
+            elif kind == "ack":
+                try:
+                    await self._consumer.ack(handle)
+                    result = pb.AckResult(ack_id=ack_id, ok=True)
+                except AckTooLate as exc:
+                    result = pb.AckResult(ack_id=ack_id, ok=False, error=str(exc))
+            else:
+                await self._consumer.nak(handle, request.nak.delay)
+                result = pb.AckResult(ack_id=ack_id, ok=True)
+            await self._out.put(pb.SubscribeResponse(ack_result=result))
+        except Exception as exc:
+            await self._out.put(exc)
+        finally:
+            self._settling.release()
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -216,7 +216,12 @@ class Subscription:
         if self._ended is not None:
             raise self._ended
         done = self._settled[ack_id] = asyncio.get_running_loop().create_future()
-        await self._write(request)
+        try:
+            await self._write(request)
+        except BaseException:
+            self._settled.pop(ack_id, None)
+            done.cancel()
+            raise
         await done
 
     async def _write(self, request: pb.SubscribeRequest) -> None:
