@@ -87,8 +87,11 @@ class NatsBus:
                     self._nc = await nats.connect(
                         self._url,
                         connect_timeout=self._connect_timeout,
+                        # Few attempts: nats-py makes them on the first connect too (with -1 it would
+                        # never answer while NATS is down). A connection that gave up is closed, and
+                        # the next call connects again.
                         allow_reconnect=True,
-                        max_reconnect_attempts=-1,
+                        max_reconnect_attempts=3,
                         reconnect_time_wait=0.5,
                         error_cb=_ignore,
                         disconnected_cb=_nothing,

@@ -58,6 +58,7 @@ MAX_ACK_WAIT = 12 * 3600.0
 DEFAULT_IN_FLIGHT = 256
 MAX_IN_FLIGHT = 10_000
 DEFAULT_REQUEST_TIMEOUT = 5.0
+_RESERVED_HEADERS = ("upf-", "x-upf-")  # where backends keep a message's reply subject and counts
 SETTLING_AT_ONCE = 64  # acks and naks of one subscription on their way to the broker at a time
 MAX_REQUEST_TIMEOUT = 300.0
 _POLICIES = {
@@ -143,6 +144,8 @@ class MessageBusService(messagebus_pb2_grpc.MessageBusServicer):
         for name in headers:
             if not name or not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
                 raise InvalidInput("headers", f'name "{name}" may only hold ASCII letters, digits, "-" and "_"')
+            if name.lower().startswith(_RESERVED_HEADERS):
+                raise InvalidInput("headers", f'name "{name}": names starting with upf- are the bus\'s own')
         return Outgoing(subject, payload, headers, reply_to)
 
     def _spec(self, namespace: str, start: pb.SubscribeStart, queue: bool) -> ConsumerSpec:

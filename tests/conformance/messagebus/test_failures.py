@@ -25,10 +25,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugins.messagebus.plugin import BusSettings, make_backend
+from plugins.messagebus.plugin import BusSettings, build, make_backend
 from plugins.sdk.identity import caller_token_interceptors
-from plugins.sdk.messagebus import Message, MessageBusClient, MessageBusError
-from tests.conformance.messagebus.conftest import require_broker
+from plugins.sdk.messagebus import BusUnavailable, Message, MessageBusClient, MessageBusError, Published
+from tests.conformance.messagebus.conftest import FAST, require_broker
 from tests.conformance.messagebus.harness import URLS, bus_settings, caller_token
 from tests.conformance.messagebus.tcp_proxy import TcpProxy
 from tests.support.processes import Process, free_port, wait_until
@@ -315,3 +315,52 @@ async def test_the_plugin_killed_and_the_broker_restarted_mid_stream_lose_nothin
                 await destroy(BusSettings(backend, URLS["rabbitmq"], settings.prefix))
             await broker.stop()
         check(ledger)
+
+
+@pytest.mark.parametrize("backend", PERSISTENT)
+async def test_a_broker_that_is_away_is_unavailable_until_it_is_back(
+    backend: str, registry: RunningRegistry, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """The plugin starts while its broker is down, answers UNAVAILABLE saying so, and works once the
+    broker is up, without a restart."""
+    if backend == "rabbitmq":
+        require_broker(backend)
+    with broker_binaries(backend):
+        broker = Broker(backend, tmp_path)
+        settings = bus_settings(backend, broker.url)
+        backend_object = make_backend(settings)
+        plugin = build(
+            settings,
+            registry=registry.target,
+            credential=registry.credential,
+            handle_signals=False,
+            timings=FAST,
+            backend=backend_object,
+        )
+        task = asyncio.create_task(plugin.run())
+        await plugin.started.wait()
+        try:
+            async with client_of(plugin.endpoint, tokens["a"]) as client:
+                with pytest.raises(BusUnavailable, match="unavailable"):
+                    await client.publish("away.subject", b"x")
+                with pytest.raises(BusUnavailable, match="unavailable"):
+                    await client.subscribe("away.subject").open()
+                await broker.start()
+                published = await eventually_published(client)
+                assert published.id
+        finally:
+            await plugin.stop()
+            await task
+            await backend_object.close()
+            await broker.stop()
+            if backend == "rabbitmq":
+                await destroy(BusSettings(backend, URLS["rabbitmq"], settings.prefix))
+
+
+async def eventually_published(client: MessageBusClient) -> Published:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await client.publish("away.subject", b"x")
+            except BusUnavailable:
+                await asyncio.sleep(0.05)  # polling, with the deadline above

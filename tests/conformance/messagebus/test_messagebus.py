@@ -176,8 +176,9 @@ async def test_bad_input_is_refused_naming_the_field(bus: Bus) -> None:
             await bus.a.publish(bad, b"x")
     with pytest.raises(InvalidMessage, match="payload"):
         await bus.a.publish("a.b", b"x" * ((await bus.a.capabilities()).max_payload_bytes + 1))
-    with pytest.raises(InvalidMessage, match="headers"):
-        await bus.a.publish("a.b", b"x", {"bad name": "1"})
+    for bad_header in ("bad name", "upf-reply-to", ""):
+        with pytest.raises(InvalidMessage, match="headers"):
+            await bus.a.publish("a.b", b"x", {bad_header: "1"})
     with pytest.raises(InvalidMessage, match="subject"):
         await bus.a.subscribe("a.>.b").open()
     with pytest.raises(InvalidMessage, match=r"start\.durable"):
