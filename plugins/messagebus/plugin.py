@@ -18,6 +18,7 @@ from upf.messagebus.v1 import messagebus_pb2_grpc
 from upf.registry.v1 import registry_pb2 as registry_pb, registry_pb2_grpc
 
 from plugins.messagebus.backend import Backend
+from plugins.messagebus.namespaces import RememberedNamespaces
 from plugins.messagebus.service import MessageBusService
 from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.sdk.credentials import Credential
@@ -107,7 +108,7 @@ def build(
     verifier: CallerVerifier | None = None,
 ) -> Plugin:
     verifier = verifier or registry_verifier(registry)
-    service = MessageBusService(backend or make_backend(settings), verifier.namespace_of)
+    service = MessageBusService(backend or make_backend(settings), RememberedNamespaces(verifier.namespace_of))
     return Plugin(
         manifest or manifest_of(settings.backend),
         [(messagebus_pb2_grpc.add_MessageBusServicer_to_server, service)],

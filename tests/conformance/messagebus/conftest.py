@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from plugins.messagebus.plugin import build, make_backend
 from plugins.sdk import Plugin, Timings
 from tests.conformance.messagebus.harness import BACKENDS, URLS, Callers, bus_settings, caller_token, callers
+from tests.support.processes import eventually
 from tests.support.registry_process import RunningRegistry, run_registry
 
 FAST = Timings(stop_notice=0, drain_grace=0.5)
@@ -62,7 +62,7 @@ async def bus(request: pytest.FixtureRequest, registry: RunningRegistry, tokens:
         backend=backend,
     )
     task = asyncio.create_task(plugin.run())
-    await plugin.started.wait()
+    await registered(plugin)
     try:
         async with callers(plugin.endpoint, tokens) as clients:
             yield Bus(backend_name, plugin, clients)
@@ -75,6 +75,8 @@ async def bus(request: pytest.FixtureRequest, registry: RunningRegistry, tokens:
         await backend.close()
 
 
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    return tmp_path
+async def registered(plugin: Plugin) -> None:
+    """Wait until the plugin holds its lease: stopping it then unregisters it. (All four bus plugins
+    serve upf.messagebus.v1.MessageBus, which the registry lets only one plugin id hold at a time.)"""
+    await plugin.started.wait()
+    await eventually(lambda: plugin.keeper is not None and plugin.keeper.lease_id, what="the plugin to register")

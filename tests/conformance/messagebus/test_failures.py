@@ -28,7 +28,7 @@ import pytest
 from plugins.messagebus.plugin import BusSettings, build, make_backend
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.messagebus import BusUnavailable, Message, MessageBusClient, MessageBusError, Published
-from tests.conformance.messagebus.conftest import FAST, require_broker
+from tests.conformance.messagebus.conftest import FAST, registered, require_broker
 from tests.conformance.messagebus.harness import URLS, bus_settings, caller_token
 from tests.conformance.messagebus.tcp_proxy import TcpProxy
 from tests.support.processes import Process, free_port, wait_until
@@ -338,7 +338,7 @@ async def test_a_broker_that_is_away_is_unavailable_until_it_is_back(
             backend=backend_object,
         )
         task = asyncio.create_task(plugin.run())
-        await plugin.started.wait()
+        await registered(plugin)
         try:
             async with client_of(plugin.endpoint, tokens["a"]) as client:
                 with pytest.raises(BusUnavailable, match="unavailable"):
