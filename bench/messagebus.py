@@ -35,7 +35,7 @@ import yaml
 from redis.asyncio import Redis
 from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
-from bench.harness import HOST, Server, free_port, log
+from bench.harness import HOST, Server, cpu_seconds, free_port, log
 from plugins.messagebus.plugin import BusSettings, make_backend
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.messagebus import MessageBusClient
@@ -69,10 +69,15 @@ async def bounded(count: int, concurrency: int, one: Callable[[int], Awaitable[o
 # --- through the plugin -------------------------------------------------------------------------------
 
 
-async def through_plugin(client: MessageBusClient, count: int, concurrency: int) -> tuple[float, float]:
+async def through_plugin(
+    client: MessageBusClient, count: int, concurrency: int, cpu: Callable[[], float]
+) -> tuple[float, float, float, float]:
+    """(published/s, consumed/s, plugin CPU us per published message, per consumed message)."""
     subject = f"bench{secrets.token_hex(4)}.events"
     await (await client.subscribe(subject, durable="bench").open()).close()  # the durable exists first
+    before = cpu()
     published = await bounded(count, concurrency, lambda _n: client.publish(subject, PAYLOAD))
+    publish_cpu, before = cpu() - before, cpu()
     received = 0
     acks: set[asyncio.Task[None]] = set()
     started = time.perf_counter()
@@ -85,7 +90,8 @@ async def through_plugin(client: MessageBusClient, count: int, concurrency: int)
             if received == count:
                 break
         await asyncio.gather(*acks)
-    return published, count / (time.perf_counter() - started)
+    consumed = count / (time.perf_counter() - started)
+    return published, consumed, publish_cpu / count * 1e6, (cpu() - before) / count * 1e6
 
 
 # --- directly ----------------------------------------------------------------------------------------
@@ -194,7 +200,10 @@ async def measure(backend: str, registry: str, run_dir: Path, count: int, concur
         token = identity_token(registry)
         channel = grpc.aio.insecure_channel(f"{HOST}:{port}", interceptors=caller_token_interceptors(lambda: token))
         try:
-            plugin_rates = await through_plugin(MessageBusClient(channel), count, concurrency)
+            pids = plugin.pids()
+            plugin_rates = await through_plugin(
+                MessageBusClient(channel), count, concurrency, lambda: cpu_seconds(pids)
+            )
         finally:
             await channel.close(None)
     finally:
@@ -211,8 +220,9 @@ async def measure(backend: str, registry: str, run_dir: Path, count: int, concur
 
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| bus | published/s plugin | direct | ratio | consumed+acked/s plugin | direct | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| bus | published/s plugin | direct | ratio | consumed+acked/s plugin | direct | ratio |"
+        " plugin CPU us/msg (publish, consume) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         plugin = row["plugin"]
@@ -225,6 +235,7 @@ def table(rows: list[dict[str, object]]) -> str:
                 cells += [f"{direct[index]:,.0f}", f"{plugin[index] / direct[index]:.2f}x"]
             else:
                 cells += ["-", "-"]
+        cells.append(f"{plugin[2]:.0f}, {plugin[3]:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

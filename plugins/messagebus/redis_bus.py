@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -104,7 +105,13 @@ class RedisBus:
             await self.client.hset(self._filters, group, spec.filter)
         except _ERRORS as exc:
             raise BusUnavailable(f"Redis cannot be reached ({exc})") from None
-        return _RedisConsumer(self, stream, group, spec, ephemeral=spec.name is None)
+        # Blocking reads get a connection of their own, closed first on close(): a read cancelled on
+        # our side stays blocked in Redis until its connection goes, and would take entries for a
+        # consumer that is gone (they would wait for the ack wait).
+        reader = Redis.from_url(
+            self._url, socket_connect_timeout=2.0, socket_timeout=10.0, single_connection_client=True
+        )
+        return _RedisConsumer(self, reader, stream, group, spec, ephemeral=spec.name is None)
 
     async def _start(self, spec: ConsumerSpec, stream: str) -> str:
         if spec.deliver is Deliver.ALL:
@@ -150,9 +157,12 @@ class RedisBus:
 
 
 class _RedisConsumer:
-    def __init__(self, bus: RedisBus, stream: str, group: str, spec: ConsumerSpec, *, ephemeral: bool) -> None:
+    def __init__(
+        self, bus: RedisBus, reader: Redis, stream: str, group: str, spec: ConsumerSpec, *, ephemeral: bool
+    ) -> None:
         self._bus = bus
         self._client = bus.client
+        self._reader = reader
         self._stream = stream
         self._group = group
         self._name = f"c-{secrets.token_hex(6)}"
@@ -200,7 +210,7 @@ class _RedisConsumer:
         return True
 
     async def _read(self) -> None:
-        reply: Any = await self._client.xreadgroup(
+        reply: Any = await self._reader.xreadgroup(
             self._group, self._name, {self._stream: ">"}, count=self._batch, block=self._block_ms
         )
         for _stream, entries in reply or ():
@@ -232,6 +242,8 @@ class _RedisConsumer:
             raise BusUnavailable(f"the nak did not reach Redis ({exc})") from None
 
     async def close(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            await self._reader.aclose()
         try:
             if self._ephemeral:
                 await self._client.xgroup_destroy(self._stream, self._group)
