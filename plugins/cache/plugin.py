@@ -1,0 +1,123 @@
+"""The cache plugins as processes: `upf plugin cache-memory | cache-redis | cache-memcached`.
+
+Each registers its own manifest (plugins/cache/manifests/) with the registry and serves
+upf.cache.v1.Cache over one CacheService; only the backend differs. Backend addresses come from the
+command line or UPF_CACHE_* variables (see CacheSettings.from_env).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from upf.cache.v1 import cache_pb2_grpc
+
+from plugins.cache.backend import CacheBackend, Limits
+from plugins.cache.backends.memcached import MemcachedBackend
+from plugins.cache.backends.memory import MemoryBackend
+from plugins.cache.backends.redis import RedisBackend
+from plugins.cache.namespace import caller_from_metadata
+from plugins.cache.service import CacheService, NamespaceOf
+from plugins.sdk import Plugin, Timings, run_plugin
+
+__all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of"]
+
+Backend = Literal["memory", "redis", "memcached"]
+BACKENDS: tuple[Backend, ...] = ("memory", "redis", "memcached")
+MANIFESTS = Path(__file__).with_name("manifests")
+
+
+def manifest_of(backend: Backend) -> Path:
+    return MANIFESTS / f"cache-{backend}.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    backend: Backend = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # cache-redis
+    memcached: str = "127.0.0.1:11211"  # cache-memcached: host:port
+    key_prefix: str = "upf:cache"  # cache-redis and cache-memcached: every key starts with it
+    timeout: float = 2.0  # seconds a backend call may take before it answers UNAVAILABLE
+    max_value_bytes: int = Limits().max_value_bytes
+
+    @classmethod
+    def from_env(cls, backend: Backend, env: dict[str, str] | None = None) -> CacheSettings:
+        """UPF_CACHE_REDIS_URL, UPF_CACHE_MEMCACHED, UPF_CACHE_KEY_PREFIX, UPF_CACHE_TIMEOUT,
+        UPF_CACHE_MAX_VALUE_BYTES over the defaults."""
+        env = dict(os.environ) if env is None else env
+        base = cls(backend=backend)
+        try:
+            return replace(
+                base,
+                redis_url=env.get("UPF_CACHE_REDIS_URL", base.redis_url),
+                memcached=env.get("UPF_CACHE_MEMCACHED", base.memcached),
+                key_prefix=env.get("UPF_CACHE_KEY_PREFIX", base.key_prefix),
+                timeout=float(env.get("UPF_CACHE_TIMEOUT", base.timeout)),
+                max_value_bytes=int(env.get("UPF_CACHE_MAX_VALUE_BYTES", base.max_value_bytes)),
+            )
+        except ValueError as exc:
+            raise ValueError(f"UPF_CACHE_TIMEOUT or UPF_CACHE_MAX_VALUE_BYTES is not a number: {exc}") from None
+
+
+def make_backend(settings: CacheSettings, *, origin: str, clock: Callable[[], float] = time.monotonic) -> CacheBackend:
+    if settings.backend == "redis":
+        return RedisBackend(settings.redis_url, prefix=settings.key_prefix, origin=origin, timeout=settings.timeout)
+    if settings.backend == "memcached":
+        return MemcachedBackend(settings.memcached, prefix=settings.key_prefix, origin=origin, timeout=settings.timeout)
+    return MemoryBackend(origin=origin, clock=clock)
+
+
+def build(
+    settings: CacheSettings,
+    *,
+    registry: str = "127.0.0.1:50052",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    instance_id: str | None = None,
+    manifest: str | Path | None = None,
+    drain_grace: float = 10.0,
+    handle_signals: bool = True,
+    namespace_of: NamespaceOf = caller_from_metadata,
+) -> Plugin:
+    instance_id = instance_id or f"cache-{settings.backend}-{secrets.token_hex(4)}"
+    backend = make_backend(settings, origin=instance_id)
+    service = CacheService(backend, namespace_of=namespace_of, limits=Limits(max_value_bytes=settings.max_value_bytes))
+    return Plugin(
+        manifest or manifest_of(settings.backend),
+        [(cache_pb2_grpc.add_CacheServicer_to_server, service)],
+        handle_signals=handle_signals,
+        registry=registry,
+        host=host,
+        port=port,
+        instance_id=instance_id,
+        timings=Timings(drain_grace=drain_grace),
+    )
+
+
+def main(
+    settings: CacheSettings,
+    *,
+    registry: str = "127.0.0.1:50052",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    instance_id: str | None = None,
+    manifest: str | Path | None = None,
+    drain_grace: float = 10.0,
+) -> int:
+    """Run until SIGTERM/SIGINT; the exit status (0 after a graceful stop, 1 for an invalid manifest)."""
+    return run_plugin(
+        lambda: build(
+            settings,
+            registry=registry,
+            host=host,
+            port=port,
+            instance_id=instance_id,
+            manifest=manifest,
+            drain_grace=drain_grace,
+        )
+    )
