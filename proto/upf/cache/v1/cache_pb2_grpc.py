@@ -148,7 +148,7 @@ class CacheServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Keys(self, request, context):
-        """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a] and \ to escape), in
+        """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
         batches. Capability "keys".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -52,7 +52,7 @@ class CacheStub:
     MGet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.MGetRequest, _cache_pb2.MGetResponse]
     MSet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.MSetRequest, _cache_pb2.MSetResponse]
     Keys: _grpc.UnaryStreamMultiCallable[_cache_pb2.KeysRequest, _cache_pb2.KeysResponse]
-    """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a] and \\ to escape), in
+    """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
     batches. Capability "keys".
     """
     Invalidate: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]
@@ -91,7 +91,7 @@ class CacheAsyncStub(CacheStub):
     MGet: _aio.UnaryUnaryMultiCallable[_cache_pb2.MGetRequest, _cache_pb2.MGetResponse]  # type: ignore[assignment]
     MSet: _aio.UnaryUnaryMultiCallable[_cache_pb2.MSetRequest, _cache_pb2.MSetResponse]  # type: ignore[assignment]
     Keys: _aio.UnaryStreamMultiCallable[_cache_pb2.KeysRequest, _cache_pb2.KeysResponse]  # type: ignore[assignment]
-    """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a] and \\ to escape), in
+    """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
     batches. Capability "keys".
     """
     Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
@@ -169,7 +169,7 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.KeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_cache_pb2.KeysResponse], _abc.AsyncIterator[_cache_pb2.KeysResponse]]:
-        """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a] and \\ to escape), in
+        """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
         batches. Capability "keys".
         """
 
