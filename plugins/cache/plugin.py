@@ -43,7 +43,17 @@ class CacheSettings:
     memcached: str = "127.0.0.1:11211"  # cache-memcached: host:port
     key_prefix: str = "upf:cache"  # cache-redis and cache-memcached: every key starts with it
     timeout: float = 2.0  # seconds a backend call may take before it answers UNAVAILABLE
+    # At most the default: the plugin's gRPC server and its callers' channels keep gRPC's 4 MiB messages.
     max_value_bytes: int = Limits().max_value_bytes
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_value_bytes <= Limits().max_value_bytes:
+            raise ValueError(
+                f"max value bytes {self.max_value_bytes}: between 1 and {Limits().max_value_bytes}, which keeps "
+                "a value and its key within gRPC's 4 MiB message"
+            )
+        if self.timeout <= 0:
+            raise ValueError(f"timeout {self.timeout}: must be more than 0 seconds")
 
     @classmethod
     def from_env(cls, backend: Backend, env: dict[str, str] | None = None) -> CacheSettings:
@@ -61,14 +71,20 @@ class CacheSettings:
                 max_value_bytes=int(env.get("UPF_CACHE_MAX_VALUE_BYTES", base.max_value_bytes)),
             )
         except ValueError as exc:
-            raise ValueError(f"UPF_CACHE_TIMEOUT or UPF_CACHE_MAX_VALUE_BYTES is not a number: {exc}") from None
+            raise ValueError(f"UPF_CACHE_*: {exc}") from None
 
 
 def make_backend(settings: CacheSettings, *, origin: str, clock: Callable[[], float] = time.monotonic) -> CacheBackend:
     if settings.backend == "redis":
         return RedisBackend(settings.redis_url, prefix=settings.key_prefix, origin=origin, timeout=settings.timeout)
     if settings.backend == "memcached":
-        return MemcachedBackend(settings.memcached, prefix=settings.key_prefix, origin=origin, timeout=settings.timeout)
+        return MemcachedBackend(
+            settings.memcached,
+            prefix=settings.key_prefix,
+            origin=origin,
+            timeout=settings.timeout,
+            max_value_bytes=settings.max_value_bytes,
+        )
     return MemoryBackend(origin=origin, clock=clock)
 
 

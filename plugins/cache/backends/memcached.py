@@ -68,7 +68,10 @@ class MemcachedBackend:
         origin: str = "memcached",
         timeout: float = 1.0,
         max_connections: int = 16,
+        max_value_bytes: int | None = None,
     ) -> None:
+        if not prefix or len(prefix) > 100 or not all(0x21 <= ord(c) <= 0x7E for c in prefix):
+            raise ValueError(f"memcached key prefix {prefix!r}: 1-100 printable ASCII characters, no spaces")
         host, _, port = address.rpartition(":")
         self._host = emcache.MemcachedHostAddress(host or "127.0.0.1", int(port))
         self.address = address
@@ -76,6 +79,7 @@ class MemcachedBackend:
         self._origin = origin
         self._timeout = timeout
         self._max_connections = max_connections
+        self._max_value_bytes = max_value_bytes  # checked against memcached's -I when first connected
         self._client: emcache.Client | None = None  # created on first use: emcache needs a running loop
         self._feed = LocalFeed()
         self._connecting = asyncio.Lock()
@@ -90,12 +94,24 @@ class MemcachedBackend:
                         connection_timeout=self._timeout,
                         max_connections=self._max_connections,
                     )
+                    await self._check_item_size()
         return self._client
+
+    async def _check_item_size(self) -> None:
+        limit = await self.item_size_max()
+        # memcached keeps the key and a header of about 50 bytes in the same item as the value.
+        if limit is not None and self._max_value_bytes is not None and limit < self._max_value_bytes + 1024:
+            logger.warning(
+                "memcached at %s stores items of at most %d bytes, less than this plugin's largest value (%d): "
+                "start it with -I %dm, or lower UPF_CACHE_MAX_VALUE_BYTES",
+                self.address, limit, self._max_value_bytes, math.ceil((self._max_value_bytes + 1024) / 2**20),
+            )  # fmt: skip
 
     async def item_size_max(self) -> int | None:
         """memcached's item size limit (-I), or None if it cannot be asked."""
+        assert self._client is not None
         with contextlib.suppress(Exception):
-            settings = await (await self._mc()).stats(self._host, "settings")
+            settings = await self._client.stats(self._host, "settings")
             return int(settings["item_size_max"])
         return None
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from upf.cache.v1 import cache_pb2_grpc
@@ -34,12 +35,32 @@ class ManualClock:
         self.now += seconds
 
 
+class Counted:
+    """The real backend, with a count of the calls that reached it: a test waits on the count, not a clock."""
+
+    def __init__(self, backend: CacheBackend) -> None:
+        self.backend = backend
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.backend, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
 @dataclass
 class Replica:
     server: grpc.aio.Server
     backend: CacheBackend
     address: str
     origin: str
+    counted: Counted
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def client(self, caller: str | None = "alpha", *, timeout: float = 10.0) -> CacheClient:
@@ -80,11 +101,12 @@ class CacheHarness:
         else:
             backend = make_backend(settings, origin=origin)
         server = grpc.aio.server()
-        service = CacheService(backend, limits=Limits(max_value_bytes=settings.max_value_bytes))
+        counted = Counted(backend)
+        service = CacheService(cast(CacheBackend, counted), limits=Limits(max_value_bytes=settings.max_value_bytes))
         cache_pb2_grpc.add_CacheServicer_to_server(service, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        running = Replica(server, backend, f"127.0.0.1:{port}", origin)
+        running = Replica(server, backend, f"127.0.0.1:{port}", origin, counted)
         self.replicas.append(running)
         return running
 

@@ -356,7 +356,12 @@ async def test_backend_dies_mid_call_then_recovers(killable_cache: Crashable) ->
     feed_watch = other.watch_invalidations()
     await feed_watch.__aenter__()
     waiting = asyncio.create_task(other.acquire("busy", ttl=60, wait=30))  # polls the backend meanwhile
-    await poll(lambda: _started(waiting), what="the lock wait to start")
+
+    async def waiting_on_the_backend() -> bool:
+        return replica.counted.calls["acquire_lock"] >= 3  # alice's grant, then at least two tries of bob's
+
+    await poll(waiting_on_the_backend, what="the lock wait to reach the backend")
+    assert not waiting.done()
 
     killable_cache.kill()
     with pytest.raises(CacheUnavailable) as caught:
@@ -383,11 +388,6 @@ async def test_backend_dies_mid_call_then_recovers(killable_cache: Crashable) ->
     await poll(answers, timeout=15, what="the plugin to reach its backend again")
     assert await client.get("k") == b"after"
     assert await client.incr("n") == 1
-
-
-async def _started(task: asyncio.Task[object]) -> bool:
-    await asyncio.sleep(0.05)  # let the wait reach the backend at least once
-    return not task.done()
 
 
 def test_manifest_names_match_the_cli() -> None:
