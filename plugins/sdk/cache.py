@@ -168,6 +168,8 @@ class CacheClient:
                     yield key
         except grpc.aio.AioRpcError as exc:
             _raise(exc)
+        finally:
+            call.cancel()  # a caller that stops early must not leave the stream open
 
     async def keys(self, pattern: str = "*") -> list[str]:
         return [key async for key in self.iter_keys(pattern)]
