@@ -267,7 +267,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
         async def produce(ns: str) -> AsyncGenerator[pb.Invalidation, None]:
             if FEED not in self.backend.capabilities:
                 self._require(FEED_LOCAL, "WatchInvalidations")
-            wanted = matcher(check_pattern(request.pattern)).fullmatch if request.pattern else None
+            wanted = matcher(check_pattern(request.pattern)) if request.pattern else None
             async with contextlib.aclosing(self.backend.watch(ns)) as changes:
                 async for change in changes:
                     if change.ready:

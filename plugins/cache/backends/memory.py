@@ -146,7 +146,7 @@ class MemoryBackend:
                 del table[key]
 
     def _matching(self, namespace: str, pattern: str) -> list[str]:
-        match = matcher(pattern).fullmatch
+        match = matcher(pattern)
         return [k for (ns, k) in list(self._data) if ns == namespace and match(k) and self._live(self._data, (ns, k))]
 
     def _changed(self, namespace: str, key: str) -> None:
