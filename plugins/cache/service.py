@@ -57,14 +57,8 @@ class CacheService(cache_pb2_grpc.CacheServicer):
     async def _answer(self, context: _Context, method: str, call: Callable[[str], Awaitable[T]]) -> T:
         try:
             return await call(await self._namespace_of(context))
-        except CacheError as exc:
-            if exc.code == grpc.StatusCode.UNAVAILABLE:
-                logger.warning("cache %s: %s", method, exc.message)
-            code, message = exc.code, exc.message
-        except Exception:
-            logger.exception("cache %s failed", method)
-            code, message = grpc.StatusCode.INTERNAL, "internal error"
-        await _abort(context, code, message)
+        except Exception as exc:
+            await _abort(context, *_status(method, exc))
 
     async def _stream(
         self, context: _Context, method: str, produce: Callable[[str], AsyncGenerator[T, None]]
@@ -73,15 +67,8 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             async with contextlib.aclosing(produce(await self._namespace_of(context))) as items:
                 async for item in items:
                     yield item
-            return
-        except CacheError as exc:
-            if exc.code == grpc.StatusCode.UNAVAILABLE:
-                logger.warning("cache %s: %s", method, exc.message)
-            code, message = exc.code, exc.message
-        except Exception:
-            logger.exception("cache %s failed", method)
-            code, message = grpc.StatusCode.INTERNAL, "internal error"
-        await _abort(context, code, message)
+        except Exception as exc:
+            await _abort(context, *_status(method, exc))
 
     def _require(self, capability: str, method: str) -> None:
         if capability not in self.backend.capabilities:
@@ -280,6 +267,16 @@ class CacheService(cache_pb2_grpc.CacheServicer):
 
         async for event in self._stream(context, "WatchInvalidations", produce):
             yield event
+
+
+def _status(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client gets for `exc`: a CacheError's own, else INTERNAL without details."""
+    if isinstance(exc, CacheError):
+        if exc.code == grpc.StatusCode.UNAVAILABLE:
+            logger.warning("cache %s: %s", method, exc.message)
+        return exc.code, exc.message
+    logger.exception("cache %s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
 
 
 def _not_holder(name: str) -> CacheError:
