@@ -319,18 +319,13 @@ def _run_cache_plugin(args: argparse.Namespace) -> None:
             f"upf: --config is for the auth plugin; {args.name} takes flags and UPF_CACHE_* variables", file=sys.stderr
         )
         raise SystemExit(2)
+    flags = {"redis_url": args.redis_url, "memcached": args.memcached, "key_prefix": args.key_prefix}
     try:
         settings = CacheSettings.from_env(args.name.removeprefix("cache-"))
+        settings = dataclasses.replace(settings, **{name: value for name, value in flags.items() if value is not None})
     except ValueError as exc:
         print(f"upf: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    for field, value in {
-        "redis_url": args.redis_url,
-        "memcached": args.memcached,
-        "key_prefix": args.key_prefix,
-    }.items():
-        if value is not None:
-            settings = dataclasses.replace(settings, **{field: value})
     raise SystemExit(
         run_cache(
             settings,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from upf.cache.v1 import cache_pb2_grpc
 
@@ -30,6 +30,7 @@ __all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manife
 Backend = Literal["memory", "redis", "memcached"]
 BACKENDS: tuple[Backend, ...] = ("memory", "redis", "memcached")
 MANIFESTS = Path(__file__).with_name("manifests")
+N = TypeVar("N", int, float)
 
 
 def manifest_of(backend: Backend) -> Path:
@@ -54,24 +55,34 @@ class CacheSettings:
             )
         if self.timeout <= 0:
             raise ValueError(f"timeout {self.timeout}: must be more than 0 seconds")
+        if not 0 < len(self.key_prefix) <= 100 or not all(0x21 <= ord(c) <= 0x7E for c in self.key_prefix):
+            # memcached keys are printable ASCII without spaces; Redis takes the same rule for one meaning.
+            raise ValueError(f"key prefix {self.key_prefix!r}: 1-100 printable ASCII characters, no spaces")
 
     @classmethod
-    def from_env(cls, backend: Backend, env: dict[str, str] | None = None) -> CacheSettings:
-        """UPF_CACHE_REDIS_URL, UPF_CACHE_MEMCACHED, UPF_CACHE_KEY_PREFIX, UPF_CACHE_TIMEOUT,
-        UPF_CACHE_MAX_VALUE_BYTES over the defaults."""
-        env = dict(os.environ) if env is None else env
+    def from_env(cls, backend: Backend, env: Mapping[str, str] | None = None) -> CacheSettings:
+        """UPF_CACHE_REDIS_URL, UPF_CACHE_MEMCACHED, UPF_CACHE_KEY_PREFIX, UPF_CACHE_TIMEOUT and
+        UPF_CACHE_MAX_VALUE_BYTES over the defaults; ValueError naming the variable that is wrong."""
+        env = os.environ if env is None else env
         base = cls(backend=backend)
-        try:
-            return replace(
-                base,
-                redis_url=env.get("UPF_CACHE_REDIS_URL", base.redis_url),
-                memcached=env.get("UPF_CACHE_MEMCACHED", base.memcached),
-                key_prefix=env.get("UPF_CACHE_KEY_PREFIX", base.key_prefix),
-                timeout=float(env.get("UPF_CACHE_TIMEOUT", base.timeout)),
-                max_value_bytes=int(env.get("UPF_CACHE_MAX_VALUE_BYTES", base.max_value_bytes)),
-            )
-        except ValueError as exc:
-            raise ValueError(f"UPF_CACHE_*: {exc}") from None
+        return cls(
+            backend=backend,
+            redis_url=env.get("UPF_CACHE_REDIS_URL", base.redis_url),
+            memcached=env.get("UPF_CACHE_MEMCACHED", base.memcached),
+            key_prefix=env.get("UPF_CACHE_KEY_PREFIX", base.key_prefix),
+            timeout=_number(env, "UPF_CACHE_TIMEOUT", float, base.timeout),
+            max_value_bytes=_number(env, "UPF_CACHE_MAX_VALUE_BYTES", int, base.max_value_bytes),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, kind: Callable[[str], N], default: N) -> N:
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
 
 
 def make_backend(settings: CacheSettings, *, origin: str, clock: Callable[[], float] = time.monotonic) -> CacheBackend:

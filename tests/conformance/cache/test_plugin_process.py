@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,3 +117,21 @@ def test_the_memcached_plugin_answers_unavailable_while_memcached_is_down(work_d
     nowhere = f"127.0.0.1:{free_port()}"  # no registry, and no memcached, listens there
     with cache_plugin("memcached", nowhere, work_dir, nowhere, timeout=0.3) as (_, endpoint):
         asyncio.run(check(endpoint))
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--key-prefix", "a b"], {}, "key prefix 'a b': 1-100 printable ASCII characters"),
+        ([], {"UPF_CACHE_TIMEOUT": "soon"}, "UPF_CACHE_TIMEOUT='soon' is not a number"),
+        ([], {"UPF_CACHE_MAX_VALUE_BYTES": "99999999"}, "max value bytes 99999999: between 1 and"),
+    ],
+)
+def test_bad_settings_stop_the_plugin_with_a_message(args: list[str], env: dict[str, str], message: str) -> None:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+    result = subprocess.run(
+        [UPF, "plugin", "cache-memcached", *args], env={**clean, **env}, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
