@@ -126,9 +126,12 @@ class CacheClient:
         self._metadata = ((CALLER_METADATA, caller),) if caller else ()
         self._timeout = timeout
 
-    async def _call(self, method: Any, request: Any, conflict: type[CacheConflict] = CacheConflict) -> Any:
+    async def _call(
+        self, method: Any, request: Any, conflict: type[CacheConflict] = CacheConflict, *, waits: float = 0.0
+    ) -> Any:
+        timeout = None if self._timeout is None else self._timeout + waits  # a lock wait is not a slow call
         try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+            return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             _raise(exc, conflict)
 
@@ -192,7 +195,7 @@ class CacheClient:
     async def acquire(self, name: str, *, ttl: float, wait: float = 0.0) -> Lock | None:
         """Take the lock for `ttl` seconds, waiting up to `wait` seconds; None if someone else kept it."""
         request = pb.AcquireLockRequest(name=name, ttl_ms=_ms(ttl), wait_ms=_ms(wait))
-        reply = await self._call(self._stub.AcquireLock, request)
+        reply = await self._call(self._stub.AcquireLock, request, waits=wait)
         if not reply.acquired:
             return None
         lock = reply.lock

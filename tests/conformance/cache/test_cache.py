@@ -204,10 +204,16 @@ async def test_locks_contention_holder_only_and_fencing(cache: CacheHarness) -> 
 
 async def test_lock_waiters_get_it_when_released(cache: CacheHarness) -> None:
     replica = await cache.replica()
-    alice, bob = replica.client(), replica.client()
+    alice, bob = replica.client(), replica.client(timeout=0.3)
     held = await alice.acquire("job", ttl=30)
     assert held is not None
     waiting = asyncio.create_task(bob.acquire("job", ttl=30, wait=10))
+
+    async def waited_past_bobs_call_timeout() -> bool:
+        return replica.counted.calls["acquire_lock"] >= 10  # tries 5, 10, 20 ... 100 ms apart: > 0.3 s
+
+    await poll(waited_past_bobs_call_timeout, what="bob to wait longer than his calls' timeout")
+    assert not waiting.done()  # the wait is not cut short by the client's per-call timeout
     await alice.release(held)
     granted = await waiting
     assert granted is not None

@@ -142,7 +142,8 @@ class CacheServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MSet(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Atomic on memory and Redis; memcached sets the keys one by one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -156,7 +157,8 @@ class CacheServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Invalidate(self, request, context):
-        """Delete every key that matches a glob pattern. Capability "keys".
+        """Delete every key that matches a glob pattern. Capability "keys". Not atomic: a key written while
+        it runs may or may not be deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,12 +51,15 @@ class CacheStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_cache_pb2.DeleteRequest, _cache_pb2.DeleteResponse]
     MGet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.MGetRequest, _cache_pb2.MGetResponse]
     MSet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.MSetRequest, _cache_pb2.MSetResponse]
+    """Atomic on memory and Redis; memcached sets the keys one by one."""
     Keys: _grpc.UnaryStreamMultiCallable[_cache_pb2.KeysRequest, _cache_pb2.KeysResponse]
     """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
     batches. Capability "keys".
     """
     Invalidate: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]
-    """Delete every key that matches a glob pattern. Capability "keys"."""
+    """Delete every key that matches a glob pattern. Capability "keys". Not atomic: a key written while
+    it runs may or may not be deleted.
+    """
     Increment: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CounterRequest, _cache_pb2.CounterResponse]
     """Add delta to a counter (a missing key counts as 0) and return the new value; signed 64-bit."""
     Decrement: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CounterRequest, _cache_pb2.CounterResponse]
@@ -90,12 +93,15 @@ class CacheAsyncStub(CacheStub):
     Delete: _aio.UnaryUnaryMultiCallable[_cache_pb2.DeleteRequest, _cache_pb2.DeleteResponse]  # type: ignore[assignment]
     MGet: _aio.UnaryUnaryMultiCallable[_cache_pb2.MGetRequest, _cache_pb2.MGetResponse]  # type: ignore[assignment]
     MSet: _aio.UnaryUnaryMultiCallable[_cache_pb2.MSetRequest, _cache_pb2.MSetResponse]  # type: ignore[assignment]
+    """Atomic on memory and Redis; memcached sets the keys one by one."""
     Keys: _aio.UnaryStreamMultiCallable[_cache_pb2.KeysRequest, _cache_pb2.KeysResponse]  # type: ignore[assignment]
     """The keys that match a glob pattern (Redis MATCH syntax: * ? [abc] [a-z] [^a], a backslash escapes), in
     batches. Capability "keys".
     """
     Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
-    """Delete every key that matches a glob pattern. Capability "keys"."""
+    """Delete every key that matches a glob pattern. Capability "keys". Not atomic: a key written while
+    it runs may or may not be deleted.
+    """
     Increment: _aio.UnaryUnaryMultiCallable[_cache_pb2.CounterRequest, _cache_pb2.CounterResponse]  # type: ignore[assignment]
     """Add delta to a counter (a missing key counts as 0) and return the new value; signed 64-bit."""
     Decrement: _aio.UnaryUnaryMultiCallable[_cache_pb2.CounterRequest, _cache_pb2.CounterResponse]  # type: ignore[assignment]
@@ -161,7 +167,8 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _cache_pb2.MSetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cache_pb2.MSetResponse, _abc.Awaitable[_cache_pb2.MSetResponse]]: ...
+    ) -> _typing.Union[_cache_pb2.MSetResponse, _abc.Awaitable[_cache_pb2.MSetResponse]]:
+        """Atomic on memory and Redis; memcached sets the keys one by one."""
 
     @_abc_1.abstractmethod
     def Keys(
@@ -179,7 +186,9 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.InvalidateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.InvalidateResponse, _abc.Awaitable[_cache_pb2.InvalidateResponse]]:
-        """Delete every key that matches a glob pattern. Capability "keys"."""
+        """Delete every key that matches a glob pattern. Capability "keys". Not atomic: a key written while
+        it runs may or may not be deleted.
+        """
 
     @_abc_1.abstractmethod
     def Increment(
