@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 from gateway.auth.revocations import MemoryRevocations
 from gateway.serve import serve_gateway
@@ -20,8 +21,9 @@ from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSetting
 from plugins.auth.plugin import AuthPlugin, build as build_auth
 from plugins.auth.settings import AuthSettings, CustomSettings, JwtSettings
 from plugins.demo.plugin import build as build_demo
+from registry.credentials import RegistrationCredentials
 from registry.server import serve as serve_registry
-from registry.settings import RegistrySettings
+from registry.settings import RegistrationSettings, RegistrySettings
 
 __all__ = ["DEFAULT_REGISTRY", "DEMO_USER", "run_all"]
 
@@ -46,8 +48,19 @@ async def run_all(settings: GatewaySettings) -> None:
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
     registry_stopped = asyncio.Event()
+    # The platform's own registration secret, for this run: the embedded plugins get their ids' credentials.
+    secret = secrets.token_hex(32)
+    registration = RegistrationCredentials(secret.encode())
     registry = asyncio.create_task(
-        serve_registry(RegistrySettings(host=host, port=int(port), log_level=settings.log_level), stop=registry_stopped)
+        serve_registry(
+            RegistrySettings(
+                host=host,
+                port=int(port),
+                log_level=settings.log_level,
+                registration=RegistrationSettings(secret=secret),
+            ),
+            stop=registry_stopped,
+        )
     )
     issuer = f"http://{settings.host}:{settings.http_port}"
     revocations = MemoryRevocations()
@@ -59,9 +72,10 @@ async def run_all(settings: GatewaySettings) -> None:
         ),
         revocations=revocations,
         handle_signals=False,
+        credential=registration.for_plugin,
     )
     # The plugins' signals are the gateway's: they stop when the gateway has stopped.
-    demo = build_demo(registry=registry_url, handle_signals=False)
+    demo = build_demo(registry=registry_url, handle_signals=False, credential=registration.for_plugin)
     auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:

@@ -80,12 +80,20 @@ configuration file keys (all optional):
     timeout: 2                    seconds before a check counts as failed
     failuresBeforeUnhealthy: 3    failed checks in a row before HEALTHY -> UNHEALTHY
     successesBeforeHealthy: 2     passed checks in a row before UNHEALTHY -> HEALTHY
+  identityTokenTtl: 300           seconds a plugin's identity token is valid (each renewal brings a new one)
+  registration:                   who may register a plugin id (RegisterRequest.credential)
+    secret: ""                    each id's credential derives from it (--credential-for ID prints one)
+    secretFile: .upf/registration.secret   used when secret is empty; made with a random secret if missing,
+                                  and read by plugins started from the same folder (the Procfile)
+    open: false                   true: no credential asked (every process reaching the registry is trusted)
 """
 
 AUTH_PLUGIN_EPILOG = """\
 auth configuration file keys (all optional; UPF_* variables override them, e.g. UPF_PROVIDER=custom,
 UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
   host: 127.0.0.1 / port: 0 / registryUrl: 127.0.0.1:50052
+  registrationCredential: ""     this plugin id's (upf registry --credential-for auth-plugin); empty: the
+                                 SDK derives it from .upf/registration.secret when that file is readable
   provider: custom               custom (users in our store) | keycloak | auth0 (an OIDC issuer)
   jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
         keyRotationInterval: 86400, keyPublishAhead: 600}
@@ -167,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--store", choices=["memory", "redis"], help="where registrations live (store)")
     registry.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (logLevel)"
+    )
+    registry.add_argument(
+        "--credential-for",
+        metavar="PLUGIN_ID",
+        help="print the registration credential of a plugin id (from this configuration's secret) and exit; "
+        "give it to that plugin as $UPF_REGISTRATION_CREDENTIAL",
     )
     manifest = commands.add_parser(
         "manifest",
@@ -282,6 +296,15 @@ def _run_registry(args: argparse.Namespace) -> None:
             os.environ[name] = str(value)
     settings = _load_or_exit(load_registry_settings, args.config)
     configure_logging(settings.log_level)
+    if args.credential_for is not None:
+        from registry.server import registration_credentials
+
+        credentials = registration_credentials(settings.registration)
+        if credentials is None:
+            print("upf: registration.open is true: this registry asks for no credential", file=sys.stderr)
+            raise SystemExit(1)
+        print(credentials.for_plugin(args.credential_for))
+        return
     run_registry(settings)
 
 

@@ -19,6 +19,7 @@ from manifests.model import (
     RequiredInterface,
     SharedState,
     UiConfig,
+    is_exposed,
 )
 from manifests.semver import Range, SemverError, Version, max_satisfying, parse_range, parse_version, satisfies
 
@@ -37,6 +38,7 @@ __all__ = [
     "SharedState",
     "UiConfig",
     "Version",
+    "is_exposed",
     "load_manifest",
     "manifest_from_data",
     "max_satisfying",

@@ -61,6 +61,7 @@ __all__ = [
     "UiConfig",
     "consistency_problems",
     "dotted_path",
+    "is_exposed",
 ]
 
 #: The pydantic error type that carries the cross-field problems; its ctx["problems"] is a list of
@@ -248,6 +249,12 @@ class ProvidedInterface(_Section):
         default_factory=list,
         description="Optional features of the interface this provider supports (e.g. transactional, ttl).",
     )
+    exposed: bool | None = Field(
+        default=None,
+        description="Whether the gateway routes calls from outside (browsers, curl, native gRPC clients) to these "
+        "services. Unset: true for a business plugin, false for an infrastructure plugin, whose services only "
+        "other plugins call, directly.",
+    )
     policies: dict[str, MethodPolicy] = Field(
         default_factory=dict,
         description=f'Per-method policy, keyed by a name from methods, or "{ALL_METHODS}" for the default '
@@ -353,6 +360,14 @@ class PluginManifest(_Section):
         if default is None or own is None:
             return own or default
         return default.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+
+
+def is_exposed(plugin_type: object, exposed: object) -> bool:
+    """Whether the gateway routes outside calls to a provided interface: its `exposed` when set, else
+    true for business plugins only. Takes the manifest's JSON values, as the gateway reads them."""
+    if isinstance(exposed, bool):
+        return exposed
+    return plugin_type != "infrastructure"
 
 
 def dotted_path(loc: Location) -> str:

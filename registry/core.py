@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from manifests import ManifestError, PluginManifest, SemverError, parse_manifest, parse_range, parse_version, satisfies
-from registry.errors import InstanceTaken, InvalidRequest, UnknownLease, UnknownPlugin
+from registry.credentials import RegistrationCredentials
+from registry.errors import InstanceTaken, InvalidRequest, ServiceTaken, UnknownLease, UnknownPlugin
 from registry.model import Clock, InstanceRecord, InstanceView, Phase
 from registry.resolve import Explanation, evaluate, explain
 from registry.store.base import PluginStore
@@ -52,18 +53,49 @@ class WatchEvent:
     reset: bool = False
 
 
+def _check_ownership(manifest: PluginManifest, records: list[InstanceRecord]) -> None:
+    """A gRPC service belongs to the plugin id whose instances serve it: the gateway routes by
+    service, so a second id listing it would receive a share of another plugin's calls."""
+    claimed = {service for provided in manifest.provides for service in provided.grpc_services}
+    for record in records:
+        if record.plugin_id == manifest.id:
+            continue
+        taken = sorted(claimed.intersection(s for p in record.manifest.provides for s in p.grpc_services))
+        if taken:
+            raise ServiceTaken(
+                f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} served by plugin {record.plugin_id}; "
+                f"a gRPC service has one owning plugin id, so {manifest.id} cannot register it"
+            )
+
+
 class PluginRegistry:
-    def __init__(self, store: PluginStore, clock: Clock, *, lease_ttl: float) -> None:
+    def __init__(
+        self,
+        store: PluginStore,
+        clock: Clock,
+        *,
+        lease_ttl: float,
+        credentials: RegistrationCredentials | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.lease_ttl = lease_ttl
+        self.credentials = credentials  # None: registration is open (registration.open)
         # One refresh at a time in this process: two interleaved ones could publish an older state last.
         self._refreshing = asyncio.Lock()
 
     async def register(
-        self, manifest_text: str, instance_id: str, endpoint: str, phase: Phase = Phase.READY
+        self,
+        manifest_text: str,
+        instance_id: str,
+        endpoint: str,
+        phase: Phase = Phase.READY,
+        *,
+        credential: str = "",
     ) -> tuple[InstanceRecord, InstanceView]:
         manifest = _parse(manifest_text)
+        if self.credentials is not None:
+            self.credentials.check(manifest.id, credential)
         if not _ENDPOINT.match(endpoint) or not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
             raise InvalidRequest(f'endpoint: "{endpoint}" is not host:port (e.g. 10.0.0.7:50061)')
         if not instance_id:
@@ -73,7 +105,9 @@ class PluginRegistry:
                 f'instance_id: "{instance_id}" must be 1-128 letters, digits, ".", "_", ":" or "-", '
                 "starting with a letter or digit"
             )
-        existing = await self.store.get(instance_id)
+        records = await self.store.all()
+        _check_ownership(manifest, records)
+        existing = next((r for r in records if r.instance_id == instance_id), None)
         if existing is not None and existing.plugin_id != manifest.id:
             raise InstanceTaken(
                 f'instance_id "{instance_id}" is registered by plugin {existing.plugin_id}, not {manifest.id}; '
@@ -107,6 +141,13 @@ class PluginRegistry:
         if not await self.store.set_lease(instance_id, self.clock() + self.lease_ttl):
             raise UnknownLease(f'lease "{lease_id}" ended while being renewed; register again')
         return self.lease_ttl
+
+    async def lease_holder(self, lease_id: str) -> InstanceRecord:
+        """The registration a lease belongs to; UnknownLease when it has ended."""
+        record = await self.store.get(await self._lease(lease_id))
+        if record is None:
+            raise UnknownLease(f'lease "{lease_id}" ended; register again')
+        return record
 
     async def set_phase(self, lease_id: str, phase: Phase) -> InstanceView:
         instance_id = await self._lease(lease_id)

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,10 +26,12 @@ from grpc_reflection.v1alpha import reflection
 from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from registry.core import PluginRegistry
+from registry.credentials import RegistrationCredentials, secret_from_file
 from registry.health import GrpcHealthChecker, HealthMonitor
+from registry.identity import IdentityIssuer
 from registry.model import Clock, RegistryError
 from registry.service import RegistryService
-from registry.settings import RegistrySettings
+from registry.settings import RegistrationSettings, RegistrySettings
 from registry.store.base import PluginStore
 from registry.store.memory import MemoryPluginStore
 from registry.store.redis import RedisPluginStore
@@ -84,6 +87,18 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: RegistryError
     await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
 
 
+def registration_credentials(settings: RegistrationSettings) -> RegistrationCredentials | None:
+    if settings.open:
+        logger.warning("registration is open: any process that reaches the registry may register a plugin id")
+        return None
+    if settings.secret:
+        return RegistrationCredentials(settings.secret.encode())
+    try:
+        return RegistrationCredentials(secret_from_file(Path(settings.secret_file)))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"upf: registration.secretFile {settings.secret_file}: {exc}") from None
+
+
 def build_store(settings: RegistrySettings) -> PluginStore:
     if settings.store == "redis":
         return RedisPluginStore.from_url(settings.redis_url, prefix=settings.key_prefix, history=settings.history)
@@ -99,12 +114,15 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (by default: on SIGINT or SIGTERM)."""
     store = store if store is not None else build_store(settings)
-    registry = PluginRegistry(store, clock, lease_ttl=settings.lease_ttl)
+    registry = PluginRegistry(
+        store, clock, lease_ttl=settings.lease_ttl, credentials=registration_credentials(settings.registration)
+    )
     checker = GrpcHealthChecker()
     monitor = HealthMonitor(registry, checker, settings.health)
 
     server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(registry, monitor), server)
+    identity = await IdentityIssuer.from_store(store, ttl=settings.identity_token_ttl, clock=clock)
+    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(registry, monitor, identity), server)
     own_health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(own_health, server)
     reflection.enable_server_reflection(

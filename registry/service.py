@@ -14,6 +14,7 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 from registry.core import PluginRegistry
 from registry.errors import InvalidRequest
 from registry.health import HealthMonitor
+from registry.identity import AUDIENCE, ISSUER, IdentityIssuer
 from registry.model import Health, InstanceView, Phase
 
 __all__ = ["RegistryService", "status_message"]
@@ -56,13 +57,18 @@ def _phase(value: int, *, default: Phase | None = None) -> Phase:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: PluginRegistry, monitor: HealthMonitor) -> None:
+    def __init__(self, registry: PluginRegistry, monitor: HealthMonitor, identity: IdentityIssuer) -> None:
         self.registry = registry
         self.monitor = monitor
+        self.identity = identity
 
     async def Register(self, request: pb.RegisterRequest, context: _Context) -> pb.RegisterResponse:
         record, view = await self.registry.register(
-            request.manifest, request.instance_id, request.endpoint, _phase(request.phase, default=Phase.READY)
+            request.manifest,
+            request.instance_id,
+            request.endpoint,
+            _phase(request.phase, default=Phase.READY),
+            credential=request.credential,
         )
         self.monitor.reset(record.instance_id)
         self.monitor.wake()
@@ -71,10 +77,20 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             lease_id=record.lease_id,
             ttl_seconds=self.registry.lease_ttl,
             status=status_message(view),
+            identity_token=self.identity.issue(record.plugin_id, record.instance_id),
         )
 
     async def RenewLease(self, request: pb.RenewLeaseRequest, context: _Context) -> pb.RenewLeaseResponse:
-        return pb.RenewLeaseResponse(ttl_seconds=await self.registry.renew(request.lease_id))
+        ttl = await self.registry.renew(request.lease_id)
+        record = await self.registry.lease_holder(request.lease_id)
+        return pb.RenewLeaseResponse(
+            ttl_seconds=ttl, identity_token=self.identity.issue(record.plugin_id, record.instance_id)
+        )
+
+    async def GetIdentityKeys(
+        self, request: pb.GetIdentityKeysRequest, context: _Context
+    ) -> pb.GetIdentityKeysResponse:
+        return pb.GetIdentityKeysResponse(jwks_json=self.identity.jwks_json, issuer=ISSUER, audience=AUDIENCE)
 
     async def SetPhase(self, request: pb.SetPhaseRequest, context: _Context) -> pb.SetPhaseResponse:
         view = await self.registry.set_phase(request.lease_id, _phase(request.phase))

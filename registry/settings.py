@@ -6,7 +6,9 @@
     redisUrl: redis://127.0.0.1:6379/0
     keyPrefix: upf:registry
     leaseTtl: 15                    # seconds an instance stays registered without renewing
+    identityTokenTtl: 300           # seconds a plugin's identity token is valid (renewing the lease renews it)
     health: {interval: 5, timeout: 2, failuresBeforeUnhealthy: 3, successesBeforeHealthy: 2}
+    registration: {secret: "", secretFile: .upf/registration.secret, open: false}
 
 `UPF_PORT=50060`, `UPF_HEALTH__INTERVAL=0.5`, ...: the same rules as gateway/settings.py (whose
 loader this uses), so a bad key stops start-up with a message that names it.
@@ -23,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from gateway.settings import RedisUrl, load_config
 
-__all__ = ["HealthSettings", "RegistrySettings", "load_registry_settings"]
+__all__ = ["HealthSettings", "RegistrationSettings", "RegistrySettings", "load_registry_settings"]
 
 
 class _Section(BaseModel):
@@ -42,6 +44,18 @@ class HealthSettings(_Section):
     successes_before_healthy: int = Field(default=2, ge=1)
 
 
+class RegistrationSettings(_Section):
+    """Who may register a plugin id (registry/credentials.py)."""
+
+    # The secret each plugin id's credential derives from; empty: read secretFile.
+    secret: str = ""
+    # Read, or created with a random secret when missing; plugins started from the same folder read it too.
+    secret_file: str = ".upf/registration.secret"
+    # Accept registrations without a credential: only where every process that reaches the registry
+    # is trusted (the services of one plugin id still belong to it alone).
+    open: bool = False
+
+
 class RegistrySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)  # 0 picks a free port (printed at start-up)
@@ -52,7 +66,11 @@ class RegistrySettings(_Section):
     key_prefix: str = Field(default="upf:registry", min_length=1)  # Redis keys are <prefix>:<name>
     lease_ttl: float = Field(default=15.0, gt=0)  # seconds an instance stays registered without renewing
     history: int = Field(default=1000, ge=1)  # changes kept for WatchHealth to resume from
+    # Seconds an identity token (Register, RenewLease) stays valid; every renewal brings a new one, so
+    # this only bounds how long a plugin cut off from the registry can still prove who it is.
+    identity_token_ttl: float = Field(default=300.0, ge=10)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
 
 
 def load_registry_settings(

@@ -789,7 +789,8 @@ class _Connection(asyncio.Protocol):
         if end_stream:
             call.on_data(b"", True)
         if service not in self.server.pool:
-            call._answer_locally(grpc.StatusCode.UNIMPLEMENTED, f"unknown service {service}: no upstream serves it")
+            refusal = self.server.pool.unroutable(service)
+            call._answer_locally(refusal.code, refusal.message)
             call._close()
             return
         call.task = self.loop.create_task(call.run())

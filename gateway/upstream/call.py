@@ -47,7 +47,8 @@ async def unary_call(
     UpstreamUnavailable (GatewayErrors) naming what went wrong."""
     body = request.SerializeToString()
     frame = PREFIX.pack(0, len(body)) + body
-    endpoint = pool.route(service).pick()
+    # The gateway's own calls (the auth REST endpoints, JWKS) may reach internal services.
+    endpoint = pool.route(service, internal=True).pick()
     verdict = grpc.StatusCode.UNKNOWN
     try:
         try:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import grpc
 
-from gateway.errors import UnknownService, UpstreamUnavailable
+from gateway.errors import GatewayError, PermissionDenied, UnknownService, UpstreamUnavailable
 from gateway.upstream.breaker import BreakerPolicy, CircuitBreaker, Clock, TransitionListener
 from gateway.upstream.client import UpstreamClient
 
@@ -144,6 +144,7 @@ class UpstreamPool:
         self._retired: dict[str, tuple[UpstreamClient, list[Endpoint]]] = {}
         self._routes: dict[str, Route] = {}
         self._dynamic: dict[str, tuple[str, ...]] = {}
+        self._internal: frozenset[str] = frozenset()
         self._apply()
 
     def _client(self, address: str) -> UpstreamClient:
@@ -166,13 +167,17 @@ class UpstreamPool:
         codes = self.codes.setdefault(service, [0] * _CODE_COUNT)
         return Endpoint(address, self._client(address), breaker, codes)
 
-    def update(self, routes: Mapping[str, Sequence[str]]) -> None:
+    def update(self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = ()) -> None:
         """Replace the routes that came from the registry (service -> endpoints); static ones stay.
+        `internal` names those of them that plugins provide only to each other (infrastructure): routed
+        for the gateway's own calls (`route(internal=True)`), refused with PERMISSION_DENIED to calls
+        from outside.
 
         Runs on the event loop between calls: each Route is swapped whole, so a pick sees the old
         or the new replicas, never a mix. An endpoint whose address stays keeps its Endpoint (its
         breaker state and in-flight count) and client (its connection)."""
         self._dynamic = {service: tuple(addresses) for service, addresses in routes.items() if addresses}
+        self._internal = frozenset(internal).difference(self._static)  # a static upstream is the operator's choice
         self._apply()
 
     def _apply(self) -> None:
@@ -212,11 +217,20 @@ class UpstreamPool:
                 del self._retired[address]
                 client.close()
 
-    def route(self, service: str) -> Route:
+    def route(self, service: str, *, internal: bool = False) -> Route:
+        """The route of a call from outside, or (`internal`) of the gateway's own call."""
         route = self._routes.get(service)
-        if route is None:
-            raise UnknownService(f"unknown service {service}: no upstream serves it")
+        if route is None or (not internal and service in self._internal):
+            raise self.unroutable(service)
         return route
+
+    def unroutable(self, service: str) -> GatewayError:
+        """Why a call from outside to `service` is not served (also for an entry point that answers early)."""
+        if service in self._internal:
+            return PermissionDenied(
+                f"{service} is internal to the platform: plugins call it directly, the gateway does not route it"
+            )
+        return UnknownService(f"unknown service {service}: no upstream serves it")
 
     @property
     def routes(self) -> dict[str, Route]:

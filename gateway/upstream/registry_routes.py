@@ -40,6 +40,7 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
+from manifests import is_exposed
 
 __all__ = ["RegistryRoutes", "routable"]
 
@@ -74,18 +75,17 @@ def _phase_name(value: int) -> str:
 
 
 class _Plugin:
-    __slots__ = ("manifest", "services")
+    __slots__ = ("internal", "manifest", "services")
 
     def __init__(self, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
-        self.services = tuple(
-            dict.fromkeys(
-                service
-                for provided in manifest.get("provides") or []
-                for service in provided.get("grpcServices") or []
-                if isinstance(service, str)
-            )
-        )
+        exposed: dict[str, None] = {}
+        internal: dict[str, None] = {}
+        for provided in manifest.get("provides") or []:
+            into = exposed if is_exposed(manifest.get("type"), provided.get("exposed")) else internal
+            into.update(dict.fromkeys(s for s in provided.get("grpcServices") or [] if isinstance(s, str)))
+        self.services = tuple({**exposed, **internal})  # routed
+        self.internal = tuple(s for s in internal if s not in exposed)  # for the gateway's own calls only
 
 
 class RegistryRoutes:
@@ -256,6 +256,7 @@ class RegistryRoutes:
 
     def _changed(self) -> None:
         self._manifests = None
+        internal = {service for plugin in self._plugins.values() for service in plugin.internal}
         routes: dict[str, list[str]] = {}
         for status in sorted(self._instances.values(), key=lambda s: (s.endpoint, s.instance_id)):
             plugin = self._plugins.get(status.plugin_id)
@@ -263,7 +264,7 @@ class RegistryRoutes:
                 continue
             for service in plugin.services:
                 routes.setdefault(service, []).append(status.endpoint)
-        self.pool.update(routes)
+        self.pool.update(routes, internal=internal)
 
     def routes(self) -> Mapping[str, list[str]]:
         """The registry's routes as they stand (before static ones override), for tests and debugging."""

@@ -28,6 +28,7 @@ from plugins.auth.service import AuthService
 from plugins.auth.settings import AuthSettings
 from plugins.auth.store.base import StoreUnavailable
 from plugins.sdk import Plugin, RegistrationRejected, Timings
+from plugins.sdk.credentials import Credential
 
 __all__ = ["MANIFEST", "AuthPlugin", "build", "main"]
 
@@ -76,6 +77,7 @@ def build(
     drain_grace: float = 10.0,
     handle_signals: bool = True,
     timings: Timings | None = None,
+    credential: Credential | None = None,
 ) -> AuthPlugin:
     """The plugin for `settings`; a revocation store passed in is shared (started and closed by its owner)."""
     owns = revocations is None
@@ -90,6 +92,7 @@ def build(
         port=settings.port,
         instance_id=instance_id,
         timings=timings or Timings(drain_grace=drain_grace),
+        credential=credential if credential is not None else settings.registration_credential or None,
     )
     return AuthPlugin(plugin, provider, revocations, owns_revocations=owns)
 

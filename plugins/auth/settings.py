@@ -120,6 +120,9 @@ class AuthSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)  # 0 picks a free port (the registry tells the gateway)
     registry_url: str = "127.0.0.1:50052"
+    # This plugin id's registration credential (`upf registry --credential-for auth-plugin`); empty: the
+    # SDK looks for the registry's secret file (plugins/sdk/credentials.py).
+    registration_credential: str = ""
     provider: Literal["custom", "keycloak", "auth0"] = "custom"
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)

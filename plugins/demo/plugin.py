@@ -12,6 +12,7 @@ from upf.demo.v1 import demo_pb2_grpc
 
 from plugins.demo.service import EchoService
 from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.credentials import Credential
 
 __all__ = ["MANIFEST", "build", "main"]
 
@@ -27,6 +28,7 @@ def build(
     manifest: str | Path = MANIFEST,
     drain_grace: float = 10.0,
     handle_signals: bool = True,
+    credential: Credential | None = None,
 ) -> Plugin:
     return Plugin(
         manifest,
@@ -37,6 +39,7 @@ def build(
         port=port,
         instance_id=instance_id,
         timings=Timings(drain_grace=drain_grace),
+        credential=credential,
     )
 
 

@@ -68,6 +68,7 @@ class LeaseKeeper:
         sleep: Sleep = asyncio.sleep,
         renew_fraction: float = 1 / 3,
         call_timeout: float = 5.0,
+        credential: Callable[[], str] | None = None,
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1: renewing at the TTL is too late")
@@ -77,8 +78,13 @@ class LeaseKeeper:
         self._sleep = sleep
         self._renew_fraction = renew_fraction
         self._timeout = call_timeout
+        # Read at each registration (plugins/sdk/credentials.py): it may appear after start-up.
+        self._credential = credential
         self.lease_id: str | None = None
         self.ttl: float | None = None
+        # Who this instance is, signed by the registry: sent on calls to other plugins (see identity.py).
+        # The last one received stays in use while the registry cannot be reached; it runs out by itself.
+        self.identity_token = ""
         self.registrations = 0  # how many times Register succeeded (1 + re-registrations)
         self.registered = asyncio.Event()
 
@@ -110,8 +116,14 @@ class LeaseKeeper:
             await self._sleep(self.ttl * self._renew_fraction)
 
     async def _register(self) -> None:
-        reply = await self._registry.Register(self._request, timeout=self._timeout)
+        request = self._request
+        if self._credential is not None:
+            request = pb.RegisterRequest()
+            request.CopyFrom(self._request)
+            request.credential = self._credential()
+        reply = await self._registry.Register(request, timeout=self._timeout)
         self.lease_id, self.ttl = reply.lease_id, reply.ttl_seconds
+        self.identity_token = reply.identity_token or self.identity_token
         self.registrations += 1
         self.registered.set()
         logger.info(
@@ -127,6 +139,7 @@ class LeaseKeeper:
         assert self.lease_id is not None
         reply = await self._registry.RenewLease(pb.RenewLeaseRequest(lease_id=self.lease_id), timeout=self._timeout)
         self.ttl = reply.ttl_seconds
+        self.identity_token = reply.identity_token or self.identity_token
 
     def _forget(self) -> None:
         self.lease_id = None

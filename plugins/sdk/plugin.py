@@ -36,6 +36,8 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
 from plugins.sdk.cache import CacheClient
+from plugins.sdk.credentials import Credential, registration_credential
+from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
 
@@ -94,6 +96,7 @@ class Plugin:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         handle_signals: bool = True,
+        credential: Credential | None = None,
     ) -> None:
         # Loaded now, so that a broken manifest stops the plugin before it opens a port.
         self.manifest_text, self.manifest = load_manifest_text(manifest_path)
@@ -110,6 +113,9 @@ class Plugin:
         self._sleep = sleep
         self._clock = clock
         self._handle_signals = handle_signals
+        # The registration credential (or a function of the plugin id that gives it); None: found at
+        # each attempt (credentials.py).
+        self._credential = credential
         self.services = [s for provided in self.manifest.provides for s in provided.grpc_services]
         self.port: int | None = None  # the port bound, once started
         self.health = HealthServicer()
@@ -171,9 +177,11 @@ class Plugin:
             self._registry_channel = grpc.aio.insecure_channel(self._registry_target)
             stub = self._stub = registry_pb2_grpc.RegistryStub(self._registry_channel)
         ranges = {r.interface: r.version for r in self.manifest.requires}
+        interceptors = caller_token_interceptors(self.identity_token)
         self._resolver = Resolver(
             stub, ranges, cache_ttl=self.timings.resolve_cache_ttl, clock=self._clock,
             call_timeout=self.timings.call_timeout,
+            connect=lambda endpoint: grpc.aio.insecure_channel(endpoint, interceptors=interceptors),
         )  # fmt: skip
         request = pb.RegisterRequest(
             manifest=self.manifest_text, instance_id=self.instance_id, endpoint=self.endpoint, phase=pb.PHASE_READY
@@ -185,13 +193,27 @@ class Plugin:
             sleep=self._sleep,
             renew_fraction=self.timings.renew_fraction,
             call_timeout=self.timings.call_timeout,
+            credential=self._registration_credential,
         )
         task = asyncio.create_task(self.keeper.run(), name=f"lease of {self.instance_id}")
         self.started.set()
         return task
 
+    def _registration_credential(self) -> str:
+        if isinstance(self._credential, str):
+            return self._credential
+        if self._credential is not None:
+            return self._credential(self.manifest.id)
+        return registration_credential(self.manifest.id)
+
+    def identity_token(self) -> str:
+        """This instance's identity token from the registry ("" until first registered); every call on
+        a `channel()` carries it, so the callee knows which plugin calls."""
+        return self.keeper.identity_token if self.keeper is not None else ""
+
     async def channel(self, interface: str) -> grpc.aio.Channel:
-        """A channel to a healthy provider of a required interface; DependencyUnavailable if none."""
+        """A channel to a healthy provider of a required interface; DependencyUnavailable if none.
+        Its calls carry this plugin's identity token (plugins/sdk/identity.py)."""
         return await self._require_resolver().channel(interface)
 
     async def channel_to(self, target: str) -> grpc.aio.Channel:

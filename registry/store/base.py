@@ -61,4 +61,8 @@ class PluginStore(Protocol):
         """Return once the store is past `revision` of `epoch` (a later revision, or another epoch),
         or after `timeout` seconds."""
 
+    async def signing_key(self, fresh: bytes) -> bytes:
+        """The identity signing key every registry of this store uses: the stored one, or `fresh`,
+        stored now, when there is none yet."""
+
     async def close(self) -> None: ...

@@ -24,6 +24,7 @@ class MemoryPluginStore:
         self._epoch = uuid.uuid4().hex
         self._revision = 0
         self._changed = asyncio.Event()  # replaced on every change, so each waiter sees one wake-up
+        self._signing_key: bytes | None = None
 
     async def put(self, record: InstanceRecord) -> None:
         old = self._records.get(record.instance_id)
@@ -102,6 +103,11 @@ class MemoryPluginStore:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def signing_key(self, fresh: bytes) -> bytes:
+        if self._signing_key is None:
+            self._signing_key = fresh
+        return self._signing_key
 
     async def close(self) -> None:
         pass

@@ -227,5 +227,14 @@ class RedisPluginStore:
             if keys:
                 await self._redis.delete(*keys)
 
+    async def signing_key(self, fresh: bytes) -> bytes:
+        key = self._key("signing-key")  # hex: the client decodes replies as text
+        async with self._errors():
+            await self._redis.set(key, fresh.hex(), nx=True)
+            stored = await self._redis.get(key)
+        if not isinstance(stored, str):
+            raise StoreUnavailable("the registry's Redis store lost its signing key while it was being read")
+        return bytes.fromhex(stored)
+
     async def close(self) -> None:
         await self._redis.aclose()

@@ -80,13 +80,13 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         config_file.write_text(yaml.safe_dump(plugin_config))
         auth = Process(
             [UPF, "plugin", "auth", "--config", str(config_file), "--drain-grace", "1"],
-            env=clean_env(),
+            env={**clean_env(), "UPF_REGISTRATION_CREDENTIAL": registry.credential("auth-plugin")},
             log=work_dir / f"flow-auth-{free_port()}.log",
         )
         stack.callback(auth.stop)
         demo = Process(
             [UPF, "plugin", "demo", "--registry", registry.target, "--drain-grace", "1"],
-            env=clean_env(),
+            env={**clean_env(), "UPF_REGISTRATION_CREDENTIAL": registry.credential("demo-plugin")},
             log=work_dir / f"flow-demo-{free_port()}.log",
         )
         stack.callback(demo.stop)

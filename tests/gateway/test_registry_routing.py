@@ -74,7 +74,7 @@ class Plugin:
 
 
 def register(registry: RunningRegistry, plugin: Plugin, instance_id: str, text: str = ECHO) -> str:
-    reply = registry.stub.Register(pb.RegisterRequest(manifest=text, instance_id=instance_id, endpoint=plugin.endpoint))
+    reply = registry.stub.Register(registry.register_request(text, instance_id=instance_id, endpoint=plugin.endpoint))
     return str(reply.lease_id)
 
 

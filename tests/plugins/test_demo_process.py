@@ -19,8 +19,9 @@ from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 from upf.registry.v1 import registry_pb2 as pb
 
 from plugins.sdk import Plugin
+from registry.credentials import RegistrationCredentials
 from tests.support.processes import Process, _died, free_port, wait_until
-from tests.support.registry_process import RunningRegistry, run_registry
+from tests.support.registry_process import REGISTRATION_SECRET, RunningRegistry, run_registry
 
 UPF = str(Path(sys.executable).parent / "upf")
 # Fast health checks, and a short lease so that renewals (every ttl / 3) notice a restarted registry soon.
@@ -44,9 +45,11 @@ def routed(registry: RunningRegistry, target: str) -> list[str]:
 
 @contextmanager
 def demo_plugin(registry_target: str, work_dir: Path) -> Iterator[tuple[Process, str]]:
-    """`upf plugin demo` on a free port, registering with the registry at `registry_target`."""
+    """`upf plugin demo` on a free port, registering with the registry at `registry_target` (one of
+    run_registry's, whose secret gives the credential)."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+    env["UPF_REGISTRATION_CREDENTIAL"] = RegistrationCredentials(REGISTRATION_SECRET.encode()).for_plugin("demo-plugin")
     args = [UPF, "plugin", "demo", "--registry", registry_target, "--port", str(port), "--drain-grace", "10"]
     process = Process(args, env=env, log=work_dir / f"demo-plugin-{port}.log")
     try:
@@ -131,7 +134,7 @@ async def test_in_process_plugin_resolves_its_dependencies_to_channels(work_dir:
             "id: echo-client\nversion: 1.0.0\nname: Echo client\ntype: business\n"
             "requires: [{interface: IEcho, version: ^1}]\n"
         )
-        plugin = Plugin(manifest, [], registry=registry.target, handle_signals=False)
+        plugin = Plugin(manifest, [], registry=registry.target, handle_signals=False, credential=registry.credential)
         running = asyncio.create_task(plugin.run())
         try:
             await asyncio.wait_for(plugin.started.wait(), timeout=10)

@@ -33,7 +33,11 @@ class FakeChecker:
         return "health check failed: UNAVAILABLE: connection refused" if endpoint in self.down else None
 
 
-def manifest(plugin_id: str, *, provides: dict[str, str] | None = None, requires: list[Any] | None = None) -> str:
+def manifest(
+    plugin_id: str, *, provides: dict[str, str] | None = None, requires: list[Any] | None = None, tag: str = ""
+) -> str:
+    """`tag` goes into the service names: a gRPC service has one owning plugin id, so alternative
+    providers of one interface, registered side by side, serve it under names of their own."""
     return json.dumps(
         {
             "id": plugin_id,
@@ -41,7 +45,7 @@ def manifest(plugin_id: str, *, provides: dict[str, str] | None = None, requires
             "name": plugin_id,
             "type": "business",
             "provides": [
-                {"name": name, "version": version, "protoFile": "x.proto", "grpcServices": [f"t.{name}.v1.S"]}
+                {"name": name, "version": version, "protoFile": "x.proto", "grpcServices": [f"t.{name}{tag}.v1.S"]}
                 for name, version in (provides or {}).items()
             ],
             "requires": requires or [],
@@ -158,10 +162,10 @@ async def test_optional_interface_missing_is_degraded_and_routable(world: World)
 
 async def test_explain_says_why_each_candidate_was_chosen_or_rejected(world: World) -> None:
     await world.add(manifest("orders", requires=[{"interface": "IStorage", "version": "^1.0.0"}]))
-    await world.add(manifest("old", provides={"IStorage": "0.9.0"}))
-    await world.add(manifest("new", provides={"IStorage": "2.0.0"}))
-    good, _ = await world.add(manifest("good", provides={"IStorage": "1.4.0"}))
-    sick, _ = await world.add(manifest("sick", provides={"IStorage": "1.5.0"}))
+    await world.add(manifest("old", provides={"IStorage": "0.9.0"}, tag="Old"))
+    await world.add(manifest("new", provides={"IStorage": "2.0.0"}, tag="New"))
+    good, _ = await world.add(manifest("good", provides={"IStorage": "1.4.0"}, tag="Good"))
+    sick, _ = await world.add(manifest("sick", provides={"IStorage": "1.5.0"}, tag="Sick"))
     world.checker.down.add((await world.view(sick)).endpoint)
     await world.monitor.tick()
     explanation = await world.registry.explain("orders")

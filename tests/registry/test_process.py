@@ -15,7 +15,7 @@ from upf.registry.v1 import registry_pb2 as pb
 
 from tests.support.processes import wait_until
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
-from tests.support.registry_process import plugin_process, run_registry
+from tests.support.registry_process import RunningRegistry, plugin_process, run_registry
 
 INTERVAL = 0.2
 FAST = {"health": {"interval": INTERVAL, "timeout": 0.5, "failuresBeforeUnhealthy": 2, "successesBeforeHealthy": 1}}
@@ -58,16 +58,17 @@ def resume(stub: Any, seen: Any) -> Any:
     return read(stub.WatchHealth(request, timeout=10), 1)[0]
 
 
-def register_past(stub: Any, revision: int, endpoint: str) -> Any:
+def register_past(registry: RunningRegistry, revision: int, endpoint: str) -> Any:
     """Register instances until the registry's revision is past `revision`, so that the number exists
     in its history too; returns the ListPlugins reply that is past it."""
     registrations = revision + 1  # every registration adds at least one revision
+    stub = registry.stub
     for n in range(registrations + 1):  # a look before each registration and one after the last
         listed = stub.ListPlugins(pb.ListPluginsRequest(), timeout=2)
         if listed.revision > revision:
             return listed
         if n < registrations:
-            stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id=f"echo-{n + 1}", endpoint=endpoint))
+            stub.Register(registry.register_request(ECHO, instance_id=f"echo-{n + 1}", endpoint=endpoint))
     raise AssertionError(f"revision {revision} not passed after {registrations} registrations")
 
 
@@ -78,7 +79,7 @@ def instance_ids(event: Any) -> list[str]:
 def test_plugin_is_routed_unhealthy_after_sigkill_and_routed_again_after_restart(work_dir: Path) -> None:
     with run_registry(FAST, work_dir) as registry, plugin_process(work_dir) as plugin:
         stub = registry.stub
-        reply = stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-1", endpoint=plugin.endpoint))
+        reply = stub.Register(registry.register_request(ECHO, instance_id="echo-1", endpoint=plugin.endpoint))
         assert reply.ttl_seconds == 15
         wait_until(lambda: endpoints(stub, "upf.demo.v1.Echo") == [plugin.endpoint], what="the plugin to be routed")
         assert endpoints(stub, "echo-plugin") == [plugin.endpoint]
@@ -107,14 +108,14 @@ def test_plugin_is_routed_unhealthy_after_sigkill_and_routed_again_after_restart
         assert changes[0].instances[0].health == pb.HEALTH_STATE_UNHEALTHY
 
         plugin.start()
-        stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-1", endpoint=plugin.endpoint))
+        stub.Register(registry.register_request(ECHO, instance_id="echo-1", endpoint=plugin.endpoint))
         wait_until(lambda: endpoints(stub, "upf.demo.v1.Echo") == [plugin.endpoint], what="routed again")
 
 
 def test_stopping_and_unregister(work_dir: Path) -> None:
     with run_registry(FAST, work_dir) as registry, plugin_process(work_dir) as plugin:
         stub = registry.stub
-        lease = stub.Register(pb.RegisterRequest(manifest=ECHO, endpoint=plugin.endpoint)).lease_id
+        lease = stub.Register(registry.register_request(ECHO, endpoint=plugin.endpoint)).lease_id
         wait_until(lambda: endpoints(stub, "echo-plugin"), what="routed")
         status = stub.SetPhase(pb.SetPhaseRequest(lease_id=lease, phase=pb.PHASE_STOPPING)).status
         assert status.phase == pb.PHASE_STOPPING
@@ -130,11 +131,9 @@ def test_dependencies_explain_cycles_and_invalid_manifests(work_dir: Path) -> No
     with run_registry(FAST, work_dir) as registry, plugin_process(work_dir) as plugin:
         stub = registry.stub
         orders = manifest("orders", requires=[{"interface": "IStorage", "version": ">=1.0.0"}])
-        stub.Register(pb.RegisterRequest(manifest=orders, instance_id="orders-1", endpoint=plugin.endpoint))
+        stub.Register(registry.register_request(orders, instance_id="orders-1", endpoint=plugin.endpoint))
         stub.Register(
-            pb.RegisterRequest(
-                manifest=manifest("old-storage", provides={"IStorage": "0.5.0"}), endpoint=plugin.endpoint
-            )
+            registry.register_request(manifest("old-storage", provides={"IStorage": "0.5.0"}), endpoint=plugin.endpoint)
         )
 
         def connecting() -> Any:
@@ -153,7 +152,7 @@ def test_dependencies_explain_cycles_and_invalid_manifests(work_dir: Path) -> No
         a = manifest("a", provides={"IA": "1.0.0"}, requires=[{"interface": "IB", "version": "^1"}])
         b = manifest("b", provides={"IB": "1.0.0"}, requires=[{"interface": "IA", "version": "^1"}])
         for text in (a, b):
-            stub.Register(pb.RegisterRequest(manifest=text, endpoint=plugin.endpoint))
+            stub.Register(registry.register_request(text, endpoint=plugin.endpoint))
         [cycle] = stub.Explain(pb.ExplainRequest(plugin_id="a")).cycles
         assert list(cycle.path) == ["a", "b", "a"]
         assert cycle.description == "a -(IB)-> b -(IA)-> a"
@@ -161,7 +160,7 @@ def test_dependencies_explain_cycles_and_invalid_manifests(work_dir: Path) -> No
         bad = json.loads(ECHO)
         bad["requires"] = [{"interface": "IStorage", "version": "^1.x.y"}]
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Register(pb.RegisterRequest(manifest=json.dumps(bad), endpoint=plugin.endpoint))
+            stub.Register(registry.register_request(json.dumps(bad), endpoint=plugin.endpoint))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "requires[0].version" in (caught.value.details() or "")
         with pytest.raises(grpc.RpcError) as caught:
@@ -177,7 +176,7 @@ def test_redis_store_keeps_registrations_and_revisions_across_a_restart(work_dir
         with plugin_process(work_dir) as plugin:
             with run_registry(config, work_dir) as registry:
                 lease = registry.stub.Register(
-                    pb.RegisterRequest(manifest=ECHO, instance_id="echo-1", endpoint=plugin.endpoint)
+                    registry.register_request(ECHO, instance_id="echo-1", endpoint=plugin.endpoint)
                 ).lease_id
                 wait_until(lambda: endpoints(registry.stub, "echo-plugin"), what="routed")
                 before = registry.stub.ListPlugins(pb.ListPluginsRequest())
@@ -205,7 +204,7 @@ def test_redis_store_keeps_registrations_and_revisions_across_a_restart(work_dir
 def test_a_restarted_memory_registry_answers_a_revision_of_its_previous_life_with_a_snapshot(work_dir: Path) -> None:
     with plugin_process(work_dir) as plugin:
         with run_registry(FAST, work_dir) as registry:
-            registry.stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
+            registry.stub.Register(registry.register_request(ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
             wait_until(lambda: endpoints(registry.stub, "echo-plugin"), what="routed")
             seen = read(registry.stub.WatchHealth(pb.WatchHealthRequest()), 1)[0]  # a watcher's last event
             assert seen.epoch
@@ -213,7 +212,7 @@ def test_a_restarted_memory_registry_answers_a_revision_of_its_previous_life_wit
             stub = restarted.stub
             # The new registry counts from 1 again, past the watcher's revision: that number now
             # names another state, and the changes after it are changes of another history.
-            listed = register_past(stub, seen.revision, plugin.endpoint)
+            listed = register_past(restarted, seen.revision, plugin.endpoint)
             assert listed.epoch != seen.epoch
             assert_snapshot_of_the_new_history(resume(stub, seen), listed)
             # A watcher that predates epochs still gets what it always got: the changes after the
@@ -234,7 +233,7 @@ def test_a_flushed_redis_store_starts_a_new_epoch_and_watchers_get_a_snapshot(wo
         config = {**FAST, "store": "redis", "redisUrl": server.url, "keyPrefix": "upf:registry"}
         with run_registry(config, work_dir) as registry:
             stub = registry.stub
-            stub.Register(pb.RegisterRequest(manifest=ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
+            stub.Register(registry.register_request(ECHO, instance_id="echo-0", endpoint=plugin.endpoint))
             wait_until(lambda: endpoints(stub, "echo-plugin"), what="routed")
             stream: Any = stub.WatchHealth(pb.WatchHealthRequest(), timeout=10)  # read event by event
             seen = next(stream)
@@ -251,7 +250,7 @@ def test_a_flushed_redis_store_starts_a_new_epoch_and_watchers_get_a_snapshot(wo
             assert live.epoch not in ("", seen.epoch)
             # The registry runs on; plugins register again (their leases went with the data), and
             # the new history's revisions pass the watcher's.
-            listed = register_past(stub, seen.revision, plugin.endpoint)
+            listed = register_past(registry, seen.revision, plugin.endpoint)
             assert listed.epoch == live.epoch
             # A watcher resuming from before the flush gets a snapshot of the new history.
             assert_snapshot_of_the_new_history(resume(stub, seen), listed)

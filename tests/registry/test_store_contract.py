@@ -148,3 +148,23 @@ async def test_redis_epoch_is_kept_by_every_store_on_the_keys_and_renewed_when_t
         await first.delete_all()
         await first.close()
         await again.close()
+
+
+async def test_the_signing_key_is_the_first_one_stored(store: PluginStore) -> None:
+    first = await store.signing_key(b"\x01" * 32)
+    assert first == b"\x01" * 32
+    assert await store.signing_key(b"\x02" * 32) == first
+
+
+async def test_registries_sharing_a_redis_store_share_its_signing_key() -> None:
+    shared_client().close()
+    prefix = new_prefix()
+    one = RedisPluginStore.from_url(SHARED_URL, prefix=prefix)
+    two = RedisPluginStore.from_url(SHARED_URL, prefix=prefix)
+    try:
+        key = await one.signing_key(b"\x03" * 32)
+        assert await two.signing_key(b"\x04" * 32) == key == b"\x03" * 32
+    finally:
+        await one.delete_all()
+        await one.close()
+        await two.close()

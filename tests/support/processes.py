@@ -51,7 +51,7 @@ async def eventually(predicate: Any, *, timeout: float = 5.0, interval: float = 
 
 
 class Process:
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path) -> None:
+    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path, cwd: Path = ROOT) -> None:
         self.log_path = log
         self._log = log.open("wb")
         self.popen = subprocess.Popen(
@@ -59,7 +59,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=os.environ.copy() if env is None else env,
-            cwd=ROOT,
+            cwd=cwd,
         )
 
     @property

@@ -12,17 +12,30 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from upf.registry.v1 import registry_pb2_grpc
+from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
+from registry.credentials import RegistrationCredentials
 from tests.support.processes import Process, _died, free_port, wait_until
+
+#: The registration secret test registries run with (each plugin id's credential derives from it).
+REGISTRATION_SECRET = "test-registration-secret"
 
 
 class RunningRegistry:
     def __init__(self, process: Process, port: int) -> None:
         self.process = process
+        self.credentials = RegistrationCredentials(REGISTRATION_SECRET.encode())
         self.target = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.target)
         self.stub = registry_pb2_grpc.RegistryStub(self.channel)
+
+    def credential(self, plugin_id: str) -> str:
+        return self.credentials.for_plugin(plugin_id)
+
+    def register_request(self, manifest: str, **fields: Any) -> registry_pb2.RegisterRequest:
+        """A RegisterRequest with the credential of the manifest's plugin id (JSON or YAML text)."""
+        plugin_id = yaml.safe_load(manifest).get("id", "")
+        return registry_pb2.RegisterRequest(manifest=manifest, credential=self.credential(str(plugin_id)), **fields)
 
     def serving(self) -> bool:
         try:
@@ -37,7 +50,7 @@ def run_registry(config: dict[str, Any], work_dir: Path, *, port: int | None = N
     """`upf registry` with this configuration on a free port (or `port`); stopped with SIGTERM."""
     port = port or free_port()
     config_file = work_dir / f"registry-{port}-{os.getpid()}.yaml"
-    config_file.write_text(yaml.safe_dump({"port": port, **config}))
+    config_file.write_text(yaml.safe_dump({"port": port, "registration": {"secret": REGISTRATION_SECRET}, **config}))
     upf = str(Path(sys.executable).parent / "upf")
     env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
     log = work_dir / f"registry-{port}-{free_port()}.log"

@@ -29,13 +29,14 @@ FAST = {"leaseTtl": 1.5, "health": {"interval": 0.2, "timeout": 0.5, "successesB
 
 @contextmanager
 def cache_plugin(
-    backend: Backend, registry: str, work_dir: Path, memcached: str, *, timeout: float = 2.0
+    backend: Backend, registry: str, work_dir: Path, memcached: str, *, timeout: float = 2.0, credential: str = ""
 ) -> Iterator[tuple[Process, str]]:
     port, prefix = free_port(), new_prefix()
     args = [UPF, "plugin", f"cache-{backend}", "--registry", registry, "--port", str(port), "--drain-grace", "1"]
     args += ["--key-prefix", prefix, "--redis-url", SHARED_URL, "--memcached", memcached]
     env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
     env["UPF_CACHE_TIMEOUT"] = str(timeout)
+    env["UPF_REGISTRATION_CREDENTIAL"] = credential
     process = Process(args, env=env, log=work_dir / f"cache-{backend}-{port}.log")
     try:
         yield process, f"127.0.0.1:{port}"
@@ -66,7 +67,9 @@ async def test_a_plugin_reaches_the_deployed_cache_through_the_registry(
 ) -> None:
     with (
         run_registry(FAST, work_dir) as registry,
-        cache_plugin(backend, registry.target, work_dir, memcached_address) as (process, endpoint),
+        cache_plugin(
+            backend, registry.target, work_dir, memcached_address, credential=registry.credential(f"cache-{backend}")
+        ) as (process, endpoint),
     ):
         consumer = Plugin(
             consumer_manifest(work_dir),
@@ -74,6 +77,7 @@ async def test_a_plugin_reaches_the_deployed_cache_through_the_registry(
             registry=registry.target,
             handle_signals=False,
             timings=Timings(stop_notice=0, drain_grace=0.1, resolve_cache_ttl=0.1),
+            credential=registry.credential,
         )
         running = asyncio.create_task(consumer.run())
         try:

@@ -64,7 +64,8 @@ async def test_the_plugin_process_serves_iauth_and_publishes_logouts_to_redis(wo
             config["registryUrl"] = registry.target
             config_file.write_text(yaml.safe_dump(config))
             args = [UPF, "plugin", "auth", "--config", str(config_file), "--drain-grace", "1"]
-            process = Process(args, env=clean_env(), log=work_dir / f"auth-plugin-{port}.log")
+            env = {**clean_env(), "UPF_REGISTRATION_CREDENTIAL": registry.credential("auth-plugin")}
+            process = Process(args, env=env, log=work_dir / f"auth-plugin-{port}.log")
             try:
                 endpoint = f"127.0.0.1:{port}"
                 await asyncio.to_thread(

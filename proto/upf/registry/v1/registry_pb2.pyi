@@ -11,10 +11,19 @@ file, grpc, a grpc.health.v1 service and its manifest:
   3. SetPhase(lease_id, PHASE_STOPPING) before a graceful shutdown, so no new calls are routed to
      it; Unregister(lease_id) when it is gone.
 
+Caller identity: Register and RenewLease answer an identity_token, a JWT (EdDSA, Ed25519) that
+says which plugin the instance is: iss "upf-registry", aud "upf-plugins", sub the plugin id, iid the
+instance id, exp a few minutes ahead (renewing the lease renews it). A plugin sends its current
+token as the metadata "upf-caller-token" on every call to another plugin; the callee verifies it
+with the keys from GetIdentityKeys and so knows its caller from a credential, not from a claim
+(infrastructure plugins keep each caller's data apart by it).
+
 The registry calls grpc.health.v1.Health/Check (service "") on every instance at its health
 interval. Errors are gRPC statuses whose message says what to fix: INVALID_ARGUMENT for a bad
 manifest (one line per problem, naming the field), NOT_FOUND for an unknown lease or plugin,
-ALREADY_EXISTS for an instance id taken by another plugin, UNAVAILABLE when the store is down.
+ALREADY_EXISTS for an instance id taken by another plugin or a gRPC service that another plugin id
+serves (a service has one owning plugin), UNAUTHENTICATED / PERMISSION_DENIED for a missing or
+wrong registration credential, UNAVAILABLE when the store is down.
 """
 
 from collections import abc as _abc
@@ -104,6 +113,7 @@ class RegisterRequest(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
     manifest: _builtins.str
     """The plugin's manifest as the text of its manifest.json or manifest.yaml (see manifests/schema.json)."""
     instance_id: _builtins.str
@@ -112,6 +122,13 @@ class RegisterRequest(_message.Message):
     """Where the instance serves gRPC, host:port (e.g. "10.0.0.7:50061")."""
     phase: Global___Phase.ValueType
     """The phase the instance is in; unspecified means READY (it is serving)."""
+    credential: _builtins.str
+    """Proof that the caller may register this plugin id: "upfreg1." followed by the lowercase hex of
+    HMAC-SHA256(registration secret, "upf-registration:" + plugin id). The operator hands each plugin
+    its own (`upf registry --credential-for ID`), so a plugin cannot register under another's id.
+    UNAUTHENTICATED without one, PERMISSION_DENIED when it is another id's (unless the registry runs
+    with `registration.open`). Replicas of one id share its credential.
+    """
     def __init__(
         self,
         *,
@@ -119,10 +136,11 @@ class RegisterRequest(_message.Message):
         instance_id: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         phase: Global___Phase.ValueType = ...,
+        credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "instance_id", b"instance_id", "manifest", b"manifest", "phase", b"phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "endpoint", b"endpoint", "instance_id", b"instance_id", "manifest", b"manifest", "phase", b"phase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,11 +154,14 @@ class RegisterResponse(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    IDENTITY_TOKEN_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     lease_id: _builtins.str
     """Pass to RenewLease, SetPhase and Unregister."""
     ttl_seconds: _builtins.float
     """Renew well within this many seconds (every ttl_seconds / 3 is safe)."""
+    identity_token: _builtins.str
+    """This instance's caller identity (see the top of this file)."""
     @_builtins.property
     def status(self) -> Global___InstanceStatus:
         """The instance's status right after registering."""
@@ -152,10 +173,11 @@ class RegisterResponse(_message.Message):
         lease_id: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         status: Global___InstanceStatus | None = ...,
+        identity_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "lease_id", b"lease_id", "status", b"status", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_token", b"identity_token", "instance_id", b"instance_id", "lease_id", b"lease_id", "status", b"status", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,15 +207,19 @@ class RenewLeaseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDENTITY_TOKEN_FIELD_NUMBER: _builtins.int
     ttl_seconds: _builtins.float
+    identity_token: _builtins.str
+    """A fresh identity token, to use from now on."""
     def __init__(
         self,
         *,
         ttl_seconds: _builtins.float = ...,
+        identity_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_token", b"identity_token", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,3 +795,45 @@ class ExplainResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
+
+@_typing.final
+class GetIdentityKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityKeysRequest: _TypeAlias = GetIdentityKeysRequest  # noqa: Y015
+
+@_typing.final
+class GetIdentityKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JWKS_JSON_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    jwks_json: _builtins.str
+    """A JWK Set (RFC 7517) as JSON: {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ..., "kid": ...}]}."""
+    issuer: _builtins.str
+    """The "iss" and "aud" that identity tokens carry."""
+    audience: _builtins.str
+    def __init__(
+        self,
+        *,
+        jwks_json: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "issuer", b"issuer", "jwks_json", b"jwks_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdentityKeysResponse: _TypeAlias = GetIdentityKeysResponse  # noqa: Y015

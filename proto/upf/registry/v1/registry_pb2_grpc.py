@@ -79,6 +79,11 @@ class RegistryStub:
                 request_serializer=upf_dot_registry_dot_v1_dot_registry__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=upf_dot_registry_dot_v1_dot_registry__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.GetIdentityKeys = channel.unary_unary(
+                '/upf.registry.v1.Registry/GetIdentityKeys',
+                request_serializer=upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysRequest.SerializeToString,
+                response_deserializer=upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -148,6 +153,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIdentityKeys(self, request, context):
+        """The public keys that verify identity tokens (a JWK Set). Fetch again on an unknown "kid".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +207,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=upf_dot_registry_dot_v1_dot_registry__pb2.ExplainRequest.FromString,
                     response_serializer=upf_dot_registry_dot_v1_dot_registry__pb2.ExplainResponse.SerializeToString,
+            ),
+            'GetIdentityKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdentityKeys,
+                    request_deserializer=upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysRequest.FromString,
+                    response_serializer=upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +457,33 @@ class Registry:
             '/upf.registry.v1.Registry/Explain',
             upf_dot_registry_dot_v1_dot_registry__pb2.ExplainRequest.SerializeToString,
             upf_dot_registry_dot_v1_dot_registry__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIdentityKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/upf.registry.v1.Registry/GetIdentityKeys',
+            upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysRequest.SerializeToString,
+            upf_dot_registry_dot_v1_dot_registry__pb2.GetIdentityKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

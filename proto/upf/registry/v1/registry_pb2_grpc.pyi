@@ -11,10 +11,19 @@ file, grpc, a grpc.health.v1 service and its manifest:
   3. SetPhase(lease_id, PHASE_STOPPING) before a graceful shutdown, so no new calls are routed to
      it; Unregister(lease_id) when it is gone.
 
+Caller identity: Register and RenewLease answer an identity_token, a JWT (EdDSA, Ed25519) that
+says which plugin the instance is: iss "upf-registry", aud "upf-plugins", sub the plugin id, iid the
+instance id, exp a few minutes ahead (renewing the lease renews it). A plugin sends its current
+token as the metadata "upf-caller-token" on every call to another plugin; the callee verifies it
+with the keys from GetIdentityKeys and so knows its caller from a credential, not from a claim
+(infrastructure plugins keep each caller's data apart by it).
+
 The registry calls grpc.health.v1.Health/Check (service "") on every instance at its health
 interval. Errors are gRPC statuses whose message says what to fix: INVALID_ARGUMENT for a bad
 manifest (one line per problem, naming the field), NOT_FOUND for an unknown lease or plugin,
-ALREADY_EXISTS for an instance id taken by another plugin, UNAVAILABLE when the store is down.
+ALREADY_EXISTS for an instance id taken by another plugin or a gRPC service that another plugin id
+serves (a service has one owning plugin), UNAUTHENTICATED / PERMISSION_DENIED for a missing or
+wrong registration credential, UNAVAILABLE when the store is down.
 """
 
 from collections import abc as _abc
@@ -65,6 +74,8 @@ class RegistryStub:
     """
     Explain: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExplainRequest, _registry_pb2.ExplainResponse]
     """Why each required interface of a plugin was resolved the way it was, and dependency cycles."""
+    GetIdentityKeys: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetIdentityKeysRequest, _registry_pb2.GetIdentityKeysResponse]
+    """The public keys that verify identity tokens (a JWK Set). Fetch again on an unknown "kid"."""
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -89,6 +100,8 @@ class RegistryAsyncStub(RegistryStub):
     """
     Explain: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExplainRequest, _registry_pb2.ExplainResponse]  # type: ignore[assignment]
     """Why each required interface of a plugin was resolved the way it was, and dependency cycles."""
+    GetIdentityKeys: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetIdentityKeysRequest, _registry_pb2.GetIdentityKeysResponse]  # type: ignore[assignment]
+    """The public keys that verify identity tokens (a JWK Set). Fetch again on an unknown "kid"."""
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -164,5 +177,13 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ExplainResponse, _abc.Awaitable[_registry_pb2.ExplainResponse]]:
         """Why each required interface of a plugin was resolved the way it was, and dependency cycles."""
+
+    @_abc_1.abstractmethod
+    def GetIdentityKeys(
+        self,
+        request: _registry_pb2.GetIdentityKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetIdentityKeysResponse, _abc.Awaitable[_registry_pb2.GetIdentityKeysResponse]]:
+        """The public keys that verify identity tokens (a JWK Set). Fetch again on an unknown "kid"."""
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
