@@ -404,6 +404,24 @@ async def test_backend_dies_mid_call_then_recovers(killable_cache: Crashable) ->
     assert await client.incr("n") == 1
 
 
+async def test_backend_down_from_the_start_then_up(killable_cache: Crashable) -> None:
+    killable_cache.kill()  # before the plugin ever reached it
+    client = (await killable_cache.harness.replica()).client(timeout=10)
+    with pytest.raises(CacheUnavailable) as caught:
+        await client.get("k")
+    assert killable_cache.harness.backend in str(caught.value).lower()  # "Redis at ... is unavailable"
+    assert "Traceback" not in str(caught.value)
+    killable_cache.start()
+
+    async def answers() -> bool:
+        try:
+            return await client.set("k", b"v")
+        except CacheUnavailable:
+            return False
+
+    await poll(answers, timeout=15, what="the plugin to reach its backend")
+
+
 def test_manifest_names_match_the_cli() -> None:
     assert tuple(f"cache-{b}" for b in BACKENDS) == CACHE_PLUGINS
     for backend in BACKENDS:
