@@ -222,7 +222,8 @@ class Plugin:
 
     async def cache(self) -> CacheClient:
         """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
-        namespace (for now named by its id in `upf-caller` metadata, until callers are verified)."""
+        namespace: its id, which the cache reads from the identity token the channel sends (and, where a
+        cache runs without verification, from the `upf-caller` metadata)."""
         return CacheClient(await self.channel("ICache"), caller=self.manifest.id)
 
     def invalidate(self, interface_or_target: str) -> None:

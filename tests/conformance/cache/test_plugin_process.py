@@ -1,5 +1,6 @@
-"""`upf plugin cache-*` as real processes: they register with a real `upf registry`, and a plugin that
-requires ICache reaches whichever one is deployed with `await plugin.cache()`, in its own namespace."""
+"""`upf plugin cache-*` as real processes: they register with a real `upf registry`, and plugins that
+require ICache reach whichever one is deployed with `await plugin.cache()`, each in the namespace of
+its verified plugin id: one plugin cannot read another's keys or release its locks."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import yaml
 from gateway.cli import main
 from plugins.cache.plugin import Backend
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
-from plugins.sdk.cache import CacheClient
+from plugins.sdk.cache import CacheClient, CacheError, LockNotHeld
 from tests.conformance.cache.harness import poll
 from tests.support.processes import Process, free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, shared_client
-from tests.support.registry_process import run_registry
+from tests.support.registry_process import RunningRegistry, run_registry
 
 UPF = str(Path(sys.executable).parent / "upf")
 FAST = {"leaseTtl": 1.5, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
@@ -48,59 +49,81 @@ def cache_plugin(
             client.close()
 
 
-def consumer_manifest(work_dir: Path) -> Path:
-    path = work_dir / f"cache-consumer-{free_port()}.yaml"
+def consumer(plugin_id: str, registry: RunningRegistry, work_dir: Path) -> Plugin:
+    """A plugin (in this process, registered for real) that requires ICache."""
+    path = work_dir / f"{plugin_id}-{free_port()}.yaml"
     manifest = {
-        "id": "cache-consumer",
+        "id": plugin_id,
         "version": "0.1.0",
-        "name": "Cache consumer",
+        "name": plugin_id,
         "type": "business",
         "requires": [{"interface": "ICache", "version": "^1"}],
     }
     path.write_text(yaml.safe_dump(manifest))
-    return path
+    return Plugin(
+        path,
+        [],
+        registry=registry.target,
+        handle_signals=False,
+        timings=Timings(stop_notice=0, drain_grace=0.1, resolve_cache_ttl=0.1),
+        credential=registry.credential,
+    )
+
+
+async def resolved(plugin: Plugin, process: Process) -> CacheClient:
+    async def cache() -> CacheClient | None:
+        assert process.alive(), process.output()
+        try:
+            return await plugin.cache()
+        except DependencyUnavailable:
+            return None
+
+    client: CacheClient = await poll(cache, timeout=15, what="the cache plugin to be routable")
+    return client
+
+
+@pytest.fixture(scope="module")
+def registry(work_dir: Path) -> Iterator[RunningRegistry]:
+    with run_registry(FAST, work_dir) as running:
+        yield running
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis", "memcached"])
-async def test_a_plugin_reaches_the_deployed_cache_through_the_registry(
-    backend: Backend, work_dir: Path, memcached_address: str
+async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespace(
+    backend: Backend, registry: RunningRegistry, work_dir: Path, memcached_address: str
 ) -> None:
-    with (
-        run_registry(FAST, work_dir) as registry,
-        cache_plugin(
-            backend, registry.target, work_dir, memcached_address, credential=registry.credential(f"cache-{backend}")
-        ) as (process, endpoint),
+    credential = registry.credential(f"cache-{backend}")
+    with cache_plugin(backend, registry.target, work_dir, memcached_address, credential=credential) as (
+        process,
+        endpoint,
     ):
-        consumer = Plugin(
-            consumer_manifest(work_dir),
-            [],
-            registry=registry.target,
-            handle_signals=False,
-            timings=Timings(stop_notice=0, drain_grace=0.1, resolve_cache_ttl=0.1),
-            credential=registry.credential,
-        )
-        running = asyncio.create_task(consumer.run())
+        orders, billing = consumer("orders-plugin", registry, work_dir), consumer("billing-plugin", registry, work_dir)
+        running = [asyncio.create_task(orders.run()), asyncio.create_task(billing.run())]
         try:
-            await consumer.started.wait()
+            await orders.started.wait()
+            await billing.started.wait()
+            mine, theirs = await resolved(orders, process), await resolved(billing, process)
+            assert (await mine.describe()).backend == backend
+            await mine.set("greeting", b"hello", ttl=60)
+            assert await mine.get("greeting") == b"hello"
+            assert await theirs.get("greeting") is None  # billing's "greeting" is another key
+            lock = await mine.acquire("nightly", ttl=60)
+            assert lock is not None
+            with pytest.raises(LockNotHeld):
+                await theirs.release(lock)  # not even with orders' own token
+            assert await theirs.acquire("nightly", ttl=60) is not None  # billing's lock of that name
+            await mine.release(lock)
 
-            async def resolved() -> CacheClient | None:
-                assert process.alive(), process.output()
-                try:
-                    return await consumer.cache()
-                except DependencyUnavailable:
-                    return None
-
-            cache = await poll(resolved, timeout=15, what=f"cache-{backend} to be routable")
-            assert (await cache.describe()).backend == backend
-            await cache.set("greeting", b"hello", ttl=60)
-            assert await cache.get("greeting") == b"hello"
             async with grpc.aio.insecure_channel(endpoint) as channel:
-                # The consumer's keys are in its namespace (its id, until callers are verified).
-                assert await CacheClient(channel, caller="cache-consumer").get("greeting") == b"hello"
-                assert await CacheClient(channel, caller="someone-else").get("greeting") is None
+                # Without the registry's identity token nobody gets in, whatever name it claims.
+                for claimed in (None, "orders-plugin"):
+                    with pytest.raises(CacheError, match="caller identity") as caught:
+                        await CacheClient(channel, caller=claimed).get("greeting")
+                    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
         finally:
-            await consumer.stop()
-            await running
+            await orders.stop()
+            await billing.stop()
+            await asyncio.gather(*running)
         assert process.alive(), process.output()
 
 
