@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from upf.cache.v1 import cache_pb2_grpc
@@ -38,6 +38,7 @@ Backend = Literal["memory", "redis", "memcached"]
 BACKENDS: tuple[Backend, ...] = ("memory", "redis", "memcached")
 MANIFESTS = Path(__file__).with_name("manifests")
 N = TypeVar("N", int, float)
+_CONFIG_KEYS = {"redis": ("url",), "memcached": ("servers", "address")}  # beyond the common ones
 
 
 def manifest_of(backend: Backend) -> Path:
@@ -80,6 +81,31 @@ class CacheSettings:
             timeout=_number(env, "UPF_CACHE_TIMEOUT", float, base.timeout),
             max_value_bytes=_number(env, "UPF_CACHE_MAX_VALUE_BYTES", int, base.max_value_bytes),
         )
+
+    @classmethod
+    def from_config(cls, backend: Backend, config: Mapping[str, Any], where: str = "config") -> CacheSettings:
+        """From a deployment file's `config` for this plugin (the seed's keys: `url` for Redis, `servers`
+        or `address` for memcached, `keyPrefix`, `timeout`, `maxValueBytes`); ValueError naming the key."""
+        keys = {"keyPrefix", "timeout", "maxValueBytes", *_CONFIG_KEYS.get(backend, ())}
+        unknown = sorted(set(config) - keys)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: not a setting of cache-{backend}; use {', '.join(sorted(keys))}")
+        base = cls(backend=backend)
+        servers = config.get("servers", [config["address"]] if "address" in config else [base.memcached])
+        if not isinstance(servers, list) or len(servers) != 1 or not isinstance(servers[0], str):
+            raise ValueError(f"{where}.servers: one memcached as host:port (several servers are not supported)")
+        try:
+            return cls(
+                backend=backend,
+                redis_url=str(config.get("url", base.redis_url)),
+                memcached=servers[0],
+                # The seed writes keyPrefix: 'upf:'; our keys add their own separator.
+                key_prefix=str(config.get("keyPrefix", base.key_prefix)).rstrip(":") or base.key_prefix,
+                timeout=float(config.get("timeout", base.timeout)),
+                max_value_bytes=int(config.get("maxValueBytes", base.max_value_bytes)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def _number(env: Mapping[str, str], name: str, kind: Callable[[str], N], default: N) -> N:

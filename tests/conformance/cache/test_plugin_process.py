@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from plugins.cache.plugin import Backend
+from plugins.cache.plugin import Backend, CacheSettings
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
 from plugins.sdk.cache import CacheClient, CacheError, LockNotHeld
 from tests.conformance.cache.harness import poll
@@ -150,3 +150,16 @@ def test_bad_settings_stop_the_plugin_with_a_message(
     error = capsys.readouterr().err
     assert message in error
     assert "Traceback" not in error
+
+
+def test_settings_from_a_deployment_files_config() -> None:
+    redis = CacheSettings.from_config("redis", {"url": "redis://cache:6379/1", "keyPrefix": "upf:"})
+    assert (redis.redis_url, redis.key_prefix) == ("redis://cache:6379/1", "upf")
+    memcached = CacheSettings.from_config("memcached", {"servers": ["mc:11211"], "timeout": "0.5"})
+    assert (memcached.memcached, memcached.timeout) == ("mc:11211", 0.5)
+    with pytest.raises(ValueError, match=r"^infrastructure.cache.config.url: not a setting of cache-memcached"):
+        CacheSettings.from_config("memcached", {"url": "redis://x"}, "infrastructure.cache.config")
+    with pytest.raises(ValueError, match=r"^config.servers: one memcached"):
+        CacheSettings.from_config("memcached", {"servers": ["a:1", "b:2"]})
+    with pytest.raises(ValueError, match=r"^config: .*timeout"):
+        CacheSettings.from_config("redis", {"timeout": -1})
