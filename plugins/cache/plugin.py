@@ -63,6 +63,11 @@ class CacheSettings:
             )
         if self.timeout <= 0:
             raise ValueError(f"timeout {self.timeout}: must be more than 0 seconds")
+        host, _, port = self.memcached.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"memcached address {self.memcached!r}: write host:port, e.g. 127.0.0.1:11211")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"Redis URL {self.redis_url!r}: write redis://host:port/db (or rediss://, unix://)")
         if not 0 < len(self.key_prefix) <= 100 or not all(0x21 <= ord(c) <= 0x7E for c in self.key_prefix):
             # memcached keys are printable ASCII without spaces; Redis takes the same rule for one meaning.
             raise ValueError(f"key prefix {self.key_prefix!r}: 1-100 printable ASCII characters, no spaces")

@@ -133,6 +133,8 @@ async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespa
         (["--key-prefix", "a b"], {}, "key prefix 'a b': 1-100 printable ASCII characters"),
         ([], {"UPF_CACHE_TIMEOUT": "soon"}, "UPF_CACHE_TIMEOUT='soon' is not a number"),
         ([], {"UPF_CACHE_MAX_VALUE_BYTES": "99999999"}, "max value bytes 99999999: between 1 and"),
+        (["--memcached", "localhost"], {}, "memcached address 'localhost': write host:port"),
+        (["--redis-url", "localhost:6379"], {}, "Redis URL 'localhost:6379': write redis://host:port/db"),
     ],
 )
 def test_bad_settings_stop_the_plugin_with_a_message(
