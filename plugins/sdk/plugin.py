@@ -39,6 +39,7 @@ from plugins.sdk.credentials import Credential, registration_credential
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
+from plugins.sdk.storage import StorageClient
 
 __all__ = ["Plugin", "ServicerSpec", "Timings", "load_manifest_text", "run_plugin"]
 
@@ -214,6 +215,10 @@ class Plugin:
         """A channel to a healthy provider of a required interface; DependencyUnavailable if none.
         Its calls carry this plugin's identity token (plugins/sdk/identity.py)."""
         return await self._require_resolver().channel(interface)
+
+    async def storage(self) -> StorageClient:
+        """A client of the IStorage provider (the manifest must require IStorage); DependencyUnavailable if none."""
+        return StorageClient(await self.channel("IStorage"))
 
     async def channel_to(self, target: str) -> grpc.aio.Channel:
         """A channel to a plugin id or fully qualified gRPC service; DependencyUnavailable if none."""

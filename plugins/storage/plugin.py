@@ -1,0 +1,96 @@
+"""The storage plugins as processes: `upf plugin storage-sqlite|storage-postgres|storage-mysql`.
+
+Each is the same servicer (service.py) over another backend, registered with its own manifest
+(manifests/storage-*.yaml). The backend connects before the plugin registers; when the database is
+down the plugin still starts, answers UNAVAILABLE, and works as soon as the database is back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from upf.storage.v1 import storage_pb2_grpc
+
+from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.storage.backend import Backend
+from plugins.storage.mysql import MysqlBackend
+from plugins.storage.postgres import PostgresBackend
+from plugins.storage.service import NamespaceOf, StorageService, namespace_from_metadata
+from plugins.storage.sqlite import SqliteBackend
+
+__all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manifest_of"]
+
+MANIFESTS = Path(__file__).with_name("manifests")
+DSN_ENV = "UPF_STORAGE_DSN"
+
+BACKENDS: dict[str, Callable[[str], Backend]] = {
+    "storage-sqlite": SqliteBackend,
+    "storage-postgres": PostgresBackend,
+    "storage-mysql": MysqlBackend,
+}
+DEFAULT_DSNS = {
+    "storage-sqlite": "upf-storage.sqlite3",
+    "storage-postgres": "postgresql://postgres@127.0.0.1:5432/upf",
+    "storage-mysql": "mysql://root@127.0.0.1:3306/upf",
+}
+
+
+def manifest_of(name: str) -> Path:
+    return MANIFESTS / f"{name}.yaml"
+
+
+class StoragePlugin(Plugin):
+    """A Plugin that opens its backend before serving and closes it after the last call drained."""
+
+    def __init__(self, backend: Backend, manifest_path: str | Path, servicers: Any, **options: Any) -> None:
+        super().__init__(manifest_path, servicers, **options)
+        self.backend = backend
+
+    async def run(self) -> None:
+        await self.backend.start()
+        try:
+            await super().run()
+        finally:
+            await self.backend.close()
+
+
+def build(
+    name: str,
+    dsn: str | None = None,
+    *,
+    registry: str = "127.0.0.1:50052",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    instance_id: str | None = None,
+    manifest: str | Path | None = None,
+    drain_grace: float = 10.0,
+    collections: Sequence[str] | None = None,
+    namespace_of: NamespaceOf = namespace_from_metadata,
+    handle_signals: bool = True,
+) -> StoragePlugin:
+    backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name])
+    service = StorageService(backend, namespace_of=namespace_of, collections=collections)
+    return StoragePlugin(
+        backend,
+        manifest or manifest_of(name),
+        [(storage_pb2_grpc.add_StorageServicer_to_server, service)],
+        registry=registry,
+        host=host,
+        port=port,
+        instance_id=instance_id,
+        timings=Timings(drain_grace=drain_grace),
+        handle_signals=handle_signals,
+    )
+
+
+def main(name: str, dsn: str | None = None, **options: Any) -> int:
+    """Run until SIGTERM/SIGINT; the exit status (0 after a graceful stop, 1 for an invalid manifest)."""
+    try:
+        return run_plugin(lambda: build(name, dsn, **options))
+    except ValueError as exc:  # a DSN that is not one
+        print(f"upf: {exc}", file=sys.stderr)
+        return 2
