@@ -269,7 +269,7 @@ class StorageClient:
         try:
             yield transaction
         except BaseException:
-            call.cancel()  # the server rolls back
+            call.cancel()  # the stream ends without `commit`: the server rolls back
             raise
         await transaction.commit()
 
@@ -345,8 +345,9 @@ class StorageTransaction:
         return _result((await self._step(request)).query)
 
     async def commit(self) -> None:
-        """End the stream and wait for `committed` (done by `StorageClient.transaction` at the block's end)."""
+        """Send `commit` and wait for `committed` (done by `StorageClient.transaction` at the block's end)."""
         try:
+            await self._call.write(pb.TransactionRequest(commit=pb.Commit()))
             await self._call.done_writing()
             response = await self._call.read()
         except grpc.aio.AioRpcError as exc:

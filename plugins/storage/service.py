@@ -295,9 +295,17 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             namespace = await self._namespace_of(context)
             async with self.backend.transaction(namespace) as tx:
                 async for request in request_iterator:
+                    if request.WhichOneof("operation") == "commit":
+                        break
                     yield await self._transaction_step(tx, request)
+                else:
+                    # The stream ended without `commit`: a rollback the client asked for, or (grpc
+                    # shows them alike) a client that cancelled or went away.
+                    raise _RollBack
             # Only now, after COMMIT succeeded: the client reads `committed` as "it is durable".
             yield pb.TransactionResponse(committed=pb.Committed())
+        except _RollBack:
+            return
         except Exception as exc:
             await self._fail(context, exc, "Transaction")
 
@@ -315,7 +323,11 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             return pb.TransactionResponse(query=await self._query(tx, request.query))
         if operation == "batch_get":
             return pb.TransactionResponse(batch_get=await self._batch_get(tx, request.batch_get))
-        raise InvalidArgument("operation", "is not set (get, set, delete, exists, query or batch_get)")
+        raise InvalidArgument("operation", "is not set (get, set, delete, exists, query, batch_get or commit)")
+
+
+class _RollBack(Exception):
+    """Raised inside a transaction's block to leave it by rolling back."""
 
 
 def _message(record: StoredRecord) -> pb.Record:

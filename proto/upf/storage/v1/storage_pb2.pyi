@@ -602,6 +602,7 @@ class TransactionRequest(_message.Message):
     EXISTS_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
     BATCH_GET_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def get(self) -> Global___GetRequest: ...
     @_builtins.property
@@ -614,6 +615,8 @@ class TransactionRequest(_message.Message):
     def query(self) -> Global___QueryRequest: ...
     @_builtins.property
     def batch_get(self) -> Global___BatchGetRequest: ...
+    @_builtins.property
+    def commit(self) -> Global___Commit: ...
     def __init__(
         self,
         *,
@@ -623,16 +626,32 @@ class TransactionRequest(_message.Message):
         exists: Global___ExistsRequest | None = ...,
         query: Global___QueryRequest | None = ...,
         batch_get: Global___BatchGetRequest | None = ...,
+        commit: Global___Commit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_get", b"batch_get", "delete", b"delete", "exists", b"exists", "get", b"get", "operation", b"operation", "query", b"query", "set", b"set"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_get", b"batch_get", "commit", b"commit", "delete", b"delete", "exists", b"exists", "get", b"get", "operation", b"operation", "query", b"query", "set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_get", b"batch_get", "delete", b"delete", "exists", b"exists", "get", b"get", "operation", b"operation", "query", b"query", "set", b"set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_get", b"batch_get", "commit", b"commit", "delete", b"delete", "exists", b"exists", "get", b"get", "operation", b"operation", "query", b"query", "set", b"set"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["get", "set", "delete", "exists", "query", "batch_get"]  # noqa: Y015
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["get", "set", "delete", "exists", "query", "batch_get", "commit"]  # noqa: Y015
     _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
 
 Global___TransactionRequest: _TypeAlias = TransactionRequest  # noqa: Y015
+
+@_typing.final
+class Commit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Commit: _TypeAlias = Commit  # noqa: Y015
 
 @_typing.final
 class Committed(_message.Message):

@@ -154,10 +154,14 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Transaction(self, request_iterator, context):
-        """Transaction: the stream is the transaction. Each request is answered by one response, in order;
-        when the client ends its side the transaction commits and the last response is `committed`. An
-        error in any operation (it ends the stream with that status), a cancel or a lost client rolls
-        everything back.
+        """Transaction: the stream is the transaction. Each request is answered by one response, in order.
+        The client's last request is `commit`: the transaction commits, the last response is `committed`
+        (sent once COMMIT succeeded) and the stream ends. Everything else rolls back: an error in any
+        operation (it ends the stream with that status), a cancel, a lost client, or the client ending its
+        side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
+        Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
+        show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
+        on it would commit the work of a client that gave up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

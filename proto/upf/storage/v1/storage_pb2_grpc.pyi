@@ -66,10 +66,14 @@ class StorageStub:
     the stream: all of them, or none (an error, a cancel or a lost client).
     """
     Transaction: _grpc.StreamStreamMultiCallable[_storage_pb2.TransactionRequest, _storage_pb2.TransactionResponse]
-    """Transaction: the stream is the transaction. Each request is answered by one response, in order;
-    when the client ends its side the transaction commits and the last response is `committed`. An
-    error in any operation (it ends the stream with that status), a cancel or a lost client rolls
-    everything back.
+    """Transaction: the stream is the transaction. Each request is answered by one response, in order.
+    The client's last request is `commit`: the transaction commits, the last response is `committed`
+    (sent once COMMIT succeeded) and the stream ends. Everything else rolls back: an error in any
+    operation (it ends the stream with that status), a cancel, a lost client, or the client ending its
+    side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
+    Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
+    show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
+    on it would commit the work of a client that gave up.
     """
 
 @_typing.type_check_only
@@ -97,10 +101,14 @@ class StorageAsyncStub(StorageStub):
     the stream: all of them, or none (an error, a cancel or a lost client).
     """
     Transaction: _aio.StreamStreamMultiCallable[_storage_pb2.TransactionRequest, _storage_pb2.TransactionResponse]  # type: ignore[assignment]
-    """Transaction: the stream is the transaction. Each request is answered by one response, in order;
-    when the client ends its side the transaction commits and the last response is `committed`. An
-    error in any operation (it ends the stream with that status), a cancel or a lost client rolls
-    everything back.
+    """Transaction: the stream is the transaction. Each request is answered by one response, in order.
+    The client's last request is `commit`: the transaction commits, the last response is `committed`
+    (sent once COMMIT succeeded) and the stream ends. Everything else rolls back: an error in any
+    operation (it ends the stream with that status), a cancel, a lost client, or the client ending its
+    side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
+    Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
+    show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
+    on it would commit the work of a client that gave up.
     """
 
 class StorageServicer(metaclass=_abc_1.ABCMeta):
@@ -185,10 +193,14 @@ class StorageServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_storage_pb2.TransactionRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_storage_pb2.TransactionResponse], _abc.AsyncIterator[_storage_pb2.TransactionResponse]]:
-        """Transaction: the stream is the transaction. Each request is answered by one response, in order;
-        when the client ends its side the transaction commits and the last response is `committed`. An
-        error in any operation (it ends the stream with that status), a cancel or a lost client rolls
-        everything back.
+        """Transaction: the stream is the transaction. Each request is answered by one response, in order.
+        The client's last request is `commit`: the transaction commits, the last response is `committed`
+        (sent once COMMIT succeeded) and the stream ends. Everything else rolls back: an error in any
+        operation (it ends the stream with that status), a cancel, a lost client, or the client ending its
+        side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
+        Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
+        show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
+        on it would commit the work of a client that gave up.
         """
 
 def add_StorageServicer_to_server(servicer: StorageServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
