@@ -128,11 +128,12 @@ class MysqlSession(SqlSession):
 
     async def upsert_many(self, collection: str, items: Sequence[tuple[str, str]]) -> None:
         async with self._connection.cursor() as cursor:
-            # executemany turns this into multi-row INSERTs (one round trip per ~max_allowed_packet).
+            # executemany turns this into multi-row INSERTs (one round trip per ~max_allowed_packet), but
+            # only when VALUES holds nothing but placeholders: the initial version is a parameter too.
             await cursor.executemany(
-                f"INSERT INTO {TABLE} (ns, collection, id, data, version) VALUES (%s, %s, %s, %s, 1) "
+                f"INSERT INTO {TABLE} (ns, collection, id, data, version) VALUES (%s, %s, %s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE data = VALUES(data), version = version + 1",
-                [(self.namespace, collection, record_id, data) for record_id, data in items],
+                [(self.namespace, collection, record_id, data, 1) for record_id, data in items],
             )
 
 
@@ -190,7 +191,13 @@ class MysqlBackend:
                     self._connect_timeout,
                 )
                 async with pool.acquire() as connection, connection.cursor() as cursor:
-                    await cursor.execute(_SCHEMA)
+                    # Asked first: CREATE TABLE IF NOT EXISTS on an existing table logs a server warning.
+                    await cursor.execute(
+                        "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = %s",
+                        [TABLE],
+                    )
+                    if not await cursor.fetchall():
+                        await cursor.execute(_SCHEMA)
             except (OSError, TimeoutError, OperationalError, InterfaceError) as exc:
                 raise BackendUnavailable(f"MariaDB/MySQL is unreachable: {exc}") from None
             self._pool = pool
