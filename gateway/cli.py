@@ -117,6 +117,7 @@ creates its table, upf_storage_records, in it):
   storage-postgres  postgresql://user:password@host:port/database (default: postgresql://postgres@127.0.0.1:5432/upf)
   storage-mysql     mysql://user:password@host:port/database, MariaDB 10.5+ or MySQL 8+
                     (default: mysql://root@127.0.0.1:3306/upf)
+  $UPF_STORAGE_COLLECTIONS=a,b: only these collections exist (INVALID_ARGUMENT for others; default: any).
   A database that is down does not stop the plugin: calls answer UNAVAILABLE until it is back.
   Until callers are verified, a caller's namespace is the name it sends in the upf-caller metadata.
 """

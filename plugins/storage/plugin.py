@@ -26,6 +26,7 @@ __all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manife
 
 MANIFESTS = Path(__file__).with_name("manifests")
 DSN_ENV = "UPF_STORAGE_DSN"
+COLLECTIONS_ENV = "UPF_STORAGE_COLLECTIONS"  # comma-separated: only these collections (others are refused)
 
 BACKENDS: dict[str, Callable[[str], Backend]] = {
     "storage-sqlite": SqliteBackend,
@@ -73,6 +74,8 @@ def build(
     handle_signals: bool = True,
 ) -> StoragePlugin:
     backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name])
+    if collections is None and os.environ.get(COLLECTIONS_ENV):
+        collections = [c.strip() for c in os.environ[COLLECTIONS_ENV].split(",") if c.strip()]
     service = StorageService(backend, namespace_of=namespace_of, collections=collections)
     return StoragePlugin(
         backend,

@@ -151,13 +151,15 @@ class Running:
 
 
 @asynccontextmanager
-async def serve(implementation: Implementation, server: tuple[str, int] | None = None) -> AsyncIterator[Running]:
+async def serve(
+    implementation: Implementation, server: tuple[str, int] | None = None, *, collections: list[str] | None = None
+) -> AsyncIterator[Running]:
     """The implementation's backend (its database at `server`, default the real one) behind StorageService
-    on a grpc.aio server on a free port of 127.0.0.1."""
+    (with only `collections`, when given) on a grpc.aio server on a free port of 127.0.0.1."""
     backend = implementation.make_backend(server)
     await backend.start()
     grpc_server = grpc.aio.server()
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageService(backend), grpc_server)
+    storage_pb2_grpc.add_StorageServicer_to_server(StorageService(backend, collections=collections), grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     running = Running(implementation, backend, f"127.0.0.1:{port}")
