@@ -314,6 +314,7 @@ class SqliteDirect(Direct):
     async def setup(self) -> None:
         self.connection = await aiosqlite.connect(self.path, isolation_level=None)
         await self.connection.execute("PRAGMA journal_mode=WAL")
+        await self.connection.execute("PRAGMA synchronous=NORMAL")  # as the plugin does
         await self.connection.execute(
             f"CREATE TABLE {DIRECT_TABLE} (id TEXT PRIMARY KEY, data TEXT NOT NULL, version INTEGER NOT NULL)"
         )

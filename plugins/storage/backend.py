@@ -47,8 +47,8 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    def session(self, namespace: str) -> AbstractAsyncContextManager[SqlSession]:
-        """One call's worth of work, each statement committed by itself."""
+    def session(self, namespace: str, *, readonly: bool = False) -> AbstractAsyncContextManager[SqlSession]:
+        """One call's worth of work, each statement committed by itself; `readonly`: it only reads."""
 
     def transaction(self, namespace: str) -> AbstractAsyncContextManager[SqlSession]:
         """Committed when the block ends, rolled back when it raises (a cancel included)."""

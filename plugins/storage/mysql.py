@@ -222,7 +222,7 @@ class MysqlBackend:
             raise BackendUnavailable(f"MariaDB/MySQL is unreachable: {exc or type(exc).__name__}") from None
 
     @asynccontextmanager
-    async def session(self, namespace: str) -> AsyncIterator[SqlSession]:
+    async def session(self, namespace: str, *, readonly: bool = False) -> AsyncIterator[SqlSession]:
         async with self._connection() as connection:
             yield MysqlSession(namespace, connection)
 

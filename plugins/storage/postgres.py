@@ -186,7 +186,7 @@ class PostgresBackend:
             raise TransactionAborted(f"PostgreSQL aborted the transaction ({exc.sqlstate}); retry it") from None
 
     @asynccontextmanager
-    async def session(self, namespace: str) -> AsyncIterator[SqlSession]:
+    async def session(self, namespace: str, *, readonly: bool = False) -> AsyncIterator[SqlSession]:
         async with self._connection() as connection:
             yield PostgresSession(namespace, connection)
 

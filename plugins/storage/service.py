@@ -186,7 +186,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     async def Get(self, request: pb.GetRequest, context: _Context) -> pb.GetResponse:
         async def work(namespace: str) -> pb.GetResponse:
             self._collection(request.collection)
-            async with self.backend.session(namespace) as session:
+            async with self.backend.session(namespace, readonly=True) as session:
                 return await self._get(session, request)
 
         return await self._unary(context, "Get", work)
@@ -208,7 +208,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
 
     async def Exists(self, request: pb.ExistsRequest, context: _Context) -> pb.ExistsResponse:
         async def work(namespace: str) -> pb.ExistsResponse:
-            async with self.backend.session(namespace) as session:
+            async with self.backend.session(namespace, readonly=True) as session:
                 return await self._exists(session, request)
 
         return await self._unary(context, "Exists", work)
@@ -216,7 +216,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     async def BatchGet(self, request: pb.BatchGetRequest, context: _Context) -> pb.BatchGetResponse:
         async def work(namespace: str) -> pb.BatchGetResponse:
             self._check_batch_get(request)
-            async with self.backend.session(namespace) as session:
+            async with self.backend.session(namespace, readonly=True) as session:
                 return await self._batch_get(session, request)
 
         return await self._unary(context, "BatchGet", work)
@@ -234,7 +234,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     async def Query(self, request: pb.QueryRequest, context: _Context) -> pb.QueryResponse:
         async def work(namespace: str) -> pb.QueryResponse:
             self._plan(request, streaming=False)
-            async with self.backend.session(namespace) as session:
+            async with self.backend.session(namespace, readonly=True) as session:
                 return await self._query(session, request)
 
         return await self._unary(context, "Query", work)
@@ -250,7 +250,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             while remaining is None or remaining > 0:
                 want = size if remaining is None else min(size, remaining)
                 # One session per page: the connection (SQLite: the lock) is free while the client reads.
-                async with self.backend.session(namespace) as session:
+                async with self.backend.session(namespace, readonly=True) as session:
                     page = await session.page(plan, want)
                 if page.records:
                     records, _ = self._fit(plan, page)
