@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,7 +22,7 @@ from asyncmy.errors import IntegrityError, InterfaceError, OperationalError
 
 from plugins.storage.backend import TABLE, SqlSession
 from plugins.storage.errors import BackendUnavailable, TransactionAborted
-from plugins.storage.query import Path
+from plugins.storage.query import Path, Scalar
 
 __all__ = ["MysqlBackend", "MysqlDialect", "parse_mysql_url"]
 
@@ -43,8 +43,6 @@ _TEXT = "utf8mb4_nopad_bin"
 
 
 class MysqlDialect:
-    has_containment = False
-
     def placeholder(self, index: int) -> str:
         return "%s"
 
@@ -79,8 +77,12 @@ class MysqlDialect:
         # LEFT counts characters (code points), like SQLite's substr and PostgreSQL's left.
         return f"LEFT({text_sql}, {int(length)}) = ({marker} COLLATE {_TEXT})"
 
-    def containment(self, marker: str) -> str:
-        raise NotImplementedError
+    def equality_hint(self, path: Path, value: Scalar, param: Callable[[Any], str]) -> str | None:
+        # One JSON_VALUE (the unescaped scalar) instead of the three JSON_EXTRACTs of kind and text:
+        # for the ~all rows that do not match, MariaDB's AND stops here.
+        if isinstance(value, str):
+            return f"JSON_VALUE(data, {self._path(path)}) = ({param(value)} COLLATE {_TEXT})"
+        return None
 
     def text_param(self, marker: str) -> str:
         return f"({marker} COLLATE {_TEXT})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from plugins.storage.backend import TABLE, SqlSession
 from plugins.storage.errors import BackendUnavailable, TransactionAborted
-from plugins.storage.query import Path
+from plugins.storage.query import Path, Scalar, nested_document
 
 __all__ = ["PostgresBackend", "PostgresDialect"]
 
@@ -52,8 +52,6 @@ _UNREACHABLE = (
 
 
 class PostgresDialect:
-    has_containment = True
-
     def placeholder(self, index: int) -> str:
         return f"${index}"
 
@@ -82,8 +80,8 @@ class PostgresDialect:
     def prefix(self, text_sql: str, marker: str, length: int) -> str:
         return f"left({text_sql}, {int(length)}) = {marker}::text"
 
-    def containment(self, marker: str) -> str:
-        return f"data @> {marker}::jsonb"
+    def equality_hint(self, path: Path, value: Scalar, param: Callable[[Any], str]) -> str | None:
+        return f"data @> {param(nested_document(path, value))}::jsonb"
 
     def text_param(self, marker: str) -> str:
         return marker

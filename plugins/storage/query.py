@@ -20,7 +20,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -204,12 +204,9 @@ class Dialect(Protocol):
     def prefix(self, text_sql: str, marker: str, length: int) -> str:
         """True when the string text_sql starts with the parameter `marker`, `length` code points long."""
 
-    @property
-    def has_containment(self) -> bool:
-        """Whether `containment` exists: an index-friendly "data contains this JSON" (PostgreSQL's @>)."""
-
-    def containment(self, marker: str) -> str:
-        """data contains the JSON document parameter `marker`."""
+    def equality_hint(self, path: Path, value: Scalar, param: Callable[[Any], str]) -> str | None:
+        """A cheaper condition implied by `path` == value, checked first, or None: PostgreSQL's
+        `data @> {...}` (answered by the GIN index), MariaDB's single JSON_VALUE for strings."""
 
     def text_param(self, marker: str) -> str:
         """A string parameter compared with `text` expressions (MariaDB needs its collation)."""
@@ -263,11 +260,9 @@ def _equals(statement: Statement, path: Path, value: Scalar) -> str:
 def _condition_sql(statement: Statement, condition: Condition) -> str:
     dialect, path, op, value = statement.dialect, condition.path, condition.op, condition.value
     if op == "eq":
-        if dialect.has_containment:
-            # Implied by the equality, and answered by an index (PostgreSQL: GIN on data).
-            hint = dialect.containment(statement.param(_nested(path, value)))
-            return f"({hint} AND {_equals(statement, path, value)})"
-        return _equals(statement, path, value)
+        # The hint first: AND stops at it for most rows, and an index may answer it.
+        hint = dialect.equality_hint(path, value, statement.param)
+        return f"({hint} AND {_equals(statement, path, value)})" if hint else _equals(statement, path, value)
     if op == "ne":
         return f"NOT {_equals(statement, path, value)}"
     if op == "in":
@@ -287,7 +282,8 @@ def _condition_sql(statement: Statement, condition: Condition) -> str:
     return f"({dialect.kind(path)} = {KIND_NUMBER} AND {dialect.num(path)} {operator} {statement.param(float(value))})"
 
 
-def _nested(path: Path, value: Scalar) -> str:
+def nested_document(path: Path, value: Scalar) -> str:
+    """The JSON document that holds `value` at `path` and nothing else."""
     document: Any = value
     for segment in reversed(path):
         document = {segment: document}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ import aiosqlite
 
 from plugins.storage.backend import TABLE, SqlSession
 from plugins.storage.errors import BackendUnavailable
-from plugins.storage.query import Path
+from plugins.storage.query import Path, Scalar
 
 __all__ = ["SqliteBackend", "SqliteDialect"]
 
@@ -40,8 +40,6 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 
 
 class SqliteDialect:
-    has_containment = False
-
     def placeholder(self, index: int) -> str:
         return "?"
 
@@ -70,8 +68,8 @@ class SqliteDialect:
     def prefix(self, text_sql: str, marker: str, length: int) -> str:
         return f"substr({text_sql}, 1, {int(length)}) = {marker}"
 
-    def containment(self, marker: str) -> str:
-        raise NotImplementedError
+    def equality_hint(self, path: Path, value: Scalar, param: Callable[[Any], str]) -> str | None:
+        return None  # json_type and json_extract are cheap enough
 
     def text_param(self, marker: str) -> str:
         return marker
