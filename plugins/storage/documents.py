@@ -19,6 +19,8 @@ __all__ = ["Limits", "check_collection", "check_id", "check_namespace", "parse_d
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 MAX_ID_CHARS = 255
+# MariaDB's JSON type refuses documents nested 32 levels deep; every backend refuses them alike.
+MAX_DEPTH = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,31 @@ def parse_json_value(text: str, field: str) -> Any:
     """Parse JSON text strictly: no NaN/Infinity, no numbers a double cannot hold (every backend must
     compare them alike)."""
     try:
-        return json.loads(text, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constants)
+        value = json.loads(text, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(field, f"is not valid JSON ({exc})") from None
+    _check_tree(value, field, escapes="\\u" in text)
+    return value
+
+
+def _check_tree(value: Any, field: str, *, escapes: bool) -> None:
+    """Depth within MAX_DEPTH; and, when the text has \\u escapes, no U+0000 and no lone surrogate
+    (PostgreSQL and MariaDB refuse both, so SQLite must too)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise InvalidArgument(field, f"is nested more than {MAX_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if escapes or isinstance(child, dict | list))
+        elif escapes and isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidArgument(field, "contains the character U+0000, which the backends cannot store")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(field, "contains a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
 
 
 def parse_document(text: str, field: str, limits: Limits) -> None:

@@ -51,6 +51,10 @@ async def test_crud_and_versions(storage: Running) -> None:
     assert not await client.delete(C, "a")
     assert await client.get(C, "a") is None
     assert await client.set(C, "a", {"again": True}) == 1  # a new record starts at version 1 again
+    # As deep as every backend stores (MariaDB's limit); deeper is INVALID_ARGUMENT (bad input test).
+    deep = json.loads(_nested(31))
+    assert await client.set(C, "deep", deep) == 1
+    assert (await client.get(C, "deep")).data == deep  # type: ignore[union-attr]
 
 
 async def test_conditional_writes_conflict_between_two_clients(storage: Running) -> None:
@@ -386,6 +390,10 @@ BAD_INPUT: list[tuple[str, Callable[[Any], Any], str]] = [
     ("not an object", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data="[1]")), "data: must be a JSON"),
     ("not JSON", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data="{x}")), "data: is not valid JSON"),
     ("NaN", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data='{"x": NaN}')), "data: is not valid JSON"),
+    ("1e400", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data='{"x": 1e400}')), "data: is not valid JSON"),
+    ("NUL", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data='{"x": "\\u0000"}')), "data: contains the"),
+    ("surrogate", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data='{"\\ud800": 1}')), "data: contains a"),
+    ("deep", lambda s: s.Set(pb.SetRequest(collection=C, id="a", data=_nested(32))), "data: is nested more than 31"),
     (
         "negative version",
         lambda s: s.Set(pb.SetRequest(collection=C, id="a", data="{}", expected_version=-1)),
@@ -437,6 +445,10 @@ BAD_INPUT: list[tuple[str, Callable[[Any], Any], str]] = [
         "items[0].data: must be a JSON object",
     ),
 ]
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
 
 
 def _query(*filters: pb.Filter) -> pb.QueryRequest:
