@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from plugins.storage.backend import TABLE, SqlSession
+from plugins.storage.backend import TABLE, SqlSession, StoredRecord
 from plugins.storage.errors import BackendUnavailable, TransactionAborted
 from plugins.storage.query import Path, Scalar, nested_document
 
@@ -103,6 +103,18 @@ class PostgresSession(SqlSession):
     async def execute(self, sql: str, params: Sequence[Any]) -> int:
         status = await self._connection.execute(sql, *params)
         return int(status.rsplit(" ", 1)[-1])  # "UPDATE 1", "INSERT 0 1", "DELETE 0"
+
+    async def get_many(self, collection: str, ids: Sequence[str]) -> list[StoredRecord]:
+        # One array parameter: one prepared statement for any number of ids (IN ($3, $4, ...) is a
+        # statement per count, planned again and again).
+        rows = await self._connection.fetch(
+            f"SELECT id, data, version FROM {TABLE} WHERE ns = $1 AND collection = $2 AND id = ANY($3::text[])",
+            self.namespace,
+            collection,
+            list(ids),
+        )
+        found = {row[0]: StoredRecord(row[0], row[1], int(row[2])) for row in rows}
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     async def insert_new(self, collection: str, record_id: str, data: str) -> bool:
         return (
