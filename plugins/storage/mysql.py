@@ -11,7 +11,7 @@ before they go back to the pool, so calls recover by themselves when the server 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +25,8 @@ from plugins.storage.errors import BackendUnavailable, TransactionAborted
 from plugins.storage.query import Path, Scalar
 
 __all__ = ["MysqlBackend", "MysqlDialect", "parse_mysql_url"]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -166,8 +168,10 @@ class MysqlBackend:
 
     async def start(self) -> None:
         # When the database is down, calls answer UNAVAILABLE and each one tries again.
-        with contextlib.suppress(BackendUnavailable):
+        try:
             await self._ensure_pool()
+        except BackendUnavailable as exc:
+            logger.warning("%s; calls answer UNAVAILABLE until it can be reached", exc)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -12,7 +12,7 @@ that broke.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +25,8 @@ from plugins.storage.errors import BackendUnavailable, TransactionAborted
 from plugins.storage.query import Path, Scalar, nested_document
 
 __all__ = ["PostgresBackend", "PostgresDialect"]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA_LOCK = 0x75706673_0001  # pg_advisory_xact_lock key ("upfs" + 1): replicas create the table once
 
@@ -156,8 +158,10 @@ class PostgresBackend:
 
     async def start(self) -> None:
         # When the database is down, calls answer UNAVAILABLE and each one tries again.
-        with contextlib.suppress(BackendUnavailable):
+        try:
             await self._ensure_pool()
+        except BackendUnavailable as exc:
+            logger.warning("%s; calls answer UNAVAILABLE until it can be reached", exc)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -181,6 +185,9 @@ class PostgresBackend:
                     raise
             except _UNREACHABLE as exc:
                 raise BackendUnavailable(f"PostgreSQL is unreachable: {_describe(exc)}") from None
+            except (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+                # A database not created yet, or a role not allowed yet: an operator fixes it while we run.
+                raise BackendUnavailable(f"PostgreSQL refused the connection: {_describe(exc)}") from None
             self._pool = pool
             return pool
 

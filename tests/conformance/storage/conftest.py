@@ -99,7 +99,16 @@ class Implementation:
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request: pytest.FixtureRequest, tmp_path: Path) -> Implementation:
-    name = request.param
+    return _implementation(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=[name for name in IMPLEMENTATIONS if name != "storage-sqlite"])
+def server_implementation(request: pytest.FixtureRequest, tmp_path: Path) -> Implementation:
+    """The implementations whose database is a server that can go away (not embedded SQLite)."""
+    return _implementation(request.param, request, tmp_path)
+
+
+def _implementation(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Implementation:
     if name == "storage-sqlite":
         path = str(tmp_path / "storage.sqlite3")
         return Implementation(name, lambda _server: SqliteBackend(path), None)

@@ -495,9 +495,11 @@ async def test_namespaces_do_not_see_each_other(storage: Running) -> None:
     assert (await alice.query(C, include_total=True)).total == 6
 
 
-async def test_backend_outage_is_unavailable_then_recovers_without_a_restart(implementation: Implementation) -> None:
-    if implementation.server is None:
-        pytest.skip("embedded SQLite has no server to lose")
+async def test_backend_outage_is_unavailable_then_recovers_without_a_restart(
+    server_implementation: Implementation,
+) -> None:
+    implementation = server_implementation
+    assert implementation.server is not None
     host, port = implementation.server
     proxy = TcpProxy(host, port)
     await proxy.start()
