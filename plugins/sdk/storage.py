@@ -251,8 +251,8 @@ class StorageClient:
                 if len(chunk) >= batch:
                     yield pb.StreamSetRequest(collection=collection, items=chunk)
                     chunk = []
-            if chunk:
-                yield pb.StreamSetRequest(collection=collection, items=chunk)
+            # Only once every item was read: a failing `items` never commits what went before.
+            yield pb.StreamSetRequest(collection=collection, items=chunk, commit=True)
 
         try:
             response = await self._stub.StreamSet(messages(), metadata=self._metadata)

@@ -274,6 +274,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             count = 0
             async with self.backend.transaction(namespace) as tx:
                 index = 0
+                committed = False
                 async for message in request_iterator:
                     collection = self._collection(message.collection, f"messages[{index}].collection")
                     items = self._items(message.items, f"messages[{index}].items")
@@ -284,6 +285,12 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                             await tx.put(collection, record_id, data, expected)
                     count += len(items)
                     index += 1
+                    if message.commit:
+                        committed = True
+                        break
+                if not committed:
+                    # grpc shows a client that cancelled or went away as an ordinary end of stream.
+                    raise InvalidArgument("commit", f"no message of the {index} set it; nothing was written")
             return pb.StreamSetResponse(count=count)
 
         return await self._unary(context, "StreamSet", work)

@@ -357,15 +357,22 @@ async def test_stream_set_writes_all_or_nothing(storage: Running) -> None:
     channel = storage.channel()
     stub = storage_pb2_grpc.StorageStub(channel)
 
-    async def messages() -> AsyncIterator[pb.StreamSetRequest]:
+    async def messages(last: str, commit: bool) -> AsyncIterator[pb.StreamSetRequest]:
         yield pb.StreamSetRequest(collection="streamed", items=[pb.SetItem(id="ok", data="{}")])
-        yield pb.StreamSetRequest(collection="streamed", items=[pb.SetItem(id="ok2", data="[]")])
+        yield pb.StreamSetRequest(collection="streamed", items=[pb.SetItem(id="ok2", data=last)], commit=commit)
 
     with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await stub.StreamSet(messages(), metadata=storage.metadata())
+        await stub.StreamSet(messages("[]", True), metadata=storage.metadata())
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (bad.value.details() or "").startswith("messages[1].items[0].data: must be a JSON object")
+    # A stream that ends without `commit` (grpc shows a cancel alike): INVALID_ARGUMENT, nothing written.
+    with pytest.raises(grpc.aio.AioRpcError) as uncommitted:
+        await stub.StreamSet(messages("{}", False), metadata=storage.metadata())
+    assert uncommitted.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (uncommitted.value.details() or "").startswith("commit: no message of the 2 set it")
     assert await client.batch_get("streamed", ["s0", "s4", "ok", "ok2"]) == {}
+    assert await client.stream_set("streamed", [("ok", {}), ("ok2", {})], batch=1) == 2
+    assert sorted(await client.batch_get("streamed", ["ok", "ok2"])) == ["ok", "ok2"]
 
 
 async def test_values_up_to_the_message_size_limit(storage: Running) -> None:

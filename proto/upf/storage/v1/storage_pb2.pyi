@@ -554,8 +554,11 @@ class StreamSetRequest(_message.Message):
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """may change from one message to the next"""
+    commit: _builtins.bool
+    """the last message: commit everything (this message's items included)"""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SetItem]: ...
     def __init__(
@@ -563,10 +566,11 @@ class StreamSetRequest(_message.Message):
         *,
         collection: _builtins.str = ...,
         items: _abc.Iterable[Global___SetItem] | None = ...,
+        commit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "commit", b"commit", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

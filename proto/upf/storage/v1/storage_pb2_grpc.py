@@ -146,8 +146,9 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamSet(self, request_iterator, context):
-        """StreamSet writes the records of every message in one transaction, committed when the client ends
-        the stream: all of them, or none (an error, a cancel or a lost client).
+        """StreamSet writes the records of every message in one transaction, committed by the message with
+        `commit` set (the last one): all of them, or none (an error, a cancel, a lost client, or a stream
+        that ends without `commit`, which is INVALID_ARGUMENT). See Transaction for why it is explicit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,8 +62,9 @@ class StorageStub:
     from the backend so that the plugin's memory does not grow with the result.
     """
     StreamSet: _grpc.StreamUnaryMultiCallable[_storage_pb2.StreamSetRequest, _storage_pb2.StreamSetResponse]
-    """StreamSet writes the records of every message in one transaction, committed when the client ends
-    the stream: all of them, or none (an error, a cancel or a lost client).
+    """StreamSet writes the records of every message in one transaction, committed by the message with
+    `commit` set (the last one): all of them, or none (an error, a cancel, a lost client, or a stream
+    that ends without `commit`, which is INVALID_ARGUMENT). See Transaction for why it is explicit.
     """
     Transaction: _grpc.StreamStreamMultiCallable[_storage_pb2.TransactionRequest, _storage_pb2.TransactionResponse]
     """Transaction: the stream is the transaction. Each request is answered by one response, in order.
@@ -97,8 +98,9 @@ class StorageAsyncStub(StorageStub):
     from the backend so that the plugin's memory does not grow with the result.
     """
     StreamSet: _aio.StreamUnaryMultiCallable[_storage_pb2.StreamSetRequest, _storage_pb2.StreamSetResponse]  # type: ignore[assignment]
-    """StreamSet writes the records of every message in one transaction, committed when the client ends
-    the stream: all of them, or none (an error, a cancel or a lost client).
+    """StreamSet writes the records of every message in one transaction, committed by the message with
+    `commit` set (the last one): all of them, or none (an error, a cancel, a lost client, or a stream
+    that ends without `commit`, which is INVALID_ARGUMENT). See Transaction for why it is explicit.
     """
     Transaction: _aio.StreamStreamMultiCallable[_storage_pb2.TransactionRequest, _storage_pb2.TransactionResponse]  # type: ignore[assignment]
     """Transaction: the stream is the transaction. Each request is answered by one response, in order.
@@ -183,8 +185,9 @@ class StorageServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_storage_pb2.StreamSetRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.StreamSetResponse, _abc.Awaitable[_storage_pb2.StreamSetResponse]]:
-        """StreamSet writes the records of every message in one transaction, committed when the client ends
-        the stream: all of them, or none (an error, a cancel or a lost client).
+        """StreamSet writes the records of every message in one transaction, committed by the message with
+        `commit` set (the last one): all of them, or none (an error, a cancel, a lost client, or a stream
+        that ends without `commit`, which is INVALID_ARGUMENT). See Transaction for why it is explicit.
         """
 
     @_abc_1.abstractmethod
