@@ -268,7 +268,8 @@ def _condition_sql(statement: Statement, condition: Condition) -> str:
     if op == "in":
         if not value:
             return "1 = 0"
-        return "(" + " OR ".join(_equals(statement, path, v) for v in value) + ")"
+        # Each alternative an EQ, hint included: PostgreSQL ORs the GIN index's answers.
+        return "(" + " OR ".join(_condition_sql(statement, Condition(path, "eq", v)) for v in value) + ")"
     if op == "exists":
         return f"{dialect.kind(path)} {'<>' if value else '='} {KIND_MISSING}"
     if op == "prefix":
