@@ -109,6 +109,8 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return checked
 
     async def _fail(self, context: _Context, exc: Exception, method: str) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc  # a collaborator (namespace_of) already ended the call with its own status
         if isinstance(exc, StorageError):
             await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
         logger.exception("Storage/%s failed", method)

@@ -23,7 +23,7 @@ from plugins.sdk.storage import StorageClient
 from plugins.storage.backend import Backend
 from plugins.storage.mysql import MysqlBackend
 from plugins.storage.postgres import PostgresBackend
-from plugins.storage.service import CALLER_METADATA_KEY, StorageService
+from plugins.storage.service import CALLER_METADATA_KEY, NamespaceOf, StorageService, namespace_from_metadata
 from plugins.storage.sqlite import SqliteBackend
 
 POSTGRES = ("127.0.0.1", 5432)
@@ -161,14 +161,20 @@ class Running:
 
 @asynccontextmanager
 async def serve(
-    implementation: Implementation, server: tuple[str, int] | None = None, *, collections: list[str] | None = None
+    implementation: Implementation,
+    server: tuple[str, int] | None = None,
+    *,
+    collections: list[str] | None = None,
+    namespace_of: NamespaceOf = namespace_from_metadata,
 ) -> AsyncIterator[Running]:
     """The implementation's backend (its database at `server`, default the real one) behind StorageService
     (with only `collections`, when given) on a grpc.aio server on a free port of 127.0.0.1."""
     backend = implementation.make_backend(server)
     await backend.start()
     grpc_server = grpc.aio.server()
-    storage_pb2_grpc.add_StorageServicer_to_server(StorageService(backend, collections=collections), grpc_server)
+    storage_pb2_grpc.add_StorageServicer_to_server(
+        StorageService(backend, collections=collections, namespace_of=namespace_of), grpc_server
+    )
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     running = Running(implementation, backend, f"127.0.0.1:{port}")
