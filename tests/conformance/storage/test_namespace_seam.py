@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from plugins.sdk.storage import StorageError
+from plugins.sdk.storage import StorageClient, StorageError
 from tests.conformance.storage.conftest import Implementation, serve
 
 
@@ -27,10 +27,8 @@ async def test_the_collaborator_decides_the_namespace(sqlite: Implementation) ->
 
     async with serve(sqlite, namespace_of=from_header) as running:
         # The placeholder's upf-caller metadata no longer counts: both claim "mallory".
-        alice = running.client()
-        alice._metadata = (("x-test-plugin", "alice"), ("upf-caller", "mallory"))
-        bob = running.client()
-        bob._metadata = (("x-test-plugin", "bob"), ("upf-caller", "mallory"))
+        alice = StorageClient(running.channel(), metadata=[("x-test-plugin", "alice"), ("upf-caller", "mallory")])
+        bob = StorageClient(running.channel(), metadata=[("x-test-plugin", "bob"), ("upf-caller", "mallory")])
         await alice.set("notes", "n1", {"by": "alice"})
         assert await bob.get("notes", "n1") is None
 
