@@ -40,6 +40,7 @@ def storage_routed(registry: RunningRegistry) -> bool:
 async def test_storage_plugin_registers_and_serves_a_business_plugin(tmp_path: Path) -> None:
     with run_registry(FAST, tmp_path) as registry:
         env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+        env["UPF_REGISTRATION_CREDENTIAL"] = registry.credential("storage-sqlite")
         args = [UPF, "plugin", "storage-sqlite", "--dsn", str(tmp_path / "s.sqlite3"), "--registry", registry.target]
         process = Process([*args, "--port", str(free_port())], env=env, log=tmp_path / "storage-plugin.log")
         try:
@@ -49,7 +50,14 @@ async def test_storage_plugin_registers_and_serves_a_business_plugin(tmp_path: P
             )
             manifest = tmp_path / "notes.yaml"
             manifest.write_text(BUSINESS_MANIFEST)
-            notes = Plugin(manifest, [], registry=registry.target, timings=Timings(stop_notice=0), handle_signals=False)
+            notes = Plugin(
+                manifest,
+                [],
+                registry=registry.target,
+                timings=Timings(stop_notice=0),
+                handle_signals=False,
+                credential=registry.credential,
+            )
             running = asyncio.create_task(notes.run())
             await notes.started.wait()
             try:
