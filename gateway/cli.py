@@ -119,7 +119,8 @@ creates its table, upf_storage_records, in it):
                     (default: mysql://root@127.0.0.1:3306/upf)
   $UPF_STORAGE_COLLECTIONS=a,b: only these collections exist (INVALID_ARGUMENT for others; default: any).
   A database that is down does not stop the plugin: calls answer UNAVAILABLE until it is back.
-  Until callers are verified, a caller's namespace is the name it sends in the upf-caller metadata.
+  A caller's data lives in its own namespace: the name it sends in the upf-caller metadata (a placeholder),
+  or with $UPF_STORAGE_VERIFY_CALLERS=1 its plugin id, from the identity token the registry signed.
 """
 
 

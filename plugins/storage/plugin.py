@@ -18,6 +18,7 @@ from upf.storage.v1 import storage_pb2_grpc
 from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.storage.backend import Backend
 from plugins.storage.mysql import MysqlBackend
+from plugins.storage.namespaces import RegistryVerifiedNamespaces
 from plugins.storage.postgres import PostgresBackend
 from plugins.storage.service import NamespaceOf, StorageService, namespace_from_metadata
 from plugins.storage.sqlite import SqliteBackend
@@ -27,6 +28,8 @@ __all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manife
 MANIFESTS = Path(__file__).with_name("manifests")
 DSN_ENV = "UPF_STORAGE_DSN"
 COLLECTIONS_ENV = "UPF_STORAGE_COLLECTIONS"  # comma-separated: only these collections (others are refused)
+# 1/true: namespaces from the registry-signed caller identity (namespaces.py) instead of upf-caller.
+VERIFY_CALLERS_ENV = "UPF_STORAGE_VERIFY_CALLERS"
 
 BACKENDS: dict[str, Callable[[str], Backend]] = {
     "storage-sqlite": SqliteBackend,
@@ -47,9 +50,18 @@ def manifest_of(name: str) -> Path:
 class StoragePlugin(Plugin):
     """A Plugin that opens its backend before serving and closes it after the last call drained."""
 
-    def __init__(self, backend: Backend, manifest_path: str | Path, servicers: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        manifest_path: str | Path,
+        servicers: Any,
+        *,
+        verified_namespaces: RegistryVerifiedNamespaces | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(manifest_path, servicers, **options)
         self.backend = backend
+        self._verified_namespaces = verified_namespaces
 
     async def run(self) -> None:
         await self.backend.start()
@@ -57,6 +69,8 @@ class StoragePlugin(Plugin):
             await super().run()
         finally:
             await self.backend.close()
+            if self._verified_namespaces is not None:
+                await self._verified_namespaces.close()
 
 
 def build(
@@ -70,13 +84,22 @@ def build(
     manifest: str | Path | None = None,
     drain_grace: float = 10.0,
     collections: Sequence[str] | None = None,
-    namespace_of: NamespaceOf = namespace_from_metadata,
+    namespace_of: NamespaceOf | None = None,
+    verify_callers: bool | None = None,
     handle_signals: bool = True,
 ) -> StoragePlugin:
+    """The plugin `name` (a key of BACKENDS). Namespaces: `namespace_of` if given; else, with
+    `verify_callers` (default: $UPF_STORAGE_VERIFY_CALLERS), the registry-verified caller; else the
+    placeholder upf-caller metadata."""
     backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name])
     if collections is None and os.environ.get(COLLECTIONS_ENV):
         collections = [c.strip() for c in os.environ[COLLECTIONS_ENV].split(",") if c.strip()]
-    service = StorageService(backend, namespace_of=namespace_of, collections=collections)
+    if verify_callers is None:
+        verify_callers = os.environ.get(VERIFY_CALLERS_ENV, "").lower() in ("1", "true", "yes")
+    verified = RegistryVerifiedNamespaces(registry) if namespace_of is None and verify_callers else None
+    service = StorageService(
+        backend, namespace_of=namespace_of or verified or namespace_from_metadata, collections=collections
+    )
     return StoragePlugin(
         backend,
         manifest or manifest_of(name),
@@ -87,6 +110,7 @@ def build(
         instance_id=instance_id,
         timings=Timings(drain_grace=drain_grace),
         handle_signals=handle_signals,
+        verified_namespaces=verified,
     )
 
 
