@@ -262,7 +262,8 @@ class StorageClient:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StorageTransaction]:
-        """A transaction for the block: committed when it ends, rolled back when it raises."""
+        """A transaction for the block: committed when it ends, rolled back when it raises. The client's
+        `timeout` bounds its whole life (a transaction holds locks: SQLite's write lock, row locks)."""
         # No request iterator: the operations are written one by one (call.write) as the block runs.
         call = self._stub.Transaction(None, metadata=self._metadata, timeout=self._timeout)
         transaction = StorageTransaction(call)
