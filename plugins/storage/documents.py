@@ -34,6 +34,9 @@ class Limits:
     max_filters: int = 32
     max_sort: int = 8
     max_in_values: int = 100
+    # A Transaction or StreamSet open longer is rolled back (ABORTED): it holds locks (SQLite: the
+    # write lock of every other writer), and a client without a deadline must not hold them forever.
+    max_transaction_seconds: float = 60.0
 
     @property
     def max_document_bytes(self) -> int:

@@ -10,8 +10,10 @@ the field), then asks the backend. Errors reach the client as one status each, n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -274,7 +276,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     ) -> pb.StreamSetResponse:
         async def work(namespace: str) -> pb.StreamSetResponse:
             count = 0
-            async with self.backend.transaction(namespace) as tx:
+            async with self._time_limited(), self.backend.transaction(namespace) as tx:
                 index = 0
                 committed = False
                 async for message in request_iterator:
@@ -297,26 +299,41 @@ class StorageService(storage_pb2_grpc.StorageServicer):
 
         return await self._unary(context, "StreamSet", work)
 
-    async def Transaction(
+    async def Transaction(  # type: ignore[override]  # grpc's read/write API: a coroutine, not a generator
         self, request_iterator: AsyncIterator[pb.TransactionRequest], context: _Context
-    ) -> AsyncIterator[pb.TransactionResponse]:
+    ) -> None:
+        # context.read/write rather than `async for`/`yield`: the transaction's time limit must be a
+        # timeout around one coroutine (one around the yields of an async generator is not reliable).
         try:
             namespace = await self._namespace_of(context)
-            async with self.backend.transaction(namespace) as tx:
-                async for request in request_iterator:
+            async with self._time_limited(), self.backend.transaction(namespace) as tx:
+                while True:
+                    request = await context.read()
+                    if not isinstance(request, pb.TransactionRequest):
+                        # grpc.aio.EOF: the stream ended without `commit`, a rollback the client asked
+                        # for or (grpc shows them alike) a client that cancelled or went away.
+                        raise _RollBack
                     if request.WhichOneof("operation") == "commit":
                         break
-                    yield await self._transaction_step(tx, request)
-                else:
-                    # The stream ended without `commit`: a rollback the client asked for, or (grpc
-                    # shows them alike) a client that cancelled or went away.
-                    raise _RollBack
+                    await context.write(await self._transaction_step(tx, request))
             # Only now, after COMMIT succeeded: the client reads `committed` as "it is durable".
-            yield pb.TransactionResponse(committed=pb.Committed())
+            await context.write(pb.TransactionResponse(committed=pb.Committed()))
         except _RollBack:
             return
         except Exception as exc:
             await self._fail(context, exc, "Transaction")
+
+    @asynccontextmanager
+    async def _time_limited(self) -> AsyncIterator[None]:
+        limit = self.limits.max_transaction_seconds
+        timeout = asyncio.timeout(limit)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise TransactionAborted(f"the transaction was open longer than {limit:g} s: rolled back") from None
 
     async def _transaction_step(self, tx: SqlSession, request: pb.TransactionRequest) -> pb.TransactionResponse:
         operation = request.WhichOneof("operation")

@@ -21,6 +21,7 @@ from upf.storage.v1 import storage_pb2_grpc
 
 from plugins.sdk.storage import StorageClient
 from plugins.storage.backend import Backend
+from plugins.storage.documents import Limits
 from plugins.storage.mysql import MysqlBackend
 from plugins.storage.postgres import PostgresBackend
 from plugins.storage.service import CALLER_METADATA_KEY, NamespaceOf, StorageService, namespace_from_metadata
@@ -166,6 +167,7 @@ async def serve(
     *,
     collections: list[str] | None = None,
     namespace_of: NamespaceOf = namespace_from_metadata,
+    limits: Limits | None = None,
 ) -> AsyncIterator[Running]:
     """The implementation's backend (its database at `server`, default the real one) behind StorageService
     (with only `collections`, when given) on a grpc.aio server on a free port of 127.0.0.1."""
@@ -173,7 +175,7 @@ async def serve(
     await backend.start()
     grpc_server = grpc.aio.server()
     storage_pb2_grpc.add_StorageServicer_to_server(
-        StorageService(backend, collections=collections, namespace_of=namespace_of), grpc_server
+        StorageService(backend, collections=collections, namespace_of=namespace_of, limits=limits), grpc_server
     )
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()

@@ -19,6 +19,7 @@ import pytest
 from upf.storage.v1 import storage_pb2 as pb, storage_pb2_grpc
 
 from plugins.sdk.storage import InvalidRequest, StorageClient, StorageError, StorageUnavailable, VersionConflict
+from plugins.storage.documents import Limits
 from tests.conformance.storage.conftest import Implementation, Running, serve
 from tests.conformance.storage.tcp_proxy import TcpProxy
 
@@ -305,6 +306,29 @@ async def test_transaction_rolls_back_when_the_client_disappears_or_ends_without
     assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
     assert await call.code() == grpc.StatusCode.OK
     assert not await client.exists(C, "undone")
+
+
+async def test_a_transaction_open_too_long_is_rolled_back(implementation: Implementation) -> None:
+    async with serve(implementation, limits=Limits(max_transaction_seconds=0.5)) as running:
+        stub = storage_pb2_grpc.StorageStub(running.channel())
+        call = stub.Transaction(None, metadata=running.metadata())
+        await call.write(pb.TransactionRequest(set=pb.SetRequest(collection=C, id="slow", data="{}")))
+        answer: Any = await call.read()
+        assert answer.set.version == 1
+        # The client goes quiet: the server ends the stream when the limit passes (no sleep here).
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await call.read()
+        assert expired.value.code() == grpc.StatusCode.ABORTED
+        assert "open longer than 0.5 s: rolled back" in (expired.value.details() or "")
+
+        bulk = stub.StreamSet(None, metadata=running.metadata())
+        await bulk.write(pb.StreamSetRequest(collection=C, items=[pb.SetItem(id="slow-bulk", data="{}")]))
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            await bulk
+        assert aborted.value.code() == grpc.StatusCode.ABORTED
+
+        client = running.client()
+        assert await client.batch_get(C, ["slow", "slow-bulk"]) == {}
 
 
 async def _numbered(count: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:

@@ -162,7 +162,8 @@ class StorageServicer:
         side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
         Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
         show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
-        on it would commit the work of a client that gave up.
+        on it would commit the work of a client that gave up. A Transaction or StreamSet open longer than
+        the plugin's limit (60 s by default) is rolled back with ABORTED: it holds locks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

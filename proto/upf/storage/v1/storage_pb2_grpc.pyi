@@ -74,7 +74,8 @@ class StorageStub:
     side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
     Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
     show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
-    on it would commit the work of a client that gave up.
+    on it would commit the work of a client that gave up. A Transaction or StreamSet open longer than
+    the plugin's limit (60 s by default) is rolled back with ABORTED: it holds locks.
     """
 
 @_typing.type_check_only
@@ -110,7 +111,8 @@ class StorageAsyncStub(StorageStub):
     side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
     Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
     show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
-    on it would commit the work of a client that gave up.
+    on it would commit the work of a client that gave up. A Transaction or StreamSet open longer than
+    the plugin's limit (60 s by default) is rolled back with ABORTED: it holds locks.
     """
 
 class StorageServicer(metaclass=_abc_1.ABCMeta):
@@ -203,7 +205,8 @@ class StorageServicer(metaclass=_abc_1.ABCMeta):
         side without `commit` (an explicit rollback; the stream then ends OK without `committed`).
         Why an explicit commit and not "end of stream commits": gRPC servers (grpc-python among them)
         show a cancelled or reset client stream to the handler as an ordinary end of stream, so committing
-        on it would commit the work of a client that gave up.
+        on it would commit the work of a client that gave up. A Transaction or StreamSet open longer than
+        the plugin's limit (60 s by default) is rolled back with ABORTED: it holds locks.
         """
 
 def add_StorageServicer_to_server(servicer: StorageServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
