@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
+from plugins.sdk.cache import CacheClient
 from plugins.sdk.credentials import Credential, registration_credential
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
@@ -223,6 +224,11 @@ class Plugin:
     async def channel_to(self, target: str) -> grpc.aio.Channel:
         """A channel to a plugin id or fully qualified gRPC service; DependencyUnavailable if none."""
         return await self._require_resolver().channel_to(target)
+
+    async def cache(self) -> CacheClient:
+        """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
+        namespace (for now named by its id in `upf-caller` metadata, until callers are verified)."""
+        return CacheClient(await self.channel("ICache"), caller=self.manifest.id)
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""
