@@ -2,7 +2,8 @@
 
     python -m bench.storage [--seconds 3] [--concurrency 16] [--only sqlite,postgres,mysql]
 
-For each backend, the plugin runs as its own process (`upf plugin storage-X`, no registry needed)
+For each backend, the plugin runs as its own process (`upf plugin storage-X`, registered with a
+registry whose identity token the bench client sends on every call, as a plugin's calls do)
 and this process calls it with the SDK's StorageClient; "direct" is the same database through the
 same driver in this process, with the statements a plugin author would write by hand (and json.loads
 of what comes back, as the client does). Both sides work on the same 1000 records of their own
@@ -43,6 +44,8 @@ import asyncpg
 import grpc
 
 from bench.harness import free_port
+from bench.registry import BenchRegistry, bench_registry
+from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.storage import StorageClient
 
 RECORDS = 1000
@@ -133,19 +136,22 @@ def plugin_operations(client: StorageClient) -> dict[str, Operation]:
     return {"Get": get, "Set": set_, "Query100": query, "BatchGet100": batch_get}
 
 
-async def run_plugin_side(backend: str, dsn: str, args: argparse.Namespace) -> list[Row]:
+async def run_plugin_side(backend: str, dsn: str, args: argparse.Namespace, registry: BenchRegistry) -> list[Row]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UPF_")}
+    env["UPF_REGISTRATION_CREDENTIAL"] = registry.credential(f"storage-{backend}")
     argv = [UPF, "plugin", f"storage-{backend}", "--dsn", dsn, "--port", str(port)]
-    # No registry: the plugin serves anyway (its lease keeper retries in the background).
-    argv += ["--registry", f"127.0.0.1:{free_port()}", "--log-level", "error"]
+    argv += ["--registry", registry.target, "--log-level", "error"]
+    token = registry.client_token()
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # As a plugin's dependency channel: every call carries the caller's identity token.
+        interceptors = caller_token_interceptors(lambda: token)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
             await asyncio.wait_for(channel.channel_ready(), 15)
-            client = StorageClient(channel, metadata=[("upf-caller", "bench")])
+            client = StorageClient(channel)
             await client.batch_set("bench", {k: document(n) for n, k in enumerate(ids())})
             operations = plugin_operations(client)
             rows = []
@@ -386,14 +392,14 @@ async def admin_mysql(statement: str) -> None:
         connection.close()
 
 
-async def bench_backend(backend: str, args: argparse.Namespace) -> list[Row]:
+async def bench_backend(backend: str, args: argparse.Namespace, registry: BenchRegistry) -> list[Row]:
     name = f"upf_bench_storage_{uuid.uuid4().hex[:10]}"
     if backend == "postgres":
         await admin_postgres(f'CREATE DATABASE "{name}"')
         dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
         try:
             return [
-                *await run_plugin_side(backend, dsn, args),
+                *await run_plugin_side(backend, dsn, args, registry),
                 *await run_direct_side(backend, PostgresDirect(dsn), args),
             ]
         finally:
@@ -401,13 +407,13 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> list[Row]:
     if backend == "mysql":
         await admin_mysql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
         try:
-            plugin = await run_plugin_side(backend, f"mysql://root@127.0.0.1:3306/{name}", args)
+            plugin = await run_plugin_side(backend, f"mysql://root@127.0.0.1:3306/{name}", args, registry)
             return [*plugin, *await run_direct_side(backend, MysqlDirect(name), args)]
         finally:
             await admin_mysql(f"DROP DATABASE `{name}`")
     folder = tempfile.mkdtemp(prefix="upf-bench-storage-")
     try:
-        plugin = await run_plugin_side(backend, str(Path(folder) / "plugin.sqlite3"), args)
+        plugin = await run_plugin_side(backend, str(Path(folder) / "plugin.sqlite3"), args, registry)
         return [*plugin, *await run_direct_side(backend, SqliteDirect(str(Path(folder) / "direct.sqlite3")), args)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -431,9 +437,13 @@ def table(rows: list[Row]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     rows: list[Row] = []
-    for backend in args.only.split(","):
-        print(f"bench.storage: {backend} ...", file=sys.stderr, flush=True)
-        rows += await bench_backend(backend, args)
+    with (
+        tempfile.TemporaryDirectory(prefix="upf-bench-registry-") as run_dir,
+        bench_registry(Path(run_dir)) as registry,
+    ):
+        for backend in args.only.split(","):
+            print(f"bench.storage: {backend} ...", file=sys.stderr, flush=True)
+            rows += await bench_backend(backend, args, registry)
     print(table(rows))
 
 

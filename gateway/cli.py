@@ -120,8 +120,8 @@ creates its table, upf_storage_records, in it):
                     (default: mysql://root@127.0.0.1:3306/upf)
   $UPF_STORAGE_COLLECTIONS=a,b: only these collections exist (INVALID_ARGUMENT for others; default: any).
   A database that is down does not stop the plugin: calls answer UNAVAILABLE until it is back.
-  A caller's data lives in its own namespace: the name it sends in the upf-caller metadata (a placeholder),
-  or with $UPF_STORAGE_VERIFY_CALLERS=1 its plugin id, from the identity token the registry signed.
+  A caller's data lives in the namespace of its plugin id, from the identity token the registry signed for
+  it (the SDK sends it on every call); a call without a valid token is refused (UNAUTHENTICATED).
 """
 
 

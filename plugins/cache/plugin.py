@@ -21,9 +21,9 @@ from plugins.cache.backend import CacheBackend, Limits
 from plugins.cache.backends.memcached import MemcachedBackend
 from plugins.cache.backends.memory import MemoryBackend
 from plugins.cache.backends.redis import RedisBackend
-from plugins.cache.namespace import caller_from_metadata
 from plugins.cache.service import CacheService, NamespaceOf
 from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.identity import RegistryCallers
 
 __all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of"]
 
@@ -109,8 +109,12 @@ def build(
     manifest: str | Path | None = None,
     drain_grace: float = 10.0,
     handle_signals: bool = True,
-    namespace_of: NamespaceOf = caller_from_metadata,
+    namespace_of: NamespaceOf | None = None,
 ) -> Plugin:
+    """The cache plugin for `settings`. Each caller's keys and locks live in the namespace of its plugin
+    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
+    if namespace_of is None:
+        namespace_of = RegistryCallers(registry)
     instance_id = instance_id or f"cache-{settings.backend}-{secrets.token_hex(4)}"
     backend = make_backend(settings, origin=instance_id)
     service = CacheService(backend, namespace_of=namespace_of, limits=Limits(max_value_bytes=settings.max_value_bytes))

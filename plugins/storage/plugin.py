@@ -16,11 +16,11 @@ from typing import Any
 from upf.storage.v1 import storage_pb2_grpc
 
 from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.identity import RegistryCallers
 from plugins.storage.backend import Backend
 from plugins.storage.mysql import MysqlBackend
-from plugins.storage.namespaces import RegistryVerifiedNamespaces
 from plugins.storage.postgres import PostgresBackend
-from plugins.storage.service import NamespaceOf, StorageService, namespace_from_metadata
+from plugins.storage.service import NamespaceOf, StorageService
 from plugins.storage.sqlite import SqliteBackend
 
 __all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manifest_of"]
@@ -29,7 +29,6 @@ MANIFESTS = Path(__file__).with_name("manifests")
 DSN_ENV = "UPF_STORAGE_DSN"
 COLLECTIONS_ENV = "UPF_STORAGE_COLLECTIONS"  # comma-separated: only these collections (others are refused)
 # 1/true: namespaces from the registry-signed caller identity (namespaces.py) instead of upf-caller.
-VERIFY_CALLERS_ENV = "UPF_STORAGE_VERIFY_CALLERS"
 
 BACKENDS: dict[str, Callable[[str], Backend]] = {
     "storage-sqlite": SqliteBackend,
@@ -56,7 +55,7 @@ class StoragePlugin(Plugin):
         manifest_path: str | Path,
         servicers: Any,
         *,
-        verified_namespaces: RegistryVerifiedNamespaces | None = None,
+        verified_namespaces: RegistryCallers | None = None,
         **options: Any,
     ) -> None:
         super().__init__(manifest_path, servicers, **options)
@@ -85,21 +84,17 @@ def build(
     drain_grace: float = 10.0,
     collections: Sequence[str] | None = None,
     namespace_of: NamespaceOf | None = None,
-    verify_callers: bool | None = None,
     handle_signals: bool = True,
 ) -> StoragePlugin:
-    """The plugin `name` (a key of BACKENDS). Namespaces: `namespace_of` if given; else, with
-    `verify_callers` (default: $UPF_STORAGE_VERIFY_CALLERS), the registry-verified caller; else the
-    placeholder upf-caller metadata."""
+    """The plugin `name` (a key of BACKENDS). Each caller's records live in the namespace of its plugin
+    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
     backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name])
     if collections is None and os.environ.get(COLLECTIONS_ENV):
         collections = [c.strip() for c in os.environ[COLLECTIONS_ENV].split(",") if c.strip()]
-    if verify_callers is None:
-        verify_callers = os.environ.get(VERIFY_CALLERS_ENV, "").lower() in ("1", "true", "yes")
-    verified = RegistryVerifiedNamespaces(registry) if namespace_of is None and verify_callers else None
-    service = StorageService(
-        backend, namespace_of=namespace_of or verified or namespace_from_metadata, collections=collections
-    )
+    verified: RegistryCallers | None = None
+    if namespace_of is None:
+        namespace_of = verified = RegistryCallers(registry)
+    service = StorageService(backend, namespace_of=namespace_of, collections=collections)
     return StoragePlugin(
         backend,
         manifest or manifest_of(name),

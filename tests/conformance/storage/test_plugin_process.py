@@ -95,7 +95,7 @@ async def test_storage_plugin_registers_and_serves_a_business_plugin(tmp_path: P
 async def test_verified_callers_keep_their_records_apart(tmp_path: Path) -> None:
     with (
         run_registry(FAST, tmp_path) as registry,
-        storage_plugin(registry, tmp_path, UPF_STORAGE_VERIFY_CALLERS="1") as endpoint,
+        storage_plugin(registry, tmp_path) as endpoint,
     ):
         async with (
             business_plugin(registry, tmp_path, "notes-plugin") as notes,
