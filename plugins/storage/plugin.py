@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,19 @@ from plugins.storage.postgres import PostgresBackend
 from plugins.storage.service import NamespaceOf, StorageService
 from plugins.storage.sqlite import SqliteBackend
 
-__all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manifest_of"]
+__all__ = ["BACKENDS", "DEFAULT_DSNS", "StoragePlugin", "build", "main", "manifest_of", "options_from_config"]
 
 MANIFESTS = Path(__file__).with_name("manifests")
 DSN_ENV = "UPF_STORAGE_DSN"
 COLLECTIONS_ENV = "UPF_STORAGE_COLLECTIONS"  # comma-separated: only these collections (others are refused)
 # 1/true: namespaces from the registry-signed caller identity (namespaces.py) instead of upf-caller.
 
-BACKENDS: dict[str, Callable[[str], Backend]] = {
-    "storage-sqlite": SqliteBackend,
-    "storage-postgres": PostgresBackend,
-    "storage-mysql": MysqlBackend,
+BACKENDS: dict[str, Callable[[str, int], Backend]] = {
+    "storage-sqlite": lambda path, _pool: SqliteBackend(path),  # one connection: SQLite has one writer
+    "storage-postgres": lambda dsn, pool: PostgresBackend(dsn, max_size=pool),
+    "storage-mysql": lambda url, pool: MysqlBackend(url, max_size=pool),
 }
+DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_DSNS = {
     "storage-sqlite": "upf-storage.sqlite3",
     "storage-postgres": "postgresql://postgres@127.0.0.1:5432/upf",
@@ -83,12 +84,13 @@ def build(
     manifest: str | Path | None = None,
     drain_grace: float = 10.0,
     collections: Sequence[str] | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     namespace_of: NamespaceOf | None = None,
     handle_signals: bool = True,
 ) -> StoragePlugin:
     """The plugin `name` (a key of BACKENDS). Each caller's records live in the namespace of its plugin
     id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
-    backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name])
+    backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name], max_connections)
     if collections is None and os.environ.get(COLLECTIONS_ENV):
         collections = [c.strip() for c in os.environ[COLLECTIONS_ENV].split(",") if c.strip()]
     verified: RegistryCallers | None = None
@@ -107,6 +109,27 @@ def build(
         handle_signals=handle_signals,
         verified_namespaces=verified,
     )
+
+
+# The seed's deployment.yaml keys (infrastructure.storage.config) -> build()'s keyword arguments.
+_CONFIG_KEYS = {"connectionString": "dsn", "maxConnections": "max_connections", "collections": "collections"}
+
+
+def options_from_config(config: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """build() keyword arguments from a deployment file's `config:` of a storage plugin; ValueError
+    naming the key for anything else."""
+    options: dict[str, Any] = {}
+    for key, value in config.items():
+        if key not in _CONFIG_KEYS:
+            raise ValueError(f"{where}.{key}: not a storage setting (one of {', '.join(_CONFIG_KEYS)})")
+        if key == "connectionString" and not (isinstance(value, str) and value):
+            raise ValueError(f"{where}.{key}: must be a database URL or, for storage-sqlite, a file path")
+        if key == "maxConnections" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where}.{key}: must be a whole number of at least 1")
+        if key == "collections" and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+            raise ValueError(f"{where}.{key}: must be a list of collection names")
+        options[_CONFIG_KEYS[key]] = value
+    return options
 
 
 def main(name: str, dsn: str | None = None, **options: Any) -> int:

@@ -56,9 +56,10 @@ _STREAM_PAGE_BYTES = 1024 * 1024
 
 
 async def namespace_from_metadata(context: _Context) -> str:
-    """PLACEHOLDER until callers are verified: the namespace the caller *claims* in the `upf-caller`
-    metadata, or "default". Anyone can claim any name, so this separates well-behaved plugins only;
-    the verified identity (a registry-issued token) replaces it by passing another `namespace_of`."""
+    """PLACEHOLDER, the default until callers are verified everywhere: the namespace the caller *claims*
+    in the `upf-caller` metadata, or "default". Anyone can claim any name, so this separates
+    well-behaved plugins only; namespaces.RegistryVerifiedNamespaces (the caller's plugin id from its
+    registry-signed token) is the `namespace_of` that replaces it."""
     for key, value in context.invocation_metadata() or ():
         if key == CALLER_METADATA_KEY:
             return check_namespace(value if isinstance(value, str) else value.decode())

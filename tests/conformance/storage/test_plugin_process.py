@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,6 +17,8 @@ from upf.registry.v1 import registry_pb2 as pb
 
 from plugins.sdk import Plugin, Timings
 from plugins.sdk.storage import StorageClient, StorageError
+from plugins.storage.plugin import build, options_from_config
+from plugins.storage.postgres import PostgresBackend
 from tests.support.processes import Process, _died, free_port, wait_until
 from tests.support.registry_process import RunningRegistry, run_registry
 
@@ -112,3 +115,20 @@ async def test_verified_callers_keep_their_records_apart(tmp_path: Path) -> None
             with pytest.raises(StorageError) as refused:
                 await impostor.get("items", "shared-id")
             assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_deployment_files_config_becomes_the_plugins_options() -> None:
+    config = {"connectionString": "postgresql://app@db:5432/orders", "maxConnections": 20, "collections": ["orders"]}
+    options = options_from_config(config, "infrastructure.storage.config")
+    assert options == {"dsn": "postgresql://app@db:5432/orders", "max_connections": 20, "collections": ["orders"]}
+    plugin = build("storage-postgres", **options, handle_signals=False)
+    assert isinstance(plugin.backend, PostgresBackend)
+    assert plugin.backend.dsn == "postgresql://app@db:5432/orders"
+    bad_configs: list[tuple[dict[str, Any], str]] = [
+        ({"connectionUrl": "x"}, "infrastructure.storage.config.connectionUrl: not a storage setting"),
+        ({"maxConnections": 0}, "infrastructure.storage.config.maxConnections: must be a whole number"),
+        ({"collections": "orders"}, "infrastructure.storage.config.collections: must be a list"),
+    ]
+    for bad, message in bad_configs:
+        with pytest.raises(ValueError, match=message):
+            options_from_config(bad, "infrastructure.storage.config")

@@ -336,7 +336,8 @@ async def _numbered(count: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         yield f"r{n:06}", {"n": n, "payload": {"text": "x" * 40, "even": n % 2 == 0}}
 
 
-async def test_streams_100k_records_in_bounded_memory(storage: Running) -> None:
+async def test_streams_100k_records_in_bounded_memory(streaming_storage: Running) -> None:
+    storage = streaming_storage
     client = storage.client()
     assert await client.stream_set("big", _numbered(100_000)) == 100_000
 
