@@ -2,7 +2,8 @@
 
     python -m bench.cache [--seconds 2] [--concurrency 16] [--value-size 100] [--only redis,memcached,memory]
 
-For each backend, `upf plugin cache-<backend>` runs as its own process (no registry needed: it serves
+For each backend, `upf plugin cache-<backend>` runs as its own process, registered with a registry
+whose identity token the bench client sends, as a plugin's calls do (it serves
 while it retries registering), and this process drives it through the SDK's CacheClient over one
 grpc.aio channel; then the same operations go straight to the backend: redis-py asyncio for Redis
 (the shared server on 6379, under a key prefix of this run's own, deleted at the end), emcache for a
@@ -42,8 +43,10 @@ import redis.asyncio
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from bench.harness import Server, cpu_seconds, free_port, log
+from bench.registry import BenchRegistry, bench_registry
 from plugins.cache.backends.memory import MemoryBackend
 from plugins.sdk.cache import CacheClient
+from plugins.sdk.identity import caller_token_interceptors
 
 WARM_UP = 0.3  # seconds of each run not counted: connections opened, scripts cached
 KEYS = 1000
@@ -160,13 +163,16 @@ def summarise(backend: str, op: str, target: str, measured: tuple[int, float, li
     )
 
 
-def start_plugin(backend: str, run_dir: Path, prefix: str, memcached: str) -> tuple[Server, str]:
+def start_plugin(
+    backend: str, run_dir: Path, prefix: str, memcached: str, registry: BenchRegistry
+) -> tuple[Server, str]:
     port = free_port()
     upf = str(Path(sys.executable).parent / "upf")
-    argv = [upf, "plugin", f"cache-{backend}", "--port", str(port), "--registry", f"127.0.0.1:{free_port()}"]
+    argv = [upf, "plugin", f"cache-{backend}", "--port", str(port), "--registry", registry.target]
     argv += ["--key-prefix", prefix, "--redis-url", REDIS_URL, "--memcached", memcached, "--log-level", "error"]
     server = Server(f"cache-{backend}", argv, [port], run_dir / f"cache-{backend}.log")
-    server.start(ROOT, env={"UPF_CACHE_TIMEOUT": "5"})
+    credential = registry.credential(f"cache-{backend}")
+    server.start(ROOT, env={"UPF_CACHE_TIMEOUT": "5", "UPF_REGISTRATION_CREDENTIAL": credential})
     server.wait_ready()
     return server, f"127.0.0.1:{port}"
 
@@ -185,16 +191,21 @@ def start_memcached(run_dir: Path) -> tuple[Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def measure_backend(backend: str, args: argparse.Namespace, run_dir: Path, memcached: str) -> list[Run]:
+async def measure_backend(
+    backend: str, args: argparse.Namespace, run_dir: Path, memcached: str, registry: BenchRegistry
+) -> list[Run]:
     prefix = f"bench:cache:{uuid.uuid4().hex[:8]}"
     value = os.urandom(args.value_size)
     runs: list[Run] = []
-    plugin, endpoint = start_plugin(backend, run_dir, prefix, memcached)
+    plugin, endpoint = start_plugin(backend, run_dir, prefix, memcached, registry)
+    token = registry.client_token()
     direct_redis: redis.asyncio.Redis | None = None
     direct_mc: emcache.Client | None = None
     try:
-        async with grpc.aio.insecure_channel(endpoint) as channel:
-            client = CacheClient(channel, caller="bench")
+        # As a plugin's dependency channel: every call carries the caller's identity token.
+        interceptors = caller_token_interceptors(lambda: token)
+        async with grpc.aio.insecure_channel(endpoint, interceptors=interceptors) as channel:
+            client = CacheClient(channel)
             await client.mset({f"k{i}": value for i in range(KEYS)})
             for op, call in plugin_ops(client, value).items():
                 before = cpu_seconds(plugin.pids())
@@ -285,9 +296,10 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> list[Run]:
     try:
         if "memcached" in args.only:
             memcached_server, memcached = start_memcached(run_dir)
-        for backend in args.only:
-            log(f"bench.cache: {backend}")
-            runs += await measure_backend(backend, args, run_dir, memcached)
+        with bench_registry(run_dir) as registry:
+            for backend in args.only:
+                log(f"bench.cache: {backend}")
+                runs += await measure_backend(backend, args, run_dir, memcached, registry)
     finally:
         if memcached_server is not None:
             memcached_server.stop()

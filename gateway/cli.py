@@ -111,6 +111,19 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
   roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
 """
 
+STORAGE_PLUGIN_EPILOG = """\
+storage plugins: --dsn URL (or $UPF_STORAGE_DSN) names the database, which must exist (the plugin
+creates its table, upf_storage_records, in it):
+  storage-sqlite    a file path or :memory: (default: upf-storage.sqlite3 in the current directory)
+  storage-postgres  postgresql://user:password@host:port/database (default: postgresql://postgres@127.0.0.1:5432/upf)
+  storage-mysql     mysql://user:password@host:port/database, MariaDB 10.5+ or MySQL 8+
+                    (default: mysql://root@127.0.0.1:3306/upf)
+  $UPF_STORAGE_COLLECTIONS=a,b: only these collections exist (INVALID_ARGUMENT for others; default: any).
+  A database that is down does not stop the plugin: calls answer UNAVAILABLE until it is back.
+  A caller's data lives in the namespace of its plugin id, from the identity token the registry signed for
+  it (the SDK sends it on every call); a call without a valid token is refused (UNAUTHENTICATED).
+"""
+
 
 CACHE_PLUGIN_EPILOG = """\
 cache plugins (ICache, upf.cache.v1.Cache; each calling plugin's keys in the namespace of its id, from the
@@ -224,14 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; cache-*: "
-        "upf.cache.v1.Cache) on the plugin SDK: "
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; storage-sqlite, "
+        "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=AUTH_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG,
+        epilog=AUTH_PLUGIN_EPILOG + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plugin.add_argument("name", choices=["demo", "auth", *CACHE_PLUGINS], help="which plugin")
+    plugin.add_argument(
+        "name",
+        choices=["demo", "auth", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
+        help="which plugin",
+    )
+    plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
     plugin.add_argument(
         "--config", metavar="FILE", help="auth: YAML configuration file (default: $UPF_CONFIG; see below)"
     )
@@ -314,6 +332,9 @@ def _run_plugin(args: argparse.Namespace) -> None:
     if args.name == "auth":
         _run_auth_plugin(args)
         return
+    if args.name.startswith("storage-"):
+        _run_storage_plugin(args)
+        return
     if args.name in CACHE_PLUGINS:
         _run_cache_plugin(args)
         return
@@ -376,6 +397,23 @@ def _run_auth_plugin(args: argparse.Namespace) -> None:
             settings,
             instance_id=args.instance_id,
             manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
+def _run_storage_plugin(args: argparse.Namespace) -> None:
+    from plugins.storage.plugin import main as run_storage
+
+    raise SystemExit(
+        run_storage(
+            args.name,
+            args.dsn,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
+            instance_id=args.instance_id,
+            manifest=args.manifest,
             drain_grace=args.drain_grace,
         )
     )

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import grpc
 from upf.cache.v1 import cache_pb2_grpc
-from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from plugins.cache.backend import CacheBackend, Limits
 from plugins.cache.backends.memcached import MemcachedBackend
@@ -30,9 +28,9 @@ from plugins.cache.backends.memory import MemoryBackend
 from plugins.cache.backends.redis import RedisBackend
 from plugins.cache.service import CacheService, NamespaceOf
 from plugins.sdk import Plugin, Timings, run_plugin
-from plugins.sdk.identity import CallerVerifier
+from plugins.sdk.identity import RegistryCallers
 
-__all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of", "registry_verifier"]
+__all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of"]
 
 Backend = Literal["memory", "redis", "memcached"]
 BACKENDS: tuple[Backend, ...] = ("memory", "redis", "memcached")
@@ -137,24 +135,6 @@ def make_backend(settings: CacheSettings, *, origin: str, clock: Callable[[], fl
     return MemoryBackend(origin=origin, clock=clock)
 
 
-def registry_verifier(registry: str, *, call_timeout: float = 5.0) -> CallerVerifier:
-    """Checks callers' identity tokens with the public keys of the registry at `registry` (fetched when
-    first needed: the plugin starts, and serves, while the registry is still down)."""
-    channel: grpc.aio.Channel | None = None
-
-    async def fetch() -> registry_pb2.GetIdentityKeysResponse:
-        nonlocal channel
-        if channel is None:  # made on the running event loop, and kept for the process's life
-            channel = grpc.aio.insecure_channel(registry)
-        stub = registry_pb2_grpc.RegistryStub(channel)
-        reply: registry_pb2.GetIdentityKeysResponse = await stub.GetIdentityKeys(
-            registry_pb2.GetIdentityKeysRequest(), timeout=call_timeout
-        )
-        return reply
-
-    return CallerVerifier(fetch)
-
-
 def build(
     settings: CacheSettings,
     *,
@@ -167,10 +147,12 @@ def build(
     handle_signals: bool = True,
     namespace_of: NamespaceOf | None = None,
 ) -> Plugin:
-    """The plugin; `namespace_of` defaults to the caller's verified plugin id (registry_verifier)."""
+    """The cache plugin for `settings`. Each caller's keys and locks live in the namespace of its plugin
+    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
+    if namespace_of is None:
+        namespace_of = RegistryCallers(registry)
     instance_id = instance_id or f"cache-{settings.backend}-{secrets.token_hex(4)}"
     backend = make_backend(settings, origin=instance_id)
-    namespace_of = namespace_of or registry_verifier(registry).namespace_of
     service = CacheService(backend, namespace_of=namespace_of, limits=Limits(max_value_bytes=settings.max_value_bytes))
     return Plugin(
         manifest or manifest_of(settings.backend),

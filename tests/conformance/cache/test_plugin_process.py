@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,8 @@ import yaml
 from gateway.cli import main
 from plugins.cache.plugin import Backend, CacheSettings
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
-from plugins.sdk.cache import CacheClient, CacheError, LockNotHeld
+from plugins.sdk.cache import CacheClient, CacheError, CacheUnavailable, LockNotHeld
+from plugins.sdk.identity import caller_token_interceptors
 from tests.conformance.cache.harness import poll
 from tests.support.processes import Process, free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, shared_client
@@ -28,16 +29,22 @@ UPF = str(Path(sys.executable).parent / "upf")
 FAST = {"leaseTtl": 1.5, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
 
 
+@pytest.fixture(scope="module")
+def registry(work_dir: Path) -> Iterator[RunningRegistry]:
+    with run_registry(FAST, work_dir) as running_registry:
+        yield running_registry
+
+
 @contextmanager
 def cache_plugin(
-    backend: Backend, registry: str, work_dir: Path, memcached: str, *, timeout: float = 2.0, credential: str = ""
+    backend: Backend, registry: RunningRegistry, work_dir: Path, memcached: str, *, timeout: float = 2.0
 ) -> Iterator[tuple[Process, str]]:
     port, prefix = free_port(), new_prefix()
-    args = [UPF, "plugin", f"cache-{backend}", "--registry", registry, "--port", str(port), "--drain-grace", "1"]
+    args = [UPF, "plugin", f"cache-{backend}", "--registry", registry.target, "--port", str(port), "--drain-grace", "1"]
     args += ["--key-prefix", prefix, "--redis-url", SHARED_URL, "--memcached", memcached]
     env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
     env["UPF_CACHE_TIMEOUT"] = str(timeout)
-    env["UPF_REGISTRATION_CREDENTIAL"] = credential
+    env["UPF_REGISTRATION_CREDENTIAL"] = registry.credential(f"cache-{backend}")
     process = Process(args, env=env, log=work_dir / f"cache-{backend}-{port}.log")
     try:
         yield process, f"127.0.0.1:{port}"
@@ -49,7 +56,7 @@ def cache_plugin(
             client.close()
 
 
-def consumer(plugin_id: str, registry: RunningRegistry, work_dir: Path) -> Plugin:
+def consumer_plugin(registry: RunningRegistry, work_dir: Path, plugin_id: str) -> Plugin:
     """A plugin (in this process, registered for real) that requires ICache."""
     path = work_dir / f"{plugin_id}-{free_port()}.yaml"
     manifest = {
@@ -70,6 +77,22 @@ def consumer(plugin_id: str, registry: RunningRegistry, work_dir: Path) -> Plugi
     )
 
 
+@asynccontextmanager
+async def running(plugin: Plugin) -> AsyncIterator[Plugin]:
+    task = asyncio.create_task(plugin.run())
+    try:
+        await plugin.started.wait()
+        await poll(lambda: _registered(plugin), timeout=15, what=f"{plugin.manifest.id} to hold its identity token")
+        yield plugin
+    finally:
+        await plugin.stop()
+        await task
+
+
+async def _registered(plugin: Plugin) -> bool:
+    return bool(plugin.identity_token())
+
+
 async def resolved(plugin: Plugin, process: Process) -> CacheClient:
     async def cache() -> CacheClient | None:
         assert process.alive(), process.output()
@@ -82,26 +105,15 @@ async def resolved(plugin: Plugin, process: Process) -> CacheClient:
     return client
 
 
-@pytest.fixture(scope="module")
-def registry(work_dir: Path) -> Iterator[RunningRegistry]:
-    with run_registry(FAST, work_dir) as running:
-        yield running
-
-
 @pytest.mark.parametrize("backend", ["memory", "redis", "memcached"])
 async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespace(
     backend: Backend, registry: RunningRegistry, work_dir: Path, memcached_address: str
 ) -> None:
-    credential = registry.credential(f"cache-{backend}")
-    with cache_plugin(backend, registry.target, work_dir, memcached_address, credential=credential) as (
-        process,
-        endpoint,
-    ):
-        orders, billing = consumer("orders-plugin", registry, work_dir), consumer("billing-plugin", registry, work_dir)
-        running = [asyncio.create_task(orders.run()), asyncio.create_task(billing.run())]
-        try:
-            await orders.started.wait()
-            await billing.started.wait()
+    with cache_plugin(backend, registry, work_dir, memcached_address) as (process, endpoint):
+        async with (
+            running(consumer_plugin(registry, work_dir, "orders-plugin")) as orders,
+            running(consumer_plugin(registry, work_dir, "billing-plugin")) as billing,
+        ):
             mine, theirs = await resolved(orders, process), await resolved(billing, process)
             assert (await mine.describe()).backend == backend
             await mine.set("greeting", b"hello", ttl=60)
@@ -120,11 +132,27 @@ async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespa
                     with pytest.raises(CacheError, match="caller identity") as caught:
                         await CacheClient(channel, caller=claimed).get("greeting")
                     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            await orders.stop()
-            await billing.stop()
-            await asyncio.gather(*running)
         assert process.alive(), process.output()
+
+
+async def test_the_memcached_plugin_answers_unavailable_while_memcached_is_down(
+    registry: RunningRegistry, work_dir: Path
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # no memcached listens there
+    with cache_plugin("memcached", registry, work_dir, nowhere, timeout=0.3) as (_, endpoint):
+        async with running(consumer_plugin(registry, work_dir, "cache-consumer")) as consumer:
+            interceptors = caller_token_interceptors(consumer.identity_token)
+            async with grpc.aio.insecure_channel(endpoint, interceptors=interceptors) as channel:
+                client = CacheClient(channel, timeout=10)
+
+                async def refused() -> bool:
+                    try:
+                        await client.get("k")
+                    except CacheUnavailable as exc:
+                        return "memcached" in str(exc) and "Traceback" not in str(exc)
+                    return False
+
+                assert await poll(refused, timeout=10, what="the plugin to answer")
 
 
 @pytest.mark.parametrize(
