@@ -125,6 +125,14 @@ async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespa
                 await theirs.release(lock)  # not even with orders' own token
             assert await theirs.acquire("nightly", ttl=60) is not None  # billing's lock of that name
             await mine.release(lock)
+            # Streaming calls carry the identity too: the feed and Keys see the caller's own keys only.
+            async with mine.watch_invalidations() as feed:
+                await theirs.set("billing-only", b"1")  # not in orders' feed: it would come first
+                await mine.set("greeting", b"again")
+                assert (await anext(aiter(feed))).keys == ("greeting",)
+                assert await mine.get("greeting") == b"again"
+            if backend != "memcached":  # memcached cannot list keys
+                assert await mine.keys("*") == ["greeting"]
 
             async with grpc.aio.insecure_channel(endpoint) as channel:
                 # Without the registry's identity token nobody gets in, whatever name it claims.
