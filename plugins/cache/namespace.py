@@ -2,7 +2,7 @@
 
 CacheService takes the answer from a `namespace_of` collaborator. The registered plugins
 (`upf plugin cache-*`, plugins/cache/plugin.py) pass the verified one: the caller's plugin id from the
-identity token the registry signed (plugins.sdk.identity.CallerVerifier.namespace_of).
+identity token the registry signed (plugins.sdk.identity.RegistryCallers).
 
 `caller_from_metadata`, CacheService's default, is the PLACEHOLDER for where no registry vouches for
 callers (an embedded cache, the conformance suite): it believes the name the caller sends in the
