@@ -1,0 +1,322 @@
+"""The web shell in Chromium, on real processes: a registry, the auth plugin, a gateway serving the
+shell, and UI-only test plugins (tests/shell/ui_plugin.py) whose remotes are built in this test with
+the shell's toolchain (shell-web/scripts/build-remote.mjs) and registered through the registry.
+
+Nothing in the shell knows these plugins: they are found through /api/manifests and loaded with the
+federation runtime. Screenshots of each step go to tests/shell/artifacts/ (ignored by git); the
+measured budgets are printed and written to tests/shell/artifacts/budgets.json (bench/README.md).
+
+`make test` builds the shell (npm ci && npm run build in shell-web) and installs Debian's chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from gateway.auth.revocations import MemoryRevocations
+from plugins.auth.custom import CustomProvider
+from plugins.auth.settings import AuthSettings
+from tests.plugins.auth.harness import FAST_HASH
+from tests.plugins.auth.test_plugin_process import UPF, clean_env
+from tests.support.node import NodeSession
+from tests.support.processes import ROOT, Gateway, Process, _died, free_port, run_gateway, wait_until
+from tests.support.redis_server import delete_prefix, new_prefix, shared_client
+from tests.support.registry_process import run_registry
+
+SHELL_WEB = ROOT / "shell-web"
+SHELL_DIST = SHELL_WEB / "dist"
+FIXTURE = ROOT / "tests" / "shell" / "fixtures" / "ui-plugin"
+ARTIFACTS = ROOT / "tests" / "shell" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+ISSUER = "http://gateway.shell.test"
+FAST_REGISTRY = {"leaseTtl": 3, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
+USER, PASSWORD = "demo", "demo-password"
+
+# Budgets (issue 14): the shell's own JavaScript, gzipped; the dashboard's first render after
+# pressing Sign in; one remote's load (entry + exposed module) from the local gateway.
+SHELL_JS_BUDGET = 150 * 1024
+FIRST_RENDER_BUDGET_MS = 1500
+REMOTE_LOAD_BUDGET_MS = 300
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    path = shutil.which("node")
+    if path is None:
+        pytest.fail("node is not on PATH: the shell's browser tests need Node 20")
+    for needed in (SHELL_DIST / "index.html", SHELL_WEB / "node_modules" / "playwright-core"):
+        if not needed.exists():
+            pytest.fail(f"{needed} is missing: run `make test` (it builds shell-web)")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def remotes(node: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two plugin UIs built now, with the shell's toolchain, neither known to the shell's build."""
+    out = tmp_path_factory.mktemp("remotes")
+    builds = {
+        "test-ui": ["--define", "PLUGIN_TITLE=Lab"],
+        "second-ui": [
+            *("--define", "PLUGIN_TITLE=Second", "--define", "OWN_KEY=second.counter"),
+            *("--define", "EVENT=second.clicked", "--define", "FOREIGN_KEY=lab.counter"),
+        ],
+    }
+    script = str(SHELL_WEB / "scripts" / "build-remote.mjs")
+    running = {}
+    for plugin_id, extra in builds.items():
+        args = [node, script, "--name", plugin_id.replace("-", "_"), "--src", str(FIXTURE), "--out"]
+        args += [str(out / plugin_id), "--expose", "./Page=src/Page.tsx", "--expose", "./Widget=src/Widget.tsx"]
+        running[plugin_id] = subprocess.Popen(
+            [*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    for plugin_id, build in running.items():
+        output, _ = build.communicate(timeout=60)
+        assert build.returncode == 0, f"building {plugin_id}'s remote failed:\n{output}"
+    return {plugin_id: out / plugin_id for plugin_id in builds}
+
+
+@pytest.fixture(scope="module")
+def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+    """A registry, the auth plugin with the demo user, and a gateway serving the shell."""
+    tmp_path = tmp_path_factory.mktemp("shell")
+    prefix = new_prefix()
+    revocation = {"store": "redis", "redisUrl": "redis://127.0.0.1:6379/0", "keyPrefix": prefix}
+    plugin_config: dict[str, Any] = {
+        "jwt": {"issuer": ISSUER, "audience": "upf-api"},
+        "custom": {"store": "sqlite", "sqlitePath": str(tmp_path / "auth.db"), "passwordHash": FAST_HASH},
+        "revocation": revocation,
+        "roles": {"user": ["demo:read"]},
+    }
+
+    async def seed() -> None:
+        seeder = CustomProvider(AuthSettings.model_validate(plugin_config), MemoryRevocations())
+        await seeder.start(maintenance=False)
+        await seeder.ensure_user(USER, PASSWORD, "demo@upf.local", ["user"], name="Demo User")
+        await seeder.close()
+
+    asyncio.run(seed())
+    with ExitStack() as stack:
+        registry = stack.enter_context(run_registry(FAST_REGISTRY, work_dir))
+        plugin_config["registryUrl"] = registry.target
+        config_file = tmp_path / "auth.yaml"
+        config_file.write_text(yaml.safe_dump(plugin_config))
+        auth = Process(
+            [UPF, "plugin", "auth", "--config", str(config_file), "--drain-grace", "1"],
+            env=clean_env(),
+            log=work_dir / f"shell-auth-{free_port()}.log",
+        )
+        stack.callback(auth.stop)
+        gateway_config = {
+            "registryUrl": registry.target,
+            "routeRefreshInterval": 1,
+            "auth": {"enabled": True, "issuers": [{"issuer": ISSUER}], "revocation": revocation},
+        }
+        gateway = stack.enter_context(run_gateway(gateway_config, work_dir))
+        wait_until(
+            lambda: _login_answers(gateway) or (not auth.alive() and _died(auth)),
+            what="the auth plugin to be routed",
+        )
+        stack.callback(lambda: delete_prefix(shared_client(), prefix))
+        yield gateway, registry.target
+
+
+def _login_answers(gateway: Gateway) -> bool:
+    r = httpx.post(f"{gateway.url}/api/auth/login", json={"username": "nobody", "password": "x"}, timeout=5)
+    return r.status_code == 401
+
+
+class UiPlugin:
+    """tests/shell/ui_plugin.py as a process that can be stopped (SIGTERM: unregisters) and started again."""
+
+    def __init__(self, plugin_id: str, title: str, dist: Path, registry: str, log_dir: Path, *extra: str) -> None:
+        self.args = [
+            sys.executable, "-m", "tests.shell.ui_plugin", "--registry", registry, "--id", plugin_id,
+            "--title", title, "--dist", str(dist), "--http-port", str(free_port()), *extra,
+        ]  # fmt: skip
+        self.plugin_id = plugin_id
+        self.log_dir = log_dir
+        self.process: Process | None = None
+
+    def start(self) -> None:
+        process = self.process = Process(self.args, log=self.log_dir / f"{self.plugin_id}-{free_port()}.log")
+        wait_until(
+            lambda: "PORT " in process.output() or (not process.alive() and _died(process)),
+            what=f"{self.plugin_id} to serve",
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+def plugin_status(gateway: Gateway, plugin_id: str) -> dict[str, Any] | None:
+    document = httpx.get(f"{gateway.url}/api/manifests", timeout=5).json()
+    entry = next((p for p in document["plugins"] if p["id"] == plugin_id), None)
+    return None if entry is None else entry["status"]
+
+
+def ready(gateway: Gateway, plugin_id: str) -> bool:
+    status = plugin_status(gateway, plugin_id)
+    return status is not None and status["ready"] > 0 and status["health"] == "HEALTHY"
+
+
+class Browser:
+    def __init__(self, session: NodeSession) -> None:
+        self.session = session
+        self.shots: list[str] = []
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        answer = self.session.ask(op, timeout=30, **args)
+        if not answer["ok"]:
+            logs = "\n".join(answer.get("logs") or [])
+            raise AssertionError(f"{op} {args}: {answer['error']}\nbrowser console:\n{logs}")
+        return answer["value"]
+
+    def shot(self, name: str) -> None:
+        self.shots.append(self("screenshot", name=f"{len(self.shots) + 1:02d}-{name}"))
+
+    def accessible(self, where: str) -> None:
+        violations = self("axe")
+        serious = [v for v in violations if v["impact"] in ("serious", "critical")]
+        assert not serious, f"accessibility ({where}): {json.dumps(serious, indent=1)}"
+
+
+@pytest.fixture
+def browser(node: str, platform: tuple[Gateway, str], work_dir: Path) -> Iterator[Browser]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    gateway, _ = platform
+    session = NodeSession(node, "../shell/browser.mjs", [gateway.url, str(ARTIFACTS)], work_dir / "browser.log")
+    try:
+        yield Browser(session)
+    finally:
+        session.stop()
+
+
+def test_plugins_appear_load_fail_and_recover_in_the_shell(
+    browser: Browser, platform: tuple[Gateway, str], remotes: dict[str, Path], work_dir: Path
+) -> None:
+    gateway, registry = platform
+    lab = UiPlugin("test-ui", "Lab", remotes["test-ui"], registry, work_dir, "--order", "10")
+    second = UiPlugin(
+        "second-ui", "Second", remotes["second-ui"], registry, work_dir,
+        *("--path", "/second", "--icon", "box", "--order", "20", "--own-key", "second.counter"),
+        *("--event", "second.clicked"),
+    )  # fmt: skip
+    try:
+        lab.start()
+        wait_until(lambda: ready(gateway, "test-ui"), what="test-ui to be ready")
+
+        # Signing in: a wrong password is said plainly; the demo user gets the dashboard.
+        browser("goto", path="/")
+        browser("wait", selector="#username")
+        browser.accessible("sign-in page")
+        browser("fill", selector="#username", value=USER)
+        browser("fill", selector="#password", value="wrong")
+        browser("click", selector="button[type=submit]")
+        browser("wait", selector="#login-error")
+        assert "Wrong username or password" in browser("text", selector="#login-error")
+        browser.shot("login-error")
+        first_render_ms = browser("loginTimed", username=USER, password=PASSWORD)
+        browser("eval", expr="window.__sameDocument = true")  # gone if anything reloads the page
+        browser("wait", selector='a.nav-link[data-plugin="test-ui"][data-status="ok"]')
+        assert browser("text", selector='[data-testid="user"]') == "Demo User"
+        browser.shot("dashboard")
+        browser.accessible("dashboard")
+
+        # The navigation shows the plugin; opening it loads its remote at run time.
+        browser("click", selector='a.nav-link[data-plugin="test-ui"]')
+        browser("wait", selector="#plugin-title")
+        assert browser("text", selector="#plugin-title") == "Lab"
+        assert browser("text", selector='[data-testid="plugin-user"]') == USER
+        loads = browser("eval", expr="window.__upfLoads")
+        remote_load_ms = next(load["ms"] for load in loads if load["plugin"] == "test-ui")
+        browser("click", selector="text=Count")
+        browser("wait", selector='[data-testid="count"]:has-text("Count: 1")')
+        assert browser("text", selector='[data-testid="heard"]') == "Events heard: 1"
+        browser.shot("plugin-page")
+        browser.accessible("plugin page")
+
+        # A write to a key the plugin does not own is refused by the bridge, and said so.
+        browser("click", selector="text=Write other.counter")
+        browser("wait", selector='[data-testid="refusal-message"]')
+        refusal = browser("text", selector='[data-testid="refusal-message"]')
+        assert 'cannot change shared state "other.counter"' in refusal
+        browser("wait", selector='[data-testid="refusal"]')
+        browser.shot("write-refused")
+
+        # A second UI plugin registers now and appears without a reload; its remote loads too.
+        second.start()
+        browser("wait", selector='a.nav-link[data-plugin="second-ui"][data-status="ok"]', ms=15_000)
+        browser("click", selector='a.nav-link[data-plugin="second-ui"]')
+        browser("wait", selector='#plugin-title:has-text("Second")')
+        # Second's page tries lab.counter, which test-ui owns: refused as well.
+        browser("click", selector="text=Write lab.counter")
+        browser("wait", selector='[data-testid="refusal-message"]:has-text("it belongs to test-ui")')
+        browser.shot("second-plugin")
+
+        # test-ui stops: its entry is greyed out and not a link; its page shows the fallback; the rest works.
+        lab.stop()
+        browser("wait", selector='span.nav-link[data-plugin="test-ui"][data-status="down"]', ms=15_000)
+        assert browser("attr", selector='[data-plugin="test-ui"]', name="aria-disabled") == "true"
+        browser("eval", expr="history.pushState(null, '', '/lab'); dispatchEvent(new PopStateEvent('popstate'))")
+        browser("wait", selector='[data-testid="plugin-unavailable"]')
+        browser.shot("plugin-down")
+        browser.accessible("plugin down")
+        browser("click", selector='a.nav-link[data-plugin="second-ui"]')
+        browser("wait", selector='#plugin-title:has-text("Second")')
+
+        # test-ui starts again: the entry comes back, and its page recovers by itself.
+        browser("eval", expr="history.pushState(null, '', '/lab'); dispatchEvent(new PopStateEvent('popstate'))")
+        browser("wait", selector='[data-testid="plugin-unavailable"]')
+        lab.start()
+        browser("wait", selector='a.nav-link[data-plugin="test-ui"][data-status="ok"]', ms=15_000)
+        browser("wait", selector='#plugin-title:has-text("Lab")', ms=15_000)
+        browser.shot("plugin-recovered")
+
+        # The dashboard shows both plugins' widgets; dark theme keeps contrast.
+        browser("click", selector='a.nav-link[href="/"]')
+        browser("wait", selector='[data-testid="widget"]:has-text("Second counter")')
+        browser("click", selector='button[aria-pressed="false"]')
+        browser("wait", selector='html[data-theme="dark"]')
+        browser.shot("dashboard-dark")
+        browser.accessible("dashboard, dark")
+        assert browser("eval", expr="window.__sameDocument") is True
+
+        shell_js = shell_js_gzip_bytes(browser("scripts"))
+    finally:
+        lab.stop()
+        second.stop()
+
+    budgets = {
+        "shell_js_gzip_kib": round(shell_js / 1024, 1),
+        "first_render_ms": first_render_ms,
+        "remote_load_ms": round(remote_load_ms, 1),
+    }
+    (ARTIFACTS / "budgets.json").write_text(json.dumps(budgets, indent=2) + "\n")
+    print(f"\nshell budgets: {budgets}")
+    assert shell_js <= SHELL_JS_BUDGET, budgets
+    assert first_render_ms <= FIRST_RENDER_BUDGET_MS, budgets
+    assert remote_load_ms <= REMOTE_LOAD_BUDGET_MS, budgets
+
+
+def shell_js_gzip_bytes(loaded: list[str]) -> int:
+    """Gzipped size of the shell's own scripts the page loaded (plugins' remotes not counted)."""
+    files = [SHELL_DIST / path.lstrip("/") for path in loaded if not path.startswith("/plugins/")]
+    assert files, f"no shell script among {loaded}"
+    return sum(len(gzip.compress(file.read_bytes(), 9)) for file in files)
