@@ -14,6 +14,8 @@ export const shared = {
   react: { singleton: true, requiredVersion: "^19.0.0" },
   "react-dom": { singleton: true, requiredVersion: "^19.0.0" },
   "@upf/shell-sdk": { singleton: true, requiredVersion: "^0.1.0" },
+  // Not imported by the shell: a lazy shared chunk, fetched only when a plugin asks for it.
+  "@upf/shell-sdk/grpc": { singleton: true, requiredVersion: "^0.1.0" },
 };
 
 export default defineConfig({

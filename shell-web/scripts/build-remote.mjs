@@ -54,6 +54,7 @@ const shared = {
   react: { singleton: true, requiredVersion: "^19.0.0", import: false },
   "react-dom": { singleton: true, requiredVersion: "^19.0.0", import: false },
   "@upf/shell-sdk": { singleton: true, requiredVersion: "^0.1.0", import: false },
+  "@upf/shell-sdk/grpc": { singleton: true, requiredVersion: "^0.1.0", import: false },
 };
 
 const rsbuild = await createRsbuild({
@@ -65,7 +66,9 @@ const rsbuild = await createRsbuild({
     ],
     source: { entry: { index: Object.values(exposes)[0] }, define },
     resolve: {
-      alias: { react: own("react"), "react-dom": own("react-dom"), "@upf/shell-sdk": path.join(shellWeb, "sdk") },
+      alias: { react: own("react"), "react-dom": own("react-dom"), "@upf/shell-sdk$": path.join(shellWeb, "sdk"),
+        "@upf/shell-sdk/grpc": path.join(shellWeb, "sdk", "dist", "grpc.js"),
+      },
     },
     tools: {
       htmlPlugin: false,

@@ -84,3 +84,9 @@ function pick(exports: Record<string, unknown> | null | undefined): ComponentTyp
   const functions = Object.values(exports).filter((v) => typeof v === "function");
   return functions.length === 1 ? (functions[0] as ComponentType) : null;
 }
+
+// The SDK's gRPC-Web part is shared with plugins but never used by the shell itself. Referencing it
+// here (without calling) is what makes the federation runtime provide it: it stays a lazy chunk,
+// fetched only when a plugin that imports "@upf/shell-sdk/grpc" loads.
+export const provideGrpc = (): Promise<unknown> => import("@upf/shell-sdk/grpc");
+(globalThis as { __upfProvideGrpc?: typeof provideGrpc }).__upfProvideGrpc = provideGrpc;

@@ -2,6 +2,7 @@
 // package with them as a Module Federation singleton.
 export * from "./platform.js";
 export * from "./hooks.js";
-export * from "./transport.js";
 export * from "./mux.js";
-export { useGrpcTransport } from "./grpc.js";
+// gRPC-Web (createGrpcTransport, useGrpcTransport) is "@upf/shell-sdk/grpc": it brings
+// @bufbuild/protobuf and connect, which the shell itself never needs, so they load only with a
+// plugin that uses them.
