@@ -56,9 +56,12 @@ export function App() {
       <div className="toasts" role="status" aria-live="polite">
         {toasts.map((toast) => (
           <div className="toast" key={toast.id} data-testid="refusal">
-            <strong>Refused</strong> {toast.message}
-            <button type="button" className="link" onClick={() => setToasts((l) => l.filter((t) => t.id !== toast.id))}
-              aria-label="Dismiss">×</button>
+            <div>
+              <strong>Refused</strong>
+              <p>{toast.message}</p>
+            </div>
+            <button type="button" className="link close" aria-label="Dismiss"
+              onClick={() => setToasts((l) => l.filter((t) => t.id !== toast.id))}>×</button>
           </div>
         ))}
       </div>

@@ -3,6 +3,8 @@ import { availability, modulesOf, type PluginEntry } from "./api";
 import { PluginSlot } from "./PluginSlot";
 import { navigate } from "./router";
 
+const byName = (a: PluginEntry, b: PluginEntry) => (a.name ?? a.id).localeCompare(b.name ?? b.id);
+
 const STATUS_TEXT = { ok: "Running", degraded: "Degraded", down: "Unavailable" } as const;
 
 export function Dashboard({ plugins }: { plugins: PluginEntry[] | null }) {
@@ -30,7 +32,7 @@ export function Dashboard({ plugins }: { plugins: PluginEntry[] | null }) {
         <>
           <h2>Plugins</h2>
           <ul className="grid plugins" aria-label="Plugins">
-            {plugins.map((plugin) => {
+            {[...plugins].sort(byName).map((plugin) => {
               const state = availability(plugin.status);
               const first = plugin.ui.navigation?.find((n) => !n.path.includes(":"));
               return (

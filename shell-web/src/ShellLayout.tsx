@@ -123,11 +123,19 @@ export function ShellLayout({ user, bridge, bus }: { user: UpfUser; bridge: Stat
           <li>
             <NavLink path="/" title="Dashboard" icon="home" current={path === "/"} />
           </li>
-          {navigation.map((route) => (
-            <NavItem key={`${route.plugin.id}${route.entry.path}`} route={route} path={path} />
-          ))}
         </ul>
-        {manifests !== null && navigation.length === 0 && <p className="muted nav-empty">No plugin pages yet.</p>}
+        <h2 className="nav-heading" id="nav-plugins">Plugins</h2>
+        {manifests === null ? (
+          <p className="muted nav-empty" role="status">Loading…</p>
+        ) : navigation.length === 0 ? (
+          <p className="muted nav-empty">No plugin pages yet.</p>
+        ) : (
+          <ul aria-labelledby="nav-plugins">
+            {navigation.map((route) => (
+              <NavItem key={`${route.plugin.id}${route.entry.path}`} route={route} path={path} />
+            ))}
+          </ul>
+        )}
       </nav>
       <main id="content" ref={main} className="content">
         {error !== null && <p className="banner error" role="alert">{error}</p>}

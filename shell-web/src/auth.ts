@@ -11,7 +11,7 @@ interface Tokens {
 }
 
 const STORAGE_KEY = "upf.session";
-const REFRESH_MARGIN_MS = 30_000; // refresh when less than this is left, or at 80% of a short life
+const REFRESH_MARGIN_MS = 30_000; // refresh this long before expiry, or at 80% of a short life
 
 function permits(granted: string[], required: string): boolean {
   // The gateway's rule (gateway/auth/permissions.py): equal, "*", or "area:*" covering "area:...".
@@ -46,7 +46,13 @@ export class AuthSession implements AuthApi {
       sessionStorage.removeItem(STORAGE_KEY);
       return false;
     }
-    if ((await this.getToken()) === null) return false;
+    // The kept token may be close to expiry: refresh first when it is, and keep refreshing after.
+    const left = this.tokens.expiresAt - Date.now();
+    if (left < REFRESH_MARGIN_MS) {
+      if ((await this.refresh()) === null) return false;
+    } else {
+      this.timer = setTimeout(() => void this.refresh(), left - REFRESH_MARGIN_MS);
+    }
     return this.loadUser();
   }
 
@@ -71,8 +77,8 @@ export class AuthSession implements AuthApi {
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify(this.tokens));
     clearTimeout(this.timer);
     const life = answer.expiresIn * 1000;
-    const delay = Math.max(1_000, Math.min(life - REFRESH_MARGIN_MS, life * 0.8));
-    this.timer = setTimeout(() => void this.refresh(), delay);
+    const delay = life > 2 * REFRESH_MARGIN_MS ? life - REFRESH_MARGIN_MS : life * 0.8;
+    this.timer = setTimeout(() => void this.refresh(), Math.max(delay, 1_000));
   }
 
   private async loadUser(): Promise<boolean> {

@@ -30,8 +30,13 @@ const context = await chromium.launchPersistentContext(profile, {
 const page = context.pages()[0] ?? (await context.newPage());
 const logs = [];
 const scripts = new Set();
+const requests = {}; // "METHOD /path" -> count
 page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
 page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+page.on("request", (r) => {
+  const key = `${r.method()} ${new URL(r.url()).pathname}`;
+  requests[key] = (requests[key] ?? 0) + 1;
+});
 page.on("response", (r) => {
   if (r.request().resourceType() === "script") scripts.add(new URL(r.url()).pathname);
 });
@@ -71,6 +76,7 @@ const ops = {
     }));
   },
   scripts: async () => [...scripts],
+  requests: async () => requests,
   logs: async () => logs.splice(0),
 };
 

@@ -44,6 +44,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ISSUER = "http://gateway.shell.test"
 FAST_REGISTRY = {"leaseTtl": 3, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
 USER, PASSWORD = "demo", "demo-password"
+ACCESS_TOKEN_TTL = 5  # seconds
 
 # Budgets (issue 14): the shell's own JavaScript, gzipped; the dashboard's first render after
 # pressing Sign in; one remote's load (entry + exposed module) from the local gateway.
@@ -101,6 +102,8 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "custom": {"store": "sqlite", "sqlitePath": str(tmp_path / "auth.db"), "passwordHash": FAST_HASH},
         "revocation": revocation,
         "roles": {"user": ["demo:read"]},
+        # Short-lived access tokens: the shell must refresh them while the test runs.
+        "session": {"accessTokenTTL": ACCESS_TOKEN_TTL},
     }
 
     async def seed() -> None:
@@ -200,6 +203,8 @@ class Browser:
 @pytest.fixture
 def browser(node: str, platform: tuple[Gateway, str], work_dir: Path) -> Iterator[Browser]:
     ARTIFACTS.mkdir(exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()  # only this run's steps
     gateway, _ = platform
     session = NodeSession(node, "../shell/browser.mjs", [gateway.url, str(ARTIFACTS)], work_dir / "browser.log")
     try:
@@ -212,11 +217,11 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
     browser: Browser, platform: tuple[Gateway, str], remotes: dict[str, Path], work_dir: Path
 ) -> None:
     gateway, registry = platform
-    lab = UiPlugin("test-ui", "Lab", remotes["test-ui"], registry, work_dir, "--order", "10")
+    lab = UiPlugin("test-ui", "Lab", remotes["test-ui"], registry, work_dir, "--order", "10", "--more-navigation")
     second = UiPlugin(
         "second-ui", "Second", remotes["second-ui"], registry, work_dir,
         *("--path", "/second", "--icon", "box", "--order", "20", "--own-key", "second.counter"),
-        *("--event", "second.clicked"),
+        *("--event", "second.clicked", "--degraded"),
     )  # fmt: skip
     try:
         lab.start()
@@ -239,6 +244,13 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser.shot("dashboard")
         browser.accessible("dashboard")
 
+        # Navigation from the manifest: Notes nested under Lab; Admin hidden (needs lab:admin), and
+        # its route says so when typed in.
+        browser("wait", selector='li:has(> a[href="/lab"]) > ul a.nav-link[href="/lab/notes"]')
+        assert browser("count", selector='a[href="/lab/admin"]') == 0
+        navigate(browser, "/lab/admin")
+        browser("wait", selector='h1:has-text("Not allowed")')
+
         # The navigation shows the plugin; opening it loads its remote at run time.
         browser("click", selector='a.nav-link[data-plugin="test-ui"]')
         browser("wait", selector="#plugin-title")
@@ -252,6 +264,13 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser.shot("plugin-page")
         browser.accessible("plugin page")
 
+        # A plugin that throws is caught by its own boundary: a fallback with a retry; the shell stays.
+        browser("click", selector="text=Crash")
+        browser("wait", selector='[data-testid="plugin-error"]:has-text("Lab crashed on purpose")')
+        browser.shot("plugin-crashed")
+        browser("click", selector='[data-testid="plugin-error"] button')
+        browser("wait", selector='#plugin-title:has-text("Lab")')
+
         # A write to a key the plugin does not own is refused by the bridge, and said so.
         browser("click", selector="text=Write other.counter")
         browser("wait", selector='[data-testid="refusal-message"]')
@@ -262,7 +281,9 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
 
         # A second UI plugin registers now and appears without a reload; its remote loads too.
         second.start()
-        browser("wait", selector='a.nav-link[data-plugin="second-ui"][data-status="ok"]', ms=15_000)
+        # It lacks an optional dependency: DEGRADED, marked in the navigation, still usable.
+        browser("wait", selector='a.nav-link[data-plugin="second-ui"][data-status="degraded"]', ms=15_000)
+        assert browser("text", selector='a.nav-link[data-plugin="second-ui"] .pill') == "Degraded"
         browser("click", selector='a.nav-link[data-plugin="second-ui"]')
         browser("wait", selector='#plugin-title:has-text("Second")')
         # Second's page tries lab.counter, which test-ui owns: refused as well.
@@ -274,7 +295,7 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         lab.stop()
         browser("wait", selector='span.nav-link[data-plugin="test-ui"][data-status="down"]', ms=15_000)
         assert browser("attr", selector='[data-plugin="test-ui"]', name="aria-disabled") == "true"
-        browser("eval", expr="history.pushState(null, '', '/lab'); dispatchEvent(new PopStateEvent('popstate'))")
+        navigate(browser, "/lab")
         browser("wait", selector='[data-testid="plugin-unavailable"]')
         browser.shot("plugin-down")
         browser.accessible("plugin down")
@@ -282,7 +303,7 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser("wait", selector='#plugin-title:has-text("Second")')
 
         # test-ui starts again: the entry comes back, and its page recovers by itself.
-        browser("eval", expr="history.pushState(null, '', '/lab'); dispatchEvent(new PopStateEvent('popstate'))")
+        navigate(browser, "/lab")
         browser("wait", selector='[data-testid="plugin-unavailable"]')
         lab.start()
         browser("wait", selector='a.nav-link[data-plugin="test-ui"][data-status="ok"]', ms=15_000)
@@ -297,6 +318,19 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser.shot("dashboard-dark")
         browser.accessible("dashboard, dark")
         assert browser("eval", expr="window.__sameDocument") is True
+
+        # The access token lived 5 s: the shell refreshed it before it expired, and the new one works.
+        assert browser("requests").get("POST /api/auth/refresh", 0) >= 1
+        kept = browser("eval", expr="JSON.parse(sessionStorage.getItem('upf.session'))")
+        me = httpx.get(f"{gateway.url}/api/auth/me", headers={"authorization": f"Bearer {kept['accessToken']}"})
+        assert me.status_code == 200, me.text
+
+        # Signing out ends the session at the auth plugin too: its refresh token is spent.
+        browser("click", selector="text=Sign out")
+        browser("wait", selector="#username")
+        assert browser("eval", expr="sessionStorage.getItem('upf.session')") is None
+        refused = httpx.post(f"{gateway.url}/api/auth/refresh", json={"refreshToken": kept["refreshToken"]})
+        assert refused.status_code == 401, refused.text
 
         shell_js = shell_js_gzip_bytes(browser("scripts"))
     finally:
@@ -313,6 +347,11 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
     assert shell_js <= SHELL_JS_BUDGET, budgets
     assert first_render_ms <= FIRST_RENDER_BUDGET_MS, budgets
     assert remote_load_ms <= REMOTE_LOAD_BUDGET_MS, budgets
+
+
+def navigate(browser: Browser, path: str) -> None:
+    """A client-side navigation (no reload), as the shell's own links do."""
+    browser("eval", expr=f"history.pushState(null, '', {path!r}); dispatchEvent(new PopStateEvent('popstate'))")
 
 
 def shell_js_gzip_bytes(loaded: list[str]) -> int:

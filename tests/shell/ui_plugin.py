@@ -30,20 +30,27 @@ def manifest(args: argparse.Namespace) -> dict[str, Any]:
     state = {"name": args.own_key}
     if args.writers:
         state["writers"] = args.writers.split(",")
+    navigation: list[dict[str, Any]] = [
+        {"path": args.path, "title": args.title, "icon": args.icon, "module": "./Page", "order": args.order}
+    ]
+    if args.more_navigation:
+        # Nested under the first entry; and one hidden from users without the permission.
+        navigation.append({"path": f"{args.path}/notes", "title": "Notes", "module": "./Page"})
+        navigation.append({"path": f"{args.path}/admin", "title": "Admin", "requiredPermission": "lab:admin"})
     return {
         "id": args.id,
         "version": "1.0.0",
         "name": args.title,
         "description": f"{args.title}: a test plugin UI for the shell's browser tests.",
         "type": "business",
+        # An optional interface nobody provides: the registry reports the plugin DEGRADED.
+        "requires": [{"interface": "INothing", "version": "^1", "optional": True}] if args.degraded else [],
         "ui": {
             "baseUrl": f"http://127.0.0.1:{args.http_port}/",
             "remoteEntry": "/remoteEntry.js",
             "remoteName": args.id.replace("-", "_"),
             "exposedModules": [{"name": "./Page", "type": "page"}, {"name": "./Widget", "type": "widget"}],
-            "navigation": [
-                {"path": args.path, "title": args.title, "icon": args.icon, "module": "./Page", "order": args.order}
-            ],
+            "navigation": navigation,
             "sharedState": [state],
             "events": [{"name": args.event}],
         },
@@ -80,4 +87,6 @@ if __name__ == "__main__":
     parser.add_argument("--own-key", default="lab.counter")
     parser.add_argument("--event", default="lab.clicked")
     parser.add_argument("--writers", default="")
+    parser.add_argument("--more-navigation", action="store_true")
+    parser.add_argument("--degraded", action="store_true")
     asyncio.run(main(parser.parse_args()))
