@@ -11,40 +11,26 @@ measured budgets are printed and written to tests/shell/artifacts/budgets.json (
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from gateway.auth.revocations import MemoryRevocations
-from plugins.auth.custom import CustomProvider
-from plugins.auth.settings import AuthSettings
-from tests.plugins.auth.harness import FAST_HASH
-from tests.plugins.auth.test_plugin_process import UPF, clean_env
+from tests.shell.harness import PASSWORD, USER, UiPlugin, ready
 from tests.support.node import NodeSession
-from tests.support.processes import ROOT, Gateway, Process, _died, free_port, run_gateway, wait_until
-from tests.support.redis_server import delete_prefix, new_prefix, shared_client
-from tests.support.registry_process import run_registry
+from tests.support.processes import ROOT, Gateway, wait_until
 
 SHELL_WEB = ROOT / "shell-web"
 SHELL_DIST = SHELL_WEB / "dist"
 FIXTURE = ROOT / "tests" / "shell" / "fixtures" / "ui-plugin"
 ARTIFACTS = ROOT / "tests" / "shell" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-ISSUER = "http://gateway.shell.test"
-FAST_REGISTRY = {"leaseTtl": 3, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
-USER, PASSWORD = "demo", "demo-password"
-ACCESS_TOKEN_TTL = 5  # seconds
 
 # Budgets (issue 14): the shell's own JavaScript, gzipped; the dashboard's first render after
 # pressing Sign in; one remote's load (entry + exposed module) from the local gateway.
@@ -89,94 +75,6 @@ def remotes(node: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         output, _ = build.communicate(timeout=60)
         assert build.returncode == 0, f"building {plugin_id}'s remote failed:\n{output}"
     return {plugin_id: out / plugin_id for plugin_id in builds}
-
-
-@pytest.fixture(scope="module")
-def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
-    """A registry, the auth plugin with the demo user, and a gateway serving the shell."""
-    tmp_path = tmp_path_factory.mktemp("shell")
-    prefix = new_prefix()
-    revocation = {"store": "redis", "redisUrl": "redis://127.0.0.1:6379/0", "keyPrefix": prefix}
-    plugin_config: dict[str, Any] = {
-        "jwt": {"issuer": ISSUER, "audience": "upf-api"},
-        "custom": {"store": "sqlite", "sqlitePath": str(tmp_path / "auth.db"), "passwordHash": FAST_HASH},
-        "revocation": revocation,
-        "roles": {"user": ["demo:read"]},
-        # Short-lived access tokens: the shell must refresh them while the test runs.
-        "session": {"accessTokenTTL": ACCESS_TOKEN_TTL},
-    }
-
-    async def seed() -> None:
-        seeder = CustomProvider(AuthSettings.model_validate(plugin_config), MemoryRevocations())
-        await seeder.start(maintenance=False)
-        await seeder.ensure_user(USER, PASSWORD, "demo@upf.local", ["user"], name="Demo User")
-        await seeder.close()
-
-    asyncio.run(seed())
-    with ExitStack() as stack:
-        registry = stack.enter_context(run_registry(FAST_REGISTRY, work_dir))
-        plugin_config["registryUrl"] = registry.target
-        config_file = tmp_path / "auth.yaml"
-        config_file.write_text(yaml.safe_dump(plugin_config))
-        auth = Process(
-            [UPF, "plugin", "auth", "--config", str(config_file), "--drain-grace", "1"],
-            env=clean_env(),
-            log=work_dir / f"shell-auth-{free_port()}.log",
-        )
-        stack.callback(auth.stop)
-        gateway_config = {
-            "registryUrl": registry.target,
-            "routeRefreshInterval": 1,
-            "auth": {"enabled": True, "issuers": [{"issuer": ISSUER}], "revocation": revocation},
-        }
-        gateway = stack.enter_context(run_gateway(gateway_config, work_dir))
-        wait_until(
-            lambda: _login_answers(gateway) or (not auth.alive() and _died(auth)),
-            what="the auth plugin to be routed",
-        )
-        stack.callback(lambda: delete_prefix(shared_client(), prefix))
-        yield gateway, registry.target
-
-
-def _login_answers(gateway: Gateway) -> bool:
-    r = httpx.post(f"{gateway.url}/api/auth/login", json={"username": "nobody", "password": "x"}, timeout=5)
-    return r.status_code == 401
-
-
-class UiPlugin:
-    """tests/shell/ui_plugin.py as a process that can be stopped (SIGTERM: unregisters) and started again."""
-
-    def __init__(self, plugin_id: str, title: str, dist: Path, registry: str, log_dir: Path, *extra: str) -> None:
-        self.args = [
-            sys.executable, "-m", "tests.shell.ui_plugin", "--registry", registry, "--id", plugin_id,
-            "--title", title, "--dist", str(dist), "--http-port", str(free_port()), *extra,
-        ]  # fmt: skip
-        self.plugin_id = plugin_id
-        self.log_dir = log_dir
-        self.process: Process | None = None
-
-    def start(self) -> None:
-        process = self.process = Process(self.args, log=self.log_dir / f"{self.plugin_id}-{free_port()}.log")
-        wait_until(
-            lambda: "PORT " in process.output() or (not process.alive() and _died(process)),
-            what=f"{self.plugin_id} to serve",
-        )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
-
-
-def plugin_status(gateway: Gateway, plugin_id: str) -> dict[str, Any] | None:
-    document = httpx.get(f"{gateway.url}/api/manifests", timeout=5).json()
-    entry = next((p for p in document["plugins"] if p["id"] == plugin_id), None)
-    return None if entry is None else entry["status"]
-
-
-def ready(gateway: Gateway, plugin_id: str) -> bool:
-    status = plugin_status(gateway, plugin_id)
-    return status is not None and status["ready"] > 0 and status["health"] == "HEALTHY"
 
 
 class Browser:
