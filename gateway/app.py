@@ -49,7 +49,7 @@ from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
-from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, not_found_endpoint_error
+from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies, split_call
@@ -287,9 +287,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             return await registry_routes.manifests(request)
         return manifests_response(request, _NO_MANIFESTS, _NO_MANIFESTS_ETAG)  # no registry: no UI plugins
 
-    async def api_not_found(request: StarletteRequest) -> Response:
-        raise not_found_endpoint_error(request.url.path)
-
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
     routes = [
@@ -309,8 +306,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         routes += auth.endpoints.routes()
     if mux.enabled:
         routes.append(WebSocketRoute("/api/mux", mux_endpoint))
-    # Last: any other /api/ path is a JSON 404 (the shell's SPA fallback never answers there).
-    routes.append(Route("/api/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     middleware = [
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
@@ -333,6 +328,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
         )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    # No route at all: an /api/ path answers a JSON 404 like the rest of the API (a known path with
+    # another method still gets the router's 405).
+    app.router.default = api_not_found(app.router.default)
     app.state.settings = settings
     app.state.pool = pool
     app.state.policies = policies

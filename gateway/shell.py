@@ -22,10 +22,10 @@ import httpx
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import GatewayError, NotFound, UpstreamUnavailable
+from gateway.errors import NotFound, UpstreamUnavailable
 from gateway.upstream.policies import split_call
 
-__all__ = ["DEFAULT_SHELL_DIR", "PluginUi", "ShellFiles", "ShellMiddleware", "plugin_ui_path"]
+__all__ = ["DEFAULT_SHELL_DIR", "PluginUi", "ShellFiles", "ShellMiddleware", "api_not_found", "plugin_ui_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,12 @@ def _is_shell_path(path: str) -> bool:
     return not (path in _RESERVED_EXACT or path.startswith(_RESERVED_PREFIXES) or split_call(path) is not None)
 
 
-def not_found_endpoint_error(path: str) -> GatewayError:
-    """The JSON 404 of an unknown /api/ path (the router's own answer would be plain text)."""
-    return NotFound(f"no endpoint at {path}")
+def api_not_found(default: ASGIApp) -> ASGIApp:
+    """The router's answer when no route matches: a JSON 404 under /api/, `default` elsewhere."""
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == "/api" or scope["path"].startswith("/api/")):
+            raise NotFound(f"no endpoint at {scope['path']}")
+        await default(scope, receive, send)
+
+    return not_found

@@ -314,7 +314,9 @@ class NavigationEntry(_Section):
     module: ModuleName | None = Field(
         default=None, description="Exposed module rendered at this path (one of exposedModules' names)."
     )
-    order: int = Field(default=0, description="Position in the navigation: lower first, then by title.")
+    order: int | None = Field(
+        default=None, description="Position in the navigation: lower first (none counts as 0), then by title."
+    )
     required_permission: Permission | None = Field(
         default=None, description="The shell hides the entry (and refuses its route) from users without it."
     )

@@ -45,5 +45,12 @@ export default defineConfig({
     filenameHash: true,
     legalComments: "none",
   },
+  // `npm run dev`: the shell with hot reload on :3000, the API and plugin UIs from a gateway on :8080.
+  server: {
+    proxy: {
+      "/api": { target: "http://127.0.0.1:8080", ws: true },
+      "/plugins": { target: "http://127.0.0.1:8080" },
+    },
+  },
   performance: { chunkSplit: { strategy: "split-by-experience" } },
 });
