@@ -37,6 +37,9 @@ _RESERVED_PREFIXES = ("/api/", "/.well-known/")
 # Headers of a plugin's answer that reach the browser; the rest (its cookies, its server) do not.
 _RELAYED = ("content-type", "content-length", "etag", "last-modified", "cache-control", "content-encoding")
 _FETCH_TIMEOUT = 10.0  # seconds for a plugin to answer for one UI file
+_NOSNIFF = {"x-content-type-options": "nosniff"}
+# The page holds the user's tokens: no framing by other sites, no full URLs in Referer headers.
+_PAGE_HEADERS = {**_NOSNIFF, "x-frame-options": "DENY", "referrer-policy": "same-origin"}
 
 _NOT_BUILT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>UPF: the web shell is not built</title>
@@ -94,10 +97,10 @@ class ShellFiles:
             if file.is_file():
                 # Rsbuild puts content-hashed names under static/: a new build has new names.
                 cache = IMMUTABLE if parts[0] == "static" else "no-cache"
-                return FileResponse(file, headers={"cache-control": cache})
+                return FileResponse(file, headers={"cache-control": cache, **_NOSNIFF})
             if parts[0] == "static" or "." in parts[-1]:
                 raise NotFound(f"no file at {path}")  # a missing asset, not a client route
-        return FileResponse(index, headers={"cache-control": "no-cache"})
+        return FileResponse(index, headers={"cache-control": "no-cache", **_PAGE_HEADERS})
 
 
 class PluginUi:
@@ -146,6 +149,10 @@ class PluginUi:
                 # A plugin's remote entry keeps its name across deployments: check before reuse.
                 relayed.append((b"cache-control", b"no-cache"))
             relayed.append((b"x-content-type-options", b"nosniff"))
+            if upstream.headers.get("content-type", "").startswith("text/html"):
+                # A plugin's HTML (a directory listing, say) runs on the shell's origin, where the
+                # tokens are: sandboxed, it gets an origin of its own and no script.
+                relayed.append((b"content-security-policy", b"sandbox"))
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": relayed})
             if scope["method"] != "HEAD":
                 async for chunk in upstream.aiter_raw():

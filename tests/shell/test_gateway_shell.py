@@ -45,6 +45,7 @@ async def test_index_is_not_cached_hashed_assets_are_immutable_and_client_routes
         manifest = await gateway.get("/mf-manifest.json")
     assert (index.status_code, index.headers["cache-control"]) == (200, "no-cache")
     assert index.headers["content-type"].startswith("text/html")
+    assert (index.headers["x-frame-options"], index.headers["x-content-type-options"]) == ("DENY", "nosniff")
     assert (asset.status_code, asset.headers["cache-control"], asset.text) == (200, IMMUTABLE, "console.log('shell')")
     assert (route.status_code, route.text, route.headers["cache-control"]) == (200, index.text, "no-cache")
     assert (head.status_code, head.content) == (200, b"")
@@ -92,6 +93,7 @@ def test_plugin_ui_files_come_from_the_plugin_through_the_gateway(
     (files / "static").mkdir(parents=True)
     (files / "remoteEntry.js").write_text("var files_ui = {};")
     (files / "static" / "chunk.js").write_text("console.log('chunk')")
+    (files / "page.html").write_text("<script>alert(sessionStorage.getItem('upf.session'))</script>")
     (tmp_path / "secret.txt").write_text("not for browsers")
     plugin = UiPlugin(
         "files-ui", "Files", files, registry, work_dir,
@@ -124,6 +126,9 @@ def test_plugin_ui_files_come_from_the_plugin_through_the_gateway(
         assert again.status_code == 304
         chunk = httpx.get(f"{gateway.url}/plugins/files-ui/ui/static/chunk.js")
         assert chunk.text == "console.log('chunk')"
+        # The plugin's own HTML cannot script the shell's origin, where the tokens are.
+        page = httpx.get(f"{gateway.url}/plugins/files-ui/ui/page.html")
+        assert (page.status_code, page.headers["content-security-policy"]) == (200, "sandbox")
 
         missing = httpx.get(f"{gateway.url}/plugins/files-ui/ui/static/gone.js")
         unknown = httpx.get(f"{gateway.url}/plugins/nobody/ui/remoteEntry.js")
