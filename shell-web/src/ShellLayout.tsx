@@ -63,8 +63,9 @@ export function ShellLayout({ user, bridge, bus }: { user: UpfUser; bridge: Stat
   const firstRender = useRef(true);
   useEffect(() => {
     // Keyboard and screen-reader users land on the new page's content, not back at the top.
+    // The main region, not its heading: a plugin's page may still be loading.
     if (firstRender.current) firstRender.current = false;
-    else main.current?.querySelector<HTMLElement>("h1")?.focus();
+    else main.current?.focus();
   }, [path]);
 
   let page;
@@ -137,7 +138,7 @@ export function ShellLayout({ user, bridge, bus }: { user: UpfUser; bridge: Stat
           </ul>
         )}
       </nav>
-      <main id="content" ref={main} className="content">
+      <main id="content" ref={main} className="content" tabIndex={-1}>
         {error !== null && <p className="banner error" role="alert">{error}</p>}
         {manifests?.stale && (
           <p className="banner warning" role="status">

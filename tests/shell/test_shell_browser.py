@@ -142,6 +142,12 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser.shot("dashboard")
         browser.accessible("dashboard")
 
+        # Keyboard: the first Tab reaches "Skip to content", which moves focus to the page.
+        browser("press", key="Tab")
+        assert browser("focused") == "Skip to content"
+        browser("press", key="Enter")
+        assert browser("eval", expr="document.activeElement.id") == "content"
+
         # Navigation from the manifest: Notes nested under Lab; Admin hidden (needs lab:admin), and
         # its route says so when typed in.
         browser("wait", selector='li:has(> a[href="/lab"]) > ul a.nav-link[href="/lab/notes"]')
@@ -151,6 +157,7 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
 
         # The navigation shows the plugin; opening it loads its remote at run time.
         browser("click", selector='a.nav-link[data-plugin="test-ui"]')
+        assert browser("eval", expr="document.activeElement.id") == "content"  # announced, not left behind
         browser("wait", selector="#plugin-title")
         assert browser("text", selector="#plugin-title") == "Lab"
         assert browser("text", selector='[data-testid="plugin-user"]') == USER
