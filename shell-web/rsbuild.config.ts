@@ -14,8 +14,12 @@ export const shared = {
   react: { singleton: true, requiredVersion: "^19.0.0" },
   "react-dom": { singleton: true, requiredVersion: "^19.0.0" },
   "@upf/shell-sdk": { singleton: true, requiredVersion: "^0.1.0" },
-  // Not imported by the shell: a lazy shared chunk, fetched only when a plugin asks for it.
+  // Not imported by the shell: lazy shared chunks, fetched only when a plugin asks for them. A
+  // plugin's generated code and the SDK's transport then use one protobuf runtime.
   "@upf/shell-sdk/grpc": { singleton: true, requiredVersion: "^0.1.0" },
+  "@bufbuild/protobuf": { singleton: true, requiredVersion: "^2.0.0" },
+  "@bufbuild/protobuf/codegenv2": { singleton: true, requiredVersion: "^2.0.0" },
+  "@connectrpc/connect": { singleton: true, requiredVersion: "^2.0.0" },
 };
 
 export default defineConfig({

@@ -55,6 +55,10 @@ const shared = {
   "react-dom": { singleton: true, requiredVersion: "^19.0.0", import: false },
   "@upf/shell-sdk": { singleton: true, requiredVersion: "^0.1.0", import: false },
   "@upf/shell-sdk/grpc": { singleton: true, requiredVersion: "^0.1.0", import: false },
+  // Generated code's runtime: the shell's copy when it has one (it does), else the remote's own.
+  "@bufbuild/protobuf": { singleton: true, requiredVersion: "^2.0.0" },
+  "@bufbuild/protobuf/codegenv2": { singleton: true, requiredVersion: "^2.0.0" },
+  "@connectrpc/connect": { singleton: true, requiredVersion: "^2.0.0" },
 };
 
 const rsbuild = await createRsbuild({

@@ -85,8 +85,14 @@ function pick(exports: Record<string, unknown> | null | undefined): ComponentTyp
   return functions.length === 1 ? (functions[0] as ComponentType) : null;
 }
 
-// The SDK's gRPC-Web part is shared with plugins but never used by the shell itself. Referencing it
-// here (without calling) is what makes the federation runtime provide it: it stays a lazy chunk,
-// fetched only when a plugin that imports "@upf/shell-sdk/grpc" loads.
-export const provideGrpc = (): Promise<unknown> => import("@upf/shell-sdk/grpc");
+// The SDK's gRPC-Web part and the protobuf runtime are shared with plugins but never used by the
+// shell itself. Referencing them here (without calling) is what makes the federation runtime
+// provide them: they stay lazy chunks, fetched only when a plugin that imports them loads.
+export const provideGrpc = (): Promise<unknown[]> =>
+  Promise.all([
+    import("@upf/shell-sdk/grpc"),
+    import("@bufbuild/protobuf"),
+    import("@bufbuild/protobuf/codegenv2"),
+    import("@connectrpc/connect"),
+  ]);
 (globalThis as { __upfProvideGrpc?: typeof provideGrpc }).__upfProvideGrpc = provideGrpc;

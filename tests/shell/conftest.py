@@ -25,7 +25,7 @@ from tests.support.registry_process import run_registry
 
 @pytest.fixture(scope="package")
 def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
-    """A registry, the auth plugin with the demo user, and a gateway serving the shell."""
+    """A registry, the auth plugin with the demo user, the demo plugin, and a gateway serving the shell."""
     tmp_path = tmp_path_factory.mktemp("shell")
     prefix = new_prefix()
     revocation = {"store": "redis", "redisUrl": "redis://127.0.0.1:6379/0", "keyPrefix": prefix}
@@ -56,6 +56,13 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             log=work_dir / f"shell-auth-{free_port()}.log",
         )
         stack.callback(auth.stop)
+        # upf.demo.v1.Echo, for a plugin page's gRPC-Web call through the SDK's transport.
+        demo = Process(
+            [UPF, "plugin", "demo", "--registry", registry.target, "--drain-grace", "1"],
+            env=clean_env(),
+            log=work_dir / f"shell-demo-{free_port()}.log",
+        )
+        stack.callback(demo.stop)
         gateway_config = {
             "registryUrl": registry.target,
             "routeRefreshInterval": 1,
