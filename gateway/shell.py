@@ -60,13 +60,14 @@ def plugin_ui_path(plugin_id: str) -> str:
 
 
 def _safe_parts(path: str) -> list[str] | None:
-    """The path's segments, or None when one could step outside its folder ('..', '.', '\\', NUL).
+    """The path's segments, or None when one could step outside its folder ('..', '\\', NUL) or
+    names a hidden file (".env", the build's ".built" stamp).
 
     scope["path"] is already percent-decoded, so "%2e%2e" arrives here as "..".
     """
     parts = path.split("/")
     for part in parts:
-        if part in ("", ".", "..") or "\\" in part or "\x00" in part:
+        if not part or part.startswith(".") or "\\" in part or "\x00" in part:
             return None
     return parts
 
@@ -182,14 +183,18 @@ class ShellMiddleware:
                     raise NotFound("plugin UIs come from the registry, and this gateway has none (registryUrl)")
                 await self.plugin_ui(scope, receive, send)
                 return
-            if _is_shell_path(path):
-                await self.files(scope, receive, send)
-                return
+            if not _is_reserved(path):
+                if "/." in path:
+                    # "..", or a hidden file: refused here, before it could look like a gRPC path.
+                    raise NotFound(f"no file at {path}")
+                if split_call(path) is None:
+                    await self.files(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
-def _is_shell_path(path: str) -> bool:
-    return not (path in _RESERVED_EXACT or path.startswith(_RESERVED_PREFIXES) or split_call(path) is not None)
+def _is_reserved(path: str) -> bool:
+    return path in _RESERVED_EXACT or path.startswith(_RESERVED_PREFIXES)
 
 
 def api_not_found(default: ASGIApp) -> ASGIApp:

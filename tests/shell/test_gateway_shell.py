@@ -27,6 +27,7 @@ def build(tmp_path: Path) -> Path:
     (dist / "index.html").write_text("<!doctype html><title>UPF</title>")
     (dist / "static" / "js" / "index.0123abcd.js").write_text("console.log('shell')")
     (dist / "mf-manifest.json").write_text("{}")
+    (dist / ".built").write_text("not for browsers either")
     (tmp_path / "secret.txt").write_text("not for browsers")
     return dist
 
@@ -66,13 +67,20 @@ async def test_missing_assets_and_api_paths_answer_json_404s_not_the_page(build:
 
 @pytest.mark.parametrize(
     "raw_path",
-    ["/%2e%2e/secret.txt", "/static/%2e%2e/%2e%2e/secret.txt", "/static/..%5c..%5csecret.txt", "/static/%00.js"],
+    [
+        "/%2e%2e/secret.txt",
+        "/static/%2e%2e/%2e%2e/secret.txt",
+        "/static/..%5c..%5csecret.txt",
+        "/static/%00.js",
+        "/.built",
+    ],
 )
 async def test_paths_that_would_leave_the_build_are_refused(build: Path, raw_path: str) -> None:
     async with client(build) as gateway:
         answer = await gateway.send(gateway.build_request("GET", httpx.URL(f"http://gateway{raw_path}")))
     assert answer.status_code == 404
     assert "not for browsers" not in answer.text
+    assert answer.json()["code"] == "NOT_FOUND"
 
 
 async def test_without_a_build_the_page_says_how_to_build_it(tmp_path: Path) -> None:
