@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import NotFound, UpstreamUnavailable
+from gateway.middleware.errors import json_error_response
 from gateway.upstream.policies import split_call
 
 __all__ = ["DEFAULT_SHELL_DIR", "PluginUi", "ShellFiles", "ShellMiddleware", "api_not_found", "plugin_ui_path"]
@@ -140,7 +141,7 @@ class PluginUi:
             if upstream.status_code == 404:
                 raise NotFound(f'plugin "{plugin_id}" has no UI file {"/".join(parts)}')
             if upstream.status_code not in (200, 304):
-                raise _PluginUiError(f'plugin "{plugin_id}" answered {upstream.status_code} for {"/".join(parts)}')
+                raise UpstreamUnavailable(f'plugin "{plugin_id}" answered {upstream.status_code} for {"/".join(parts)}')
             relayed = [
                 (name.encode("latin-1"), value.encode("latin-1"))
                 for name, value in upstream.headers.items()
@@ -161,10 +162,6 @@ class PluginUi:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await upstream.aclose()
-
-
-class _PluginUiError(UpstreamUnavailable):
-    pass
 
 
 class ShellMiddleware:
@@ -202,7 +199,12 @@ def api_not_found(default: ASGIApp) -> ASGIApp:
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] == "/api" or scope["path"].startswith("/api/")):
-            raise NotFound(f"no endpoint at {scope['path']}")
+            # Sent, not raised: the middleware between here and the error renderer (rate-limit
+            # headers, CORS) sees this answer like any other.
+            start, body = json_error_response(NotFound(f"no endpoint at {scope['path']}"))
+            await send(start)
+            await send(body)
+            return
         await default(scope, receive, send)
 
     return not_found

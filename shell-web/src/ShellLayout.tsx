@@ -37,7 +37,9 @@ export function ShellLayout({ user, bridge, bus }: { user: UpfUser; bridge: Stat
   const { document: manifests, error } = useManifests("");
   const plugins = useMemo(() => manifests?.plugins ?? [], [manifests]);
 
-  useEffect(() => {
+  // The manifests' rules apply before any plugin renders (and could write or emit): declared
+  // during this render, not in an effect, which would run after the plugins' own.
+  useMemo(() => {
     bridge.declare(plugins);
     bus.declare(plugins);
     registerPlugins(plugins);

@@ -46,6 +46,7 @@ export interface LoadTiming {
   plugin: string;
   module: string;
   ms: number;
+  attempts: number;
 }
 
 /** Load timings, for the shell's own measurements (window.__upfLoads in the browser tests). */
@@ -56,18 +57,20 @@ export const loadTimings: LoadTiming[] = [];
 export async function loadComponent(plugin: PluginEntry, module: string): Promise<ComponentType> {
   const name = remoteName(plugin);
   const id = `${name}/${module.replace(/^\.\//, "")}`;
+  // Children render (and start loading) before their parent's effects run: register here too.
+  registerPlugins([plugin]);
+  const started = performance.now(); // the whole load, retries included
   let lastError: unknown;
   for (let attempt = 0; attempt <= RETRY_DELAYS_MS.length; attempt++) {
     if (attempt > 0) {
       await sleep(RETRY_DELAYS_MS[attempt - 1]!);
       registerRemotes([{ name, entry: plugin.ui.remoteEntry }], { force: true });
     }
-    const started = performance.now();
     try {
       const exports = await withTimeout(loadRemote<Record<string, unknown>>(id), TIMEOUT_MS, `loading ${id}`);
       const component = pick(exports);
       if (component === null) throw new Error(`${module} of ${plugin.id} exports no React component`);
-      loadTimings.push({ plugin: plugin.id, module, ms: performance.now() - started });
+      loadTimings.push({ plugin: plugin.id, module, ms: performance.now() - started, attempts: attempt + 1 });
       return component;
     } catch (error) {
       lastError = error;

@@ -168,6 +168,7 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         # Loads: the dashboard's widget fetched the remote entry; the page's module then came alone
         # (with the protobuf and connect runtime it shares with the shell, on first use).
         loads = [load for load in browser("eval", expr="window.__upfLoads") if load["plugin"] == "test-ui"]
+        assert [load["attempts"] for load in loads] == [1, 1], loads  # no load needed a retry
         remote_load_ms = next(load["ms"] for load in loads if load["module"] == "./Widget")
         page_load_ms = next(load["ms"] for load in loads if load["module"] == "./Page")
         browser("click", selector="text=Count")
