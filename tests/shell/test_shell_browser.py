@@ -178,6 +178,9 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         browser("click", selector="text=Call the demo service")
         browser("wait", selector='[data-testid="echo"]')
         assert browser("text", selector='[data-testid="echo"]') == "echo: hi from Lab"
+        # ... and streams over the shell's upf-mux.v1 WebSocket (useWebSocket, the token in-band).
+        browser("click", selector="text=Stream over the WebSocket")
+        browser("wait", selector='[data-testid="stream"]:has-text("closed: 1,2,3")')
         browser.shot("plugin-page")
         browser.accessible("plugin page")
 
@@ -194,6 +197,9 @@ def test_plugins_appear_load_fail_and_recover_in_the_shell(
         refusal = browser("text", selector='[data-testid="refusal-message"]')
         assert 'cannot change shared state "other.counter"' in refusal
         browser("wait", selector='[data-testid="refusal"]')
+        # An event it did not declare (ui.events) is refused too.
+        browser("click", selector="text=Emit an undeclared event")
+        browser("wait", selector='[data-testid="refusal-message"]:has-text("cannot emit")')
         browser.shot("write-refused")
 
         # A second UI plugin registers now and appears without a reload; its remote loads too.
