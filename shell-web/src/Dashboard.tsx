@@ -1,4 +1,4 @@
-import { useSharedState, useAuth } from "@upf/shell-sdk";
+import { useAuth } from "@upf/shell-sdk";
 import { availability, modulesOf, type PluginEntry } from "./api";
 import { PluginSlot } from "./PluginSlot";
 import { navigate } from "./router";
@@ -9,7 +9,6 @@ const STATUS_TEXT = { ok: "Running", degraded: "Degraded", down: "Unavailable" }
 
 export function Dashboard({ plugins }: { plugins: PluginEntry[] | null }) {
   const { user } = useAuth();
-  useSharedState("shell.ready"); // keeps the bridge warm; no plugin owns it
   const widgets = (plugins ?? []).flatMap((plugin) =>
     modulesOf(plugin)
       .filter((m) => m.type === "widget")

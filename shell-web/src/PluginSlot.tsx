@@ -4,6 +4,7 @@ import { Component, Suspense, lazy, useEffect, useMemo, useRef, useState, type E
 import { PluginContext } from "@upf/shell-sdk";
 import { availability, type PluginEntry } from "./api";
 import { loadComponent } from "./loader";
+import { navigate } from "./router";
 
 interface Props {
   plugin: PluginEntry;
@@ -32,8 +33,7 @@ export function PluginSlot({ plugin, module, kind, title }: Props) {
   if (state === "down") {
     return (
       <Fallback kind={kind} title={`${title} is unavailable`} testid="plugin-unavailable"
-        detail={`${name} is not running${plugin.status.reason ? ` (${plugin.status.reason})` : ""}. This page comes back by itself when it is.`}
-        onRetry={() => setAttempt((a) => a + 1)} retryLabel="Check again" />
+        detail={`${name} is not running${plugin.status.reason ? ` (${plugin.status.reason})` : ""}. This page comes back by itself when it is.`} />
     );
   }
   return (
@@ -57,20 +57,19 @@ function Loading({ kind, title }: { kind: string; title: string }) {
   );
 }
 
-function Fallback(props: {
-  kind: string;
-  title: string;
-  detail: string;
-  onRetry: () => void;
-  retryLabel?: string;
-  testid: string;
-}) {
+function Fallback(props: { kind: string; title: string; detail: string; onRetry?: () => void; testid: string }) {
   const Heading = props.kind === "page" ? "h1" : "h3";
   return (
     <section className={`fallback ${props.kind}`} data-testid={props.testid}>
       <Heading tabIndex={-1}>{props.title}</Heading>
       <p>{props.detail}</p>
-      <button type="button" onClick={props.onRetry}>{props.retryLabel ?? "Try again"}</button>
+      {props.onRetry ? (
+        <button type="button" onClick={props.onRetry}>Try again</button>
+      ) : (
+        props.kind === "page" && (
+          <p><a href="/" onClick={(e) => (e.preventDefault(), navigate("/"))}>Back to the dashboard</a></p>
+        )
+      )}
     </section>
   );
 }
