@@ -34,7 +34,7 @@ export function ShellLayout({ user, bridge, bus }: { user: UpfUser; bridge: Stat
   const auth = useAuth();
   const theme = useTheme();
   const path = usePath();
-  const { document: manifests, error } = useManifests("");
+  const { document: manifests, error } = useManifests("", auth.getToken);
   const plugins = useMemo(() => manifests?.plugins ?? [], [manifests]);
 
   // The manifests' rules apply before any plugin renders (and could write or emit): declared

@@ -11,7 +11,8 @@ export interface ManifestsState {
   error: string | null;
 }
 
-export function useManifests(base: string): ManifestsState {
+/** `getToken`: sent along, so the list still loads where /api/manifests is not a public path. */
+export function useManifests(base: string, getToken: () => Promise<string | null>): ManifestsState {
   const [state, setState] = useState<ManifestsState>({ document: null, error: null });
   useEffect(() => {
     let etag: string | null = null;
@@ -19,10 +20,11 @@ export function useManifests(base: string): ManifestsState {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const poll = async () => {
       try {
-        const response = await fetch(`${base}/api/manifests`, {
-          headers: etag ? { "if-none-match": etag } : {},
-          cache: "no-store",
-        });
+        const headers: Record<string, string> = {};
+        if (etag) headers["if-none-match"] = etag;
+        const token = await getToken();
+        if (token) headers["authorization"] = `Bearer ${token}`;
+        const response = await fetch(`${base}/api/manifests`, { headers, cache: "no-store" });
         if (response.status === 304) {
           setState((s) => (s.error === null ? s : { ...s, error: null }));
         } else if (response.ok) {
@@ -43,6 +45,6 @@ export function useManifests(base: string): ManifestsState {
       stopped = true;
       clearTimeout(timer);
     };
-  }, [base]);
+  }, [base, getToken]);
   return state;
 }
