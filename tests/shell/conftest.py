@@ -52,14 +52,14 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         config_file.write_text(yaml.safe_dump(plugin_config))
         auth = Process(
             [UPF, "plugin", "auth", "--config", str(config_file), "--drain-grace", "1"],
-            env=clean_env(),
+            env={**clean_env(), "UPF_REGISTRATION_CREDENTIAL": registry.credential("auth-plugin")},
             log=work_dir / f"shell-auth-{free_port()}.log",
         )
         stack.callback(auth.stop)
         # upf.demo.v1.Echo, for a plugin page's gRPC-Web call through the SDK's transport.
         demo = Process(
             [UPF, "plugin", "demo", "--registry", registry.target, "--drain-grace", "1"],
-            env=clean_env(),
+            env={**clean_env(), "UPF_REGISTRATION_CREDENTIAL": registry.credential("demo-plugin")},
             log=work_dir / f"shell-demo-{free_port()}.log",
         )
         stack.callback(demo.stop)

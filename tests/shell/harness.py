@@ -3,6 +3,7 @@ start again, and what /api/manifests says about them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.processes import Gateway, Process, _died, free_port, wait_until
+from tests.support.registry_process import credential_for
 
 ISSUER = "http://gateway.shell.test"
 FAST_REGISTRY = {"leaseTtl": 3, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
@@ -35,7 +37,8 @@ class UiPlugin:
         self.process: Process | None = None
 
     def start(self) -> None:
-        process = self.process = Process(self.args, log=self.log_dir / f"{self.plugin_id}-{free_port()}.log")
+        env = {**os.environ, "UPF_REGISTRATION_CREDENTIAL": credential_for(self.plugin_id)}
+        process = self.process = Process(self.args, env=env, log=self.log_dir / f"{self.plugin_id}-{free_port()}.log")
         wait_until(
             lambda: "PORT " in process.output() or (not process.alive() and _died(process)),
             what=f"{self.plugin_id} to serve",
