@@ -13,18 +13,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from upf.messagebus.v1 import messagebus_pb2_grpc
-from upf.registry.v1 import registry_pb2 as registry_pb, registry_pb2_grpc
 
 from plugins.messagebus.backend import Backend
-from plugins.messagebus.namespaces import RememberedNamespaces
-from plugins.messagebus.service import MessageBusService
+from plugins.messagebus.service import MessageBusService, Namespacer
 from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.sdk.credentials import Credential
-from plugins.sdk.identity import CallerVerifier
+from plugins.sdk.identity import RegistryCallers
 
-__all__ = ["BACKENDS", "BusSettings", "build", "main", "manifest_of", "settings_from_env"]
+__all__ = ["BACKENDS", "BusSettings", "build", "main", "make_backend", "manifest_of", "settings_from_env"]
 
 BACKENDS = ("memory", "nats", "rabbitmq", "redis")
 _MANIFESTS = Path(__file__).with_name("manifests")
@@ -76,22 +73,6 @@ def make_backend(settings: BusSettings) -> Backend:
     raise ValueError(f"unknown message bus backend {settings.backend!r}; one of {', '.join(BACKENDS)}")
 
 
-def registry_verifier(registry: str) -> CallerVerifier:
-    """Checks callers' tokens with the registry's keys, over a channel opened at the first check
-    (inside the event loop that serves the calls)."""
-    stubs: list[registry_pb2_grpc.RegistryAsyncStub] = []
-
-    async def fetch() -> registry_pb.GetIdentityKeysResponse:
-        if not stubs:
-            stubs.append(registry_pb2_grpc.RegistryStub(grpc.aio.insecure_channel(registry)))
-        reply: registry_pb.GetIdentityKeysResponse = await stubs[0].GetIdentityKeys(
-            registry_pb.GetIdentityKeysRequest(), timeout=5.0
-        )
-        return reply
-
-    return CallerVerifier(fetch)
-
-
 def build(
     settings: BusSettings,
     *,
@@ -105,10 +86,11 @@ def build(
     handle_signals: bool = True,
     credential: Credential | None = None,
     backend: Backend | None = None,
-    verifier: CallerVerifier | None = None,
+    namespace_of: Namespacer | None = None,
 ) -> Plugin:
-    verifier = verifier or registry_verifier(registry)
-    service = MessageBusService(backend or make_backend(settings), RememberedNamespaces(verifier.namespace_of))
+    """The plugin; callers are known by the identity token the registry at `registry` signed for them
+    (`namespace_of` replaces that, in tests)."""
+    service = MessageBusService(backend or make_backend(settings), namespace_of or RegistryCallers(registry))
     return Plugin(
         manifest or manifest_of(settings.backend),
         [(messagebus_pb2_grpc.add_MessageBusServicer_to_server, service)],
