@@ -10,8 +10,10 @@ UNAVAILABLE meanwhile, and carries on once the broker is back.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from upf.messagebus.v1 import messagebus_pb2_grpc
 
@@ -21,7 +23,16 @@ from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.sdk.credentials import Credential
 from plugins.sdk.identity import RegistryCallers
 
-__all__ = ["BACKENDS", "BusSettings", "build", "main", "make_backend", "manifest_of", "settings_from_env"]
+__all__ = [
+    "BACKENDS",
+    "BusSettings",
+    "build",
+    "main",
+    "make_backend",
+    "manifest_of",
+    "settings_from_config",
+    "settings_from_env",
+]
 
 BACKENDS = ("memory", "nats", "rabbitmq", "redis")
 _MANIFESTS = Path(__file__).with_name("manifests")
@@ -46,6 +57,20 @@ def settings_from_env(backend: str, url: str | None = None, prefix: str | None =
     variable, default_url, default_prefix = _DEFAULTS[backend]
     url = url or (os.environ.get(variable) if variable else None) or default_url
     return BusSettings(backend, url, prefix or os.environ.get("UPF_BUS_PREFIX") or default_prefix)
+
+
+def settings_from_config(backend: str, config: Mapping[str, Any], where: str = "config") -> BusSettings:
+    """From a deployment file's `config` for message-bus-<backend> (`url`, `prefix`); ValueError naming
+    the key. What it leaves out comes from the environment and the defaults, as for the CLI."""
+    keys = {"prefix"} if backend == "memory" else {"url", "prefix"}
+    unknown = sorted(set(config) - keys)
+    if unknown:
+        accepted = ", ".join(sorted(keys))
+        raise ValueError(f"{where}.{unknown[0]}: not a setting of message-bus-{backend}; use {accepted}")
+    for key in keys & set(config):
+        if not isinstance(config[key], str) or not config[key]:
+            raise ValueError(f"{where}.{key}: a non-empty string")
+    return settings_from_env(backend, config.get("url"), config.get("prefix"))
 
 
 def manifest_of(backend: str) -> Path:

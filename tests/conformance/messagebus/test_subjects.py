@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from plugins.messagebus.plugin import settings_from_config
 from plugins.messagebus.subjects import InvalidInput, check_filter, check_subject, consumer_name, matches
 
 
@@ -39,3 +40,12 @@ def test_consumer_names_of_two_namespaces_never_meet() -> None:
         for name in ("x", "d__x", "__", "a__q__b"):
             assert consumer_name(namespace, "d", name).split("__", 1)[0] == namespace
     assert consumer_name("a", "d", "x") != consumer_name("a", "q", "x")
+
+
+def test_deployment_config_names_a_wrong_key() -> None:
+    settings = settings_from_config("nats", {"url": "nats://10.0.0.1:4222", "prefix": "prod.bus"})
+    assert (settings.url, settings.prefix) == ("nats://10.0.0.1:4222", "prod.bus")
+    with pytest.raises(ValueError, match=r"^infrastructure\.messageBus\.config\.servers: not a setting"):
+        settings_from_config("redis", {"servers": ["x"]}, "infrastructure.messageBus.config")
+    with pytest.raises(ValueError, match=r"config\.url: a non-empty string"):
+        settings_from_config("rabbitmq", {"url": 5})
