@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -173,8 +174,18 @@ class _RedisConsumer:
         self._block_ms = max(min(self._ack_wait_ms // 4, 500), 20)
         self._batch = max(1, min(spec.max_in_flight, 64))
         self._buffer: deque[tuple[bytes, dict[bytes, bytes], int]] = deque()
+        # Entries handed out and not settled: at most max_in_flight (Redis itself has no such limit).
+        self._outstanding: set[bytes] = set()
+        self._settled = asyncio.Event()
 
     async def next(self) -> Received:
+        while len(self._outstanding) >= self._spec.max_in_flight:
+            self._settled.clear()
+            # A settle wakes us; so does the ack wait, after which held entries are claimable again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self._spec.ack_wait)
+            if not self._settled.is_set():
+                self._outstanding.clear()
         try:
             while not self._buffer:
                 if not await self._claim():
@@ -186,6 +197,7 @@ class _RedisConsumer:
         except _ERRORS as exc:
             raise BusUnavailable(f"Redis cannot be reached ({exc})") from None
         entry_id, fields, count = self._buffer.popleft()
+        self._outstanding.add(entry_id)
         sequence = 0 if self._stream == self._bus._inbox else _sequence_of(entry_id)
         return Received(
             _text(fields[b"s"]), fields[b"p"], json.loads(fields[b"h"]), str(sequence) if sequence else _text(entry_id),
@@ -220,13 +232,19 @@ class _RedisConsumer:
                 else:
                     await self._client.xack(self._stream, self._group, entry_id)
 
+    def _release(self, handle: object) -> None:
+        self._outstanding.discard(cast(bytes, handle))
+        self._settled.set()
+
     async def ack(self, handle: object) -> None:
+        self._release(handle)
         try:
             await self._client.xack(self._stream, self._group, cast(bytes, handle))
         except _ERRORS as exc:
             raise BusUnavailable(f"the ack did not reach Redis ({exc})") from None
 
     async def nak(self, handle: object, delay: float) -> None:
+        self._release(handle)
         idle = max(self._ack_wait_ms - int(delay * 1000), 0)
         try:
             await self._client.xclaim(

@@ -211,3 +211,17 @@ async def test_callers_are_kept_apart(bus: Bus) -> None:
         with pytest.raises(MessageBusError) as refused:
             await call
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_subscriber_holds_at_most_max_in_flight_unsettled_messages(bus: Bus) -> None:
+    topic = subject("flow")
+    async with bus.a.subscribe(topic, durable="slow", max_in_flight=3) as messages:
+        for i in range(6):
+            await bus.a.publish(topic, f"{i}".encode())
+        held = await take(messages, 3, ack=False)
+        # Nothing more while three are unsettled (a bounded look: the absence of a delivery).
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await anext(messages)
+        await held[0].ack()
+        assert [m.payload for m in await take(messages, 1)] == [b"3"]
