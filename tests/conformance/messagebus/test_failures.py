@@ -1,20 +1,18 @@
 """IMessageBus under failure: the bus plugin SIGKILLed, and the broker restarted, mid-stream.
 
-One body for both and for every backend with the "persistence" capability: 10,000 messages go
-through a durable consumer while a disruption happens at a third of the way. Afterwards every message
-whose Publish succeeded was delivered at least once, and no message was delivered again after the bus
-confirmed its ack. Publisher and consumer retry through the outage, as a plugin would.
-
-The brokers restarted are our own: a nats-server and a redis-server on free ports with their data in a
-temp dir (SIGKILLed and started again on the same port and data). The shared RabbitMQ must not be
-restarted, so for it the connection is cut instead: a TCP proxy of ours between the plugin and RabbitMQ
-drops every connection and refuses new ones for a moment.
+One body for every backend with the "persistence" capability: 10,000 messages go through a durable
+consumer; at a third of the way the plugin process is SIGKILLed and started again, at two thirds the
+broker is restarted. Afterwards every message whose Publish succeeded was delivered at least once, and
+no message was delivered again after the bus confirmed its ack. Publisher and consumer retry through
+the outages, as a plugin would. The brokers are the test's own (brokers.py): a nats-server, a
+redis-server and a RabbitMQ node on free ports with their data in temp dirs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,9 +26,9 @@ import pytest
 from plugins.messagebus.plugin import BusSettings, build, make_backend
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.messagebus import BusUnavailable, Message, MessageBusClient, MessageBusError, Published
-from tests.conformance.messagebus.conftest import FAST, registered, require_broker
-from tests.conformance.messagebus.harness import URLS, bus_settings, caller_token
-from tests.conformance.messagebus.tcp_proxy import TcpProxy
+from tests.conformance.messagebus.brokers import Broker
+from tests.conformance.messagebus.conftest import FAST, registered
+from tests.conformance.messagebus.harness import bus_settings, caller_token
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.registry_process import RunningRegistry, run_registry
 
@@ -201,94 +199,22 @@ class PluginProcess:
             self.process.stop(signal.SIGKILL)
 
 
-async def destroy(settings: BusSettings) -> None:
-    """Delete what the plugin made in the broker."""
-    backend = make_backend(settings)
-    if settings.backend == "rabbitmq":
-        backend.declared.add(f"{settings.prefix}.bus-caller-a__d__survivor")  # type: ignore[attr-defined]
-    try:
-        await backend.destroy()  # type: ignore[attr-defined]
-    finally:
-        await backend.close()
-
-
 # --- the broker restarted -----------------------------------------------------------------------------
-
-
-class Broker:
-    """A broker this test owns (or, for RabbitMQ, a proxy to the shared one) that it can take away."""
-
-    def __init__(self, backend: str, work_dir: Path) -> None:
-        self.backend = backend
-        self.work_dir = work_dir
-        self.port = free_port()
-        self.process: Process | None = None
-        self.proxy: TcpProxy | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        if self.backend == "nats":
-            return f"nats://127.0.0.1:{self.port}"
-        if self.backend == "redis":
-            return f"redis://127.0.0.1:{self.port}/0"
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    async def start(self) -> None:
-        if self.backend == "rabbitmq":
-            if self.proxy is None:
-                self.proxy = TcpProxy(("127.0.0.1", self.port), ("127.0.0.1", 5672))
-            await self.proxy.start()
-            return
-        self.starts += 1
-        data = self.work_dir / "data"
-        data.mkdir(exist_ok=True)
-        if self.backend == "nats":
-            args = ["/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(data)]
-        else:
-            args = [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-            ]  # fmt: skip
-        self.process = Process(args, log=self.work_dir / f"{self.backend}-{self.starts}.log")
-        await asyncio.to_thread(wait_until, self._answers, what=f"{self.backend} on port {self.port}")
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if not self.process.alive():
-            raise AssertionError(f"{self.backend} exited:\n{self.process.output()}")
-        import socket
-
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        if self.proxy is not None:
-            await self.proxy.stop()
-        if self.process is not None:
-            # Redis (appendfsync always) is killed outright. nats-server is stopped (SIGTERM): JetStream
-            # writes consumer state (acks) to disk in the background, so a SIGKILL may forget acks it
-            # had confirmed, and redeliver those messages.
-            self.process.stop(signal.SIGKILL if self.backend == "redis" else signal.SIGTERM)
 
 
 @contextmanager
 def broker_binaries(backend: str) -> Iterator[None]:
-    for binary in {"nats": ["/usr/sbin/nats-server"], "redis": ["/usr/bin/redis-server"]}.get(backend, []):
-        if not Path(binary).exists():
-            pytest.fail(f"{binary} is needed to restart a {backend} server of the test's own")
+    """The test fails (never skips) without the server it runs of its own."""
+    binary = {"nats": "nats-server", "redis": "redis-server", "rabbitmq": "rabbitmq-server"}[backend]
+    if shutil.which(binary, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
+        pytest.fail(f"{binary} is needed: the test restarts a {backend} of its own")
     yield
 
 
 @pytest.mark.parametrize("backend", PERSISTENT)
 async def test_the_plugin_killed_and_the_broker_restarted_mid_stream_lose_nothing(backend: str, tmp_path: Path) -> None:
     """The plugin runs as its own process against a broker of the test's own; at a third of the stream
-    the plugin is SIGKILLed and started again, at two thirds the broker is (RabbitMQ: cut)."""
-    if backend == "rabbitmq":
-        require_broker(backend)
+    the plugin is SIGKILLed and started again, at two thirds the broker is (brokers.py says how)."""
     with broker_binaries(backend), run_registry({}, tmp_path) as registry:
         # A registry of the test's own: a killed plugin's lease (and its claim on the service) outlives it.
         token = caller_token(registry, "bus-caller-a")
@@ -311,9 +237,8 @@ async def test_the_plugin_killed_and_the_broker_restarted_mid_stream_lose_nothin
                 ledger = await run_stream(client, [kill_and_restart_plugin, restart_broker], timeout=90)
         finally:
             plugin.kill()
-            if backend == "rabbitmq":
-                await destroy(BusSettings(backend, URLS["rabbitmq"], settings.prefix))
             await broker.stop()
+            broker.remove()
         check(ledger)
 
 
@@ -323,8 +248,6 @@ async def test_a_broker_that_is_away_is_unavailable_until_it_is_back(
 ) -> None:
     """The plugin starts while its broker is down, answers UNAVAILABLE saying so, and works once the
     broker is up, without a restart."""
-    if backend == "rabbitmq":
-        require_broker(backend)
     with broker_binaries(backend):
         broker = Broker(backend, tmp_path)
         settings = bus_settings(backend, broker.url)
@@ -353,8 +276,7 @@ async def test_a_broker_that_is_away_is_unavailable_until_it_is_back(
             await task
             await backend_object.close()
             await broker.stop()
-            if backend == "rabbitmq":
-                await destroy(BusSettings(backend, URLS["rabbitmq"], settings.prefix))
+            broker.remove()
 
 
 async def eventually_published(client: MessageBusClient) -> Published:
