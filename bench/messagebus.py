@@ -5,7 +5,8 @@ For each backend (memory, nats, rabbitmq, redis; `--backends` to choose) it star
 asyncio process:
 
 - published/s: `--messages` Publish calls, `--concurrency` at a time, each answered once the broker
-  stored the message (JetStream PubAck, RabbitMQ publisher confirm, the XADD reply);
+  stored the message (JetStream PubAck, RabbitMQ publisher confirm, the XADD reply); with `--batch N`,
+  PublishBatch calls of N messages instead (concurrency / 8 calls at a time);
 - consumed/s: the same number read back through a durable subscription and acknowledged, each ack
   confirmed by the broker (the plugin's AckResult; directly: ack_sync, XACK's reply, basic.ack).
 
@@ -38,7 +39,7 @@ from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 from bench.harness import HOST, Server, cpu_seconds, free_port, log
 from plugins.messagebus.plugin import BusSettings, make_backend
 from plugins.sdk.identity import caller_token_interceptors
-from plugins.sdk.messagebus import MessageBusClient
+from plugins.sdk.messagebus import MessageBusClient, Outgoing
 from registry.credentials import RegistrationCredentials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,13 +71,18 @@ async def bounded(count: int, concurrency: int, one: Callable[[int], Awaitable[o
 
 
 async def through_plugin(
-    client: MessageBusClient, count: int, concurrency: int, cpu: Callable[[], float]
+    client: MessageBusClient, count: int, concurrency: int, cpu: Callable[[], float], batch: int
 ) -> tuple[float, float, float, float]:
     """(published/s, consumed/s, plugin CPU us per published message, per consumed message)."""
     subject = f"bench{secrets.token_hex(4)}.events"
     await (await client.subscribe(subject, durable="bench").open()).close()  # the durable exists first
     before = cpu()
-    published = await bounded(count, concurrency, lambda _n: client.publish(subject, PAYLOAD))
+    if batch > 1:
+        outgoing = [Outgoing(subject, PAYLOAD)] * batch
+        calls = await bounded(count // batch, max(1, concurrency // 8), lambda _n: client.publish_batch(outgoing))
+        published = calls * batch
+    else:
+        published = await bounded(count, concurrency, lambda _n: client.publish(subject, PAYLOAD))
     publish_cpu, before = cpu() - before, cpu()
     received = 0
     acks: set[asyncio.Task[None]] = set()
@@ -182,7 +188,9 @@ def identity_token(registry: str) -> str:
         return str(registry_pb2_grpc.RegistryStub(channel).Register(request, timeout=10).identity_token)
 
 
-async def measure(backend: str, registry: str, run_dir: Path, count: int, concurrency: int) -> dict[str, object]:
+async def measure(
+    backend: str, registry: str, run_dir: Path, count: int, concurrency: int, batch: int
+) -> dict[str, object]:
     port, prefix = (
         free_port(),
         (f"upf:bench:{secrets.token_hex(4)}" if backend == "redis" else f"bench-{secrets.token_hex(4)}"),
@@ -202,7 +210,7 @@ async def measure(backend: str, registry: str, run_dir: Path, count: int, concur
         try:
             pids = plugin.pids()
             plugin_rates = await through_plugin(
-                MessageBusClient(channel), count, concurrency, lambda: cpu_seconds(pids)
+                MessageBusClient(channel), count, concurrency, lambda: cpu_seconds(pids), batch
             )
         finally:
             await channel.close(None)
@@ -257,7 +265,9 @@ async def main_async(args: argparse.Namespace) -> int:
         registry.wait_ready()
         for backend in args.backends:
             log(f"messagebus: {backend}, {args.messages} messages, {args.concurrency} publishes at a time")
-            rows.append(await measure(backend, f"{HOST}:{registry_port}", run_dir, args.messages, args.concurrency))
+            rows.append(
+                await measure(backend, f"{HOST}:{registry_port}", run_dir, args.messages, args.concurrency, args.batch)
+            )
     finally:
         registry.stop()
     print(table(rows))
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000, help="messages per measurement (default 5000)")
     parser.add_argument("--concurrency", type=int, default=32, help="publishes in flight (default 32)")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="messages per PublishBatch call (default 1: one Publish per message)"
+    )
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="which buses")
     return asyncio.run(main_async(parser.parse_args(argv)))
 

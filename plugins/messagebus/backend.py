@@ -9,7 +9,7 @@ every backend, so that the four plugins behave alike.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,6 +107,10 @@ class Backend(Protocol):
 
     async def publish(self, message: Outgoing) -> tuple[int, str]:
         """Store the message; (sequence, id) once the broker confirmed it. Raises BusUnavailable."""
+        ...
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        """Store the messages in their order (pipelined where the broker allows); as publish()."""
         ...
 
     async def consumer(self, spec: ConsumerSpec) -> Consumer:

@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -72,6 +72,9 @@ class MemoryBus:
         for state in self._live:
             state.wake.set()
         return self._sequence, str(self._sequence)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        return [await self.publish(message) for message in messages]
 
     async def consumer(self, spec: ConsumerSpec) -> _MemoryConsumer:
         state = self._states.get(spec.name) if spec.name else None

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import nats
@@ -145,6 +146,11 @@ class NatsBus:
         except _ERRORS as exc:
             raise BusUnavailable(f"publishing to NATS failed ({_describe(exc)})") from None
         return ack.seq, str(ack.seq)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        # One connection writes in call order, so the batch keeps its order while the PubAcks are
+        # awaited together.
+        return list(await asyncio.gather(*(self.publish(message) for message in messages)))
 
     async def consumer(self, spec: ConsumerSpec) -> _NatsConsumer:
         js = await self.jetstream()

@@ -24,7 +24,7 @@ import contextlib
 import datetime
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +124,10 @@ class RabbitBus:
         except _ERRORS as exc:
             raise BusUnavailable(f"publishing to RabbitMQ failed ({_describe(exc)})") from None
         return 0, message_id
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        # One channel sends in call order; the publisher confirms are awaited together.
+        return list(await asyncio.gather(*(self.publish(message) for message in messages)))
 
     async def republish(self, message: AbstractIncomingMessage, queue: str, deliveries: int, delay: float) -> None:
         """A copy of `message` into `queue` (after `delay` seconds), counting `deliveries` so far."""

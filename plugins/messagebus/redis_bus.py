@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
@@ -72,13 +72,7 @@ class RedisBus:
         return self._inbox if is_inbox(subject) else self._stream
 
     async def publish(self, message: Outgoing) -> tuple[int, str]:
-        fields = {
-            "s": message.subject,
-            "p": message.payload,
-            "h": json.dumps(dict(message.headers)),
-            "t": repr(self._clock()),
-            "r": message.reply_to,
-        }
+        fields = self._fields(message)
         try:
             if is_inbox(message.subject):
                 entry = await self.client.xadd(self._inbox, fields, maxlen=INBOX_MAX_LEN, approximate=True)  # type: ignore[arg-type]
@@ -89,6 +83,29 @@ class RedisBus:
         except _ERRORS as exc:
             raise BusUnavailable(f"Redis cannot be reached ({exc})") from None
         return sequence, str(sequence)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        # One pipeline, in order (concurrent calls would take several connections, in any order).
+        if any(is_inbox(message.subject) for message in messages):
+            return [await self.publish(message) for message in messages]
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    args: list[Any] = [*self._fields(message).values(), self._max_len]
+                    await self._publish(keys=[self._stream, self._sequence], args=args, client=pipe)
+                sequences: Any = await pipe.execute()
+        except _ERRORS as exc:
+            raise BusUnavailable(f"Redis cannot be reached ({exc})") from None
+        return [(int(sequence), str(sequence)) for sequence in sequences]
+
+    def _fields(self, message: Outgoing) -> dict[str, Any]:
+        return {
+            "s": message.subject,
+            "p": message.payload,
+            "h": json.dumps(dict(message.headers)),
+            "t": repr(self._clock()),
+            "r": message.reply_to,
+        }
 
     async def consumer(self, spec: ConsumerSpec) -> _RedisConsumer:
         stream = self.stream_of(spec.filter)

@@ -57,6 +57,7 @@ DEFAULT_ACK_WAIT = 30.0
 MAX_ACK_WAIT = 12 * 3600.0
 DEFAULT_IN_FLIGHT = 256
 MAX_IN_FLIGHT = 10_000
+MAX_BATCH = 1000  # messages in one PublishBatch
 DEFAULT_REQUEST_TIMEOUT = 5.0
 _RESERVED_HEADERS = ("upf-", "x-upf-")  # where backends keep a message's reply subject and counts
 SETTLING_AT_ONCE = 64  # acks and naks of one subscription on their way to the broker at a time
@@ -81,6 +82,20 @@ class MessageBusService(messagebus_pb2_grpc.MessageBusServicer):
             message = self._outgoing(request.subject, request.payload, request.headers, request.reply_to)
             sequence, message_id = await self._backend.publish(message)
         return pb.PublishResponse(sequence=sequence, id=message_id)
+
+    async def PublishBatch(self, request: pb.PublishBatchRequest, context: _Context) -> pb.PublishBatchResponse:
+        await self._namespace_of(context)
+        async with _statuses(context):
+            if len(request.messages) > MAX_BATCH:
+                raise InvalidInput("messages", f"{len(request.messages)} messages, more than {MAX_BATCH} in one call")
+            batch = []
+            for index, item in enumerate(request.messages):
+                try:
+                    batch.append(self._outgoing(item.subject, item.payload, item.headers, item.reply_to))
+                except InvalidInput as exc:
+                    raise InvalidInput(f"messages[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
+            results = await self._backend.publish_many(batch)
+        return pb.PublishBatchResponse(results=[pb.PublishResponse(sequence=s, id=i) for s, i in results])
 
     async def Subscribe(
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _Context

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -37,6 +37,7 @@ __all__ = [
     "MessageBusError",
     "NoReply",
     "NotSupported",
+    "Outgoing",
     "Published",
     "Subscription",
 ]
@@ -101,6 +102,16 @@ class Deliver:
     @classmethod
     def from_time(cls, time: datetime.datetime) -> Deliver:
         return cls(pb.DELIVER_POLICY_BY_TIME, time=time)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for publish_batch()."""
+
+    subject: str
+    payload: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    reply_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +294,20 @@ class MessageBusClient:
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
         return Published(reply.sequence, reply.id)
+
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
+        """Several messages in one call, stored in their order; cheaper per message than publish()."""
+        request = pb.PublishBatchRequest(
+            messages=[
+                pb.PublishRequest(subject=m.subject, payload=m.payload, headers=dict(m.headers), reply_to=m.reply_to)
+                for m in messages
+            ]
+        )
+        try:
+            reply = await self._stub.PublishBatch(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+        return [Published(result.sequence, result.id) for result in reply.results]
 
     def subscribe(
         self,

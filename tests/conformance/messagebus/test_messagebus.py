@@ -20,6 +20,7 @@ from plugins.sdk.messagebus import (
     MessageBusError,
     NoReply,
     NotSupported,
+    Outgoing,
     Subscription,
 )
 from plugins.sdk.plugin import load_manifest_text
@@ -225,3 +226,22 @@ async def test_a_subscriber_holds_at_most_max_in_flight_unsettled_messages(bus: 
                 await anext(messages)
         await held[0].ack()
         assert [m.payload for m in await take(messages, 1)] == [b"3"]
+
+
+async def test_a_batch_is_stored_in_order_or_refused_whole(bus: Bus) -> None:
+    topic, other = subject("batch"), subject("batch-other")
+    async with bus.a.subscribe(topic) as messages:
+        batch = [Outgoing(topic if i % 3 else other, f"{i}".encode(), {"n": str(i)}) for i in range(30)]
+        results = await bus.a.publish_batch(batch)
+        assert len(results) == 30
+        if "sequence" in (await bus.a.capabilities()).capabilities:
+            assert [r.sequence for r in results] == sorted(r.sequence for r in results)
+        expected = [f"{i}".encode() for i in range(30) if i % 3]
+        got = await take(messages, len(expected))
+        assert [m.payload for m in got] == expected
+        assert got[0].headers == {"n": "1"}
+        with pytest.raises(InvalidMessage, match=r"messages\[2\]\.subject"):
+            await bus.a.publish_batch([Outgoing(topic, b"no"), Outgoing(topic, b"no"), Outgoing("bad..subject")])
+        # Nothing of the refused batch was stored: the next message is the next one seen.
+        await bus.a.publish(topic, b"after")
+        assert [m.payload for m in await take(messages, 1)] == [b"after"]

@@ -39,6 +39,11 @@ class MessageBusStub:
                 request_serializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishRequest.SerializeToString,
                 response_deserializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/upf.messagebus.v1.MessageBus/PublishBatch',
+                request_serializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/upf.messagebus.v1.MessageBus/Subscribe',
                 request_serializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.SubscribeRequest.SerializeToString,
@@ -66,6 +71,16 @@ class MessageBusServicer:
 
     def Publish(self, request, context):
         """Store a message on a subject; answers its position in the bus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBatch(self, request, context):
+        """Several messages in one call, stored in their order (so in order per subject); answered once all
+        are stored. One that is refused refuses the batch before any is stored (INVALID_ARGUMENT naming
+        messages[i]); a broker failure part way (UNAVAILABLE) may leave the first ones stored: at least
+        once, a retry of the batch may store them twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +122,11 @@ def add_MessageBusServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishRequest.FromString,
                     response_serializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchRequest.FromString,
+                    response_serializer=upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchResponse.SerializeToString,
             ),
             'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -156,6 +176,33 @@ class MessageBus:
             '/upf.messagebus.v1.MessageBus/Publish',
             upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishRequest.SerializeToString,
             upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/upf.messagebus.v1.MessageBus/PublishBatch',
+            upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchRequest.SerializeToString,
+            upf_dot_messagebus_dot_v1_dot_messagebus__pb2.PublishBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

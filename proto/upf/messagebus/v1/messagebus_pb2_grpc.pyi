@@ -45,6 +45,12 @@ class MessageBusStub:
     def __new__(cls, channel: _aio.Channel) -> MessageBusAsyncStub: ...
     Publish: _grpc.UnaryUnaryMultiCallable[_messagebus_pb2.PublishRequest, _messagebus_pb2.PublishResponse]
     """Store a message on a subject; answers its position in the bus."""
+    PublishBatch: _grpc.UnaryUnaryMultiCallable[_messagebus_pb2.PublishBatchRequest, _messagebus_pb2.PublishBatchResponse]
+    """Several messages in one call, stored in their order (so in order per subject); answered once all
+    are stored. One that is refused refuses the batch before any is stored (INVALID_ARGUMENT naming
+    messages[i]); a broker failure part way (UNAVAILABLE) may leave the first ones stored: at least
+    once, a retry of the batch may store them twice.
+    """
     Subscribe: _grpc.StreamStreamMultiCallable[_messagebus_pb2.SubscribeRequest, _messagebus_pb2.SubscribeResponse]
     """First upstream message: SubscribeRequest.start (optionally durable). Then acks and naks."""
     SubscribeQueue: _grpc.StreamStreamMultiCallable[_messagebus_pb2.SubscribeRequest, _messagebus_pb2.SubscribeResponse]
@@ -61,6 +67,12 @@ class MessageBusAsyncStub(MessageBusStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.UnaryUnaryMultiCallable[_messagebus_pb2.PublishRequest, _messagebus_pb2.PublishResponse]  # type: ignore[assignment]
     """Store a message on a subject; answers its position in the bus."""
+    PublishBatch: _aio.UnaryUnaryMultiCallable[_messagebus_pb2.PublishBatchRequest, _messagebus_pb2.PublishBatchResponse]  # type: ignore[assignment]
+    """Several messages in one call, stored in their order (so in order per subject); answered once all
+    are stored. One that is refused refuses the batch before any is stored (INVALID_ARGUMENT naming
+    messages[i]); a broker failure part way (UNAVAILABLE) may leave the first ones stored: at least
+    once, a retry of the batch may store them twice.
+    """
     Subscribe: _aio.StreamStreamMultiCallable[_messagebus_pb2.SubscribeRequest, _messagebus_pb2.SubscribeResponse]  # type: ignore[assignment]
     """First upstream message: SubscribeRequest.start (optionally durable). Then acks and naks."""
     SubscribeQueue: _aio.StreamStreamMultiCallable[_messagebus_pb2.SubscribeRequest, _messagebus_pb2.SubscribeResponse]  # type: ignore[assignment]
@@ -80,6 +92,18 @@ class MessageBusServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messagebus_pb2.PublishResponse, _abc.Awaitable[_messagebus_pb2.PublishResponse]]:
         """Store a message on a subject; answers its position in the bus."""
+
+    @_abc_1.abstractmethod
+    def PublishBatch(
+        self,
+        request: _messagebus_pb2.PublishBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messagebus_pb2.PublishBatchResponse, _abc.Awaitable[_messagebus_pb2.PublishBatchResponse]]:
+        """Several messages in one call, stored in their order (so in order per subject); answered once all
+        are stored. One that is refused refuses the batch before any is stored (INVALID_ARGUMENT naming
+        messages[i]); a broker failure part way (UNAVAILABLE) may leave the first ones stored: at least
+        once, a retry of the batch may store them twice.
+        """
 
     @_abc_1.abstractmethod
     def Subscribe(
