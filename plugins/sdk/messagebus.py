@@ -2,6 +2,7 @@
 
     bus = await plugin.message_bus()                  # or MessageBusClient(channel)
     await bus.publish("order.created", b'{"id": 7}')
+    await bus.publish_batch([Outgoing("order.created", b'{"id": 8}'), Outgoing("order.paid", b"8")])
     async with bus.subscribe("order.*", durable="billing") as messages:
         async for message in messages:
             ...
