@@ -1,8 +1,9 @@
 """`upf run`: the whole platform in one process, on embedded defaults.
 
 The registry (memory store) on registryUrl (default 127.0.0.1:50052), the auth plugin (custom
-provider, an SQLite store in memory, a demo user) and the demo plugin on the plugin SDK registering
-with it, and the gateway routing by it and verifying tokens: the same parts and protocols as the
+provider, an SQLite store in memory, a demo user), the demo plugin and the infrastructure plugins
+(storage-sqlite in memory and cache-memory, or what `--deployment FILE` chooses) on the plugin SDK
+registering with it, and the gateway routing by it and verifying tokens: the same parts and protocols as the
 Procfile's separate processes, so what works here works there. Nothing else needs to run.
 
 The gateway and the auth plugin share one in-process revocation store: a logout is seen at once.
@@ -16,6 +17,8 @@ import logging
 import secrets
 
 from gateway.auth.revocations import MemoryRevocations
+from gateway.deployment import Deployment
+from gateway.infrastructure import run_infrastructure
 from gateway.serve import serve_gateway
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from plugins.auth.plugin import AuthPlugin, build as build_auth
@@ -44,7 +47,9 @@ def embedded_auth(settings: GatewaySettings, issuer: str) -> GatewaySettings:
     return settings.model_copy(update={"auth": auth})
 
 
-async def run_all(settings: GatewaySettings) -> None:
+async def run_all(settings: GatewaySettings, deployment: Deployment | None = None) -> None:
+    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (gateway/deployment.py);
+    none: the embedded ones (storage-sqlite in memory, cache-memory)."""
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
     registry_stopped = asyncio.Event()
@@ -79,11 +84,13 @@ async def run_all(settings: GatewaySettings) -> None:
     auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:
-        await _seed_demo_user(auth, auth_task)
-        gateway_settings = embedded_auth(settings, issuer)
-        await serve_gateway(
-            gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}), revocations=revocations
-        )
+        async with run_infrastructure(deployment or Deployment.embedded(), registry_url, registration.for_plugin):
+            await _seed_demo_user(auth, auth_task)
+            gateway_settings = embedded_auth(settings, issuer)
+            await serve_gateway(
+                gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}),
+                revocations=revocations,
+            )
     finally:
         await demo.stop()
         await auth.stop()

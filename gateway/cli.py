@@ -139,6 +139,16 @@ identity token the registry signed for it):
 
 CACHE_PLUGINS = ("cache-memory", "cache-redis", "cache-memcached")
 
+DEPLOYMENT_EPILOG = """\
+deployment file (--deployment FILE; the seed's deployment.yaml; ${VAR} and ${VAR:-default} are filled
+from the environment; what it leaves out is the embedded default):
+  infrastructure:
+    storage:  {plugin: storage-postgres, config: {connectionString: ${DATABASE_URL}, maxConnections: 20}}
+    cache:    {plugin: cache-redis, config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}}
+  storage: storage-sqlite (default, in memory; connectionString: a file), storage-postgres, storage-mysql
+  cache:   cache-memory (default), cache-redis (url, keyPrefix), cache-memcached (servers: [host:port])
+"""
+
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -161,12 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole platform in one process: registry, auth and demo plugins, gateway",
         description="Start the whole platform in one process on http://127.0.0.1:8080: the registry, the "
         "auth plugin (custom provider, users in memory, a demo user 'demo' / 'demo-password' for local use "
-        "only), the demo plugin (upf.demo.v1.Echo) and the gateway, verifying tokens. Nothing else needs "
-        "to be installed or running.",
-        epilog=CONFIG_EPILOG,
+        "only), the demo plugin (upf.demo.v1.Echo), the infrastructure plugins (storage-sqlite in memory and "
+        "cache-memory, or those a deployment file chooses) and the gateway, verifying tokens. Nothing else "
+        "needs to be installed or running.",
+        epilog=CONFIG_EPILOG + "\n" + DEPLOYMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(run)
+    run.add_argument(
+        "--deployment",
+        metavar="FILE",
+        help="a deployment file (the seed's deployment.yaml) choosing the infrastructure plugins "
+        "(default: the embedded ones)",
+    )
     gateway = commands.add_parser(
         "gateway",
         help="start the gateway alone (routes from the configuration's upstreams)",
@@ -460,5 +477,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_gateway(settings, args.config)
     elif args.command == "run":
         from gateway.allinone import run_all
+        from gateway.deployment import DeploymentError, load_deployment
+        from gateway.infrastructure import known_plugins
 
-        asyncio.run(run_all(settings))
+        deployment = None
+        if args.deployment:
+            try:
+                deployment = load_deployment(args.deployment, known_plugins())
+            except DeploymentError as exc:
+                print(f"upf: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        asyncio.run(run_all(settings, deployment))
