@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; storage-sqlite, "
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; orders: "
+        "upf.orders.v1.Orders, needs an IStorage plugin; storage-sqlite, "
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugin.add_argument(
         "name",
-        choices=["demo", "auth", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
+        choices=["demo", "auth", "orders", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
         help="which plugin",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
@@ -338,10 +339,13 @@ def _run_plugin(args: argparse.Namespace) -> None:
         _run_cache_plugin(args)
         return
     if args.config is not None:
-        print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
+        print(f"upf: --config is for the auth plugin; {args.name} has no configuration file", file=sys.stderr)
         raise SystemExit(2)
     # Imported here so that the gateway's commands do not load the plugin SDK.
-    from plugins.demo.plugin import MANIFEST, main as run_demo
+    if args.name == "orders":
+        from plugins.orders.plugin import MANIFEST, main as run_demo
+    else:
+        from plugins.demo.plugin import MANIFEST, main as run_demo
 
     raise SystemExit(
         run_demo(
