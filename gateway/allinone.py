@@ -84,10 +84,10 @@ async def run_all(settings: GatewaySettings) -> None:
     auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:
-        await _seed_demo_user(auth, auth_task)
-        gateway_settings = embedded_auth(settings, issuer)
         # The orders plugin and the embedded storage + cache it needs (plugins/orders/embedded.py).
         async with embedded_orders(registry_url, registration.for_plugin):
+            await _seed_demo_user(auth, auth_task)
+            gateway_settings = embedded_auth(settings, issuer)
             await serve_gateway(
                 gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}),
                 revocations=revocations,
