@@ -58,7 +58,7 @@ def _postgres_admin(statement: str) -> None:
 
     # A loop of its own: fixtures may be set up while a test's loop runs.
     with ThreadPoolExecutor(1) as executor:
-        executor.submit(asyncio.run, run()).result()  # type: ignore[arg-type]
+        executor.submit(asyncio.run, run()).result()
 
 
 class InfraProcess:

@@ -4,7 +4,9 @@ IStorage gone (UNAVAILABLE with a message, no stack trace) and back (works again
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,7 +36,7 @@ async def test_storage_down_is_unavailable_and_recovers(tmp_path: Path) -> None:
         async with running_orders(stack) as orders:
             created = (await orders.stub.CreateOrder(create_request(new_customer()))).order
             stack.storage.stop()
-            calls = {
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
                 "CreateOrder": lambda: orders.stub.CreateOrder(create_request(new_customer())),
                 "GetOrder": lambda: orders.stub.GetOrder(pb.GetOrderRequest(id=created.id)),
                 "ListOrders": lambda: orders.stub.ListOrders(pb.ListOrdersRequest()),

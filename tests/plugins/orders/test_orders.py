@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
+from typing import Any
 
 import grpc
 import pytest
@@ -141,14 +143,18 @@ async def test_watch_sees_creates_and_updates_in_order(orders: Orders) -> None:
     order = (await orders.stub.CreateOrder(create_request(customer))).order
     for status in (pb.ORDER_STATUS_CONFIRMED, pb.ORDER_STATUS_SHIPPED):
         await orders.stub.UpdateOrderStatus(pb.UpdateOrderStatusRequest(id=order.id, status=status))
-    changes = [await asyncio.wait_for(watch.read(), 10) for _ in range(3)]
+    changes: list[pb.WatchOrdersResponse] = []
+    for _ in range(3):
+        change = await asyncio.wait_for(watch.read(), 10)
+        assert isinstance(change, pb.WatchOrdersResponse), change
+        changes.append(change)
     watch.cancel()
-    assert [(c.type, c.order.status, c.order.version) for c in changes] == [  # type: ignore[union-attr]
+    assert [(c.type, c.order.status, c.order.version) for c in changes] == [
         (pb.ORDER_CHANGE_TYPE_CREATED, pb.ORDER_STATUS_PENDING, 1),
         (pb.ORDER_CHANGE_TYPE_UPDATED, pb.ORDER_STATUS_CONFIRMED, 2),
         (pb.ORDER_CHANGE_TYPE_UPDATED, pb.ORDER_STATUS_SHIPPED, 3),
     ]
-    assert {c.order.id for c in changes} == {order.id}  # type: ignore[union-attr]
+    assert {c.order.id for c in changes} == {order.id}
 
 
 def _items(count: int, **item: object) -> list[pb.OrderItem]:
@@ -171,7 +177,7 @@ BAD_CREATES = [
 
 @pytest.mark.parametrize(("fields", "message"), BAD_CREATES, ids=[m.split(":")[0] for _, m in BAD_CREATES])
 async def test_bad_creates_are_invalid_argument_naming_the_field(
-    orders: Orders, fields: dict[str, object], message: str
+    orders: Orders, fields: dict[str, Any], message: str
 ) -> None:
     fields = dict(fields)  # the parameters are shared by every backend's run
     request = create_request(str(fields.pop("customer_id", new_customer())), **fields)
@@ -183,7 +189,7 @@ async def test_bad_creates_are_invalid_argument_naming_the_field(
 
 async def test_bad_lists_updates_and_watches_are_invalid_argument_naming_the_field(orders: Orders) -> None:
     order = (await orders.stub.CreateOrder(create_request(new_customer()))).order
-    calls = [
+    calls: list[tuple[Awaitable[Any], str]] = [
         (orders.stub.ListOrders(pb.ListOrdersRequest(page_token="not-a-token")), "page_token:"),
         (orders.stub.ListOrders(pb.ListOrdersRequest(page_size=101)), "page_size:"),
         (orders.stub.ListOrders(pb.ListOrdersRequest(status=42)), "status: unknown status 42"),  # type: ignore[arg-type]
