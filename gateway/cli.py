@@ -44,8 +44,9 @@ MANIFEST_VALIDATE = """\
 Check plugin manifests (YAML, or JSON when the name ends in .json) against the manifest's schema
 (manifests/schema.json) and for consistency: unique interface, method and module names, fully
 qualified gRPC services, npm-style semver ranges in requires (^1.2, ~1.2.3, >=1.0.0 <2, 1.x, ||),
-policies that name declared methods, ui.remoteEntry when the UI is enabled, navigation paths
-that start with /.
+policies that name declared methods, navigation paths that start with /. A provided interface
+without grpcServices gets the services its protoFile declares (looked for from the manifest's folder
+upwards); an enabled UI without remoteEntry gets /static/remoteEntry.js.
 """
 
 MANIFEST_EPILOG = """\
