@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole platform in one process: registry, auth and demo plugins, gateway",
         description="Start the whole platform in one process on http://127.0.0.1:8080: the registry, the "
         "auth plugin (custom provider, users in memory, a demo user 'demo' / 'demo-password' for local use "
-        "only), the demo plugin (upf.demo.v1.Echo) and the gateway, verifying tokens. Nothing else needs "
+        "only), the demo plugin (upf.demo.v1.Echo), the orders plugin (upf.orders.v1.Orders; storage-sqlite "
+        "in memory and cache-memory with it) and the gateway, verifying tokens. Nothing else needs "
         "to be installed or running.",
         epilog=CONFIG_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
