@@ -4,12 +4,14 @@ Errors a client sees: INVALID_ARGUMENT naming the field, NOT_FOUND, FAILED_PRECO
 transition, ABORTED for a stale expected_version, UNAVAILABLE when storage cannot be reached, and
 INTERNAL with a generic message for anything else (logged here, never sent: no stack traces to clients).
 
-Idempotent CreateOrder (see `_order_id`): a request_id is remembered in ICache for 24 hours as
-`create:{request_id}` -> order id, set with nx so that the first attempt wins; the order is then written
-with expected_version=0 (create only), so two attempts racing each other also end with one order, and a
-retry that finds the key but not yet the order (the first attempt died between the two) completes it.
-Without ICache the id is derived from the request id instead, and the create-only write alone makes
-retries collide.
+Idempotent CreateOrder: with a request_id, the order id is derived from (customer_id, request_id) and
+the order is written create-only (expected_version=0), so every retry and every racing attempt lands on
+the same record: the first write wins and the others answer it with replayed=true. That is the
+guarantee, and it holds with or without ICache. ICache is not trusted with it on purpose: cache-memory
+forgets everything when it restarts and memcached evicts, and a retry is most likely exactly when
+infrastructure is in trouble. ICache recognises retries cheaply: `create:{customer}:{request_id}` is
+set with nx and a 24 hour TTL, and a retry that finds it reads the order instead of attempting a write
+it knows will conflict. Without ICache the create-only write alone makes retries collide.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def _now_ms() -> int:
 
 
 def derived_order_id(customer_id: str, request_id: str) -> str:
-    """The order id of a request id when ICache is not there: the same on every retry, per customer."""
+    """The order id of a request id: the same on every retry, and per customer (ids do not collide
+    when two customers' clients pick the same request id)."""
     digest = hashlib.sha256(f"{customer_id}\0{request_id}".encode()).hexdigest()
     return f"ord_{digest[:26]}"
 
@@ -136,8 +139,17 @@ class OrdersService(orders_pb2_grpc.OrdersServicer):
     async def _create(self, request: pb.CreateOrderRequest) -> pb.CreateOrderResponse:
         check_create(request)
         storage = await self._storage()
+        if request.request_id:
+            order_id = derived_order_id(request.customer_id, request.request_id)
+            if await self._seen_before(request, order_id):
+                record = await storage.get(COLLECTION, order_id)
+                if record is not None:
+                    return _replayed(record)
+                # The first attempt got no further than the cache key (it failed or is still running):
+                # writing below completes it, or meets its write and answers with that.
+        else:
+            order_id = _new_order_id()
         document = order_document(request, self._clock_ms())
-        order_id = await self._order_id(request)
         try:
             version = await storage.set(COLLECTION, order_id, document, expected_version=0)
         except VersionConflict:
@@ -145,29 +157,21 @@ class OrdersService(orders_pb2_grpc.OrdersServicer):
             record = await storage.get(COLLECTION, order_id)
             if record is None:  # deleted in between: nothing sensible to replay
                 raise Refused(grpc.StatusCode.ABORTED, "request_id: its order changed meanwhile; retry") from None
-            return pb.CreateOrderResponse(order=order_message(record.id, record.data, record.version), replayed=True)
+            return _replayed(record)
         order = order_message(order_id, document, version)
         await self._events.publish(pb.WatchOrdersResponse(type=pb.ORDER_CHANGE_TYPE_CREATED, order=order))
         return pb.CreateOrderResponse(order=order)
 
-    async def _order_id(self, request: pb.CreateOrderRequest) -> str:
-        if not request.request_id:
-            return _new_order_id()
-        key = f"create:{request.customer_id}:{request.request_id}"
+    async def _seen_before(self, request: pb.CreateOrderRequest, order_id: str) -> bool:
+        """Whether ICache remembers this request id (False when there is no ICache to ask)."""
         try:
             cache = await self._require_deps().cache()
-            candidate = _new_order_id()
-            if await cache.set(key, candidate.encode(), nx=True, ttl=IDEMPOTENCY_TTL):
-                return candidate
-            existing = await cache.get(key)
-            if existing is not None:
-                return existing.decode()
-            # Expired between the two calls (24 h later): this is a new request after all.
-            return candidate
+            key = f"create:{request.customer_id}:{request.request_id}"
+            return not await cache.set(key, order_id.encode(), nx=True, ttl=IDEMPOTENCY_TTL)
         except (DependencyUnavailable, CacheError) as exc:
-            logger.info("ICache not available (%s): order id derived from the request id", exc)
+            logger.info("ICache not available (%s): the create-only write alone recognises retries", exc)
             self._require_deps().invalidate("ICache")
-            return derived_order_id(request.customer_id, request.request_id)
+            return False
 
     async def _get(self, request: pb.GetOrderRequest) -> pb.GetOrderResponse:
         if not request.id:
@@ -266,6 +270,10 @@ class OrdersService(orders_pb2_grpc.OrdersServicer):
             logger.exception("orders call failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the orders plugin's log")
         raise AssertionError("unreachable: context.abort raises")
+
+
+def _replayed(record: Record) -> pb.CreateOrderResponse:
+    return pb.CreateOrderResponse(order=order_message(record.id, record.data, record.version), replayed=True)
 
 
 def _stale(expected: int, current: int | None) -> Refused:

@@ -64,3 +64,17 @@ async def test_storage_down_is_unavailable_and_recovers(tmp_path: Path) -> None:
                 return reply.order.id == created.id
 
             await poll(works_again, timeout=15, what="orders to reach storage again")
+
+
+async def test_a_retry_after_the_cache_forgot_everything_still_returns_the_same_order(tmp_path: Path) -> None:
+    # cache-memory restarted between the attempt and its retry: the request id is no longer remembered.
+    with run_stack(Backends("storage-sqlite", "cache-memory"), tmp_path) as stack:
+        async with running_orders(stack) as orders:
+            assert stack.cache is not None
+            customer, request_id = new_customer(), str(uuid.uuid4())
+            first = await orders.stub.CreateOrder(create_request(customer, request_id))
+            stack.cache.stop()
+            stack.cache.start()
+            again = await orders.stub.CreateOrder(create_request(customer, request_id))
+            assert again.replayed
+            assert again.order == first.order

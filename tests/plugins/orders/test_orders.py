@@ -12,6 +12,7 @@ import grpc
 import pytest
 from upf.orders.v1 import orders_pb2 as pb
 
+from plugins.orders.service import derived_order_id
 from tests.plugins.orders.harness import Orders, create_request, new_customer
 
 
@@ -35,6 +36,10 @@ async def test_a_retry_with_the_same_request_id_returns_the_same_order(orders: O
     assert not first.replayed
     assert again.replayed
     assert again.order == first.order
+    assert first.order.id == derived_order_id(customer, request_id)
+    # ICache remembers the request id (in the orders plugin's namespace), so the retry skipped its write.
+    cache = await orders.plugin.cache()
+    assert await cache.get(f"create:{customer}:{request_id}") == first.order.id.encode()
     # Attempts racing each other end with one order too.
     racing_id = str(uuid.uuid4())
     answers = await asyncio.gather(*(orders.stub.CreateOrder(create_request(customer, racing_id)) for _ in range(5)))

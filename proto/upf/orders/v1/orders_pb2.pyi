@@ -157,8 +157,9 @@ class CreateOrderRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The client's id for this attempt (e.g. a UUID), the same on every retry. Optional: without it
-    every call makes a new order. Remembered for 24 hours.
+    """The client's id for this order (e.g. a UUID), the same on every retry: one customer's request_id
+    always names the same order, whatever the rest of the request says. Optional: without it every
+    call makes a new order. At most 128 characters.
     """
     customer_id: _builtins.str
     """required"""
