@@ -127,7 +127,8 @@ creates its table, upf_storage_records, in it):
 
 
 CACHE_PLUGIN_EPILOG = """\
-cache plugins (ICache, upf.cache.v1.Cache; every caller's keys in its own namespace):
+cache plugins (ICache, upf.cache.v1.Cache; each calling plugin's keys in the namespace of its id, from the
+identity token the registry signed for it):
   cache-memory      in this process's memory (the embedded default; nothing to install)
   cache-redis       Redis: --redis-url (or UPF_CACHE_REDIS_URL, default redis://127.0.0.1:6379/0)
   cache-memcached   memcached: --memcached HOST:PORT (or UPF_CACHE_MEMCACHED, default 127.0.0.1:11211);

@@ -1,9 +1,12 @@
 """Whose keys a call touches: the namespace every key and lock of a caller lives in.
 
-PLACEHOLDER SEAM. `caller_from_metadata` believes the name the caller sends in the `upf-caller`
-metadata, which any caller can forge. It keeps callers apart by mistake, not against intent. The
-platform's verified caller identity (a credential the registry issues and the SDK sends on every
-dependency call) replaces it by passing another `namespace_of` to CacheService; nothing else changes.
+CacheService takes the answer from a `namespace_of` collaborator. The registered plugins
+(`upf plugin cache-*`, plugins/cache/plugin.py) pass the verified one: the caller's plugin id from the
+identity token the registry signed (plugins.sdk.identity.RegistryCallers).
+
+`caller_from_metadata`, CacheService's default, is the PLACEHOLDER for where no registry vouches for
+callers (an embedded cache, the conformance suite): it believes the name the caller sends in the
+`upf-caller` metadata, which any caller can forge. It keeps callers apart by mistake, not against intent.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Each registers its own manifest (plugins/cache/manifests/) with the registry and serves
 upf.cache.v1.Cache over one CacheService; only the backend differs. Backend addresses come from the
 command line or UPF_CACHE_* variables (see CacheSettings.from_env).
+
+A registered cache plugin keeps each caller's keys in the namespace of the caller's plugin id, taken
+from the identity token the registry signed for it (plugins/sdk/identity.py), which `Plugin.channel()`
+sends on every call: a call without a valid token is refused (UNAUTHENTICATED), and a caller cannot
+name another's namespace. Embedding CacheService elsewhere may pass another `namespace_of`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from upf.cache.v1 import cache_pb2_grpc
 
@@ -32,6 +37,7 @@ Backend = Literal["memory", "redis", "memcached"]
 BACKENDS: tuple[Backend, ...] = ("memory", "redis", "memcached")
 MANIFESTS = Path(__file__).with_name("manifests")
 N = TypeVar("N", int, float)
+_CONFIG_KEYS = {"redis": ("url",), "memcached": ("servers", "address")}  # beyond the common ones
 
 
 def manifest_of(backend: Backend) -> Path:
@@ -56,6 +62,11 @@ class CacheSettings:
             )
         if self.timeout <= 0:
             raise ValueError(f"timeout {self.timeout}: must be more than 0 seconds")
+        host, _, port = self.memcached.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"memcached address {self.memcached!r}: write host:port, e.g. 127.0.0.1:11211")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"Redis URL {self.redis_url!r}: write redis://host:port/db (or rediss://, unix://)")
         if not 0 < len(self.key_prefix) <= 100 or not all(0x21 <= ord(c) <= 0x7E for c in self.key_prefix):
             # memcached keys are printable ASCII without spaces; Redis takes the same rule for one meaning.
             raise ValueError(f"key prefix {self.key_prefix!r}: 1-100 printable ASCII characters, no spaces")
@@ -74,6 +85,31 @@ class CacheSettings:
             timeout=_number(env, "UPF_CACHE_TIMEOUT", float, base.timeout),
             max_value_bytes=_number(env, "UPF_CACHE_MAX_VALUE_BYTES", int, base.max_value_bytes),
         )
+
+    @classmethod
+    def from_config(cls, backend: Backend, config: Mapping[str, Any], where: str = "config") -> CacheSettings:
+        """From a deployment file's `config` for this plugin (the seed's keys: `url` for Redis, `servers`
+        or `address` for memcached, `keyPrefix`, `timeout`, `maxValueBytes`); ValueError naming the key."""
+        keys = {"keyPrefix", "timeout", "maxValueBytes", *_CONFIG_KEYS.get(backend, ())}
+        unknown = sorted(set(config) - keys)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: not a setting of cache-{backend}; use {', '.join(sorted(keys))}")
+        base = cls(backend=backend)
+        servers = config.get("servers", [config["address"]] if "address" in config else [base.memcached])
+        if not isinstance(servers, list) or len(servers) != 1 or not isinstance(servers[0], str):
+            raise ValueError(f"{where}.servers: one memcached as host:port (several servers are not supported)")
+        try:
+            return cls(
+                backend=backend,
+                redis_url=str(config.get("url", base.redis_url)),
+                memcached=servers[0],
+                # The seed writes keyPrefix: 'upf:'; our keys add their own separator.
+                key_prefix=str(config.get("keyPrefix", base.key_prefix)).rstrip(":") or base.key_prefix,
+                timeout=float(config.get("timeout", base.timeout)),
+                max_value_bytes=int(config.get("maxValueBytes", base.max_value_bytes)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def _number(env: Mapping[str, str], name: str, kind: Callable[[str], N], default: N) -> N:

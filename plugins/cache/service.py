@@ -57,6 +57,8 @@ class CacheService(cache_pb2_grpc.CacheServicer):
     async def _answer(self, context: _Context, method: str, call: Callable[[str], Awaitable[T]]) -> T:
         try:
             return await call(await self._namespace_of(context))
+        except grpc.aio.AbortError:
+            raise  # the call was already ended with its status (a namespace_of that refuses the caller)
         except Exception as exc:
             await _abort(context, *_status(method, exc))
 
@@ -67,6 +69,8 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             async with contextlib.aclosing(produce(await self._namespace_of(context))) as items:
                 async for item in items:
                     yield item
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:
             await _abort(context, *_status(method, exc))
 

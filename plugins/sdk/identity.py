@@ -234,7 +234,7 @@ else:
     _StreamStream = grpc.aio.StreamStreamClientInterceptor
 
 
-class _TokenInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
+class _TokenInterceptor:
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
@@ -255,7 +255,27 @@ class _TokenInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
         return await continuation(_with_token(client_call_details, self._token()), request_iterator)
 
 
+# grpc.aio files each interceptor under the first of the four kinds it is an instance of (an elif chain),
+# so one object of all four kinds would only ever see unary-unary calls: one object per kind.
+class _UnaryUnaryToken(_TokenInterceptor, _UnaryUnary):
+    pass
+
+
+class _UnaryStreamToken(_TokenInterceptor, _UnaryStream):
+    pass
+
+
+class _StreamUnaryToken(_TokenInterceptor, _StreamUnary):
+    pass
+
+
+class _StreamStreamToken(_TokenInterceptor, _StreamStream):
+    pass
+
+
 def caller_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
-    """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call."""
+    """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call,
+    whatever its kind (unary or streaming)."""
     # The stubs type the list's items as "cast or ignore": grpc.aio.ClientInterceptor is a Union there.
-    return [cast(grpc.aio.ClientInterceptor, _TokenInterceptor(token))]
+    kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    return [cast(grpc.aio.ClientInterceptor, kind(token)) for kind in kinds]

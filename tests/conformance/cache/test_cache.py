@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import grpc
 import pytest
@@ -156,17 +157,42 @@ async def test_ttl_expiry(cache: CacheHarness) -> None:
     ttl = short_ttl(cache, resolution)
     await client.set("short", b"1", ttl=ttl)
     await client.mset({"batch:1": b"1", "batch:2": b"2"}, ttl=ttl)
+    await client.set("count", b"1", ttl=ttl)
+    assert await client.incr("count") == 2  # counting keeps the TTL
     await client.set("forever", b"1")
+    await client.set("renewed", b"1", ttl=ttl)
+    await client.set("renewed", b"2")  # a Set without a TTL takes the TTL away
     assert await client.get("short") == b"1"  # not early
     assert await client.mget(["batch:1", "batch:2"]) == {"batch:1": b"1", "batch:2": b"2"}
     await cache.advance(ttl + resolution + 0.001)
 
     async def gone() -> bool:
-        return await client.get("short") is None and await client.mget(["batch:1", "batch:2"]) == {}
+        expired = await client.mget(["short", "batch:1", "batch:2", "count"])
+        return expired == {}
 
     await poll(gone, timeout=5, what="entries to expire")
-    assert await client.get("forever") == b"1"
+    assert await client.mget(["forever", "renewed"]) == {"forever": b"1", "renewed": b"2"}
     assert await client.set("short", b"again", nx=True)  # an expired key counts as absent
+
+
+async def test_extend_keeps_a_lock_past_its_first_ttl(cache: CacheHarness) -> None:
+    replica = await cache.replica()
+    alice, bob = replica.client(), replica.client()
+    resolution = (await alice.describe()).ttl_resolution_ms / 1000
+    ttl = short_ttl(cache, resolution)
+    started = time.monotonic()
+    lock = await alice.acquire("long-job", ttl=ttl)
+    assert lock is not None
+    await alice.extend(lock, 60)
+    await cache.advance(ttl + resolution + 0.001)
+    if cache.clock is None:  # on a server's clock: wait out the first TTL (and memcached's extra second)
+
+        async def first_ttl_over() -> bool:
+            return time.monotonic() - started > ttl + resolution + 0.1
+
+        await poll(first_ttl_over, what="the lock's first TTL to pass")
+    assert await bob.acquire("long-job", ttl=60) is None  # still alice's
+    await alice.release(lock)
 
 
 async def test_locks_contention_holder_only_and_fencing(cache: CacheHarness) -> None:
@@ -402,6 +428,24 @@ async def test_backend_dies_mid_call_then_recovers(killable_cache: Crashable) ->
     await poll(answers, timeout=15, what="the plugin to reach its backend again")
     assert await client.get("k") == b"after"
     assert await client.incr("n") == 1
+
+
+async def test_backend_down_from_the_start_then_up(killable_cache: Crashable) -> None:
+    killable_cache.kill()  # before the plugin ever reached it
+    client = (await killable_cache.harness.replica()).client(timeout=10)
+    with pytest.raises(CacheUnavailable) as caught:
+        await client.get("k")
+    assert killable_cache.harness.backend in str(caught.value).lower()  # "Redis at ... is unavailable"
+    assert "Traceback" not in str(caught.value)
+    killable_cache.start()
+
+    async def answers() -> bool:
+        try:
+            return await client.set("k", b"v")
+        except CacheUnavailable:
+            return False
+
+    await poll(answers, timeout=15, what="the plugin to reach its backend")
 
 
 def test_manifest_names_match_the_cli() -> None:

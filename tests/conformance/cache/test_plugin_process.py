@@ -1,11 +1,11 @@
-"""`upf plugin cache-*` as real processes: they register with a real `upf registry`, and a plugin that
-requires ICache reaches whichever one is deployed with `await plugin.cache()`, in its own namespace."""
+"""`upf plugin cache-*` as real processes: they register with a real `upf registry`, and plugins that
+require ICache reach whichever one is deployed with `await plugin.cache()`, each in the namespace of
+its verified plugin id: one plugin cannot read another's keys or release its locks."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,9 +15,10 @@ import grpc
 import pytest
 import yaml
 
-from plugins.cache.plugin import Backend
+from gateway.cli import main
+from plugins.cache.plugin import Backend, CacheSettings
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
-from plugins.sdk.cache import CacheClient, CacheError, CacheUnavailable
+from plugins.sdk.cache import CacheClient, CacheError, CacheUnavailable, LockNotHeld
 from plugins.sdk.identity import caller_token_interceptors
 from tests.conformance.cache.harness import poll
 from tests.support.processes import Process, free_port
@@ -26,6 +27,12 @@ from tests.support.registry_process import RunningRegistry, run_registry
 
 UPF = str(Path(sys.executable).parent / "upf")
 FAST = {"leaseTtl": 1.5, "health": {"interval": 0.2, "timeout": 0.5, "successesBeforeHealthy": 1}}
+
+
+@pytest.fixture(scope="module")
+def registry(work_dir: Path) -> Iterator[RunningRegistry]:
+    with run_registry(FAST, work_dir) as running_registry:
+        yield running_registry
 
 
 @contextmanager
@@ -49,22 +56,19 @@ def cache_plugin(
             client.close()
 
 
-def consumer_manifest(work_dir: Path, plugin_id: str) -> Path:
+def consumer_plugin(registry: RunningRegistry, work_dir: Path, plugin_id: str) -> Plugin:
+    """A plugin (in this process, registered for real) that requires ICache."""
     path = work_dir / f"{plugin_id}-{free_port()}.yaml"
     manifest = {
         "id": plugin_id,
         "version": "0.1.0",
-        "name": "Cache consumer",
+        "name": plugin_id,
         "type": "business",
         "requires": [{"interface": "ICache", "version": "^1"}],
     }
     path.write_text(yaml.safe_dump(manifest))
-    return path
-
-
-def consumer_plugin(registry: RunningRegistry, work_dir: Path, plugin_id: str = "cache-consumer") -> Plugin:
     return Plugin(
-        consumer_manifest(work_dir, plugin_id),
+        path,
         [],
         registry=registry.target,
         handle_signals=False,
@@ -89,46 +93,62 @@ async def _registered(plugin: Plugin) -> bool:
     return bool(plugin.identity_token())
 
 
+async def resolved(plugin: Plugin, process: Process) -> CacheClient:
+    async def cache() -> CacheClient | None:
+        assert process.alive(), process.output()
+        try:
+            return await plugin.cache()
+        except DependencyUnavailable:
+            return None
+
+    client: CacheClient = await poll(cache, timeout=15, what="the cache plugin to be routable")
+    return client
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis", "memcached"])
-async def test_a_plugin_reaches_the_deployed_cache_through_the_registry(
-    backend: Backend, work_dir: Path, memcached_address: str
+async def test_plugins_reach_the_deployed_cache_each_in_its_own_verified_namespace(
+    backend: Backend, registry: RunningRegistry, work_dir: Path, memcached_address: str
 ) -> None:
-    with (
-        run_registry(FAST, work_dir) as registry,
-        cache_plugin(backend, registry, work_dir, memcached_address) as (process, endpoint),
-    ):
+    with cache_plugin(backend, registry, work_dir, memcached_address) as (process, endpoint):
         async with (
-            running(consumer_plugin(registry, work_dir)) as consumer,
-            running(consumer_plugin(registry, work_dir, "other-consumer")) as other,
+            running(consumer_plugin(registry, work_dir, "orders-plugin")) as orders,
+            running(consumer_plugin(registry, work_dir, "billing-plugin")) as billing,
         ):
+            mine, theirs = await resolved(orders, process), await resolved(billing, process)
+            assert (await mine.describe()).backend == backend
+            await mine.set("greeting", b"hello", ttl=60)
+            assert await mine.get("greeting") == b"hello"
+            assert await theirs.get("greeting") is None  # billing's "greeting" is another key
+            lock = await mine.acquire("nightly", ttl=60)
+            assert lock is not None
+            with pytest.raises(LockNotHeld):
+                await theirs.release(lock)  # not even with orders' own token
+            assert await theirs.acquire("nightly", ttl=60) is not None  # billing's lock of that name
+            await mine.release(lock)
+            # Streaming calls carry the identity too: the feed and Keys see the caller's own keys only.
+            async with mine.watch_invalidations() as feed:
+                await theirs.set("billing-only", b"1")  # not in orders' feed: it would come first
+                await mine.set("greeting", b"again")
+                assert (await anext(aiter(feed))).keys == ("greeting",)
+                assert await mine.get("greeting") == b"again"
+            if backend != "memcached":  # memcached cannot list keys
+                assert await mine.keys("*") == ["greeting"]
 
-            async def resolved() -> CacheClient | None:
-                assert process.alive(), process.output()
-                try:
-                    return await consumer.cache()
-                except DependencyUnavailable:
-                    return None
-
-            cache = await poll(resolved, timeout=15, what=f"cache-{backend} to be routable")
-            assert (await cache.describe()).backend == backend
-            await cache.set("greeting", b"hello", ttl=60)
-            assert await cache.get("greeting") == b"hello"
-            # The consumer's keys are in its namespace, named by the token the registry signed for it.
-            assert await (await other.cache()).get("greeting") is None
             async with grpc.aio.insecure_channel(endpoint) as channel:
-                with pytest.raises(CacheError) as refused:  # a name merely claimed is not enough
-                    await CacheClient(channel, caller="cache-consumer").get("greeting")
-                assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+                # Without the registry's identity token nobody gets in, whatever name it claims.
+                for claimed in (None, "orders-plugin"):
+                    with pytest.raises(CacheError, match="caller identity") as caught:
+                        await CacheClient(channel, caller=claimed).get("greeting")
+                    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
         assert process.alive(), process.output()
 
 
-async def test_the_memcached_plugin_answers_unavailable_while_memcached_is_down(work_dir: Path) -> None:
+async def test_the_memcached_plugin_answers_unavailable_while_memcached_is_down(
+    registry: RunningRegistry, work_dir: Path
+) -> None:
     nowhere = f"127.0.0.1:{free_port()}"  # no memcached listens there
-    with (
-        run_registry(FAST, work_dir) as registry,
-        cache_plugin("memcached", registry, work_dir, nowhere, timeout=0.3) as (_, endpoint),
-    ):
-        async with running(consumer_plugin(registry, work_dir)) as consumer:
+    with cache_plugin("memcached", registry, work_dir, nowhere, timeout=0.3) as (_, endpoint):
+        async with running(consumer_plugin(registry, work_dir, "cache-consumer")) as consumer:
             interceptors = caller_token_interceptors(consumer.identity_token)
             async with grpc.aio.insecure_channel(endpoint, interceptors=interceptors) as channel:
                 client = CacheClient(channel, timeout=10)
@@ -149,13 +169,35 @@ async def test_the_memcached_plugin_answers_unavailable_while_memcached_is_down(
         (["--key-prefix", "a b"], {}, "key prefix 'a b': 1-100 printable ASCII characters"),
         ([], {"UPF_CACHE_TIMEOUT": "soon"}, "UPF_CACHE_TIMEOUT='soon' is not a number"),
         ([], {"UPF_CACHE_MAX_VALUE_BYTES": "99999999"}, "max value bytes 99999999: between 1 and"),
+        (["--memcached", "localhost"], {}, "memcached address 'localhost': write host:port"),
+        (["--redis-url", "localhost:6379"], {}, "Redis URL 'localhost:6379': write redis://host:port/db"),
     ],
 )
-def test_bad_settings_stop_the_plugin_with_a_message(args: list[str], env: dict[str, str], message: str) -> None:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
-    result = subprocess.run(
-        [UPF, "plugin", "cache-memcached", *args], env={**clean, **env}, capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_settings_stop_the_plugin_with_a_message(
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as caught:
+        main(["plugin", "cache-memcached", *args])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+def test_settings_from_a_deployment_files_config() -> None:
+    redis = CacheSettings.from_config("redis", {"url": "redis://cache:6379/1", "keyPrefix": "upf:"})
+    assert (redis.redis_url, redis.key_prefix) == ("redis://cache:6379/1", "upf")
+    memcached = CacheSettings.from_config("memcached", {"servers": ["mc:11211"], "timeout": "0.5"})
+    assert (memcached.memcached, memcached.timeout) == ("mc:11211", 0.5)
+    with pytest.raises(ValueError, match=r"^infrastructure.cache.config.url: not a setting of cache-memcached"):
+        CacheSettings.from_config("memcached", {"url": "redis://x"}, "infrastructure.cache.config")
+    with pytest.raises(ValueError, match=r"^config.servers: one memcached"):
+        CacheSettings.from_config("memcached", {"servers": ["a:1", "b:2"]})
+    with pytest.raises(ValueError, match=r"^config: .*timeout"):
+        CacheSettings.from_config("redis", {"timeout": -1})

@@ -6,7 +6,10 @@ Implemented by the cache-memory, cache-redis and cache-memcached plugins (plugin
 Python client is plugins/sdk/cache.py.
 
 Keys are UTF-8 text, values are bytes. Every caller's keys and locks live in a namespace of its own:
-two plugins may use the same key without seeing each other's value. Errors:
+two plugins may use the same key without seeing each other's value. A registered cache plugin takes
+the namespace from the caller's identity token (metadata upf-caller-token, which the registry signs
+and the SDK sends). Errors:
+  UNAUTHENTICATED      no valid identity token: the caller is not known, so neither is its namespace
   INVALID_ARGUMENT     a field is wrong; the message starts with the field's name ("key: empty")
   FAILED_PRECONDITION  the state does not allow it: Increment on a value that is not an integer,
                        Release or Extend by someone who does not hold the lock (any more)
