@@ -368,9 +368,9 @@ class UiConfig(_Section):
     enabled: bool = Field(default=True, description="Whether the shell loads this UI.")
     remote_entry: RemoteEntry | None = Field(
         default=None,
-        description="URL of the Module Federation remote entry (a path on the gateway such as "
-        f"/static/remoteEntry.js, or an http(s) URL); when the UI is enabled and this is left out, "
-        f"{DEFAULT_REMOTE_ENTRY}, the seed's own value.",
+        description="URL of the Module Federation remote entry: a path under baseUrl (e.g. "
+        "/static/remoteEntry.js, served by the gateway under /plugins/<id>/ui/), or an http(s) URL. When the UI "
+        f"is enabled and this is left out: {DEFAULT_REMOTE_ENTRY}, the value of the seed's UI example.",
     )
     base_url: BaseUrl | None = Field(
         default=None,
@@ -395,7 +395,10 @@ class UiConfig(_Section):
     def _default_remote_entry(cls, data: Any) -> Any:
         # The seed's full orders manifest enables its UI without a remoteEntry, and its UI example writes
         # /static/remoteEntry.js: an enabled UI that leaves it out means that conventional place, so
-        # both seed examples mean the same and load as written. Explicit values are kept as they are.
+        # both seed examples mean the same and load as written. With a baseUrl it is the plugin's own
+        # /static/remoteEntry.js, through the gateway; without one there is nowhere to fetch it from,
+        # and the shell shows that plugin's fallback (as it would for an explicit path that is wrong).
+        # Explicit values are kept as they are.
         if isinstance(data, dict) and data.get("enabled", True) is True and "remoteEntry" not in data:
             return {**data, "remoteEntry": DEFAULT_REMOTE_ENTRY}
         return data
