@@ -44,8 +44,9 @@ MANIFEST_VALIDATE = """\
 Check plugin manifests (YAML, or JSON when the name ends in .json) against the manifest's schema
 (manifests/schema.json) and for consistency: unique interface, method and module names, fully
 qualified gRPC services, npm-style semver ranges in requires (^1.2, ~1.2.3, >=1.0.0 <2, 1.x, ||),
-policies that name declared methods, ui.remoteEntry when the UI is enabled, navigation paths
-that start with /.
+policies that name declared methods, navigation paths that start with /. A provided interface
+without grpcServices gets the services its protoFile declares (looked for from the manifest's folder
+upwards); an enabled UI without remoteEntry gets /static/remoteEntry.js.
 """
 
 MANIFEST_EPILOG = """\
@@ -172,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the whole platform in one process on http://127.0.0.1:8080: the registry, the "
         "auth plugin (custom provider, users in memory, a demo user 'demo' / 'demo-password' for local use "
         "only), the demo plugin (upf.demo.v1.Echo), the infrastructure plugins (storage-sqlite in memory and "
-        "cache-memory, or those a deployment file chooses) and the gateway, verifying tokens. Nothing else "
-        "needs to be installed or running.",
+        "cache-memory, or those a deployment file chooses), the orders plugin (upf.orders.v1.Orders) and the "
+        "gateway, verifying tokens. Nothing else needs to be installed or running.",
         epilog=CONFIG_EPILOG + "\n" + DEPLOYMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -254,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; storage-sqlite, "
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; orders: "
+        "upf.orders.v1.Orders, needs an IStorage plugin; storage-sqlite, "
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugin.add_argument(
         "name",
-        choices=["demo", "auth", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
+        choices=["demo", "auth", "orders", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
         help="which plugin",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
@@ -356,10 +358,13 @@ def _run_plugin(args: argparse.Namespace) -> None:
         _run_cache_plugin(args)
         return
     if args.config is not None:
-        print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
+        print(f"upf: --config is for the auth plugin; {args.name} has no configuration file", file=sys.stderr)
         raise SystemExit(2)
     # Imported here so that the gateway's commands do not load the plugin SDK.
-    from plugins.demo.plugin import MANIFEST, main as run_demo
+    if args.name == "orders":
+        from plugins.orders.plugin import MANIFEST, main as run_demo
+    else:
+        from plugins.demo.plugin import MANIFEST, main as run_demo
 
     raise SystemExit(
         run_demo(
@@ -478,13 +483,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "run":
         from gateway.allinone import run_all
         from gateway.deployment import DeploymentError, load_deployment
-        from gateway.infrastructure import known_plugins
+        from gateway.infrastructure import check_deployment, known_plugins
 
         deployment = None
         if args.deployment:
             try:
                 deployment = load_deployment(args.deployment, known_plugins())
+                check_deployment(deployment)
             except DeploymentError as exc:
                 print(f"upf: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except ValueError as exc:  # a plugin's own check of its config
+                print(f"upf: {args.deployment}: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
         asyncio.run(run_all(settings, deployment))

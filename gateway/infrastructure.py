@@ -20,7 +20,7 @@ from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
 from plugins.storage.plugin import build as build_storage, options_from_config as storage_options
 
-__all__ = ["CATALOGUE", "Entry", "known_plugins", "run_infrastructure"]
+__all__ = ["CATALOGUE", "Entry", "check_deployment", "known_plugins", "run_infrastructure"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,34 +34,47 @@ Builder = Callable[[Mapping[str, Any], str, Credential], Plugin]
 class Entry:
     interface: str  # the deployment key: storage, cache, files, messageBus
     build: Builder
+    check: Callable[[Mapping[str, Any], str], object]  # (config, where) -> ValueError naming a wrong key
 
 
-def _storage(name: str, default_dsn: str | None) -> Builder:
+def _storage(name: str, default_dsn: str | None) -> Entry:
+    where = f"infrastructure.storage.config ({name})"
+
     def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
-        options = storage_options(config, f"infrastructure.storage.config ({name})")
+        options = storage_options(config, where)
         options.setdefault("dsn", default_dsn)
         return build_storage(name, registry=registry, handle_signals=False, credential=credential, **options)
 
-    return build
+    return Entry("storage", build, storage_options)
 
 
-def _cache(backend: Any) -> Builder:
+def _cache(backend: Any) -> Entry:
+    where = f"infrastructure.cache.config (cache-{backend})"
+
     def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
-        settings = CacheSettings.from_config(backend, config, f"infrastructure.cache.config (cache-{backend})")
+        settings = CacheSettings.from_config(backend, config, where)
         return build_cache(settings, registry=registry, handle_signals=False, credential=credential)
 
-    return build
+    return Entry("cache", build, lambda config, _where: CacheSettings.from_config(backend, config, where))
 
 
 CATALOGUE: dict[str, Entry] = {
     # The embedded default keeps nothing on disk, like the rest of `make run`; a deployment names a file.
-    "storage-sqlite": Entry("storage", _storage("storage-sqlite", ":memory:")),
-    "storage-postgres": Entry("storage", _storage("storage-postgres", None)),
-    "storage-mysql": Entry("storage", _storage("storage-mysql", None)),
-    "cache-memory": Entry("cache", _cache("memory")),
-    "cache-redis": Entry("cache", _cache("redis")),
-    "cache-memcached": Entry("cache", _cache("memcached")),
+    "storage-sqlite": _storage("storage-sqlite", ":memory:"),
+    "storage-postgres": _storage("storage-postgres", None),
+    "storage-mysql": _storage("storage-mysql", None),
+    "cache-memory": _cache("memory"),
+    "cache-redis": _cache("redis"),
+    "cache-memcached": _cache("memcached"),
 }
+
+
+def check_deployment(deployment: Deployment) -> None:
+    """Check each chosen plugin's config before anything starts; ValueError naming the key."""
+    for key, choice in deployment.infrastructure.items():
+        entry = CATALOGUE.get(choice.plugin)
+        if entry is not None:
+            entry.check(choice.config, f"infrastructure.{key}.config ({choice.plugin})")
 
 
 def known_plugins() -> dict[str, str]:
