@@ -16,7 +16,7 @@ from upf.orders.v1 import orders_pb2 as pb
 
 from tests.plugins.orders.harness import create_request
 from tests.plugins.orders.test_through_upf_run import _call
-from tests.support.grpcweb import GrpcWebResponse
+from tests.support.grpcweb import RESPONSE_TYPE, GrpcWebResponse, frame, parse_response
 from tests.support.processes import free_port, run_gateway, wait_until
 from tests.support.redis_server import SHARED_URL, delete_prefix, shared_client
 
@@ -121,6 +121,19 @@ def test_the_embedded_choice_serves_the_same_calls(tmp_path: Path, text: str | N
         args = ["--deployment", str(deployment)]
     with run_gateway({"registryUrl": f"127.0.0.1:{free_port()}"}, tmp_path, command="run", args=args) as gateway:
         create_and_read(gateway.url)
+        if text is None:
+            return
+        # The infrastructure behind it is internal: a signed-in browser or curl cannot reach it.
+        login = httpx.post(f"{gateway.url}/api/auth/login", json={"username": "demo", "password": "demo-password"})
+        headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=10) as client:
+            for service, method in (("upf.storage.v1.Storage", "Get"), ("upf.cache.v1.Cache", "Get")):
+                reply = client.post(
+                    f"/api/{service}/{method}", content=frame(b""), headers={"content-type": RESPONSE_TYPE}
+                )
+                refused = parse_response(reply.status_code, dict(reply.headers), reply.content)
+                assert reply.status_code == 200
+                assert (refused.status, refused.message.split(":")[0]) == (7, f"{service} is internal to the platform")
 
 
 def test_a_bad_deployment_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
