@@ -16,6 +16,8 @@ _Settings = TypeVar("_Settings")
 
 __all__ = ["main"]
 
+FILES_PLUGINS = ("files-local", "files-s3", "files-gcs")
+
 DESCRIPTION = """\
 UPF: a platform of gRPC plugins behind one gateway.
 
@@ -214,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=AUTH_PLUGIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plugin.add_argument("name", choices=["demo", "auth"], help="which plugin")
+    plugin.add_argument(
+        "name",
+        choices=["demo", "auth", *FILES_PLUGINS],
+        help="which plugin (files-*: IFiles; see upf plugin files-local --help for their own options)",
+    )
     plugin.add_argument(
         "--config", metavar="FILE", help="auth: YAML configuration file (default: $UPF_CONFIG; see below)"
     )
@@ -342,6 +348,12 @@ def _run_auth_admin(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "plugin" and argv[1] in FILES_PLUGINS:
+        # The files plugins parse their own options (a backend's settings each; their --help lists them).
+        from plugins.files.cli import main as run_files
+
+        raise SystemExit(run_files(argv[1], argv[2:]))
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
         # Needs no gateway settings; imported here so that other commands do not load it.

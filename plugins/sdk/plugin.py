@@ -36,6 +36,7 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
 from plugins.sdk.credentials import Credential, registration_credential
+from plugins.sdk.files import FilesClient
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
@@ -218,6 +219,10 @@ class Plugin:
     async def channel_to(self, target: str) -> grpc.aio.Channel:
         """A channel to a plugin id or fully qualified gRPC service; DependencyUnavailable if none."""
         return await self._require_resolver().channel_to(target)
+
+    async def files(self) -> FilesClient:
+        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""
+        return FilesClient(await self.channel("IFiles"))
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""
