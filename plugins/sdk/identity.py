@@ -194,21 +194,29 @@ else:
     _StreamStream = grpc.aio.StreamStreamClientInterceptor
 
 
-class _TokenInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
+class _Token:
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
+
+class _UnaryUnaryToken(_Token, _UnaryUnary):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: _Details, request: Any) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request)
 
+
+class _UnaryStreamToken(_Token, _UnaryStream):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: _Details, request: Any) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request)
 
+
+class _StreamUnaryToken(_Token, _StreamUnary):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: _Details, request_iterator: AsyncIterable[Any] | Iterable[Any]
     ) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request_iterator)
 
+
+class _StreamStreamToken(_Token, _StreamStream):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: _Details, request_iterator: AsyncIterable[Any] | Iterable[Any]
     ) -> Any:
@@ -217,5 +225,8 @@ class _TokenInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
 
 def caller_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
     """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call."""
+    # One object per kind of call: grpc.aio files an interceptor under the first kind it is an instance
+    # of, so a single object implementing all four would only ever see unary-unary calls.
+    kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
     # The stubs type the list's items as "cast or ignore": grpc.aio.ClientInterceptor is a Union there.
-    return [cast(grpc.aio.ClientInterceptor, _TokenInterceptor(token))]
+    return [cast(grpc.aio.ClientInterceptor, kind(token)) for kind in kinds]
