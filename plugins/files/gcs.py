@@ -267,7 +267,7 @@ class GcsBackend:
         if not self._signing:
             raise Unsupported("signed URLs need a service account key (--service-file)")
         headers = {"Content-Type": content_type} if method == "PUT" else {}
-        blob = Blob(Bucket(self.storage, self._bucket), key, {})
+        blob = Blob(Bucket(self.storage, self._bucket), key, {"size": 0})  # the signature needs no metadata
         with _errors():
             url = await blob.get_signed_url(
                 expires_in, headers=dict(headers), http_method=method, session=cast(Any, self.http)

@@ -65,10 +65,12 @@ class Implementation:
     take_down: Callable[[], object]
     bring_back: Callable[[], object]
     cli_args: list[str]  # `upf plugin NAME ...` for the test that measures the plugin process
+    cli_env: dict[str, str] = field(default_factory=dict)  # and its environment
     clock: Clock | None = None  # files-local's injected clock
     # Whether the backend itself refuses a tampered or expired signed URL. moto and the GCS emulator
     # accept any signature; AWS and Google check them, but cannot be reached from here.
     checks_signatures: bool = False
+    paginates: bool = True  # whether the backend honours a page size (the GCS emulator does not)
     expected_capabilities: frozenset[str] = field(
         default_factory=lambda: frozenset({"range", "signed-urls", "user-metadata", "server-side-copy"})
     )
@@ -140,6 +142,7 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
             return await make_s3(s3, options)
 
         cli = ["--bucket", BUCKET, "--endpoint", server.url]
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     else:
         key_file = service_account_file(work_dir)
         gcs = GcsSettings(
@@ -150,6 +153,7 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
             return await make_gcs(gcs, options)
 
         cli = ["--bucket", BUCKET, "--api-root", server.url, "--service-file", str(key_file)]
+        env = {}
     return Implementation(
         name=name,
         registry=registry,
@@ -158,6 +162,8 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
         take_down=server.stop,
         bring_back=server.start,
         cli_args=cli,
+        cli_env=env,
+        paginates=name != "files-gcs",
     )
 
 
