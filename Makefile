@@ -15,7 +15,7 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 SDK_DIR := shell-web/sdk
 SDK_STAMP := $(SDK_DIR)/dist/.built
 
-.PHONY: run test check lint format proto proto-check schema bench install lock clean
+.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean
 
 install: $(PY_STAMP)
 
@@ -46,6 +46,10 @@ run: $(PY_STAMP)
 
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) check
 	$(BIN)/pytest
+
+# The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
+test-files-large: $(PY_STAMP)
+	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large
 
 check: $(PY_STAMP)
 	$(UV) lock --check --python $(PYTHON) --quiet

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiobotocore.session import get_session
 
 from plugins.files.gcs import GcsSettings
 from plugins.files.kinds import LocalSettings, make_gcs, make_local, make_s3
@@ -70,6 +71,8 @@ class Implementation:
     # Whether the backend itself refuses a tampered or expired signed URL. moto and the GCS emulator
     # accept any signature; AWS and Google check them, but cannot be reached from here.
     checks_signatures: bool = False
+    # Parts of unfinished uploads the backend still keeps (S3 multipart uploads); None: not observable.
+    pending_uploads: Callable[[], Awaitable[int]] | None = None
     paginates: bool = True  # whether the backend honours a page size (the GCS emulator does not)
     expected_capabilities: frozenset[str] = field(
         default_factory=lambda: frozenset({"range", "signed-urls", "user-metadata", "server-side-copy"})
@@ -128,6 +131,7 @@ def _local(registry: RunningRegistry, work_dir: Path) -> Implementation:
 
 
 def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpServer) -> Implementation:
+    pending: Callable[[], Awaitable[int]] | None
     if name == "files-s3":
         s3 = S3Settings(
             bucket=BUCKET,
@@ -143,6 +147,16 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
 
         cli = ["--bucket", BUCKET, "--endpoint", server.url]
         env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+        async def pending_s3() -> int:
+            session = get_session().create_client(
+                "s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )  # fmt: skip
+            async with session as s3:
+                return len((await s3.list_multipart_uploads(Bucket=BUCKET)).get("Uploads", []))
+
+        pending = pending_s3
     else:
         key_file = service_account_file(work_dir)
         gcs = GcsSettings(
@@ -154,6 +168,7 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
 
         cli = ["--bucket", BUCKET, "--api-root", server.url, "--service-file", str(key_file)]
         env = {}
+        pending = None  # GCS resumable sessions cannot be listed
     return Implementation(
         name=name,
         registry=registry,
@@ -163,6 +178,7 @@ def _remote(name: str, registry: RunningRegistry, work_dir: Path, server: HttpSe
         bring_back=server.start,
         cli_args=cli,
         cli_env=env,
+        pending_uploads=pending,
         paginates=name != "files-gcs",
     )
 

@@ -345,6 +345,12 @@ async def test_an_upload_cut_off_leaves_no_partial_file(
         # The part written so far is removed, not only hidden.
         temp = implementation.work_dir / "files-root" / "tmp"
         await eventually(lambda: not any(temp.iterdir()), what="the cut upload's temp file to go")
+    if implementation.pending_uploads is not None:
+        # The multipart uploads were aborted, not left to accumulate parts.
+        deadline = asyncio.get_running_loop().time() + 5
+        while (pending := await implementation.pending_uploads()) != 0:
+            assert asyncio.get_running_loop().time() < deadline, f"{pending} multipart upload(s) left behind"
+            await asyncio.sleep(0.05)
 
 
 # --- signed URLs -------------------------------------------------------------------------------------

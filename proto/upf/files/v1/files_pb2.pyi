@@ -430,7 +430,11 @@ class ListResponse(_message.Message):
     next_page_token: _builtins.str
     """on the page's last message; "" when there is nothing more"""
     @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileMetadata]: ...
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileMetadata]:
+        """Path, size, etag and last modified; content type and metadata only where the backend lists them
+        (S3 does not): GetMetadata has them all.
+        """
+
     @_builtins.property
     def common_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
