@@ -49,7 +49,7 @@ test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) check
 
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
 test-files-large: $(PY_STAMP)
-	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large
+	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large --timeout 1800 -s
 
 check: $(PY_STAMP)
 	$(UV) lock --check --python $(PYTHON) --quiet

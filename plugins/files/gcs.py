@@ -134,7 +134,10 @@ class GcsBackend:
                     # may end right after a full part.
                     if session is None:
                         session = await self._start_resumable(key, content_type, metadata)
-                    await self._send_part(session, sent, bytes(buffer[:part_size]), total=None)
+                    with memoryview(buffer) as view:
+                        part = bytes(view[:part_size])  # one copy (a slice of the bytearray would be two)
+                    await self._send_part(session, sent, part, total=None)
+                    del part
                     sent += part_size
                     del buffer[:part_size]
             if session is None:

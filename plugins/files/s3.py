@@ -112,11 +112,7 @@ class S3Backend:
                 buffer += chunk
                 if len(buffer) >= part_size:
                     if upload_id is None:
-                        with _errors():
-                            created = await self.client.create_multipart_upload(
-                                Bucket=self._bucket, Key=key, ContentType=content_type, Metadata=metadata
-                            )
-                        upload_id = created["UploadId"]
+                        upload_id = await self._start_multipart(key, content_type, metadata)
                     parts.append(await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
                     buffer.clear()
             with _errors():
@@ -140,6 +136,23 @@ class S3Backend:
         if info is None:
             raise BackendUnavailable(f"the object {key!r} is missing right after it was written")
         return info
+
+    async def _start_multipart(self, key: str, content_type: str, metadata: dict[str, str]) -> str:
+        create = asyncio.ensure_future(
+            self.client.create_multipart_upload(
+                Bucket=self._bucket, Key=key, ContentType=content_type, Metadata=metadata
+            )
+        )
+        try:
+            with _errors():
+                created = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            # Cut off while S3 was creating the upload: it may exist already, and nobody else knows its
+            # id. Wait for the answer and abort it, or it would keep its parts until a lifecycle rule.
+            with contextlib.suppress(Exception):
+                await self._abort(key, (await create)["UploadId"])
+            raise
+        return created["UploadId"]
 
     async def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> CompletedPartTypeDef:
         with _errors():

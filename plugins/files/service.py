@@ -80,6 +80,12 @@ class FilesService(files_pb2_grpc.FilesServicer):
         namespace = await self._namespace_of(context)
         source_key = _under(namespace, await _checked(context, check_path, "source", source))
         destination_key = _under(namespace, await _checked(context, check_path, "destination", destination))
+        if source_key == destination_key:
+            # Nothing to do, and S3 refuses a copy onto itself: answer what is there.
+            info = await _call(context, self._backend.stat(source_key))
+            if info is None:
+                await _abort(context, grpc.StatusCode.NOT_FOUND, f"source: no file {source!r}")
+            return _metadata(info, namespace)
         operation = self._backend.move if move else self._backend.copy
         try:
             info = await _call(context, operation(source_key, destination_key))

@@ -147,6 +147,11 @@ async def test_copy_and_move_keep_bytes_and_metadata(files: FilesClient, run_id:
         meta = await files.metadata(path)
         assert (meta.content_type, meta.metadata) == ("image/png", {"owner": "a"}), path
     assert await files.download_bytes(f"{run_id}/moved/final.bin") == data
+    # Onto itself: nothing changes.
+    for operation in (files.copy, files.move):
+        same = await operation(f"{run_id}/moved/final.bin", f"{run_id}/moved/final.bin")
+        assert same.size == len(data)
+    assert await files.download_bytes(f"{run_id}/moved/final.bin") == data
     # Copying onto an existing file replaces it.
     await files.upload(f"{run_id}/other", b"other")
     await files.copy(f"{run_id}/other", f"{run_id}/moved/final.bin")
