@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -175,7 +176,9 @@ class GcsBackend:
             span = f"bytes */{total}"
         headers = {**await self._headers(), "Content-Range": span}
         with _errors():
-            async with self.http.put(session, data=body, headers=headers, allow_redirects=False) as reply:
+            # A file object, as aiohttp asks for large bodies: it is sent in pieces, not in one write.
+            data = io.BytesIO(body)
+            async with self.http.put(session, data=data, headers=headers, allow_redirects=False) as reply:
                 if reply.status == 308:  # "resume incomplete": the part is stored, more may come
                     return {}
                 reply.raise_for_status()

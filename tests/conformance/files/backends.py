@@ -35,9 +35,18 @@ class HttpServer:
         self._starts = 0
 
     def start(self) -> None:
+        self.launch()
+        self.wait()
+
+    def launch(self) -> None:
+        """Start the process without waiting (servers that import for seconds start side by side)."""
         self._starts += 1
         log = self._log_dir / f"{self._name}-{self.port}-{self._starts}.log"
-        process = self.process = Process(self._args, log=log)
+        self.process = Process(self._args, log=log)
+
+    def wait(self) -> None:
+        process = self.process
+        assert process is not None
         wait_until(
             lambda: self.answers() or (not process.alive() and _died(process)),
             timeout=30,

@@ -415,7 +415,7 @@ async def test_signed_urls_expire(
             assert (await http.get(read.url)).status_code == 200
             clock.offset += lifetime + 1
         try:
-            deadline = asyncio.get_running_loop().time() + 5
+            deadline = asyncio.get_running_loop().time() + 3
             while (status := (await http.get(read.url)).status_code) != 403:
                 assert asyncio.get_running_loop().time() < deadline, f"an expired read URL still answers {status}"
                 await asyncio.sleep(0.2)
