@@ -30,7 +30,7 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 NamespaceOf = Callable[[_Context], Awaitable[str]]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-DOWNLOAD_CHUNK = 256 * 1024
+DOWNLOAD_CHUNK = 1024 * 1024  # per message; gRPC's default limit is 4 MiB, and fewer messages cost less CPU
 MAX_PAGE_SIZE = 1000
 LIST_BATCH = 100  # entries per streamed message of a page
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600  # S3 and GCS refuse longer
@@ -176,7 +176,12 @@ class FilesService(files_pb2_grpc.FilesServicer):
                     yield pb.DownloadResponse(metadata=_metadata(info, namespace) if first else None, chunk=piece)
                     first = False
         except BackendUnavailable as exc:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"the file backend is unavailable: {exc}")
+        except Exception:
+            logger.exception("files backend failed during a download")
+            await _abort(
+                context, grpc.StatusCode.INTERNAL, "the file backend failed unexpectedly (see the plugin's log)"
+            )
         finally:
             await _close(chunks)
         if first:  # an empty file (or range): the metadata still comes
