@@ -33,6 +33,16 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not -1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535; 0: any free port)")
+    return port
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"upf plugin {kind}", description=_DESCRIPTIONS[kind])
     common = parser.add_argument_group("plugin")
@@ -44,7 +54,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     )
     common.add_argument("--host", default=_env("UPF_HOST", "127.0.0.1"), help="gRPC address ($UPF_HOST; 127.0.0.1)")
     common.add_argument(
-        "--port", type=int, default=int(_env("UPF_PORT", "0")), help="gRPC port ($UPF_PORT; 0: any free port)"
+        "--port", type=_port, default=_env("UPF_PORT", "0"), help="gRPC port ($UPF_PORT; 0: any free port)"
     )
     common.add_argument("--instance-id", metavar="ID", help="this instance's id (default: <plugin id>-<random>)")
     common.add_argument("--manifest", type=Path, metavar="FILE", help="use this manifest instead of the plugin's own")
@@ -60,7 +70,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         )  # fmt: skip
         own.add_argument("--http-host", default=_env("UPF_FILES_HTTP_HOST", "127.0.0.1"), help="signed URLs' listener")
         own.add_argument(
-            "--http-port", type=int, default=int(_env("UPF_FILES_HTTP_PORT", "0")),
+            "--http-port", type=_port, default=_env("UPF_FILES_HTTP_PORT", "0"),
             help="its port ($UPF_FILES_HTTP_PORT; 0: any free port; -1: no listener and no signed URLs)",
         )  # fmt: skip
         own.add_argument(
