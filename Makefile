@@ -14,8 +14,11 @@ JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 SDK_DIR := shell-web/sdk
 SDK_STAMP := $(SDK_DIR)/dist/.built
+WEB_DIR := shell-web
+WEB_STAMP := $(WEB_DIR)/dist/.built
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean
+.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell system-packages
 
 install: $(PY_STAMP)
 
@@ -41,10 +44,27 @@ $(SDK_STAMP): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json $(SDK_DIR)/ts
 	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 	touch $@
 
-run: $(PY_STAMP)
+# The web shell (React, Rsbuild + Module Federation 2.0) into shell-web/dist, which the gateway serves at /.
+$(WEB_STAMP): $(SDK_STAMP) $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json $(WEB_DIR)/rsbuild.config.ts \
+		$(WEB_DIR)/tsconfig.json $(wildcard $(WEB_DIR)/src/*)
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	touch $@
+
+shell: $(WEB_STAMP)
+
+# Debian packages the suite runs: Chromium for the browser tests (tests/shell, driven by playwright-core;
+# no browser download) and memcached, which the cache suite starts on ports of its own. Installed once,
+# when missing.
+system-packages:
+	@missing=""; test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	  command -v memcached >/dev/null || missing="$$missing memcached"; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+run: $(PY_STAMP) $(WEB_STAMP)
 	$(BIN)/upf run
 
-test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) check
+test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) system-packages check
 	$(BIN)/pytest
 
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
@@ -75,4 +95,5 @@ bench: $(PY_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(UV_VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(UV_VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist \
+	  $(WEB_DIR)/node_modules $(WEB_DIR)/dist .mypy_cache .ruff_cache .pytest_cache

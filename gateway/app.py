@@ -3,6 +3,8 @@
 Outermost first, each for a reason:
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
+  ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
+                       files, served before auth and limits; every other path passes on (gateway/shell.py)
   AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
                        identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
@@ -47,6 +49,7 @@ from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
+from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies, split_call
@@ -232,6 +235,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     if events is not None:
         readiness.details["events"] = events.status
 
+    # The shell's files, and plugins' UI files fetched from where their manifests say (ui.baseUrl).
+    plugin_ui = PluginUi(registry_routes.ui_base_url) if registry_routes is not None else None
+
     async def drain() -> None:
         # Run by gateway/serve.py before uvicorn's shutdown and so before the lifespan's: uvicorn
         # would close every WebSocket with 1012 first, cutting calls in flight.
@@ -273,6 +279,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
                 await limiter.close()
             if events is not None:
                 await events.close()
+            if plugin_ui is not None:
+                await plugin_ui.aclose()
 
     async def manifests(request: StarletteRequest) -> Response:
         if registry_routes is not None:
@@ -302,6 +310,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]
+    if settings.shell.enabled:
+        files = ShellFiles(settings.shell.dir or DEFAULT_SHELL_DIR)
+        middleware.append(Middleware(ShellMiddleware, files=files, plugin_ui=plugin_ui))
     if authenticator is not None:
         # WebSocket calls carry their token in their first message (grpc-websockets) or in each
         # call's metadata (upf-mux.v1), as a browser cannot set headers on an upgrade.
@@ -317,6 +328,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             Middleware(RateLimitMiddleware, limiter=limiter, identify=identify, exempt_paths=limits.exempt_paths)
         )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    # No route at all: an /api/ path answers a JSON 404 like the rest of the API (a known path with
+    # another method still gets the router's 405).
+    app.router.default = api_not_found(app.router.default)
     app.state.settings = settings
     app.state.pool = pool
     app.state.policies = policies

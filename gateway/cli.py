@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -112,6 +113,34 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
   roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
 """
 
+STORAGE_PLUGIN_EPILOG = """\
+storage plugins: --dsn URL (or $UPF_STORAGE_DSN) names the database, which must exist (the plugin
+creates its table, upf_storage_records, in it):
+  storage-sqlite    a file path or :memory: (default: upf-storage.sqlite3 in the current directory)
+  storage-postgres  postgresql://user:password@host:port/database (default: postgresql://postgres@127.0.0.1:5432/upf)
+  storage-mysql     mysql://user:password@host:port/database, MariaDB 10.5+ or MySQL 8+
+                    (default: mysql://root@127.0.0.1:3306/upf)
+  $UPF_STORAGE_COLLECTIONS=a,b: only these collections exist (INVALID_ARGUMENT for others; default: any).
+  A database that is down does not stop the plugin: calls answer UNAVAILABLE until it is back.
+  A caller's data lives in the namespace of its plugin id, from the identity token the registry signed for
+  it (the SDK sends it on every call); a call without a valid token is refused (UNAUTHENTICATED).
+"""
+
+
+CACHE_PLUGIN_EPILOG = """\
+cache plugins (ICache, upf.cache.v1.Cache; each calling plugin's keys in the namespace of its id, from the
+identity token the registry signed for it):
+  cache-memory      in this process's memory (the embedded default; nothing to install)
+  cache-redis       Redis: --redis-url (or UPF_CACHE_REDIS_URL, default redis://127.0.0.1:6379/0)
+  cache-memcached   memcached: --memcached HOST:PORT (or UPF_CACHE_MEMCACHED, default 127.0.0.1:11211);
+                    start memcached with -I above the largest value (default 4 MiB - 64 KiB), e.g. -I 8m;
+                    no Keys or Invalidate (memcached cannot list keys)
+  --key-prefix (UPF_CACHE_KEY_PREFIX, default upf:cache) starts every Redis or memcached key;
+  UPF_CACHE_TIMEOUT (seconds, default 2) bounds each backend call before it answers UNAVAILABLE.
+"""
+
+CACHE_PLUGINS = ("cache-memory", "cache-redis", "cache-memcached")
+
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -210,17 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth) on the plugin SDK: "
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; storage-sqlite, "
+        "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=AUTH_PLUGIN_EPILOG,
+        epilog=AUTH_PLUGIN_EPILOG + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plugin.add_argument(
         "name",
-        choices=["demo", "auth", *FILES_PLUGINS],
-        help="which plugin (files-*: IFiles; see upf plugin files-local --help for their own options)",
+        choices=["demo", "auth", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS, *FILES_PLUGINS],
+        help="which plugin (files-*: IFiles, with options of their own: upf plugin files-local --help)",
     )
+    plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
     plugin.add_argument(
         "--config", metavar="FILE", help="auth: YAML configuration file (default: $UPF_CONFIG; see below)"
     )
@@ -239,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugin.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
     )
+    plugin.add_argument("--redis-url", metavar="URL", help="cache-redis: the Redis to use ($UPF_CACHE_REDIS_URL)")
+    plugin.add_argument(
+        "--memcached", metavar="HOST:PORT", help="cache-memcached: the memcached ($UPF_CACHE_MEMCACHED)"
+    )
+    plugin.add_argument("--key-prefix", metavar="PREFIX", help="cache-redis, cache-memcached: key prefix")
     return parser
 
 
@@ -298,6 +334,12 @@ def _run_plugin(args: argparse.Namespace) -> None:
     if args.name == "auth":
         _run_auth_plugin(args)
         return
+    if args.name.startswith("storage-"):
+        _run_storage_plugin(args)
+        return
+    if args.name in CACHE_PLUGINS:
+        _run_cache_plugin(args)
+        return
     if args.config is not None:
         print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
         raise SystemExit(2)
@@ -316,6 +358,34 @@ def _run_plugin(args: argparse.Namespace) -> None:
     )
 
 
+def _run_cache_plugin(args: argparse.Namespace) -> None:
+    from plugins.cache.plugin import CacheSettings, main as run_cache
+
+    if args.config is not None:
+        print(
+            f"upf: --config is for the auth plugin; {args.name} takes flags and UPF_CACHE_* variables", file=sys.stderr
+        )
+        raise SystemExit(2)
+    flags = {"redis_url": args.redis_url, "memcached": args.memcached, "key_prefix": args.key_prefix}
+    try:
+        settings = CacheSettings.from_env(args.name.removeprefix("cache-"))
+        settings = dataclasses.replace(settings, **{name: value for name, value in flags.items() if value is not None})
+    except ValueError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(
+        run_cache(
+            settings,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
+            instance_id=args.instance_id,
+            manifest=args.manifest,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
 def _run_auth_plugin(args: argparse.Namespace) -> None:
     from plugins.auth.plugin import MANIFEST, main as run_auth
     from plugins.auth.settings import load_auth_settings
@@ -329,6 +399,23 @@ def _run_auth_plugin(args: argparse.Namespace) -> None:
             settings,
             instance_id=args.instance_id,
             manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
+def _run_storage_plugin(args: argparse.Namespace) -> None:
+    from plugins.storage.plugin import main as run_storage
+
+    raise SystemExit(
+        run_storage(
+            args.name,
+            args.dsn,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
+            instance_id=args.instance_id,
+            manifest=args.manifest,
             drain_grace=args.drain_grace,
         )
     )

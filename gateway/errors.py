@@ -5,6 +5,7 @@
     ├── MalformedMessage              INTERNAL          (truncated or wrongly flagged frame)
     ├── MessageTooLarge               RESOURCE_EXHAUSTED
     ├── MissingMessage                UNIMPLEMENTED     (a request body without any message frame)
+    ├── NotFound                      NOT_FOUND         (no such REST path or file)
     ├── RateLimited                   RESOURCE_EXHAUSTED (answer carries Retry-After and RateLimit headers)
     ├── RateLimiterUnavailable        UNAVAILABLE       (the limiter's store failed and failureMode is closed)
     ├── UnknownService                UNIMPLEMENTED
@@ -29,6 +30,7 @@ __all__ = [
     "MalformedMessage",
     "MessageTooLarge",
     "MissingMessage",
+    "NotFound",
     "PermissionDenied",
     "RateLimited",
     "RateLimiterUnavailable",
@@ -67,6 +69,10 @@ class MessageTooLarge(GatewayError):
 
 class MissingMessage(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class NotFound(GatewayError):
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class PermissionDenied(GatewayError):

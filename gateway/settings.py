@@ -193,6 +193,14 @@ class AdminSettings(_Section):
     allow_from: list[Network] = Field(default_factory=_loopback)
 
 
+class ShellSettings(_Section):
+    """The web shell at / and the plugins' UI files under /plugins/<id>/ui/ (gateway/shell.py)."""
+
+    enabled: bool = True
+    # The shell's build (npm run build in shell-web/); none: shell-web/dist next to this package.
+    dir: Path | None = None
+
+
 class CorsSettings(_Section):
     # Origins allowed to call from a browser, exactly as the browser sends them ("https://app.example"),
     # or "*" for any origin (then credentials are never allowed).
@@ -358,6 +366,7 @@ class GatewaySettings(_Section):
     events: EventsSettings = Field(default_factory=EventsSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    shell: ShellSettings = Field(default_factory=ShellSettings)
     # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.

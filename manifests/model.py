@@ -59,6 +59,7 @@ __all__ = [
     "RequiredInterface",
     "SharedState",
     "UiConfig",
+    "UiEvent",
     "consistency_problems",
     "dotted_path",
     "is_exposed",
@@ -82,6 +83,8 @@ _REMOTE_ENTRY = r"^(https?://\S+|/\S*)$"
 _PROTO_FILE = r"^\S+\.proto$"
 _STATE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _PERMISSION = r"^\S+$"
+_BASE_URL = r"^https?://[^\s/?#]+(/\S*)?$"
+_EVENT_NAME = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
 
 
 def _fail(message: str) -> PydanticCustomError:
@@ -190,6 +193,29 @@ Permission = Annotated[
     AfterValidator(_matches(_PERMISSION, "a permission", 'write it without spaces, e.g. "orders:write"')),
     _pattern(_PERMISSION),
 ]
+Identifier = Annotated[
+    str,
+    AfterValidator(_matches(_IDENTIFIER, "an identifier", "use letters, digits and underscores (orders_plugin)")),
+    _pattern(_IDENTIFIER),
+]
+BaseUrl = Annotated[
+    str,
+    AfterValidator(
+        _matches(
+            _BASE_URL,
+            "a base URL",
+            "give the http(s) URL the plugin serves its UI files from, e.g. http://127.0.0.1:7001/",
+        )
+    ),
+    _pattern(_BASE_URL),
+]
+EventName = Annotated[
+    str,
+    AfterValidator(
+        _matches(_EVENT_NAME, "an event name", "use letters, digits, '_', '.', ':' and '-', e.g. order.created")
+    ),
+    _pattern(_EVENT_NAME),
+]
 SemverText = Annotated[str, AfterValidator(_parses(parse_version)), _pattern(VERSION_PATTERN)]
 RangeText = Annotated[
     str,
@@ -295,6 +321,12 @@ class NavigationEntry(_Section):
     module: ModuleName | None = Field(
         default=None, description="Exposed module rendered at this path (one of exposedModules' names)."
     )
+    order: int | None = Field(
+        default=None, description="Position in the navigation: lower first (none counts as 0), then by title."
+    )
+    required_permission: Permission | None = Field(
+        default=None, description="The shell hides the entry (and refuses its route) from users without it."
+    )
 
 
 class SharedState(_Section):
@@ -304,7 +336,24 @@ class SharedState(_Section):
     state_schema: dict[str, Any] = Field(
         default_factory=dict, alias="schema", description="JSON Schema of the state's value."
     )
-    readonly: bool = Field(default=False, description="Other plugins may read it but only this plugin writes it.")
+    readonly: bool = Field(
+        default=False, description="Only this plugin writes it (writers must then be empty); others read it."
+    )
+    writers: list[PluginId] = Field(
+        default_factory=list,
+        description="Other plugins allowed to change the value; the shell refuses a write from any plugin that "
+        "is neither this one nor listed here.",
+    )
+
+
+class UiEvent(_Section):
+    """An event the plugin's UI emits on the shell's event bus (any plugin may listen)."""
+
+    name: EventName = Field(description="Event name, e.g. order.created.")
+    description: str = Field(default="", description="When it is emitted, in a sentence.")
+    event_schema: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="JSON Schema of the event's payload."
+    )
 
 
 class UiConfig(_Section):
@@ -316,9 +365,23 @@ class UiConfig(_Section):
         description="URL of the Module Federation remote entry (a path on the gateway such as "
         "/static/remoteEntry.js, or an http(s) URL); required when enabled.",
     )
+    base_url: BaseUrl | None = Field(
+        default=None,
+        description="Where the plugin serves its UI files over HTTP (e.g. http://127.0.0.1:7001/). The gateway "
+        "fetches them from there and serves them as /plugins/<id>/ui/...; remoteEntry is then a path under it. "
+        "Without it, remoteEntry must be an http(s) URL the browser can reach (e.g. a CDN).",
+    )
+    remote_name: Identifier | None = Field(
+        default=None,
+        description="The Module Federation name the remote was built with; defaults to the plugin id with "
+        "'-' as '_' (orders-plugin: orders_plugin).",
+    )
     exposed_modules: list[ExposedModule] = Field(default_factory=list, description="Modules the shell may load.")
     navigation: list[NavigationEntry] = Field(default_factory=list, description="Entries for the shell's navigation.")
     shared_state: list[SharedState] = Field(default_factory=list, description="State shared with other plugins.")
+    events: list[UiEvent] = Field(
+        default_factory=list, description="Events this UI emits on the shell's event bus; it may emit no others."
+    )
 
 
 class PluginManifest(_Section):
@@ -441,4 +504,8 @@ def consistency_problems(manifest: PluginManifest) -> list[tuple[Location, str]]
                     )
                 )
         problems += _duplicates([s.name for s in ui.shared_state], ("ui", "sharedState"), ("name",), "shared state")
+        problems += _duplicates([e.name for e in ui.events], ("ui", "events"), ("name",), "event")
+        for i, state in enumerate(ui.shared_state):
+            if state.readonly and state.writers:
+                problems.append((("ui", "sharedState", i, "writers"), "a readonly state has no other writers"))
     return problems

@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
+from gateway.shell import plugin_ui_path
 from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from manifests import is_exposed
@@ -108,6 +109,10 @@ class RegistryRoutes:
         self.revision = 0
         self.epoch = ""  # the history `revision` is of ("" until the first list)
         self._plugins: dict[str, _Plugin] = {}
+        # UI plugins that had been registered and are no longer (all instances gone): still listed
+        # by /api/manifests, as UNHEALTHY with no instance, so the shell greys them out instead of
+        # dropping them; never routed. Kept while this process runs, or until they come back.
+        self._departed: dict[str, _Plugin] = {}
         self._instances: dict[str, pb.InstanceStatus] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: registry_pb2_grpc.RegistryAsyncStub | None = None
@@ -215,6 +220,11 @@ class RegistryRoutes:
             manifest.setdefault("version", plugin.version)
             manifest.setdefault("name", plugin.name)
             plugins[plugin.plugin_id] = _Plugin(manifest)
+        for plugin_id, known in self._plugins.items():
+            if plugin_id not in plugins and _has_ui(known.manifest):
+                self._departed[plugin_id] = known
+        for plugin_id in plugins:
+            self._departed.pop(plugin_id, None)
         self._plugins = plugins
         self.policies.update(plugin.manifest for plugin in plugins.values())
         # The list is a snapshot at its revision: it replaces the instances unless the watch has
@@ -284,9 +294,10 @@ class RegistryRoutes:
             by_plugin: dict[str, list[pb.InstanceStatus]] = {}
             for status in self._instances.values():
                 by_plugin.setdefault(status.plugin_id, []).append(status)
+            listed = {**self._departed, **self._plugins}
             entries = [
                 _entry(plugin.manifest, by_plugin.get(plugin_id, []))
-                for plugin_id, plugin in sorted(self._plugins.items())
+                for plugin_id, plugin in sorted(listed.items())
                 if _has_ui(plugin.manifest)
             ]
             body = json.dumps(
@@ -297,6 +308,13 @@ class RegistryRoutes:
 
     async def manifests(self, request: Request) -> Response:
         return manifests_response(request, *self.manifests_body())
+
+    def ui_base_url(self, plugin_id: str) -> str | None:
+        """Where a registered plugin serves its UI files (manifest ui.baseUrl), for gateway/shell.py."""
+        plugin = self._plugins.get(plugin_id)
+        ui = plugin.manifest.get("ui") if plugin is not None else None
+        base = ui.get("baseUrl") if isinstance(ui, dict) else None
+        return base if isinstance(base, str) else None
 
 
 def _has_ui(manifest: Mapping[str, Any]) -> bool:
@@ -311,6 +329,17 @@ def _entry(manifest: Mapping[str, Any], instances: list[pb.InstanceStatus]) -> d
     # The seed's shape lists module names; the details (path, type) stay available beside them.
     ui["exposedModules"] = [module["name"] if isinstance(module, dict) else module for module in modules]
     ui["modules"] = modules
+    plugin_id = str(manifest.get("id", ""))
+    ui.setdefault("remoteName", plugin_id.replace("-", "_"))
+    # Files the plugin serves itself reach the browser through the gateway (same origin, no plugin
+    # address exposed): the remote entry becomes a path under /plugins/<id>/ui/.
+    base = ui.pop("baseUrl", None)
+    remote_entry = ui.get("remoteEntry")
+    if isinstance(base, str) and isinstance(remote_entry, str):
+        if remote_entry.startswith(base.rstrip("/") + "/"):
+            remote_entry = remote_entry[len(base.rstrip("/")) :]
+        if remote_entry.startswith("/"):
+            ui["remoteEntry"] = plugin_ui_path(plugin_id) + remote_entry.lstrip("/")
     entry: dict[str, Any] = {
         key: manifest[key] for key in ("id", "version", "name", "description", "type") if key in manifest
     }

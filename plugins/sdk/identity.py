@@ -34,6 +34,7 @@ __all__ = [
     "CallerVerifier",
     "IdentityUnavailable",
     "InvalidCallerToken",
+    "RegistryCallers",
     "caller_token_interceptors",
 ]
 
@@ -41,6 +42,7 @@ CALLER_TOKEN_METADATA = "upf-caller-token"
 _ISSUER = "upf-registry"
 _AUDIENCE = "upf-plugins"
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_VERIFIED_MAX = 4096  # tokens remembered as verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,9 @@ class CallerVerifier:
         # new key), but not more often than this: forged key ids must not flood the registry.
         self._refetch_interval = refetch_interval
         self._keys: dict[str, jwt.PyJWK] = {}
+        # Tokens already verified, with their expiry: a plugin sends the same token on every call until
+        # its next lease renewal, and an EdDSA check costs more than the rest of a cache call.
+        self._verified: dict[str, tuple[Caller, float]] = {}
         self._fetched_at: float | None = None
         self._fetching = asyncio.Lock()
 
@@ -109,6 +114,16 @@ class CallerVerifier:
         return (await self.caller(context)).plugin_id
 
     async def verify(self, token: str) -> Caller:
+        known = self._verified.get(token)
+        if known is not None and known[1] + self._leeway >= self._clock():
+            return known[0]
+        caller, exp = await self._verify(token)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()  # many callers, or many renewals: start over rather than grow
+        self._verified[token] = caller, exp
+        return caller
+
+    async def _verify(self, token: str) -> tuple[Caller, float]:
         if not token:
             raise InvalidCallerToken(
                 f"no {CALLER_TOKEN_METADATA} metadata; plugins send the identity token the registry gave them"
@@ -138,7 +153,7 @@ class CallerVerifier:
         plugin_id, instance_id = claims["sub"], claims.get("iid", "")
         if not isinstance(plugin_id, str) or not plugin_id or not isinstance(instance_id, str):
             raise InvalidCallerToken("the token names no plugin")
-        return Caller(plugin_id, instance_id)
+        return Caller(plugin_id, instance_id), float(exp)
 
     async def _key(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
@@ -169,6 +184,31 @@ class CallerVerifier:
         self._fetched_at = self._clock()
 
 
+class RegistryCallers:
+    """`namespace_of` for an infrastructure plugin: the verified caller's plugin id, checked with the keys
+    of the registry at `target`. The channel is made on first use (a grpc.aio channel belongs to the
+    event loop that serves the calls); `close()` when the plugin stops."""
+
+    def __init__(self, target: str, **options: Any) -> None:
+        self._target = target
+        self._options = options
+        self._channel: grpc.aio.Channel | None = None
+        self._verifier: CallerVerifier | None = None
+
+    async def __call__(self, context: _Context) -> str:
+        if self._verifier is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+            self._verifier = CallerVerifier.from_registry(
+                registry_pb2_grpc.RegistryStub(self._channel), **self._options
+            )
+        return await self._verifier.namespace_of(context)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = self._verifier = None
+
+
 # --- the caller's side ----------------------------------------------------------------------------
 
 _Details: TypeAlias = grpc.aio.ClientCallDetails
@@ -194,39 +234,48 @@ else:
     _StreamStream = grpc.aio.StreamStreamClientInterceptor
 
 
-class _Token:
+class _TokenInterceptor:
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
-
-class _UnaryUnaryToken(_Token, _UnaryUnary):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: _Details, request: Any) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request)
 
-
-class _UnaryStreamToken(_Token, _UnaryStream):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: _Details, request: Any) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request)
 
-
-class _StreamUnaryToken(_Token, _StreamUnary):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: _Details, request_iterator: AsyncIterable[Any] | Iterable[Any]
     ) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request_iterator)
 
-
-class _StreamStreamToken(_Token, _StreamStream):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: _Details, request_iterator: AsyncIterable[Any] | Iterable[Any]
     ) -> Any:
         return await continuation(_with_token(client_call_details, self._token()), request_iterator)
 
 
+# grpc.aio files each interceptor under the first of the four kinds it is an instance of (an elif chain),
+# so one object of all four kinds would only ever see unary-unary calls: one object per kind.
+class _UnaryUnaryToken(_TokenInterceptor, _UnaryUnary):
+    pass
+
+
+class _UnaryStreamToken(_TokenInterceptor, _UnaryStream):
+    pass
+
+
+class _StreamUnaryToken(_TokenInterceptor, _StreamUnary):
+    pass
+
+
+class _StreamStreamToken(_TokenInterceptor, _StreamStream):
+    pass
+
+
 def caller_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
-    """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call."""
-    # One object per kind of call: grpc.aio files an interceptor under the first kind it is an instance
-    # of, so a single object implementing all four would only ever see unary-unary calls.
-    kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call,
+    whatever its kind (unary or streaming)."""
     # The stubs type the list's items as "cast or ignore": grpc.aio.ClientInterceptor is a Union there.
+    kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
     return [cast(grpc.aio.ClientInterceptor, kind(token)) for kind in kinds]

@@ -35,11 +35,13 @@ from grpc_reflection.v1alpha import reflection
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
+from plugins.sdk.cache import CacheClient
 from plugins.sdk.credentials import Credential, registration_credential
 from plugins.sdk.files import FilesClient
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.resolve import Resolver
+from plugins.sdk.storage import StorageClient
 
 __all__ = ["Plugin", "ServicerSpec", "Timings", "load_manifest_text", "run_plugin"]
 
@@ -214,11 +216,31 @@ class Plugin:
     async def channel(self, interface: str) -> grpc.aio.Channel:
         """A channel to a healthy provider of a required interface; DependencyUnavailable if none.
         Its calls carry this plugin's identity token (plugins/sdk/identity.py)."""
-        return await self._require_resolver().channel(interface)
+        resolver = self._require_resolver()
+        await self._identity_known()
+        return await resolver.channel(interface)
+
+    async def storage(self) -> StorageClient:
+        """A client of the IStorage provider (the manifest must require IStorage); DependencyUnavailable if none."""
+        return StorageClient(await self.channel("IStorage"))
 
     async def channel_to(self, target: str) -> grpc.aio.Channel:
         """A channel to a plugin id or fully qualified gRPC service; DependencyUnavailable if none."""
-        return await self._require_resolver().channel_to(target)
+        resolver = self._require_resolver()
+        await self._identity_known()
+        return await resolver.channel_to(target)
+
+    async def _identity_known(self) -> None:
+        # Right after start-up the first registration may still be on its way, and a call without the
+        # identity token it brings is refused by every infrastructure plugin: wait for it, a little.
+        if self.keeper is not None and not self.keeper.identity_token:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.keeper.registered.wait(), self.timings.call_timeout)
+
+    async def cache(self) -> CacheClient:
+        """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
+        namespace: the provider knows the plugin from the identity token its channel carries."""
+        return CacheClient(await self.channel("ICache"))
 
     async def files(self) -> FilesClient:
         """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""

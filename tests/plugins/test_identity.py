@@ -59,8 +59,9 @@ class WhoCalls(demo_pb2_grpc.EchoServicer):
         return demo_pb2.SayResponse(text=f"{caller.plugin_id}/{caller.instance_id}")
 
     async def Count(self, request: demo_pb2.CountRequest, context: Any) -> AsyncIterator[demo_pb2.CountResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used here")
-        yield demo_pb2.CountResponse()  # pragma: no cover: abort raises
+        # A streaming call: the caller's token must come with it too (n = the caller's id length).
+        caller = await self.verifier.caller(context)
+        yield demo_pb2.CountResponse(n=len(caller.plugin_id))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,8 @@ async def test_a_dependency_call_carries_the_callers_identity_and_nothing_else_p
 ) -> None:
     callee, caller, _ = pair
     assert await say_through(caller) == f"caller-plugin/{caller.instance_id}"
+    stream = demo_pb2_grpc.EchoStub(await caller.channel("IEcho")).Count(demo_pb2.CountRequest(count=1), timeout=5)
+    assert [reply.n async for reply in stream] == [len("caller-plugin")]
 
     # No token: refused, and the message says what is missing.
     refused = await say_with(callee.endpoint)

@@ -21,6 +21,11 @@ from tests.support.processes import Process, _died, free_port, wait_until
 REGISTRATION_SECRET = "test-registration-secret"
 
 
+def credential_for(plugin_id: str) -> str:
+    """The registration credential of a plugin id with any registry that run_registry starts."""
+    return RegistrationCredentials(REGISTRATION_SECRET.encode()).for_plugin(plugin_id)
+
+
 class RunningRegistry:
     def __init__(self, process: Process, port: int) -> None:
         self.process = process

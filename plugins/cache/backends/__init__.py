@@ -1,0 +1,1 @@
+"""The backends of the cache service: memory (embedded), Redis, memcached."""
