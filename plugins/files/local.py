@@ -7,6 +7,10 @@ old file or the new one, never a part; a cut upload's temp file is removed. The 
 data file's inode (a rename keeps it): a meta file that does not match the data beside it (a crash
 between the two renames) is ignored rather than trusted.
 
+Listing walks the folders under the prefix and sorts the names on every page: right for the embedded
+default, not for millions of files (S3 or GCS then). A path that is a file cannot also be a folder
+("a" and "a/b"), which object stores allow: such a write answers FAILED_PRECONDITION.
+
 The root's subfolders are made at start only: if the directory disappears later (an unmounted volume)
 calls answer UNAVAILABLE instead of writing into the bare mount point, and work again once it is back.
 """
