@@ -17,6 +17,8 @@ _Settings = TypeVar("_Settings")
 
 __all__ = ["main"]
 
+FILES_PLUGINS = ("files-local", "files-s3", "files-gcs")
+
 DESCRIPTION = """\
 UPF: a platform of gRPC plugins behind one gateway.
 
@@ -265,8 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugin.add_argument(
         "name",
-        choices=["demo", "auth", "orders", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
-        help="which plugin",
+        choices=[
+            "demo",
+            "auth",
+            "orders",
+            "storage-sqlite",
+            "storage-postgres",
+            "storage-mysql",
+            *CACHE_PLUGINS,
+            *FILES_PLUGINS,
+        ],  # fmt: skip
+        help="which plugin (files-*: IFiles, with options of their own: upf plugin files-local --help)",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
     plugin.add_argument(
@@ -455,6 +466,12 @@ def _run_auth_admin(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "plugin" and argv[1] in FILES_PLUGINS:
+        # The files plugins parse their own options (a backend's settings each; their --help lists them).
+        from plugins.files.cli import main as run_files
+
+        raise SystemExit(run_files(argv[1], argv[2:]))
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
         # Needs no gateway settings; imported here so that other commands do not load it.
