@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
             "storage-mysql",
             *CACHE_PLUGINS,
             *FILES_PLUGINS,
-        ],  # fmt: skip
+        ],
         help="which plugin (files-*: IFiles, with options of their own: upf plugin files-local --help)",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
