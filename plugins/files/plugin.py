@@ -14,9 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from upf.files.v1 import files_pb2_grpc
-from upf.registry.v1 import registry_pb2 as registry_pb, registry_pb2_grpc
 
 from manifests import ManifestError
 from plugins.files.backend import Backend
@@ -24,7 +22,7 @@ from plugins.files.service import FilesService, NamespaceOf
 from plugins.files.url_server import SignedUrlServer
 from plugins.sdk import Plugin, RegistrationRejected, Timings
 from plugins.sdk.credentials import Credential
-from plugins.sdk.identity import CallerVerifier
+from plugins.sdk.identity import RegistryCallers
 
 __all__ = ["MANIFESTS", "FilesPlugin", "PluginOptions", "build", "run_files_plugin"]
 
@@ -53,12 +51,12 @@ class FilesPlugin:
         self,
         plugin: Plugin,
         backend: Backend,
-        keys: _RegistryKeys,
+        callers: RegistryCallers,
         url_server: SignedUrlServer | None = None,
     ) -> None:
         self.plugin = plugin
         self.backend = backend
-        self._keys = keys
+        self._callers = callers
         self._url_server = url_server
         self.ready = asyncio.Event()  # set once the gRPC server (and the URL listener) serve
 
@@ -77,33 +75,10 @@ class FilesPlugin:
             if self._url_server is not None:
                 await self._url_server.stop()
             await self.backend.close()
-            await self._keys.close()
+            await self._callers.close()
 
     async def stop(self) -> None:
         await self.plugin.stop()
-
-
-class _RegistryKeys:
-    """Fetches the registry's identity keys for CallerVerifier on a channel of its own, opened at the
-    first call (inside the running event loop) and closed with the plugin."""
-
-    def __init__(self, target: str, call_timeout: float) -> None:
-        self._target = target
-        self._timeout = call_timeout
-        self._channel: grpc.aio.Channel | None = None
-
-    async def fetch(self) -> registry_pb.GetIdentityKeysResponse:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
-        stub = registry_pb2_grpc.RegistryStub(self._channel)
-        reply: registry_pb.GetIdentityKeysResponse = await stub.GetIdentityKeys(
-            registry_pb.GetIdentityKeysRequest(), timeout=self._timeout
-        )
-        return reply
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(None)
 
 
 def build(
@@ -115,9 +90,9 @@ def build(
 ) -> FilesPlugin:
     """The plugin for `backend`; callers' namespaces come from their identity tokens (`namespace_of`
     replaces that only where no registry signs tokens)."""
-    keys = _RegistryKeys(options.registry, options.timings.call_timeout)
+    callers = RegistryCallers(options.registry, call_timeout=options.timings.call_timeout)
     if namespace_of is None:
-        namespace_of = CallerVerifier(keys.fetch).namespace_of
+        namespace_of = callers
     plugin = Plugin(
         options.manifest,
         [(files_pb2_grpc.add_FilesServicer_to_server, FilesService(backend, namespace_of))],
@@ -129,7 +104,7 @@ def build(
         handle_signals=options.handle_signals,
         credential=options.credential,
     )
-    return FilesPlugin(plugin, backend, keys, url_server)
+    return FilesPlugin(plugin, backend, callers, url_server)
 
 
 def run_files_plugin(make: Callable[[], Awaitable[FilesPlugin]]) -> int:
