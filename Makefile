@@ -18,7 +18,7 @@ WEB_DIR := shell-web
 WEB_STAMP := $(WEB_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test check lint format proto proto-check schema bench install lock clean shell chromium
+.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell system-packages
 
 install: $(PY_STAMP)
 
@@ -52,16 +52,24 @@ $(WEB_STAMP): $(SDK_STAMP) $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json 
 
 shell: $(WEB_STAMP)
 
-# The browser tests (tests/shell) drive Debian's Chromium with playwright-core; no browser download.
-chromium:
-	@test -x $(CHROMIUM) || { echo "installing chromium (Debian package) for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the suite runs: Chromium for the browser tests (tests/shell, driven by playwright-core;
+# no browser download) and memcached, which the cache suite starts on ports of its own. Installed once,
+# when missing.
+system-packages:
+	@missing=""; test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	  command -v memcached >/dev/null || missing="$$missing memcached"; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 run: $(PY_STAMP) $(WEB_STAMP)
 	$(BIN)/upf run
 
-test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) chromium check
+test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) system-packages check
 	$(BIN)/pytest
+
+# The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
+test-files-large: $(PY_STAMP)
+	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large --timeout 1800 -s
 
 check: $(PY_STAMP)
 	$(UV) lock --check --python $(PYTHON) --quiet

@@ -1,9 +1,11 @@
 """`upf run`: the whole platform in one process, on embedded defaults.
 
 The registry (memory store) on registryUrl (default 127.0.0.1:50052), the auth plugin (custom
-provider, an SQLite store in memory, a demo user) and the demo plugin on the plugin SDK registering
-with it, and the gateway routing by it and verifying tokens: the same parts and protocols as the
-Procfile's separate processes, so what works here works there. Nothing else needs to run.
+provider, an SQLite store in memory, a demo user), the demo plugin, the infrastructure plugins
+(storage-sqlite in memory and cache-memory, or what `--deployment FILE` chooses) and the orders
+plugin on the plugin SDK registering with it, and the gateway routing by it and verifying tokens:
+the same parts and protocols as the Procfile's separate processes, so what works here works there.
+Nothing else needs to run.
 
 The gateway and the auth plugin share one in-process revocation store: a logout is seen at once.
 """
@@ -16,11 +18,14 @@ import logging
 import secrets
 
 from gateway.auth.revocations import MemoryRevocations
+from gateway.deployment import Deployment
+from gateway.infrastructure import run_infrastructure
 from gateway.serve import serve_gateway
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from plugins.auth.plugin import AuthPlugin, build as build_auth
 from plugins.auth.settings import AuthSettings, CustomSettings, JwtSettings
 from plugins.demo.plugin import build as build_demo
+from plugins.orders.embedded import embedded_orders
 from registry.credentials import RegistrationCredentials
 from registry.server import serve as serve_registry
 from registry.settings import RegistrationSettings, RegistrySettings
@@ -32,6 +37,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_REGISTRY = "127.0.0.1:50052"
 # For local use only: README shows these so that `make run` can be tried at once.
 DEMO_USER = {"username": "demo", "password": "demo-password", "email": "demo@upf.local", "roles": ["user"]}
+# The auth plugin's default roles, plus the orders plugin's permissions for the demo user.
+DEMO_ROLES = {"admin": ["*"], "user": ["demo:read", "orders:read", "orders:write"]}
 _AUTH_START_TIMEOUT = 30.0
 
 
@@ -44,7 +51,9 @@ def embedded_auth(settings: GatewaySettings, issuer: str) -> GatewaySettings:
     return settings.model_copy(update={"auth": auth})
 
 
-async def run_all(settings: GatewaySettings) -> None:
+async def run_all(settings: GatewaySettings, deployment: Deployment | None = None) -> None:
+    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (gateway/deployment.py);
+    none: the embedded ones (storage-sqlite in memory, cache-memory)."""
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
     registry_stopped = asyncio.Event()
@@ -69,6 +78,7 @@ async def run_all(settings: GatewaySettings) -> None:
             registry_url=registry_url,
             jwt=JwtSettings(issuer=issuer),
             custom=CustomSettings(sqlite_path=":memory:"),
+            roles=DEMO_ROLES,
         ),
         revocations=revocations,
         handle_signals=False,
@@ -79,11 +89,16 @@ async def run_all(settings: GatewaySettings) -> None:
     auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:
-        await _seed_demo_user(auth, auth_task)
-        gateway_settings = embedded_auth(settings, issuer)
-        await serve_gateway(
-            gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}), revocations=revocations
-        )
+        async with (
+            run_infrastructure(deployment or Deployment.embedded(), registry_url, registration.for_plugin),
+            embedded_orders(registry_url, registration.for_plugin),
+        ):
+            await _seed_demo_user(auth, auth_task)
+            gateway_settings = embedded_auth(settings, issuer)
+            await serve_gateway(
+                gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}),
+                revocations=revocations,
+            )
     finally:
         await demo.stop()
         await auth.stop()

@@ -17,6 +17,8 @@ _Settings = TypeVar("_Settings")
 
 __all__ = ["main"]
 
+FILES_PLUGINS = ("files-local", "files-s3", "files-gcs")
+
 DESCRIPTION = """\
 UPF: a platform of gRPC plugins behind one gateway.
 
@@ -44,8 +46,9 @@ MANIFEST_VALIDATE = """\
 Check plugin manifests (YAML, or JSON when the name ends in .json) against the manifest's schema
 (manifests/schema.json) and for consistency: unique interface, method and module names, fully
 qualified gRPC services, npm-style semver ranges in requires (^1.2, ~1.2.3, >=1.0.0 <2, 1.x, ||),
-policies that name declared methods, ui.remoteEntry when the UI is enabled, navigation paths
-that start with /.
+policies that name declared methods, navigation paths that start with /. A provided interface
+without grpcServices gets the services its protoFile declares (looked for from the manifest's folder
+upwards); an enabled UI without remoteEntry gets /static/remoteEntry.js.
 """
 
 MANIFEST_EPILOG = """\
@@ -147,6 +150,16 @@ identity token the registry signed for it):
 
 CACHE_PLUGINS = ("cache-memory", "cache-redis", "cache-memcached")
 
+DEPLOYMENT_EPILOG = """\
+deployment file (--deployment FILE; the seed's deployment.yaml; ${VAR} and ${VAR:-default} are filled
+from the environment; what it leaves out is the embedded default):
+  infrastructure:
+    storage:  {plugin: storage-postgres, config: {connectionString: ${DATABASE_URL}, maxConnections: 20}}
+    cache:    {plugin: cache-redis, config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}}
+  storage: storage-sqlite (default, in memory; connectionString: a file), storage-postgres, storage-mysql
+  cache:   cache-memory (default), cache-redis (url, keyPrefix), cache-memcached (servers: [host:port])
+"""
+
 
 def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -169,12 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole platform in one process: registry, auth and demo plugins, gateway",
         description="Start the whole platform in one process on http://127.0.0.1:8080: the registry, the "
         "auth plugin (custom provider, users in memory, a demo user 'demo' / 'demo-password' for local use "
-        "only), the demo plugin (upf.demo.v1.Echo) and the gateway, verifying tokens. Nothing else needs "
-        "to be installed or running.",
-        epilog=CONFIG_EPILOG,
+        "only), the demo plugin (upf.demo.v1.Echo), the infrastructure plugins (storage-sqlite in memory and "
+        "cache-memory, or those a deployment file chooses), the orders plugin (upf.orders.v1.Orders) and the "
+        "gateway, verifying tokens. Nothing else needs to be installed or running.",
+        epilog=CONFIG_EPILOG + "\n" + DEPLOYMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(run)
+    run.add_argument(
+        "--deployment",
+        metavar="FILE",
+        help="a deployment file (the seed's deployment.yaml) choosing the infrastructure plugins "
+        "(default: the embedded ones)",
+    )
     gateway = commands.add_parser(
         "gateway",
         help="start the gateway alone (routes from the configuration's upstreams)",
@@ -245,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
-        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; storage-sqlite, "
+        description="Run a built-in plugin (demo: upf.demo.v1.Echo; auth: upf.auth.v1.Auth; orders: "
+        "upf.orders.v1.Orders, needs an IStorage plugin; storage-sqlite, "
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
@@ -257,13 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[
             "demo",
             "auth",
+            "orders",
             "storage-sqlite",
             "storage-postgres",
             "storage-mysql",
             *CACHE_PLUGINS,
+            *FILES_PLUGINS,
             *MESSAGE_BUS_PLUGINS,
         ],
-        help="which plugin",
+        help="which plugin (files-*: IFiles, with options of their own: upf plugin files-local --help)",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
     plugin.add_argument(
@@ -370,10 +393,13 @@ def _run_plugin(args: argparse.Namespace) -> None:
         _run_message_bus_plugin(args)
         return
     if args.config is not None:
-        print("upf: --config is for the auth plugin; the demo plugin has no configuration file", file=sys.stderr)
+        print(f"upf: --config is for the auth plugin; {args.name} has no configuration file", file=sys.stderr)
         raise SystemExit(2)
     # Imported here so that the gateway's commands do not load the plugin SDK.
-    from plugins.demo.plugin import MANIFEST, main as run_demo
+    if args.name == "orders":
+        from plugins.orders.plugin import MANIFEST, main as run_demo
+    else:
+        from plugins.demo.plugin import MANIFEST, main as run_demo
 
     raise SystemExit(
         run_demo(
@@ -481,6 +507,12 @@ def _run_auth_admin(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "plugin" and argv[1] in FILES_PLUGINS:
+        # The files plugins parse their own options (a backend's settings each; their --help lists them).
+        from plugins.files.cli import main as run_files
+
+        raise SystemExit(run_files(argv[1], argv[2:]))
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
         # Needs no gateway settings; imported here so that other commands do not load it.
@@ -508,5 +540,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_gateway(settings, args.config)
     elif args.command == "run":
         from gateway.allinone import run_all
+        from gateway.deployment import DeploymentError, load_deployment
+        from gateway.infrastructure import check_deployment, known_plugins
 
-        asyncio.run(run_all(settings))
+        deployment = None
+        if args.deployment:
+            try:
+                deployment = load_deployment(args.deployment, known_plugins())
+                check_deployment(deployment)
+            except DeploymentError as exc:
+                print(f"upf: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except ValueError as exc:  # a plugin's own check of its config
+                print(f"upf: {args.deployment}: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        asyncio.run(run_all(settings, deployment))

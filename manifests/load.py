@@ -15,6 +15,7 @@ above) for any manifest that cannot be used, and lets `OSError` through for a fi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import json
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
+from manifests.infer import complete
 from manifests.model import CONSISTENCY_ERROR, Location, PluginManifest, dotted_path
 
 __all__ = ["ManifestError", "Problem", "load_manifest", "manifest_from_data", "parse_manifest"]
@@ -67,11 +69,15 @@ def load_manifest(path: str | Path) -> PluginManifest:
         raise ManifestError(
             source, [Problem("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")]
         ) from None
-    return parse_manifest(text, source, json_format=Path(path).suffix.lower() == ".json")
+    json_format = Path(path).suffix.lower() == ".json"
+    return parse_manifest(text, source, json_format=json_format, base=Path(path).resolve().parent)
 
 
-def parse_manifest(text: str, source: str = "<manifest>", *, json_format: bool = False) -> PluginManifest:
-    """Validate a manifest given as YAML (or JSON) text; `source` names it in the problems."""
+def parse_manifest(
+    text: str, source: str = "<manifest>", *, json_format: bool = False, base: Path | None = None
+) -> PluginManifest:
+    """Validate a manifest given as YAML (or JSON) text; `source` names it in the problems. `base`, the
+    manifest's folder, lets what it leaves out be read from the files it names (manifests/infer.py)."""
     if json_format:
         try:
             data = json.loads(text)
@@ -89,10 +95,16 @@ def parse_manifest(text: str, source: str = "<manifest>", *, json_format: bool =
             source, [Problem("", "the file is empty; a manifest needs at least id, version, name, type")]
         )
     problems = list(_duplicate_keys(root)) if root is not None else []
+    data, not_inferred = complete(data, base)
     try:
         manifest = manifest_from_data(data, source, root)
     except ManifestError as exc:
-        problems += exc.problems
+        # "required key is missing" says less than why it could not be inferred.
+        reasons = {dotted_path(loc): reason for loc, reason in not_inferred.items()}
+        problems += [
+            dataclasses.replace(p, message=reasons[p.path]) if p.path in reasons and p.message == _MISSING else p
+            for p in exc.problems
+        ]
     if problems:
         raise ManifestError(source, _in_order(problems))
     return manifest
@@ -104,6 +116,9 @@ def manifest_from_data(data: object, source: str = "<manifest>", root: yaml.Node
         return PluginManifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(source, _in_order(list(_problems(exc, root)))) from None
+
+
+_MISSING = "required key is missing"
 
 
 def _read_yaml(text: str) -> tuple[yaml.Node | None, Any]:
@@ -222,7 +237,7 @@ def _message(error: ErrorDetails) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     got = _describe(value)
     if kind == "missing":
-        return "required key is missing"
+        return _MISSING
     if kind == "extra_forbidden":
         return _unknown_key(error["loc"])
     if kind == "string_type":

@@ -24,8 +24,10 @@ The shape follows the seed's `manifest.yaml` (keys in camelCase, as plugins in a
       navigation: [{path: /orders, title: Orders, icon: shopping-cart, module: ./OrderDashboard}]
 
 Two additions to the seed: `grpcServices` (the gateway routes by fully qualified gRPC service, so a
-provider must say which ones it serves) and `policies` (per-method permission, rate limit, timeout and
-idempotency, declared here and enforced by the gateway).
+provider must say which ones it serves; a manifest file may leave it to its protoFile, see
+manifests/infer.py) and `policies` (per-method permission, rate limit, timeout and idempotency,
+declared here and enforced by the gateway). An enabled `ui` without `remoteEntry` means
+/static/remoteEntry.js, the value of the seed's own UI example.
 
 Validation is strict: unknown keys are errors (a misspelt key would otherwise be silently ignored), and
 values are not coerced (`version: 1.0` is a YAML number, not the text "1.0"). Checks that relate several
@@ -49,6 +51,7 @@ from manifests.semver import VERSION_PATTERN, SemverError, parse_range, parse_ve
 
 __all__ = [
     "CONSISTENCY_ERROR",
+    "DEFAULT_REMOTE_ENTRY",
     "ExposedModule",
     "Location",
     "MethodPolicy",
@@ -73,6 +76,8 @@ CONSISTENCY_ERROR = "manifest_consistency"
 Location = tuple[str | int, ...]
 
 ALL_METHODS = "*"  # the policies key that applies to every method of an interface
+#: Where an enabled UI's remote entry is when the manifest does not say (the seed's UI example's value).
+DEFAULT_REMOTE_ENTRY = "/static/remoteEntry.js"
 
 _ID = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -266,7 +271,8 @@ class ProvidedInterface(_Section):
     grpc_services: list[ServiceName] = Field(
         min_length=1,
         description="Fully qualified gRPC services that implement the interface (package.Service, "
-        "e.g. upf.demo.v1.Echo); the gateway routes calls for them to this plugin.",
+        "e.g. upf.demo.v1.Echo); the gateway routes calls for them to this plugin. When left out of a "
+        "manifest file, the services protoFile declares (found from the manifest's folder upwards).",
     )
     methods: list[MethodName] = Field(
         default_factory=list, description="RPCs of those services that are part of the interface, e.g. CreateOrder."
@@ -362,8 +368,9 @@ class UiConfig(_Section):
     enabled: bool = Field(default=True, description="Whether the shell loads this UI.")
     remote_entry: RemoteEntry | None = Field(
         default=None,
-        description="URL of the Module Federation remote entry (a path on the gateway such as "
-        "/static/remoteEntry.js, or an http(s) URL); required when enabled.",
+        description="URL of the Module Federation remote entry: a path under baseUrl (e.g. "
+        "/static/remoteEntry.js, served by the gateway under /plugins/<id>/ui/), or an http(s) URL. When the UI "
+        f"is enabled and this is left out: {DEFAULT_REMOTE_ENTRY}, the value of the seed's UI example.",
     )
     base_url: BaseUrl | None = Field(
         default=None,
@@ -382,6 +389,19 @@ class UiConfig(_Section):
     events: list[UiEvent] = Field(
         default_factory=list, description="Events this UI emits on the shell's event bus; it may emit no others."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_remote_entry(cls, data: Any) -> Any:
+        # The seed's full orders manifest enables its UI without a remoteEntry, and its UI example writes
+        # /static/remoteEntry.js: an enabled UI that leaves it out means that conventional place, so
+        # both seed examples mean the same and load as written. With a baseUrl it is the plugin's own
+        # /static/remoteEntry.js, through the gateway; without one there is nowhere to fetch it from,
+        # and the shell shows that plugin's fallback (as it would for an explicit path that is wrong).
+        # Explicit values are kept as they are.
+        if isinstance(data, dict) and data.get("enabled", True) is True and "remoteEntry" not in data:
+            return {**data, "remoteEntry": DEFAULT_REMOTE_ENTRY}
+        return data
 
 
 class PluginManifest(_Section):
@@ -483,14 +503,6 @@ def consistency_problems(manifest: PluginManifest) -> list[tuple[Location, str]]
     problems += _duplicates([r.interface for r in manifest.requires], ("requires",), ("interface",), "interface")
     ui = manifest.ui
     if ui is not None:
-        if ui.enabled and ui.remote_entry is None:
-            problems.append(
-                (
-                    ("ui", "remoteEntry"),
-                    "required when the UI is enabled: the URL of its Module Federation remote entry, "
-                    "e.g. /static/remoteEntry.js (or set enabled: false)",
-                )
-            )
         modules = [m.name for m in ui.exposed_modules]
         declared_modules = ", ".join(dict.fromkeys(modules)) or "none"
         problems += _duplicates(modules, ("ui", "exposedModules"), ("name",), "module")

@@ -28,6 +28,7 @@ from plugins.cache.backends.memory import MemoryBackend
 from plugins.cache.backends.redis import RedisBackend
 from plugins.cache.service import CacheService, NamespaceOf
 from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.credentials import Credential
 from plugins.sdk.identity import RegistryCallers
 
 __all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of"]
@@ -146,6 +147,7 @@ def build(
     drain_grace: float = 10.0,
     handle_signals: bool = True,
     namespace_of: NamespaceOf | None = None,
+    credential: Credential | None = None,
 ) -> Plugin:
     """The cache plugin for `settings`. Each caller's keys and locks live in the namespace of its plugin
     id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
@@ -163,6 +165,7 @@ def build(
         port=port,
         instance_id=instance_id,
         timings=Timings(drain_grace=drain_grace),
+        credential=credential,
     )
 
 

@@ -37,6 +37,7 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
 from plugins.sdk.cache import CacheClient
 from plugins.sdk.credentials import Credential, registration_credential
+from plugins.sdk.files import FilesClient
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.messagebus import MessageBusClient
@@ -245,6 +246,10 @@ class Plugin:
         """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
         namespace: the provider knows the plugin from the identity token its channel carries."""
         return CacheClient(await self.channel("ICache"))
+
+    async def files(self) -> FilesClient:
+        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""
+        return FilesClient(await self.channel("IFiles"))
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""

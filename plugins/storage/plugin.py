@@ -16,6 +16,7 @@ from typing import Any
 from upf.storage.v1 import storage_pb2_grpc
 
 from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk.credentials import Credential
 from plugins.sdk.identity import RegistryCallers
 from plugins.storage.backend import Backend
 from plugins.storage.mysql import MysqlBackend
@@ -87,6 +88,7 @@ def build(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     namespace_of: NamespaceOf | None = None,
     handle_signals: bool = True,
+    credential: Credential | None = None,
 ) -> StoragePlugin:
     """The plugin `name` (a key of BACKENDS). Each caller's records live in the namespace of its plugin
     id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
@@ -108,6 +110,7 @@ def build(
         timings=Timings(drain_grace=drain_grace),
         handle_signals=handle_signals,
         verified_namespaces=verified,
+        credential=credential,
     )
 
 

@@ -143,18 +143,28 @@ def test_the_model_itself_refuses_inconsistent_manifests() -> None:
     [
         ("{enabled: false}", None),
         ("{enabled: true, remoteEntry: 'https://cdn.example.com/orders/remoteEntry.js'}", None),
-        ("{}", "ui.remoteEntry: required when the UI is enabled"),
+        ("{}", None),
         ("{enabled: true, remoteEntry: /x.js, navigation: [{path: /, title: Home}]}", None),
         ("{enabled: true, remoteEntry: 'ftp://x/remoteEntry.js'}", 'ui.remoteEntry: "ftp://x/remoteEntry.js" is not'),
     ],
 )
-def test_a_ui_needs_a_remote_entry_when_enabled(ui: str, problem: str | None) -> None:
+def test_a_ui_remote_entry_must_be_a_url_when_given(ui: str, problem: str | None) -> None:
     text = f"id: demo\nversion: 1.0.0\nname: Demo\ntype: business\nui: {ui}\n"
     if problem is None:
         parse_manifest(text)
     else:
         with pytest.raises(ManifestError, match=problem):
             parse_manifest(text)
+
+
+@pytest.mark.parametrize(
+    ("ui", "remote_entry"),
+    [("{}", "/static/remoteEntry.js"), ("{enabled: false}", None), ("{remoteEntry: /ui/entry.js}", "/ui/entry.js")],
+)
+def test_an_enabled_ui_without_remote_entry_uses_the_seeds_place(ui: str, remote_entry: str | None) -> None:
+    manifest = parse_manifest(f"id: demo\nversion: 1.0.0\nname: Demo\ntype: business\nui: {ui}\n")
+    assert manifest.ui is not None
+    assert manifest.ui.remote_entry == remote_entry
 
 
 def test_policies_may_only_name_declared_methods() -> None:

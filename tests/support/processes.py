@@ -134,7 +134,13 @@ class Gateway:
 
 @contextmanager
 def run_gateway(
-    config: dict[str, Any], work_dir: Path, *, command: str = "gateway", http_port: int | None = None
+    config: dict[str, Any],
+    work_dir: Path,
+    *,
+    command: str = "gateway",
+    http_port: int | None = None,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """`upf gateway` (or `upf run`) with this configuration, on free ports (or this HTTP port: a
     gateway started again where another one was); stopped with SIGTERM."""
@@ -145,8 +151,9 @@ def run_gateway(
     config_file.write_text(yaml.safe_dump(config))
     upf = str(Path(sys.executable).parent / "upf")
     # The developer's own UPF_* variables must not leak into the test's gateway.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
-    process = Process([upf, command, "--config", str(config_file)], env=env, log=work_dir / f"{name}.log")
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+    argv = [upf, command, "--config", str(config_file), *args]
+    process = Process(argv, env={**clean, **(env or {})}, log=work_dir / f"{name}.log")
     gateway = Gateway(process, http_port, grpc_port)
     try:
         wait_until(lambda: _ready(gateway) or (not process.alive() and _died(process)), what="the gateway to be ready")

@@ -1,0 +1,117 @@
+"""The infrastructure plugins `upf run` can start in its process, and starting the ones a deployment chose.
+
+Each entry builds a plugin from its deployment `config:` (the seed's keys, checked by the plugin's own
+`from_config`, which names a wrong key) registered with the platform's registry under its own
+credential. A plugin's process is the platform's: its signals are the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.deployment import Deployment
+from plugins.cache.plugin import CacheSettings, build as build_cache
+from plugins.sdk import Plugin
+from plugins.sdk.credentials import Credential
+from plugins.storage.plugin import build as build_storage, options_from_config as storage_options
+
+__all__ = ["CATALOGUE", "Entry", "check_deployment", "known_plugins", "run_infrastructure"]
+
+logger = logging.getLogger(__name__)
+
+_START_TIMEOUT = 30.0
+
+# (config, registry address, credential) -> the plugin, not started
+Builder = Callable[[Mapping[str, Any], str, Credential], Plugin]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    interface: str  # the deployment key: storage, cache, files, messageBus
+    build: Builder
+    check: Callable[[Mapping[str, Any], str], object]  # (config, where) -> ValueError naming a wrong key
+
+
+def _storage(name: str, default_dsn: str | None) -> Entry:
+    where = f"infrastructure.storage.config ({name})"
+
+    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+        options = storage_options(config, where)
+        options.setdefault("dsn", default_dsn)
+        return build_storage(name, registry=registry, handle_signals=False, credential=credential, **options)
+
+    return Entry("storage", build, storage_options)
+
+
+def _cache(backend: Any) -> Entry:
+    where = f"infrastructure.cache.config (cache-{backend})"
+
+    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+        settings = CacheSettings.from_config(backend, config, where)
+        return build_cache(settings, registry=registry, handle_signals=False, credential=credential)
+
+    return Entry("cache", build, lambda config, _where: CacheSettings.from_config(backend, config, where))
+
+
+CATALOGUE: dict[str, Entry] = {
+    # The embedded default keeps nothing on disk, like the rest of `make run`; a deployment names a file.
+    "storage-sqlite": _storage("storage-sqlite", ":memory:"),
+    "storage-postgres": _storage("storage-postgres", None),
+    "storage-mysql": _storage("storage-mysql", None),
+    "cache-memory": _cache("memory"),
+    "cache-redis": _cache("redis"),
+    "cache-memcached": _cache("memcached"),
+}
+
+
+def check_deployment(deployment: Deployment) -> None:
+    """Check each chosen plugin's config before anything starts; ValueError naming the key."""
+    for key, choice in deployment.infrastructure.items():
+        entry = CATALOGUE.get(choice.plugin)
+        if entry is not None:
+            entry.check(choice.config, f"infrastructure.{key}.config ({choice.plugin})")
+
+
+def known_plugins() -> dict[str, str]:
+    """Every plugin name a deployment may choose -> the interface key it implements."""
+    return {name: entry.interface for name, entry in CATALOGUE.items()}
+
+
+@contextlib.asynccontextmanager
+async def run_infrastructure(
+    deployment: Deployment, registry: str, credential: Credential
+) -> AsyncIterator[dict[str, Plugin]]:
+    """Start the chosen plugins that this process can run (interface key -> plugin), serving until the
+    block ends; then stop them, the last started first. A plugin that fails to start stops start-up."""
+    plugins: dict[str, Plugin] = {}
+    tasks: dict[str, asyncio.Task[None]] = {}
+    try:
+        for key, choice in deployment.infrastructure.items():
+            entry = CATALOGUE.get(choice.plugin)
+            if entry is None:
+                continue  # an interface whose plugins land later (files, messageBus): not started here
+            plugin = entry.build(choice.config, registry, credential)
+            plugins[key], tasks[key] = plugin, asyncio.create_task(plugin.run(), name=choice.plugin)
+            await _started(choice.plugin, plugin, tasks[key])
+            logger.info("infrastructure: %s for %s", choice.plugin, key)
+        yield plugins
+    finally:
+        for key in reversed(list(tasks)):
+            await plugins[key].stop()
+            with contextlib.suppress(Exception):
+                await tasks[key]
+
+
+async def _started(name: str, plugin: Plugin, task: asyncio.Task[None]) -> None:
+    started = asyncio.create_task(plugin.started.wait())
+    done, _ = await asyncio.wait({started, task}, timeout=_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    if started not in done:
+        started.cancel()
+        if task.done() and task.exception() is not None:
+            raise RuntimeError(f"{name} did not start: {task.exception()}")
+        raise RuntimeError(f"{name} did not start in {_START_TIMEOUT:.0f} s")

@@ -1,0 +1,31 @@
+"""The orders plugin inside `upf run` (gateway/allinone.py), beside the infrastructure plugins the
+platform started (gateway/infrastructure.py): it registers like any plugin and finds IStorage and
+ICache through its manifest's `requires`. With the embedded storage (SQLite in memory) orders are
+gone when `upf run` stops; a deployment file names real storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from plugins.orders.plugin import build as build_orders
+from plugins.sdk import Plugin
+from plugins.sdk.credentials import Credential
+
+__all__ = ["embedded_orders"]
+
+
+@contextlib.asynccontextmanager
+async def embedded_orders(registry: str, credential: Credential) -> AsyncIterator[Plugin]:
+    """Run orders-plugin for the block; stopped (and drained) before the block's caller stops the
+    infrastructure, so that its last calls still find storage."""
+    orders = build_orders(registry=registry, handle_signals=False, credential=credential)
+    task = asyncio.create_task(orders.run())
+    try:
+        yield orders
+    finally:
+        await orders.stop()
+        with contextlib.suppress(Exception):
+            await task
