@@ -158,6 +158,8 @@ from the environment; what it leaves out is the embedded default):
     cache:    {plugin: cache-redis, config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}}
   storage: storage-sqlite (default, in memory; connectionString: a file), storage-postgres, storage-mysql
   cache:   cache-memory (default), cache-redis (url, keyPrefix), cache-memcached (servers: [host:port])
+  messageBus: message-bus-memory (default), message-bus-nats, message-bus-rabbitmq, message-bus-redis (url, prefix)
+  files:   not started by upf run yet: run upf plugin files-local|files-s3|files-gcs beside it
 """
 
 

@@ -60,14 +60,26 @@ def settings_from_env(backend: str, url: str | None = None, prefix: str | None =
 
 
 def settings_from_config(backend: str, config: Mapping[str, Any], where: str = "config") -> BusSettings:
-    """From a deployment file's `config` for message-bus-<backend> (`url`, `prefix`); ValueError naming
-    the key. What it leaves out comes from the environment and the defaults, as for the CLI."""
+    """From a deployment file's `config` for message-bus-<backend> (`url`, `prefix`; for NATS also the
+    seed's `servers: [url]` and `jetstream: {enabled: true}`); ValueError naming the key. What it leaves
+    out comes from the environment and the defaults, as for the CLI."""
     keys = {"prefix"} if backend == "memory" else {"url", "prefix"}
+    if backend == "nats":
+        keys |= {"servers", "jetstream"}
     unknown = sorted(set(config) - keys)
     if unknown:
         accepted = ", ".join(sorted(keys))
         raise ValueError(f"{where}.{unknown[0]}: not a setting of message-bus-{backend}; use {accepted}")
-    for key in keys & set(config):
+    config = dict(config)
+    if "servers" in config:
+        servers = config.pop("servers")
+        if not isinstance(servers, list) or len(servers) != 1 or "url" in config:
+            raise ValueError(f"{where}.servers: one NATS server URL (or `url` instead)")
+        config["url"] = servers[0]
+    # The bus keeps messages (durables, replay, redelivery) in JetStream: it cannot be turned off.
+    if "jetstream" in config and config.pop("jetstream") != {"enabled": True}:
+        raise ValueError(f"{where}.jetstream: must be {{enabled: true}}; the bus needs JetStream")
+    for key in {"url", "prefix"} & set(config):
         if not isinstance(config[key], str) or not config[key]:
             raise ValueError(f"{where}.{key}: a non-empty string")
     return settings_from_env(backend, config.get("url"), config.get("prefix"))
