@@ -23,8 +23,10 @@ def test_healthz_and_readyz(gateway: Gateway) -> None:
 
 
 def test_unknown_rest_path_is_a_json_404_not_html(gateway: Gateway) -> None:
-    r = httpx.get(f"{gateway.url}/no/such/page")
+    # REST lives under /api/; any other GET is a route of the web shell (tests/shell).
+    r = httpx.get(f"{gateway.url}/api/no/such/page")
     assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/json")
     assert "<html" not in r.text.lower()
 
 
