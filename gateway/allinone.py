@@ -19,7 +19,7 @@ import secrets
 
 from gateway.auth.revocations import MemoryRevocations
 from gateway.deployment import Deployment
-from gateway.infrastructure import run_infrastructure
+from gateway.infrastructure import run_infrastructure, wait_started
 from gateway.serve import serve_gateway
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from plugins.auth.plugin import AuthPlugin, build as build_auth
@@ -111,13 +111,7 @@ async def run_all(settings: GatewaySettings, deployment: Deployment | None = Non
 
 
 async def _seed_demo_user(auth: AuthPlugin, auth_task: asyncio.Task[None]) -> None:
-    ready = asyncio.create_task(auth.ready.wait())
-    done, _ = await asyncio.wait({ready, auth_task}, timeout=_AUTH_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if auth_task.done() and auth_task.exception() is not None:
-            raise RuntimeError(f"the auth plugin did not start: {auth_task.exception()}")
-        raise RuntimeError("the auth plugin did not start in time")
+    await wait_started("the auth plugin", auth.ready, auth_task, _AUTH_START_TIMEOUT)
     ensure_user = getattr(auth.provider, "ensure_user", None)
     if ensure_user is not None:
         await ensure_user(

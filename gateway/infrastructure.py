@@ -21,7 +21,7 @@ from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
 from plugins.storage.plugin import build as build_storage, options_from_config as storage_options
 
-__all__ = ["CATALOGUE", "Entry", "check_deployment", "known_plugins", "run_infrastructure"]
+__all__ = ["CATALOGUE", "Entry", "check_deployment", "known_plugins", "run_infrastructure", "wait_started"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def run_infrastructure(
                 continue  # files: its plugins run as their own processes for now (upf plugin files-*)
             plugin = entry.build(choice.config, registry, credential)
             plugins[key], tasks[key] = plugin, asyncio.create_task(plugin.run(), name=choice.plugin)
-            await _started(choice.plugin, plugin, tasks[key])
+            await wait_started(choice.plugin, plugin.started, tasks[key], _START_TIMEOUT)
             logger.info("infrastructure: %s for %s", choice.plugin, key)
         yield plugins
     finally:
@@ -122,11 +122,13 @@ async def run_infrastructure(
                 await tasks[key]
 
 
-async def _started(name: str, plugin: Plugin, task: asyncio.Task[None]) -> None:
-    started = asyncio.create_task(plugin.started.wait())
-    done, _ = await asyncio.wait({started, task}, timeout=_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-    if started not in done:
-        started.cancel()
+async def wait_started(name: str, started: asyncio.Event, task: asyncio.Task[None], timeout: float) -> None:
+    """Wait until `started` is set by the plugin that `task` runs; RuntimeError, saying why, if the task
+    ends first (its error) or `timeout` passes."""
+    waiting = asyncio.create_task(started.wait())
+    done, _ = await asyncio.wait({waiting, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waiting not in done:
+        waiting.cancel()
         if task.done() and task.exception() is not None:
             raise RuntimeError(f"{name} did not start: {task.exception()}")
-        raise RuntimeError(f"{name} did not start in {_START_TIMEOUT:.0f} s")
+        raise RuntimeError(f"{name} did not start in {timeout:.0f} s")
