@@ -34,11 +34,12 @@ logger = logging.getLogger(__name__)
 _UNHASHED = ("remoteEntry.js", "mf-manifest.json", "mf-stats.json")
 
 
-def with_ui_base_url(manifest_text: str, base_url: str) -> str:
-    """The manifest (YAML or JSON text) with its UI enabled and served from `base_url`."""
+def with_ui_base_url(manifest_text: str, base_url: str) -> str | None:
+    """The manifest (YAML or JSON text) with its UI enabled and served from `base_url`; None when it
+    declares no UI (a `ui` section), which serving files cannot make up for."""
     document = yaml.safe_load(manifest_text)
     if not isinstance(document, dict) or not isinstance(document.get("ui"), dict):
-        raise ValueError("the manifest has no ui section to serve")
+        return None
     document["ui"] = {**document["ui"], "enabled": True, "baseUrl": base_url}
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
@@ -121,9 +122,14 @@ class UiServer:
     def manifest(self, manifest_path: Path, workdir: Path) -> Path:
         """A copy of the manifest in `workdir` whose ui.baseUrl is this server (the plugin reads it once,
         when it is built: `workdir` may go as soon as the Plugin exists)."""
-        text = Path(manifest_path).read_text(encoding="utf-8-sig")
+        text = with_ui_base_url(Path(manifest_path).read_text(encoding="utf-8-sig"), self.base_url)
+        if text is None:
+            logger.warning(
+                "%s has no ui section: its UI files are served, but no shell will look for them", manifest_path
+            )
+            return Path(manifest_path)
         filled = workdir / Path(manifest_path).with_suffix(".yaml").name
-        filled.write_text(with_ui_base_url(text, self.base_url), encoding="utf-8")
+        filled.write_text(text, encoding="utf-8")
         return filled
 
     def __enter__(self) -> UiServer:

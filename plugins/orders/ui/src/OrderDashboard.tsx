@@ -16,6 +16,7 @@ export interface OrdersState {
 }
 
 interface Listing {
+  page: number; // the page these orders are (the buttons may already ask for another)
   orders: Order[];
   totalCount: number;
   nextPageToken: string;
@@ -39,6 +40,7 @@ export default function OrderDashboard() {
   const [rowError, setRowError] = useState<{ id: string; message: string } | null>(null);
   const generation = useRef(0);
   const pageToken = tokens[tokens.length - 1];
+  const requestedPage = tokens.length;
 
   const load = useCallback(async () => {
     const mine = ++generation.current; // an older answer arriving late must not replace a newer one
@@ -46,7 +48,9 @@ export default function OrderDashboard() {
     try {
       const r = await client.listOrders({ status, pageSize: PAGE_SIZE, pageToken });
       if (mine !== generation.current) return;
-      setListing({ orders: r.orders, totalCount: Number(r.totalCount), nextPageToken: r.nextPageToken });
+      setListing({
+        page: requestedPage, orders: r.orders, totalCount: Number(r.totalCount), nextPageToken: r.nextPageToken,
+      });
       setError(null);
       setShared({
         items: r.orders.map((o) => ({
@@ -60,7 +64,7 @@ export default function OrderDashboard() {
     } finally {
       if (mine === generation.current) setLoading(false);
     }
-  }, [client, status, pageToken, setShared]);
+  }, [client, status, pageToken, requestedPage, setShared]);
 
   useEffect(() => void load(), [load]);
   // Orders created or moved elsewhere (another tab, another plugin, a service) show up here too.
@@ -89,7 +93,7 @@ export default function OrderDashboard() {
     void load();
   }
 
-  const page = tokens.length;
+  const page = listing?.page ?? 1;
   const pages = listing ? Math.max(1, Math.ceil(listing.totalCount / PAGE_SIZE)) : 1;
   return (
     <div className="orders-page">
