@@ -212,6 +212,16 @@ def test_orders_ui_loads_creates_updates_live_and_recovers(
     assert browser("count", selector='[data-testid="orders-table"] tbody tr') == 2
     browser("wait", selector=row)  # the oldest, on the last page
     browser.shot("orders-page-2")
+
+    # Dark theme: the page reads the shell's tokens, and keeps its contrast.
+    browser("click", selector='button[aria-pressed="false"]')
+    browser("wait", selector='html[data-theme="dark"]')
+    browser.shot("orders-dark")
+    browser.accessible("orders page, dark")
+    browser("click", selector='a.nav-link[href="/"]')
+    browser("wait", selector=f'{WIDGET} [data-testid="orders-total"]:has-text("12")')
+    browser.shot("dashboard-dark")
+    browser.accessible("dashboard with the orders widget, dark")
     assert plugin_status(gateway, ORDERS) is not None
 
     # The remote's load (its entry and the widget module), measured by the shell's loader.
