@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -79,6 +79,10 @@ run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
 	$(BIN)/pytest
+
+# The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
+test-files-large: $(PY_STAMP)
+	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large --timeout 1800 -s
 
 check: $(PY_STAMP)
 	$(UV) lock --check --python $(PYTHON) --quiet

@@ -2,7 +2,7 @@
 
 The registry (memory store) on registryUrl (default 127.0.0.1:50052), the auth plugin (custom
 provider, an SQLite store in memory, a demo user), the demo plugin, the infrastructure plugins
-(storage-sqlite in memory and cache-memory, or what `--deployment FILE` chooses) and the orders
+(storage-sqlite in memory, cache-memory and message-bus-memory, or what `--deployment FILE` chooses) and the orders
 plugin on the plugin SDK registering with it, and the gateway routing by it and verifying tokens:
 the same parts and protocols as the Procfile's separate processes, so what works here works there.
 Nothing else needs to run.

@@ -17,6 +17,8 @@ _Settings = TypeVar("_Settings")
 
 __all__ = ["main"]
 
+FILES_PLUGINS = ("files-local", "files-s3", "files-gcs")
+
 DESCRIPTION = """\
 UPF: a platform of gRPC plugins behind one gateway.
 
@@ -111,6 +113,14 @@ UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
                                  redis: logouts reach every gateway replica within a second
   roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
 """
+MESSAGE_BUS_EPILOG = """
+message-bus-memory | -nats | -rabbitmq | -redis (IMessageBus): --bus-url picks the broker, --bus-prefix
+the names it makes there; callers' durables and queue groups are kept apart by their plugin id.
+  upf plugin message-bus-nats --bus-url nats://127.0.0.1:4222
+"""
+
+# IMessageBus plugins (plugins/messagebus): one servicer over four backends.
+MESSAGE_BUS_PLUGINS = ("message-bus-memory", "message-bus-nats", "message-bus-rabbitmq", "message-bus-redis")
 
 STORAGE_PLUGIN_EPILOG = """\
 storage plugins: --dsn URL (or $UPF_STORAGE_DSN) names the database, which must exist (the plugin
@@ -148,6 +158,8 @@ from the environment; what it leaves out is the embedded default):
     cache:    {plugin: cache-redis, config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}}
   storage: storage-sqlite (default, in memory; connectionString: a file), storage-postgres, storage-mysql
   cache:   cache-memory (default), cache-redis (url, keyPrefix), cache-memcached (servers: [host:port])
+  messageBus: message-bus-memory (default), message-bus-nats, message-bus-rabbitmq, message-bus-redis (url, prefix)
+  files:   not started by upf run yet: run upf plugin files-local|files-s3|files-gcs beside it
 """
 
 
@@ -260,13 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=AUTH_PLUGIN_EPILOG + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG,
+        epilog=AUTH_PLUGIN_EPILOG + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plugin.add_argument(
         "name",
-        choices=["demo", "auth", "orders", "storage-sqlite", "storage-postgres", "storage-mysql", *CACHE_PLUGINS],
-        help="which plugin",
+        choices=[
+            "demo",
+            "auth",
+            "orders",
+            "storage-sqlite",
+            "storage-postgres",
+            "storage-mysql",
+            *CACHE_PLUGINS,
+            *FILES_PLUGINS,
+            *MESSAGE_BUS_PLUGINS,
+        ],
+        help="which plugin (files-*: IFiles, with options of their own: upf plugin files-local --help)",
     )
     plugin.add_argument("--dsn", metavar="URL", help="storage-*: the database (default: $UPF_STORAGE_DSN; see below)")
     plugin.add_argument(
@@ -281,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     plugin.add_argument("--port", type=int, metavar="PORT", help="gRPC port (default 0: any free port; auth: port)")
     plugin.add_argument("--instance-id", metavar="ID", help="this instance's id (default: <plugin id>-<random>)")
     plugin.add_argument("--manifest", metavar="FILE", help="use this manifest instead of the plugin's own")
+    plugin.add_argument(
+        "--bus-url",
+        metavar="URL",
+        help="message-bus-nats|rabbitmq|redis: the broker (default: $UPF_NATS_URL or nats://127.0.0.1:4222, "
+        "$UPF_RABBITMQ_URL or amqp://guest:guest@127.0.0.1:5672/, $UPF_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    plugin.add_argument(
+        "--bus-prefix",
+        metavar="PREFIX",
+        help="message-bus-*: prefix of the subjects, streams, exchanges or keys it makes in the broker "
+        "(default: $UPF_BUS_PREFIX, or upf.bus; upf:bus for Redis)",
+    )
     plugin.add_argument(
         "--ui-port",
         type=int,
@@ -363,6 +397,9 @@ def _run_plugin(args: argparse.Namespace) -> None:
     if args.name in CACHE_PLUGINS:
         _run_cache_plugin(args)
         return
+    if args.name in MESSAGE_BUS_PLUGINS:
+        _run_message_bus_plugin(args)
+        return
     if args.config is not None:
         print(f"upf: --config is for the auth plugin; {args.name} has no configuration file", file=sys.stderr)
         raise SystemExit(2)
@@ -390,6 +427,23 @@ def _run_plugin(args: argparse.Namespace) -> None:
             port=args.port or 0,
             instance_id=args.instance_id,
             manifest=args.manifest or MANIFEST,
+            drain_grace=args.drain_grace,
+        )
+    )
+
+
+def _run_message_bus_plugin(args: argparse.Namespace) -> None:
+    from plugins.messagebus.plugin import main as run_bus, settings_from_env
+
+    settings = settings_from_env(args.name.removeprefix("message-bus-"), args.bus_url, args.bus_prefix)
+    raise SystemExit(
+        run_bus(
+            settings,
+            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+            host=args.host or "127.0.0.1",
+            port=args.port or 0,
+            instance_id=args.instance_id,
+            manifest=args.manifest,
             drain_grace=args.drain_grace,
         )
     )
@@ -472,6 +526,12 @@ def _run_auth_admin(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "plugin" and argv[1] in FILES_PLUGINS:
+        # The files plugins parse their own options (a backend's settings each; their --help lists them).
+        from plugins.files.cli import main as run_files
+
+        raise SystemExit(run_files(argv[1], argv[2:]))
     args = build_parser().parse_args(argv)
     if args.command == "manifest":
         # Needs no gateway settings; imported here so that other commands do not load it.

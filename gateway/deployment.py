@@ -115,7 +115,8 @@ def parse_deployment(
         plugin = entry["plugin"]
         if plugin not in known:
             options = sorted(name for name, implements in known.items() if implements == key)
-            raise DeploymentError(f"{where}.plugin: unknown plugin {plugin!r}; for {key}: {', '.join(options)}")
+            choices = ", ".join(options) or "none can be chosen in a deployment file yet"
+            raise DeploymentError(f"{where}.plugin: unknown plugin {plugin!r}; for {key}: {choices}")
         if known[plugin] != key:
             raise DeploymentError(
                 f"{where}.plugin: {plugin} implements {INTERFACES[known[plugin]]}, not {INTERFACES[key]}"

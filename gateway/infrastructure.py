@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.deployment import Deployment
 from plugins.cache.plugin import CacheSettings, build as build_cache
+from plugins.messagebus.plugin import build as build_bus, settings_from_config as bus_settings
 from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
 from plugins.storage.plugin import build as build_storage, options_from_config as storage_options
@@ -58,6 +59,16 @@ def _cache(backend: Any) -> Entry:
     return Entry("cache", build, lambda config, _where: CacheSettings.from_config(backend, config, where))
 
 
+def _bus(backend: str) -> Entry:
+    where = f"infrastructure.messageBus.config (message-bus-{backend})"
+
+    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+        settings = bus_settings(backend, config, where)
+        return build_bus(settings, registry=registry, handle_signals=False, credential=credential)
+
+    return Entry("messageBus", build, lambda config, _where: bus_settings(backend, config, where))
+
+
 CATALOGUE: dict[str, Entry] = {
     # The embedded default keeps nothing on disk, like the rest of `make run`; a deployment names a file.
     "storage-sqlite": _storage("storage-sqlite", ":memory:"),
@@ -66,6 +77,10 @@ CATALOGUE: dict[str, Entry] = {
     "cache-memory": _cache("memory"),
     "cache-redis": _cache("redis"),
     "cache-memcached": _cache("memcached"),
+    "message-bus-memory": _bus("memory"),
+    "message-bus-nats": _bus("nats"),
+    "message-bus-rabbitmq": _bus("rabbitmq"),
+    "message-bus-redis": _bus("redis"),
 }
 
 
@@ -94,7 +109,7 @@ async def run_infrastructure(
         for key, choice in deployment.infrastructure.items():
             entry = CATALOGUE.get(choice.plugin)
             if entry is None:
-                continue  # an interface whose plugins land later (files, messageBus): not started here
+                continue  # files: its plugins run as their own processes for now (upf plugin files-*)
             plugin = entry.build(choice.config, registry, credential)
             plugins[key], tasks[key] = plugin, asyncio.create_task(plugin.run(), name=choice.plugin)
             await _started(choice.plugin, plugin, tasks[key])

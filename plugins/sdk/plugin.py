@@ -37,8 +37,10 @@ from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
 from plugins.sdk.cache import CacheClient
 from plugins.sdk.credentials import Credential, registration_credential
+from plugins.sdk.files import FilesClient
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
+from plugins.sdk.messagebus import MessageBusClient
 from plugins.sdk.resolve import Resolver
 from plugins.sdk.storage import StorageClient
 
@@ -223,6 +225,10 @@ class Plugin:
         """A client of the IStorage provider (the manifest must require IStorage); DependencyUnavailable if none."""
         return StorageClient(await self.channel("IStorage"))
 
+    async def message_bus(self) -> MessageBusClient:
+        """A client of the IMessageBus provider (the manifest must require IMessageBus)."""
+        return MessageBusClient(await self.channel("IMessageBus"))
+
     async def channel_to(self, target: str) -> grpc.aio.Channel:
         """A channel to a plugin id or fully qualified gRPC service; DependencyUnavailable if none."""
         resolver = self._require_resolver()
@@ -240,6 +246,10 @@ class Plugin:
         """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
         namespace: the provider knows the plugin from the identity token its channel carries."""
         return CacheClient(await self.channel("ICache"))
+
+    async def files(self) -> FilesClient:
+        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""
+        return FilesClient(await self.channel("IFiles"))
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""

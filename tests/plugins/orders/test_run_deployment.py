@@ -4,22 +4,28 @@ read back; the embedded choice (SQLite in memory, cache-memory) serves the same 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+import grpc
 import httpx
 import pytest
 from upf.orders.v1 import orders_pb2 as pb
+from upf.registry.v1.registry_pb2 import ListPluginsRequest
+from upf.registry.v1.registry_pb2_grpc import RegistryStub
 
+from plugins.messagebus.plugin import make_backend, settings_from_config
 from tests.plugins.orders.harness import create_request
 from tests.plugins.orders.test_through_upf_run import _call
-from tests.support.grpcweb import GrpcWebResponse
+from tests.support.grpcweb import RESPONSE_TYPE, GrpcWebResponse, frame, parse_response
 from tests.support.processes import free_port, run_gateway, wait_until
 from tests.support.redis_server import SHARED_URL, delete_prefix, shared_client
 
+NATS_URL = "nats://127.0.0.1:4222"
 SEED_FORM = """\
 infrastructure:
   storage:
@@ -32,6 +38,15 @@ infrastructure:
     config:
       url: ${REDIS_URL}
       keyPrefix: '${PREFIX}:'
+
+  messageBus:
+    plugin: message-bus-nats
+    config:
+      servers:
+        - ${NATS_URL}
+      jetstream:
+        enabled: true
+      prefix: ${PREFIX}
 """
 EMBEDDED = """\
 infrastructure:
@@ -42,7 +57,6 @@ infrastructure:
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
-    import asyncio
 
     name = f"upf_deploy_{uuid.uuid4().hex[:10]}"
 
@@ -89,14 +103,17 @@ def test_postgres_and_redis_chosen_by_the_seeds_deployment_file(tmp_path: Path) 
     client = shared_client()
     try:
         with postgres_database() as dsn:
-            env = {"DATABASE_URL": dsn, "REDIS_URL": SHARED_URL, "PREFIX": prefix}
-            config = {"registryUrl": f"127.0.0.1:{free_port()}"}
+            env = {"DATABASE_URL": dsn, "REDIS_URL": SHARED_URL, "PREFIX": prefix, "NATS_URL": NATS_URL}
+            registry = f"127.0.0.1:{free_port()}"
             args = ["--deployment", str(deployment)]
-            with run_gateway(config, tmp_path, command="run", args=args, env=env) as gateway:
+            with run_gateway({"registryUrl": registry}, tmp_path, command="run", args=args, env=env) as gateway:
                 order = create_and_read(gateway.url)
-            # The order is in PostgreSQL, in the orders plugin's namespace; its idempotency key in Redis.
-            import asyncio
+                with grpc.insecure_channel(registry) as channel:
+                    listed = RegistryStub(channel).ListPlugins(ListPluginsRequest(), timeout=5)
+                chosen = {"storage-postgres", "cache-redis", "message-bus-nats"}
+                assert chosen <= {plugin.plugin_id for plugin in listed.plugins}
 
+            # The order is in PostgreSQL, in the orders plugin's namespace; its idempotency key in Redis.
             async def stored() -> list[str]:
                 connection = await asyncpg.connect(dsn)
                 try:
@@ -110,6 +127,15 @@ def test_postgres_and_redis_chosen_by_the_seeds_deployment_file(tmp_path: Path) 
     finally:
         delete_prefix(client, prefix)
         client.close()
+        asyncio.run(drop_nats_streams(prefix))
+
+
+async def drop_nats_streams(prefix: str) -> None:
+    bus = make_backend(settings_from_config("nats", {"url": NATS_URL, "prefix": prefix}))
+    try:
+        await bus.destroy()  # type: ignore[attr-defined]
+    finally:
+        await bus.close()
 
 
 @pytest.mark.parametrize("text", [EMBEDDED, None], ids=["sqlite-memory-file", "no-file"])
@@ -121,6 +147,19 @@ def test_the_embedded_choice_serves_the_same_calls(tmp_path: Path, text: str | N
         args = ["--deployment", str(deployment)]
     with run_gateway({"registryUrl": f"127.0.0.1:{free_port()}"}, tmp_path, command="run", args=args) as gateway:
         create_and_read(gateway.url)
+        if text is None:
+            return
+        # The infrastructure behind it is internal: a signed-in browser or curl cannot reach it.
+        login = httpx.post(f"{gateway.url}/api/auth/login", json={"username": "demo", "password": "demo-password"})
+        headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=10) as client:
+            for service, method in (("upf.storage.v1.Storage", "Get"), ("upf.cache.v1.Cache", "Get")):
+                reply = client.post(
+                    f"/api/{service}/{method}", content=frame(b""), headers={"content-type": RESPONSE_TYPE}
+                )
+                refused = parse_response(reply.status_code, dict(reply.headers), reply.content)
+                assert reply.status_code == 200
+                assert (refused.status, refused.message.split(":")[0]) == (7, f"{service} is internal to the platform")
 
 
 def test_a_bad_deployment_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:

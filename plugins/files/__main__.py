@@ -1,0 +1,10 @@
+"""`python -m plugins.files files-local|files-s3|files-gcs [options]`: the same as `upf plugin files-...`."""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.cli import main
+
+if __name__ == "__main__":
+    main(["plugin", *sys.argv[1:]])

@@ -1,0 +1,304 @@
+"""message-bus-nats: NATS JetStream.
+
+- Messages go to the stream `<prefix>` (dots and dashes as "_") on subjects `<prefix>.<subject>`, on
+  file storage: they survive this plugin and the server. Reply subjects (_INBOX.x) go to a second,
+  short-lived stream on `<prefix>-inbox.x`, out of reach of any `>` filter.
+- A subscription is a pull consumer with explicit acks: durables and queue groups are durable
+  consumers (a queue group's members pull from the same one, so each message goes to one member); a
+  plain subscription makes its own consumer and deletes it at the end. The server keeps the ack wait,
+  counts deliveries (num_delivered), and delays a nak (NAK with a delay).
+- An ack is a double ack (ack_sync): it returns once the server recorded it.
+- NATS unreachable: calls raise BusUnavailable; nats-py reconnects by itself, and the connection is
+  made again at the next call if it was closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import re
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from plugins.messagebus.backend import BusUnavailable, ConsumerConflict, ConsumerSpec, Deliver, Outgoing, Received
+from plugins.messagebus.subjects import INBOX_PREFIX, is_inbox
+
+__all__ = ["NatsBus"]
+
+CAPABILITIES = frozenset({"queue-groups", "request-reply", "replay", "sequence", "delayed-nak", "persistence"})
+_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+_REPLY_TO = "Upf-Reply-To"
+_POLICIES = {
+    Deliver.NEW: DeliverPolicy.NEW,
+    Deliver.ALL: DeliverPolicy.ALL,
+    Deliver.BY_SEQUENCE: DeliverPolicy.BY_START_SEQUENCE,
+    Deliver.BY_TIME: DeliverPolicy.BY_START_TIME,
+}
+INBOX_MAX_AGE = 300.0  # seconds replies are kept: far longer than any request waits
+
+
+class NatsBus:
+    name = "nats"
+    capabilities = CAPABILITIES
+
+    def __init__(self, url: str, *, prefix: str = "upf.bus", connect_timeout: float = 2.0) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._inbox = f"{prefix}-inbox"
+        self._stream = re.sub(r"[^A-Za-z0-9_-]", "_", prefix)
+        self._inbox_stream = f"{self._stream}_inbox"
+        self._connect_timeout = connect_timeout
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._streams_ready = False
+        self._connecting = asyncio.Lock()
+        self.max_payload = 1024 * 1024  # the server's max_payload, once connected
+
+    # --- names in NATS ---------------------------------------------------------------------------
+
+    def to_nats(self, subject: str) -> str:
+        if is_inbox(subject):
+            return f"{self._inbox}.{subject.removeprefix(INBOX_PREFIX)}"
+        return f"{self._prefix}.{subject}"
+
+    def from_nats(self, subject: str) -> str:
+        if subject.startswith(self._inbox + "."):
+            return INBOX_PREFIX + subject[len(self._inbox) + 1 :]
+        return subject[len(self._prefix) + 1 :]
+
+    def _stream_of(self, subject: str) -> str:
+        return self._inbox_stream if is_inbox(subject) else self._stream
+
+    # --- connection --------------------------------------------------------------------------------
+
+    async def jetstream(self) -> JetStreamContext:
+        async with self._connecting:
+            if self._nc is None or self._nc.is_closed:
+                try:
+                    self._nc = await nats.connect(
+                        self._url,
+                        connect_timeout=self._connect_timeout,
+                        # Few attempts: nats-py makes them on the first connect too (with -1 it would
+                        # never answer while NATS is down). A connection that gave up is closed, and
+                        # the next call connects again.
+                        allow_reconnect=True,
+                        max_reconnect_attempts=3,
+                        reconnect_time_wait=0.5,
+                        error_cb=_ignore,
+                        disconnected_cb=_nothing,
+                    )
+                except _ERRORS as exc:
+                    self._nc = None
+                    raise BusUnavailable(f"NATS at {self._url} cannot be reached ({_describe(exc)})") from None
+                self._js = self._nc.jetstream(timeout=self._connect_timeout)
+                self._streams_ready = False
+                self.max_payload = self._nc.max_payload
+            if not self._nc.is_connected:
+                raise BusUnavailable(f"NATS at {self._url} is unreachable; reconnecting")
+            assert self._js is not None
+            if not self._streams_ready:
+                try:
+                    await self._ensure_streams(self._js)
+                except _ERRORS as exc:
+                    raise BusUnavailable(f"JetStream streams cannot be set up ({_describe(exc)})") from None
+                self._streams_ready = True
+            return self._js
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        wanted = [
+            StreamConfig(name=self._stream, subjects=[f"{self._prefix}.>"], storage=StorageType.FILE),
+            StreamConfig(
+                name=self._inbox_stream,
+                subjects=[f"{self._inbox}.>"],
+                storage=StorageType.MEMORY,
+                retention=RetentionPolicy.LIMITS,
+                max_age=INBOX_MAX_AGE,
+            ),
+        ]
+        for config in wanted:
+            try:
+                await js.stream_info(str(config.name))
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(config)
+
+    # --- the Backend protocol ---------------------------------------------------------------------
+
+    async def publish(self, message: Outgoing) -> tuple[int, str]:
+        js = await self.jetstream()
+        headers = dict(message.headers)
+        if message.reply_to:
+            headers[_REPLY_TO] = message.reply_to
+        try:
+            ack = await js.publish(self.to_nats(message.subject), message.payload, headers=headers or None)
+        except nats.errors.NoRespondersError:
+            self._streams_ready = False  # the stream was deleted under us: made again at the next call
+            raise BusUnavailable("the JetStream stream is missing; it is made again at the next call") from None
+        except _ERRORS as exc:
+            raise BusUnavailable(f"publishing to NATS failed ({_describe(exc)})") from None
+        return ack.seq, str(ack.seq)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        # One connection writes in call order, so the batch keeps its order while the PubAcks are
+        # awaited together.
+        return list(await asyncio.gather(*(self.publish(message) for message in messages)))
+
+    async def consumer(self, spec: ConsumerSpec) -> _NatsConsumer:
+        js = await self.jetstream()
+        stream = self._stream_of(spec.filter)
+        filter_subject = self.to_nats(spec.filter)
+        durable = spec.name
+        try:
+            if durable is not None:
+                try:
+                    info = await js.consumer_info(stream, durable)
+                except nats.js.errors.NotFoundError:
+                    info = None
+                if info is not None and info.config.filter_subject != filter_subject:
+                    existing = self.from_nats(info.config.filter_subject or "")
+                    raise ConsumerConflict(f'it exists with the subject "{existing}"')
+                if info is None:
+                    await js.add_consumer(stream, self._config(spec, durable, filter_subject))
+            else:
+                config = self._config(spec, None, filter_subject)
+                config.inactive_threshold = 60.0  # the server drops it if we vanish without deleting it
+                durable = (await js.add_consumer(stream, config)).name
+            assert durable is not None
+            subscription = await js.pull_subscribe_bind(durable, stream)
+        except _ERRORS as exc:
+            raise BusUnavailable(f"a NATS consumer cannot be made ({_describe(exc)})") from None
+        return _NatsConsumer(self, js, subscription, stream, durable, spec, ephemeral=spec.name is None)
+
+    def _config(self, spec: ConsumerSpec, durable: str | None, filter_subject: str) -> ConsumerConfig:
+        start_time = None
+        if spec.deliver is Deliver.BY_TIME:
+            # A microsecond early: times travel as floats and microsecond datetimes, and must not land
+            # just after the message they were read from.
+            start_time = datetime.datetime.fromtimestamp(spec.start_time - 1e-6, datetime.UTC)
+        return ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=_POLICIES[spec.deliver],
+            opt_start_seq=spec.start_sequence if spec.deliver is Deliver.BY_SEQUENCE else None,
+            opt_start_time=start_time,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait,
+            max_ack_pending=spec.max_in_flight,
+            filter_subject=filter_subject,
+        )
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    async def destroy(self) -> None:
+        """Delete this bus's streams (tests)."""
+        js = await self.jetstream()
+        for stream in (self._stream, self._inbox_stream):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(stream)
+
+
+class _NatsConsumer:
+    def __init__(
+        self,
+        bus: NatsBus,
+        js: JetStreamContext,
+        subscription: JetStreamContext.PullSubscription,
+        stream: str,
+        durable: str,
+        spec: ConsumerSpec,
+        *,
+        ephemeral: bool,
+    ) -> None:
+        self._bus = bus
+        self._js = js
+        self._subscription = subscription
+        self._stream = stream
+        self._durable = durable
+        self._ephemeral = ephemeral
+        self._batch = max(1, min(spec.max_in_flight, 64))
+        self._buffer: deque[Msg] = deque()
+
+    async def next(self) -> Received:
+        while not self._buffer:
+            nc = self._bus._nc
+            if nc is None or not nc.is_connected:
+                raise BusUnavailable("NATS is unreachable; subscribe again once it is back")
+            try:
+                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=1.0))
+            except nats.errors.TimeoutError:
+                continue  # nothing yet
+            except _ERRORS as exc:
+                raise BusUnavailable(f"fetching from NATS failed ({_describe(exc)})") from None
+        msg = self._buffer.popleft()
+        headers = dict(msg.headers or {})
+        reply_to = headers.pop(_REPLY_TO, "")
+        metadata = msg.metadata
+        timestamp = _timestamp(msg)
+        return Received(
+            self._bus.from_nats(msg.subject), msg.data, headers, str(metadata.sequence.stream),
+            metadata.sequence.stream, timestamp, reply_to, metadata.num_delivered or 1, msg,
+        )  # fmt: skip
+
+    async def ack(self, handle: object) -> None:
+        assert isinstance(handle, Msg)
+        try:
+            await handle.ack_sync(timeout=2.0)
+        except nats.errors.MsgAlreadyAckdError:
+            pass
+        except _ERRORS as exc:
+            raise BusUnavailable(f"the ack did not reach NATS ({_describe(exc)})") from None
+
+    async def nak(self, handle: object, delay: float) -> None:
+        assert isinstance(handle, Msg)
+        try:
+            await handle.nak(delay=delay or None)
+        except nats.errors.MsgAlreadyAckdError:
+            pass
+        except _ERRORS as exc:
+            raise BusUnavailable(f"the nak did not reach NATS ({_describe(exc)})") from None
+
+    async def close(self) -> None:
+        try:
+            # Fetched but never handed out: back at once rather than after the ack wait.
+            while self._buffer:
+                await self._buffer.popleft().nak()
+            await self._subscription.unsubscribe()
+            if self._ephemeral:
+                await self._js.delete_consumer(self._stream, self._durable)
+        except (*_ERRORS, nats.js.errors.NotFoundError):
+            pass  # an ephemeral consumer goes by itself after its inactive threshold
+
+
+def _timestamp(msg: Msg) -> float:
+    """When the message was stored, from its ack subject's nanoseconds (nats-py's metadata rounds them to
+    the nearest microsecond, which may be after the message)."""
+    tokens = (msg.reply or "").split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with <domain>.<hash>
+    # after ACK and a random token at the end (the newer form).
+    index = 7 if len(tokens) == 9 else 9
+    try:
+        return int(tokens[index]) / 1e9
+    except (IndexError, ValueError):
+        return msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _ignore(exc: Exception) -> None:
+    """nats-py reports connection trouble here; the calls that meet it answer UNAVAILABLE instead."""
+
+
+async def _nothing(*_args: Any) -> None:
+    pass
