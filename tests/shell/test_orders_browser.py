@@ -1,7 +1,7 @@
 """The orders plugin's UI in the web shell, in Chromium, on real processes: the shell tests' registry,
-auth plugin and gateway (conftest.py), and `upf plugin storage-sqlite`, `upf plugin cache-memory` and
-`upf plugin orders`, which serves its own UI files (plugins/orders/ui/dist, built by `make orders-ui`)
-and registers a manifest that says where.
+auth plugin and gateway (conftest.py), and `upf plugin storage-sqlite`, `cache-memory`,
+`message-bus-memory` and `orders`, which serves its own UI files (plugins/orders/ui/dist, built by
+`make orders-ui`) and registers a manifest that says where.
 
 Nothing in the shell names the orders plugin: it is found through /api/manifests. Screenshots of each
 step go to tests/shell/artifacts/orders/ (ignored by git); the remote's load time is written to
@@ -44,12 +44,15 @@ def orders_browser_ready() -> None:
 
 @pytest.fixture
 def orders(platform: tuple[Gateway, str], work_dir: Path) -> Iterator[PluginProcess]:
-    """Storage and cache for the orders plugin, and the plugin itself (not started: the test does)."""
+    """Storage, cache and message bus for the orders plugin, and the plugin itself (not started: the
+    test does)."""
     _, registry = platform
     dsn = str(work_dir / f"orders-ui-{free_port()}.sqlite3")  # outlives the plugin's restart
     infrastructure = [
         PluginProcess("storage-sqlite", "storage-sqlite", registry, work_dir, "--dsn", dsn),
         PluginProcess("cache-memory", "cache-memory", registry, work_dir),
+        # Its optional IMessageBus: with all three there, the plugin is HEALTHY, not DEGRADED.
+        PluginProcess("message-bus-memory", "message-bus-memory", registry, work_dir),
     ]
     plugin = PluginProcess("orders", ORDERS, registry, work_dir)
     try:
@@ -121,7 +124,7 @@ def test_orders_ui_loads_creates_updates_live_and_recovers(
     browser("wait", selector="#username")
     browser("loginTimed", username=USER, password=PASSWORD)
     browser("eval", expr="window.__sameDocument = true")  # gone if anything reloads the page
-    browser("wait", selector=NAV)
+    browser("wait", selector=f'{NAV}[data-status="ok"]', ms=15_000)
     assert "Orders" in browser("text", selector=NAV)
     browser("wait", selector=f'{WIDGET} [data-testid="orders-total"]')
     assert browser("text", selector=f'{WIDGET} [data-testid="orders-total"]') == "0"
