@@ -34,7 +34,11 @@ UI_BUILD_HINT = "build it with `make orders-ui` (npm ci && npm run build in plug
 def ui_port_from_env() -> int:
     """$UPF_ORDERS_UI_PORT, or 0 (any free port)."""
     value = os.environ.get("UPF_ORDERS_UI_PORT", "").strip()
-    return int(value) if value else 0
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"UPF_ORDERS_UI_PORT must be a port number (0: any free port), not {value!r}")
+    return int(value)
 
 
 def ui_server(host: str = "127.0.0.1", port: int | None = None, dist: Path = UI_DIST) -> UiServer:
@@ -97,6 +101,9 @@ def main(
     The UI files are served on `ui_port` (None: $UPF_ORDERS_UI_PORT or any free port) meanwhile."""
     try:
         ui = ui_server(host, ui_port)
+    except ValueError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"upf: cannot serve the orders UI on {host}:{ui_port}: {exc.strerror}", file=sys.stderr)
         return 1
