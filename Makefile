@@ -16,9 +16,11 @@ SDK_DIR := shell-web/sdk
 SDK_STAMP := $(SDK_DIR)/dist/.built
 WEB_DIR := shell-web
 WEB_STAMP := $(WEB_DIR)/dist/.built
+ORDERS_UI_DIR := plugins/orders/ui
+ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell system-packages
+.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -52,6 +54,17 @@ $(WEB_STAMP): $(SDK_STAMP) $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json 
 
 shell: $(WEB_STAMP)
 
+# The orders plugin's UI remote into plugins/orders/ui/dist, which the plugin serves itself: its gRPC-Web
+# client generated from the proto by protoc-gen-es (with grpcio-tools' protoc from the venv), type-checked,
+# and built with the shell's toolchain (shell-web/scripts/build-remote.mjs).
+$(ORDERS_UI_STAMP): $(PY_STAMP) $(WEB_STAMP) proto/upf/orders/v1/orders.proto $(ORDERS_UI_DIR)/package.json \
+		$(ORDERS_UI_DIR)/package-lock.json $(ORDERS_UI_DIR)/tsconfig.json $(wildcard $(ORDERS_UI_DIR)/src/*.ts*) \
+		$(wildcard $(ORDERS_UI_DIR)/src/*.css)
+	cd $(ORDERS_UI_DIR) && npm ci --no-audit --no-fund --loglevel=error && PYTHON=$(CURDIR)/$(BIN)/python npm run --silent build
+	touch $@
+
+orders-ui: $(ORDERS_UI_STAMP)
+
 # Debian packages the suite runs: Chromium for the browser tests (tests/shell, driven by playwright-core;
 # no browser download) and memcached, which the cache suite starts on ports of its own. Installed once,
 # when missing.
@@ -61,10 +74,10 @@ system-packages:
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-run: $(PY_STAMP) $(WEB_STAMP)
+run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 	$(BIN)/upf run
 
-test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) system-packages check
+test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
 	$(BIN)/pytest
 
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
@@ -96,4 +109,5 @@ bench: $(PY_STAMP)
 
 clean:
 	rm -rf $(VENV) $(UV_VENV) $(JS_DIR)/node_modules $(SDK_DIR)/node_modules $(SDK_DIR)/dist \
-	  $(WEB_DIR)/node_modules $(WEB_DIR)/dist .mypy_cache .ruff_cache .pytest_cache
+	  $(WEB_DIR)/node_modules $(WEB_DIR)/dist $(ORDERS_UI_DIR)/node_modules $(ORDERS_UI_DIR)/dist \
+	  $(ORDERS_UI_DIR)/src/gen .mypy_cache .ruff_cache .pytest_cache

@@ -316,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $UPF_BUS_PREFIX, or upf.bus; upf:bus for Redis)",
     )
     plugin.add_argument(
+        "--ui-port",
+        type=int,
+        metavar="PORT",
+        help="orders: HTTP port of its UI files (default: $UPF_ORDERS_UI_PORT, or 0: any free port)",
+    )
+    plugin.add_argument(
         "--drain-grace", type=float, default=10.0, metavar="SECONDS", help="time in-flight calls get on SIGTERM"
     )
     plugin.add_argument(
@@ -399,9 +405,20 @@ def _run_plugin(args: argparse.Namespace) -> None:
         raise SystemExit(2)
     # Imported here so that the gateway's commands do not load the plugin SDK.
     if args.name == "orders":
-        from plugins.orders.plugin import MANIFEST, main as run_demo
-    else:
-        from plugins.demo.plugin import MANIFEST, main as run_demo
+        from plugins.orders.plugin import MANIFEST as ORDERS_MANIFEST, main as run_orders
+
+        raise SystemExit(
+            run_orders(
+                registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+                host=args.host or "127.0.0.1",
+                port=args.port or 0,
+                instance_id=args.instance_id,
+                manifest=args.manifest or ORDERS_MANIFEST,
+                drain_grace=args.drain_grace,
+                ui_port=args.ui_port,
+            )
+        )
+    from plugins.demo.plugin import MANIFEST, main as run_demo
 
     raise SystemExit(
         run_demo(

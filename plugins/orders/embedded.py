@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from plugins.orders.plugin import build as build_orders
+from plugins.orders.plugin import build as build_orders, ui_server
 from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
 
@@ -19,13 +19,19 @@ __all__ = ["embedded_orders"]
 
 @contextlib.asynccontextmanager
 async def embedded_orders(registry: str, credential: Credential) -> AsyncIterator[Plugin]:
-    """Run orders-plugin for the block; stopped (and drained) before the block's caller stops the
-    infrastructure, so that its last calls still find storage."""
-    orders = build_orders(registry=registry, handle_signals=False, credential=credential)
-    task = asyncio.create_task(orders.run())
+    """Run orders-plugin, and serve its UI files, for the block; stopped (and drained) before the block's
+    caller stops the infrastructure, so that its last calls still find storage."""
+    ui = ui_server()  # $UPF_ORDERS_UI_PORT or any free port
+    ui.start()
     try:
-        yield orders
+        orders = build_orders(registry=registry, handle_signals=False, credential=credential, ui=ui)
+        task = asyncio.create_task(orders.run())
+        try:
+            yield orders
+        finally:
+            await orders.stop()
+            with contextlib.suppress(Exception):
+                await task
     finally:
-        await orders.stop()
-        with contextlib.suppress(Exception):
-            await task
+        # shutdown() waits for the server's poll loop: off the event loop.
+        await asyncio.to_thread(ui.close)

@@ -3,22 +3,47 @@
 It registers plugins/orders/manifest.yaml and serves upf.orders.v1.Orders; orders live in whichever
 IStorage the registry resolves, idempotency keys in ICache when one is there. `upf run` embeds it
 (gateway/allinone.py) with the embedded storage-sqlite (:memory:) and cache-memory.
+
+Its UI (plugins/orders/ui, built into ui/dist by `make orders-ui`) is served by this same process over
+HTTP (plugins/sdk/ui.py) on --ui-port or $UPF_ORDERS_UI_PORT (default: any free port), and the manifest
+it registers says where (ui.baseUrl), so the shell finds it through the gateway like any plugin's.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 from upf.orders.v1 import orders_pb2_grpc
 
 from plugins.orders.events import InProcessOrderEvents, OrderEvents
 from plugins.orders.service import OrdersService
-from plugins.sdk import Plugin, Timings, run_plugin
+from plugins.sdk import Plugin, Timings, load_manifest_text, run_plugin
 from plugins.sdk.credentials import Credential
+from plugins.sdk.ui import UiServer
 
-__all__ = ["MANIFEST", "build", "main"]
+__all__ = ["MANIFEST", "UI_BUILD_HINT", "UI_DIST", "build", "main", "ui_port_from_env", "ui_server"]
 
 MANIFEST = Path(__file__).with_name("manifest.yaml")
+UI_DIST = Path(__file__).with_name("ui") / "dist"
+UI_BUILD_HINT = "build it with `make orders-ui` (npm ci && npm run build in plugins/orders/ui)"
+
+
+def ui_port_from_env() -> int:
+    """$UPF_ORDERS_UI_PORT, or 0 (any free port)."""
+    value = os.environ.get("UPF_ORDERS_UI_PORT", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"UPF_ORDERS_UI_PORT must be a port number (0: any free port), not {value!r}")
+    return int(value)
+
+
+def ui_server(host: str = "127.0.0.1", port: int | None = None, dist: Path = UI_DIST) -> UiServer:
+    """The server of the UI files (not started); port None: $UPF_ORDERS_UI_PORT or any free port."""
+    return UiServer(dist, host=host, port=ui_port_from_env() if port is None else port, build_hint=UI_BUILD_HINT)
 
 
 def build(
@@ -33,22 +58,33 @@ def build(
     credential: Credential | None = None,
     events: OrderEvents | None = None,
     timings: Timings | None = None,
+    ui: UiServer | None = None,
 ) -> Plugin:
-    """The plugin; `events` replaces the in-process change feed (a message bus, later)."""
-    service = OrdersService(events or InProcessOrderEvents())
-    plugin = Plugin(
-        manifest,
-        [(orders_pb2_grpc.add_OrdersServicer_to_server, service)],
-        handle_signals=handle_signals,
-        registry=registry,
-        host=host,
-        port=port,
-        instance_id=instance_id,
-        timings=timings or Timings(drain_grace=drain_grace),
-        credential=credential,
-    )
-    service.bind(plugin)
-    return plugin
+    """The plugin; `events` replaces the in-process change feed (a message bus, later). With `ui` (a
+    started UiServer) the manifest it registers declares the UI served there."""
+
+    def make(manifest: str | Path) -> Plugin:
+        service = OrdersService(events or InProcessOrderEvents())
+        plugin = Plugin(
+            manifest,
+            [(orders_pb2_grpc.add_OrdersServicer_to_server, service)],
+            handle_signals=handle_signals,
+            registry=registry,
+            host=host,
+            port=port,
+            instance_id=instance_id,
+            timings=timings or Timings(drain_grace=drain_grace),
+            credential=credential,
+        )
+        service.bind(plugin)
+        return plugin
+
+    if ui is None:
+        return make(manifest)
+    # Checked as written first, so that a mistake is reported at the file a person edits.
+    load_manifest_text(manifest)
+    with tempfile.TemporaryDirectory(prefix="orders-manifest-") as folder:
+        return make(ui.manifest(Path(manifest), Path(folder)))
 
 
 def main(
@@ -59,15 +95,27 @@ def main(
     instance_id: str | None = None,
     manifest: str | Path = MANIFEST,
     drain_grace: float = 10.0,
+    ui_port: int | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; the exit status (0 after a graceful stop, 1 for an invalid manifest)."""
-    return run_plugin(
-        lambda: build(
-            registry=registry,
-            host=host,
-            port=port,
-            instance_id=instance_id,
-            manifest=manifest,
-            drain_grace=drain_grace,
+    """Run until SIGTERM/SIGINT; the exit status (0 after a graceful stop, 1 for an invalid manifest).
+    The UI files are served on `ui_port` (None: $UPF_ORDERS_UI_PORT or any free port) meanwhile."""
+    try:
+        ui = ui_server(host, ui_port)
+    except ValueError as exc:
+        print(f"upf: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"upf: cannot serve the orders UI on {host}:{ui_port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with ui:
+        return run_plugin(
+            lambda: build(
+                registry=registry,
+                host=host,
+                port=port,
+                instance_id=instance_id,
+                manifest=manifest,
+                drain_grace=drain_grace,
+                ui=ui,
+            )
         )
-    )

@@ -45,6 +45,7 @@ const ops = {
   goto: async ({ path: p }) => (await page.goto(p, { waitUntil: "domcontentloaded" }), null),
   fill: async ({ selector, value }) => (await page.fill(selector, value), null),
   click: async ({ selector }) => (await page.click(selector), null),
+  select: async ({ selector, value }) => (await page.selectOption(selector, value), null),
   press: async ({ key }) => (await page.keyboard.press(key), null),
   wait: async ({ selector, state = "visible", ms = 10_000 }) =>
     (await page.waitForSelector(selector, { state, timeout: ms }), null),

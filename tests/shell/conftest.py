@@ -33,7 +33,8 @@ def platform(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "jwt": {"issuer": ISSUER, "audience": "upf-api"},
         "custom": {"store": "sqlite", "sqlitePath": str(tmp_path / "auth.db"), "passwordHash": FAST_HASH},
         "revocation": revocation,
-        "roles": {"user": ["demo:read"]},
+        # As `upf run` gives the demo user: the orders plugin's page needs orders:read, its form orders:write.
+        "roles": {"user": ["demo:read", "orders:read", "orders:write"]},
         # Short-lived access tokens: the shell must refresh them while the test runs.
         "session": {"accessTokenTTL": ACCESS_TOKEN_TTL},
     }

@@ -59,3 +59,35 @@ def plugin_status(gateway: Gateway, plugin_id: str) -> dict[str, Any] | None:
 def ready(gateway: Gateway, plugin_id: str) -> bool:
     status = plugin_status(gateway, plugin_id)
     return status is not None and status["ready"] > 0 and status["health"] == "HEALTHY"
+
+
+class PluginProcess:
+    """`upf plugin NAME ...` registered with the shell tests' registry: stopped (SIGTERM: drains and
+    unregisters) and started again, as an operator would."""
+
+    def __init__(self, name: str, plugin_id: str, registry: str, log_dir: Path, *extra: str) -> None:
+        upf = str(Path(sys.executable).parent / "upf")
+        self.args = [upf, "plugin", name, "--registry", registry, "--drain-grace", "0.5", *extra]
+        self.plugin_id = plugin_id
+        self.log_dir = log_dir
+        self.process: Process | None = None
+
+    def start(self) -> None:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
+        env["UPF_REGISTRATION_CREDENTIAL"] = credential_for(self.plugin_id)
+        process = self.process = Process(self.args, env=env, log=self.log_dir / f"{self.plugin_id}-{free_port()}.log")
+        wait_until(
+            lambda: "listening on" in process.output() or (not process.alive() and _died(process)),
+            what=f"{self.plugin_id} to listen",
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+def routed(gateway: Gateway, plugin_id: str) -> bool:
+    """Listed with a ready instance, HEALTHY or DEGRADED (a missing optional dependency)."""
+    status = plugin_status(gateway, plugin_id)
+    return status is not None and status["ready"] > 0 and status["health"] in ("HEALTHY", "DEGRADED")

@@ -45,6 +45,12 @@ def test_upf_run_serves_orders_to_the_demo_user_over_grpc_web(tmp_path: Path) ->
             assert order.customer_id == customer
             assert order.status == pb.ORDER_STATUS_PENDING
 
+            # Its UI remote (built by `make orders-ui`), served by the plugin and relayed by the gateway.
+            manifest = next(p for p in client.get("/api/manifests").json()["plugins"] if p["id"] == "orders-plugin")
+            assert [n["path"] for n in manifest["ui"]["navigation"]] == ["/orders"]
+            entry = client.get("/plugins/orders-plugin/ui/remoteEntry.js")
+            assert entry.status_code == 200, entry.text
+
             listed = _call(client, "ListOrders", pb.ListOrdersRequest(customer_id=customer).SerializeToString())
             assert listed.status == 0, listed.message
             reply = pb.ListOrdersResponse.FromString(listed.messages[0])
