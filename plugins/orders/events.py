@@ -1,22 +1,29 @@
 """`OrderEvents`: where order changes go, and where WatchOrders reads them.
 
-The seed publishes `order.created` / `order.updated` on IMessageBus. The message-bus plugins are not
-there yet, so `InProcessOrderEvents` serves WatchOrders from this process's own changes. It is behind a
-two-method interface so that an IMessageBus implementation (publish to the topics, subscribe for
-WatchOrders, which then also sees other replicas' changes) replaces it without touching the service.
-Until then a watcher sees the changes made by the replica it is connected to.
+The seed publishes `order.created` / `order.updated` on IMessageBus: `BusOrderEvents` does, and relays
+what the bus carries to this replica's watchers. `InProcessOrderEvents` is the feed of one process
+(what the relay feeds, and the whole story where no bus is wanted, as in unit tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
+from google.protobuf.message import DecodeError
 from upf.orders.v1 import orders_pb2 as pb
 
-__all__ = ["TOPICS", "InProcessOrderEvents", "OrderEvents", "Overflow"]
+from plugins.sdk import Backoff, DependencyUnavailable
+from plugins.sdk.messagebus import Message, MessageBusClient, MessageBusError
+
+__all__ = ["TOPICS", "BusOrderEvents", "InProcessOrderEvents", "OrderEvents", "Overflow"]
+
+logger = logging.getLogger(__name__)
+
+_PROTOBUF = "application/x-protobuf; messageType=upf.orders.v1.WatchOrdersResponse"
 
 # The topic each change type is published on, once a message bus carries them.
 TOPICS = {pb.ORDER_CHANGE_TYPE_CREATED: "order.created", pb.ORDER_CHANGE_TYPE_UPDATED: "order.updated"}
@@ -82,3 +89,67 @@ class InProcessOrderEvents:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+
+class BusOrderEvents:
+    """Order changes on IMessageBus (the seed's `order.created` / `order.updated`), so that every
+    interested plugin hears them and every replica's WatchOrders sees every replica's changes.
+
+    A relay (`relay_forever`, run beside the plugin) subscribes to `order.*` and hands each change to
+    this replica's watchers through the in-process feed. While no relay subscription is live (no bus
+    plugin, the bus down, the first moments after start) a change is published to this replica's
+    watchers directly instead, so a single replica works the same with or without a bus; it is then
+    not seen by other replicas or plugins, which is logged.
+    """
+
+    def __init__(
+        self,
+        bus: Callable[[], Awaitable[MessageBusClient]],
+        *,
+        feed: InProcessOrderEvents | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._bus = bus
+        self._feed = feed or InProcessOrderEvents()
+        self._backoff = backoff or Backoff(0.2, 5.0)
+        self._sleep = sleep
+        self.relaying = asyncio.Event()  # set while the relay's subscription is live
+
+    async def publish(self, change: pb.WatchOrdersResponse) -> None:
+        if self.relaying.is_set():
+            try:
+                bus = await self._bus()
+                await bus.publish(TOPICS[change.type], change.SerializeToString(), {"content-type": _PROTOBUF})
+                return
+            except (DependencyUnavailable, MessageBusError) as exc:
+                logger.warning("order change not published on the message bus (%s); this replica's only", exc)
+        await self._feed.publish(change)
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[pb.WatchOrdersResponse]]:
+        return self._feed.subscribe()
+
+    async def relay_forever(self) -> None:
+        """Until cancelled: bus -> this replica's watchers, subscribing again after a failure."""
+        while True:
+            try:
+                bus = await self._bus()
+                async with bus.subscribe("order.*") as messages:
+                    self.relaying.set()
+                    self._backoff.reset()
+                    async for message in messages:
+                        await self._relay(message)
+            except (DependencyUnavailable, MessageBusError) as exc:
+                logger.info("order events: no message bus subscription (%s); retrying", exc)
+            finally:
+                self.relaying.clear()
+            await self._sleep(self._backoff.next())
+
+    async def _relay(self, message: Message) -> None:
+        try:
+            change = pb.WatchOrdersResponse.FromString(message.payload)
+        except DecodeError:
+            logger.warning("ignored a message on %s that is not an order change", message.subject)
+        else:
+            await self._feed.publish(change)
+        await message.ack()

@@ -1,7 +1,8 @@
 """The orders plugin as a process: `upf plugin orders` (or `python -m plugins.orders`).
 
 It registers plugins/orders/manifest.yaml and serves upf.orders.v1.Orders; orders live in whichever
-IStorage the registry resolves, idempotency keys in ICache when one is there. `upf run` embeds it
+IStorage the registry resolves, idempotency keys in ICache when one is there, and changes go out on
+IMessageBus when one is there. `upf run` embeds it
 (gateway/allinone.py) with the embedded storage-sqlite (:memory:) and cache-memory.
 
 Its UI (plugins/orders/ui, built into ui/dist by `make orders-ui`) is served by this same process over
@@ -11,14 +12,17 @@ it registers says where (ui.baseUrl), so the shell finds it through the gateway 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from upf.orders.v1 import orders_pb2_grpc
 
-from plugins.orders.events import InProcessOrderEvents, OrderEvents
+from plugins.orders.events import BusOrderEvents, OrderEvents
 from plugins.orders.service import OrdersService
 from plugins.sdk import Plugin, Timings, load_manifest_text, run_plugin
 from plugins.sdk.credentials import Credential
@@ -29,6 +33,29 @@ __all__ = ["MANIFEST", "UI_BUILD_HINT", "UI_DIST", "build", "main", "ui_port_fro
 MANIFEST = Path(__file__).with_name("manifest.yaml")
 UI_DIST = Path(__file__).with_name("ui") / "dist"
 UI_BUILD_HINT = "build it with `make orders-ui` (npm ci && npm run build in plugins/orders/ui)"
+
+
+class OrdersPlugin(Plugin):
+    """The SDK plugin, with the relay of order changes from the message bus running beside it."""
+
+    def __init__(self, bus_events: BusOrderEvents | None, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.bus_events = bus_events
+
+    async def run(self) -> None:
+        relay = asyncio.create_task(self._relay()) if self.bus_events is not None else None
+        try:
+            await super().run()
+        finally:
+            if relay is not None:
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+
+    async def _relay(self) -> None:
+        assert self.bus_events is not None
+        await self.started.wait()  # dependencies resolve once the plugin serves and registers
+        await self.bus_events.relay_forever()
 
 
 def ui_port_from_env() -> int:
@@ -60,12 +87,15 @@ def build(
     timings: Timings | None = None,
     ui: UiServer | None = None,
 ) -> Plugin:
-    """The plugin; `events` replaces the in-process change feed (a message bus, later). With `ui` (a
-    started UiServer) the manifest it registers declares the UI served there."""
+    """The plugin. Order changes go on IMessageBus (`order.created` / `order.updated`) and come back from
+    it to WatchOrders on every replica (events.BusOrderEvents); `events` replaces that (tests). With
+    `ui` (a started UiServer) the manifest it registers declares the UI served there."""
 
     def make(manifest: str | Path) -> Plugin:
-        service = OrdersService(events or InProcessOrderEvents())
-        plugin = Plugin(
+        bus_events = BusOrderEvents(lambda: plugin.message_bus()) if events is None else None
+        service = OrdersService(events or bus_events)  # type: ignore[arg-type]  # one of them is set
+        plugin = OrdersPlugin(
+            bus_events,
             manifest,
             [(orders_pb2_grpc.add_OrdersServicer_to_server, service)],
             handle_signals=handle_signals,
