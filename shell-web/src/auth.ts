@@ -130,11 +130,15 @@ export class AuthSession implements AuthApi {
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ refreshToken }),
       });
+      // Signed out (or in again) while this refresh was under way: its answer belongs to no session.
+      if (this.tokens?.refreshToken !== refreshToken) return null;
       if (!response.ok) {
         this.clear();
         return null;
       }
-      this.store(await response.json());
+      const answer = await response.json();
+      if (this.tokens?.refreshToken !== refreshToken) return null;
+      this.store(answer);
       return this.tokens!.accessToken;
     } catch {
       return this.tokens?.accessToken ?? null; // the gateway is unreachable: keep the session, try later
@@ -144,6 +148,9 @@ export class AuthSession implements AuthApi {
   hasPermission = (permission: string): boolean => permits(this.user?.permissions ?? [], permission);
 
   logout = async (): Promise<void> => {
+    // A refresh under way would spend the refresh token and bring a new one: let it land, so that the
+    // session ended at the auth plugin is the current one.
+    await this.refreshing;
     const tokens = this.tokens;
     this.clear();
     if (tokens !== null) {

@@ -7,8 +7,10 @@ Each keeps its data across a restart (same port, same directory), as a productio
   it had confirmed (nats-server 2.9 has no sync-always setting).
 - redis-server with appendonly and appendfsync always (an XACK answered is on disk); SIGKILLed.
 - a RabbitMQ node of its own (rabbitmq-server with its own node name, ports and mnesia directory: the
-  shared RabbitMQ must not be restarted); the whole process tree (it runs as the rabbitmq user through su)
-  is SIGKILLed. Its directory is under /tmp with mode 0777 so that the rabbitmq user can write it.
+  shared RabbitMQ must not be restarted); stopped with SIGTERM for the same reason as NATS (a classic
+  queue's acks reach its index in the background: after a SIGKILL, 143 confirmed acks of 10,000 were
+  delivered again in one run). Its directory is under /tmp with mode 0777 so that the rabbitmq user can
+  write it.
 """
 
 from __future__ import annotations
@@ -99,10 +101,15 @@ class Broker:
             return
         if self.backend == "nats":
             self._popen.send_signal(signal.SIGTERM)
-        else:
-            for pid in reversed(_tree(self._popen.pid)):  # rabbitmq-server -> su -> sh -> beam.smp ...
+        elif self.backend == "rabbitmq":
+            # SIGTERM to the node (beam.smp, the deepest of rabbitmq-server -> su -> sh -> beam.smp) shuts
+            # it down cleanly: like JetStream, a classic queue writes acks to its index in the background,
+            # so after a SIGKILL a node may deliver again what it had confirmed as acknowledged.
+            for pid in reversed(_tree(self._popen.pid)):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGTERM)
+        else:
+            self._popen.send_signal(signal.SIGKILL)
         await asyncio.to_thread(self._popen.wait, 30)
         if self.backend == "rabbitmq":
             # The node's processes are gone once its port is free again.
