@@ -8,7 +8,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.logs import configure_logging
 from gateway.settings import ConfigError, GatewaySettings, load_settings
@@ -409,12 +409,8 @@ def _run_plugin(args: argparse.Namespace) -> None:
 
         raise SystemExit(
             run_orders(
-                registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-                host=args.host or "127.0.0.1",
-                port=args.port or 0,
-                instance_id=args.instance_id,
+                **_plugin_options(args),
                 manifest=args.manifest or ORDERS_MANIFEST,
-                drain_grace=args.drain_grace,
                 ui_port=args.ui_port,
             )
         )
@@ -422,14 +418,21 @@ def _run_plugin(args: argparse.Namespace) -> None:
 
     raise SystemExit(
         run_demo(
-            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-            host=args.host or "127.0.0.1",
-            port=args.port or 0,
-            instance_id=args.instance_id,
+            **_plugin_options(args),
             manifest=args.manifest or MANIFEST,
-            drain_grace=args.drain_grace,
         )
     )
+
+
+def _plugin_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every built-in plugin takes from `upf plugin`'s common flags."""
+    return {
+        "registry": args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
+        "host": args.host or "127.0.0.1",
+        "port": args.port or 0,
+        "instance_id": args.instance_id,
+        "drain_grace": args.drain_grace,
+    }
 
 
 def _run_message_bus_plugin(args: argparse.Namespace) -> None:
@@ -439,12 +442,8 @@ def _run_message_bus_plugin(args: argparse.Namespace) -> None:
     raise SystemExit(
         run_bus(
             settings,
-            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-            host=args.host or "127.0.0.1",
-            port=args.port or 0,
-            instance_id=args.instance_id,
+            **_plugin_options(args),
             manifest=args.manifest,
-            drain_grace=args.drain_grace,
         )
     )
 
@@ -467,12 +466,8 @@ def _run_cache_plugin(args: argparse.Namespace) -> None:
     raise SystemExit(
         run_cache(
             settings,
-            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-            host=args.host or "127.0.0.1",
-            port=args.port or 0,
-            instance_id=args.instance_id,
+            **_plugin_options(args),
             manifest=args.manifest,
-            drain_grace=args.drain_grace,
         )
     )
 
@@ -502,12 +497,8 @@ def _run_storage_plugin(args: argparse.Namespace) -> None:
         run_storage(
             args.name,
             args.dsn,
-            registry=args.registry or os.environ.get("UPF_REGISTRY_URL", "127.0.0.1:50052"),
-            host=args.host or "127.0.0.1",
-            port=args.port or 0,
-            instance_id=args.instance_id,
+            **_plugin_options(args),
             manifest=args.manifest,
-            drain_grace=args.drain_grace,
         )
     )
 
