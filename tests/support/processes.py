@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,38 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+# Ports for tests come from below the kernel's ephemeral range: a port the kernel hands out for a bind to
+# port 0 (as `upf run`'s embedded plugins and every in-process server do) can then never be the port a
+# test reserved for a process that has not bound it yet. A random start and a process-wide set keep two
+# calls from returning the same port.
+_EPHEMERAL = _ephemeral_range()
+_TEST_PORTS = range(20000, min(_EPHEMERAL.start, 32768))
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port that nothing holds now and that no kernel-chosen port can take."""
+    start = random.randrange(len(_TEST_PORTS))
+    for offset in range(len(_TEST_PORTS)):
+        port = _TEST_PORTS[(start + offset) % len(_TEST_PORTS)]
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_TEST_PORTS.start}-{_TEST_PORTS.stop - 1}")
 
 
 def wait_until(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
