@@ -16,7 +16,7 @@ from uvicorn.supervisors import multiprocess
 
 from gateway.app import create_app
 from gateway.auth.revocations import Revocations
-from gateway.corking import CorkedHttpToolsProtocol
+from gateway.edge import EdgeConfig, EdgeHttpToolsProtocol, EdgeWebSocketProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
 from gateway.websocket import max_websocket_message
 
@@ -31,7 +31,9 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         "port": settings.http_port,
         "log_level": settings.log_level,
         "access_log": settings.access_log,
-        "http": CorkedHttpToolsProtocol,
+        # httptools, with writes corked (gateway/corking.py) and limits on request heads, slow clients
+        # and connections per client (gateway/edge/, settings.edge).
+        "http": EdgeHttpToolsProtocol,
         "loop": "uvloop",
         "lifespan": "on",
         # Long server streams must not be cut by the gateway (grpcwebproxy's 10 s write timeout, Envoy's 15 s).
@@ -46,7 +48,7 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         # grpc-websockets (gateway/websocket/): the websockets sans-I/O protocol reads no further from
         # a socket while a message waits for the app, which is the bridge's flow control; a message
         # past the limit closes the socket with 1009; server pings keep idle sockets open behind proxies.
-        "ws": "websockets-sansio",
+        "ws": EdgeWebSocketProtocol,  # uvicorn's websockets-sansio, counted per client (gateway/edge/)
         "ws_max_size": max_websocket_message(settings.max_message_bytes),
         "ws_ping_interval": settings.websocket.ping_interval,
         "ws_ping_timeout": settings.websocket.ping_timeout,
@@ -158,7 +160,7 @@ class _WorkerProcess(multiprocess.Process):
 async def serve_gateway(settings: GatewaySettings, *, revocations: Revocations | None = None) -> None:
     """Serve one gateway process until it is told to stop (SIGINT / SIGTERM)."""
     app = create_app(settings, revocations=revocations)
-    config = uvicorn.Config(app, **_uvicorn_options(settings))  # type: ignore[arg-type]
+    config = EdgeConfig(app, edge=settings.edge, **_uvicorn_options(settings))
     await _Server(config, drain=app.state.drain).serve()
 
 
@@ -176,11 +178,12 @@ def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
     # Native gRPC ingress listens in every worker (its listening socket sets SO_REUSEPORT).
     if config_path is not None:
         os.environ[CONFIG_ENV] = config_path
-    config = uvicorn.Config(
+    config = EdgeConfig(
         "gateway.app:create_app_from_environment",
+        edge=settings.edge,
         factory=True,
         workers=settings.workers,
-        **_uvicorn_options(settings),  # type: ignore[arg-type]
+        **_uvicorn_options(settings),
     )
     # uvicorn.run's supervisor, with workers that drain (uvicorn's own would close every WebSocket
     # with 1012 at once). It makes its workers from the module's Process class, hence the swap.

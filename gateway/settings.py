@@ -28,6 +28,7 @@ __all__ = [
     "AdminSettings",
     "ConfigError",
     "CorsSettings",
+    "EdgeSettings",
     "EventsSettings",
     "GatewayAuthSettings",
     "GatewaySettings",
@@ -341,6 +342,30 @@ class EventsSettings(_Section):
         return url
 
 
+class EdgeSettings(_Section):
+    """Limits on the HTTP port before a request reaches the app (gateway/edge/): what one client can
+    make the gateway hold (bytes, sockets, time) by sending little or slowly."""
+
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=256)  # method, target, version (414 beyond)
+    max_header_bytes: int = Field(default=16 * 1024, ge=256)  # one header, name and value (431 beyond)
+    max_headers: int = Field(default=100, ge=8)  # headers in one request (431 beyond)
+    max_header_block_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers together (431)
+    # Seconds a client has to send a whole request head, from its connection (or its first byte on
+    # a kept-alive connection); then 408 and the connection is closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    # A request body must arrive within bodyTimeout seconds plus one second per bodyMinRate bytes
+    # received (Apache's mod_reqtimeout rule): slow links pass, a byte every few seconds does not.
+    body_timeout: float = Field(default=20.0, gt=0)
+    body_min_rate: int = Field(default=500, ge=1)  # bytes per second
+    # Connections this process holds at once (beyond: closed on accept), and per client address
+    # (IPv6: per /64; beyond: 429), and WebSockets per client address (beyond: 429, no upgrade).
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_client: int = Field(default=256, ge=1)
+    max_websockets_per_client: int = Field(default=64, ge=1)
+    # Addresses the per-client caps do not apply to: a proxy in front speaks for many clients.
+    unlimited_clients: list[Network] = Field(default_factory=list)
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -367,6 +392,7 @@ class GatewaySettings(_Section):
     retries: RetrySettings = Field(default_factory=RetrySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     shell: ShellSettings = Field(default_factory=ShellSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     # Largest message accepted from a client and from an upstream, in bytes (gRPC's default is 4 MiB).
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Upper bound, in seconds, on any deadline a client asks for with grpc-timeout; none by default.
