@@ -106,9 +106,8 @@ async def measure(port: int, clients: int, seconds: float) -> dict[str, Any]:
                 assert reader is not None
                 writer.write(REQUEST)
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                length = next(
-                    int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-                )
+                lines = head.lower().split(b"\r\n")
+                length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
                 await reader.readexactly(length)
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise OSError(head.split(b"\r\n", 1)[0].decode())
@@ -179,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 attacker.wait()
             gateway.stop()
     ratio = attacked["p99_ms"] / baseline["p99_ms"]
-    print(f"| phase | calls | failed | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |")
+    print("| phase | calls | failed | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |")
     for name, phase in (("baseline", baseline), (f"{args.slow} slow connections", attacked)):
         print(f"| {name} | {phase['calls']} | {phase['failures']} | {phase['p50_ms']:.2f} | {phase['p99_ms']:.2f} |")
     print(f"\np99 under attack / baseline: {ratio:.2f} (target <= 2); attacker: {json.dumps(attack_stats)}")
@@ -194,7 +193,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each phase is measured")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds the attack runs before it is measured")
     parser.add_argument("--clients", type=int, default=4, help="concurrent legitimate clients (keep-alive)")
-    parser.add_argument("--edge", default="{}", help='edge settings for the gateway, as JSON: \'{"headerTimeout": 5}\'')
+    parser.add_argument("--edge", default="{}", help="edge settings for the gateway, as JSON: '{\"headerTimeout\": 5}'")
     parser.add_argument("--attacker", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attacker is not None:
