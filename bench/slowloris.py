@@ -46,7 +46,8 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 async def attack(port: int, slow: int, addresses: int, drip: float, seconds: float) -> dict[str, Any]:
-    stats = {"opened": 0, "closed_by_gateway": 0, "refused": 0, "held_at_end": 0, "answers": {}}
+    stats = {"opened": 0, "closed_by_gateway": 0, "refused": 0, "held_at_end": 0}
+    answers: dict[str, int] = {}
     held = 0
     stop = time.monotonic() + seconds
 
@@ -69,7 +70,7 @@ async def attack(port: int, slow: int, addresses: int, drip: float, seconds: flo
                     with contextlib.suppress(TimeoutError):
                         data = await asyncio.wait_for(reader.read(4096), drip)
                         status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "closed"
-                        stats["answers"][status] = stats["answers"].get(status, 0) + 1
+                        answers[status] = answers.get(status, 0) + 1
                         stats["closed_by_gateway"] += 1
                         break
                     writer.write(b"a")
@@ -84,7 +85,7 @@ async def attack(port: int, slow: int, addresses: int, drip: float, seconds: flo
         stats["held_at_end"] = held
 
     await asyncio.gather(*(one(i) for i in range(slow)), count_held())
-    return stats
+    return {**stats, "answers": answers}
 
 
 # The measuring client ----------------------------------------------------------------------------
