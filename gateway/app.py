@@ -134,6 +134,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     limits = settings.rate_limiting
     limited = limits.enabled or (limits.method_limits and settings.registry_url is not None)
     limiter = CallLimiter.from_settings(limits, policies=policies, counters=ratelimit_counters) if limited else None
+    if limiter is not None and limiter.client is not None:
+        readiness.details["rateLimiter"] = limiter.readiness  # information only (CallLimiter.readiness)
     identify = identify_from_settings(limits)
     retries = Retries(settings.retries) if settings.retries.enabled else None
     metrics = TrafficMetrics(pool, limiter, retries)

@@ -111,6 +111,8 @@ class RateLimitSettings(_Section):
     key_prefix: str = Field(default="upf:rl", min_length=1)  # Redis keys are <prefix>:<policy>:<identity>
     redis_timeout: float = Field(default=0.25, gt=0)  # seconds for Redis to connect or answer
     redis_max_connections: int = Field(default=64, ge=1)  # per gateway process; more requests wait
+    # Seconds between tries of a Redis that failed (a PING in the background, no request waits on it).
+    redis_retry_interval: float = Field(default=0.1, gt=0, le=60)
     # When Redis fails: "open" lets requests through, "closed" answers UNAVAILABLE / 503, "local"
     # limits each gateway process on its own to requestsPerSecond / replicas (and burstSize / replicas).
     failure_mode: Literal["open", "closed", "local"] = "local"

@@ -39,12 +39,14 @@ from gateway.ratelimit.limiter import (
     StoreClient,
     Verdict,
     bucket_on,
+    debit_on,
     lease_table,
     ping_store,
     store_client,
     take_all,
 )
 from gateway.ratelimit.memory import MemoryTokenBucket
+from gateway.ratelimit.recovery import StoreHealth
 from gateway.settings import RateLimitSettings
 from gateway.upstream.policies import MethodPolicies, split_call
 from manifests.model import RateLimit
@@ -84,6 +86,14 @@ class CallLimiter:
         self.clock = clock
         self.method_limits = settings.method_limits
         self._methods: dict[tuple[str, str], tuple[RateLimit, RateLimiter]] = {}
+        # One store, so one health and one probe for every limiter on it (recovery.py).
+        probe = client.ping if client is not None else None
+        self.health = StoreHealth(probe=probe, retry_interval=settings.redis_retry_interval, clock=clock)
+        self.debit = debit_on(client) if client is not None else None
+        if per_client is not None and client is not None:
+            per_client.health = self.health
+            per_client.debit = self.debit
+            self.health.owes(per_client)
         # Counters per policy name, kept when a method's limiter is remade.
         self._counters: dict[str, Counter[str]] = {}
 
@@ -122,8 +132,20 @@ class CallLimiter:
         await ping_store(self.client, self.settings.failure_mode)
 
     async def close(self) -> None:
+        await self.health.close()
         if self.client is not None:
             await self.client.aclose()
+
+    def readiness(self) -> dict[str, object]:
+        """The limiter's store for /readyz: information only, whatever the failure mode.
+
+        A Redis that does not answer is not made not-ready, even in `closed` mode: every replica
+        shares it, so all would leave the load balancer at once and clients would get its error
+        instead of the gateway's UNAVAILABLE with Retry-After; the failure mode decides meanwhile.
+        """
+        if self.client is None:
+            return {"store": "memory"}
+        return {"store": "redis", "reachable": self.health.up, "failureMode": self.settings.failure_mode}
 
     async def check(self, identity: str, path: str | None = None) -> Verdict | None:
         """The verdict on one call to `path` (None: no limit applies, or failure mode open).
@@ -152,9 +174,14 @@ class CallLimiter:
             else:
                 per_client.store_answered()
                 method.store_answered()
+                per_client.mirror(identity, own)
+                method.mirror(identity, mine)
                 return self._verdict(per_client.policy, own, method.policy, mine, per_client, method, "")
         if per_client.failure_mode == "local":
             own, mine = await take_all((per_client.local, method.local), identity)
+            if own.allowed and mine.allowed:
+                per_client.owe(identity, 1)
+                method.owe(identity, 1)
             return self._verdict(per_client.local_policy, own, method.local_policy, mine, per_client, method, "local_")
         per_client.without_store()  # raises for `closed`, the method's not asked about
         method.without_store()  # `open`: both let the call through undecided
@@ -211,6 +238,8 @@ class CallLimiter:
             replicas=self.settings.replicas,
             counters=counters,
             clock=self.clock,
+            health=self.health,
+            debit=self.debit,
         )
 
     def counters(self) -> Iterator[tuple[str, Counter[str]]]:

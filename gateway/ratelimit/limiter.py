@@ -10,8 +10,9 @@
             so that the replicas together admit about what the shared bucket would; the RateLimit
             headers then advertise that share
 
-After a store error the store is left alone for `recheck_after` seconds: a Redis that hangs would
-otherwise cost every request a timeout. The first request after that tries it again.
+After a store error the store is asked again `recheck_after` seconds later (rateLimiting.
+redisRetryInterval), by a probe in the background; the local fallback's spending is then taken from
+the shared buckets before they decide again (gateway/ratelimit/recovery.py).
 
 Counters (app.state.ratelimit_counters, for the future /metrics):
 
@@ -27,9 +28,9 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio
 
@@ -37,6 +38,7 @@ from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket, refill_seconds
 from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.memory import MemoryTokenBucket
+from gateway.ratelimit.recovery import DEBIT_SCRIPT, StoreHealth, pay_debts
 from gateway.ratelimit.redis import RedisTokenBucket, redis_client, script_on
 from gateway.ratelimit.resp import RespClient, RespScript, RespTokenBucket, handles_url
 from gateway.settings import RateLimitSettings
@@ -48,6 +50,7 @@ __all__ = [
     "StoreClient",
     "Verdict",
     "bucket_on",
+    "debit_on",
     "lease_table",
     "ping_store",
     "store_client",
@@ -67,7 +70,10 @@ class RateLimitPolicy:
     `RateLimit` are Structured Field lists of items named by a String, with Integer parameters;
     the policy gives quota `q` per window `w` seconds, the current state `r` units remaining and `t`
     seconds until more quota is available (that wording for `t` since -10, ratelimit-headers#149).
-    A token bucket advertises its burst per refill time, which is exactly its long-run rate.
+    A token bucket advertises its long-run rate exactly: q / w is the rate, over the shortest whole
+    window at least as long as the bucket takes to fill (so q >= burst >= r) in which the rate makes
+    whole units (20/s with a burst of 50: q=60;w=3, not q=50;w=3, which said 16.7/s). The burst
+    itself has no parameter in the draft; `r` shows it (up to `burst` remaining).
     """
 
     name: str  # names the policy in the RateLimit fields and in Redis keys
@@ -80,11 +86,12 @@ class RateLimitPolicy:
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("rate must be positive and burst at least 1")
-        object.__setattr__(self, "policy_field", f'"{self.name}";q={self.burst};w={self.window}')
+        quota, window = advertised_quota(self.rate, self.burst)
+        object.__setattr__(self, "policy_field", f'"{self.name}";q={quota};w={window}')
 
     @property
     def window(self) -> int:
-        """Seconds for an empty bucket to fill: the window of `burst` requests the headers advertise."""
+        """Seconds for an empty bucket to fill."""
         return refill_seconds(self.rate, self.burst)
 
     def share(self, replicas: int) -> RateLimitPolicy:
@@ -116,6 +123,20 @@ class RateLimitPolicy:
         return headers
 
 
+def advertised_quota(rate: float, burst: int) -> tuple[int, int]:
+    """(q, w): `rate` as whole units per whole seconds, over at least the bucket's fill time.
+
+    The shortest such window up to ten fill times; a rate that no such window makes whole is
+    rounded down over the fill time, so it is never advertised above itself.
+    """
+    first = refill_seconds(rate, burst)
+    for window in range(first, first * 10 + 1):
+        quota = rate * window
+        if abs(quota - round(quota)) <= 1e-9 * quota:  # float noise only: 3000 * (1 / 3000)
+            return max(burst, round(quota)), window
+    return max(1, math.floor(rate * first)), first
+
+
 # The policy that decided (the local share while the store is failing), and its decision.
 Verdict = tuple[RateLimitPolicy, Decision]
 
@@ -142,6 +163,11 @@ def lease_table(client: StoreClient, settings: RateLimitSettings, clock: Clock =
         return None
     run = RespScript(client, LEASE_SCRIPT) if isinstance(client, RespClient) else script_on(client, LEASE_SCRIPT)
     return LeaseTable(run, lease_seconds=settings.lease_seconds, replicas=settings.replicas, clock=clock)
+
+
+def debit_on(client: StoreClient) -> Callable[..., Awaitable[Any]]:
+    """token_debit.lua on the Redis behind `client`: pays what the local fallback let through."""
+    return RespScript(client, DEBIT_SCRIPT) if isinstance(client, RespClient) else script_on(client, DEBIT_SCRIPT)
 
 
 def bucket_on(
@@ -190,7 +216,9 @@ class RateLimiter:
         clock: monotonic seconds, for the local bucket and the store's recheck interval.
         client: the Redis client behind `store` (redis-py's or RespClient), checked by `open` and
             closed by `close`.
-        recheck_after: seconds to leave a failed store alone.
+        recheck_after: seconds between tries of a failed store (without `health`).
+        health: the store's health, shared by every limiter on one client (CallLimiter's).
+        debit: token_debit.lua on the store, to pay what the local fallback let through.
     """
 
     def __init__(
@@ -204,22 +232,32 @@ class RateLimiter:
         clock: Clock = time.monotonic,
         client: StoreClient | None = None,
         recheck_after: float = 1.0,
+        health: StoreHealth | None = None,
+        debit: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self.failure_mode = failure_mode
+        self.replicas = replicas
         self.local_policy = policy.share(replicas)
         self.local = MemoryTokenBucket(rate=self.local_policy.rate, burst=self.local_policy.burst, clock=clock)
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.clock = clock
         self.client = client
-        self.recheck_after = recheck_after
-        self._store_down_until: float | None = None
+        if health is None:
+            probe = client.ping if client is not None else None
+            health = StoreHealth(probe=probe, retry_interval=recheck_after, clock=clock)
+        self.health = health
+        health.owes(self)
+        self.debit = debit
+        # Tokens the local fallback let through per identity, owed to the shared bucket.
+        self.debts: dict[str, int] = {}
+        self._mirrors = failure_mode == "local"  # the local buckets follow the shared ones
 
     @property
     def store_healthy(self) -> bool:
-        """False while the store is being left alone after an error (see `recheck_after`)."""
-        return self._store_down_until is None
+        """False from a store error until the store answers again (see recovery.py)."""
+        return self.health.up
 
     @classmethod
     def from_settings(
@@ -238,6 +276,8 @@ class RateLimiter:
             counters=counters,
             clock=clock,
             client=client,
+            recheck_after=settings.redis_retry_interval,
+            debit=debit_on(client),
         )
 
     @staticmethod
@@ -251,6 +291,7 @@ class RateLimiter:
         await ping_store(self.client, self.failure_mode)
 
     async def close(self) -> None:
+        await self.health.close()
         if self.client is not None:
             await self.client.aclose()
 
@@ -260,18 +301,20 @@ class RateLimiter:
         Raises:
             RateLimiterUnavailable: the store failed and the failure mode is `closed`.
         """
-        if self._store_down_until is None or self.clock() >= self._store_down_until:
+        if self.health.due():
             try:
                 decision = await self.store.take(identity, cost)
             except StoreError as exc:
                 self.store_failed(exc)
             else:
-                if self._store_down_until is not None:
-                    self.store_answered()
+                self.health.answered()
+                self.mirror(identity, decision)
                 self.counters["allowed" if decision.allowed else "rejected"] += 1
                 return self.policy, decision
         if self.failure_mode == "local":
             decision = await self.local.take(identity, cost)
+            if decision.allowed:
+                self.owe(identity, cost)
             self.counters["local_allowed" if decision.allowed else "local_rejected"] += 1
             return self.local_policy, decision
         self.without_store()
@@ -280,20 +323,34 @@ class RateLimiter:
     # The steps of `check`, for CallLimiter, which decides two limiters in one store call.
 
     def store_due(self) -> bool:
-        """Whether the store is to be asked (it is healthy, or was left alone long enough)."""
-        return self._store_down_until is None or self.clock() >= self._store_down_until
+        """Whether the store is to be asked (it is healthy, or this decision is its probe)."""
+        return self.health.due()
 
     def store_failed(self, exc: StoreError) -> None:
-        """Count a store error and leave the store alone for `recheck_after` seconds."""
+        """Count a store error; the store is tried again after the retry interval."""
         self.counters["store_errors"] += 1
-        if self._store_down_until is None:
-            logger.warning("rate limiting: the store failed (%s); failureMode %s", exc, self.failure_mode)
-        self._store_down_until = self.clock() + self.recheck_after
+        self.health.failed(exc, self.failure_mode)
 
     def store_answered(self) -> None:
-        if self._store_down_until is not None:
-            logger.warning("rate limiting: the store answers again")
-            self._store_down_until = None
+        self.health.answered()
+
+    def mirror(self, identity: str, decision: Decision) -> None:
+        """The local bucket of `identity` set to this replica's share of what the shared one holds."""
+        if self._mirrors:
+            self.local.seed(identity, decision.remaining / self.replicas)
+
+    def owe(self, identity: str, cost: int) -> None:
+        """`cost` tokens the local fallback let through, to be taken from the shared bucket later."""
+        self.debts[identity] = self.debts.get(identity, 0) + cost
+
+    async def pay_debts(self) -> None:
+        """Take what the local fallback let through from the shared buckets (recovery.py)."""
+        key_prefix = getattr(self.store, "key_prefix", None)
+        if not self.debts or self.debit is None or key_prefix is None:
+            self.debts.clear()
+            return
+        rate, burst = self.policy.rate, self.policy.burst
+        await pay_debts(self.debit, key_prefix, (repr(float(rate)), burst, refill_seconds(rate, burst)), self.debts)
 
     def without_store(self) -> None:
         """Failure mode `open` or `closed`, with the store unavailable: through undecided, or refused.

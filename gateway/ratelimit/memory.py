@@ -81,6 +81,10 @@ class MemoryTokenBucket:
                 decisions.append(Decision(tokens >= cost, int(tokens), retry_after, (burst - tokens) / rate, burst))
         return decisions
 
+    def seed(self, key: str, tokens: float) -> None:
+        """Set `key`'s bucket to `tokens` now (what the shared bucket was last seen to hold)."""
+        self._store(key, max(0.0, min(float(self.burst), tokens)), self.clock())
+
     def _level(self, key: str, now: float) -> float:
         """The tokens in `key`'s bucket at `now`, refilled (a missing bucket is full)."""
         state = self._buckets.get(key)

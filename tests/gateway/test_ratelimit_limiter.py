@@ -51,10 +51,16 @@ class ManualClock:
 # Headers --------------------------------------------------------------------------------------------
 
 
-def test_policy_field_advertises_burst_per_refill_time() -> None:
+def test_policy_field_states_the_real_rate_over_at_least_the_fill_time() -> None:
     assert RateLimitPolicy("default", 10, 50).policy_field == '"default";q=50;w=5'
-    assert RateLimitPolicy("default", 3, 10).policy_field == '"default";q=10;w=4'  # rounded up: never more
-    assert RateLimitPolicy("default", 1000, 5).policy_field == '"default";q=5;w=1'
+    assert RateLimitPolicy("default", 20, 50).policy_field == '"default";q=60;w=3'  # not q=50;w=3 (16.7/s)
+    assert RateLimitPolicy("default", 3, 10).policy_field == '"default";q=12;w=4'
+    assert RateLimitPolicy("default", 1000, 5).policy_field == '"default";q=1000;w=1'
+    assert RateLimitPolicy("default", 16.7, 50).policy_field == '"default";q=167;w=10'
+    assert RateLimitPolicy("default", 0.01, 3).policy_field == '"default";q=3;w=300'
+    assert RateLimitPolicy("default", 1 / 3000, 2).policy_field == '"default";q=2;w=6000'
+    # No whole window within ten fill times: the rate rounded down, never advertised above itself.
+    assert RateLimitPolicy("default", 2**0.5, 1).policy_field == '"default";q=1;w=1'
 
 
 def test_quota_field_counts_whole_units_and_seconds_until_the_next() -> None:
