@@ -281,6 +281,29 @@ class RevocationStoreSettings(_Section):
     key_prefix: str = Field(default="upf:auth", min_length=1)
 
 
+class LoginLimitSettings(_Section):
+    """POST /api/auth/login and /api/auth/refresh: attempts per client address, and failed logins
+    per username and address, which back off as Keycloak's brute-force detection does
+    (gateway/auth/login_guard.py)."""
+
+    enabled: bool = True
+    # Attempts per client address (with rateLimiting.trustedProxies for X-Forwarded-For): a token
+    # bucket of `burst`, refilled at `perMinute` a minute. Refresh has its own, larger one.
+    login_per_minute: float = Field(default=20.0, gt=0)
+    login_burst: int = Field(default=10, ge=1)
+    refresh_per_minute: float = Field(default=60.0, gt=0)
+    refresh_burst: int = Field(default=30, ge=1)
+    # A username's failed logins from one address: the first `freeFailures` cost nothing; after
+    # that each attempt waits waitIncrement seconds, doubled per further failure, at most maxWait.
+    # A success, or failureReset seconds without a failure, forgets them. Counted per username *and*
+    # address, so a guesser elsewhere cannot lock the real user out at her own address.
+    free_failures: int = Field(default=5, ge=0)
+    wait_increment: float = Field(default=1.0, gt=0)
+    max_wait: float = Field(default=60.0, gt=0)
+    failure_reset: float = Field(default=900.0, gt=0)
+    max_tracked: int = Field(default=100_000, ge=100)  # addresses and usernames remembered at once
+
+
 class GatewayAuthSettings(_Section):
     """JWT verification on every request except `publicPaths` (and the auth endpoints themselves)."""
 
@@ -298,6 +321,7 @@ class GatewayAuthSettings(_Section):
     cache_size: int = Field(default=10_000, ge=0)  # verified tokens remembered; 0 verifies every time
     service: str = Field(default="upf.auth.v1.Auth", pattern=_SERVICE.pattern)  # the IAuth service
     revocation: RevocationStoreSettings = Field(default_factory=RevocationStoreSettings)
+    login: LoginLimitSettings = Field(default_factory=LoginLimitSettings)
 
     @model_validator(mode="after")
     def _check_issuers(self) -> GatewayAuthSettings:

@@ -6,6 +6,9 @@
     GET  /api/auth/me        bearer token              -> 200 the verified identity (+ the user's profile)
     GET  /.well-known/jwks.json                         -> the keys that verify access tokens
 
+Login and refresh are limited per client address, and failed logins back off per username and
+address (gateway/auth/login_guard.py): 429 with Retry-After, before any password is hashed.
+
 Tokens: {"accessToken", "refreshToken", "tokenType": "Bearer", "expiresIn", "refreshExpiresIn"}.
 Failures are the error middleware's JSON ({"code", "message"}) with the HTTP status of the plugin's
 gRPC status (401 for bad credentials, with WWW-Authenticate), never the plugin's internals.
@@ -26,8 +29,10 @@ from upf.auth.v1 import auth_pb2 as pb
 
 from gateway.auth.authenticator import bearer_token
 from gateway.auth.identity import Identity, identity_of
+from gateway.auth.login_guard import LoginGuard
 from gateway.auth.revocations import Revocations, RevocationUnavailable
 from gateway.errors import BadRequest, GatewayError, Unauthenticated
+from gateway.ratelimit.keys import TrustedProxies
 from gateway.upstream.call import unary_call
 from gateway.upstream.pool import UpstreamPool
 
@@ -48,12 +53,16 @@ class AuthEndpoints:
         revocations: Revocations,
         jwks: Callable[[], Awaitable[bytes]],
         timeout: float = 10.0,
+        guard: LoginGuard | None = None,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self.pool = pool
         self.service = service
         self.revocations = revocations
         self.jwks_document = jwks
         self.timeout = timeout
+        self.guard = guard
+        self.proxies = proxies or TrustedProxies()
 
     def routes(self) -> list[Route]:
         return [
@@ -77,12 +86,25 @@ class AuthEndpoints:
     async def login(self, request: Request) -> Response:
         body = await _json_body(request)
         username, password = _string(body, "username"), _string(body, "password")
-        tokens = await self._call("Login", pb.LoginRequest(username=username, password=password), pb.TokenResponse)
+        if self.guard is None:
+            tokens = await self._call("Login", pb.LoginRequest(username=username, password=password), pb.TokenResponse)
+            return _tokens(tokens)
+        address = self.proxies.client(request.scope)
+        await self.guard.admit("login", address, username)
+        try:
+            tokens = await self._call("Login", pb.LoginRequest(username=username, password=password), pb.TokenResponse)
+        except GatewayError as exc:
+            if exc.code is grpc.StatusCode.UNAUTHENTICATED:
+                self.guard.failed(username, address)
+            raise
+        self.guard.succeeded(username, address)
         return _tokens(tokens)
 
     async def refresh(self, request: Request) -> Response:
         body = await _json_body(request)
         token = _string(body, "refreshToken")
+        if self.guard is not None:
+            await self.guard.admit("refresh", self.proxies.client(request.scope))
         tokens = await self._call("RefreshToken", pb.RefreshTokenRequest(refresh_token=token), pb.TokenResponse)
         return _tokens(tokens)
 

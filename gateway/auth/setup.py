@@ -18,9 +18,11 @@ from upf.auth.v1 import auth_pb2 as pb
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.discovery import discover
 from gateway.auth.jwks import JwksCache, http_fetcher
+from gateway.auth.login_guard import LoginGuard
 from gateway.auth.rest import AuthEndpoints
 from gateway.auth.revocations import MemoryRevocations, RedisRevocations, Revocations
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
+from gateway.ratelimit.keys import TrustedProxies
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from gateway.upstream.call import unary_call
 from gateway.upstream.policies import MethodPolicies
@@ -78,7 +80,15 @@ class AuthSetup:
         self.authenticator = Authenticator(
             self.verifier, public_paths=settings.public_paths, policies=policies, auth_service=auth.service
         )
-        self.endpoints = AuthEndpoints(pool, service=auth.service, revocations=self.revocations, jwks=self._jwks)
+        limits = settings.rate_limiting
+        self.endpoints = AuthEndpoints(
+            pool,
+            service=auth.service,
+            revocations=self.revocations,
+            jwks=self._jwks,
+            guard=LoginGuard(auth.login) if auth.login.enabled else None,
+            proxies=TrustedProxies(limits.trusted_proxies, limits.trusted_hops, limits.ipv6_subnet),
+        )
 
     def _fetcher(self, issuer: IssuerSettings, pool: UpstreamPool, service: str) -> Fetch:
         if issuer.jwks_uri is not None:

@@ -32,7 +32,7 @@ from upf.auth.v1 import auth_pb2 as pb
 from gateway.auth.claims import TokenRejected, decode_claims
 from gateway.auth.revocations import Revocations, RevocationUnavailable
 from plugins.auth.keyring import KeyRing
-from plugins.auth.passwords import Passwords
+from plugins.auth.passwords import HashingBusy, Passwords
 from plugins.auth.permissions import permits
 from plugins.auth.provider import AuthError
 from plugins.auth.settings import AuthSettings
@@ -46,6 +46,7 @@ MAX_TOKEN_LENGTH = 16 * 1024
 MAX_CREDENTIAL_LENGTH = 1024
 _CLAIMS = ("iss", "aud", "sub", "exp", "iat", "nbf", "jti", "sid")
 _BAD_LOGIN = "invalid username or password"
+_BUSY = "too many sign-ins at once; try again in a moment"
 
 
 class _Invalid(Exception):
@@ -130,6 +131,7 @@ class CustomProvider:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
             self._maintenance = None
+        self._passwords.close()
         await self.store.close()
 
     async def maintain(self) -> None:
@@ -171,7 +173,7 @@ class CustomProvider:
                     raise StoreUnavailable(f"user {username!r} could neither be created nor found")
         if user.email != email or user.name != name:
             await self.store.update_user(user.id, email=email, name=name)
-        if not await self._passwords.verify(user.password_hash, password):
+        if not await self._passwords.verify(user.password_hash, password, wait=True):
             await self.store.update_user(user.id, password_hash=await self._passwords.hash(password))
         if await self.store.user_roles(user.id) != sorted(set(roles)):
             await self.store.set_user_roles(user.id, sorted(set(roles)))
@@ -194,7 +196,10 @@ class CustomProvider:
             raise AuthError(grpc.StatusCode.INVALID_ARGUMENT, "username or password too long")
         user = await self.store.user_by_name(username)
         # Verified even for an unknown user (against a dummy hash): the same time, the same answer.
-        matches = await self._passwords.verify(user.password_hash if user else None, password)
+        try:
+            matches = await self._passwords.verify(user.password_hash if user else None, password)
+        except HashingBusy:
+            raise AuthError(grpc.StatusCode.RESOURCE_EXHAUSTED, _BUSY) from None
         if user is None or not matches:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, _BAD_LOGIN)
         if user.disabled:

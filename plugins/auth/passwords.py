@@ -2,20 +2,43 @@
 
 An unknown username is checked against a dummy hash made with the same parameters, so that a login
 takes about as long whether the user exists or not, and the answer cannot tell them apart.
+
+A hash costs about a quarter of a second of every core it has lanes for, so logins are what an
+attacker sends to make everything else slow. Hashes run at most `maxConcurrent` at once, with at
+most `maxQueued` waiting: a login beyond that is refused at once (HashingBusy, RESOURCE_EXHAUSTED)
+rather than queued behind seconds of work. And they run on threads of lower CPU priority (nice +10,
+inherited by argon2's own lane threads), so that a process serving calls and logins side by side
+(`upf run`) keeps serving the calls first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from plugins.auth.settings import PasswordHashSettings
 
-__all__ = ["Passwords"]
+__all__ = ["HashingBusy", "Passwords"]
+
+_LOWER_PRIORITY = 10  # nice value of the hashing threads
+
+
+class HashingBusy(Exception):
+    """Every hashing slot is taken and the queue is full: the login is refused, not queued."""
+
+
+def _lower_priority() -> None:
+    # Linux: nice is per thread, and threads argon2 starts inherit it. Elsewhere: a no-op.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOWER_PRIORITY)
 
 
 class Passwords:
@@ -23,9 +46,34 @@ class Passwords:
         self._hasher = PasswordHasher(
             time_cost=settings.time_cost, memory_cost=settings.memory_cost, parallelism=settings.parallelism
         )
-        # Each hash holds memory_cost KiB while it runs: a flood of logins must not run hundreds at once.
-        self._slots = asyncio.Semaphore(max_concurrent or os.cpu_count() or 2)
+        # Each hash holds memory_cost KiB and `parallelism` cores while it runs: by default no more
+        # hashes at once than the machine has cores for.
+        cores = os.cpu_count() or 2
+        slots = max_concurrent or settings.max_concurrent or max(1, cores // settings.parallelism)
+        self.max_concurrent = slots
+        self.max_queued = settings.max_queued
+        self._slots = asyncio.Semaphore(slots)
+        self._admitted = 0  # hashes running or waiting for a slot
+        self._threads = ThreadPoolExecutor(slots, thread_name_prefix="argon2", initializer=_lower_priority)
         self._dummy: str | None = None
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """A place among the hashes running or waiting, or HashingBusy at once."""
+        if self._admitted >= self.max_concurrent + self.max_queued:
+            raise HashingBusy(f"{self._admitted} password checks are running or waiting")
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    async def _run(self, function: object, *args: str) -> object:
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)  # type: ignore[arg-type]
 
     async def prepare(self) -> None:
         """Make the dummy hash now, so that not even the first unknown user's login takes longer."""
@@ -33,17 +81,25 @@ class Passwords:
             self._dummy = await self.hash(secrets.token_urlsafe(16))
 
     async def hash(self, password: str) -> str:
-        async with self._slots:
-            return await asyncio.to_thread(self._hasher.hash, password)
+        """A new hash (accounts made or rehashed: waits for a slot, never refused)."""
+        result = await self._run(self._hasher.hash, password)
+        assert isinstance(result, str)
+        return result
 
-    async def verify(self, stored: str | None, password: str) -> bool:
-        """Whether `password` matches `stored`; None (an unknown user) costs the same and is False."""
-        if stored is None:
-            await self.prepare()
-            assert self._dummy is not None
-            await self._check(self._dummy, password)
-            return False
-        return await self._check(stored, password)
+    async def verify(self, stored: str | None, password: str, *, wait: bool = False) -> bool:
+        """Whether `password` matches `stored`; None (an unknown user) costs the same and is False.
+
+        Raises:
+            HashingBusy: too many checks are running and waiting already (unless `wait`: the
+                accounts the plugin makes itself wait their turn).
+        """
+        with contextlib.nullcontext() if wait else self._admission():
+            if stored is None:
+                await self.prepare()
+                assert self._dummy is not None
+                await self._check(self._dummy, password)
+                return False
+            return await self._check(stored, password)
 
     def needs_rehash(self, stored: str) -> bool:
         """True when `stored` was made with other parameters than the configured ones."""
@@ -53,8 +109,7 @@ class Passwords:
             return True
 
     async def _check(self, stored: str, password: str) -> bool:
-        async with self._slots:
-            try:
-                return await asyncio.to_thread(self._hasher.verify, stored, password)
-            except (VerificationError, InvalidHashError):
-                return False
+        try:
+            return bool(await self._run(self._hasher.verify, stored, password))
+        except (VerificationError, InvalidHashError):
+            return False

@@ -76,6 +76,10 @@ class PasswordHashSettings(_Section):
     time_cost: int = Field(default=3, ge=1)
     memory_cost: int = Field(default=65536, ge=8)  # KiB
     parallelism: int = Field(default=4, ge=1)
+    # Password checks at once (none: as many as the cores allow, cores / parallelism, at least 1),
+    # and how many more may wait; a login beyond both is refused at once (RESOURCE_EXHAUSTED).
+    max_concurrent: int | None = Field(default=None, ge=1)
+    max_queued: int = Field(default=4, ge=0)
 
 
 class CustomSettings(_Section):

@@ -170,6 +170,7 @@ def run_gateway(
     http_port: int | None = None,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    ready_timeout: float = 15.0,
 ) -> Iterator[Gateway]:
     """`upf gateway` (or `upf run`) with this configuration, on free ports (or this HTTP port: a
     gateway started again where another one was); stopped with SIGTERM."""
@@ -185,7 +186,11 @@ def run_gateway(
     process = Process(argv, env={**clean, **(env or {})}, log=work_dir / f"{name}.log")
     gateway = Gateway(process, http_port, grpc_port)
     try:
-        wait_until(lambda: _ready(gateway) or (not process.alive() and _died(process)), what="the gateway to be ready")
+        wait_until(
+            lambda: _ready(gateway) or (not process.alive() and _died(process)),
+            timeout=ready_timeout,
+            what="the gateway to be ready",
+        )
         yield gateway
     finally:
         process.stop()
