@@ -17,6 +17,7 @@ import pytest
 from gateway.allinone import DEMO_USER
 from tests.support.processes import Gateway, free_port, run_gateway, wait_until
 
+PASSWORD = str(DEMO_USER["password"])
 FREE_FAILURES = 5  # auth.login defaults
 LOGIN_BURST = 10
 
@@ -35,9 +36,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield gateway
 
 
-def _login(
-    gateway: Gateway, address: str, password: str = DEMO_USER["password"], username: str = "demo"
-) -> httpx.Response:
+def _login(gateway: Gateway, address: str, password: str = PASSWORD, username: str = "demo") -> httpx.Response:
     return httpx.post(
         f"{gateway.url}/api/auth/login",
         json={"username": username, "password": password},
