@@ -36,6 +36,7 @@ from starlette.routing import Route, WebSocketRoute
 from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
+from gateway.edge.identity_headers import configure as configure_identity_headers
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
@@ -126,6 +127,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             pool, url=breaker.redis_url, prefix=breaker.key_prefix, reset_timeout=breaker.reset_timeout
         )
     readiness = Readiness()
+    configure_identity_headers(settings.edge.identity_headers)  # for the in-band metadata readers
     # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
     policies = MethodPolicies()
     # Rate-limit decisions and store errors, counted for /metrics; one limiter for every entry point.

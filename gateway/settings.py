@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONFIG_ENV",
+    "DEFAULT_IDENTITY_HEADERS",
     "AdminSettings",
     "ConfigError",
     "CorsSettings",
@@ -368,6 +369,19 @@ class EventsSettings(_Section):
         return url
 
 
+# Identity headers of other proxies: oauth2-proxy (x-forwarded-*, x-auth-request-*), Kong
+# (x-consumer-*, x-authenticated-*, x-credential-identifier), Apache / nginx (remote-user), and the
+# generic ones plugins are often written to read.
+DEFAULT_IDENTITY_HEADERS = (
+    "x-user-id", "x-user-email", "x-user-roles", "x-forwarded-user", "x-forwarded-email",
+    "x-forwarded-preferred-username", "x-forwarded-groups", "x-forwarded-access-token", "x-auth-request-user",
+    "x-auth-request-email", "x-auth-request-preferred-username", "x-auth-request-groups",
+    "x-auth-request-access-token", "x-remote-user", "remote-user", "x-authenticated-userid",
+    "x-authenticated-scope", "x-consumer-id", "x-consumer-username", "x-consumer-custom-id",
+    "x-credential-identifier", "x-jwt-claims", "x-jwt-assertion",
+)  # fmt: skip
+
+
 class EdgeSettings(_Section):
     """Limits on the HTTP port before a request reaches the app (gateway/edge/): what one client can
     make the gateway hold (bytes, sockets, time) by sending little or slowly."""
@@ -390,6 +404,11 @@ class EdgeSettings(_Section):
     max_websockets_per_client: int = Field(default=64, ge=1)
     # Addresses the per-client caps do not apply to: a proxy in front speaks for many clients.
     unlimited_clients: list[Network] = Field(default_factory=list)
+    # Identity headers other proxies set (oauth2-proxy, Kong, REMOTE_USER), dropped from every
+    # client request on every path and entry point, as x-upf-* are (gateway/edge/identity_headers.py).
+    identity_headers: list[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]] = Field(
+        default_factory=lambda: list(DEFAULT_IDENTITY_HEADERS)
+    )
 
 
 class GatewaySettings(_Section):

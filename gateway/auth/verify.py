@@ -10,7 +10,10 @@ step it could mislead:
 4. the key is the issuer's key with the token's `kid`, whose own algorithm must equal the header's:
    a key is never used with another algorithm (pyjwt GHSA-jq35-7prp-9v3f);
 5. signature, then exp / nbf / iss / aud with the configured leeway (pyjwt);
-6. revocation of the token (`jti`) or its session (`sid`).
+6. the identity claims (sub, email, name, roles, permissions) hold no control character (C0, DEL,
+   C1, U+2028/2029): a CR LF in `sub` would otherwise forge lines in logs, and reach rate-limit
+   keys and the auth plugin;
+7. revocation of the token (`jti`) or its session (`sid`).
 
 A verified token is remembered until it expires, so the next request with it costs a dict lookup, a
 clock read and the revocation check (every call pays this step: it has to stay in microseconds).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -167,6 +171,11 @@ class TokenVerifier:
         for role in roles:
             permissions.update(dict.fromkeys(self.roles.get(role, ())))
         email = _claim(claims, issuer.email_claim)
+        name = claims.get("name")
+        texts = [subject, *roles, *_strings(_claim(claims, issuer.permissions_claim))]
+        texts += [value for value in (email, name) if isinstance(value, str)]
+        if any(_CONTROL.search(text) for text in texts):
+            raise _invalid("the token's identity claims hold control characters")
         jti, sid = claims.get("jti"), claims.get("sid")
         identity = Identity(
             subject=subject,
@@ -183,24 +192,33 @@ class TokenVerifier:
 
 
 def identity_headers(identity: Identity) -> list[tuple[bytes, bytes]]:
-    """The metadata plugins receive: x-upf-user-id, -email, -roles, -permissions (comma-separated).
+    """The metadata plugins receive: x-upf-user-id, -email, -roles, -permissions.
 
     Values are printable ASCII as gRPC metadata requires: anything else is percent-encoded (UTF-8).
+    Roles and permissions are lists: each item percent-encoded with its commas too (`%2C`), then
+    joined with commas, so a role holding a comma stays one role; plugins/sdk/user.py reads them.
     """
     fields = [
-        (b"x-upf-user-id", identity.subject),
-        (b"x-upf-user-email", identity.email),
-        (b"x-upf-user-roles", ",".join(identity.roles)),
-        (b"x-upf-user-permissions", ",".join(identity.permissions)),
+        (b"x-upf-user-id", _ascii(identity.subject)),
+        (b"x-upf-user-email", _ascii(identity.email)),
+        (b"x-upf-user-roles", _ascii_list(identity.roles)),
+        (b"x-upf-user-permissions", _ascii_list(identity.permissions)),
     ]
-    return [(name, _ascii(value)) for name, value in fields if value]
+    return [(name, value) for name, value in fields if value]
 
 
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+_LIST_ITEM = _PRINTABLE.replace(",", "")
+# C0, DEL, C1, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _ascii(value: str) -> bytes:
     return quote(value, safe=_PRINTABLE).encode("ascii")
+
+
+def _ascii_list(values: Sequence[str]) -> bytes:
+    return ",".join(quote(value, safe=_LIST_ITEM) for value in values).encode("ascii")
 
 
 def _invalid(reason: str) -> Unauthenticated:

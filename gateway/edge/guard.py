@@ -6,6 +6,7 @@ import enum
 import ipaddress
 from collections import Counter
 
+from gateway.edge.identity_headers import names
 from gateway.settings import EdgeSettings
 
 __all__ = ["Admission", "EdgeGuard"]
@@ -29,6 +30,7 @@ class EdgeGuard:
         self._per_client: Counter[str] = Counter()
         self._websockets: Counter[str] = Counter()
         self._unlimited = [ipaddress.ip_network(network, strict=False) for network in limits.unlimited_clients]
+        self.identity_headers = names(limits.identity_headers)  # dropped from every request
 
     def client_key(self, host: str | None) -> str | None:
         """The address a client's share is counted under (IPv6: its /64, which one host usually

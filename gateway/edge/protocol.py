@@ -158,6 +158,8 @@ class EdgeHttpToolsProtocol(CorkedHttpToolsProtocol):
             raise _Refused(431, "Too many request header fields")
         if len(self.url) + self._head_bytes > self.limits.max_header_block_bytes:
             raise _Refused(431, "Request header fields too large")
+        if name.lower() in self.guard.identity_headers:
+            return  # another proxy's identity header: a client's copy reaches no route (identity_headers.py)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

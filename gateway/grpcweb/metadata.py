@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import BadRequest, UnsupportedEncoding
 from gateway.upstream.headers import encode_header
 
@@ -68,7 +69,7 @@ def parse_request_headers(
     encoding: str | None = None
     dropped_here: set[bytes] = set()
     for name, value in headers:
-        if name in _DROPPED or name.startswith(_DROPPED_PREFIXES):
+        if name in _DROPPED or name.startswith(_DROPPED_PREFIXES) or is_identity_header(name):
             if name == b"grpc-timeout":
                 timeout = parse_timeout(value)
             elif name == b"grpc-encoding":

@@ -42,6 +42,7 @@ import hpack
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.corking import CorkedTransport
+from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import GatewayError, RateLimited
 from gateway.grpcweb.framing import percent_encode
 from gateway.grpcweb.metadata import parse_timeout, response_metadata
@@ -753,7 +754,11 @@ class _Connection(asyncio.Protocol):
                 elif name == b":method":
                     method = value
                 continue
-            if name.startswith(b"x-upf-") or (name == b"authorization" and not forward_authorization):
+            if (
+                name.startswith(b"x-upf-")
+                or is_identity_header(name)  # other proxies' identity headers (gateway/edge/identity_headers.py)
+                or (name == b"authorization" and not forward_authorization)
+            ):
                 continue  # identity headers are the gateway's to set (see gateway/auth/verify.py)
             if name in _NOT_FORWARDED:
                 if name == b"grpc-timeout":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.plugin import Plugin, ServicerSpec, Timings, load_manifest_text, run_plugin
 from plugins.sdk.resolve import DependencyUnavailable, Resolver
+from plugins.sdk.user import User, user_of
 
 __all__ = [
     "Backoff",
@@ -24,6 +25,8 @@ __all__ = [
     "Resolver",
     "ServicerSpec",
     "Timings",
+    "User",
     "load_manifest_text",
     "run_plugin",
+    "user_of",
 ]
