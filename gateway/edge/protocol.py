@@ -185,7 +185,8 @@ class EdgeHttpToolsProtocol(CorkedHttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         self._disarm()
-        self.logger.warning("%s from %s: %d %s", "refused a request", self._peer(), status, message)
+        # INFO: under attack there is one per connection, and the log must not become the next target.
+        self.logger.info("refused a request from %s: %d %s", self._peer(), status, message)
         body = message.encode("ascii")
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -241,7 +242,7 @@ class EdgeHttpToolsProtocol(CorkedHttpToolsProtocol):
         if now < deadline:
             self._arm_at(deadline, self._body_check)
             return
-        self.logger.warning("closing a connection from %s: its request body came too slowly", self._peer())
+        self.logger.info("closing a connection from %s: its request body came too slowly", self._peer())
         # The app is reading the body: it sees the client disconnect (http.disconnect).
         self.transport.close()
 
