@@ -109,6 +109,8 @@ def main() -> int:
                     "grpcPort": 0,
                     "accessLog": False,
                     "logLevel": "warning",
+                    # Every socket comes from this one address: per-client caps would stop it at 64.
+                    "edge": {"unlimitedClients": ["127.0.0.1/32"]},
                     "websocket": {"pingInterval": 2, "pingTimeout": 5, "drainGrace": 1},
                 }
             )
