@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 _LINE_OVERHEAD = 4
 
 
+def _grpc_web_type(headers: list[tuple[bytes, bytes]] | None) -> bytes | None:
+    """The request's gRPC-Web content type, if it has one (answers then take the same type)."""
+    for name, value in headers or ():
+        if name == b"content-type" and value.lower().startswith(b"application/grpc-web"):
+            return value.split(b";", 1)[0].strip().lower()
+    return None
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the protocol then answers `status`."""
 
@@ -191,11 +199,23 @@ class EdgeHttpToolsProtocol(CorkedHttpToolsProtocol):
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head += [
-            b"content-type: text/plain; charset=utf-8\r\n",
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-            b"connection: close\r\n\r\n",
-        ]
+        grpc_web = _grpc_web_type(self.headers) if status == 429 and not self._in_head else None
+        if grpc_web is not None:
+            # A gRPC-Web client reads a refusal as the rate limiter answers one: HTTP 200,
+            # trailers-only, RESOURCE_EXHAUSTED.
+            head = [STATUS_LINE[200], *head[1:]]
+            head += [
+                b"content-type: " + grpc_web + b"\r\n",
+                b"grpc-status: 8\r\ngrpc-message: " + body.replace(b" ", b"%20") + b"\r\n",
+                b"content-length: 0\r\nconnection: close\r\n\r\n",
+            ]
+            body = b""
+        else:
+            head += [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n\r\n",
+            ]
         if not self.transport.is_closing():
             self.transport.write(b"".join(head) + body)
             self.transport.close()

@@ -179,6 +179,13 @@ def test_one_address_cannot_hold_more_than_its_share(gateway: Gateway) -> None:
         for sock in held:
             sock.sendall(b"G")  # a request begun: the connection is the gateway's to count
         wait_until(lambda: _refused_with_429(gateway, "127.0.0.2"), what="the 7th connection to be refused 429")
+        # A gRPC-Web client is told as the rate limiter tells it: trailers-only RESOURCE_EXHAUSTED.
+        with raw(gateway, "127.0.0.2") as grpc_web:
+            grpc_web.sendall(request("content-type: application/grpc-web+proto\r\n", "/echo.v1.Echo/Say"))
+            refused = answer(grpc_web)
+        assert status_of(refused) == 200
+        assert b"grpc-status: 8\r\n" in refused
+        assert b"content-type: application/grpc-web+proto\r\n" in refused
         # Another address is not affected.
         with raw(gateway, "127.0.0.3") as other:
             other.sendall(request())
