@@ -1,5 +1,5 @@
-"""Identity at the edge, on a real gateway with a real issuer and the probe backend (which answers
-with the metadata it received):
+"""Identity at the edge (and the default edge limits), on a real gateway with a real issuer and
+the probe backend (which answers with the metadata it received):
 
 - a token whose identity claims hold control characters is refused at verification;
 - roles and permissions reach plugins so that a comma inside a value stays inside it, and the SDK
@@ -149,3 +149,22 @@ def test_the_list_is_configurable() -> None:
     default = GatewaySettings().edge.identity_headers
     for name in ("x-forwarded-user", "x-auth-request-user", "remote-user", "x-consumer-username", "x-jwt-claims"):
         assert name in default
+
+
+# This gateway runs with the default edge limits: the issue's own requests, as `upf run` got them.
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "Bearer " + "x" * (1024 * 1024)},  # a 1 MiB header
+        {f"x-h{i}": "1" for i in range(2000)},  # 2,000 headers
+    ],
+    ids=["1-MiB-header", "2000-headers"],
+)
+def test_the_default_limits_refuse_oversized_heads_with_431(gateway: Gateway, headers: dict[str, str]) -> None:
+    try:
+        r = httpx.get(f"{gateway.url}/healthz", headers=headers, timeout=10)
+    except httpx.TransportError:
+        return  # closed before the client finished sending: refused all the same (no 200)
+    assert r.status_code == 431
