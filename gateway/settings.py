@@ -283,17 +283,18 @@ class RevocationStoreSettings(_Section):
 
 
 class LoginLimitSettings(_Section):
-    """POST /api/auth/login and /api/auth/refresh: attempts per client address, and failed logins
-    per username and address, which back off as Keycloak's brute-force detection does
+    """POST /api/auth/login and /api/auth/refresh: failed attempts per client address, and failed
+    logins per username and address, which back off as Keycloak's brute-force detection does
     (gateway/auth/login_guard.py)."""
 
     enabled: bool = True
-    # Attempts per client address (with rateLimiting.trustedProxies for X-Forwarded-For): a token
-    # bucket of `burst`, refilled at `perMinute` a minute. Refresh has its own, larger one.
-    login_per_minute: float = Field(default=20.0, gt=0)
-    login_burst: int = Field(default=10, ge=1)
-    refresh_per_minute: float = Field(default=60.0, gt=0)
-    refresh_burst: int = Field(default=30, ge=1)
+    # Failed attempts per client address (rateLimiting.trustedProxies applies to X-Forwarded-For):
+    # a token bucket of `burst` refilled at `perMinute`, which each failure (and each attempt under
+    # way) takes from; a successful one costs nothing. Refresh has its own, larger one.
+    failed_logins_per_minute: float = Field(default=20.0, gt=0)
+    failed_login_burst: int = Field(default=10, ge=1)
+    failed_refreshes_per_minute: float = Field(default=60.0, gt=0)
+    failed_refresh_burst: int = Field(default=30, ge=1)
     # A username's failed logins from one address: the first `freeFailures` cost nothing; after
     # that each attempt waits waitIncrement seconds, doubled per further failure, at most maxWait.
     # A success, or failureReset seconds without a failure, forgets them. Counted per username *and*

@@ -6,8 +6,9 @@
     GET  /api/auth/me        bearer token              -> 200 the verified identity (+ the user's profile)
     GET  /.well-known/jwks.json                         -> the keys that verify access tokens
 
-Login and refresh are limited per client address, and failed logins back off per username and
-address (gateway/auth/login_guard.py): 429 with Retry-After, before any password is hashed.
+Failed logins and refreshes are limited per client address, and failed logins back off per
+username and address (gateway/auth/login_guard.py): 429 with Retry-After, before any password is
+hashed.
 
 Tokens: {"accessToken", "refreshToken", "tokenType": "Bearer", "expiresIn", "refreshExpiresIn"}.
 Failures are the error middleware's JSON ({"code", "message"}) with the HTTP status of the plugin's
@@ -89,23 +90,18 @@ class AuthEndpoints:
         if self.guard is None:
             tokens = await self._call("Login", pb.LoginRequest(username=username, password=password), pb.TokenResponse)
             return _tokens(tokens)
-        address = self.proxies.client(request.scope)
-        await self.guard.admit("login", address, username)
-        try:
+        with self.guard.attempt("login", self.proxies.client(request.scope), username):
             tokens = await self._call("Login", pb.LoginRequest(username=username, password=password), pb.TokenResponse)
-        except GatewayError as exc:
-            if exc.code is grpc.StatusCode.UNAUTHENTICATED:
-                self.guard.failed(username, address)
-            raise
-        self.guard.succeeded(username, address)
         return _tokens(tokens)
 
     async def refresh(self, request: Request) -> Response:
         body = await _json_body(request)
         token = _string(body, "refreshToken")
-        if self.guard is not None:
-            await self.guard.admit("refresh", self.proxies.client(request.scope))
-        tokens = await self._call("RefreshToken", pb.RefreshTokenRequest(refresh_token=token), pb.TokenResponse)
+        if self.guard is None:
+            tokens = await self._call("RefreshToken", pb.RefreshTokenRequest(refresh_token=token), pb.TokenResponse)
+            return _tokens(tokens)
+        with self.guard.attempt("refresh", self.proxies.client(request.scope)):
+            tokens = await self._call("RefreshToken", pb.RefreshTokenRequest(refresh_token=token), pb.TokenResponse)
         return _tokens(tokens)
 
     async def logout(self, request: Request) -> Response:
