@@ -89,6 +89,7 @@ check: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .

@@ -1,27 +1,28 @@
 """Gateway configuration: one YAML file plus `UPF_*` environment overrides, parsed once at start-up.
 
-Keys follow the seed's GatewayConfig (camelCase). An environment variable names a key path in upper
-snake case with `__` between levels, and its value is read as YAML:
-
-    UPF_HTTP_PORT=9000                          -> httpPort: 9000
-    UPF_RATE_LIMITING__REQUESTS_PER_SECOND=50   -> rateLimiting.requestsPerSecond: 50
-    UPF_CORS__ALLOW_ORIGINS='["https://app.example"]'
-
-An unknown or invalid key stops start-up with a `ConfigError` that names the key and where it came from.
+Keys follow the seed's GatewayConfig (camelCase). The file and environment rules (`UPF_HTTP_PORT=9000`,
+`${VAR}` placeholders, a `ConfigError` naming the key and its source) are every process's: common/config.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
+
+from common.config import (
+    CONFIG_ENV,
+    ConfigError,
+    Endpoint,
+    HttpUrl,
+    Network,
+    RedisUrl,
+    Section as _Section,
+    load_config,
+)
+from common.names import SERVICE as _SERVICE
 
 __all__ = [
     "CONFIG_ENV",
@@ -41,57 +42,11 @@ __all__ = [
     "load_settings",
 ]
 
-CONFIG_ENV = "UPF_CONFIG"
-ENV_PREFIX = "UPF_"
-
 StatusName = Literal[
     "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
 ]  # fmt: skip
-_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and its source."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-def _check_endpoint(value: str) -> str:
-    match = _ENDPOINT.match(value)
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise ValueError(f"{value!r} is not host:port")
-    return value
-
-
-Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
-
-
-def _check_network(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
-    return value
-
-
-Network = Annotated[str, AfterValidator(_check_network)]
-
-
-def _check_redis_url(url: str) -> str:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
-    return url
-
-
-RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 
 
 class RateLimitSettings(_Section):
@@ -239,15 +194,6 @@ Algorithm = Literal[
 ]  # fmt: skip  # asymmetric only: an HS* key would be a shared secret, and "none" is no signature
 
 
-def _check_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(_check_url)]
-
-
 def _default_algorithms() -> list[Algorithm]:
     return ["EdDSA", "RS256"]
 
@@ -391,73 +337,3 @@ class GatewaySettings(_Section):
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> GatewaySettings:
     """Read the YAML file (`path`, else $UPF_CONFIG, else none) and apply `UPF_*` overrides."""
     return load_config(GatewaySettings, path, environ)
-
-
-def load_config(
-    model: type[_Model], path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> _Model:
-    """`load_settings` for any settings model (the registry has its own), with the same file and `UPF_*` rules."""
-    environ = os.environ if environ is None else environ
-    source = str(path) if path is not None else environ.get(CONFIG_ENV) or None
-    data: dict[str, Any] = {}
-    if source is not None:
-        data = _read_yaml(Path(source))
-    env_keys: dict[tuple[str, ...], str] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
-        keys = tuple(to_camel(part.lower()) for part in name[len(ENV_PREFIX) :].split("__"))
-        if not all(keys):
-            raise ConfigError(f"environment variable {name}: cannot be read as a key path")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"environment variable {name}: not valid YAML: {exc}") from None
-        _set_path(data, keys, value, name)
-        env_keys[keys] = name
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, env_keys)) from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: the top level must be a mapping of keys, not {type(data).__name__}")
-    return data
-
-
-def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: str) -> None:
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"environment variable {origin}: {key} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def _describe(exc: ValidationError, source: str | None, env_keys: Mapping[tuple[str, ...], str]) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"])
-        key = ".".join(loc) or "(top level)"
-        origin = next((name for keys, name in env_keys.items() if loc[: len(keys)] == keys), None)
-        where = f"environment variable {origin}" if origin else f"config file {source}" if source else "defaults"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        lines.append(f"{where}: {key}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)

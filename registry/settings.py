@@ -10,8 +10,8 @@
     health: {interval: 5, timeout: 2, failuresBeforeUnhealthy: 3, successesBeforeHealthy: 2}
     registration: {secret: "", secretFile: .upf/registration.secret, open: false}
 
-`UPF_PORT=50060`, `UPF_HEALTH__INTERVAL=0.5`, ...: the same rules as gateway/settings.py (whose
-loader this uses), so a bad key stops start-up with a message that names it.
+`UPF_PORT=50060`, `UPF_HEALTH__INTERVAL=0.5`, ...: the same rules as the gateway's
+(common/config.py), so a bad key stops start-up with a message that names it.
 """
 
 from __future__ import annotations
@@ -20,16 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
-from gateway.settings import RedisUrl, load_config
+from common.config import RedisUrl, Section as _Section, load_config
 
 __all__ = ["HealthSettings", "RegistrationSettings", "RegistrySettings", "load_registry_settings"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class HealthSettings(_Section):

@@ -1,4 +1,4 @@
-"""Auth plugin configuration: a YAML file plus `UPF_*` overrides, read like the gateway's (gateway/settings.py).
+"""Auth plugin configuration: a YAML file plus `UPF_*` overrides, read like the gateway's (common/config.py).
 
 The seed's shape:
 
@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, SecretStr, model_validator
 
-from gateway.settings import RedisUrl, load_config
+from common.config import RedisUrl, Section as _Section, load_config
 
 __all__ = [
     "Auth0Settings",
@@ -35,10 +34,6 @@ __all__ = [
     "SessionSettings",
     "load_auth_settings",
 ]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class JwtSettings(_Section):

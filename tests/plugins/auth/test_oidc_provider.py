@@ -13,7 +13,7 @@ import grpc
 import jwt
 import pytest
 
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.revocations import MemoryRevocations
 from plugins.auth.oidc import OidcProvider
 from plugins.auth.provider import AuthError, Provider
 from plugins.auth.settings import AuthSettings

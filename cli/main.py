@@ -1,4 +1,4 @@
-"""The `upf` command."""
+"""The `upf` command: its options, and which component each subcommand starts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gateway.logs import configure_logging
+from common.logs import configure_logging
 from gateway.settings import ConfigError, GatewaySettings, load_settings
 
 _Settings = TypeVar("_Settings")
@@ -549,9 +549,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         run_gateway(settings, args.config)
     elif args.command == "run":
-        from gateway.allinone import run_all
-        from gateway.deployment import DeploymentError, load_deployment
-        from gateway.infrastructure import check_deployment, known_plugins
+        from cli.allinone import run_all
+        from cli.deployment import DeploymentError, load_deployment
+        from cli.infrastructure import check_deployment, known_plugins
 
         deployment = None
         if args.deployment:
