@@ -125,14 +125,33 @@ def fill_placeholders(value: Any, where: str, environ: Mapping[str, str]) -> Any
 
 
 def load_config(
-    model: type[_Model], path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    model: type[_Model],
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    section: str | None = None,
 ) -> _Model:
-    """Read the YAML file (`path`, else $UPF_CONFIG, else none), fill its placeholders, apply `UPF_*` overrides."""
+    """Read the YAML file (`path`, else $UPF_CONFIG, else none), fill its placeholders, apply `UPF_*` overrides.
+
+    `section`: the file may also hold the settings under this one top-level key, as the seed writes the
+    auth plugin's (`auth: {provider: keycloak, ...}`); the `UPF_*` names stay relative to the model.
+    """
     environ = os.environ if environ is None else environ
     source = str(path) if path is not None else environ.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
+    prefix: tuple[str, ...] = ()
     if source is not None:
         data = _read_yaml(Path(source), environ)
+        if section is not None and section in data and section not in model.model_fields:
+            others = sorted(set(data) - {section})
+            if others:
+                raise ConfigError(
+                    f"config file {source}: {others[0]}: unknown key (with a top-level {section}: section, "
+                    f"every setting goes inside it)"
+                )
+            if not isinstance(data[section], dict):
+                raise ConfigError(f"config file {source}: {section}: expected a mapping of settings")
+            data, prefix = data[section], (section,)
     env_keys: dict[tuple[str, ...], str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
@@ -149,7 +168,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, env_keys)) from None
+        raise ConfigError(_describe(exc, source, env_keys, prefix)) from None
 
 
 def _read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -181,12 +200,16 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: s
     node[keys[-1]] = value
 
 
-def _describe(exc: ValidationError, source: str | None, env_keys: Mapping[tuple[str, ...], str]) -> str:
+def _describe(
+    exc: ValidationError, source: str | None, env_keys: Mapping[tuple[str, ...], str], prefix: tuple[str, ...]
+) -> str:
     lines = []
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
-        key = ".".join(loc) or "(top level)"
         origin = next((name for keys, name in env_keys.items() if loc[: len(keys)] == keys), None)
+        if source and not origin:  # the key as the file spells it, inside its section
+            loc = prefix + loc
+        key = ".".join(loc) or "(top level)"
         where = f"environment variable {origin}" if origin else f"config file {source}" if source else "defaults"
         message = error["msg"]
         if error["type"] == "extra_forbidden":

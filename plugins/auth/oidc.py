@@ -143,7 +143,7 @@ class OidcProvider:
             log.warning("%s (retrying every %g s)", exc, self._discovery_retry)
             return False
         keys = JwksCache(
-            http_fetcher(self._http, config.jwks_uri, self._timeout),
+            http_fetcher(self._http, self._settings.jwt.public_key_url or config.jwks_uri, self._timeout),
             issuer=self.issuer,
             algorithms=self._algorithms,
             unknown_kid_cooldown=self._cooldown,

@@ -1,13 +1,16 @@
 """Auth plugin configuration: a YAML file plus `UPF_*` overrides, read like the gateway's (common/config.py).
 
-The seed's shape:
+The seed's shape, with the settings at the top of the file or, as the seed writes them, inside one
+top-level `auth:` section; `${VAR}` in a value is filled from the environment (common/config.py):
 
     provider: custom                 # custom | keycloak | auth0
     jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
-          keyRotationInterval: 86400, keyPublishAhead: 600}
+          keyRotationInterval: 86400, keyPublishAhead: 600,
+          publicKeyUrl: https://auth.example.com/.well-known/jwks.json}
     session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
     custom: {store: sqlite, sqlitePath: .upf/auth.db, passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}}
-    keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
+    keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway,
+               clientSecret: "${KEYCLOAK_SECRET}"}
     auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
     revocation: {store: redis, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}
     roles: {admin: ["*"], user: ["demo:read"]}   # role -> permissions
@@ -21,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from common.config import RedisUrl, Section as _Section, load_config
+from common.config import HttpUrl, RedisUrl, Section as _Section, load_config
 
 __all__ = [
     "Auth0Settings",
@@ -48,6 +51,12 @@ class JwtSettings(_Section):
     # gateways' auth.jwksMaxAge (300 s by default): every gateway then holds the key before it meets
     # a token signed with it, and never depends on an unknown-kid refetch.
     key_publish_ahead: float = Field(default=600.0, ge=0)
+    # The issuer's public keys (a JWKS URL). keycloak and auth0: fetched from here instead of the
+    # jwks_uri of their discovery document (a mirror, or an address reachable from inside). custom
+    # signs with its own keys and publishes them itself (GetJwks, served by every gateway at
+    # /.well-known/jwks.json), so it does not read this: like `issuer` for the other providers, the
+    # key is accepted so that one file can switch `provider`.
+    public_key_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _publish_within_interval(self) -> JwtSettings:
@@ -130,4 +139,4 @@ class AuthSettings(_Section):
 
 
 def load_auth_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AuthSettings:
-    return load_config(AuthSettings, path, environ)
+    return load_config(AuthSettings, path, environ, section="auth")

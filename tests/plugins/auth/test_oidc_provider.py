@@ -269,6 +269,21 @@ async def test_issuer_down_at_start_then_back(keycloak_issuer: OidcIssuer) -> No
         await eventually(accepted)
 
 
+async def test_jwt_public_key_url_replaces_the_discovered_jwks_uri(keycloak_issuer: OidcIssuer) -> None:
+    # The seed's jwt.publicKeyUrl: the keys come from there, whatever the discovery document says.
+    keycloak_issuer.discovery_overrides = {"jwks_uri": "http://127.0.0.1:1/nowhere"}
+    config = keycloak_issuer.auth_settings(roles=ROLES)
+    config["jwt"]["publicKeyUrl"] = keycloak_issuer.jwks_uri
+    provider = OidcProvider(AuthSettings.model_validate(config), RecordingRevocations())
+    await provider.start()
+    try:
+        validation = await provider.validate(keycloak_issuer.mint())
+    finally:
+        await provider.close()
+    assert validation.valid, validation.reason
+    assert keycloak_issuer.jwks_fetches >= 1
+
+
 def test_bad_configurations_are_refused() -> None:
     with pytest.raises(ValueError, match=r"keycloak.serverUrl is required"):
         OidcProvider(AuthSettings(provider="keycloak"), RecordingRevocations())
