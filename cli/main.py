@@ -150,10 +150,22 @@ def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose epilog is rendered only when its help is shown: the configuration keys of every
+    settings model are not needed to start anything."""
+
+    def __init__(self, *args: Any, epilog_from: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self._epilog_from is not None:
+            self.epilog = self._epilog_from()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="upf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="upf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run",
@@ -163,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "only), the demo plugin (upf.demo.v1.Echo), the infrastructure plugins (storage-sqlite in memory and "
         "cache-memory, or those a deployment file chooses), the orders plugin (upf.orders.v1.Orders) and the "
         "gateway, verifying tokens. Nothing else needs to be installed or running.",
-        epilog=_gateway_keys() + "\n" + DEPLOYMENT_EPILOG,
+        epilog_from=lambda: _gateway_keys() + "\n" + DEPLOYMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(run)
@@ -178,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the gateway alone (routes from the configuration's upstreams)",
         description="Start the gateway: gRPC-Web and REST on httpPort, native gRPC on grpcPort, "
         "proxying to the upstreams in the configuration.",
-        epilog=_gateway_keys(),
+        epilog_from=_gateway_keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(gateway)
@@ -186,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "registry",
         help="start the plugin registry (upf.registry.v1.Registry, default 127.0.0.1:50052)",
         description=REGISTRY_DESCRIPTION,
-        epilog=_registry_keys(),
+        epilog_from=_registry_keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     registry.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -248,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=_auth_plugin_keys() + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG,
+        epilog_from=lambda: (
+            _auth_plugin_keys() + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plugin.add_argument(
