@@ -45,6 +45,12 @@ __all__ = [
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _REDIS_URL: TypeAdapter[str] = TypeAdapter(RedisUrl)
+# The keys whose default is redis.url (GatewaySettings._share_redis).
+_REDIS_URL_KEYS = (
+    ("rate_limiting", "redis_url"),
+    ("circuit_breaker", "redis_url"),
+    ("auth", "revocation", "redis_url"),
+)
 
 StatusName = Literal[
     "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
@@ -585,27 +591,18 @@ class GatewaySettings(_Section):
         if not isinstance(data, dict):
             return data
         redis = _field(data, "redis")
-        url = redis.url if isinstance(redis, RedisSettings) else _field(redis, "url")
+        if isinstance(redis, RedisSettings):
+            url = redis.url
+        elif isinstance(redis, dict):
+            url = _field(redis, "url")
+        else:
+            return data  # none given (or not a mapping, which the redis section's own check reports)
         try:
             url = _REDIS_URL.validate_python(url)
-        except ValidationError:  # none given, or one that redis.url's own check reports (once, under its name)
+        except ValidationError:  # reported by redis.url's own check, once and under its name
             return data
-        data = dict(data)
-        for name in ("rate_limiting", "circuit_breaker"):
-            _default_redis_url(data, name, url)
-        auth = _field(data, "auth")
-        if isinstance(auth, dict):
-            auth = dict(auth)
-            _default_redis_url(auth, "revocation", url)
-            _put(data, "auth", auth)
-        elif auth is None:
-            data["auth"] = {"revocation": {"redis_url": url}}
-        elif isinstance(auth, GatewayAuthSettings) and "redis_url" not in auth.revocation.model_fields_set:
-            _put(
-                data,
-                "auth",
-                auth.model_copy(update={"revocation": auth.revocation.model_copy(update={"redis_url": url})}),
-            )
+        for path in _REDIS_URL_KEYS:
+            data = _with_redis_url(data, path, url)
         return data
 
     @field_validator("upstreams")
@@ -619,25 +616,27 @@ class GatewaySettings(_Section):
         return upstreams
 
 
-def _field(data: Any, name: str) -> Any:
-    """`data[name]` under its snake_case or camelCase spelling (both are accepted), or None."""
-    if not isinstance(data, dict):
-        return None
+def _field(data: dict[str, Any], name: str) -> Any:
+    """`data[name]` under its camelCase or snake_case spelling (both are accepted), or None."""
     return data.get(to_camel(name), data.get(name))
 
 
-def _put(data: dict[str, Any], name: str, value: Any) -> None:
-    data[to_camel(name) if to_camel(name) in data or name not in data else name] = value
-
-
-def _default_redis_url(data: dict[str, Any], name: str, url: str) -> None:
-    section = _field(data, name)
+def _with_redis_url(section: Any, path: tuple[str, ...], url: str) -> Any:
+    """`section` (raw data, a settings object or nothing) with `url` at `path` unless it names one there."""
+    name, rest = path[0], path[1:]
     if section is None:
-        _put(data, name, {"redis_url": url})
-    elif isinstance(section, dict) and _field(section, "redis_url") is None:
-        _put(data, name, {**section, "redis_url": url})
-    elif isinstance(section, _Section) and "redis_url" not in section.model_fields_set:
-        _put(data, name, section.model_copy(update={"redis_url": url}))
+        section = {}
+    if isinstance(section, _Section):
+        if not rest:
+            return section if name in section.model_fields_set else section.model_copy(update={name: url})
+        return section.model_copy(update={name: _with_redis_url(getattr(section, name), rest, url)})
+    if not isinstance(section, dict):
+        return section  # not a mapping: validation names the key
+    child = _field(section, name)
+    if not rest:
+        return section if child is not None else {**section, name: url}
+    key = to_camel(name) if to_camel(name) in section or name not in section else name
+    return {**section, key: _with_redis_url(child, rest, url)}
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> GatewaySettings:
