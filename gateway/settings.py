@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from common.auth.settings import DEFAULT_REDIS_URL, RevocationSettings
 from common.config import (
     CONFIG_ENV,
     ConfigError,
@@ -43,7 +44,6 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _REDIS_URL: TypeAdapter[str] = TypeAdapter(RedisUrl)
 # The keys whose default is redis.url (GatewaySettings._share_redis).
 _REDIS_URL_KEYS = (
@@ -376,22 +376,6 @@ class IssuerSettings(_Section):
     email_claim: str = Field(default="email", description="The claim (a dotted path) that holds the e-mail address.")
 
 
-class RevocationStoreSettings(_Section):
-    store: Literal["memory", "redis"] = Field(
-        default="memory",
-        description=(
-            "Where revoked sessions and tokens are learnt: this process (`upf run`, where the auth plugin "
-            "shares it), or Redis, where every gateway replica sees a logout within a second."
-        ),
-    )
-    redis_url: RedisUrl = Field(default=DEFAULT_REDIS_URL, description="default: the top-level redis.url")
-    key_prefix: str = Field(
-        default="upf:auth",
-        min_length=1,
-        description="Revocations are kept under <prefix>:revoked (the auth plugin must use the same prefix).",
-    )
-
-
 class GatewayAuthSettings(_Section):
     """JWT verification on every request except `publicPaths` (and the auth endpoints themselves)."""
 
@@ -428,7 +412,7 @@ class GatewayAuthSettings(_Section):
     )
     cache_size: int = Field(default=10_000, ge=0, description="verified tokens remembered; 0 verifies every time")
     service: str = Field(default="upf.auth.v1.Auth", pattern=_SERVICE.pattern, description="the IAuth service")
-    revocation: RevocationStoreSettings = Field(default_factory=RevocationStoreSettings)
+    revocation: RevocationSettings = Field(default_factory=RevocationSettings)
 
     @model_validator(mode="after")
     def _check_issuers(self) -> GatewayAuthSettings:

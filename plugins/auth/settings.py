@@ -24,7 +24,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from common.config import HttpUrl, RedisUrl, Section as _Section, load_config
+from common.auth.settings import RevocationSettings
+from common.config import HttpUrl, Section as _Section, load_config
 
 __all__ = [
     "Auth0Settings",
@@ -160,22 +161,6 @@ class Auth0Settings(_Section):
         description="The Auth0 application's client secret (give it through the environment or a ${VAR} placeholder).",
     )
     roles_claim: str = Field(default="https://upf/roles", description="Auth0 puts roles in a namespaced custom claim")
-
-
-class RevocationSettings(_Section):
-    store: Literal["memory", "redis"] = Field(
-        default="memory",
-        description=(
-            'Where logouts are published for every gateway replica: this process ("memory", for `upf run` '
-            "where gateway and plugin share it) or Redis (see proto/upf/auth/v1/auth.proto for the layout)."
-        ),
-    )
-    redis_url: RedisUrl = Field(default="redis://127.0.0.1:6379/0", description="The Redis of the redis store.")
-    key_prefix: str = Field(
-        default="upf:auth",
-        min_length=1,
-        description="Revocations are kept under <prefix>:revoked (the gateways must use the same prefix).",
-    )
 
 
 class AuthSettings(_Section):
