@@ -8,9 +8,9 @@ import httpx
 import pytest
 import redis
 
+from gateway.app import create_app
 from gateway.settings import ConfigError, GatewaySettings, RateLimitSettings, load_settings
-from tests.support.processes import run_gateway, wait_until
-from tests.support.redis_server import delete_prefix, new_prefix
+from tests.support.redis_server import delete_prefix, new_prefix, shared_client
 
 # A database of its own on the shared Redis, so the keys found there can only have come through redis.url.
 SHARED_DB_URL = "redis://127.0.0.1:6379/11"
@@ -48,24 +48,36 @@ def test_a_bad_redis_url_is_reported_once_under_its_own_key(tmp_path: Path) -> N
     )
 
 
-def test_the_rate_limiter_keeps_its_buckets_where_redis_url_points(tmp_path: Path) -> None:
+async def test_the_rate_limiter_keeps_its_buckets_where_redis_url_points() -> None:
     prefix = new_prefix()
     store = redis.Redis.from_url(SHARED_DB_URL)
-    config = {
-        "redis": {"url": SHARED_DB_URL},
-        "rateLimiting": {
-            "enabled": True,
-            "store": "redis",
-            "keyPrefix": prefix,
-            "burstSize": 2,
-            "requestsPerSecond": 0.01,
-        },
-    }
+    settings = GatewaySettings.model_validate(
+        {
+            "grpcPort": 0,
+            "redis": {"url": SHARED_DB_URL},
+            "rateLimiting": {
+                "enabled": True,
+                "store": "redis",
+                "keyPrefix": prefix,
+                "burstSize": 2,
+                "requestsPerSecond": 0.01,
+            },
+        }
+    )
+    app = create_app(settings)
     try:
-        with run_gateway(config, tmp_path) as gateway:
-            answers = [httpx.get(f"{gateway.url}/api/manifests", timeout=10).status_code for _ in range(3)]
-            assert answers == [200, 200, 429]
-            wait_until(lambda: list(store.scan_iter(match=f"{prefix}:*")), what="the bucket in redis.url's database")
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http,
+        ):
+            answers = [(await http.get("/api/manifests")).status_code for _ in range(3)]
+        assert answers == [200, 200, 429]
+        assert list(store.scan_iter(match=f"{prefix}:*")), "no bucket in redis.url's database"
+        default_db = shared_client()
+        try:
+            assert not list(default_db.scan_iter(match=f"{prefix}:*")), "a bucket in the default database"
+        finally:
+            default_db.close()
     finally:
         delete_prefix(store, prefix)
         store.close()
