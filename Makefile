@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-unit test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-unit test-files-large check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -94,6 +94,7 @@ check: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
@@ -105,6 +106,10 @@ proto: $(PY_STAMP)
 # The manifest's JSON Schema, generated from manifests/model.py (a test fails when it is stale).
 schema: $(PY_STAMP)
 	$(BIN)/python -m manifests.schema
+
+# The README's configuration tables, from the settings models' field descriptions (a test fails when stale).
+docs: $(PY_STAMP)
+	$(BIN)/python -m cli.docs
 
 bench: $(PY_STAMP)
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \

@@ -33,14 +33,14 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from common.auth.revocations import Revocations
+from common.logs import configure_logging
 from gateway.admin import TrafficAdmin, admin_access, allow_from
-from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
-from gateway.logs import configure_logging
 from gateway.metrics import TrafficMetrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
+from common.auth.revocations import Revocations
 from gateway.app import create_app
-from gateway.auth.revocations import Revocations
 from gateway.corking import CorkedHttpToolsProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
 from gateway.websocket import max_websocket_message

@@ -47,6 +47,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from common.names import SERVICE
 from manifests.semver import VERSION_PATTERN, SemverError, parse_range, parse_version
 
 __all__ = [
@@ -81,7 +82,7 @@ DEFAULT_REMOTE_ENTRY = "/static/remoteEntry.js"
 
 _ID = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_SERVICE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+_SERVICE = SERVICE.pattern
 _MODULE = r"^\./\S+$"
 _NAVIGATION_PATH = r"^/\S*$"
 _REMOTE_ENTRY = r"^(https?://\S+|/\S*)$"

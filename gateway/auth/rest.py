@@ -24,9 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from upf.auth.v1 import auth_pb2 as pb
 
+from common.auth.revocations import Revocations, RevocationUnavailable
 from gateway.auth.authenticator import bearer_token
 from gateway.auth.identity import Identity, identity_of
-from gateway.auth.revocations import Revocations, RevocationUnavailable
 from gateway.errors import BadRequest, GatewayError, Unauthenticated
 from gateway.upstream.call import unary_call
 from gateway.upstream.pool import UpstreamPool

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.logs import configure_logging
+from common.logs import configure_logging
 from plugins.files.kinds import KINDS, GcsSettings, LocalSettings, S3Settings, make_gcs, make_local, make_s3
 from plugins.files.plugin import MANIFESTS, FilesPlugin, PluginOptions, run_files_plugin
 from plugins.sdk import Timings

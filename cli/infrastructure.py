@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.deployment import Deployment
+from cli.deployment import Deployment
 from plugins.cache.plugin import CacheSettings, build as build_cache
 from plugins.messagebus.plugin import build as build_bus, settings_from_config as bus_settings
 from plugins.sdk import Plugin

@@ -17,9 +17,9 @@ import contextlib
 import logging
 import secrets
 
-from gateway.auth.revocations import MemoryRevocations
-from gateway.deployment import Deployment
-from gateway.infrastructure import run_infrastructure, wait_started
+from cli.deployment import Deployment
+from cli.infrastructure import run_infrastructure, wait_started
+from common.auth.revocations import MemoryRevocations
 from gateway.serve import serve_gateway
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from plugins.auth.plugin import AuthPlugin, build as build_auth
@@ -52,7 +52,7 @@ def embedded_auth(settings: GatewaySettings, issuer: str) -> GatewaySettings:
 
 
 async def run_all(settings: GatewaySettings, deployment: Deployment | None = None) -> None:
-    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (gateway/deployment.py);
+    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (cli/deployment.py);
     none: the embedded ones (storage-sqlite in memory, cache-memory)."""
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
