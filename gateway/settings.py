@@ -313,8 +313,12 @@ class EventsSettings(_Section):
 
     enabled: bool = False
     # "memory": this process only (events published here, kept in a ring); "nats": NATS JetStream,
-    # shared by every gateway, resumable across reconnects and restarts.
-    bus: Literal["memory", "nats"] = "memory"
+    # shared by every gateway, resumable across reconnects and restarts; "plugin": the deployment's
+    # IMessageBus plugin, found through registryUrl, so plugins and the UI share one bus
+    # (gateway/events/plugin_bus.py; the gateway registers as pluginId with registrationCredential).
+    bus: Literal["memory", "nats", "plugin"] = "memory"
+    plugin_id: str = Field(default="upf-gateway", pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+    registration_credential: str = ""
     nats_url: str = "nats://127.0.0.1:4222"
     stream: str = Field(default="UPF_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # JetStream stream, made if missing
     subject_prefix: str = Field(default="upf.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")

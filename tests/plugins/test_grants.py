@@ -112,6 +112,7 @@ async def refused(call: Any) -> str:
     """The message of the PERMISSION_DENIED that `call` must end with."""
     with pytest.raises((StorageError, CacheError)) as caught:
         await call
+    assert isinstance(caught.value, StorageError | CacheError)
     assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED, caught.value
     return str(caught.value)
 
