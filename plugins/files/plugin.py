@@ -77,6 +77,11 @@ class FilesPlugin:
             await self.backend.close()
             await self._callers.close()
 
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once it serves (the name every plugin's start-up event has)."""
+        return self.ready
+
     async def stop(self) -> None:
         await self.plugin.stop()
 

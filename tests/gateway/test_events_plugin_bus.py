@@ -80,35 +80,32 @@ def gateway(registry: RunningRegistry, bus: str, tmp_path: Path) -> Iterator[Gat
 async def test_an_event_a_plugin_publishes_on_the_bus_reaches_a_browser(
     registry: RunningRegistry, bus: str, gateway: Gateway
 ) -> None:
-    endpoint = bus
-    if True:
-        if True:
-            # The gateway is known to the registry by its own identity, and nothing is routed to it.
-            plugins = registry.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5).plugins
-            assert "upf-gateway" in {p.plugin_id for p in plugins}
+    # The gateway is known to the registry by an identity of its own; it provides nothing to route to.
+    plugins = registry.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5).plugins
+    assert "upf-gateway" in {p.plugin_id for p in plugins}
 
-            token = caller_token(registry, "orders-plugin")
-            async with (
-                grpc.aio.insecure_channel(endpoint, interceptors=caller_token_interceptors(lambda: token)) as channel,
-                events_client(events_url(gateway)) as browser,
-            ):
-                bus = MessageBusClient(channel)
-                await browser.subscribe("order.*")
-                await bus.publish("order.created", b'{"order": 7}')
-                await bus.publish("invoice.created", b"{}")  # not subscribed: not sent
-                await bus.publish("order.updated", b'{"order": 7, "status": "paid"}')
-                first, second = await browser.events(2)
-                assert (first["topic"], first["data"]) == ("order.created", '{"order": 7}')
-                assert (second["topic"], second["data"]) == ("order.updated", '{"order": 7, "status": "paid"}')
-                assert int(second["id"]) > int(first["id"])
+    token = caller_token(registry, "orders-plugin")
+    async with (
+        grpc.aio.insecure_channel(bus, interceptors=caller_token_interceptors(lambda: token)) as channel,
+        events_client(events_url(gateway)) as browser,
+    ):
+        orders = MessageBusClient(channel)  # what the orders plugin's `await plugin.message_bus()` is
+        await browser.subscribe("order.*")
+        await orders.publish("order.created", b'{"order": 7}')
+        await orders.publish("invoice.created", b"{}")  # not subscribed: not sent
+        await orders.publish("order.updated", b'{"order": 7, "status": "paid"}')
+        first, second = await browser.events(2)
+        assert (first["topic"], first["data"]) == ("order.created", '{"order": 7}')
+        assert (second["topic"], second["data"]) == ("order.updated", '{"order": 7, "status": "paid"}')
+        assert int(second["id"]) > int(first["id"])
 
-                # The other way: POST /api/events/{topic} publishes on IMessageBus, for plugins too.
-                async with bus.subscribe("order.shipped") as subscription:
-                    async with httpx.AsyncClient(timeout=10) as http:
-                        posted = await http.post(f"{gateway.url}/api/events/order.shipped", content=b"box 1")
-                    assert posted.status_code == 200, posted.text
-                    delivery = await asyncio.wait_for(anext(aiter(subscription)), 10)
-                    assert delivery.payload == b"box 1"
-                    (shipped,) = await browser.events(1)
-                    assert shipped["id"] == posted.json()["id"]
-                    assert shipped["data"] == "box 1"
+        # The other way: POST /api/events/{topic} publishes on IMessageBus, where plugins see it.
+        async with orders.subscribe("order.shipped") as subscription:
+            async with httpx.AsyncClient(timeout=10) as http:
+                posted = await http.post(f"{gateway.url}/api/events/order.shipped", content=b"box 1")
+            assert posted.status_code == 200, posted.text
+            delivery = await asyncio.wait_for(anext(aiter(subscription)), 10)
+            assert delivery.payload == b"box 1"
+            (shipped,) = await browser.events(1)
+            assert shipped["id"] == posted.json()["id"]
+            assert shipped["data"] == "box 1"
