@@ -127,6 +127,9 @@ _CONFIG: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "region": ("region", _text),
         "createBucket": ("create_bucket", _flag),
         "partSizeMib": ("part_size", lambda v: _whole(5, 512)(v) * _MIB),
+        # Usually from the AWS sources (environment, ~/.aws, roles); the seed's MinIO example names them.
+        "accessKey": ("access_key_id", _text),
+        "secretKey": ("secret_access_key", _text),
     },
     "files-gcs": {
         "bucket": ("bucket", _text),
