@@ -113,11 +113,12 @@ def test_a_deployment_file_chooses_a_files_plugin_and_its_config_is_checked(tmp_
     deployment = load_deployment(path, known_plugins(), {})
     check_deployment(deployment)
     assert deployment.infrastructure["files"].plugin == "files-s3"
-    for config, message in [
+    bad: list[tuple[dict[str, object], str]] = [
         ({"bucket": "b", "region": 3}, "infrastructure.files.config (files-s3).region: must be a non-empty string"),
         ({"endpoint": "http://x"}, "infrastructure.files.config (files-s3).bucket: files-s3 needs the bucket"),
         ({"bucket": "b", "accessKeyId": "ak"}, "accessKeyId: not a setting of files-s3"),
-    ]:
+    ]
+    for config, message in bad:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             check_deployment(Deployment({"files": Choice("files-s3", config)}))
     with pytest.raises(ValueError, match=r"httpPort: must be a whole number from -1 to 65535"):
