@@ -250,9 +250,10 @@ class Plugin:
         on that plugin's keys instead, as far as its manifest grants (plugins/sdk/grants.py)."""
         return CacheClient(await self.channel("ICache"), owner=owner)
 
-    async def files(self) -> FilesClient:
-        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""
-        return FilesClient(await self.channel("IFiles"))
+    async def files(self, *, owner: str | None = None) -> FilesClient:
+        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles. `owner`: work
+        on that plugin's files instead, as far as its manifest grants (plugins/sdk/grants.py)."""
+        return FilesClient(await self.channel("IFiles"), owner=owner)
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""

@@ -6,10 +6,13 @@ gives it back, and a tampered one is refused with 403. The URLs point at files-l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import grpc
 import httpx
 import pytest
 import yaml
@@ -18,7 +21,7 @@ from gateway.deployment import Choice, Deployment, load_deployment
 from gateway.infrastructure import check_deployment, known_plugins, run_infrastructure
 from plugins.files.embedded import EmbeddedFiles
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
-from plugins.sdk.files import FilesClient
+from plugins.sdk.files import FilesClient, FilesError
 from tests.conformance.cache.harness import poll
 from tests.support.processes import free_port
 from tests.support.registry_process import RunningRegistry, run_registry
@@ -32,15 +35,19 @@ def registry(work_dir: Path) -> Iterator[RunningRegistry]:
         yield running_registry
 
 
-def consumer(registry: RunningRegistry, work_dir: Path) -> Plugin:
-    path = work_dir / f"reports-plugin-{free_port()}.yaml"
-    manifest = {
-        "id": "reports-plugin",
+def consumer(
+    registry: RunningRegistry, work_dir: Path, plugin_id: str = "reports-plugin", grants: dict[str, Any] | None = None
+) -> Plugin:
+    path = work_dir / f"{plugin_id}-{free_port()}.yaml"
+    manifest: dict[str, Any] = {
+        "id": plugin_id,
         "version": "0.1.0",
-        "name": "Reports",
+        "name": plugin_id,
         "type": "business",
         "requires": [{"interface": "IFiles", "version": "^1"}],
     }
+    if grants is not None:
+        manifest["grants"] = grants
     path.write_text(yaml.safe_dump(manifest))
     timings = Timings(stop_notice=0, drain_grace=0.1, resolve_cache_ttl=0.1)
     return Plugin(
@@ -123,3 +130,56 @@ def test_a_deployment_file_chooses_a_files_plugin_and_its_config_is_checked(tmp_
             check_deployment(Deployment({"files": Choice("files-s3", config)}))
     with pytest.raises(ValueError, match=r"httpPort: must be a whole number from -1 to 65535"):
         check_deployment(Deployment({"files": Choice("files-local", {"httpPort": "8081"})}))
+
+
+@asynccontextmanager
+async def running(plugin: Plugin) -> AsyncIterator[Plugin]:
+    task = asyncio.create_task(plugin.run())
+    try:
+        await plugin.started.wait()
+
+        async def reachable() -> bool:
+            try:
+                await plugin.files()
+            except DependencyUnavailable:
+                return False
+            return bool(plugin.identity_token())
+
+        await poll(reachable, timeout=15, what=f"{plugin.manifest.id} to reach files-local")
+        yield plugin
+    finally:
+        await plugin.stop()
+        await task
+
+
+async def test_a_plugin_reads_another_plugins_files_only_where_its_manifest_grants(
+    registry: RunningRegistry, work_dir: Path
+) -> None:
+    grants = {"files": [{"pathPrefix": "exports/", "plugins": ["billing-plugin"], "access": "read"}]}
+    async with (
+        run_infrastructure(Deployment({"files": Choice("files-local")}), registry.target, registry.credential),
+        running(consumer(registry, work_dir, "reports-plugin", grants)) as reports,
+        running(consumer(registry, work_dir, "billing-plugin")) as billing,
+    ):
+        own = await reports.files()
+        await own.upload("exports/q4.csv", b"q4")
+        await own.upload("private/salaries.csv", b"secret")
+
+        shared = await billing.files(owner="reports-plugin")
+        assert await shared.download_bytes("exports/q4.csv") == b"q4"
+        assert [f.path for f in (await shared.list_page("exports/")).files] == ["exports/q4.csv"]
+        read = await shared.signed_url("exports/q4.csv", "read", expires_in=60)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(read.url)).content == b"q4"
+        for refused in (
+            shared.upload("exports/q5.csv", b"q5"),  # a read grant
+            shared.signed_url("exports/q4.csv", "write", expires_in=60),
+            shared.delete("exports/q4.csv"),
+            shared.download_bytes("private/salaries.csv"),  # outside the granted prefix
+            shared.list_page(""),
+        ):
+            with pytest.raises(FilesError) as caught:
+                await refused
+            assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED, caught.value
+        assert await own.download_bytes("exports/q4.csv") == b"q4"
+        assert not await (await billing.files()).exists("exports/q4.csv")  # billing's own files are its own
