@@ -21,7 +21,7 @@ from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.messagebus import MessageBusClient
 from tests.conformance.messagebus.harness import bus_settings, caller_token
 from tests.support.events import events_client, events_url
-from tests.support.processes import Gateway, Process, free_port, run_gateway, wait_until
+from tests.support.processes import Gateway, Process, _died, free_port, run_gateway, wait_until
 from tests.support.registry_process import RunningRegistry, run_registry
 
 UPF = str(Path(sys.executable).parent / "upf")
@@ -39,9 +39,18 @@ def bus_plugin(backend: str, registry: RunningRegistry, work_dir: Path) -> Itera
     env["UPF_REGISTRATION_CREDENTIAL"] = registry.credential(plugin_id)
     process = Process(args, env=env, log=work_dir / f"{plugin_id}-{port}.log")
     try:
+        # Registered and healthy before the gateway starts (two starting processes share a busy machine).
+        wait_until(lambda: healthy(registry, plugin_id) or (not process.alive() and _died(process)), what=plugin_id)
         yield f"127.0.0.1:{port}"
     finally:
         process.stop()
+
+
+def healthy(registry: RunningRegistry, plugin_id: str) -> bool:
+    plugins = registry.stub.ListPlugins(pb.ListPluginsRequest(), timeout=2).plugins
+    return any(
+        p.plugin_id == plugin_id and any(i.health == pb.HEALTH_STATE_HEALTHY for i in p.instances) for p in plugins
+    )
 
 
 def events_status(gateway: Gateway) -> dict[str, object]:
