@@ -13,20 +13,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from plugins.files.gcs import GcsBackend, GcsSettings
 from plugins.files.local import LocalBackend
 from plugins.files.plugin import FilesPlugin, PluginOptions, build
-from plugins.files.s3 import S3Backend, S3Settings
 from plugins.files.signing import UrlSigner
 from plugins.files.url_server import SignedUrlServer, signed_url_app
 
+# The S3 and GCS modules load their cloud clients (botocore takes seconds to import): only when used,
+# so that `upf run` with files-local does not wait for them.
+if TYPE_CHECKING:
+    from plugins.files.gcs import GcsSettings
+    from plugins.files.s3 import S3Settings
+
 __all__ = [
     "KINDS",
-    "GcsSettings",
     "LocalSettings",
-    "S3Settings",
     "make",
     "make_gcs",
     "make_local",
@@ -74,18 +76,23 @@ def _url_host(host: str) -> str:
 
 
 async def make_s3(settings: S3Settings, options: PluginOptions) -> FilesPlugin:
+    from plugins.files.s3 import S3Backend
+
     backend = S3Backend(settings)
     await backend.open()
     return build(backend, options)
 
 
 async def make_gcs(settings: GcsSettings, options: PluginOptions) -> FilesPlugin:
+    from plugins.files.gcs import GcsBackend
+
     backend = GcsBackend(settings)
     await backend.open()
     return build(backend, options)
 
 
-Settings = LocalSettings | S3Settings | GcsSettings
+if TYPE_CHECKING:
+    Settings = LocalSettings | S3Settings | GcsSettings
 
 # The deployment file's `config:` keys of each files plugin -> (settings field, parse).
 _MIB = 1024 * 1024
@@ -159,13 +166,21 @@ def settings_from_config(kind: str, config: Mapping[str, Any], where: str = "con
         return LocalSettings(**{"root": root, **fields})
     if "bucket" not in fields:
         raise ValueError(f"{where}.bucket: {kind} needs the bucket's name")
-    return S3Settings(**fields) if kind == "files-s3" else GcsSettings(**fields)
+    if kind == "files-s3":
+        from plugins.files.s3 import S3Settings
+
+        return S3Settings(**fields)
+    from plugins.files.gcs import GcsSettings
+
+    return GcsSettings(**fields)
 
 
 async def make(settings: Settings, options: PluginOptions) -> FilesPlugin:
     """The files plugin for `settings` (its kind is the settings' type)."""
     if isinstance(settings, LocalSettings):
         return await make_local(settings, options)
+    from plugins.files.s3 import S3Settings
+
     if isinstance(settings, S3Settings):
         return await make_s3(settings, options)
     return await make_gcs(settings, options)
