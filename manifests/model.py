@@ -488,7 +488,7 @@ class FilesGrant(_Section):
 class Grants(_Section):
     """Data of this plugin that other plugins may use. Each plugin's data lives in its own namespace of an
     infrastructure plugin; another plugin reaches it only through a grant here, which the infrastructure
-    plugin reads from the registry (a changed manifest takes effect within seconds of registering)."""
+    plugin reads from the registry (a changed manifest takes effect about a second after it is registered)."""
 
     storage: list[StorageGrant] = Field(default_factory=list, description="Grants on IStorage collections.")
     cache: list[CacheGrant] = Field(default_factory=list, description="Grants on ICache key prefixes.")

@@ -10,7 +10,7 @@ owner's manifest grants it (manifests/model.py, `grants:`):
       cache: [{keyPrefix: "orders:", plugins: [billing-plugin], access: read-write}]
 
 The grant is read from the owner's manifest as the registry holds it (ListPlugins), never from the
-caller: `RegistryGrants` keeps the registry's answer for a couple of seconds, so a re-registered manifest
+caller: `RegistryGrants` keeps the registry's answer for a second, so a re-registered manifest
 that drops a grant ends the access within that time. An owner that is not registered grants nothing.
 
 An infrastructure plugin's servicer asks `Sharing.scope(context, caller)` once per call, then
@@ -177,7 +177,7 @@ class RegistryGrants:
     when the plugin stops."""
 
     def __init__(
-        self, target: str, *, ttl: float = 2.0, call_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self, target: str, *, ttl: float = 1.0, call_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._target = target
         self._ttl = ttl

@@ -191,7 +191,7 @@ async def test_a_grant_dropped_by_re_registering_stops_access(
         assert await shared.get("orders", "o-9") is not None
 
         # A new instance of the owner registers a manifest without the grant: the registry now holds
-        # that one, and the storage plugin follows within its few seconds of caching.
+        # that one, and the storage plugin follows within the second it caches grants for.
         async with running(plugin(registry, work_dir, OWNER), storage_and_cache):
 
             async def access_ended() -> bool:
