@@ -52,11 +52,21 @@ Interface = Literal["storage", "cache", "files"]
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _PLUGIN_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 
-# What each interface calls the thing a grant names, and whether a grant names it exactly or by prefix.
-_RESOURCE: dict[Interface, tuple[str, str, bool]] = {
-    "storage": ("collection", "collection", False),
-    "cache": ("keyPrefix", "key", True),
-    "files": ("pathPrefix", "path", True),
+
+@dataclass(frozen=True, slots=True)
+class _Granted:
+    """How an interface's grants name what they open."""
+
+    key: str  # in the manifest (camelCase)
+    attribute: str  # on the manifest model's grant
+    noun: str  # what a call touches, in messages
+    by_prefix: bool  # a grant opens everything that starts with it (else: exactly it)
+
+
+_GRANTED: dict[Interface, _Granted] = {
+    "storage": _Granted("collection", "collection", "collection", by_prefix=False),
+    "cache": _Granted("keyPrefix", "key_prefix", "key", by_prefix=True),
+    "files": _Granted("pathPrefix", "path_prefix", "path", by_prefix=True),
 }
 
 #: owner plugin id -> its `grants` section (None: the owner is not registered).
@@ -86,17 +96,15 @@ class Scope:
     interface: Interface
     rules: tuple[tuple[str, bool], ...] | None = None  # (granted collection or prefix, writable)
 
-    @property
-    def shared(self) -> bool:
-        return self.rules is not None
-
     def require(self, resource: str, *, write: bool, field: str) -> None:
         """SharingError(PERMISSION_DENIED) unless the caller may read (or, `write`, change) `resource`."""
         if self.rules is None:
             return
-        key, noun, by_prefix = _RESOURCE[self.interface]
+        granted_as = _GRANTED[self.interface]
         matching = [
-            w for granted, w in self.rules if (resource.startswith(granted) if by_prefix else resource == granted)
+            w
+            for granted, w in self.rules
+            if (resource.startswith(granted) if granted_as.by_prefix else resource == granted)
         ]
         if any(matching) if write else matching:
             return
@@ -104,14 +112,14 @@ class Scope:
         if matching:
             raise SharingError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{field}: {self.namespace} grants {self.caller} read access to {noun} {resource!r}, not "
+                f"{field}: {self.namespace} grants {self.caller} read access to {granted_as.noun} {resource!r}, not "
                 f"read-write ({where})",
             )
         granted = ", ".join(f"{g!r} ({'read-write' if w else 'read'})" for g, w in self.rules)
         raise SharingError(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"{field}: {self.namespace} grants {self.caller} no access to {noun} {resource!r}; {where} "
-            f"gives it {key} {granted}",
+            f"{field}: {self.namespace} grants {self.caller} no access to {granted_as.noun} {resource!r}; "
+            f"{where} gives it {granted_as.key} {granted}",
         )
 
 
@@ -139,9 +147,9 @@ class Sharing:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{OWNER_METADATA}: {owner} is not registered, so it grants {caller} nothing",
             )
-        key = _RESOURCE[self.interface][0]
+        attribute = _GRANTED[self.interface].attribute
         rules = tuple(
-            (getattr(g, _attribute(key)), g.access == "read-write")
+            (getattr(g, attribute), g.access == "read-write")
             for g in getattr(grants, self.interface)
             if caller in g.plugins
         )
@@ -164,10 +172,6 @@ def requested_owner(context: _Context) -> str | None:
                 )
             return owner
     return None
-
-
-def _attribute(camel: str) -> str:
-    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), camel)
 
 
 class RegistryGrants:
