@@ -38,17 +38,26 @@ def bus_from_settings(
     settings: EventsSettings, *, registry_url: str | None = None, endpoints: Endpoints | None = None, host: str = ""
 ) -> MessageBus:
     if settings.bus == "plugin":
+        # What is missing is said by /readyz and the log, and the gateway serves the rest meanwhile (as
+        # with a bus that is down): `upf run` fills both in itself.
+        problem = None
         if registry_url is None or endpoints is None:
-            raise ValueError("events.bus: plugin finds the IMessageBus plugin through the registry: set registryUrl")
-        if not settings.registration_credential:
-            raise ValueError(
-                f"events.bus: plugin: the gateway registers as {settings.plugin_id} and needs its "
+            problem = "events.bus: plugin finds the IMessageBus plugin through the registry: set registryUrl"
+        elif not settings.registration_credential:
+            problem = (
+                f"events.bus: plugin: the gateway registers as {settings.plugin_id} and needs "
                 f"events.registrationCredential (upf registry --credential-for {settings.plugin_id})"
             )
         identity = GatewayIdentity(
-            registry_url, plugin_id=settings.plugin_id, credential=settings.registration_credential, host=host
+            registry_url or "", plugin_id=settings.plugin_id, credential=settings.registration_credential, host=host
         )
-        return PluginBus(endpoints, identity, max_messages=settings.max_messages, max_age=settings.max_age)
+        return PluginBus(
+            endpoints or (lambda _service: []),
+            identity,
+            max_messages=settings.max_messages,
+            max_age=settings.max_age,
+            misconfigured=problem,
+        )
     if settings.bus == "nats":
         return JetStreamBus(
             url=settings.nats_url,

@@ -51,13 +51,15 @@ class PluginBus:
         *,
         max_messages: int = 100_000,
         max_age: float | None = None,
+        misconfigured: str | None = None,
     ) -> None:
         self._endpoints = endpoints  # service -> routable endpoints (the registry's routes)
         self._identity = identity
         self._ring = MemoryBus(max_messages=max_messages, max_age=max_age)
         self._connected = False
         self._endpoint = ""
-        self.error = "not connected yet"
+        self._misconfigured = misconfigured  # a setting is missing: never connects, and says so
+        self.error = misconfigured or "not connected yet"
         self._last_sequence = 0
         self._sequenced = False
         self._relayed: OrderedDict[str, str] = OrderedDict()  # message id -> event id
@@ -68,6 +70,9 @@ class PluginBus:
     # --- MessageBus ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._misconfigured:
+            logger.error("events: %s", self._misconfigured)
+            return
         await self._identity.start()
         self._task = asyncio.create_task(self._relay_forever(), name="events-plugin-bus")
 
@@ -79,22 +84,26 @@ class PluginBus:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
-        await self._identity.close()
+        if not self._misconfigured:
+            await self._identity.close()
 
     def status(self) -> Mapping[str, Any]:
-        status: dict[str, Any] = {"bus": "plugin", "connected": self._connected, **self._ring_status()}
+        status: dict[str, Any] = {
+            "bus": "plugin",
+            "connected": self._connected,
+            "lastId": self._ring.status()["lastId"],
+        }
         if self._endpoint:
             status["endpoint"] = self._endpoint
         if not self._connected:
             status["error"] = self.error
         return status
 
-    def _ring_status(self) -> dict[str, Any]:
-        return {"lastId": self._ring.status()["lastId"]}
-
     async def publish(self, topic: str, data: bytes) -> str:
         """Publish on IMessageBus; the event id once the event came back through the subscription."""
         check_topic(topic)
+        if self._misconfigured:
+            raise BusUnavailable(self._misconfigured)
         stub, metadata, _ = await self._stub()
         try:
             reply = await stub.Publish(

@@ -17,6 +17,9 @@ import httpx
 import pytest
 from upf.registry.v1 import registry_pb2 as pb
 
+from gateway.events import bus_from_settings
+from gateway.events.bus import BusUnavailable
+from gateway.settings import EventsSettings
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.messagebus import MessageBusClient
 from tests.conformance.messagebus.harness import bus_settings, caller_token
@@ -118,3 +121,22 @@ async def test_an_event_a_plugin_publishes_on_the_bus_reaches_a_browser(
             (shipped,) = await browser.events(1)
             assert shipped["id"] == posted.json()["id"]
             assert shipped["data"] == "box 1"
+
+
+async def test_a_plugin_bus_without_its_settings_says_what_is_missing() -> None:
+    # The gateway serves the rest meanwhile; /readyz and every socket say what to set.
+    settings = EventsSettings(enabled=True, bus="plugin")
+    no_registry = bus_from_settings(settings)
+    no_credential = bus_from_settings(settings, registry_url="127.0.0.1:1", endpoints=lambda _service: [])
+    for bus, missing in ((no_registry, "set registryUrl"), (no_credential, "events.registrationCredential")):
+        await bus.start()
+        try:
+            status = bus.status()
+            assert status["connected"] is False
+            assert missing in str(status["error"])
+            with pytest.raises(BusUnavailable, match=missing):
+                await bus.subscribe(["order.*"])
+            with pytest.raises(BusUnavailable, match=missing):
+                await bus.publish("order.created", b"")
+        finally:
+            await bus.close()
