@@ -140,3 +140,28 @@ async def test_a_plugin_bus_without_its_settings_says_what_is_missing() -> None:
                 await bus.publish("order.created", b"")
         finally:
             await bus.close()
+
+
+async def test_the_gateway_follows_the_bus_plugin_when_it_is_replaced(
+    registry: RunningRegistry, work_dir: Path
+) -> None:
+    config = {
+        "registryUrl": registry.target,
+        "events": {"enabled": True, "bus": "plugin", "registrationCredential": registry.credential("upf-gateway")},
+    }
+    with run_gateway(config, work_dir) as gateway:
+        with bus_plugin("memory", registry, work_dir) as first:
+            wait_until(lambda: events_status(gateway).get("endpoint") == first, what="the first bus plugin")
+        wait_until(lambda: not events_status(gateway)["connected"], what="the gateway to notice the plugin left")
+        with bus_plugin("memory", registry, work_dir) as second:
+            wait_until(lambda: events_status(gateway).get("endpoint") == second, what="the gateway to use the new one")
+            wait_until(lambda: events_status(gateway)["connected"], what="the new subscription")
+            token = caller_token(registry, "orders-plugin")
+            async with (
+                grpc.aio.insecure_channel(second, interceptors=caller_token_interceptors(lambda: token)) as channel,
+                events_client(events_url(gateway)) as browser,
+            ):
+                await browser.subscribe("order.*")
+                await MessageBusClient(channel).publish("order.created", b"after the switch")
+                (event,) = await browser.events(1)
+                assert event["data"] == "after the switch"
