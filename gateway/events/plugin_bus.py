@@ -194,6 +194,9 @@ class PluginBus:
             start.start_sequence = self._last_sequence + 1
         else:
             start.deliver_policy = pb.DELIVER_POLICY_NEW
+        # Message ids are a bus's own (message-bus-memory counts from 1 again when it restarts, and
+        # another plugin has ids of its own): those relayed before are no help from here on.
+        self._relayed.clear()
         upstream: asyncio.Queue[pb.SubscribeRequest] = asyncio.Queue()
         upstream.put_nowait(pb.SubscribeRequest(start=start))
 
