@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from starlette.applications import Starlette
@@ -228,6 +228,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             cors_origins=settings.cors.allow_origins,
             registry=websockets,
             still_valid=auth.verifier.still_valid if auth is not None else None,
+            registry_url=settings.registry_url,
+            endpoints=_endpoints_of(registry_routes) if registry_routes is not None else None,
+            host=settings.host,
         )
         if settings.events.enabled
         else None
@@ -353,3 +356,8 @@ def create_app_from_environment() -> Starlette:
     settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)
+
+
+def _endpoints_of(routes: RegistryRoutes) -> Callable[[str], list[str]]:
+    """service -> the endpoints the registry routes it to now (for the events' IMessageBus plugin)."""
+    return lambda service: list(routes.routes().get(service, []))

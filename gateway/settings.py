@@ -430,12 +430,24 @@ class EventsSettings(_Section):
     """Live events: the /api/events WebSocket and the bus behind it (gateway/events/)."""
 
     enabled: bool = Field(default=False, description="Serve live events on the /api/events WebSocket.")
-    bus: Literal["memory", "nats"] = Field(
+    bus: Literal["memory", "nats", "plugin"] = Field(
         default="memory",
         description=(
             '"memory": this process only (events published here, kept in a ring); "nats": NATS JetStream, '
-            "shared by every gateway, resumable across reconnects and restarts."
+            'shared by every gateway, resumable across reconnects and restarts; "plugin": the deployment\'s '
+            "IMessageBus plugin, found through registryUrl, so plugins and the UI share one bus (the gateway "
+            "registers as pluginId with registrationCredential)."
         ),
+    )
+    plugin_id: str = Field(
+        default="upf-gateway",
+        pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="The plugin id the gateway registers as, with bus: plugin.",
+    )
+    registration_credential: str = Field(
+        default="",
+        description="The registry's registration credential for pluginId (upf registry --credential-for ID); "
+        "upf run fills it in.",
     )
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",
