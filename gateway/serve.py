@@ -180,6 +180,10 @@ def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
         "gateway.app:create_app_from_environment",
         factory=True,
         workers=settings.workers,
+        # The supervisor pings each worker and replaces one that does not answer in time. A spawned
+        # worker answers only once it has imported the gateway, which on a busy host took over uvicorn's
+        # default 5 s: workers were killed and respawned in a loop and the gateway never served.
+        timeout_worker_healthcheck=30,
         **_uvicorn_options(settings),  # type: ignore[arg-type]
     )
     # uvicorn.run's supervisor, with workers that drain (uvicorn's own would close every WebSocket
