@@ -348,6 +348,10 @@ class GatewaySettings(_Section):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True  # one log line per request (uvicorn's access log)
+    # Seconds a stopping gateway (SIGTERM) keeps serving with /readyz failing before it drains and
+    # closes its ports: the time a proxy's health check (Traefik, a Kubernetes readiness probe) needs
+    # to stop sending it new calls. 0: drain at once (nothing in front, or the proxy is told otherwise).
+    shutdown_delay: float = Field(default=0.0, ge=0, le=300)
     # Paths served without a token (a trailing * matches any rest); a valid token there still counts.
     # /healthz, /readyz, /.well-known/jwks.json, /api/auth/login and /api/auth/refresh always are.
     public_paths: list[str] = Field(default_factory=lambda: ["/api/manifests", "/metrics"])
