@@ -16,14 +16,14 @@ from __future__ import annotations
 import copy
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from gateway.deployment import Choice, Deployment, parse_deployment
+from gateway.deployment import Choice, Deployment, DeploymentError, parse_deployment
 from gateway.infrastructure import CATALOGUE, known_plugins
 
 __all__ = [
@@ -89,33 +89,31 @@ PLATFORM_PLUGINS = (
 )
 
 
-class _KeepPlaceholders(Mapping[str, str]):
-    """An environment in which every variable is set to its own placeholder: `${VAR}` stays `${VAR}`."""
+_SENTINEL = "\x00{"  # stands for "${" while the file is parsed, so that no placeholder is filled
 
-    def __getitem__(self, name: str) -> str:
-        return f"${{{name}}}"
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
+def _swap(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {key: _swap(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_swap(item, old, new) for item in value]
+    return value
 
 
 def load_for_render(path: str | Path) -> Deployment:
-    """The deployment file with its `${VAR}` placeholders kept (DeploymentError naming the key)."""
-    from gateway.deployment import DeploymentError
-
+    """The deployment file with its `${VAR}` and `${VAR:-default}` placeholders kept as written
+    (DeploymentError naming the key)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise DeploymentError(f"{path}: cannot read the deployment file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise DeploymentError(f"{path}: not valid YAML: {exc}") from None
-    return parse_deployment(data, str(path), known_plugins(), _KeepPlaceholders())
+    parsed = parse_deployment(_swap(data, "${", _SENTINEL), str(path), known_plugins(), {})
+    kept = {key: Choice(c.plugin, _swap(dict(c.config), _SENTINEL, "${")) for key, c in parsed.infrastructure.items()}
+    return Deployment(kept)
 
 
 def _infrastructure_run(key: str, choice: Choice) -> PluginRun:
