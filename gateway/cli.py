@@ -40,6 +40,7 @@ configuration file keys (all optional):
   maxMessageBytes: 4194304   largest message in either direction
   maxTimeout: null           cap, in seconds, on the deadline a client may ask for
   accessLog: true            log a line per request
+  shutdownDelay: 0           seconds /readyz fails after SIGTERM before the drain (behind Traefik: 5)
 """
 
 MANIFEST_VALIDATE = """\
