@@ -344,6 +344,9 @@ def render_command(target: Literal["compose", "kubernetes"], path: str, *, plugi
     except ValueError as exc:  # DeploymentError, or a setting `upf plugin` does not take
         print(f"upf: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # docker/ is not next to this package (an installed wheel, not a checkout)
+        print(f"upf: cannot read the hand-written manifests in {DOCKER_DIR}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 
