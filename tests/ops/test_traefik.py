@@ -89,6 +89,15 @@ class Replica:
         except httpx.HTTPError:
             return False
 
+    def calls_served(self) -> float:
+        """The calls to accept.v1.Probe this process has proxied (its /metrics)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=2).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("upf_upstream_calls_total{") and 'service="accept.v1.Probe"' in line
+        )
+
     def stop(self) -> None:
         """SIGTERM, and wait until the process has exited."""
         if self.process is not None:
@@ -453,6 +462,8 @@ async def test_a_rolling_restart_under_load_fails_no_call(edge: Edge, pb: Any) -
         await calls_go_on()  # served by the other replica alone
         await asyncio.to_thread(replica.start)
         await asyncio.to_thread(wait_until, edge.all_up, timeout=30, what="Traefik to take the replica back")
+        # The new process gets its share of the calls again.
+        await asyncio.to_thread(wait_until, lambda: replica.calls_served() > 10, timeout=10, what="calls to it")
         await calls_go_on()
     finally:
         stop.set()
