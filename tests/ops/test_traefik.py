@@ -6,11 +6,12 @@ a loopback port (to see which servers it counts as up) and its own shutdown grac
 gateways sharing Redis (rate limits) and NATS JetStream (events), routing to accept.v1.Probe (a static
 upstream taking 16 MiB messages) and, by the registry, to the demo plugin (`upf plugin demo`).
 
-What a user sees through Traefik: HTTP redirected to HTTPS; gRPC-Web unary and server streaming from a
-real JS client (connect-node); a grpc-websockets bidi call (nice-grpc-web); an upf-mux.v1 socket;
-/api/events across replicas; /api/manifests with its ETag; an 8 MiB message each way; the rate limiter
-counting the real client's address (trustedProxies), not Traefik's; and a rolling restart of one
-gateway under 4 clients calling all the time, with not one failed call.
+What a user sees through Traefik: HTTP redirected to HTTPS; gRPC-Web unary and server streaming from
+real JS clients (connect-node; grpc-web's own, text format); a grpc-websockets bidi call
+(nice-grpc-web); an upf-mux.v1 socket; /api/events across replicas; /api/manifests with its ETag; an
+8 MiB message each way; the rate limiter counting the real client's address (trustedProxies), not
+Traefik's; and a rolling restart of one gateway under 4 clients calling all the time, with not one
+failed call.
 """
 
 from __future__ import annotations
@@ -304,7 +305,7 @@ async def unary(client: httpx.AsyncClient, pb: Any, **fields: Any) -> Any:
 @pytest.fixture
 def node(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(edge.ca_file))
-    return require_node(("@connectrpc/connect-node", "nice-grpc-web", "ws", "@bufbuild/protobuf"))
+    return require_node(("@connectrpc/connect-node", "grpc-web", "xhr2", "nice-grpc-web", "ws", "@bufbuild/protobuf"))
 
 
 @pytest.fixture
@@ -321,18 +322,18 @@ async def test_http_is_redirected_to_https(edge: Edge) -> None:
     assert response.headers["location"] == f"{edge.https}/api/manifests?x=1"
 
 
-def test_grpc_web_unary_and_server_stream_from_a_js_client(edge: Edge, node: str) -> None:
+@pytest.mark.parametrize("client", ["connect", "grpc-web"])  # binary; the official client's text format
+def test_grpc_web_unary_and_server_stream_from_a_js_client(edge: Edge, node: str, client: str) -> None:
     schema = str(edge.probe_gen / "probe.binpb")
     payload = b"through traefik \x00\xff"
     unary = node_call(
-        node, "call.mjs", "connect", edge.https, schema, {"method": "Unary", "request": {"payload": b64(payload)}}
+        node, "call.mjs", client, edge.https, schema, {"method": "Unary", "request": {"payload": b64(payload)}}
     )
     assert unary["code"] == 0, unary
     assert [base64.b64decode(m["payload"]) for m in unary["messages"]] == [payload]
 
-    stream = node_call(
-        node, "call.mjs", "connect", edge.https, schema, {"method": "ServerStream", "request": {"count": 5}}
-    )
+    spec = {"method": "ServerStream", "request": {"count": 5}}
+    stream = node_call(node, "call.mjs", client, edge.https, schema, spec)
     assert stream["code"] == 0, stream
     assert [message["index"] for message in stream["messages"]] == [0, 1, 2, 3, 4]
     assert stream["events"][-1] == "end 0"
