@@ -43,7 +43,9 @@ from tests.support.node import node_call, require_node
 from tests.support.processes import ROOT, Process, _died, free_port, wait_until
 from tests.support.registry_process import REGISTRATION_SECRET, RunningRegistry, credential_for
 
-pytestmark = pytest.mark.traefik
+# The first test also starts everything (Traefik, two gateways, registry, plugin, probe): seconds each
+# on a busy machine, hence more time than the suite's default per test.
+pytestmark = [pytest.mark.traefik, pytest.mark.timeout(300)]
 
 TRAEFIK_DIR = ROOT / "docker" / "traefik"
 TRAEFIK = Path(sys.executable).parent / "traefik"
