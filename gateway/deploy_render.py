@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.deployment import Choice, Deployment, DeploymentError, parse_deployment
-from gateway.infrastructure import CATALOGUE, known_plugins
+from gateway.infrastructure import CATALOGUE, check_deployment, known_plugins
 
 __all__ = [
     "DOCKER_DIR",
@@ -113,7 +113,14 @@ def load_for_render(path: str | Path) -> Deployment:
         raise DeploymentError(f"{path}: not valid YAML: {exc}") from None
     parsed = parse_deployment(_swap(data, "${", _SENTINEL), str(path), known_plugins(), {})
     kept = {key: Choice(c.plugin, _swap(dict(c.config), _SENTINEL, "${")) for key, c in parsed.infrastructure.items()}
-    return Deployment(kept)
+    deployment = Deployment(kept)
+    try:
+        check_deployment(deployment)  # each plugin's own check of its config, as `upf run` does
+    except DeploymentError:
+        raise
+    except ValueError as exc:
+        raise DeploymentError(f"{path}: {exc}") from None
+    return deployment
 
 
 def _infrastructure_run(key: str, choice: Choice) -> PluginRun:
