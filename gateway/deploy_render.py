@@ -50,6 +50,7 @@ HEADLESS_SERVICE = "plugins"  # Kubernetes: gives each plugin pod a DNS name, wh
 PLUGIN_LABEL = "dev.upf.plugin"
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
 # Each interface's plugins listen on a port of their own (a fixed one: compose and probes name it).
 _PORTS = {"storage": 50061, "cache": 50062, "messageBus": 50063, "files": 50064}
 _SERVICE_NAMES = {"storage": "storage", "cache": "cache", "messageBus": "bus", "files": "files"}
@@ -113,14 +114,29 @@ def load_for_render(path: str | Path) -> Deployment:
         raise DeploymentError(f"{path}: not valid YAML: {exc}") from None
     parsed = parse_deployment(_swap(data, "${", _SENTINEL), str(path), known_plugins(), {})
     kept = {key: Choice(c.plugin, _swap(dict(c.config), _SENTINEL, "${")) for key, c in parsed.infrastructure.items()}
-    deployment = Deployment(kept)
+    # Each plugin's own check of its config, as `upf run` does, of what is known before deployment: a
+    # placeholder with a default stands for the default; a setting with any other placeholder is left out.
+    checkable = {key: Choice(c.plugin, _known_now(c.config)) for key, c in kept.items()}
     try:
-        check_deployment(deployment)  # each plugin's own check of its config, as `upf run` does
-    except DeploymentError:
-        raise
+        check_deployment(Deployment(checkable))
     except ValueError as exc:
         raise DeploymentError(f"{path}: {exc}") from None
-    return deployment
+    return Deployment(kept)
+
+
+def _known_now(config: Mapping[str, Any]) -> dict[str, Any]:
+    def filled(value: Any) -> Any:
+        if isinstance(value, str):
+            value = _DEFAULTED.sub(lambda match: match.group(1), value)
+            return None if _PLACEHOLDER.search(value) else value
+        if isinstance(value, list):
+            items = [filled(item) for item in value]
+            return None if any(item is None for item in items) else items
+        if isinstance(value, Mapping):
+            return _known_now(value)
+        return value
+
+    return {key: known for key, value in config.items() if (known := filled(value)) is not None}
 
 
 def _infrastructure_run(key: str, choice: Choice) -> PluginRun:

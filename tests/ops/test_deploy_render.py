@@ -106,6 +106,12 @@ def test_a_bad_deployment_is_named_not_rendered(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert "infrastructure.cache.config" in result.stderr
     assert "uri" in result.stderr
+    # The plugin's own check of its values (a setting whose value is a placeholder is left out of it).
+    text = "infrastructure:\n  storage:\n    plugin: storage-postgres\n"
+    text += "    config: {connectionString: '${DB}', maxConnections: x}\n"
+    wrong = render(tmp_path, "kubernetes", text)
+    assert wrong.returncode == 2
+    assert "maxConnections: must be a whole number" in wrong.stderr
     unknown = render(tmp_path, "kubernetes", "infrastructure:\n  storage:\n    plugin: storage-oracle\n")
     assert unknown.returncode == 2
     assert "storage-oracle" in unknown.stderr
