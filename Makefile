@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-unit test-files-large check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-unit test-files-large check docker-check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -89,12 +89,19 @@ test-unit: $(PY_STAMP)
 test-files-large: $(PY_STAMP)
 	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large --timeout 1800 -s
 
-check: $(PY_STAMP)
+check: $(PY_STAMP) docker-check
 	$(UV) lock --check --python $(PYTHON) --quiet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+# docker/ through maintained validators, with no container engine and no download (tests/ops checks
+# the same and more): hadolint, the compose-spec schema, the Kubernetes schemas in strict mode.
+docker-check: $(PY_STAMP)
+	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml docker/compose.base.yaml
+	$(BIN)/kubernetes-validate --strict --quiet docker/kubernetes/*.yaml
 
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .

@@ -252,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_user.add_argument(
         "--config", metavar="FILE", help="the auth plugin's YAML configuration (default: $UPF_CONFIG)"
     )
+    deploy = commands.add_parser(
+        "deploy",
+        help="write Docker Compose or Kubernetes manifests from a deployment file",
+        description="Work with deployments of the platform on several machines.",
+    )
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", metavar="COMMAND", required=True)
+    render = deploy_commands.add_parser(
+        "render",
+        help="print the compose file or the Kubernetes manifests a deployment file (deployment.yaml) makes",
+        description="Print docker/compose.base.yaml or docker/kubernetes/ with one service (compose) or "
+        "Deployment (Kubernetes) per plugin process: the infrastructure plugins the deployment file "
+        "chooses, as `upf run --deployment FILE` runs them, and the auth, demo and orders plugins. "
+        "${VAR} placeholders stay placeholders: compose fills them from its .env file, Kubernetes from "
+        "the Secret upf-deployment.",
+    )
+    render.add_argument("--target", required=True, choices=["compose", "kubernetes"], help="what to write")
+    render.add_argument("--deployment", required=True, metavar="FILE", help="the deployment file")
+    render.add_argument(
+        "--plugins-only", action="store_true", help="kubernetes: only the plugins (docker/kubernetes/plugins.yaml)"
+    )
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
@@ -528,6 +548,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "auth":
         _run_auth_admin(args)
         return
+    if args.command == "deploy":
+        from cli.deploy_render import render_command
+
+        raise SystemExit(render_command(args.target, args.deployment, plugins_only=args.plugins_only))
     try:
         settings = _settings(args)
     except ConfigError as exc:

@@ -20,6 +20,7 @@ idempotent calls within a budget (gateway/upstream/retry.py); GET /metrics and /
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -247,6 +248,13 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         readiness.ready, readiness.reason = False, "shutting down"
         await websockets.drain()
 
+    async def leave_rotation() -> None:
+        # Run by gateway/serve.py on SIGTERM before `drain`, with the ports still open: /readyz fails
+        # for shutdownDelay seconds while calls are still served, so that the proxy in front stops
+        # sending new ones before the gateway closes its ports.
+        readiness.ready, readiness.reason = False, "shutting down"
+        await asyncio.sleep(settings.shutdown_delay)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if limiter is not None:
@@ -348,6 +356,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     app.state.auth = auth
     app.state.events = events
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
+    app.state.leave_rotation = leave_rotation  # awaited before drain, while the ports are still open
     return app
 
 

@@ -513,6 +513,16 @@ class GatewaySettings(_Section):
         default="info", description="critical | error | warning | info | debug."
     )
     access_log: bool = Field(default=True, description="one log line per request (uvicorn's access log)")
+    shutdown_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description=(
+            "Seconds a stopping gateway (SIGTERM) keeps serving with /readyz failing before it drains and closes "
+            "its ports: the time a proxy's health check (Traefik, a Kubernetes readiness probe) needs to stop "
+            "sending it new calls. 0: drain at once."
+        ),
+    )
     public_paths: list[str] = Field(
         default_factory=lambda: ["/api/manifests", "/metrics"],
         description=(
