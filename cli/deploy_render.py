@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway.deployment import Choice, Deployment, DeploymentError, parse_deployment
-from gateway.infrastructure import CATALOGUE, check_deployment, known_plugins
+from cli.deployment import Choice, Deployment, DeploymentError, parse_deployment
+from cli.infrastructure import CATALOGUE, check_deployment, known_plugins
 
 __all__ = [
     "DOCKER_DIR",
@@ -339,7 +339,7 @@ def _headless_service() -> dict[str, Any]:
 KUBERNETES_HEADER = """\
 # Rendered by `upf deploy render --target kubernetes --deployment docker/deployment.yaml --plugins-only`:
 # one Deployment per plugin process, and the headless Service that names their pods. Edit
-# docker/deployment.yaml (or gateway/deploy_render.py), not this file.
+# docker/deployment.yaml (or cli/deploy_render.py), not this file.
 """
 
 

@@ -78,7 +78,8 @@ def test_the_compose_render_passes_the_compose_spec(tmp_path: Path) -> None:
     assert bus["command"][-4:] == ["--bus-url", bus_url, "--bus-prefix", "app.bus"]
     for service in (cache, storage, bus):
         build_parser().parse_args(service["command"])
-    assert "files" not in services  # as upf run: files-* run beside the platform, not from the deployment
+    # Files as upf run runs them: files-local, the embedded default, unless the deployment chooses one.
+    assert services["files"]["command"][:2] == ["plugin", "files-local"]
 
 
 def test_the_kubernetes_render_passes_the_kubernetes_schemas_and_references_its_secrets(tmp_path: Path) -> None:
@@ -164,5 +165,13 @@ infrastructure:
     finally:
         process.stop()
     assert running == plugins
-    expected = {"storage-sqlite", "cache-redis", "message-bus-nats", "auth-plugin", "demo-plugin", "orders-plugin"}
+    expected = {
+        "storage-sqlite",
+        "cache-redis",
+        "message-bus-nats",
+        "files-local",
+        "auth-plugin",
+        "demo-plugin",
+        "orders-plugin",
+    }
     assert plugins == expected
