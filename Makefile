@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-unit test-files-large check docker-check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -80,15 +80,28 @@ run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
 	$(BIN)/pytest
 
+# The in-process tier alone (no processes, no local servers, no Node): about 600 tests in 20 s. Markers are
+# set by tests/conftest.py from what each test uses; `-m process` and `-m js` select the other tiers.
+test-unit: $(PY_STAMP)
+	$(BIN)/pytest -m "not process and not js"
+
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
 test-files-large: $(PY_STAMP)
 	UPF_FILES_LARGE_MIB=1024 $(BIN)/pytest tests/conformance/files -k large --timeout 1800 -s
 
-check: $(PY_STAMP)
+check: $(PY_STAMP) docker-check
 	$(UV) lock --check --python $(PYTHON) --quiet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+# docker/ through maintained validators, with no container engine and no download (tests/ops checks
+# the same and more): hadolint, the compose-spec schema, the Kubernetes schemas in strict mode.
+docker-check: $(PY_STAMP)
+	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml docker/compose.base.yaml
+	$(BIN)/kubernetes-validate --strict --quiet docker/kubernetes/*.yaml
 
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
@@ -100,6 +113,10 @@ proto: $(PY_STAMP)
 # The manifest's JSON Schema, generated from manifests/model.py (a test fails when it is stale).
 schema: $(PY_STAMP)
 	$(BIN)/python -m manifests.schema
+
+# The README's configuration tables, from the settings models' field descriptions (a test fails when stale).
+docs: $(PY_STAMP)
+	$(BIN)/python -m cli.docs
 
 bench: $(PY_STAMP)
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 from starlette.types import Receive, Scope, Send
 
+from common.auth.revocations import MemoryRevocations
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.revocations import MemoryRevocations
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.middleware.auth import AuthMiddleware
 

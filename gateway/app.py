@@ -20,10 +20,11 @@ idempotent calls within a budget (gateway/upstream/retry.py); GET /metrics and /
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from starlette.applications import Starlette
@@ -33,15 +34,15 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from common.auth.revocations import Revocations
+from common.logs import configure_logging
 from gateway.admin import TrafficAdmin, admin_access, allow_from
-from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
 from gateway.edge.identity_headers import configure as configure_identity_headers
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
-from gateway.logs import configure_logging
 from gateway.metrics import TrafficMetrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
@@ -232,6 +233,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             cors_origins=settings.cors.allow_origins,
             registry=websockets,
             still_valid=auth.verifier.still_valid if auth is not None else None,
+            registry_url=settings.registry_url,
+            endpoints=_endpoints_of(registry_routes) if registry_routes is not None else None,
+            host=settings.host,
         )
         if settings.events.enabled
         else None
@@ -247,6 +251,13 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         # would close every WebSocket with 1012 first, cutting calls in flight.
         readiness.ready, readiness.reason = False, "shutting down"
         await websockets.drain()
+
+    async def leave_rotation() -> None:
+        # Run by gateway/serve.py on SIGTERM before `drain`, with the ports still open: /readyz fails
+        # for shutdownDelay seconds while calls are still served, so that the proxy in front stops
+        # sending new ones before the gateway closes its ports.
+        readiness.ready, readiness.reason = False, "shutting down"
+        await asyncio.sleep(settings.shutdown_delay)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -349,6 +360,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     app.state.auth = auth
     app.state.events = events
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
+    app.state.leave_rotation = leave_rotation  # awaited before drain, while the ports are still open
     return app
 
 
@@ -357,3 +369,8 @@ def create_app_from_environment() -> Starlette:
     settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)
+
+
+def _endpoints_of(routes: RegistryRoutes) -> Callable[[str], list[str]]:
+    """service -> the endpoints the registry routes it to now (for the events' IMessageBus plugin)."""
+    return lambda service: list(routes.routes().get(service, []))

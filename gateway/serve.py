@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
+from common.auth.revocations import Revocations
 from gateway.app import create_app
-from gateway.auth.revocations import Revocations
 from gateway.edge import EdgeConfig, EdgeHttpToolsProtocol, EdgeWebSocketProtocol
 from gateway.settings import CONFIG_ENV, GatewaySettings
 from gateway.websocket import max_websocket_message
@@ -105,34 +105,40 @@ class _Server(uvicorn.Server):
         _quiet_websocket_handshakes(self.config.access_log)
         await super().startup(sockets)
 
-    def _app_drain(self) -> Callable[[], Awaitable[None]] | None:
-        """The drain given, else the loaded app's (a worker process loads the app itself)."""
-        if self._drain is not None:
-            return self._drain
+    def _app_state(self, name: str) -> Callable[[], Awaitable[None]] | None:
+        """A hook of the loaded app's state (a worker process loads the app itself)."""
         app = self.config.loaded_app if self.config.loaded else None
         while app is not None:  # through any middleware uvicorn wrapped around it
-            drain = getattr(getattr(app, "state", None), "drain", None)
-            if drain is not None:
-                return drain  # type: ignore[no-any-return]
+            hook = getattr(getattr(app, "state", None), name, None)
+            if hook is not None:
+                return hook  # type: ignore[no-any-return]
             app = getattr(app, "app", None)
         return None
 
+    async def _wait(self, work: Awaitable[None], what: str) -> None:
+        running = asyncio.ensure_future(work)
+        # A second Ctrl+C (force_exit) stops waiting, as it does in uvicorn's own wait.
+        while not running.done() and not self.force_exit:
+            await asyncio.wait((running,), timeout=0.1)
+        if not running.done():
+            running.cancel()
+        elif running.exception() is not None:
+            logger.error("%s failed", what, exc_info=running.exception())
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._drain = self._app_drain()
+        # First out of the proxy's rotation, ports still open (/readyz fails for shutdownDelay s);
+        # only then closed to new connections and drained.
+        leave_rotation = self._app_state("leave_rotation")
+        if leave_rotation is not None:
+            await self._wait(leave_rotation(), "leaving the rotation")
+        self._drain = self._drain or self._app_state("drain")
         if self._drain is not None:
             # No new connections while draining (uvicorn's shutdown closes them again, harmlessly).
             for server in self.servers:
                 server.close()
             for sock in sockets or []:
                 sock.close()
-            draining = asyncio.ensure_future(self._drain())
-            # A second Ctrl+C (force_exit) stops waiting, as it does in uvicorn's own wait.
-            while not draining.done() and not self.force_exit:
-                await asyncio.wait((draining,), timeout=0.1)
-            if not draining.done():
-                draining.cancel()
-            elif draining.exception() is not None:
-                logger.error("draining WebSockets failed", exc_info=draining.exception())
+            await self._wait(self._drain(), "draining WebSockets")
         await super().shutdown(sockets)
 
     @contextlib.contextmanager
@@ -183,6 +189,10 @@ def run_gateway(settings: GatewaySettings, config_path: str | None) -> None:
         edge=settings.edge,
         factory=True,
         workers=settings.workers,
+        # The supervisor pings each worker and replaces one that does not answer in time. A spawned
+        # worker answers only once it has imported the gateway, which on a busy host took over uvicorn's
+        # default 5 s: workers were killed and respawned in a loop and the gateway never served.
+        timeout_worker_healthcheck=30,
         **_uvicorn_options(settings),
     )
     # uvicorn.run's supervisor, with workers that drain (uvicorn's own would close every WebSocket

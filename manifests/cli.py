@@ -1,6 +1,6 @@
 """`upf manifest validate FILE...`: check manifests and say what to fix, one line per problem.
 
-The command's arguments are parsed in gateway/cli.py; this module does the work, so that `upf` starts
+The command's arguments are parsed in cli/main.py; this module does the work, so that `upf` starts
 without importing it for other commands.
 """
 

@@ -47,12 +47,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from common.names import SERVICE
 from manifests.semver import VERSION_PATTERN, SemverError, parse_range, parse_version
 
 __all__ = [
     "CONSISTENCY_ERROR",
     "DEFAULT_REMOTE_ENTRY",
+    "GRANT_ACCESS",
+    "CacheGrant",
     "ExposedModule",
+    "FilesGrant",
+    "Grants",
     "Location",
     "MethodPolicy",
     "NavigationEntry",
@@ -61,6 +66,7 @@ __all__ = [
     "RateLimit",
     "RequiredInterface",
     "SharedState",
+    "StorageGrant",
     "UiConfig",
     "UiEvent",
     "consistency_problems",
@@ -81,7 +87,7 @@ DEFAULT_REMOTE_ENTRY = "/static/remoteEntry.js"
 
 _ID = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_SERVICE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+_SERVICE = SERVICE.pattern
 _MODULE = r"^\./\S+$"
 _NAVIGATION_PATH = r"^/\S*$"
 _REMOTE_ENTRY = r"^(https?://\S+|/\S*)$"
@@ -90,6 +96,9 @@ _STATE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _PERMISSION = r"^\S+$"
 _BASE_URL = r"^https?://[^\s/?#]+(/\S*)?$"
 _EVENT_NAME = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
+_COLLECTION = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"  # as IStorage accepts them (plugins/storage/documents.py)
+_KEY_PREFIX = r"^[^*?\[\]\\]{1,512}$"  # literal text: a prefix that a key pattern can start with
+_PATH_PREFIX = r"^[^/\\][^\\]{0,1023}$"  # relative to the owner's files, like the paths IFiles takes
 
 
 def _fail(message: str) -> PydanticCustomError:
@@ -220,6 +229,39 @@ EventName = Annotated[
         _matches(_EVENT_NAME, "an event name", "use letters, digits, '_', '.', ':' and '-', e.g. order.created")
     ),
     _pattern(_EVENT_NAME),
+]
+CollectionName = Annotated[
+    str,
+    AfterValidator(
+        _matches(
+            _COLLECTION,
+            "a collection name",
+            "a letter, then up to 63 letters, digits, '_', '.' or '-', e.g. orders",
+        )
+    ),
+    _pattern(_COLLECTION),
+]
+KeyPrefix = Annotated[
+    str,
+    AfterValidator(
+        _matches(
+            _KEY_PREFIX,
+            "a key prefix",
+            "1-512 characters of literal key text without the pattern characters * ? [ ] \\, e.g. orders:",
+        )
+    ),
+    _pattern(_KEY_PREFIX),
+]
+PathPrefix = Annotated[
+    str,
+    AfterValidator(
+        _matches(
+            _PATH_PREFIX,
+            "a path prefix",
+            'a path relative to the plugin\'s files (no leading "/", no "\\"), e.g. exports/',
+        )
+    ),
+    _pattern(_PATH_PREFIX),
 ]
 SemverText = Annotated[str, AfterValidator(_parses(parse_version)), _pattern(VERSION_PATTERN)]
 RangeText = Annotated[
@@ -404,6 +446,56 @@ class UiConfig(_Section):
         return data
 
 
+#: What a grant lets the named plugins do with the owner's data.
+GRANT_ACCESS = ("read", "read-write")
+GrantAccess = Literal["read", "read-write"]
+_GRANTEES = "Plugin ids that get this access (never this plugin's own id: it has full access to its own data)."
+_ACCESS = (
+    "read: calls that only look (Get, Query, MGet, Keys, Download, ...); read-write: also calls that change "
+    "or lock (Set, Delete, Increment, AcquireLock, Upload, ...)."
+)
+
+
+class StorageGrant(_Section):
+    """Other plugins' access to one IStorage collection of this plugin."""
+
+    collection: CollectionName = Field(description="The collection, in this plugin's namespace, e.g. orders.")
+    plugins: list[PluginId] = Field(min_length=1, description=_GRANTEES)
+    access: GrantAccess = Field(description=_ACCESS)
+
+
+class CacheGrant(_Section):
+    """Other plugins' access to the ICache keys (and lock names) of this plugin that start with a prefix."""
+
+    key_prefix: KeyPrefix = Field(
+        description="Keys and lock names starting with this text, e.g. orders: (a Keys, Invalidate or "
+        "WatchInvalidations pattern must start with it too)."
+    )
+    plugins: list[PluginId] = Field(min_length=1, description=_GRANTEES)
+    access: GrantAccess = Field(description=_ACCESS)
+
+
+class FilesGrant(_Section):
+    """Other plugins' access to the IFiles paths of this plugin that start with a prefix."""
+
+    path_prefix: PathPrefix = Field(
+        description="Paths starting with this text, relative to this plugin's files, e.g. exports/ (a List "
+        "prefix must start with it too)."
+    )
+    plugins: list[PluginId] = Field(min_length=1, description=_GRANTEES)
+    access: GrantAccess = Field(description=_ACCESS)
+
+
+class Grants(_Section):
+    """Data of this plugin that other plugins may use. Each plugin's data lives in its own namespace of an
+    infrastructure plugin; another plugin reaches it only through a grant here, which the infrastructure
+    plugin reads from the registry (a changed manifest takes effect about a second after it is registered)."""
+
+    storage: list[StorageGrant] = Field(default_factory=list, description="Grants on IStorage collections.")
+    cache: list[CacheGrant] = Field(default_factory=list, description="Grants on ICache key prefixes.")
+    files: list[FilesGrant] = Field(default_factory=list, description="Grants on IFiles path prefixes.")
+
+
 class PluginManifest(_Section):
     """A plugin's declaration (manifest.yaml): identity, provided and required interfaces, UI."""
 
@@ -423,6 +515,11 @@ class PluginManifest(_Section):
         default_factory=list, description="Interfaces this plugin needs from other plugins."
     )
     ui: UiConfig | None = Field(default=None, description="The plugin's UI, if it has one.")
+    grants: Grants | None = Field(
+        default=None,
+        description="Other plugins' access to this plugin's data in IStorage, ICache and IFiles; without a "
+        "grant, no other plugin can read or change it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PluginManifest:
@@ -474,6 +571,25 @@ def _duplicates(values: list[str], prefix: Location, suffix: Location, what: str
     return problems
 
 
+def _grant_problems(owner: str, grants: Grants) -> list[tuple[Location, str]]:
+    problems: list[tuple[Location, str]] = []
+    sections: list[tuple[str, list[Any]]] = [
+        ("storage", grants.storage),
+        ("cache", grants.cache),
+        ("files", grants.files),
+    ]
+    for section, entries in sections:
+        for i, grant in enumerate(entries):
+            where: Location = ("grants", section, i, "plugins")
+            problems += _duplicates(grant.plugins, where, (), "plugin")
+            if owner in grant.plugins:
+                index = grant.plugins.index(owner)
+                problems.append(
+                    ((*where, index), f'"{owner}" is this plugin: it always has full access to its own data')
+                )
+    return problems
+
+
 def consistency_problems(manifest: PluginManifest) -> list[tuple[Location, str]]:
     """Problems that involve more than one field, each with the location of the field to fix."""
     problems = _duplicates([p.name for p in manifest.provides], ("provides",), ("name",), "interface")
@@ -501,6 +617,8 @@ def consistency_problems(manifest: PluginManifest) -> list[tuple[Location, str]]
                     )
                 )
     problems += _duplicates([r.interface for r in manifest.requires], ("requires",), ("interface",), "interface")
+    if manifest.grants is not None:
+        problems += _grant_problems(manifest.id, manifest.grants)
     ui = manifest.ui
     if ui is not None:
         modules = [m.name for m in ui.exposed_modules]

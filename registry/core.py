@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+from common.names import is_host_port
 from manifests import ManifestError, PluginManifest, SemverError, parse_manifest, parse_range, parse_version, satisfies
 from registry.credentials import RegistrationCredentials
 from registry.errors import InstanceTaken, InvalidRequest, ServiceTaken, UnknownLease, UnknownPlugin
@@ -25,7 +26,6 @@ __all__ = ["PluginRegistry", "PluginSummary", "ProviderGroup", "WatchEvent"]
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -96,7 +96,7 @@ class PluginRegistry:
         manifest = _parse(manifest_text)
         if self.credentials is not None:
             self.credentials.check(manifest.id, credential)
-        if not _ENDPOINT.match(endpoint) or not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
+        if not is_host_port(endpoint):
             raise InvalidRequest(f'endpoint: "{endpoint}" is not host:port (e.g. 10.0.0.7:50061)')
         if not instance_id:
             instance_id = f"{manifest.id}-{uuid.uuid4().hex[:8]}"

@@ -13,8 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple
 
+from common.clock import Clock
 from manifests import PluginManifest
 
 __all__ = [
@@ -28,12 +29,6 @@ __all__ = [
     "RegistryError",
     "Snapshot",
 ]
-
-
-class Clock(Protocol):
-    """Wall-clock seconds (leases are shared by replicas, so not a monotonic clock); tests inject one."""
-
-    def __call__(self) -> float: ...
 
 
 class Health(StrEnum):

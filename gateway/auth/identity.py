@@ -11,7 +11,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.auth.permissions import permits
+from common.auth.permissions import permits
 
 __all__ = ["IDENTITY_SCOPE_KEY", "Identity", "identity_of"]
 

@@ -28,10 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from upf.auth.v1 import auth_pb2 as pb
 
+from common.auth.revocations import Revocations, RevocationUnavailable
 from gateway.auth.authenticator import bearer_token
 from gateway.auth.identity import Identity, identity_of
 from gateway.auth.login_guard import LoginGuard
-from gateway.auth.revocations import Revocations, RevocationUnavailable
 from gateway.errors import BadRequest, GatewayError, Unauthenticated
 from gateway.ratelimit.keys import TrustedProxies
 from gateway.upstream.call import unary_call

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 from upf.auth.v1 import auth_pb2 as pb
 
+from common.auth.discovery import discover
+from common.auth.jwks import JwksCache, http_fetcher
+from common.auth.revocations import MemoryRevocations, RedisRevocations, Revocations
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.discovery import discover
-from gateway.auth.jwks import JwksCache, http_fetcher
 from gateway.auth.login_guard import LoginGuard
 from gateway.auth.rest import AuthEndpoints
-from gateway.auth.revocations import MemoryRevocations, RedisRevocations, Revocations
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.ratelimit.keys import TrustedProxies
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import jwt
 
-from gateway.auth.claims import TokenRejected, decode_claims
+from common.auth.claims import TokenRejected, decode_claims
 from gateway.auth.identity import Identity
 from gateway.errors import Unauthenticated
 from gateway.upstream.headers import encode_header
@@ -45,7 +45,7 @@ MAX_TOKEN_BYTES = 16 * 1024  # larger than any real access token; parsing stops 
 
 
 class KeySource(Protocol):
-    """One issuer's signing keys (gateway/auth/jwks.py's JwksCache)."""
+    """One issuer's signing keys (common/auth/jwks.py's JwksCache)."""
 
     def get(self, kid: str) -> jwt.PyJWK | None: ...
 

@@ -4,6 +4,7 @@ bus.py        the internal MessageBus interface (until the IMessageBus plugin ex
 topics.py     topics and NATS-style patterns
 memory.py     the in-process bus (a bounded ring)
 jetstream.py  the NATS JetStream bus
+plugin_bus.py the deployment's IMessageBus plugin, relayed (identity.py: the gateway's caller identity)
 endpoint.py   the WebSocket endpoint and its JSON protocol
 publish.py    POST /api/events/{topic}, when events.publish is on
 """
@@ -18,16 +19,45 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from gateway.auth.identity import Identity
 from gateway.events.bus import Event, MessageBus
 from gateway.events.endpoint import EventsEndpoint
+from gateway.events.identity import GatewayIdentity
 from gateway.events.jetstream import JetStreamBus
 from gateway.events.memory import MemoryBus
+from gateway.events.plugin_bus import PluginBus
 from gateway.events.publish import PublishEndpoint
 from gateway.settings import EventsSettings
 from gateway.websocket.registry import WebSocketRegistry
 
-__all__ = ["Event", "JetStreamBus", "LiveEvents", "MemoryBus", "MessageBus", "bus_from_settings"]
+__all__ = ["Event", "JetStreamBus", "LiveEvents", "MemoryBus", "MessageBus", "PluginBus", "bus_from_settings"]
 
 
-def bus_from_settings(settings: EventsSettings) -> MessageBus:
+#: service -> the endpoints the registry routes it to (RegistryRoutes), for `bus: plugin`.
+Endpoints = Callable[[str], Sequence[str]]
+
+
+def bus_from_settings(
+    settings: EventsSettings, *, registry_url: str | None = None, endpoints: Endpoints | None = None, host: str = ""
+) -> MessageBus:
+    if settings.bus == "plugin":
+        # What is missing is said by /readyz and the log, and the gateway serves the rest meanwhile (as
+        # with a bus that is down): `upf run` fills both in itself.
+        problem = None
+        if registry_url is None or endpoints is None:
+            problem = "events.bus: plugin finds the IMessageBus plugin through the registry: set registryUrl"
+        elif not settings.registration_credential:
+            problem = (
+                f"events.bus: plugin: the gateway registers as {settings.plugin_id} and needs "
+                f"events.registrationCredential (upf registry --credential-for {settings.plugin_id})"
+            )
+        identity = GatewayIdentity(
+            registry_url or "", plugin_id=settings.plugin_id, credential=settings.registration_credential, host=host
+        )
+        return PluginBus(
+            endpoints or (lambda _service: []),
+            identity,
+            max_messages=settings.max_messages,
+            max_age=settings.max_age,
+            misconfigured=problem,
+        )
     if settings.bus == "nats":
         return JetStreamBus(
             url=settings.nats_url,
@@ -52,8 +82,11 @@ class LiveEvents:
         cors_origins: Sequence[str],
         registry: WebSocketRegistry,
         still_valid: Callable[[Identity], str | None] | None = None,
+        registry_url: str | None = None,
+        endpoints: Endpoints | None = None,
+        host: str = "",
     ) -> None:
-        self.bus = bus_from_settings(settings)
+        self.bus = bus_from_settings(settings, registry_url=registry_url, endpoints=endpoints, host=host)
         self.endpoint = EventsEndpoint(
             self.bus,
             registry=registry,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Protocol
 
+from common.clock import Clock
+
 __all__ = ["Clock", "Decision", "StoreError", "TokenBucket", "refill_seconds"]
 
 
@@ -39,12 +41,6 @@ class TokenBucket(Protocol):
             StoreError: the store could not decide (never raised by the in-process bucket).
         """
         ...
-
-
-class Clock(Protocol):
-    """Seconds on a monotonic clock, only differences meaning anything: `time.monotonic`, or a test's."""
-
-    def __call__(self) -> float: ...
 
 
 def refill_seconds(rate: float, burst: int) -> int:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker", "Clock", "TransitionListener"]
+from common.clock import Clock
 
-Clock = Callable[[], float]
+__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker", "Clock", "TransitionListener"]
 
 
 class BreakerState(enum.Enum):

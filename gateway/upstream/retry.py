@@ -23,17 +23,15 @@ failures adds at most that fraction of load to the replicas that are left, inste
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import grpc
 
+from common.clock import Clock
 from gateway.errors import UpstreamUnavailable
 from gateway.settings import RetrySettings
 from gateway.upstream.pool import Endpoint, Route
 
 __all__ = ["Retries", "RetryBudget"]
-
-Clock = Callable[[], float]
 
 
 class RetryBudget:

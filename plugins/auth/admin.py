@@ -10,7 +10,7 @@ import asyncio
 import getpass
 import sys
 
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.revocations import MemoryRevocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.settings import AuthSettings
 

@@ -29,11 +29,11 @@ import grpc
 import jwt
 from upf.auth.v1 import auth_pb2 as pb
 
-from gateway.auth.claims import TokenRejected, decode_claims
-from gateway.auth.revocations import Revocations, RevocationUnavailable
+from common.auth.claims import TokenRejected, decode_claims
+from common.auth.permissions import permits
+from common.auth.revocations import Revocations, RevocationUnavailable
 from plugins.auth.keyring import KeyRing
 from plugins.auth.passwords import HashingBusy, Passwords
-from plugins.auth.permissions import permits
 from plugins.auth.provider import AuthError
 from plugins.auth.settings import AuthSettings
 from plugins.auth.store import AuthStore, PostgresAuthStore, RefreshToken, SqliteAuthStore, StoreUnavailable, User

@@ -1,7 +1,7 @@
 """IAuth backed by an external OpenID Connect issuer: provider "keycloak" or "auth0".
 
-Tokens are the issuer's: discovery (gateway/auth/discovery.py) finds its endpoints, JwksCache
-(gateway/auth/jwks.py) its keys. A token is accepted when:
+Tokens are the issuer's: discovery (common/auth/discovery.py) finds its endpoints, JwksCache
+(common/auth/jwks.py) its keys. A token is accepted when:
 - its header names a kid the issuer publishes and an algorithm pinned for it (RS256 unless the
   `algorithms` argument says otherwise); the algorithm passed to pyjwt is the key's, never the header's;
 - it carries iss (exactly the issuer), aud, sub, exp and iat; exp / nbf / iat hold within jwt.leeway;
@@ -45,11 +45,11 @@ import httpx
 import jwt
 from upf.auth.v1 import auth_pb2 as pb
 
-from gateway.auth.claims import TokenRejected, decode_claims
-from gateway.auth.discovery import DiscoveryError, OidcConfiguration, discover
-from gateway.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksCache, http_fetcher
-from gateway.auth.permissions import permits
-from gateway.auth.revocations import Revocations
+from common.auth.claims import TokenRejected, decode_claims
+from common.auth.discovery import DiscoveryError, OidcConfiguration, discover
+from common.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksCache, http_fetcher
+from common.auth.permissions import permits
+from common.auth.revocations import Revocations
 from plugins.auth.provider import AuthError
 from plugins.auth.settings import AuthSettings
 
@@ -143,7 +143,7 @@ class OidcProvider:
             log.warning("%s (retrying every %g s)", exc, self._discovery_retry)
             return False
         keys = JwksCache(
-            http_fetcher(self._http, config.jwks_uri, self._timeout),
+            http_fetcher(self._http, self._settings.jwt.public_key_url or config.jwks_uri, self._timeout),
             issuer=self.issuer,
             algorithms=self._algorithms,
             unknown_kid_cooldown=self._cooldown,

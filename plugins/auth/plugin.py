@@ -20,7 +20,7 @@ from pathlib import Path
 
 from upf.auth.v1 import auth_pb2_grpc
 
-from gateway.auth.revocations import Revocations
+from common.auth.revocations import Revocations
 from manifests import ManifestError
 from plugins.auth.provider import Provider
 from plugins.auth.providers import ProviderUnavailable, make_provider, make_revocations

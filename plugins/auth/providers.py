@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from gateway.auth.revocations import MemoryRevocations, RedisRevocations, Revocations
+from common.auth.revocations import MemoryRevocations, RedisRevocations, Revocations
 from plugins.auth.provider import Provider
 from plugins.auth.settings import AuthSettings, RevocationSettings
 

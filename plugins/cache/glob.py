@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from plugins.cache.errors import InvalidArgument
 
-__all__ = ["MAX_PATTERN_BYTES", "check_pattern", "escape", "matcher"]
+__all__ = ["MAX_PATTERN_BYTES", "check_pattern", "escape", "literal_prefix", "matcher"]
 
 MAX_PATTERN_BYTES = 1024
 _SPECIAL = frozenset("*?[]\\")
@@ -34,6 +34,13 @@ def matcher(pattern: str) -> Callable[[str], bool]:
     """Whether a key matches the (checked) glob, as Redis would say."""
     fullmatch = _compiled(pattern).fullmatch
     return lambda key: fullmatch(key.encode()) is not None
+
+
+def literal_prefix(pattern: str) -> str:
+    """The text every key the pattern matches starts with (up to its first glob character): what a
+    grant on a key prefix is checked against."""
+    end = next((i for i, c in enumerate(pattern) if c in _SPECIAL), len(pattern))
+    return pattern[:end]
 
 
 def escape(text: str) -> str:

@@ -29,6 +29,7 @@ from plugins.cache.backends.redis import RedisBackend
 from plugins.cache.service import CacheService, NamespaceOf
 from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.sdk.credentials import Credential
+from plugins.sdk.grants import RegistryGrants, Sharing
 from plugins.sdk.identity import RegistryCallers
 
 __all__ = ["BACKENDS", "CacheSettings", "build", "main", "make_backend", "manifest_of"]
@@ -150,12 +151,18 @@ def build(
     credential: Credential | None = None,
 ) -> Plugin:
     """The cache plugin for `settings`. Each caller's keys and locks live in the namespace of its plugin
-    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
+    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests); a
+    caller reaches another plugin's keys as far as that plugin's manifest grants, as the registry holds it."""
     if namespace_of is None:
         namespace_of = RegistryCallers(registry)
     instance_id = instance_id or f"cache-{settings.backend}-{secrets.token_hex(4)}"
     backend = make_backend(settings, origin=instance_id)
-    service = CacheService(backend, namespace_of=namespace_of, limits=Limits(max_value_bytes=settings.max_value_bytes))
+    service = CacheService(
+        backend,
+        namespace_of=namespace_of,
+        limits=Limits(max_value_bytes=settings.max_value_bytes),
+        sharing=Sharing("cache", RegistryGrants(registry)),
+    )
     return Plugin(
         manifest or manifest_of(settings.backend),
         [(cache_pb2_grpc.add_CacheServicer_to_server, service)],

@@ -1,7 +1,9 @@
 """The gRPC servicer of upf.cache.v1.Cache, one for every backend.
 
 It does what must be the same everywhere: it checks each argument and names the field that is wrong,
-finds the caller's namespace (through the `namespace_of` collaborator), refuses what the backend cannot
+finds the caller's namespace (through the `namespace_of` collaborator) or, when the caller names another
+plugin's (`upf-owner`), checks every key, lock name and pattern it touches against what the owner's
+manifest grants (`sharing`, plugins/sdk/grants.py; a pattern by its literal start), refuses what the backend cannot
 do with UNIMPLEMENTED, waits for locks, and turns the backend's errors into statuses. A backend's
 CacheError becomes its status and message; anything else is logged here and answered INTERNAL
 "internal error", never with the exception's text or a traceback.
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -23,8 +25,9 @@ from upf.cache.v1 import cache_pb2 as pb, cache_pb2_grpc
 from plugins.cache import counters
 from plugins.cache.backend import FEED, FEED_LOCAL, KEYS, CacheBackend, Limits
 from plugins.cache.errors import CacheError, FailedPrecondition, InvalidArgument, Unsupported
-from plugins.cache.glob import check_pattern, matcher
+from plugins.cache.glob import check_pattern, literal_prefix, matcher
 from plugins.cache.namespace import caller_from_metadata
+from plugins.sdk.grants import Scope, Sharing, SharingError
 
 __all__ = ["CacheService", "NamespaceOf"]
 
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 NamespaceOf = Callable[[_Context], Awaitable[str]]
+Touches = Sequence[tuple[str, str]]  # (key, lock name or pattern's literal start; the request field)
 T = TypeVar("T")
 
 _LOCK_POLL_FIRST = 0.005  # seconds between tries of a contended lock, doubling up to _LOCK_POLL_MAX
@@ -46,27 +50,44 @@ class CacheService(cache_pb2_grpc.CacheServicer):
         namespace_of: NamespaceOf = caller_from_metadata,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sharing: Sharing | None = None,
     ) -> None:
         self.backend = backend
         self.limits = limits or Limits()
         self._namespace_of = namespace_of
+        self._sharing = sharing or Sharing("cache", None)
         self._clock = clock  # only for how long AcquireLock waits; TTLs are the backend's business
 
     # -- plumbing -------------------------------------------------------------------------------------
 
-    async def _answer(self, context: _Context, method: str, call: Callable[[str], Awaitable[T]]) -> T:
+    async def _namespace(self, context: _Context, touches: Touches, write: bool) -> str:
+        """The namespace the call works in, once the caller may read (or `write`) each (key, field)."""
+        scope: Scope = await self._sharing.scope(context, await self._namespace_of(context))
+        for key, field in touches:
+            scope.require(key, write=write, field=field)
+        return scope.namespace
+
+    async def _answer(
+        self,
+        context: _Context,
+        method: str,
+        call: Callable[[str], Awaitable[T]],
+        touches: Touches,
+        *,
+        write: bool = False,
+    ) -> T:
         try:
-            return await call(await self._namespace_of(context))
+            return await call(await self._namespace(context, touches, write))
         except grpc.aio.AbortError:
             raise  # the call was already ended with its status (a namespace_of that refuses the caller)
         except Exception as exc:
             await _abort(context, *_status(method, exc))
 
     async def _stream(
-        self, context: _Context, method: str, produce: Callable[[str], AsyncGenerator[T, None]]
+        self, context: _Context, method: str, produce: Callable[[str], AsyncGenerator[T, None]], touches: Touches
     ) -> AsyncIterator[T]:
         try:
-            async with contextlib.aclosing(produce(await self._namespace_of(context))) as items:
+            async with contextlib.aclosing(produce(await self._namespace(context, touches, False))) as items:
                 async for item in items:
                     yield item
         except grpc.aio.AbortError:
@@ -121,7 +142,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             value = await self.backend.get(ns, self._key(request.key))
             return pb.GetResponse() if value is None else pb.GetResponse(found=True, value=value)
 
-        return await self._answer(context, "Get", call)
+        return await self._answer(context, "Get", call, [(request.key, "key")])
 
     async def Set(self, request: pb.SetRequest, context: _Context) -> pb.SetResponse:
         async def call(ns: str) -> pb.SetResponse:
@@ -131,13 +152,13 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             stored = await self.backend.set(ns, key, value, ttl, nx=request.nx, xx=request.xx)
             return pb.SetResponse(stored=stored)
 
-        return await self._answer(context, "Set", call)
+        return await self._answer(context, "Set", call, [(request.key, "key")], write=True)
 
     async def Delete(self, request: pb.DeleteRequest, context: _Context) -> pb.DeleteResponse:
         async def call(ns: str) -> pb.DeleteResponse:
             return pb.DeleteResponse(deleted=await self.backend.delete(ns, self._key(request.key)))
 
-        return await self._answer(context, "Delete", call)
+        return await self._answer(context, "Delete", call, [(request.key, "key")], write=True)
 
     async def MGet(self, request: pb.MGetRequest, context: _Context) -> pb.MGetResponse:
         async def call(ns: str) -> pb.MGetResponse:
@@ -145,7 +166,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             self._batch(len(keys), "keys")
             return pb.MGetResponse(values=await self.backend.mget(ns, keys) if keys else {})
 
-        return await self._answer(context, "MGet", call)
+        return await self._answer(context, "MGet", call, [(k, f"keys[{i}]") for i, k in enumerate(request.keys)])
 
     async def MSet(self, request: pb.MSetRequest, context: _Context) -> pb.MSetResponse:
         async def call(ns: str) -> pb.MSetResponse:
@@ -158,7 +179,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                 await self.backend.mset(ns, values, ttl)
             return pb.MSetResponse()
 
-        return await self._answer(context, "MSet", call)
+        return await self._answer(context, "MSet", call, [(k, f"values[{k!r}]") for k in request.values], write=True)
 
     async def Keys(self, request: pb.KeysRequest, context: _Context) -> AsyncIterator[pb.KeysResponse]:
         async def produce(ns: str) -> AsyncGenerator[pb.KeysResponse, None]:
@@ -177,7 +198,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             if pending:
                 yield pb.KeysResponse(keys=pending)
 
-        async for response in self._stream(context, "Keys", produce):
+        async for response in self._stream(context, "Keys", produce, _pattern_touches(request.pattern)):
             yield response
 
     async def Invalidate(self, request: pb.InvalidateRequest, context: _Context) -> pb.InvalidateResponse:
@@ -185,7 +206,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             self._require(KEYS, "Invalidate")
             return pb.InvalidateResponse(deleted=await self.backend.invalidate(ns, check_pattern(request.pattern)))
 
-        return await self._answer(context, "Invalidate", call)
+        return await self._answer(context, "Invalidate", call, _pattern_touches(request.pattern), write=True)
 
     async def Increment(self, request: pb.CounterRequest, context: _Context) -> pb.CounterResponse:
         return await self._count(context, "Increment", request, sign=1)
@@ -200,7 +221,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                 raise InvalidArgument("delta", f"{request.delta} cannot be negated in 64 bits")
             return pb.CounterResponse(value=await self.backend.increment(ns, self._key(request.key), delta))
 
-        return await self._answer(context, method, call)
+        return await self._answer(context, method, call, [(request.key, "key")], write=True)
 
     async def AcquireLock(self, request: pb.AcquireLockRequest, context: _Context) -> pb.AcquireLockResponse:
         async def call(ns: str) -> pb.AcquireLockResponse:
@@ -224,7 +245,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                 await asyncio.sleep(min(pause, remaining))
                 pause = min(pause * 2, _LOCK_POLL_MAX)
 
-        return await self._answer(context, "AcquireLock", call)
+        return await self._answer(context, "AcquireLock", call, [(request.name, "name")], write=True)
 
     async def ReleaseLock(self, request: pb.ReleaseLockRequest, context: _Context) -> pb.ReleaseLockResponse:
         async def call(ns: str) -> pb.ReleaseLockResponse:
@@ -233,7 +254,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                 raise _not_holder(name)
             return pb.ReleaseLockResponse()
 
-        return await self._answer(context, "ReleaseLock", call)
+        return await self._answer(context, "ReleaseLock", call, [(request.name, "name")], write=True)
 
     async def ExtendLock(self, request: pb.ExtendLockRequest, context: _Context) -> pb.ExtendLockResponse:
         async def call(ns: str) -> pb.ExtendLockResponse:
@@ -243,7 +264,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                 raise _not_holder(name)
             return pb.ExtendLockResponse()
 
-        return await self._answer(context, "ExtendLock", call)
+        return await self._answer(context, "ExtendLock", call, [(request.name, "name")], write=True)
 
     def _token(self, token: str) -> str:
         if not token:
@@ -269,12 +290,20 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                     if keys or change.pattern:
                         yield pb.Invalidation(keys=keys, pattern=change.pattern, origin=change.origin)
 
-        async for event in self._stream(context, "WatchInvalidations", produce):
+        touches = _pattern_touches(request.pattern)
+        async for event in self._stream(context, "WatchInvalidations", produce, touches):
             yield event
+
+
+def _pattern_touches(pattern: str) -> Touches:
+    # A pattern touches every key that starts with its literal text; none (watch everything): every key.
+    return [(literal_prefix(pattern), "pattern")]
 
 
 def _status(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The status and message a client gets for `exc`: a CacheError's own, else INTERNAL without details."""
+    if isinstance(exc, SharingError):
+        return exc.code, exc.message
     if isinstance(exc, CacheError):
         if exc.code == grpc.StatusCode.UNAVAILABLE:
             logger.warning("cache %s: %s", method, exc.message)

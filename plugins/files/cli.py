@@ -11,9 +11,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.logs import configure_logging
-from plugins.files.kinds import KINDS, GcsSettings, LocalSettings, S3Settings, make_gcs, make_local, make_s3
+from common.logs import configure_logging
+from plugins.files.gcs import GcsSettings
+from plugins.files.kinds import KINDS, LocalSettings, make_gcs, make_local, make_s3
 from plugins.files.plugin import MANIFESTS, FilesPlugin, PluginOptions, run_files_plugin
+from plugins.files.s3 import S3Settings
 from plugins.sdk import Timings
 
 __all__ = ["main"]

@@ -22,6 +22,7 @@ from plugins.files.service import FilesService, NamespaceOf
 from plugins.files.url_server import SignedUrlServer
 from plugins.sdk import Plugin, RegistrationRejected, Timings
 from plugins.sdk.credentials import Credential
+from plugins.sdk.grants import RegistryGrants, Sharing
 from plugins.sdk.identity import RegistryCallers
 
 __all__ = ["MANIFESTS", "FilesPlugin", "PluginOptions", "build", "run_files_plugin"]
@@ -53,10 +54,12 @@ class FilesPlugin:
         backend: Backend,
         callers: RegistryCallers,
         url_server: SignedUrlServer | None = None,
+        grants: RegistryGrants | None = None,
     ) -> None:
         self.plugin = plugin
         self.backend = backend
         self._callers = callers
+        self._grants = grants
         self._url_server = url_server
         self.ready = asyncio.Event()  # set once the gRPC server (and the URL listener) serve
 
@@ -76,6 +79,13 @@ class FilesPlugin:
                 await self._url_server.stop()
             await self.backend.close()
             await self._callers.close()
+            if self._grants is not None:
+                await self._grants.close()
+
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once it serves (the name every plugin's start-up event has)."""
+        return self.ready
 
     async def stop(self) -> None:
         await self.plugin.stop()
@@ -89,13 +99,16 @@ def build(
     namespace_of: NamespaceOf | None = None,
 ) -> FilesPlugin:
     """The plugin for `backend`; callers' namespaces come from their identity tokens (`namespace_of`
-    replaces that only where no registry signs tokens)."""
+    replaces that only where no registry signs tokens), and another plugin's files are reached as far as
+    its manifest, as the registry holds it, grants."""
     callers = RegistryCallers(options.registry, call_timeout=options.timings.call_timeout)
     if namespace_of is None:
         namespace_of = callers
+    grants = RegistryGrants(options.registry)
+    service = FilesService(backend, namespace_of, Sharing("files", grants))
     plugin = Plugin(
         options.manifest,
-        [(files_pb2_grpc.add_FilesServicer_to_server, FilesService(backend, namespace_of))],
+        [(files_pb2_grpc.add_FilesServicer_to_server, service)],
         registry=options.registry,
         host=options.host,
         port=options.port,
@@ -104,7 +117,7 @@ def build(
         handle_signals=options.handle_signals,
         credential=options.credential,
     )
-    return FilesPlugin(plugin, backend, callers, url_server)
+    return FilesPlugin(plugin, backend, callers, url_server, grants)
 
 
 def run_files_plugin(make: Callable[[], Awaitable[FilesPlugin]]) -> int:

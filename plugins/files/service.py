@@ -2,9 +2,12 @@
 
 Every path a caller names is checked (paths.py) and put under the caller's namespace, its plugin id
 from the registry-signed identity token, so that one plugin can never name another's files; answers
-carry paths without it. Backend errors become status codes with a message a caller can act on:
-NotFound -> NOT_FOUND, BackendUnavailable -> UNAVAILABLE, Unsupported -> UNIMPLEMENTED, Conflict ->
-FAILED_PRECONDITION; anything unexpected is logged here and answered INTERNAL without its trace.
+carry paths without it. A caller that names another plugin (`upf-owner`) works under that plugin's
+namespace instead, on the paths the owner's manifest grants it (plugins/sdk/grants.py: every path,
+and a List prefix, is checked; a write needs read-write). Backend errors become status codes with a
+message a caller can act on: NotFound -> NOT_FOUND, BackendUnavailable -> UNAVAILABLE, Unsupported ->
+UNIMPLEMENTED, Conflict -> FAILED_PRECONDITION; anything unexpected is logged here and answered
+INTERNAL without its trace.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from upf.files.v1 import files_pb2 as pb, files_pb2_grpc
 
 from plugins.files.backend import Backend, BackendUnavailable, BadRequest, Conflict, NotFound, ObjectInfo, Unsupported
 from plugins.files.paths import InvalidPath, check_path, check_prefix
+from plugins.sdk.grants import Sharing, SharingError
 
 __all__ = ["DEFAULT_CONTENT_TYPE", "FilesService", "NamespaceOf"]
 
@@ -47,25 +51,37 @@ class _BadUpload(Exception):
 
 
 class FilesService(files_pb2_grpc.FilesServicer):
-    def __init__(self, backend: Backend, namespace_of: NamespaceOf) -> None:
+    def __init__(self, backend: Backend, namespace_of: NamespaceOf, sharing: Sharing | None = None) -> None:
         self._backend = backend
         self._namespace_of = namespace_of
+        self._sharing = sharing or Sharing("files", None)
+
+    async def _namespace(self, context: _Context, touches: list[tuple[str, str]], *, write: bool) -> str:
+        """The namespace the call works in, once the caller may read (or `write`) each (checked path,
+        field) there."""
+        try:
+            scope = await self._sharing.scope(context, await self._namespace_of(context))
+            for path, field in touches:
+                scope.require(path, write=write, field=field)
+        except SharingError as exc:
+            await _abort(context, exc.code, exc.message)
+        return scope.namespace
 
     # --- unary ----------------------------------------------------------------------------------
 
     async def Delete(self, request: pb.DeleteRequest, context: _Context) -> pb.DeleteResponse:
-        key = await self._key(context, "path", request.path)
+        key = await self._key(context, "path", request.path, write=True)
         deleted = await _call(context, self._backend.delete(key))
         return pb.DeleteResponse(deleted=deleted)
 
     async def Exists(self, request: pb.ExistsRequest, context: _Context) -> pb.ExistsResponse:
-        key = await self._key(context, "path", request.path)
+        key = await self._key(context, "path", request.path, write=False)
         return pb.ExistsResponse(exists=await _call(context, self._backend.stat(key)) is not None)
 
     async def GetMetadata(self, request: pb.GetMetadataRequest, context: _Context) -> pb.FileMetadata:
-        namespace = await self._namespace_of(context)
-        key = _under(namespace, await _checked(context, check_path, "path", request.path))
-        info = await _call(context, self._backend.stat(key))
+        path = await _checked(context, check_path, "path", request.path)
+        namespace = await self._namespace(context, [(path, "path")], write=False)
+        info = await _call(context, self._backend.stat(_under(namespace, path)))
         if info is None:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"path: no file {request.path!r}")
         return _metadata(info, namespace)
@@ -77,9 +93,11 @@ class FilesService(files_pb2_grpc.FilesServicer):
         return await self._transfer(request.source, request.destination, context, move=True)
 
     async def _transfer(self, source: str, destination: str, context: _Context, *, move: bool) -> pb.FileMetadata:
-        namespace = await self._namespace_of(context)
-        source_key = _under(namespace, await _checked(context, check_path, "source", source))
-        destination_key = _under(namespace, await _checked(context, check_path, "destination", destination))
+        source_path = await _checked(context, check_path, "source", source)
+        destination_path = await _checked(context, check_path, "destination", destination)
+        namespace = await self._namespace(context, [(source_path, "source")], write=move)
+        await self._namespace(context, [(destination_path, "destination")], write=True)
+        source_key, destination_key = _under(namespace, source_path), _under(namespace, destination_path)
         if source_key == destination_key:
             # Nothing to do, and S3 refuses a copy onto itself: answer what is there.
             info = await _call(context, self._backend.stat(source_key))
@@ -94,7 +112,8 @@ class FilesService(files_pb2_grpc.FilesServicer):
         return _metadata(info, namespace)
 
     async def GetSignedUrl(self, request: pb.GetSignedUrlRequest, context: _Context) -> pb.GetSignedUrlResponse:
-        key = await self._key(context, "path", request.path)
+        writing = request.operation == pb.SIGNED_URL_OPERATION_WRITE
+        key = await self._key(context, "path", request.path, write=writing)
         await self._require(context, "signed-urls", "GetSignedUrl")
         methods = {pb.SIGNED_URL_OPERATION_READ: "GET", pb.SIGNED_URL_OPERATION_WRITE: "PUT"}
         method = methods.get(request.operation)
@@ -120,12 +139,14 @@ class FilesService(files_pb2_grpc.FilesServicer):
     # --- streams --------------------------------------------------------------------------------
 
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: _Context) -> pb.FileMetadata:
-        namespace = await self._namespace_of(context)
+        await self._namespace_of(context)  # an unknown caller is refused before it sends any bytes
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "header: the first message must be the header")
         header = first.header
-        key = _under(namespace, await _checked(context, check_path, "header.path", header.path))
+        path = await _checked(context, check_path, "header.path", header.path)
+        namespace = await self._namespace(context, [(path, "header.path")], write=True)
+        key = _under(namespace, path)
         content_type = await _content_type(context, "header.content_type", header.content_type)
         await _check_metadata(context, dict(header.metadata))
         if header.HasField("expected_size") and header.expected_size < 0:
@@ -146,8 +167,9 @@ class FilesService(files_pb2_grpc.FilesServicer):
         return _metadata(info, namespace)
 
     async def Download(self, request: pb.DownloadRequest, context: _Context) -> AsyncIterator[pb.DownloadResponse]:
-        namespace = await self._namespace_of(context)
-        key = _under(namespace, await _checked(context, check_path, "path", request.path))
+        path = await _checked(context, check_path, "path", request.path)
+        namespace = await self._namespace(context, [(path, "path")], write=False)
+        key = _under(namespace, path)
         ranged = request.offset != 0 or request.HasField("length")
         if ranged:
             await self._require(context, "range", "Download with an offset or length")
@@ -188,8 +210,8 @@ class FilesService(files_pb2_grpc.FilesServicer):
             yield pb.DownloadResponse(metadata=_metadata(info, namespace))
 
     async def List(self, request: pb.ListRequest, context: _Context) -> AsyncIterator[pb.ListResponse]:
-        namespace = await self._namespace_of(context)
         prefix = await _checked(context, check_prefix, "prefix", request.prefix)
+        namespace = await self._namespace(context, [(prefix, "prefix")], write=False)
         if request.delimiter not in ("", "/"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, 'delimiter: only "" and "/" are supported')
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
@@ -211,9 +233,9 @@ class FilesService(files_pb2_grpc.FilesServicer):
 
     # --- helpers --------------------------------------------------------------------------------
 
-    async def _key(self, context: _Context, field: str, path: str) -> str:
-        namespace = await self._namespace_of(context)
-        return _under(namespace, await _checked(context, check_path, field, path))
+    async def _key(self, context: _Context, field: str, path: str, *, write: bool) -> str:
+        checked = await _checked(context, check_path, field, path)
+        return _under(await self._namespace(context, [(checked, field)], write=write), checked)
 
     async def _require(self, context: _Context, capability: str, what: str) -> None:
         if capability not in self._backend.capabilities:

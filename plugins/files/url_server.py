@@ -3,8 +3,15 @@
 A Starlette app on uvicorn inside the plugin process, on the port its configuration gives. Each
 request is checked by UrlSigner (signature, method, expiry, content type) and refused with 403 and a
 one-line reason otherwise; a PUT streams the body into the backend's atomic write, so a cut upload
-leaves nothing. Mounted under a path prefix (`public_url` may end in /files) so that the gateway can
-later proxy that prefix here and hand out URLs on its own origin.
+leaves nothing. Mounted under a path prefix (`public_url` may end in /files) so that a proxy can
+publish that prefix and the URLs can be handed out on its origin.
+
+Browsers reach the listener itself, as they reach S3 or GCS with those backends' presigned URLs: the
+URL is the credential (it names one path, one method and an expiry, and no cookie or token goes with
+it), so the gateway adds nothing by relaying the bytes, and a relay would put every upload and
+download of any size through the gateway process. For the same reason any origin may use a URL:
+CORS allows every origin, without credentials, so a page of the shell on the gateway's origin can PUT
+and GET here (the preflight of a PUT with a Content-Type is answered too).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -59,7 +68,15 @@ def signed_url_app(backend: LocalBackend, signer: UrlSigner) -> Starlette:
         return StreamingResponse(chunks, headers=headers, media_type=info.content_type)
 
     prefix = urlsplit(signer.base_url).path.rstrip("/")
-    return Starlette(routes=[Route(prefix + "/{key:path}", serve, methods=["GET", "HEAD", "PUT"])])
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "PUT"],
+        allow_headers=["content-type"],
+        expose_headers=["etag", "content-length"],
+        max_age=600,
+    )
+    return Starlette(routes=[Route(prefix + "/{key:path}", serve, methods=["GET", "HEAD", "PUT"])], middleware=[cors])
 
 
 async def _body(request: Request) -> AsyncIterator[bytes]:

@@ -1,5 +1,5 @@
-"""The orders plugin inside `upf run` (gateway/allinone.py), beside the infrastructure plugins the
-platform started (gateway/infrastructure.py): it registers like any plugin and finds IStorage and
+"""The orders plugin inside `upf run` (cli/allinone.py), beside the infrastructure plugins the
+platform started (cli/infrastructure.py): it registers like any plugin and finds IStorage and
 ICache through its manifest's `requires`. With the embedded storage (SQLite in memory) orders are
 gone when `upf run` stops; a deployment file names real storage.
 """

@@ -3,7 +3,7 @@
 It registers plugins/orders/manifest.yaml and serves upf.orders.v1.Orders; orders live in whichever
 IStorage the registry resolves, idempotency keys in ICache when one is there, and changes go out on
 IMessageBus when one is there. `upf run` embeds it
-(gateway/allinone.py) with the embedded storage-sqlite (:memory:) and cache-memory.
+(cli/allinone.py) with the embedded storage-sqlite (:memory:) and cache-memory.
 
 Its UI (plugins/orders/ui, built into ui/dist by `make orders-ui`) is served by this same process over
 HTTP (plugins/sdk/ui.py) on --ui-port or $UPF_ORDERS_UI_PORT (default: any free port), and the manifest

@@ -31,6 +31,8 @@ from typing import Any, NoReturn
 import grpc
 from upf.cache.v1 import cache_pb2 as pb, cache_pb2_grpc
 
+from plugins.sdk.grants import owner_metadata
+
 __all__ = [
     "CacheClient",
     "CacheConflict",
@@ -119,11 +121,20 @@ def _raise(exc: grpc.aio.AioRpcError, conflict: type[CacheConflict] = CacheConfl
 
 class CacheClient:
     """ICache over a grpc.aio channel. `caller` names the namespace (the placeholder identity, sent
-    as `upf-caller` metadata until the platform sends a verified one); `timeout` bounds each call."""
+    as `upf-caller` metadata, for a cache that takes the caller's word; registered plugins are known by
+    their identity token instead); `owner`: another plugin whose keys to work on, as far as its manifest
+    grants; `timeout` bounds each call."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, caller: str | None = None, timeout: float | None = 10.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        caller: str | None = None,
+        owner: str | None = None,
+        timeout: float | None = 10.0,
+    ) -> None:
         self._stub = cache_pb2_grpc.CacheStub(channel)
-        self._metadata = ((CALLER_METADATA, caller),) if caller else ()
+        self._metadata = (((CALLER_METADATA, caller),) if caller else ()) + owner_metadata(owner)
         self._timeout = timeout
 
     async def _call(

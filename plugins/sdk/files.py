@@ -24,6 +24,8 @@ from typing import IO, Literal
 import grpc
 from upf.files.v1 import files_pb2 as pb, files_pb2_grpc
 
+from plugins.sdk.grants import owner_metadata
+
 __all__ = [
     "FileInfo",
     "FileNotFound",
@@ -106,11 +108,18 @@ class SignedUrl:
 
 class FilesClient:
     def __init__(
-        self, channel: grpc.aio.Channel, *, chunk_size: int = CHUNK_SIZE, timeout: float | None = None
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        timeout: float | None = None,
+        owner: str | None = None,
     ) -> None:
+        """`owner`: another plugin whose files to work on, as far as its manifest grants (grants.py)."""
         self._stub = files_pb2_grpc.FilesStub(channel)
         self._chunk_size = chunk_size
         self._timeout = timeout  # per unary call; streams run as long as they need
+        self._metadata = owner_metadata(owner)
 
     async def upload(
         self,
@@ -135,7 +144,7 @@ class FilesClient:
                 yield pb.UploadRequest(chunk=chunk)
 
         with _errors():
-            reply: pb.FileMetadata = await self._stub.Upload(requests())
+            reply: pb.FileMetadata = await self._stub.Upload(requests(), metadata=self._metadata)
         return _info(reply)
 
     async def download(self, path: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -143,7 +152,7 @@ class FilesClient:
         request = pb.DownloadRequest(path=path, offset=offset)
         if length is not None:
             request.length = length
-        call = self._stub.Download(request)
+        call = self._stub.Download(request, metadata=self._metadata)
         try:
             with _errors():
                 async for reply in call:
@@ -158,27 +167,37 @@ class FilesClient:
     async def delete(self, path: str) -> bool:
         """True if a file was deleted, False if there was none."""
         with _errors():
-            reply: pb.DeleteResponse = await self._stub.Delete(pb.DeleteRequest(path=path), timeout=self._timeout)
+            reply: pb.DeleteResponse = await self._stub.Delete(
+                pb.DeleteRequest(path=path), timeout=self._timeout, metadata=self._metadata
+            )
         return reply.deleted
 
     async def exists(self, path: str) -> bool:
         with _errors():
-            reply: pb.ExistsResponse = await self._stub.Exists(pb.ExistsRequest(path=path), timeout=self._timeout)
+            reply: pb.ExistsResponse = await self._stub.Exists(
+                pb.ExistsRequest(path=path), timeout=self._timeout, metadata=self._metadata
+            )
         return reply.exists
 
     async def copy(self, source: str, destination: str) -> FileInfo:
         with _errors():
-            reply = await self._stub.Copy(pb.CopyRequest(source=source, destination=destination), timeout=self._timeout)
+            reply = await self._stub.Copy(
+                pb.CopyRequest(source=source, destination=destination), timeout=self._timeout, metadata=self._metadata
+            )
         return _info(reply)
 
     async def move(self, source: str, destination: str) -> FileInfo:
         with _errors():
-            reply = await self._stub.Move(pb.MoveRequest(source=source, destination=destination), timeout=self._timeout)
+            reply = await self._stub.Move(
+                pb.MoveRequest(source=source, destination=destination), timeout=self._timeout, metadata=self._metadata
+            )
         return _info(reply)
 
     async def metadata(self, path: str) -> FileInfo:
         with _errors():
-            reply = await self._stub.GetMetadata(pb.GetMetadataRequest(path=path), timeout=self._timeout)
+            reply = await self._stub.GetMetadata(
+                pb.GetMetadataRequest(path=path), timeout=self._timeout, metadata=self._metadata
+            )
         return _info(reply)
 
     async def list_page(
@@ -190,7 +209,7 @@ class FilesClient:
         prefixes: list[str] = []
         token = ""
         with _errors():
-            async for reply in self._stub.List(request, timeout=self._timeout):
+            async for reply in self._stub.List(request, timeout=self._timeout, metadata=self._metadata):
                 files.extend(_info(item) for item in reply.files)
                 prefixes.extend(reply.common_prefixes)
                 token = reply.next_page_token or token
@@ -216,13 +235,17 @@ class FilesClient:
             path=path, operation=kinds[operation], expires_in_seconds=expires_in, content_type=content_type
         )
         with _errors():
-            reply: pb.GetSignedUrlResponse = await self._stub.GetSignedUrl(request, timeout=self._timeout)
+            reply: pb.GetSignedUrlResponse = await self._stub.GetSignedUrl(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return SignedUrl(reply.url, reply.method, reply.expires_at.ToDatetime(tzinfo=_UTC), dict(reply.headers))
 
     async def features(self) -> frozenset[str]:
         """The optional capabilities the provider has now (range, signed-urls, user-metadata, server-side-copy)."""
         with _errors():
-            reply: pb.FeaturesResponse = await self._stub.Features(pb.FeaturesRequest(), timeout=self._timeout)
+            reply: pb.FeaturesResponse = await self._stub.Features(
+                pb.FeaturesRequest(), timeout=self._timeout, metadata=self._metadata
+            )
         return frozenset(reply.capabilities)
 
 

@@ -38,6 +38,7 @@ from manifests import ManifestError, PluginManifest, Problem, parse_manifest
 from plugins.sdk.cache import CacheClient
 from plugins.sdk.credentials import Credential, registration_credential
 from plugins.sdk.files import FilesClient
+from plugins.sdk.grants import owner_metadata
 from plugins.sdk.identity import caller_token_interceptors
 from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.messagebus import MessageBusClient
@@ -221,9 +222,10 @@ class Plugin:
         await self._identity_known()
         return await resolver.channel(interface)
 
-    async def storage(self) -> StorageClient:
-        """A client of the IStorage provider (the manifest must require IStorage); DependencyUnavailable if none."""
-        return StorageClient(await self.channel("IStorage"))
+    async def storage(self, *, owner: str | None = None) -> StorageClient:
+        """A client of the IStorage provider (the manifest must require IStorage); DependencyUnavailable if none.
+        `owner`: work on that plugin's collections instead, as far as its manifest grants (plugins/sdk/grants.py)."""
+        return StorageClient(await self.channel("IStorage"), metadata=owner_metadata(owner))
 
     async def message_bus(self) -> MessageBusClient:
         """A client of the IMessageBus provider (the manifest must require IMessageBus)."""
@@ -242,14 +244,16 @@ class Plugin:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.keeper.registered.wait(), self.timings.call_timeout)
 
-    async def cache(self) -> CacheClient:
+    async def cache(self, *, owner: str | None = None) -> CacheClient:
         """A client of the ICache provider; the manifest should require ICache. Keys live in this plugin's
-        namespace: the provider knows the plugin from the identity token its channel carries."""
-        return CacheClient(await self.channel("ICache"))
+        namespace: the provider knows the plugin from the identity token its channel carries. `owner`: work
+        on that plugin's keys instead, as far as its manifest grants (plugins/sdk/grants.py)."""
+        return CacheClient(await self.channel("ICache"), owner=owner)
 
-    async def files(self) -> FilesClient:
-        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles."""
-        return FilesClient(await self.channel("IFiles"))
+    async def files(self, *, owner: str | None = None) -> FilesClient:
+        """A typed client of IFiles (plugins/sdk/files.py); the manifest must require IFiles. `owner`: work
+        on that plugin's files instead, as far as its manifest grants (plugins/sdk/grants.py)."""
+        return FilesClient(await self.channel("IFiles"), owner=owner)
 
     def invalidate(self, interface_or_target: str) -> None:
         """Resolve again on the next `channel()`, e.g. after a call failed with UNAVAILABLE."""

@@ -17,6 +17,7 @@ from upf.storage.v1 import storage_pb2_grpc
 
 from plugins.sdk import Plugin, Timings, run_plugin
 from plugins.sdk.credentials import Credential
+from plugins.sdk.grants import RegistryGrants, Sharing
 from plugins.sdk.identity import RegistryCallers
 from plugins.storage.backend import Backend
 from plugins.storage.mysql import MysqlBackend
@@ -58,11 +59,13 @@ class StoragePlugin(Plugin):
         servicers: Any,
         *,
         verified_namespaces: RegistryCallers | None = None,
+        grants: RegistryGrants | None = None,
         **options: Any,
     ) -> None:
         super().__init__(manifest_path, servicers, **options)
         self.backend = backend
         self._verified_namespaces = verified_namespaces
+        self._grants = grants
 
     async def run(self) -> None:
         await self.backend.start()
@@ -72,6 +75,8 @@ class StoragePlugin(Plugin):
             await self.backend.close()
             if self._verified_namespaces is not None:
                 await self._verified_namespaces.close()
+            if self._grants is not None:
+                await self._grants.close()
 
 
 def build(
@@ -91,14 +96,18 @@ def build(
     credential: Credential | None = None,
 ) -> StoragePlugin:
     """The plugin `name` (a key of BACKENDS). Each caller's records live in the namespace of its plugin
-    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests)."""
+    id, from the identity token the registry signed for it (`namespace_of` replaces that, in tests); a
+    caller reaches another plugin's collections as far as that plugin's manifest grants, as the registry
+    holds it."""
     backend = BACKENDS[name](dsn or os.environ.get(DSN_ENV) or DEFAULT_DSNS[name], max_connections)
     if collections is None and os.environ.get(COLLECTIONS_ENV):
         collections = [c.strip() for c in os.environ[COLLECTIONS_ENV].split(",") if c.strip()]
     verified: RegistryCallers | None = None
     if namespace_of is None:
         namespace_of = verified = RegistryCallers(registry)
-    service = StorageService(backend, namespace_of=namespace_of, collections=collections)
+    grants = RegistryGrants(registry)
+    sharing = Sharing("storage", grants)
+    service = StorageService(backend, namespace_of=namespace_of, collections=collections, sharing=sharing)
     return StoragePlugin(
         backend,
         manifest or manifest_of(name),
@@ -110,6 +119,7 @@ def build(
         timings=Timings(drain_grace=drain_grace),
         handle_signals=handle_signals,
         verified_namespaces=verified,
+        grants=grants,
         credential=credential,
     )
 

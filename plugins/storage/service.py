@@ -1,11 +1,15 @@
 """The upf.storage.v1.Storage servicer, one for every backend: checks, namespaces, paging, errors.
 
 Each call first learns the caller's namespace from `namespace_of` (a collaborator: the verified caller
-identity belongs to whoever constructs the service), then checks the request (InvalidArgument names
-the field), then asks the backend. Errors reach the client as one status each, never a stack trace:
+identity belongs to whoever constructs the service) and, when the caller names another plugin's
+namespace (`upf-owner`), what the owner's manifest grants it (`sharing`, plugins/sdk/grants.py: every
+collection a call touches is checked, reads and writes apart), then checks the request
+(InvalidArgument names the field), then asks the backend. Errors reach the client as one status each,
+never a stack trace:
 
     InvalidArgument -> INVALID_ARGUMENT    VersionConflict, TransactionAborted -> ABORTED
-    BackendUnavailable -> UNAVAILABLE      anything else -> INTERNAL (logged here with its traceback)
+    BackendUnavailable -> UNAVAILABLE      SharingError -> its status (PERMISSION_DENIED: no grant)
+    anything else -> INTERNAL (logged here with its traceback)
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from upf.storage.v1 import storage_pb2 as pb, storage_pb2_grpc
 
+from plugins.sdk.grants import Scope, Sharing, SharingError
 from plugins.storage.backend import Backend, Page, SqlSession, StoredRecord
 from plugins.storage.documents import Limits, check_collection, check_id, check_namespace, parse_document
 from plugins.storage.errors import (
@@ -74,9 +79,11 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         namespace_of: NamespaceOf = namespace_from_metadata,
         limits: Limits | None = None,
         collections: Sequence[str] | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.backend = backend
         self._namespace_of = namespace_of
+        self._sharing = sharing or Sharing("storage", None)
         self.limits = limits or Limits()
         # None: any well-formed collection name; else only these (others are INVALID_ARGUMENT).
         self._collections = frozenset(collections) if collections is not None else None
@@ -114,14 +121,32 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     async def _fail(self, context: _Context, exc: Exception, method: str) -> None:
         if isinstance(exc, grpc.aio.AbortError):
             raise exc  # a collaborator (namespace_of) already ended the call with its own status
+        if isinstance(exc, SharingError):
+            await context.abort(exc.code, exc.message)
         if isinstance(exc, StorageError):
             await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
         logger.exception("Storage/%s failed", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error in the storage plugin (its log has the details)")
 
-    async def _unary(self, context: _Context, method: str, work: Callable[[str], Awaitable[T]]) -> T:
+    async def _scope(self, context: _Context) -> Scope:
+        return await self._sharing.scope(context, await self._namespace_of(context))
+
+    async def _unary(
+        self,
+        context: _Context,
+        method: str,
+        work: Callable[[str], Awaitable[T]],
+        touches: str | None,
+        *,
+        write: bool = False,
+    ) -> T:
+        """`work` in the call's namespace, once the caller may read (or `write`) collection `touches`
+        there (None: `work` checks what it touches itself)."""
         try:
-            return await work(await self._namespace_of(context))
+            scope = await self._scope(context)
+            if touches is not None:
+                scope.require(touches, write=write, field="collection")
+            return await work(scope.namespace)
         except Exception as exc:  # mapped to a status; grpc's abort exception is raised by _fail
             await self._fail(context, exc, method)
             raise AssertionError("unreachable: abort raises") from None
@@ -194,7 +219,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             async with self.backend.session(namespace, readonly=True) as session:
                 return await self._get(session, request)
 
-        return await self._unary(context, "Get", work)
+        return await self._unary(context, "Get", work, request.collection)
 
     async def Set(self, request: pb.SetRequest, context: _Context) -> pb.SetResponse:
         async def work(namespace: str) -> pb.SetResponse:
@@ -202,21 +227,21 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             async with self.backend.session(namespace) as session:
                 return await self._set(session, request)
 
-        return await self._unary(context, "Set", work)
+        return await self._unary(context, "Set", work, request.collection, write=True)
 
     async def Delete(self, request: pb.DeleteRequest, context: _Context) -> pb.DeleteResponse:
         async def work(namespace: str) -> pb.DeleteResponse:
             async with self.backend.session(namespace) as session:
                 return await self._delete(session, request)
 
-        return await self._unary(context, "Delete", work)
+        return await self._unary(context, "Delete", work, request.collection, write=True)
 
     async def Exists(self, request: pb.ExistsRequest, context: _Context) -> pb.ExistsResponse:
         async def work(namespace: str) -> pb.ExistsResponse:
             async with self.backend.session(namespace, readonly=True) as session:
                 return await self._exists(session, request)
 
-        return await self._unary(context, "Exists", work)
+        return await self._unary(context, "Exists", work, request.collection)
 
     async def BatchGet(self, request: pb.BatchGetRequest, context: _Context) -> pb.BatchGetResponse:
         async def work(namespace: str) -> pb.BatchGetResponse:
@@ -224,7 +249,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             async with self.backend.session(namespace, readonly=True) as session:
                 return await self._batch_get(session, request)
 
-        return await self._unary(context, "BatchGet", work)
+        return await self._unary(context, "BatchGet", work, request.collection)
 
     async def BatchSet(self, request: pb.BatchSetRequest, context: _Context) -> pb.BatchSetResponse:
         async def work(namespace: str) -> pb.BatchSetResponse:
@@ -234,7 +259,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                 versions = [await tx.put(collection, i, data, expected) for i, data, expected in items]
             return pb.BatchSetResponse(versions=versions)
 
-        return await self._unary(context, "BatchSet", work)
+        return await self._unary(context, "BatchSet", work, request.collection, write=True)
 
     async def Query(self, request: pb.QueryRequest, context: _Context) -> pb.QueryResponse:
         async def work(namespace: str) -> pb.QueryResponse:
@@ -242,13 +267,15 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             async with self.backend.session(namespace, readonly=True) as session:
                 return await self._query(session, request)
 
-        return await self._unary(context, "Query", work)
+        return await self._unary(context, "Query", work, request.collection)
 
     # --- streams ---
 
     async def StreamQuery(self, request: pb.QueryRequest, context: _Context) -> AsyncIterator[pb.StreamQueryResponse]:
         try:
-            namespace = await self._namespace_of(context)
+            scope = await self._scope(context)
+            scope.require(request.collection, write=False, field="collection")
+            namespace = scope.namespace
             plan = self._plan(request, streaming=True)
             remaining = plan.limit or None
             size = _FIRST_STREAM_PAGE
@@ -275,13 +302,15 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     async def StreamSet(
         self, request_iterator: AsyncIterator[pb.StreamSetRequest], context: _Context
     ) -> pb.StreamSetResponse:
-        async def work(namespace: str) -> pb.StreamSetResponse:
+        try:
+            scope = await self._scope(context)
             count = 0
-            async with self._time_limited(), self.backend.transaction(namespace) as tx:
+            async with self._time_limited(), self.backend.transaction(scope.namespace) as tx:
                 index = 0
                 committed = False
                 async for message in request_iterator:
                     collection = self._collection(message.collection, f"messages[{index}].collection")
+                    scope.require(collection, write=True, field=f"messages[{index}].collection")
                     items = self._items(message.items, f"messages[{index}].items")
                     if all(expected is None for _, _, expected in items):
                         await tx.upsert_many(collection, [(i, data) for i, data, _ in items])
@@ -297,8 +326,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                     # grpc shows a client that cancelled or went away as an ordinary end of stream.
                     raise InvalidArgument("commit", f"no message of the {index} set it; nothing was written")
             return pb.StreamSetResponse(count=count)
-
-        return await self._unary(context, "StreamSet", work)
+        except Exception as exc:  # mapped to a status; grpc's abort exception is raised by _fail
+            await self._fail(context, exc, "StreamSet")
+            raise AssertionError("unreachable: abort raises") from None
 
     async def Transaction(  # type: ignore[override]  # grpc's read/write API: a coroutine, not a generator
         self, request_iterator: AsyncIterator[pb.TransactionRequest], context: _Context
@@ -306,8 +336,8 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         # context.read/write rather than `async for`/`yield`: the transaction's time limit must be a
         # timeout around one coroutine (one around the yields of an async generator is not reliable).
         try:
-            namespace = await self._namespace_of(context)
-            async with self._time_limited(), self.backend.transaction(namespace) as tx:
+            scope = await self._scope(context)
+            async with self._time_limited(), self.backend.transaction(scope.namespace) as tx:
                 while True:
                     request = await context.read()
                     if not isinstance(request, pb.TransactionRequest):
@@ -316,7 +346,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                         raise _RollBack
                     if request.WhichOneof("operation") == "commit":
                         break
-                    await context.write(await self._transaction_step(tx, request))
+                    await context.write(await self._transaction_step(tx, request, scope))
             # Only now, after COMMIT succeeded: the client reads `committed` as "it is durable".
             await context.write(pb.TransactionResponse(committed=pb.Committed()))
         except _RollBack:
@@ -336,8 +366,13 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                 raise
             raise TransactionAborted(f"the transaction was open longer than {limit:g} s: rolled back") from None
 
-    async def _transaction_step(self, tx: SqlSession, request: pb.TransactionRequest) -> pb.TransactionResponse:
+    async def _transaction_step(
+        self, tx: SqlSession, request: pb.TransactionRequest, scope: Scope
+    ) -> pb.TransactionResponse:
         operation = request.WhichOneof("operation")
+        if operation in _TRANSACTION_OPERATIONS:
+            touched = getattr(request, operation).collection
+            scope.require(touched, write=operation in ("set", "delete"), field=f"{operation}.collection")
         if operation == "get":
             return pb.TransactionResponse(get=await self._get(tx, request.get))
         if operation == "set":
@@ -351,6 +386,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         if operation == "batch_get":
             return pb.TransactionResponse(batch_get=await self._batch_get(tx, request.batch_get))
         raise InvalidArgument("operation", "is not set (get, set, delete, exists, query, batch_get or commit)")
+
+
+_TRANSACTION_OPERATIONS = ("get", "set", "delete", "exists", "query", "batch_get")
 
 
 class _RollBack(Exception):

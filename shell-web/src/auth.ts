@@ -14,8 +14,9 @@ const STORAGE_KEY = "upf.session";
 const REFRESH_MARGIN_MS = 30_000; // refresh this long before expiry, or at 80% of a short life
 
 function permits(granted: string[], required: string): boolean {
-  // The gateway's rule (gateway/auth/permissions.py): equal, "*", or "area:*" covering "area:...".
-  return granted.some((p) => p === required || p === "*" || (p.endsWith(":*") && required.startsWith(p.slice(0, -1))));
+  // The platform's rule (common/auth/permissions.py): equal, "*", or "area:*" covering "area:<action>"
+  // (not "area:" itself: an empty action is none of the area's).
+  return granted.some((p) => p === required || p === "*" || (p.endsWith(":*") && required.length > p.length - 1 && required.startsWith(p.slice(0, -1))));
 }
 
 export class AuthSession implements AuthApi {

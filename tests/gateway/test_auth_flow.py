@@ -18,7 +18,7 @@ import pytest
 import yaml
 from upf.demo.v1 import demo_pb2
 
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.revocations import MemoryRevocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.settings import AuthSettings
 from tests.plugins.auth.harness import FAST_HASH

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.deployment import DEFAULTS, Choice, Deployment, DeploymentError, load_deployment
+from cli.deployment import DEFAULTS, Choice, Deployment, DeploymentError, load_deployment
 
 KNOWN = {
     "storage-sqlite": "storage",

@@ -296,7 +296,7 @@ def test_events_settings_and_their_errors() -> None:
     assert (settings.events.queue_size, settings.events.heartbeat_interval) == (256, 15.0)
     assert settings.events.publish is False
     assert settings.events.allow_origins is None  # then cors.allowOrigins
-    with pytest.raises(ConfigError, match=r"events.bus: Input should be 'memory' or 'nats'"):
+    with pytest.raises(ConfigError, match=r"events.bus: Input should be 'memory', 'nats' or 'plugin'"):
         load_settings(None, {"UPF_EVENTS__BUS": "kafka"})
     with pytest.raises(ConfigError, match=r"events.natsUrl: 'http://x' is not a nats://"):
         load_settings(None, {"UPF_EVENTS__NATS_URL": "http://x"})

@@ -1,4 +1,4 @@
-"""JwksCache: one issuer's keys, fetched asynchronously (gateway/auth/jwks.py).
+"""JwksCache: one issuer's keys, fetched asynchronously (common/auth/jwks.py).
 
 Most tests drive the cache with a fetch callable and a clock they control; http_fetcher runs
 against the real local OIDC issuer (tests/support/oidc_issuer.py).
@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth.jwks import FetchError, JwksCache, http_fetcher
+from common.auth.jwks import FetchError, JwksCache, http_fetcher
 from tests.support.oidc_issuer import OidcIssuer, SigningKey, keycloak_issuer
 
 __all__ = ["keycloak_issuer"]  # the fixture, imported for the http_fetcher tests
@@ -273,7 +273,7 @@ async def test_unusable_keys_are_dropped_and_logged_once(
     source, clock = Source(), Clock()
     source.publish(*published)
     cache = new_cache(source, clock)
-    with caplog.at_level(logging.WARNING, logger="gateway.auth.jwks"):
+    with caplog.at_level(logging.WARNING, logger="common.auth.jwks"):
         assert await cache.refresh()
         assert await cache.refresh()
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.allinone import DEMO_USER
+from cli.allinone import DEMO_USER
 from tests.support.processes import Gateway, free_port, run_gateway, wait_until
 
 PASSWORD = str(DEMO_USER["password"])

@@ -38,9 +38,9 @@ from starlette.types import Message
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
+from common.auth.revocations import MemoryRevocations
 from gateway.app import create_app
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.revocations import MemoryRevocations
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.settings import ConfigError, load_settings
 from gateway.upstream.pool import UpstreamPool

@@ -1,4 +1,4 @@
-"""OIDC discovery (gateway/auth/discovery.py) against the real local issuer."""
+"""OIDC discovery (common/auth/discovery.py) against the real local issuer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth.discovery import DiscoveryError, OidcConfiguration, discover, discovery_url
+from common.auth.discovery import DiscoveryError, OidcConfiguration, discover, discovery_url
 from tests.support.oidc_issuer import OidcIssuer, auth0_issuer, keycloak_issuer
 
 __all__ = ["auth0_issuer", "keycloak_issuer"]

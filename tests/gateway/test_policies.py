@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.auth.permissions import permits
+from common.auth.permissions import permits
 from gateway.upstream.policies import MethodPolicies
 
 ORDERS: dict[str, Any] = {
@@ -67,6 +67,9 @@ def test_update_replaces_the_table_and_skips_unreadable_policies() -> None:
         (["*"], "anything:at-all", True),
         (["orders:*"], "orders:items:write", True),
         (["orders:*"], "ordersx:read", False),
+        # An empty action is none of the area's: "orders:" (a policy with its action left out) fails closed.
+        (["orders:*"], "orders:", False),
+        (["orders:"], "orders:", True),
         (["orders"], "orders:read", False),
         ([], "orders:read", False),
     ],

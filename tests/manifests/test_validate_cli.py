@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from cli.main import main
 from manifests.cli import validate_files
 from tests.support.processes import ROOT
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.revocations import MemoryRevocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.settings import AuthSettings
 from tests.plugins.auth.harness import FAST_HASH

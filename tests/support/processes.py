@@ -170,7 +170,7 @@ def run_gateway(
     http_port: int | None = None,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
-    ready_timeout: float = 15.0,
+    ready_timeout: float = 45.0,  # a loaded machine (2 cores, other suites) can take 15 s to import and start
 ) -> Iterator[Gateway]:
     """`upf gateway` (or `upf run`) with this configuration, on free ports (or this HTTP port: a
     gateway started again where another one was); stopped with SIGTERM."""

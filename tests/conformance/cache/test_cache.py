@@ -15,7 +15,7 @@ import grpc
 import pytest
 from upf.cache.v1 import cache_pb2 as pb
 
-from gateway.cli import CACHE_PLUGINS
+from cli.main import CACHE_PLUGINS
 from manifests import load_manifest
 from plugins.cache.plugin import BACKENDS, manifest_of
 from plugins.sdk.cache import (

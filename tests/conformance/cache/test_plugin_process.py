@@ -15,7 +15,7 @@ import grpc
 import pytest
 import yaml
 
-from gateway.cli import main
+from cli.main import main
 from plugins.cache.plugin import Backend, CacheSettings
 from plugins.sdk import DependencyUnavailable, Plugin, Timings
 from plugins.sdk.cache import CacheClient, CacheError, CacheUnavailable, LockNotHeld

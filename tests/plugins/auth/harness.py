@@ -12,7 +12,7 @@ import grpc
 import jwt
 from upf.auth.v1 import auth_pb2 as pb, auth_pb2_grpc
 
-from gateway.auth.revocations import MemoryRevocations, Revocations
+from common.auth.revocations import MemoryRevocations, Revocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.service import AuthService
 from plugins.auth.settings import AuthSettings

@@ -15,11 +15,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from upf.auth.v1 import auth_pb2 as pb
 
-from gateway.auth.jwks import JwksCache
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.jwks import JwksCache
+from common.auth.revocations import MemoryRevocations
+from common.config import ConfigError
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.errors import Unauthenticated
-from gateway.settings import ConfigError
 from plugins.auth.keys import generate_key, load_key, thumbprint
 from plugins.auth.settings import AuthSettings, load_auth_settings
 from plugins.auth.store import PostgresAuthStore, SqliteAuthStore

@@ -13,7 +13,7 @@ import grpc
 import jwt
 import pytest
 
-from gateway.auth.revocations import MemoryRevocations
+from common.auth.revocations import MemoryRevocations
 from plugins.auth.oidc import OidcProvider
 from plugins.auth.provider import AuthError, Provider
 from plugins.auth.settings import AuthSettings
@@ -267,6 +267,21 @@ async def test_issuer_down_at_start_then_back(keycloak_issuer: OidcIssuer) -> No
             return (await provider.validate(token)).valid
 
         await eventually(accepted)
+
+
+async def test_jwt_public_key_url_replaces_the_discovered_jwks_uri(keycloak_issuer: OidcIssuer) -> None:
+    # The seed's jwt.publicKeyUrl: the keys come from there, whatever the discovery document says.
+    keycloak_issuer.discovery_overrides = {"jwks_uri": "http://127.0.0.1:1/nowhere"}
+    config = keycloak_issuer.auth_settings(roles=ROLES)
+    config["jwt"]["publicKeyUrl"] = keycloak_issuer.jwks_uri
+    provider = OidcProvider(AuthSettings.model_validate(config), RecordingRevocations())
+    await provider.start()
+    try:
+        validation = await provider.validate(keycloak_issuer.mint())
+    finally:
+        await provider.close()
+    assert validation.valid, validation.reason
+    assert keycloak_issuer.jwks_fetches >= 1
 
 
 def test_bad_configurations_are_refused() -> None:

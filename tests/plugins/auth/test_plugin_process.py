@@ -16,7 +16,7 @@ import yaml
 from upf.auth.v1 import auth_pb2 as pb, auth_pb2_grpc
 from upf.registry.v1 import registry_pb2 as registry_pb
 
-from gateway.auth.revocations import MemoryRevocations, RedisRevocations
+from common.auth.revocations import MemoryRevocations, RedisRevocations
 from plugins.auth.custom import CustomProvider
 from plugins.auth.settings import AuthSettings
 from tests.plugins.auth.harness import FAST_HASH, ROLES

@@ -1,4 +1,4 @@
-"""Revocations: one process (memory) and replicas sharing the real Redis (gateway/auth/revocations.py)."""
+"""Revocations: one process (memory) and replicas sharing the real Redis (common/auth/revocations.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.auth.revocations import MemoryRevocations, RedisRevocations, RevocationUnavailable
+from common.auth.revocations import MemoryRevocations, RedisRevocations, RevocationUnavailable
 from tests.support.processes import eventually, free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 

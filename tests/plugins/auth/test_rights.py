@@ -8,7 +8,7 @@ import grpc
 import pytest
 from upf.auth.v1 import auth_pb2 as pb, auth_pb2_grpc
 
-from plugins.auth.permissions import permits
+from common.auth.permissions import permits
 from plugins.auth.service import AuthService
 from tests.plugins.auth.harness import Auth, serve_auth
 

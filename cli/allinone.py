@@ -2,10 +2,10 @@
 
 The registry (memory store) on registryUrl (default 127.0.0.1:50052), the auth plugin (custom
 provider, an SQLite store in memory, a demo user), the demo plugin, the infrastructure plugins
-(storage-sqlite in memory, cache-memory and message-bus-memory, or what `--deployment FILE` chooses) and the orders
-plugin on the plugin SDK registering with it, and the gateway routing by it and verifying tokens:
-the same parts and protocols as the Procfile's separate processes, so what works here works there.
-Nothing else needs to run.
+(storage-sqlite in memory, cache-memory, files-local and message-bus-memory, or what
+`--deployment FILE` chooses) and the orders plugin on the plugin SDK registering with it, and the
+gateway routing by it and verifying tokens: the same parts and protocols as the Procfile's separate
+processes, so what works here works there. Nothing else needs to run.
 
 The gateway and the auth plugin share one in-process revocation store: a logout is seen at once.
 """
@@ -17,9 +17,9 @@ import contextlib
 import logging
 import secrets
 
-from gateway.auth.revocations import MemoryRevocations
-from gateway.deployment import Deployment
-from gateway.infrastructure import run_infrastructure, wait_started
+from cli.deployment import Deployment
+from cli.infrastructure import run_infrastructure, wait_started
+from common.auth.revocations import MemoryRevocations
 from gateway.serve import serve_gateway
 from gateway.settings import GatewayAuthSettings, GatewaySettings, IssuerSettings
 from plugins.auth.plugin import AuthPlugin, build as build_auth
@@ -51,9 +51,18 @@ def embedded_auth(settings: GatewaySettings, issuer: str) -> GatewaySettings:
     return settings.model_copy(update={"auth": auth})
 
 
+def embedded_events(settings: GatewaySettings, registration: RegistrationCredentials) -> GatewaySettings:
+    """With `events.bus: plugin`, the gateway's registration credential from this run's secret."""
+    events = settings.events
+    if events.bus != "plugin" or events.registration_credential:
+        return settings
+    credential = registration.for_plugin(events.plugin_id)
+    return settings.model_copy(update={"events": events.model_copy(update={"registration_credential": credential})})
+
+
 async def run_all(settings: GatewaySettings, deployment: Deployment | None = None) -> None:
-    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (gateway/deployment.py);
-    none: the embedded ones (storage-sqlite in memory, cache-memory)."""
+    """Run until the gateway stops. `deployment` chooses the infrastructure plugins (cli/deployment.py);
+    none: the embedded ones (storage-sqlite in memory, cache-memory, files-local, message-bus-memory)."""
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
     registry_stopped = asyncio.Event()
@@ -94,7 +103,7 @@ async def run_all(settings: GatewaySettings, deployment: Deployment | None = Non
             embedded_orders(registry_url, registration.for_plugin),
         ):
             await _seed_demo_user(auth, auth_task)
-            gateway_settings = embedded_auth(settings, issuer)
+            gateway_settings = embedded_events(embedded_auth(settings, issuer), registration)
             await serve_gateway(
                 gateway_settings.model_copy(update={"registry_url": registry_url, "workers": 1}),
                 revocations=revocations,

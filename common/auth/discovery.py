@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.auth.jwks import FetchError, fetch_json_object, require_http_url
+from common.auth.jwks import FetchError, fetch_json_object, require_http_url
 
 __all__ = ["DiscoveryError", "OidcConfiguration", "discover", "discovery_url"]
 

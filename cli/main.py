@@ -1,4 +1,4 @@
-"""The `upf` command."""
+"""The `upf` command: its options, and which component each subcommand starts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gateway.logs import configure_logging
+from common.config_docs import help_text
+from common.logs import configure_logging
 from gateway.settings import ConfigError, GatewaySettings, load_settings
 
 _Settings = TypeVar("_Settings")
@@ -28,19 +29,20 @@ UPF_* environment variables (UPF_HTTP_PORT=9000, UPF_RATE_LIMITING__BURST_SIZE=5
 below override both.
 """
 
-CONFIG_EPILOG = """\
-configuration file keys (all optional):
-  host: 127.0.0.1            address to listen on (0.0.0.0 in a container)
-  httpPort: 8080             HTTP: gRPC-Web at /<pkg.Service>/<Method> and /api/<pkg.Service>/<Method>
-  grpcPort: 50051            native gRPC ingress (0: off)
-  workers: 1                 gateway processes sharing the ports
-  upstreams:                 static routes: fully qualified gRPC service -> endpoints
-    accept.v1.Probe: ["127.0.0.1:50071"]
-  cors: {allowOrigins: ["https://app.example"], allowCredentials: true, maxAge: 600}
-  maxMessageBytes: 4194304   largest message in either direction
-  maxTimeout: null           cap, in seconds, on the deadline a client may ask for
-  accessLog: true            log a line per request
-"""
+
+# The configuration keys in each command's --help come from the settings models' field descriptions
+# (common/config_docs.py), as the README's tables do.
+def _keys_heading(variable: str, key: str) -> str:
+    return (
+        "configuration file keys (all optional; UPF_* variables override them, e.g.\n"
+        f"{variable} for {key}; ${{VAR}} in a value is the environment variable VAR,\n"
+        "${VAR:-default} when VAR may be unset):"
+    )
+
+
+def _gateway_keys() -> str:
+    return help_text(GatewaySettings, _keys_heading("UPF_RATE_LIMITING__BURST_SIZE=50", "rateLimiting.burstSize"))
+
 
 MANIFEST_VALIDATE = """\
 Check plugin manifests (YAML, or JSON when the name ends in .json) against the manifest's schema
@@ -69,50 +71,24 @@ proto/upf/registry/v1/registry.proto. The server also serves grpc.health.v1 and 
 Configuration: --config FILE (or $UPF_CONFIG) and UPF_* variables (UPF_HEALTH__INTERVAL=1).
 """
 
-REGISTRY_EPILOG = """\
-configuration file keys (all optional):
-  host: 127.0.0.1                 address to listen on
-  port: 50052                     gRPC port (0: any free port; the log says which)
-  store: memory                   memory (this process) or redis (shared by replicas, kept on restart)
-  redisUrl: redis://127.0.0.1:6379/0
-  keyPrefix: upf:registry         Redis keys are <keyPrefix>:<name>
-  leaseTtl: 15                    seconds an instance stays registered without renewing
-  history: 1000                   changes kept for WatchHealth watchers to resume from
-  health:
-    interval: 5                   seconds between grpc.health.v1 checks of each instance
-    timeout: 2                    seconds before a check counts as failed
-    failuresBeforeUnhealthy: 3    failed checks in a row before HEALTHY -> UNHEALTHY
-    successesBeforeHealthy: 2     passed checks in a row before UNHEALTHY -> HEALTHY
-  identityTokenTtl: 300           seconds a plugin's identity token is valid (each renewal brings a new one)
-  registration:                   who may register a plugin id (RegisterRequest.credential)
-    secret: ""                    each id's credential derives from it (--credential-for ID prints one)
-    secretFile: .upf/registration.secret   used when secret is empty; made with a random secret if missing,
-                                  and read by plugins started from the same folder (the Procfile)
-    open: false                   true: no credential asked (every process reaching the registry is trusted)
-"""
 
-AUTH_PLUGIN_EPILOG = """\
-auth configuration file keys (all optional; UPF_* variables override them, e.g. UPF_PROVIDER=custom,
-UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):
-  host: 127.0.0.1 / port: 0 / registryUrl: 127.0.0.1:50052
-  registrationCredential: ""     this plugin id's (upf registry --credential-for auth-plugin); empty: the
-                                 SDK derives it from .upf/registration.secret when that file is readable
-  provider: custom               custom (users in our store) | keycloak | auth0 (an OIDC issuer)
-  jwt: {issuer: http://127.0.0.1:8080, audience: upf-api, algorithm: EdDSA, leeway: 30,
-        keyRotationInterval: 86400, keyPublishAhead: 600}
-                                 algorithm: EdDSA or RS256; a key signs for keyRotationInterval s, and
-                                 the next one is in GetJwks keyPublishAhead s before it signs (keep it
-                                 at least the gateways' auth.jwksMaxAge, 300 by default)
-  session: {accessTokenTTL: 3600, refreshTokenTTL: 604800}
-  custom: {store: sqlite, sqlitePath: .upf/auth.db, postgresUrl: postgresql://127.0.0.1:5432/upf,
-           passwordHash: {timeCost: 3, memoryCost: 65536, parallelism: 4}, maintenanceInterval: 60,
-           keyPassphrase: ...}   encrypts the stored signing keys; give it as UPF_CUSTOM__KEY_PASSPHRASE
-  keycloak: {serverUrl: https://keycloak.example.com, realm: upf, clientId: upf-gateway, clientSecret: ...}
-  auth0: {domain: tenant.eu.auth0.com, clientId: ..., clientSecret: ...}
-  revocation: {store: memory, redisUrl: redis://127.0.0.1:6379/0, keyPrefix: upf:auth}
-                                 redis: logouts reach every gateway replica within a second
-  roles: {admin: ["*"], user: ["demo:read"]}   role -> permissions ("orders:*": all of orders)
-"""
+def _registry_keys() -> str:
+    from registry.settings import RegistrySettings
+
+    return help_text(RegistrySettings, _keys_heading("UPF_HEALTH__INTERVAL=1", "health.interval"))
+
+
+def _auth_plugin_keys() -> str:
+    from plugins.auth.settings import AuthSettings
+
+    heading = (
+        "auth configuration file keys (all optional; at the top of the file, or inside a top-level auth:\n"
+        "section as the seed writes them; UPF_* variables override them, e.g. UPF_PROVIDER=custom,\n"
+        "UPF_CUSTOM__STORE=postgres, UPF_REVOCATION__STORE=redis):"
+    )
+    return help_text(AuthSettings, heading)
+
+
 MESSAGE_BUS_EPILOG = """
 message-bus-memory | -nats | -rabbitmq | -redis (IMessageBus): --bus-url picks the broker, --bus-prefix
 the names it makes there; callers' durables and queue groups are kept apart by their plugin id.
@@ -174,10 +150,22 @@ def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose epilog is rendered only when its help is shown: the configuration keys of every
+    settings model are not needed to start anything."""
+
+    def __init__(self, *args: Any, epilog_from: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self._epilog_from is not None:
+            self.epilog = self._epilog_from()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="upf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="upf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run",
@@ -187,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "only), the demo plugin (upf.demo.v1.Echo), the infrastructure plugins (storage-sqlite in memory and "
         "cache-memory, or those a deployment file chooses), the orders plugin (upf.orders.v1.Orders) and the "
         "gateway, verifying tokens. Nothing else needs to be installed or running.",
-        epilog=CONFIG_EPILOG + "\n" + DEPLOYMENT_EPILOG,
+        epilog_from=lambda: _gateway_keys() + "\n" + DEPLOYMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(run)
@@ -202,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the gateway alone (routes from the configuration's upstreams)",
         description="Start the gateway: gRPC-Web and REST on httpPort, native gRPC on grpcPort, "
         "proxying to the upstreams in the configuration.",
-        epilog=CONFIG_EPILOG,
+        epilog_from=_gateway_keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_gateway_options(gateway)
@@ -210,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "registry",
         help="start the plugin registry (upf.registry.v1.Registry, default 127.0.0.1:50052)",
         description=REGISTRY_DESCRIPTION,
-        epilog=REGISTRY_EPILOG,
+        epilog_from=_registry_keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     registry.add_argument("--config", metavar="FILE", help="YAML configuration file (default: $UPF_CONFIG)")
@@ -264,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_user.add_argument(
         "--config", metavar="FILE", help="the auth plugin's YAML configuration (default: $UPF_CONFIG)"
     )
+    deploy = commands.add_parser(
+        "deploy",
+        help="write Docker Compose or Kubernetes manifests from a deployment file",
+        description="Work with deployments of the platform on several machines.",
+    )
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", metavar="COMMAND", required=True)
+    render = deploy_commands.add_parser(
+        "render",
+        help="print the compose file or the Kubernetes manifests a deployment file (deployment.yaml) makes",
+        description="Print docker/compose.base.yaml or docker/kubernetes/ with one service (compose) or "
+        "Deployment (Kubernetes) per plugin process: the infrastructure plugins the deployment file "
+        "chooses, as `upf run --deployment FILE` runs them, and the auth, demo and orders plugins. "
+        "${VAR} placeholders stay placeholders: compose fills them from its .env file, Kubernetes from "
+        "the Secret upf-deployment.",
+    )
+    render.add_argument("--target", required=True, choices=["compose", "kubernetes"], help="what to write")
+    render.add_argument("--deployment", required=True, metavar="FILE", help="the deployment file")
+    render.add_argument(
+        "--plugins-only", action="store_true", help="kubernetes: only the plugins (docker/kubernetes/plugins.yaml)"
+    )
     plugin = commands.add_parser(
         "plugin",
         help="run a built-in plugin as its own process, registered with the registry",
@@ -272,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         "storage-postgres, storage-mysql: upf.storage.v1.Storage; cache-*: upf.cache.v1.Cache) on the plugin SDK: "
         "it serves gRPC with grpc.health.v1 and reflection, registers with the registry and renews its lease, "
         "and on SIGTERM stops taking calls, drains the running ones and unregisters.",
-        epilog=AUTH_PLUGIN_EPILOG + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG,
+        epilog_from=lambda: (
+            _auth_plugin_keys() + "\n" + STORAGE_PLUGIN_EPILOG + "\n" + CACHE_PLUGIN_EPILOG + MESSAGE_BUS_EPILOG
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plugin.add_argument(
@@ -538,6 +548,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "auth":
         _run_auth_admin(args)
         return
+    if args.command == "deploy":
+        from cli.deploy_render import render_command
+
+        raise SystemExit(render_command(args.target, args.deployment, plugins_only=args.plugins_only))
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -549,9 +563,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         run_gateway(settings, args.config)
     elif args.command == "run":
-        from gateway.allinone import run_all
-        from gateway.deployment import DeploymentError, load_deployment
-        from gateway.infrastructure import check_deployment, known_plugins
+        from cli.allinone import run_all
+        from cli.deployment import DeploymentError, load_deployment
+        from cli.infrastructure import check_deployment, known_plugins
 
         deployment = None
         if args.deployment:

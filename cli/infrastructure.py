@@ -12,10 +12,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from gateway.deployment import Deployment
+from cli.deployment import Deployment
 from plugins.cache.plugin import CacheSettings, build as build_cache
+from plugins.files.embedded import EmbeddedFiles, check_config as files_config
 from plugins.messagebus.plugin import build as build_bus, settings_from_config as bus_settings
 from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
@@ -27,8 +28,20 @@ logger = logging.getLogger(__name__)
 
 _START_TIMEOUT = 30.0
 
+
+class Runnable(Protocol):
+    """A plugin as `upf run` starts it: a Plugin, or one that builds its Plugin when it runs (files)."""
+
+    @property
+    def started(self) -> asyncio.Event: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 # (config, registry address, credential) -> the plugin, not started
-Builder = Callable[[Mapping[str, Any], str, Credential], Plugin]
+Builder = Callable[[Mapping[str, Any], str, Credential], Plugin | Runnable]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,13 @@ def _bus(backend: str) -> Entry:
     return Entry("messageBus", build, lambda config, _where: bus_settings(backend, config, where))
 
 
+def _files(kind: str) -> Entry:
+    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Runnable:
+        return EmbeddedFiles(kind, config, registry=registry, credential=credential)
+
+    return Entry("files", build, lambda config, where: files_config(kind, config, where))
+
+
 CATALOGUE: dict[str, Entry] = {
     # The embedded default keeps nothing on disk, like the rest of `make run`; a deployment names a file.
     "storage-sqlite": _storage("storage-sqlite", ":memory:"),
@@ -77,6 +97,10 @@ CATALOGUE: dict[str, Entry] = {
     "cache-memory": _cache("memory"),
     "cache-redis": _cache("redis"),
     "cache-memcached": _cache("memcached"),
+    # files-local without `root`: a temporary directory, removed when `upf run` ends.
+    "files-local": _files("files-local"),
+    "files-s3": _files("files-s3"),
+    "files-gcs": _files("files-gcs"),
     "message-bus-memory": _bus("memory"),
     "message-bus-nats": _bus("nats"),
     "message-bus-rabbitmq": _bus("rabbitmq"),
@@ -100,16 +124,16 @@ def known_plugins() -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def run_infrastructure(
     deployment: Deployment, registry: str, credential: Credential
-) -> AsyncIterator[dict[str, Plugin]]:
+) -> AsyncIterator[dict[str, Plugin | Runnable]]:
     """Start the chosen plugins that this process can run (interface key -> plugin), serving until the
     block ends; then stop them, the last started first. A plugin that fails to start stops start-up."""
-    plugins: dict[str, Plugin] = {}
+    plugins: dict[str, Plugin | Runnable] = {}
     tasks: dict[str, asyncio.Task[None]] = {}
     try:
         for key, choice in deployment.infrastructure.items():
             entry = CATALOGUE.get(choice.plugin)
             if entry is None:
-                continue  # files: its plugins run as their own processes for now (upf plugin files-*)
+                continue
             plugin = entry.build(choice.config, registry, credential)
             plugins[key], tasks[key] = plugin, asyncio.create_task(plugin.run(), name=choice.plugin)
             await wait_started(choice.plugin, plugin.started, tasks[key], _START_TIMEOUT)

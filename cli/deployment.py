@@ -12,22 +12,24 @@ The seed's `deployment.yaml`, as written there:
         plugin: cache-redis
         config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}
 
-`${VAR}` is replaced by the environment variable VAR (`${VAR:-default}` when it may be unset); an unset
-variable, an unknown interface or plugin, or a plugin that does not implement the interface it is
-chosen for stops start-up with a message naming the key. An interface the file leaves out gets its
-embedded default (storage-sqlite in memory, cache-memory, ...), as with no file at all.
+`${VAR}` is replaced by the environment variable VAR (`${VAR:-default}` when it may be unset), as in
+every config file (common/config.py); an unset variable, an unknown interface or plugin, or a plugin
+that does not implement the interface it is chosen for stops start-up with a message naming the key.
+An interface the file leaves out gets its embedded default (storage-sqlite in memory, cache-memory,
+...), as with no file at all.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from common.config import ConfigError, fill_placeholders
 
 __all__ = ["DEFAULTS", "INTERFACES", "Choice", "Deployment", "DeploymentError", "load_deployment", "parse_deployment"]
 
@@ -41,8 +43,6 @@ DEFAULTS = {
     "files": "files-local",
     "messageBus": "message-bus-memory",
 }
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class DeploymentError(ValueError):
@@ -63,27 +63,6 @@ class Deployment:
     @classmethod
     def embedded(cls) -> Deployment:
         return cls({key: Choice(plugin) for key, plugin in DEFAULTS.items()})
-
-
-def _fill(value: Any, where: str, environ: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise DeploymentError(
-                f"{where}: environment variable {name} is not set (write ${{{name}:-value}} for a default)"
-            )
-
-        return _PLACEHOLDER.sub(replace, value)
-    if isinstance(value, dict):
-        return {key: _fill(item, f"{where}.{key}", environ) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_fill(item, f"{where}[{n}]", environ) for n, item in enumerate(value)]
-    return value
 
 
 def parse_deployment(
@@ -125,7 +104,10 @@ def parse_deployment(
         if not isinstance(config, dict):
             raise DeploymentError(f"{where}.config: expected a mapping of the plugin's settings")
         chosen[key] = plugin
-        configs[key] = _fill(config, f"{where}.config", environ)
+        try:
+            configs[key] = fill_placeholders(config, f"{where}.config", environ)
+        except ConfigError as exc:
+            raise DeploymentError(str(exc)) from None
     return Deployment({key: Choice(plugin, configs.get(key, {})) for key, plugin in chosen.items()})
 
 

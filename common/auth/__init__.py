@@ -1,0 +1,1 @@
+"""The auth pieces the gateway and the auth plugin share: claims, permissions, revocations, JWKS, discovery."""
