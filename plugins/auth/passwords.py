@@ -5,10 +5,10 @@ takes about as long whether the user exists or not, and the answer cannot tell t
 
 A hash costs about a quarter of a second of every core it has lanes for, so logins are what an
 attacker sends to make everything else slow. Hashes run at most `maxConcurrent` at once, with at
-most `maxQueued` waiting: a login beyond that is refused at once (HashingBusy, RESOURCE_EXHAUSTED)
-rather than queued behind seconds of work. And they run on threads of lower CPU priority (nice +10,
-inherited by argon2's own lane threads), so that a process serving calls and logins side by side
-(`upf run`) keeps serving the calls first.
+most `maxQueued` waiting, each for at most `maxQueueWait` seconds: a login beyond that is refused
+(HashingBusy, RESOURCE_EXHAUSTED) rather than queued behind seconds of work. And they run on threads
+of the lowest CPU priority (nice 19, inherited by argon2's own lane threads), so that a process
+serving calls and logins side by side (`upf run`) keeps serving the calls first.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from plugins.auth.settings import PasswordHashSettings
 
 __all__ = ["HashingBusy", "Passwords"]
 
-_LOWER_PRIORITY = 10  # nice value of the hashing threads
+# Nice value of the hashing threads: the lowest, so a hash takes only what serving calls leaves (at 10,
+# bench.login_flood's calls saw p99 x 2.9 during a flood of bad logins on 2 cores; at 19, x 1.7).
+_LOWER_PRIORITY = 19
 
 
 class HashingBusy(Exception):
@@ -52,6 +54,7 @@ class Passwords:
         slots = max_concurrent or settings.max_concurrent or max(1, cores // settings.parallelism)
         self.max_concurrent = slots
         self.max_queued = settings.max_queued
+        self.max_queue_wait = settings.max_queue_wait
         self._slots = asyncio.Semaphore(slots)
         self._admitted = 0  # hashes running or waiting for a slot
         self._threads = ThreadPoolExecutor(slots, thread_name_prefix="argon2", initializer=_lower_priority)
@@ -71,9 +74,16 @@ class Passwords:
         finally:
             self._admitted -= 1
 
-    async def _run(self, function: object, *args: str) -> object:
-        async with self._slots:
+    async def _run(self, function: object, *args: str, queue_wait: float | None = None) -> object:
+        """`function(*args)` on a hashing thread once a slot is free (HashingBusy after `queue_wait` s)."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), queue_wait)
+        except TimeoutError:
+            raise HashingBusy(f"no password check slot within {queue_wait:g} s") from None
+        try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)  # type: ignore[arg-type]
+        finally:
+            self._slots.release()
 
     async def prepare(self) -> None:
         """Make the dummy hash now, so that not even the first unknown user's login takes longer."""
@@ -93,13 +103,14 @@ class Passwords:
             HashingBusy: too many checks are running and waiting already (unless `wait`: the
                 accounts the plugin makes itself wait their turn).
         """
+        queue_wait = None if wait else self.max_queue_wait
         with contextlib.nullcontext() if wait else self._admission():
             if stored is None:
                 await self.prepare()
                 assert self._dummy is not None
-                await self._check(self._dummy, password)
+                await self._check(self._dummy, password, queue_wait)
                 return False
-            return await self._check(stored, password)
+            return await self._check(stored, password, queue_wait)
 
     def needs_rehash(self, stored: str) -> bool:
         """True when `stored` was made with other parameters than the configured ones."""
@@ -108,8 +119,8 @@ class Passwords:
         except InvalidHashError:
             return True
 
-    async def _check(self, stored: str, password: str) -> bool:
+    async def _check(self, stored: str, password: str, queue_wait: float | None) -> bool:
         try:
-            return bool(await self._run(self._hasher.verify, stored, password))
+            return bool(await self._run(self._hasher.verify, stored, password, queue_wait=queue_wait))
         except (VerificationError, InvalidHashError):
             return False

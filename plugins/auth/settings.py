@@ -119,6 +119,11 @@ class PasswordHashSettings(_Section):
         ),
     )
     max_queued: int = Field(default=4, ge=0, description="Password checks that may wait for one of maxConcurrent.")
+    max_queue_wait: float = Field(
+        default=3.0,
+        gt=0,
+        description="Seconds a password check may wait for a slot; then the login is refused (RESOURCE_EXHAUSTED).",
+    )
 
 
 class CustomSettings(_Section):
