@@ -38,9 +38,9 @@ import uvloop
 from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
 from gateway.http2.frames import DATA, END_STREAM, MIN_MAX_FRAME, frame
+from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder, encode_header
 from gateway.http2.reader import FrameReader
 from gateway.http2.writer import header_frames, settings, window_update
-from gateway.upstream.headers import HeaderBlockDecoder, RequestEncoder, encode_header
 
 __all__ = ["main"]
 

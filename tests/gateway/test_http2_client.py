@@ -14,8 +14,8 @@ import hpack
 import pytest
 
 from gateway.http2.client import STREAM_WINDOW, Http2Stream, StreamError
+from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.client import UpstreamClient, encode_timeout
-from gateway.upstream.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.outcome import Outcome, outcome
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
 
