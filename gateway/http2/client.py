@@ -11,6 +11,9 @@ upstream stream instead of filling memory); the peer's SETTINGS (frame size, win
 streams); PING answered; GOAWAY drains the connection and the next call opens a new one;
 RST_STREAM and a lost connection end the affected calls with the gRPC status the protocol maps
 them to; deadlines enforced locally and sent as grpc-timeout. No TLS, no server push, no priorities.
+Frames are read, checked and written by the layer both ends share (reader.py, writer.py,
+connection.py): an upstream that breaks the protocol gets GOAWAY with the error code, and every call
+on that connection ends INTERNAL.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from gateway.http2.frames import (
 from gateway.http2.headers import HeaderList, RequestEncoder
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
 
-__all__ = ["ClientConnection", "Http2Stream", "StreamError", "connect"]
+__all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "StreamError", "connect"]
 
 _GRPC_PREFIX = struct.Struct(">BI")
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us

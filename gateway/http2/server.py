@@ -1,10 +1,10 @@
 """The server side of HTTP/2 (RFC 9113, h2c with prior knowledge) for the native gRPC ingress.
 
-`ServerConnection` is one asyncio.Protocol per client connection: it reads and checks frames,
-keeps the connection's flow-control windows and settings, and writes frames. What a stream
-carries is not its business: request headers for a new stream go to its owner
-(`ServerOwner.start_stream`), which registers a `ServerStream` in `streams`; DATA, resets and
-window updates for that stream are then handed to it.
+`ServerConnection` is one asyncio.Protocol per client connection: it reads and checks frames
+(through the reader both ends share), keeps the flow-control windows and settings, and writes
+frames. What a stream carries is not its business: request headers for a new stream go to its
+owner (`ServerOwner.start_stream`), which registers a `ServerStream` in `streams`; DATA, resets
+and window updates for that stream are then handed to it.
 
 A client that breaks the protocol gets GOAWAY with the error code and its connection closed;
 other connections are untouched.
