@@ -19,6 +19,7 @@ on that connection ends INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import zlib
 from collections import deque
@@ -46,6 +47,8 @@ from gateway.http2.headers import HeaderList, RequestEncoder
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
 
 __all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "StreamError", "connect"]
+
+logger = logging.getLogger(__name__)
 
 _GRPC_PREFIX = struct.Struct(">BI")
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us
@@ -480,6 +483,7 @@ class ClientConnection(Connection[Http2Stream]):
 
     def fail(self, code: ErrorCode, message: str) -> None:
         reason = f"upstream {self.authority} broke the protocol: {message}"
+        logger.info("%s (HTTP/2 error code %d): connection closed", reason, code)
         self.write(goaway(0, code, message.encode()[:256]))
         self.closing = reason
         for stream in list(self.streams.values()):
