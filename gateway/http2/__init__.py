@@ -6,6 +6,7 @@
                    (frame size, padding bounds, priority fields, header blocks capped and not
                    interrupted, SETTINGS values, fixed lengths); ProtocolError
     writer.py      HEADERS (+ CONTINUATION), SETTINGS, WINDOW_UPDATE, RST_STREAM, GOAWAY, PING ACK
+    headers.py     HPACK: gRPC request blocks encoded by hand, header blocks decoded through a cache
     connection.py  Connection: the transport, the peer's settings, send windows, SETTINGS / PING /
                    WINDOW_UPDATE; what both ends do alike
     client.py      ClientConnection + Http2Stream: gRPC calls to an upstream
