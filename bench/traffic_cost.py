@@ -11,7 +11,7 @@ the same loop with the step left out.
                                    Redis with 32 in flight: both buckets in one EVALSHA)
     leases                         both, Redis with leaseTokens 16 and one request in flight: a
                                    round trip per 17 calls, the rest spent from the lease
-    breaker                        Route.pick + Endpoint.report with a breaker, against none
+    breaker                        Route.pick + Replica.report with a breaker, against none
     retry budget                   RetryBudget.deposit (idempotent calls only)
 """
 

@@ -56,7 +56,7 @@ from gateway.upstream.policies import MethodPolicies, split_call
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.upstream.retry import Retries
-from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
+from gateway.websocket import GrpcWebSocketEndpoint, OpenSockets
 from gateway.websocket.mux import MuxEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -188,14 +188,14 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         policies=policies,
         retries=retries,
     )
-    websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
+    websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         pool,
         allow_origins=settings.cors.allow_origins,
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
-        registry=websockets,
+        sockets=websockets,
         limiter=limiter,
         identify=identify,
         authenticator=authenticator,
@@ -210,7 +210,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
-        registry=websockets,
+        sockets=websockets,
         limiter=limiter,
         identify=identify,
         authenticator=authenticator,
@@ -226,7 +226,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         LiveEvents(
             settings.events,
             cors_origins=settings.cors.allow_origins,
-            registry=websockets,
+            sockets=websockets,
             still_valid=auth.verifier.still_valid if auth is not None else None,
         )
         if settings.events.enabled

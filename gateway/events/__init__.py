@@ -22,7 +22,7 @@ from gateway.events.jetstream import JetStreamBus
 from gateway.events.memory import MemoryBus
 from gateway.events.publish import PublishEndpoint
 from gateway.settings import EventsSettings
-from gateway.websocket.registry import WebSocketRegistry
+from gateway.websocket.open_sockets import OpenSockets
 
 __all__ = ["Event", "JetStreamBus", "LiveEvents", "MemoryBus", "MessageBus", "bus_from_settings"]
 
@@ -50,13 +50,13 @@ class LiveEvents:
         settings: EventsSettings,
         *,
         cors_origins: Sequence[str],
-        registry: WebSocketRegistry,
+        sockets: OpenSockets,
         still_valid: Callable[[Identity], str | None] | None = None,
     ) -> None:
         self.bus = bus_from_settings(settings)
         self.endpoint = EventsEndpoint(
             self.bus,
-            registry=registry,
+            sockets=sockets,
             allow_origins=settings.allow_origins if settings.allow_origins is not None else cors_origins,
             heartbeat_interval=settings.heartbeat_interval,
             queue_size=settings.queue_size,

@@ -23,63 +23,25 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.errors import GatewayError, MissingMessage
-from gateway.grpcweb.framing import PREFIX, TRAILER_FLAG, encode_frame, status_lines
-from gateway.grpcweb.metadata import parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
+from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import Endpoint, Route, UpstreamPool
+from gateway.upstream.pool import Replica, Route, UpstreamPool
 from gateway.upstream.retry import Retries
+from gateway.wire.framing import PREFIX, TRAILER_FLAG, encode_frame
+from gateway.wire.metadata import parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
+from gateway.wire.status import status_lines
 
-__all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
+__all__ = ["GrpcWebEndpoint"]
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE_BINARY = b"application/grpc-web+proto"
-CONTENT_TYPE_TEXT = b"application/grpc-web-text+proto"
-_GRPC_WEB = b"application/grpc-web"
-_GRPC_WEB_TEXT = b"application/grpc-web-text"
-
-
-_GRPC_WEB_TYPES = frozenset(
-    (_GRPC_WEB, b"application/grpc-web+proto", _GRPC_WEB_TEXT, b"application/grpc-web-text+proto")
-)
-
-
-def _negotiate(scope: Scope) -> tuple[bool, bool, bool]:
-    """(is gRPC-Web, request is text, answer in text), from one pass over the headers.
-
-    Any of the four content types, case and parameters ignored. Text answers for text requests
-    (improbable) and for `Accept: application/grpc-web-text` (Envoy).
-    """
-    media = b""
-    text_accepted = False
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-        elif key == b"accept" and _GRPC_WEB_TEXT in value.lower():
-            text_accepted = True
-    text_request = media.startswith(_GRPC_WEB_TEXT)
-    return media in _GRPC_WEB_TYPES, text_request, text_request or text_accepted
-
-
-def is_grpc_web(scope: Scope) -> bool:
-    return _negotiate(scope)[0]
-
-
-def grpc_web_error_response(scope: Scope, exc: GatewayError) -> Message:
-    """A trailers-only `http.response.start` for an error the gateway answers itself."""
-    headers = status_lines(exc.code, exc.message)
-    headers += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
-    headers.append((b"content-type", CONTENT_TYPE_TEXT if _negotiate(scope)[2] else CONTENT_TYPE_BINARY))
-    headers.append((b"content-length", b"0"))
-    return {"type": "http.response.start", "status": 200, "headers": headers}
 
 
 class _Disconnected(Exception):
@@ -169,7 +131,7 @@ class GrpcWebEndpoint:
         if scope["method"] != "POST":
             await _plain(send, 405, b"gRPC-Web calls use POST\n", [(b"allow", b"POST, OPTIONS")])
             return
-        grpc_web, text_request, text_response = _negotiate(scope)
+        grpc_web, text_request, text_response = negotiate(scope)
         if not grpc_web:
             await _plain(send, 415, b"expected a gRPC-Web content type (application/grpc-web[-text][+proto])\n")
             return
@@ -269,7 +231,7 @@ class GrpcWebEndpoint:
                 if attempt > 1:
                     retries.finished(ended)
                 return
-            retry = retries.next_endpoint(route, endpoint)
+            retry = retries.next_replica(route, endpoint)
             if retry is not None and deadline is not None and (timeout := deadline - time.monotonic()) <= 0:
                 retry.report(grpc.StatusCode.CANCELLED)
                 retry = None
@@ -282,7 +244,7 @@ class GrpcWebEndpoint:
         self,
         response: _Response,
         receive: Receive,
-        endpoint: Endpoint,
+        endpoint: Replica,
         service: str,
         path: str,
         body: bytes,

@@ -43,8 +43,6 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.corking import CorkedTransport
 from gateway.errors import GatewayError, RateLimited
-from gateway.grpcweb.framing import percent_encode
-from gateway.grpcweb.metadata import parse_timeout, response_metadata
 from gateway.http2.frames import (
     ACK,
     CANCEL,
@@ -97,6 +95,9 @@ from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.retry import Retries
+from gateway.wire.metadata import response_metadata
+from gateway.wire.status import percent_encode
+from gateway.wire.timeout import parse_timeout
 
 __all__ = ["IngressServer"]
 
@@ -345,7 +346,7 @@ class _Call:
                 if attempt > 1:
                     retries.finished(ended)
                 return
-            retry = retries.next_endpoint(route, endpoint) if not self.closed else None
+            retry = retries.next_replica(route, endpoint) if not self.closed else None
             if retry is not None and deadline is not None and (left := deadline - loop.time()) <= 0:
                 retry.report(grpc.StatusCode.CANCELLED)
                 retry = None

@@ -8,7 +8,6 @@ upstream no connection storm when it comes back.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 
@@ -16,21 +15,13 @@ import grpc
 
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
+from gateway.wire.timeout import encode_timeout
 
-__all__ = ["UpstreamClient", "encode_timeout"]
+__all__ = ["UpstreamClient"]
 
 _BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
 _BACKOFF_MAX = 2.0
 _CONNECT_TIMEOUT = 5.0
-
-
-def encode_timeout(seconds: float) -> bytes:
-    """grpc-timeout: at most 8 digits and a unit, rounded up so the upstream never sees a shorter deadline."""
-    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        value = math.ceil(seconds * scale)
-        if value < 100_000_000:
-            return str(max(value, 0)).encode() + unit
-    return b"99999999H"
 
 
 class UpstreamClient:

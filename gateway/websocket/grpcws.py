@@ -63,7 +63,7 @@ Limits, liveness and cancellation
     behind further unread messages is noticed once the upstream takes bytes again, or at the
     deadline. An upstream that ends the call ends the socket.
 
-Graceful drain (WebSocketRegistry in registry.py, run by gateway/serve.py before uvicorn's own
+Graceful drain (OpenSockets in open_sockets.py, run by gateway/serve.py before uvicorn's own
 shutdown, which would close every socket with 1012 at once)
   - New upgrades are refused with HTTP 503; the listeners are closed already.
   - A socket without a call (no header block yet) is closed with 1001 ("going away") at once.
@@ -90,9 +90,6 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
-from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -100,7 +97,11 @@ from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.policies import MethodPolicies, cap_timeout
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.handshake import Upgrade
-from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
+from gateway.wire.framing import TRAILER_FLAG, encode_frame
+from gateway.wire.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
+from gateway.wire.status import status_lines
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -109,8 +110,8 @@ __all__ = [
     "MESSAGE_SLACK",
     "SUBPROTOCOL",
     "GrpcWebSocketEndpoint",
+    "OpenSockets",
     "UnsupportedContentType",
-    "WebSocketRegistry",
     "max_websocket_message",
     "parse_header_block",
 ]
@@ -199,11 +200,11 @@ def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
 class _Socket:
     """Everything the client gets, in order: one header frame, message frames, one trailer frame, a close."""
 
-    __slots__ = ("_registry", "_send", "closed", "cut", "ended", "headers_sent", "in_call")
+    __slots__ = ("_send", "_sockets", "closed", "cut", "ended", "headers_sent", "in_call")
 
-    def __init__(self, send: Send, registry: WebSocketRegistry) -> None:
+    def __init__(self, send: Send, sockets: OpenSockets) -> None:
         self._send = send
-        self._registry = registry
+        self._sockets = sockets
         self.headers_sent = False
         self.ended = False  # the trailer frame went out
         self.closed = False
@@ -243,7 +244,7 @@ class _Socket:
             pass
 
     async def close(self, code: int, reason: str = "") -> None:
-        if code == CLOSE_NORMAL and self._registry.draining:
+        if code == CLOSE_NORMAL and self._sockets.draining:
             code = CLOSE_GOING_AWAY  # the call is over, but the client must not come back to this process
         if not self.closed:
             self.closed = True
@@ -369,7 +370,7 @@ class GrpcWebSocketEndpoint:
         max_message_bytes: int,
         max_timeout: float | None = None,
         forward_cookies: bool = False,
-        registry: WebSocketRegistry | None = None,
+        sockets: OpenSockets | None = None,
         limiter: CallLimiter | None = None,
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
@@ -383,8 +384,8 @@ class GrpcWebSocketEndpoint:
         self.policies = policies  # per-method deadline caps, from the manifests
         self.limiter = limiter
         self.identify = identify
-        self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
+        self.sockets = sockets if sockets is not None else OpenSockets(grace=10.0)
+        self.upgrade = Upgrade(self.sockets, allow_origins, SUBPROTOCOL, required=True)
         self.header_timeout = header_timeout
         self.max_message_bytes = max_message_bytes
         self.max_size = max_websocket_message(max_message_bytes)
@@ -394,8 +395,8 @@ class GrpcWebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self.upgrade.accept(scope, receive, send):
             return
-        socket = _Socket(send, self.registry)
-        with self.registry.registered(socket):
+        socket = _Socket(send, self.sockets)
+        with self.sockets.registered(socket):
             await self._serve(scope, receive, socket)
 
     async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:

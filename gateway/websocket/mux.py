@@ -40,8 +40,6 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.grpcweb.metadata import parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -68,7 +66,9 @@ from gateway.websocket.mux_frames import (
     trailers,
     window_update,
 )
-from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
+from gateway.wire.metadata import parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
 
 __all__ = ["Headers", "MuxEndpoint"]
 
@@ -113,7 +113,7 @@ class MuxEndpoint:
         max_message_bytes: int,
         max_timeout: float | None = None,
         forward_cookies: bool = False,
-        registry: WebSocketRegistry | None = None,
+        sockets: OpenSockets | None = None,
         limiter: CallLimiter | None = None,
         identify: Identify | None = None,
         authenticator: Authenticator | None = None,
@@ -126,8 +126,8 @@ class MuxEndpoint:
         self.pool = pool
         self.max_timeout = max_timeout
         self.forward_cookies = forward_cookies
-        self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
+        self.sockets = sockets if sockets is not None else OpenSockets(grace=10.0)
+        self.upgrade = Upgrade(self.sockets, allow_origins, SUBPROTOCOL, required=True)
         self.limiter = limiter
         self.identify = identify
         self.authenticator = authenticator
@@ -146,7 +146,7 @@ class MuxEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        with self.registry.registered(connection):
+        with self.sockets.registered(connection):
             await connection.run()
 
 
@@ -312,10 +312,10 @@ class _Connection:
         self._close: tuple[int, str] | None = None  # what the writer closes with once the queue is sent
         self.closed = False
         self.going = False  # GOAWAY sent: no new calls
-        self.cut = False  # set by the registry before it cancels this socket's task
+        self.cut = False  # set by OpenSockets before it cancels this socket's task
         self._writer: asyncio.Task[None] | None = None
 
-    # --- the registry's side ------------------------------------------------------------------
+    # --- the drain's side ------------------------------------------------------------------
 
     async def going_away(self) -> None:
         if self.going:
@@ -442,7 +442,7 @@ class _Connection:
             raise MuxProtocolError(f"OPEN on stream {stream_id}, not above the highest opened so far ({self.highest})")
         self.highest = stream_id
         request = parse_open(payload)
-        if self.going or self.endpoint.registry.draining:
+        if self.going or self.endpoint.sockets.draining:
             self.queue(trailers(stream_id, grpc.StatusCode.UNAVAILABLE.value[0], SHUTTING_DOWN.encode(), ()))
             return
         if len(self.streams) >= self.settings.max_streams:

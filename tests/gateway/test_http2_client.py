@@ -12,10 +12,11 @@ import grpc
 import hpack
 import pytest
 
-from gateway.upstream.client import UpstreamClient, encode_timeout
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.http2 import STREAM_WINDOW, Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, outcome
+from gateway.wire.timeout import encode_timeout
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
 
 PATH = "/test.v1.Svc/Call"

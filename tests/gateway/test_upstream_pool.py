@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import UnknownService
 from gateway.upstream.breaker import BreakerPolicy
-from gateway.upstream.pool import Endpoint, Route, UpstreamPool
+from gateway.upstream.pool import Replica, Route, UpstreamPool
 from gateway.upstream.registry_routes import _matches
 
 OK = grpc.StatusCode.OK
@@ -31,7 +31,7 @@ def test_p2c_prefers_the_replica_with_fewer_calls_in_flight() -> None:
 
 
 def test_p2c_spreads_evenly_and_counts_in_flight_calls() -> None:
-    endpoints = [Endpoint(address, client=None, breaker=None) for address in (A, B, C)]  # type: ignore[arg-type]
+    endpoints = [Replica(address, client=None, breaker=None) for address in (A, B, C)]  # type: ignore[arg-type]
     route = Route("a.v1.S", endpoints, balancing="p2c", rng=random.Random(7))
     counts: Counter[str] = Counter()
     for _ in range(300):
@@ -85,7 +85,7 @@ def test_update_replaces_routes_and_keeps_endpoints_clients_and_breakers() -> No
     pool.update({"dyn.v1.S": [B, C]})
     after = pool.route("dyn.v1.S")
     assert after is not before  # replaced whole: a pick sees the old or the new list
-    assert after.endpoints[0] is b  # same address: same Endpoint, client and breaker state
+    assert after.endpoints[0] is b  # same address: same Replica, client and breaker state
     assert after.endpoints[1].address == C
     assert before.endpoints[0] is a  # a call that picked from the old route still holds its endpoint
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 
 from gateway.errors import MalformedMessage, MessageTooLarge
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame
+from gateway.wire.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame
 
 __all__ = ["RequestFrames"]
 
