@@ -5,13 +5,15 @@ Outermost first, each for a reason:
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
                        files, served before auth and limits; every other path passes on (gateway/shell.py)
-  AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
-                       identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
-  RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
+  AuthMiddleware       (auth.enabled) a verified token on every REST request except public paths
+                       (gateway/auth/)
+  RateLimitMiddleware  (rateLimiting.enabled) refuses REST requests before any work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
-The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
+Every gRPC call, whichever codec it came in (gRPC-Web, native gRPC, grpc-websockets, upf-mux.v1),
+is admitted and placed by one call path (gateway/proxy/: ProxyConfig, built once here), which asks the
+same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata.
 
 Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
 circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
@@ -46,6 +48,7 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
@@ -162,6 +165,20 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     forward_authorization = auth is None or settings.auth.forward_token
     if auth is not None:
         readiness.details["auth"] = auth.status
+    # Every gRPC call, whichever of the four codecs it arrives in, is admitted and placed with these.
+    proxy = ProxyConfig(
+        pool,
+        max_message_bytes=settings.max_message_bytes,
+        max_timeout=settings.max_timeout,
+        forward_cookies=settings.forward_cookies,
+        forward_authorization=forward_authorization,
+        policies=policies,
+        authenticator=authenticator,
+        limiter=limiter,
+        identify=identify,
+        exempt_paths=frozenset(limits.exempt_paths),
+        retries=retries,
+    )
     ingress = (
         IngressServer(
             pool,
@@ -179,15 +196,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         if settings.grpc_port
         else None
     )
-    grpc_web = GrpcWebEndpoint(
-        pool,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
-        forward_authorization=forward_authorization,
-        policies=policies,
-        retries=retries,
-    )
+    grpc_web = GrpcWebEndpoint(proxy)
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         pool,

@@ -17,11 +17,16 @@ from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
 from gateway.wire.timeout import encode_timeout
 
-__all__ = ["UpstreamClient"]
+__all__ = ["Unsent", "UpstreamClient"]
 
 _BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
 _BACKOFF_MAX = 2.0
 _CONNECT_TIMEOUT = 5.0
+
+
+class Unsent(StreamError):
+    """The call never reached the upstream: no connection, or none that takes a new stream. Safe to
+    send to another replica whatever the method (gateway/proxy/attempts.py)."""
 
 
 class UpstreamClient:
@@ -56,7 +61,7 @@ class UpstreamClient:
     async def _connect(self) -> Http2Connection:
         try:
             if time.monotonic() < self._retry_at:
-                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error)
+                raise Unsent(grpc.StatusCode.UNAVAILABLE, self._last_error)
             try:
                 connection = await connect(
                     self._host,
@@ -75,7 +80,7 @@ class UpstreamClient:
                 self._last_error = f"cannot connect to {self.address}: {reason}"
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
+                raise Unsent(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
             self._backoff = _BACKOFF_INITIAL
             self._connection = connection
             return connection
@@ -91,7 +96,7 @@ class UpstreamClient:
         fields = self._fields(metadata, timeout)
         stream = connection.open_unary(target, fields, body)
         if stream is None:
-            stream = await connection.open_stream(target, fields)
+            stream = await _open(connection, target, fields)
             if timeout is not None:
                 stream.set_deadline(timeout)
             await stream.send(body, end_stream=True)
@@ -102,7 +107,7 @@ class UpstreamClient:
     async def open(self, path: str, metadata: bytes, timeout: float | None) -> Http2Stream:
         """Start a call whose request messages follow with `stream.send`."""
         connection = await self.connection()
-        stream = await connection.open_stream((self._authority_bytes, path.encode()), self._fields(metadata, timeout))
+        stream = await _open(connection, (self._authority_bytes, path.encode()), self._fields(metadata, timeout))
         if timeout is not None:
             stream.set_deadline(timeout)
         return stream
@@ -111,3 +116,10 @@ class UpstreamClient:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+async def _open(connection: Http2Connection, target: tuple[bytes, bytes], fields: bytes) -> Http2Stream:
+    try:
+        return await connection.open_stream(target, fields)
+    except StreamError as exc:  # raised before the stream's HEADERS were written
+        raise Unsent(exc.code, exc.message) from None
