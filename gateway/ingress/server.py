@@ -8,8 +8,10 @@ service in :path picks the upstream), request DATA goes upstream as bytes (half-
 END_STREAM), the upstream's response headers (as soon as they arrive, ahead of the first message),
 messages and status come back to the client.
 
-One asyncio.Protocol per connection. A call is one task (open upstream, then relay the answer);
-request bytes go upstream straight from data_received, without a task or a copy.
+The HTTP/2 connection itself (frames, settings, connection windows) is
+gateway.http2.server.ServerConnection; this module holds the calls on its streams and the listener.
+A call is one task (open upstream, then relay the answer); request bytes go upstream straight from
+the connection's data_received, without a task or a copy.
 
 Flow control, both ways, keeps memory bounded whatever the peers do:
 - client -> upstream: the client's stream and connection windows are credited only as the
@@ -22,8 +24,7 @@ request was complete when it started is retried on another replica when one refu
 answering (gateway/upstream/retry.py).
 
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
-the rest are cancelled. A client that breaks the protocol gets GOAWAY with the error code and
-its connection closed; other connections are untouched.
+the rest are cancelled.
 """
 
 from __future__ import annotations
@@ -34,58 +35,15 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
-import hpack
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
-from gateway.corking import CorkedTransport
 from gateway.errors import GatewayError, RateLimited
-from gateway.http2.frames import (
-    ACK,
-    CANCEL,
-    COMPRESSION_ERROR,
-    CONTINUATION,
-    DATA,
-    DEFAULT_WINDOW,
-    END_HEADERS,
-    END_STREAM,
-    ENHANCE_YOUR_CALM,
-    FLOW_CONTROL_ERROR,
-    FRAME_HEADER,
-    FRAME_SIZE_ERROR,
-    GOAWAY,
-    HEADERS,
-    INTERNAL_ERROR,
-    MAX_MAX_FRAME,
-    MAX_STREAM_ID,
-    MAX_WINDOW,
-    MIN_MAX_FRAME,
-    NO_ERROR,
-    PADDED,
-    PING,
-    PREFACE,
-    PRIORITY,
-    PRIORITY_FLAG,
-    PROTOCOL_ERROR,
-    PUSH_PROMISE,
-    REFUSED_STREAM,
-    RST_STREAM,
-    SETTINGS,
-    SETTINGS_ENABLE_PUSH,
-    SETTINGS_HEADER_TABLE_SIZE,
-    SETTINGS_INITIAL_WINDOW_SIZE,
-    SETTINGS_MAX_CONCURRENT_STREAMS,
-    SETTINGS_MAX_FRAME_SIZE,
-    SETTINGS_MAX_HEADER_LIST_SIZE,
-    STREAM_CLOSED,
-    WINDOW_UPDATE,
-    Gatherer,
-    frame,
-    frame_need,
-)
+from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
+from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 from gateway.upstream.client import UpstreamClient
@@ -103,17 +61,8 @@ __all__ = ["IngressServer"]
 
 logger = logging.getLogger(__name__)
 
-MAX_CONCURRENT_STREAMS = 1000
-# What a client may send on one stream, and on the connection, before the upstream has taken it:
-# the most request data the gateway holds for a client.
-STREAM_WINDOW = 1024 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
-MAX_FRAME = 1024 * 1024  # the largest frame a client may send us (and so the most a partial frame holds)
-MAX_HEADER_LIST = 64 * 1024
-HEADER_TABLE_SIZE = 4096  # the protocol default: hpack.Decoder's own limit
 # Window updates to the client go out in batches this large, not one per message.
 _STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
-_CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
 
 # Headers the upstream request does not carry from the client: pseudo-headers and these are rebuilt
 # by the HTTP/2 client (content-type, te, user-agent, grpc-accept-encoding: the gateway decompresses
@@ -140,14 +89,6 @@ class _Refused:
     def __init__(self, code: grpc.StatusCode, answer: Callable[[], None]) -> None:
         self.code = code
         self.answer = answer
-
-
-class _ConnectionError(Exception):
-    """The client broke the protocol: GOAWAY with this code, then the connection closes."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Call:
@@ -179,7 +120,7 @@ class _Call:
 
     def __init__(
         self,
-        conn: _Connection,
+        conn: ServerConnection[IngressServer],
         stream_id: int,
         path: str,
         service: str,
@@ -525,378 +466,6 @@ class _Call:
             conn.stream_closed()
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self, server: IngressServer) -> None:
-        self.server = server
-        self.loop = asyncio.get_running_loop()
-        self.transport: CorkedTransport | None = None
-        self.streams: dict[int, _Call] = {}
-        self.send_waiters: set[_Call] = set()
-        self.last_stream_id = 0
-        self.peer_max_frame = MIN_MAX_FRAME
-        self.peer_initial_window = DEFAULT_WINDOW
-        self.send_window = DEFAULT_WINDOW  # what we may still send the client on the connection
-        self.recv_window = CONNECTION_WINDOW  # what the client may still send us on the connection
-        self._uncredited = 0
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
-        self._decoder.max_allowed_table_size = HEADER_TABLE_SIZE
-        self._preface = False
-        self._gatherer = Gatherer()
-        self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments so far
-        self.going_away = False
-        self.peer: tuple[str, int] | None = None  # the client's address, for rate-limit keys
-
-    # --- asyncio.Protocol -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if peer else None
-        # Frames written during one loop iteration (often several calls' worth) leave in one send().
-        # uvloop's transports do not subclass asyncio's, hence the cast.
-        self.transport = CorkedTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        settings = struct.pack(
-            ">HIHIHIHIHIHI",
-            SETTINGS_HEADER_TABLE_SIZE, HEADER_TABLE_SIZE,
-            SETTINGS_ENABLE_PUSH, 0,
-            SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS,
-            SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW,
-            SETTINGS_MAX_FRAME_SIZE, MAX_FRAME,
-            SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST,
-        )  # fmt: skip
-        window = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
-        self.transport.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
-        self.server.connections.add(self)
-        if self.server.closing:
-            self.go_away()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        for call in list(self.streams.values()):
-            call.on_reset()
-        self.server.connection_closed(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        buffer = self._gatherer.take(data)
-        if buffer is None:
-            return  # part of a frame (or of the preface): more to come
-        offset, size = 0, len(buffer)
-        try:
-            if not self._preface:
-                if size < len(PREFACE):
-                    if not PREFACE.startswith(buffer):
-                        raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                    self._gatherer.keep(buffer, 0, len(PREFACE))
-                    return
-                if not buffer.startswith(PREFACE):
-                    raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                self._preface = True
-                offset = len(PREFACE)
-            while size - offset >= 9:
-                head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
-                length = head >> 8
-                if length > MAX_FRAME:
-                    raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE")
-                end = offset + 9 + length
-                if end > size:
-                    break
-                self._on_frame(head & 0xFF, flags, stream_id & MAX_STREAM_ID, buffer[offset + 9 : end])
-                offset = end
-                if self.transport is None or self.transport.is_closing():
-                    return
-        except _ConnectionError as exc:
-            self._fail(exc.code, str(exc))
-            return
-        except Exception:
-            logger.exception("native gRPC connection failed inside the gateway")
-            self._fail(INTERNAL_ERROR, "internal error")
-            return
-        if offset < size:
-            self._gatherer.keep(buffer, offset, frame_need(buffer, offset))
-
-    # --- frames -----------------------------------------------------------------------------
-
-    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._header_block is not None and (kind != CONTINUATION or stream_id != self._header_block[0]):
-            raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted")
-        if kind == DATA:
-            self._on_data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            if stream_id == 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
-            if flags & PADDED:
-                if not payload or payload[0] >= len(payload):
-                    raise _ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
-                payload = payload[1 : len(payload) - payload[0]]
-            if flags & PRIORITY_FLAG:
-                if len(payload) < 5:
-                    raise _ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
-                payload = payload[5:]
-            if flags & END_HEADERS:
-                self._on_header_block(stream_id, flags, payload)
-            else:
-                self._header_block = (stream_id, flags, bytearray(payload))
-        elif kind == CONTINUATION:
-            if self._header_block is None:
-                raise _ConnectionError(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
-            block_stream, block_flags, fragments = self._header_block
-            fragments += payload
-            if len(fragments) > MAX_HEADER_LIST:
-                raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
-            if flags & END_HEADERS:
-                self._header_block = None
-                self._on_header_block(block_stream, block_flags, bytes(fragments))
-        elif kind == RST_STREAM:
-            if stream_id == 0 or stream_id > self.last_stream_id:
-                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-            if len(payload) != 4:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM is 4 bytes")
-            call = self.streams.get(stream_id)
-            if call is not None:
-                call.on_reset()
-        elif kind == SETTINGS:
-            if stream_id != 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
-            if flags & ACK:
-                if payload:
-                    raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            else:
-                self._on_settings(payload)
-                self.write(frame(SETTINGS, ACK, 0))
-        elif kind == PING:
-            if stream_id != 0 or len(payload) != 8:
-                raise _ConnectionError(PROTOCOL_ERROR if stream_id else FRAME_SIZE_ERROR, "malformed PING")
-            if not flags & ACK:
-                self.write(frame(PING, ACK, 0, payload))
-        elif kind == WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE is 4 bytes")
-            self._on_window_update(stream_id, struct.unpack(">I", payload)[0] & MAX_WINDOW)
-        elif kind == GOAWAY:
-            if stream_id != 0 or len(payload) < 8:
-                raise _ConnectionError(PROTOCOL_ERROR, "malformed GOAWAY")
-            # The client opens no more streams; the running ones finish, then the connection closes.
-            self.going_away = True
-            self.stream_closed()
-        elif kind == PUSH_PROMISE:
-            raise _ConnectionError(PROTOCOL_ERROR, "a client cannot push")
-        elif kind == PRIORITY and (stream_id == 0 or len(payload) != 5):
-            raise _ConnectionError(PROTOCOL_ERROR, "malformed PRIORITY")
-        # Unknown frame types are ignored, as RFC 9113 requires.
-
-    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
-        if stream_id > self.last_stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
-        flow_length = len(payload)  # flow control counts the whole frame, padding included
-        self.recv_window -= flow_length
-        if self.recv_window < 0:
-            raise _ConnectionError(FLOW_CONTROL_ERROR, "client overran the connection window")
-        if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
-                raise _ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
-            payload = payload[1 : len(payload) - payload[0]]
-        call = self.streams.get(stream_id)
-        if call is None or call.request_ended:
-            # A stream already answered or reset: the bytes are dropped, and given back at once.
-            self.credit(flow_length)
-            return
-        call.recv_window -= flow_length
-        if call.recv_window < 0:
-            self.credit(flow_length)
-            self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", FLOW_CONTROL_ERROR)))
-            call.on_reset()
-            return
-        self.credit(flow_length - len(payload))  # padding never goes upstream
-        call.on_data(payload, bool(flags & END_STREAM))
-
-    def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        try:
-            headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
-        except hpack.OversizedHeaderListError:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "header list too large") from None
-        except Exception as exc:  # hpack raises several types; all leave the decoder unusable
-            raise _ConnectionError(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
-        end_stream = bool(flags & END_STREAM)
-        call = self.streams.get(stream_id)
-        if call is not None:
-            # Trailers from the client (gRPC clients send none): they can only end the request.
-            if not end_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "request trailers without END_STREAM")
-            if not call.request_ended:
-                call.on_data(b"", True)
-            return
-        if stream_id <= self.last_stream_id:
-            raise _ConnectionError(STREAM_CLOSED, "HEADERS on a closed stream")
-        if stream_id % 2 == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "a client stream id must be odd")
-        self.last_stream_id = stream_id
-        if self.going_away or len(self.streams) >= MAX_CONCURRENT_STREAMS:
-            # Never processed, so the client may safely retry it (on another connection).
-            self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
-            return
-        self._start_call(stream_id, headers, end_stream)
-
-    def _start_call(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        method = path = content_type = b""
-        timeout: float | None = None
-        fields = []
-        forward_authorization = self.server.forward_authorization
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                elif name == b":method":
-                    method = value
-                continue
-            if name.startswith(b"x-upf-") or (name == b"authorization" and not forward_authorization):
-                continue  # identity headers are the gateway's to set (see gateway/auth/verify.py)
-            if name in _NOT_FORWARDED:
-                if name == b"grpc-timeout":
-                    try:
-                        timeout = parse_timeout(value)
-                    except GatewayError:
-                        timeout = None  # grpc servers ignore a malformed timeout too
-                elif name == b"content-type":
-                    content_type = value
-                continue
-            fields.append(encode_header(name, value))
-        if not path or not method:
-            self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", PROTOCOL_ERROR)))  # malformed request
-            return
-        if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            status = b"405" if method != b"POST" else b"415"
-            self.write_headers(stream_id, b"\x08\x03" + status, end_stream=True)  # :status, static name 8
-            if not end_stream:
-                self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
-            return
-        text_path = path.decode("latin-1")
-        service, _, method_name = text_path[1:].partition("/")
-        server = self.server
-        policy = server.policies.get(service, method_name) if server.policies is not None else None
-        timeout = cap_timeout(timeout, server.max_timeout, policy.timeout if policy is not None else None)
-        scope = None
-        if server.authenticator is not None or server.limiter is not None:
-            # Auth and the limiter's identity functions read an ASGI-like scope.
-            scope = {"type": "http", "client": self.peer, "headers": headers, "path": text_path}
-        idempotent = policy is not None and policy.idempotent
-        call = _Call(self, stream_id, text_path, service, b"".join(fields), timeout, scope, idempotent)
-        self.streams[stream_id] = call
-        if end_stream:
-            call.on_data(b"", True)
-        if service not in self.server.pool:
-            refusal = self.server.pool.unroutable(service)
-            call._answer_locally(refusal.code, refusal.message)
-            call._close()
-            return
-        call.task = self.loop.create_task(call.run())
-
-    def _on_settings(self, payload: bytes) -> None:
-        if len(payload) % 6:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length is not a multiple of 6")
-        for offset in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HI", payload, offset)
-            if key == SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise _ConnectionError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for call in self.streams.values():
-                    call.send_window += delta
-                    if delta > 0:
-                        call.wake()
-            elif key == SETTINGS_MAX_FRAME_SIZE:
-                if not MIN_MAX_FRAME <= value <= MAX_MAX_FRAME:
-                    raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
-                self.peer_max_frame = value
-            elif key == SETTINGS_ENABLE_PUSH and value > 1:
-                raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH must be 0 or 1")
-            # SETTINGS_HEADER_TABLE_SIZE: our responses never use the dynamic table, any size suits them.
-
-    def _on_window_update(self, stream_id: int, increment: int) -> None:
-        if stream_id == 0:
-            if increment == 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise _ConnectionError(FLOW_CONTROL_ERROR, "connection window above 2^31-1")
-            waiting = list(self.send_waiters)
-            self.send_waiters.clear()
-            for blocked in waiting:
-                blocked.wake()
-            return
-        call = self.streams.get(stream_id)
-        if call is None:
-            return  # a closed stream: updates may still be in flight
-        if increment == 0 or call.send_window + increment > MAX_WINDOW:
-            code = PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR
-            self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
-            call.on_reset()
-            return
-        call.send_window += increment
-        call.wake()
-
-    # --- used by calls and the server -------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def write_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
-        flags = END_STREAM if end_stream else 0
-        limit = self.peer_max_frame
-        if len(block) <= limit:
-            self.write(FRAME_HEADER.pack((len(block) << 8) | HEADERS, flags | END_HEADERS, stream_id) + block)
-            return
-        chunks = [block[i : i + limit] for i in range(0, len(block), limit)]
-        frames = [frame(HEADERS, flags, stream_id, chunks[0])]
-        frames += [frame(CONTINUATION, 0, stream_id, chunk) for chunk in chunks[1:-1]]
-        frames.append(frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
-        self.write(b"".join(frames))
-
-    def credit(self, size: int) -> None:
-        """`size` request bytes are gone from the gateway (upstream or dropped): the client may send more."""
-        if size <= 0:
-            return
-        self._uncredited += size
-        if self._uncredited >= _CONNECTION_CREDIT_BATCH:
-            self.recv_window += self._uncredited
-            self.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._uncredited)))
-            self._uncredited = 0
-
-    def stream_closed(self) -> None:
-        if self.going_away and not self.streams:
-            self.close()
-
-    def go_away(self) -> None:
-        """Graceful: streams up to the last one seen run to their end; the client opens no new ones."""
-        if not self.going_away and self.transport is not None:
-            self.going_away = True
-            self.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream_id, NO_ERROR)))
-        self.stream_closed()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort_calls(self) -> None:
-        for call in list(self.streams.values()):
-            call.abort()
-        self.close()
-
-    def _fail(self, code: int, message: str) -> None:
-        logger.info("native gRPC client broke the protocol (HTTP/2 error code %d): %s", code, message)
-        self.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream_id, code) + message.encode()[:256]))
-        for call in list(self.streams.values()):
-            call.on_reset()
-        self.close()
-
-
 def _listening_socket(host: str, port: int) -> socket.socket:
     """A listening socket with SO_REUSEPORT, so every worker process can listen on grpcPort."""
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -942,7 +511,7 @@ class IngressServer:
         self.address = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.port = 0
-        self.connections: set[_Connection] = set()
+        self.connections: set[ServerConnection[IngressServer]] = set()
         self.closing = False
         self._host = host.strip("[]")
         self._requested_port = port
@@ -956,12 +525,77 @@ class IngressServer:
         except OSError as exc:
             raise OSError(f"cannot listen for native gRPC on {self.address}: {exc}") from None
         self.port = sock.getsockname()[1]
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+        self._server = await loop.create_server(lambda: ServerConnection(self), sock=sock, backlog=1024)
         self._idle = asyncio.Event()
         self._idle.set()
         logger.info("native gRPC ingress listening on %s", self.address)
 
-    def connection_closed(self, conn: _Connection) -> None:
+    def connection_opened(self, conn: ServerConnection[IngressServer]) -> None:
+        self.connections.add(conn)
+        if self.closing:
+            conn.go_away()
+
+    def start_stream(
+        self,
+        conn: ServerConnection[IngressServer],
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+    ) -> None:
+        method = path = content_type = b""
+        timeout: float | None = None
+        fields = []
+        forward_authorization = self.forward_authorization
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":path":
+                    path = value
+                elif name == b":method":
+                    method = value
+                continue
+            if name.startswith(b"x-upf-") or (name == b"authorization" and not forward_authorization):
+                continue  # identity headers are the gateway's to set (see gateway/auth/verify.py)
+            if name in _NOT_FORWARDED:
+                if name == b"grpc-timeout":
+                    try:
+                        timeout = parse_timeout(value)
+                    except GatewayError:
+                        timeout = None  # grpc servers ignore a malformed timeout too
+                elif name == b"content-type":
+                    content_type = value
+                continue
+            fields.append(encode_header(name, value))
+        if not path or not method:
+            conn.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", PROTOCOL_ERROR)))  # malformed request
+            return
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            status = b"405" if method != b"POST" else b"415"
+            conn.write_headers(stream_id, b"\x08\x03" + status, end_stream=True)  # :status, static name 8
+            if not end_stream:
+                conn.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
+            return
+        text_path = path.decode("latin-1")
+        service, _, method_name = text_path[1:].partition("/")
+        server = self
+        policy = server.policies.get(service, method_name) if server.policies is not None else None
+        timeout = cap_timeout(timeout, server.max_timeout, policy.timeout if policy is not None else None)
+        scope = None
+        if server.authenticator is not None or server.limiter is not None:
+            # Auth and the limiter's identity functions read an ASGI-like scope.
+            scope = {"type": "http", "client": conn.peer, "headers": headers, "path": text_path}
+        idempotent = policy is not None and policy.idempotent
+        call = _Call(conn, stream_id, text_path, service, b"".join(fields), timeout, scope, idempotent)
+        conn.streams[stream_id] = call
+        if end_stream:
+            call.on_data(b"", True)
+        if service not in self.pool:
+            refusal = self.pool.unroutable(service)
+            call._answer_locally(refusal.code, refusal.message)
+            call._close()
+            return
+        call.task = conn.loop.create_task(call.run())
+
+    def connection_closed(self, conn: ServerConnection[IngressServer]) -> None:
         self.connections.discard(conn)
         if not self.connections and self._idle is not None:
             self._idle.set()

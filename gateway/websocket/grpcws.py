@@ -21,7 +21,7 @@ Client -> server: binary messages only (a text message is an error)
      `content-type` must be `application/grpc-web` or `application/grpc-web+proto` (or absent);
      any other type, the text format included, ends the call with UNIMPLEMENTED. `grpc-timeout`
      becomes the upstream deadline (capped by maxTimeout); the other names become metadata exactly
-     as on the HTTP path (gateway/grpcweb/metadata.py). Auth tokens travel here too: browsers
+     as on the HTTP path (gateway/wire/metadata.py). Auth tokens travel here too: browsers
      cannot set headers on a WebSocket upgrade. A block that is not `name: value` lines ends the
      call with INVALID_ARGUMENT. It must arrive within websocket.headerTimeout seconds of the
      upgrade; a socket that sends nothing is closed with 1008 and the reason "no header block
