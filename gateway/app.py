@@ -179,52 +179,20 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         exempt_paths=frozenset(limits.exempt_paths),
         retries=retries,
     )
-    ingress = (
-        IngressServer(
-            pool,
-            host=settings.host,
-            port=settings.grpc_port,
-            max_message_bytes=settings.max_message_bytes,
-            max_timeout=settings.max_timeout,
-            limiter=limiter,
-            identify=identify,
-            authenticator=authenticator,
-            forward_authorization=forward_authorization,
-            policies=policies,
-            retries=retries,
-        )
-        if settings.grpc_port
-        else None
-    )
+    ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
     grpc_web = GrpcWebEndpoint(proxy)
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
-        pool,
+        proxy,
         allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
         sockets=websockets,
-        limiter=limiter,
-        identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
         header_timeout=settings.websocket.header_timeout,
-        policies=policies,
     )
     mux = settings.websocket.mux
     mux_endpoint = MuxEndpoint(
-        pool,
+        proxy,
         allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
         sockets=websockets,
-        limiter=limiter,
-        identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
-        policies=policies,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,

@@ -19,9 +19,9 @@ Flow control, both ways, keeps memory bounded whatever the peers do:
 - upstream -> client: DATA goes out only within the client's windows; until it does, the call
   reads no further from its upstream stream, whose window is then not refilled.
 
-A method's manifest policy caps the deadline (`timeout`); a call to an idempotent method whose
-request was complete when it started is retried on another replica when one refuses it before
-answering (gateway/upstream/retry.py).
+Admission (auth, rate limit, method policy, deadline, route) and the attempts on replicas are the
+shared call path's (gateway/proxy/); a call whose whole request had arrived when it began can be
+sent again to another replica.
 
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
 the rest are cancelled.
@@ -34,25 +34,19 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from gateway.auth.authenticator import Authenticator
-from gateway.auth.identity import IDENTITY_SCOPE_KEY
-from gateway.errors import GatewayError, RateLimited
+from gateway.errors import GatewayError
 from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
-from gateway.ratelimit.calls import CallLimiter
-from gateway.ratelimit.keys import Identify
-from gateway.upstream.client import UpstreamClient
+from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.upstream.client import Unsent
 from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, explain, outcome
-from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.retry import Retries
+from gateway.upstream.pool import Replica
 from gateway.wire.metadata import response_metadata
 from gateway.wire.status import percent_encode
 from gateway.wire.timeout import parse_timeout
@@ -81,38 +75,29 @@ _GRPC_CONTENT_TYPE = b"\x0f\x10" + bytes((len(b"application/grpc"),)) + b"applic
 _RESPONSE_START = _STATUS_200 + _GRPC_CONTENT_TYPE
 
 
-class _Refused:
-    """An attempt the upstream refused before answering anything; `answer` tells the client so."""
-
-    __slots__ = ("answer", "code")
-
-    def __init__(self, code: grpc.StatusCode, answer: Callable[[], None]) -> None:
-        self.code = code
-        self.answer = answer
-
-
 class _Call:
     """One client stream, proxied to one upstream stream."""
 
     __slots__ = (
+        "body",
         "body_left",
         "closed",
         "conn",
         "headers_sent",
         "id",
-        "idempotent",
         "metadata",
+        "method",
         "path",
         "pending",
         "pending_bytes",
         "prefix",
         "recv_window",
         "request_ended",
+        "requested_timeout",
         "scope",
         "send_window",
         "service",
         "task",
-        "timeout",
         "uncredited",
         "upstream",
         "waiter",
@@ -124,20 +109,21 @@ class _Call:
         stream_id: int,
         path: str,
         service: str,
+        method: str,
         metadata: bytes,
-        timeout: float | None,
-        scope: dict[str, Any] | None = None,
-        idempotent: bool = False,
+        requested_timeout: float | None,
+        scope: dict[str, Any],
     ) -> None:
         self.conn = conn
-        self.idempotent = idempotent  # the manifest says so: may be retried when the request is complete
-        # The request as auth and the rate limiter read it (peer, headers, path); None when neither runs.
+        # The request as auth and the rate limiter read it (peer, headers, path).
         self.scope = scope
         self.id = stream_id
         self.path = path
         self.service = service
+        self.method = method
         self.metadata = metadata
-        self.timeout = timeout
+        self.requested_timeout = requested_timeout  # grpc-timeout, before the caps
+        self.body: bytes | None = None  # the whole request, when the client had sent it before the call began
         self.upstream: Http2Stream | None = None
         self.task: asyncio.Task[None] | None = None
         # Request bytes the upstream has not taken yet (the stream is opening, or its window is shut).
@@ -243,60 +229,26 @@ class _Call:
     async def _proxy(self) -> None:
         if self.closed:  # answered before the task ran (a request message over the limit)
             return
+        config = self.conn.server.config
         try:
-            server = self.conn.server
-            scope = self.scope
-            if server.authenticator is not None and scope is not None:
-                identity = await server.authenticator.authenticate(self.path, scope["headers"])
-                if identity is not None:
-                    scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
-                    self.metadata += identity.metadata
-            limiter = server.limiter
-            if limiter is not None and server.identify is not None and scope is not None:
-                limit = await limiter.check(server.identify(scope), self.path)
-                if limit is not None and not limit[1].allowed:
-                    policy, decision = limit
-                    wait = policy.retry_after(decision)
-                    raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-            route = self.conn.server.pool.route(self.service)
-            endpoint = route.pick()
+            admitted = await admit(
+                config,
+                path=self.path,
+                service=self.service,
+                method=self.method,
+                credentials=self.scope["headers"],
+                scope=self.scope,
+            )
         except GatewayError as exc:
             self._answer_locally(exc.code, exc.message, exc.headers)
             return
-        retries = self.conn.server.retries
-        if retries is None or not self.idempotent or not self.request_ended:
-            verdict: grpc.StatusCode | _Refused = grpc.StatusCode.CANCELLED  # the breaker learns nothing, unless set
-            try:
-                verdict = await self._relay(endpoint.client)
-            finally:
-                endpoint.report(verdict if isinstance(verdict, grpc.StatusCode) else verdict.code)
-            return
-        # Retryable: the whole request is here, so it can be sent again.
-        body = self._take_body()
-        retries.budget.deposit()
-        loop = self.conn.loop
-        deadline = None if self.timeout is None else loop.time() + self.timeout
-        attempt = 1
-        while True:
-            ended: grpc.StatusCode | _Refused = grpc.StatusCode.CANCELLED
-            try:
-                ended = await self._relay(endpoint.client, body, retryable=attempt < retries.max_attempts)
-            finally:
-                endpoint.report(ended if isinstance(ended, grpc.StatusCode) else ended.code)
-            if not isinstance(ended, _Refused):
-                if attempt > 1:
-                    retries.finished(ended)
-                return
-            retry = retries.next_replica(route, endpoint) if not self.closed else None
-            if retry is not None and deadline is not None and (left := deadline - loop.time()) <= 0:
-                retry.report(grpc.StatusCode.CANCELLED)
-                retry = None
-            if retry is None:
-                ended.answer()
-                return
-            if deadline is not None:
-                self.timeout = left
-            endpoint, attempt = retry, attempt + 1
+        self.metadata += admitted.identity_metadata
+        if self.request_ended:
+            # The whole request is here (a unary or server-streaming call, nearly always): HEADERS and
+            # DATA leave in one write, and a refused attempt can be sent again.
+            self.body = self._take_body()
+        timeout = admitted.deadline(self.requested_timeout)
+        await run_attempts(config, admitted, timeout, self.attempt, resendable=self.body is not None)
 
     def _take_body(self) -> bytes:
         """The whole request (the client half-closed), taken from `pending`."""
@@ -306,27 +258,26 @@ class _Call:
         self.conn.credit(len(body))  # the gateway holds these bytes no longer, whatever happens
         return bytes(body)
 
-    async def _relay(
-        self, client: UpstreamClient, body: bytes | None = None, *, retryable: bool = False
-    ) -> grpc.StatusCode | _Refused:
-        """Run the call on `client`; returns how it ended, for the replica's circuit breaker. With
-        `retryable` (`body` given), a refusal before anything reached the client is not answered
-        but handed back (_Refused)."""
+    async def attempt(self, replica: Replica, timeout: float | None) -> grpc.StatusCode | Refused:
+        """Run the call on `replica`; returns how it ended. A refusal before anything reached the
+        client is not answered but handed back (Refused): the attempts driver may try another replica."""
+        if self.closed:  # the client reset the stream while an earlier attempt was refused
+            return grpc.StatusCode.CANCELLED
+        client, body = replica.client, self.body
         try:
-            if body is None and self.request_ended:
-                # The whole request is here (a unary or server-streaming call, nearly always): HEADERS
-                # and DATA leave in one write.
-                body = self._take_body()
             if body is not None:
-                upstream = await client.unary(self.path, self.metadata, body, self.timeout)
+                upstream = await client.unary(self.path, self.metadata, body, timeout)
             else:
-                upstream = await client.open(self.path, self.metadata, self.timeout)
+                # Request messages follow as they come (pump); until the stream opens they wait in
+                # `pending`, so a call that never reached this replica can still go to another.
+                upstream = await client.open(self.path, self.metadata, timeout)
         except StreamError as exc:
             code, reason = exc.code, explain(exc, self.service)
-            if retryable and code is grpc.StatusCode.UNAVAILABLE:
-                return _Refused(code, lambda: self._answer_locally(code, reason))
-            self._answer_locally(code, reason)
-            return code
+
+            async def answer() -> None:
+                self._answer_locally(code, reason)
+
+            return Refused(code, answer, unsent=isinstance(exc, Unsent))
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")
             return grpc.StatusCode.CANCELLED
@@ -352,9 +303,13 @@ class _Call:
         if self.closed:
             return grpc.StatusCode.CANCELLED
         result = outcome(upstream, self.service)
-        if retryable and result.code is grpc.StatusCode.UNAVAILABLE and not self.headers_sent:
-            self.upstream = None  # the next attempt opens its own
-            return _Refused(result.code, lambda: self._finish(upstream, result))
+        if result.code is grpc.StatusCode.UNAVAILABLE and not self.headers_sent:
+            self.upstream = None  # a next attempt opens its own
+
+            async def finish() -> None:
+                self._finish(upstream, result)
+
+            return Refused(result.code, finish)
         self._finish(upstream, result)
         return result.code
 
@@ -484,32 +439,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 class IngressServer:
-    def __init__(
-        self,
-        pool: UpstreamPool,
-        *,
-        host: str,
-        port: int,
-        max_message_bytes: int,
-        max_timeout: float | None = None,
-        limiter: CallLimiter | None = None,
-        identify: Identify | None = None,
-        authenticator: Authenticator | None = None,
-        forward_authorization: bool = True,
-        policies: MethodPolicies | None = None,
-        retries: Retries | None = None,
-    ) -> None:
-        self.pool = pool
-        self.authenticator = authenticator
-        self.forward_authorization = forward_authorization
-        self.policies = policies  # per-method deadline caps and idempotency, from the manifests
-        self.retries = retries
-        # Rate limiting as for HTTP: the same buckets, so a client's gRPC-Web and native calls add up.
-        self.limiter = limiter if identify is not None else None
-        self.identify = identify
-        self.max_timeout = max_timeout
+    """The listener: one ServerConnection per client, whose streams become calls (_Call)."""
+
+    def __init__(self, config: ProxyConfig, *, host: str, port: int) -> None:
+        self.config = config
         self.address = f"{host}:{port}"
-        self.max_message_bytes = max_message_bytes
+        self.max_message_bytes = config.max_message_bytes
         self.port = 0
         self.connections: set[ServerConnection[IngressServer]] = set()
         self.closing = False
@@ -545,7 +480,7 @@ class IngressServer:
         method = path = content_type = b""
         timeout: float | None = None
         fields = []
-        forward_authorization = self.forward_authorization
+        forward_authorization = self.config.forward_authorization
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":path":
@@ -576,23 +511,12 @@ class IngressServer:
             return
         text_path = path.decode("latin-1")
         service, _, method_name = text_path[1:].partition("/")
-        server = self
-        policy = server.policies.get(service, method_name) if server.policies is not None else None
-        timeout = cap_timeout(timeout, server.max_timeout, policy.timeout if policy is not None else None)
-        scope = None
-        if server.authenticator is not None or server.limiter is not None:
-            # Auth and the limiter's identity functions read an ASGI-like scope.
-            scope = {"type": "http", "client": conn.peer, "headers": headers, "path": text_path}
-        idempotent = policy is not None and policy.idempotent
-        call = _Call(conn, stream_id, text_path, service, b"".join(fields), timeout, scope, idempotent)
+        # Auth and the limiter's identity functions read an ASGI-like scope.
+        scope = {"type": "http", "client": conn.peer, "headers": headers, "path": text_path}
+        call = _Call(conn, stream_id, text_path, service, method_name, b"".join(fields), timeout, scope)
         conn.streams[stream_id] = call
         if end_stream:
             call.on_data(b"", True)
-        if service not in self.pool:
-            refusal = self.pool.unroutable(service)
-            call._answer_locally(refusal.code, refusal.message)
-            call._close()
-            return
         call.task = conn.loop.create_task(call.run())
 
     def connection_closed(self, conn: ServerConnection[IngressServer]) -> None:

@@ -87,15 +87,13 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.auth.authenticator import Authenticator
-from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
+from gateway.auth.identity import identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.ratelimit.calls import CallLimiter
-from gateway.ratelimit.keys import Identify
+from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.upstream.client import Unsent
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
-from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.pool import Replica
 from gateway.websocket.handshake import Upgrade
 from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
 from gateway.wire.framing import TRAILER_FLAG, encode_frame
@@ -364,33 +362,17 @@ class GrpcWebSocketEndpoint:
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        config: ProxyConfig,
         *,
         allow_origins: Sequence[str],
-        max_message_bytes: int,
-        max_timeout: float | None = None,
-        forward_cookies: bool = False,
         sockets: OpenSockets | None = None,
-        limiter: CallLimiter | None = None,
-        identify: Identify | None = None,
-        authenticator: Authenticator | None = None,
-        forward_authorization: bool = True,
         header_timeout: float = 10.0,
-        policies: MethodPolicies | None = None,
     ) -> None:
-        self.pool = pool
-        self.authenticator = authenticator
-        self.forward_authorization = forward_authorization
-        self.policies = policies  # per-method deadline caps, from the manifests
-        self.limiter = limiter
-        self.identify = identify
+        self.config = config
         self.sockets = sockets if sockets is not None else OpenSockets(grace=10.0)
         self.upgrade = Upgrade(self.sockets, allow_origins, SUBPROTOCOL, required=True)
         self.header_timeout = header_timeout
-        self.max_message_bytes = max_message_bytes
-        self.max_size = max_websocket_message(max_message_bytes)
-        self.max_timeout = max_timeout
-        self.forward_cookies = forward_cookies
+        self.max_size = max_websocket_message(config.max_message_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self.upgrade.accept(scope, receive, send):
@@ -444,60 +426,80 @@ class GrpcWebSocketEndpoint:
         if len(block) > self.max_size:
             raise MessageTooLarge(f"the header block is larger than the gateway's limit of {self.max_size} bytes")
         pairs = parse_header_block(block)
-        identity = identity_of(scope)
-        if identity is None and self.authenticator is not None:
-            # A browser cannot put a token on the upgrade request: it comes in the header block.
-            identity = await self.authenticator.authenticate(scope["path"], pairs)
-            if identity is not None:
-                scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
-        request = _request_metadata(pairs, scope["headers"], self.forward_cookies, self.forward_authorization)
-        metadata = request.block if identity is None else request.block + identity.metadata
-        route = self.pool.route(service)
-        if self.limiter is not None and self.identify is not None:
-            # One call per socket, so one token per socket; keyed like HTTP requests (the upgrade
-            # request's peer and headers: an apiKey sent only in the header block is not seen yet).
-            limit = await self.limiter.check(self.identify(scope), path)
-            if limit is not None and not limit[1].allowed:
-                policy, decision = limit
-                wait = policy.retry_after(decision)
-                raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-        method = self.policies.get(service, path.rpartition("/")[2]) if self.policies is not None else None
-        timeout = cap_timeout(request.timeout, self.max_timeout, method.timeout if method is not None else None)
-        # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
-        endpoint = route.pick()
-        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
+        config = self.config
+        # A browser cannot put a token on the upgrade request: it comes in the header block, unless
+        # the upgrade carried one for this very call (the auth middleware checked it). One call per
+        # socket, so one rate-limit token per socket, keyed like HTTP requests (the upgrade request's
+        # peer and headers: an apiKey sent only in the header block is not seen yet).
+        admitted = await admit(
+            config,
+            path=scope["path"],
+            service=service,
+            method=path.rpartition("/")[2],
+            credentials=pairs,
+            scope=scope,
+            identity=identity_of(scope),
+        )
+        request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        call = _Call(receive, socket, service, path, request, request.block + admitted.identity_metadata, self)
+        await run_attempts(config, admitted, admitted.deadline(request.timeout), call.attempt, resendable=False)
+
+
+class _Call:
+    """One admitted call: `attempt` opens it on a replica, then relays both ways."""
+
+    __slots__ = ("endpoint", "metadata", "path", "receive", "request", "service", "socket")
+
+    def __init__(
+        self,
+        receive: Receive,
+        socket: _Socket,
+        service: str,
+        path: str,
+        request: RequestMetadata,
+        metadata: bytes,
+        endpoint: GrpcWebSocketEndpoint,
+    ) -> None:
+        self.receive = receive
+        self.socket = socket
+        self.service = service
+        self.path = path
+        self.request = request
+        self.metadata = metadata
+        self.endpoint = endpoint
+
+    async def attempt(self, replica: Replica, timeout: float | None) -> grpc.StatusCode | Refused:
+        socket, service = self.socket, self.service
         try:
-            try:
-                stream = await endpoint.client.open(path, metadata, timeout)
-            except StreamError as exc:
-                verdict = exc.code
-                raise gateway_error(exc, service) from None
-            frames = RequestFrames(self.max_message_bytes, request.encoding)
-            requests = _Requests(receive, stream, frames, self.max_size)
-            forwarding = asyncio.ensure_future(requests.run())
-            try:
-                await stream.wait_for_headers()
-                if stream.headers is not None:
-                    # Now, not with the first message: a server may send its headers and then wait
-                    # (for this client's first message, say). A trailers-only answer has none.
-                    await socket.headers(response_metadata(stream.headers))
+            stream = await replica.client.open(self.path, self.metadata, timeout)
+        except StreamError as exc:
+            # Nothing was read from the client yet: another replica can still take the call.
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+        endpoint = self.endpoint
+        frames = RequestFrames(endpoint.config.max_message_bytes, self.request.encoding)
+        requests = _Requests(self.receive, stream, frames, endpoint.max_size)
+        forwarding = asyncio.ensure_future(requests.run())
+        try:
+            await stream.wait_for_headers()
+            if stream.headers is not None:
+                # Now, not with the first message: a server may send its headers and then wait
+                # (for this client's first message, say). A trailers-only answer has none.
+                await socket.headers(response_metadata(stream.headers))
+            frame = await stream.read()
+            while frame is not None:
+                if not socket.headers_sent:
+                    await socket.headers(response_metadata(stream.headers or ()))
+                # Everything that has arrived goes out in one message; nothing waits for more.
+                await socket.messages([frame, *stream.read_queued()])
                 frame = await stream.read()
-                while frame is not None:
-                    if not socket.headers_sent:
-                        await socket.headers(response_metadata(stream.headers or ()))
-                    # Everything that has arrived goes out in one message; nothing waits for more.
-                    await socket.messages([frame, *stream.read_queued()])
-                    frame = await stream.read()
-                if requests.gone:
-                    raise _ClientGone
-                if requests.failure is not None:
-                    raise requests.failure
-                result = outcome(stream, service)
-                verdict = result.code
-                await socket.end(result.lines(), response_metadata(stream.headers or ()))
-            finally:
-                forwarding.cancel()
-                if not stream.ended:
-                    stream.cancel("the client went away")
+            if requests.gone:
+                raise _ClientGone
+            if requests.failure is not None:
+                raise requests.failure
+            result = outcome(stream, service)
+            await socket.end(result.lines(), response_metadata(stream.headers or ()))
+            return result.code
         finally:
-            endpoint.report(verdict)
+            forwarding.cancel()
+            if not stream.ended:
+                stream.cancel("the client went away")
