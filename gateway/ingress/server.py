@@ -38,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MessageTooLarge
 from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
@@ -47,6 +47,7 @@ from gateway.upstream.headers import encode_header
 from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.pool import Replica
+from gateway.wire.framing import check_request_flags
 from gateway.wire.metadata import response_metadata
 from gateway.wire.status import percent_encode
 from gateway.wire.timeout import parse_timeout
@@ -145,13 +146,10 @@ class _Call:
         if self.closed:  # answered already: what the client still sends is dropped
             self.conn.credit(len(data))
             return
-        if data and not self._within_limit(data):
-            limit = self.conn.server.max_message_bytes
-            self._answer_locally(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request message larger than the gateway's limit of {limit} bytes",
-            )
-            self._drop_upstream("the request message is too large")
+        refusal = self._check_frames(data) if data else None
+        if refusal is not None:
+            self._answer_locally(refusal.code, refusal.message)
+            self._drop_upstream(refusal.message)
             self.conn.credit(len(data))
             return
         if end_stream:
@@ -162,8 +160,9 @@ class _Call:
         if self.upstream is not None:
             self.pump()
 
-    def _within_limit(self, data: bytes) -> bool:
-        """Follow the gRPC message prefixes across DATA frames: False once one announces too large a message."""
+    def _check_frames(self, data: bytes) -> GatewayError | None:
+        """Follow the gRPC message prefixes across DATA frames: why the request is refused, once a
+        prefix announces too large a message or carries a flag byte other than 0 or 1."""
         offset, size = 0, len(data)
         while offset < size:
             if self.body_left:
@@ -175,11 +174,17 @@ class _Call:
             self.prefix += data[offset : offset + need]
             offset += need
             if len(self.prefix) == 5:
+                flags = self.prefix[0]
                 self.body_left = int.from_bytes(self.prefix[1:5], "big")
                 self.prefix.clear()
-                if self.body_left > self.conn.server.max_message_bytes:
-                    return False
-        return True
+                limit = self.conn.server.max_message_bytes
+                if self.body_left > limit:
+                    return MessageTooLarge(f"request message larger than the gateway's limit of {limit} bytes")
+                try:
+                    check_request_flags(flags)
+                except GatewayError as exc:
+                    return exc
+        return None
 
     def pump(self) -> None:
         """Hand the upstream what its windows take now; called again when they open."""

@@ -145,6 +145,7 @@ class UpstreamPool:
         self._routes: dict[str, Route] = {}
         self._dynamic: dict[str, tuple[str, ...]] = {}
         self._internal: frozenset[str] = frozenset()
+        self._registered: frozenset[str] = frozenset()  # services plugins have provided (update)
         self._apply()
 
     def _client(self, address: str) -> UpstreamClient:
@@ -167,16 +168,21 @@ class UpstreamPool:
         codes = self.codes.setdefault(service, [0] * _CODE_COUNT)
         return Replica(address, self._client(address), breaker, codes)
 
-    def update(self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = ()) -> None:
+    def update(
+        self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = (), registered: Iterable[str] = ()
+    ) -> None:
         """Replace the routes that came from the registry (service -> endpoints); static ones stay.
         `internal` names those of them that plugins provide only to each other (infrastructure): routed
         for the gateway's own calls (`route(internal=True)`), refused with PERMISSION_DENIED to calls
-        from outside.
+        from outside. `registered`: every service a registered plugin provides, with an instance that
+        can take calls or not; one that has none now is UNAVAILABLE, not unknown (remembered for the
+        process's life: a plugin whose last instance left is still expected back).
 
         Runs on the event loop between calls: each Route is swapped whole, so a pick sees the old
         or the new replicas, never a mix. An endpoint whose address stays keeps its Replica (its
         breaker state and in-flight count) and client (its connection)."""
         self._dynamic = {service: tuple(addresses) for service, addresses in routes.items() if addresses}
+        self._registered = self._registered.union(registered, self._dynamic)
         self._internal = frozenset(internal).difference(self._static)  # a static upstream is the operator's choice
         self._apply()
 
@@ -229,6 +235,11 @@ class UpstreamPool:
         if service in self._internal:
             return PermissionDenied(
                 f"{service} is internal to the platform: plugins call it directly, the gateway does not route it"
+            )
+        if service in self._registered:
+            # Clients retry UNAVAILABLE; UNIMPLEMENTED would tell them the service does not exist.
+            return UpstreamUnavailable(
+                f"{service} is unavailable: no instance of it can take calls now (down, draining or unhealthy)"
             )
         return UnknownService(f"unknown service {service}: no upstream serves it")
 

@@ -19,6 +19,7 @@ __all__ = [
     "TRAILER_FLAG",
     "Frame",
     "FrameDecoder",
+    "check_request_flags",
     "encode_frame",
     "encode_trailer_block",
 ]
@@ -28,6 +29,21 @@ COMPRESSED_FLAG = 0x01
 PREFIX = struct.Struct(">BI")
 
 Frame = tuple[int, bytes]  # (flags, payload)
+
+
+def check_request_flags(flags: int) -> None:
+    """Refuse a request frame whose flag byte is anything but 0 or 1 (compressed).
+
+    grpc-go answers such a frame INTERNAL "grpc: received unexpected payload format"; forwarded, a
+    server that reads only the low bit would take the frame for a message and the call would go on
+    without the client's message (a fuzzed 0x1e frame was answered OK, with an empty request).
+    """
+    if flags & ~COMPRESSED_FLAG:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        raise MalformedMessage(
+            f"request frame has the flag byte 0x{flags:02x}; a message frame's is 0x00, or 0x01 when compressed"
+        )
 
 
 def encode_frame(payload: bytes, flags: int = 0) -> bytes:
