@@ -1,80 +1,8 @@
 """The grpc-websockets bridge: gRPC calls of every kind from browsers, one WebSocket per call.
 
-Browsers cannot stream a request body over HTTP/1.1, so gRPC-Web over fetch or XHR carries unary and
-server-streaming calls only. improbable-eng/grpc-web defined a WebSocket transport for the rest; its
-clients (@improbable-eng/grpc-web's and nice-grpc-web's WebsocketTransport) are what this endpoint
-speaks to. The protocol, as they implement it, and the choices made here:
-
-Handshake
-  `GET /<package.Service>/<Method>` (or under `/api/`) with `Upgrade: websocket` and
-  `Sec-WebSocket-Protocol: grpc-websockets`. Before accepting, the endpoint checks
-  - the Origin, since CORS does not protect WebSockets (a page on any site could otherwise open
-    one with the user's cookies): allowed when `cors.allowOrigins` lists it (or holds "*"), when
-    it is the gateway's own origin (its host is the Host header), or when there is none (not a
-    browser: browsers always send it). Otherwise HTTP 403 and no socket.
-  - the subprotocol: without `grpc-websockets`, HTTP 400.
-  It then accepts, echoing the subprotocol.
-
-Client -> server: binary messages only (a text message is an error)
-  1. The header block: the request metadata as `name: value\r\n` lines. nice-grpc writes one line
-     per value and improbable joins values with ", ", so `-bin` values are split at commas.
-     `content-type` must be `application/grpc-web` or `application/grpc-web+proto` (or absent);
-     any other type, the text format included, ends the call with UNIMPLEMENTED. `grpc-timeout`
-     becomes the upstream deadline (capped by maxTimeout); the other names become metadata exactly
-     as on the HTTP path (gateway/wire/metadata.py). Auth tokens travel here too: browsers
-     cannot set headers on a WebSocket upgrade. A block that is not `name: value` lines ends the
-     call with INVALID_ARGUMENT. It must arrive within websocket.headerTimeout seconds of the
-     upgrade; a socket that sends nothing is closed with 1008 and the reason "no header block
-     within N s" (no call began, so there is no status to send).
-  2. Every later message is one control byte and a payload:
-     - 0x00 + bytes of the gRPC-framed request stream. The payloads form one byte stream: a frame
-       may span messages and a message may hold several frames. It is checked frame by frame as it
-       passes (maxMessageBytes; no trailer flag; the compressed flag only with grpc-encoding, and
-       then inflated here as on the HTTP path) and otherwise goes upstream as it came.
-     - 0x01 alone: half-close. The upstream stream gets END_STREAM; responses keep flowing. A
-       message after it is an error.
-
-Server -> client: binary messages, without a control byte
-  1. A header frame (flag 0x80, 4-byte length, `name: value\r\n` lines): content-type and the
-     upstream's response metadata, once per call, as soon as the upstream sends its response
-     headers (a server may send them long before its first message), else with the status.
-  2. The upstream's message frames (flag 0x00) as they arrive; frames that arrived together leave in
-     one WebSocket message.
-  3. The trailer frame (flag 0x80): grpc-status, grpc-message (percent-encoded), trailing metadata.
-  4. A close: 1000, or 1009 after a request message larger than the limits.
-  Both clients read these messages as one byte stream, take the first 0x80 frame as headers and the
-  second as trailers, and treat a socket that closes without a status as an error. So every call
-  that was accepted ends with both frames and then the close, the gateway's own errors included:
-  UNIMPLEMENTED for an unknown service, UNAVAILABLE for a backend that is down, INTERNAL for a
-  failure inside the gateway (logged; never a stack trace to the client).
-
-Limits, liveness and cancellation
-  - A WebSocket message may be at most maxMessageBytes + MESSAGE_SLACK bytes. The server enforces it
-    (gateway/serve.py sets uvicorn's ws_max_size) by closing with 1009; this endpoint checks it too,
-    for servers that do not. A gRPC message over maxMessageBytes, even one split across messages,
-    ends the call with RESOURCE_EXHAUSTED, then close 1009.
-  - Pings come from the server: websocket.pingInterval / pingTimeout in the settings.
-  - Flow control: a request message is taken from the socket only once the upstream has accepted the
-    previous one (uvicorn stops reading the socket while a message waits for the app), so a slow
-    upstream holds the client back; response frames are read from the upstream only as fast as the
-    socket takes them, which holds the upstream back in turn.
-  - A client that closes the socket, or loses it, cancels the upstream call. While the gateway waits
-    for the upstream to accept request bytes it reads one message ahead to notice a close; a close
-    behind further unread messages is noticed once the upstream takes bytes again, or at the
-    deadline. An upstream that ends the call ends the socket.
-
-Graceful drain (OpenSockets in open_sockets.py, run by gateway/serve.py before uvicorn's own
-shutdown, which would close every socket with 1012 at once)
-  - New upgrades are refused with HTTP 503; the listeners are closed already.
-  - A socket without a call (no header block yet) is closed with 1001 ("going away") at once.
-  - A call in flight runs on for up to websocket.drainGrace seconds; when it ends, its trailer frame
-    is followed by close 1001 instead of 1000, so the client knows to reconnect elsewhere.
-  - A call still running after the grace is cut: the upstream is cancelled and the client gets a
-    trailer frame with UNAVAILABLE "the gateway is shutting down", then close 1001.
-
-Not here: several calls on one socket (this protocol has one call per socket: see mux.py); an unary or
-server-streaming method that gets END_STREAM without a message waits for its deadline, since the
-gateway proxies without descriptors and cannot tell it from a client stream that sent nothing.
+The protocol as improbable-eng/grpc-web's and nice-grpc-web's WebsocketTransport speak it, and the
+choices made here (origin check, limits, flow control, drain): gateway/websocket/GRPCWS.md.
+Admission and the attempts on replicas are the shared call path's (gateway/proxy/).
 """
 
 from __future__ import annotations
