@@ -253,7 +253,10 @@ class _Call:
             # DATA leave in one write, and a refused attempt can be sent again.
             self.body = self._take_body()
         timeout = admitted.deadline(self.requested_timeout)
-        await run_attempts(config, admitted, timeout, self.attempt, resendable=self.body is not None)
+        try:
+            await run_attempts(config, admitted, timeout, self.attempt, resendable=self.body is not None)
+        except GatewayError as exc:  # every replica's breaker is open
+            self._answer_locally(exc.code, exc.message, exc.headers)
 
     def _take_body(self) -> bytes:
         """The whole request (the client half-closed), taken from `pending`."""
