@@ -8,7 +8,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from gateway.errors import UnknownService
+from gateway.errors import UnknownService, UpstreamUnavailable
 from gateway.upstream.breaker import BreakerPolicy
 from gateway.upstream.pool import Replica, Route, UpstreamPool
 from gateway.upstream.registry_routes import _matches
@@ -95,8 +95,14 @@ def test_update_replaces_routes_and_keeps_endpoints_clients_and_breakers() -> No
 
     pool.update({})
     assert pool.services == ["static.v1.S"]
-    with pytest.raises(UnknownService):
+    # Routed once, so a plugin provides it: no instance now is UNAVAILABLE, not an unknown service.
+    with pytest.raises(UpstreamUnavailable, match=r"dyn\.v1\.S is unavailable: no instance of it can take calls now"):
         pool.route("dyn.v1.S")
+    with pytest.raises(UnknownService):
+        pool.route("never.v1.S")
+    pool.update({}, registered=["listed.v1.S"])  # a registered plugin's service, no instance yet
+    with pytest.raises(UpstreamUnavailable, match=r"listed\.v1\.S is unavailable"):
+        pool.route("listed.v1.S")
 
 
 def test_a_client_leaving_the_table_is_closed_only_after_its_last_call() -> None:
