@@ -26,9 +26,9 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError, MissingMessage
 from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
+from gateway.http2.client import Http2Stream, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
-from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import PREFIX, TRAILER_FLAG, encode_frame

@@ -11,11 +11,15 @@ upstream stream instead of filling memory); the peer's SETTINGS (frame size, win
 streams); PING answered; GOAWAY drains the connection and the next call opens a new one;
 RST_STREAM and a lost connection end the affected calls with the gRPC status the protocol maps
 them to; deadlines enforced locally and sent as grpc-timeout. No TLS, no server push, no priorities.
+Frames are read, checked and written by the layer both ends share (reader.py, writer.py,
+connection.py): an upstream that breaks the protocol gets GOAWAY with the error code, and every call
+on that connection ends INTERNAL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import zlib
 from collections import deque
@@ -23,11 +27,10 @@ from collections.abc import Callable
 from typing import Final
 
 import grpc
-import hpack
 
 from gateway.errors import HTTP_TO_GRPC
 from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.connection import Connection
+from gateway.http2.connection import MAX_HEADER_LIST, Connection
 from gateway.http2.frames import (
     DATA,
     DEFAULT_WINDOW,
@@ -40,11 +43,12 @@ from gateway.http2.frames import (
     PREFACE,
     frame,
 )
-from gateway.http2.reader import ProtocolError
+from gateway.http2.headers import HeaderList, RequestEncoder
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
-from gateway.upstream.headers import HeaderBlockDecoder, HeaderList, RequestEncoder
 
-__all__ = ["ClientConnection", "Http2Stream", "StreamError", "connect"]
+__all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "StreamError", "connect"]
+
+logger = logging.getLogger(__name__)
 
 _GRPC_PREFIX = struct.Struct(">BI")
 STREAM_WINDOW: Final = 4 * 1024 * 1024  # what one stream may have in flight towards us
@@ -52,9 +56,6 @@ CONNECTION_WINDOW: Final = 64 * 1024 * 1024
 _PREFIX_LITERALS = 128  # bytes of a request prefix besides :authority and :path, all as literals
 _ERROR_BODY_LIMIT = 16 * 1024  # of a non-gRPC answer, kept for the error message (Envoy keeps as much)
 _CREDIT_BATCH = STREAM_WINDOW // 8  # window updates go out in batches this large, not per message
-# The largest header block (and decoded header list) an upstream may send: what grpc's own
-# clients announce, and hpack.Decoder's own limit for the decoded list.
-MAX_HEADER_LIST: Final = 64 * 1024
 _OPENING = (
     PREFACE
     + settings(
@@ -410,7 +411,7 @@ class ClientConnection(Connection[Http2Stream]):
     def __init__(self, authority: str, max_message: int) -> None:
         # We never raise SETTINGS_MAX_FRAME_SIZE above the default: a larger frame is the upstream's
         # error, and waiting for it would hold up to 16 MiB for nothing.
-        super().__init__(server=False, max_frame=MIN_MAX_FRAME, max_header_block=MAX_HEADER_LIST)
+        super().__init__(server=False, max_frame=MIN_MAX_FRAME)
         self.authority = authority
         self.max_message = max_message
         self.next_stream_id = 1
@@ -418,7 +419,6 @@ class ClientConnection(Connection[Http2Stream]):
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
-        self._decoder = HeaderBlockDecoder()
         self.encoder = RequestEncoder()
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
@@ -449,12 +449,7 @@ class ClientConnection(Connection[Http2Stream]):
             stream._on_data(data, flow_length, end_stream)
 
     def on_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        try:
-            headers = self._decoder.decode(block)
-        except hpack.OversizedHeaderListError:
-            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
-        except Exception as exc:  # hpack raises several types; all leave the decoder unusable
-            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+        headers = self.decode_headers(block)
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream._on_headers(headers, end_stream)
@@ -488,6 +483,7 @@ class ClientConnection(Connection[Http2Stream]):
 
     def fail(self, code: ErrorCode, message: str) -> None:
         reason = f"upstream {self.authority} broke the protocol: {message}"
+        logger.info("%s (HTTP/2 error code %d): connection closed", reason, code)
         self.write(goaway(0, code, message.encode()[:256]))
         self.closing = reason
         for stream in list(self.streams.values()):

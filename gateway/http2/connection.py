@@ -13,17 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Final, Generic, Protocol, TypeVar, cast
+
+import hpack
 
 from gateway.corking import CorkedTransport
 from gateway.http2.codes import ErrorCode, Setting
 from gateway.http2.frames import DEFAULT_WINDOW, MAX_WINDOW, MIN_MAX_FRAME
+from gateway.http2.headers import HeaderBlockDecoder, HeaderList
 from gateway.http2.reader import FrameReader, ProtocolError
 from gateway.http2.writer import SETTINGS_ACK, header_frames, ping_ack, rst_stream
 
-__all__ = ["Connection", "WindowedStream"]
+__all__ = ["MAX_HEADER_LIST", "Connection", "WindowedStream"]
 
 logger = logging.getLogger(__name__)
+
+# The largest header block, and decoded header list, either end accepts and announces as
+# SETTINGS_MAX_HEADER_LIST_SIZE: hpack.Decoder's own cap on a decoded list, which HeaderBlockDecoder keeps.
+MAX_HEADER_LIST: Final = 64 * 1024
 
 
 class WindowedStream(Protocol):
@@ -38,9 +45,9 @@ StreamT = TypeVar("StreamT", bound=WindowedStream)
 
 
 class Connection(asyncio.Protocol, Generic[StreamT]):
-    """`server`: which end this is. `max_frame` and `max_header_block` bound what the peer may send."""
+    """`server`: which end this is. `max_frame`: the SETTINGS_MAX_FRAME_SIZE this end announces."""
 
-    def __init__(self, *, server: bool, max_frame: int, max_header_block: int) -> None:
+    def __init__(self, *, server: bool, max_frame: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: CorkedTransport | None = None
         self.streams: dict[int, StreamT] = {}
@@ -48,7 +55,9 @@ class Connection(asyncio.Protocol, Generic[StreamT]):
         self.peer_max_frame = MIN_MAX_FRAME
         self.peer_initial_window = DEFAULT_WINDOW
         self.send_window = DEFAULT_WINDOW  # what we may still send the peer on the connection
-        self.reader = FrameReader(self, server=server, max_frame=max_frame, max_header_block=max_header_block)
+        self.reader = FrameReader(self, server=server, max_frame=max_frame, max_header_block=MAX_HEADER_LIST)
+        # Response (client) or request (server) header blocks repeat call after call: decoded once, cached.
+        self._decoder = HeaderBlockDecoder()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -88,6 +97,15 @@ class Connection(asyncio.Protocol, Generic[StreamT]):
             else:
                 self.on_setting(key, value)
         self.write(SETTINGS_ACK)
+
+    def decode_headers(self, block: bytes) -> HeaderList:
+        """A header block, HPACK-decoded; a block that does not decode breaks the connection."""
+        try:
+            return self._decoder.decode(block)
+        except hpack.OversizedHeaderListError:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
+        except Exception as exc:  # hpack raises several types; all leave the decoder unusable
+            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
 
     def on_setting(self, key: int, value: int) -> None:
         """A setting besides the window and frame sizes: a subclass's business."""

@@ -1,8 +1,8 @@
 """HTTP/2 frame layout (RFC 9113 sections 3.4, 4.1 and 6): the preface, the frame header, the limits, `frame()`.
 
 The names below the limits are the codes that per-frame code (the reader, the proxy's DATA path)
-tests or writes for every frame: module globals, because reading an IntEnum member through its
-class costs ~6x a global (gateway/http2/codes.py). Everything else names codes by their enum.
+tests or writes for every frame, as plain ints: an IntEnum member costs more on such a path (see
+gateway/http2/codes.py). Everything else names codes by their enum.
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ MAX_MAX_FRAME: Final = 2**24 - 1  # ...nor above this
 MAX_STREAM_ID: Final = 2**31 - 1
 MAX_WINDOW: Final = 2**31 - 1
 
-DATA: Final = FrameType.DATA
-HEADERS: Final = FrameType.HEADERS
-RST_STREAM: Final = FrameType.RST_STREAM
-WINDOW_UPDATE: Final = FrameType.WINDOW_UPDATE
-CONTINUATION: Final = FrameType.CONTINUATION
-END_STREAM: Final = Flag.END_STREAM
-END_HEADERS: Final = Flag.END_HEADERS
-PADDED: Final = Flag.PADDED
-NO_ERROR: Final = ErrorCode.NO_ERROR
-PROTOCOL_ERROR: Final = ErrorCode.PROTOCOL_ERROR
-CANCEL: Final = ErrorCode.CANCEL
+DATA: Final = int(FrameType.DATA)
+HEADERS: Final = int(FrameType.HEADERS)
+RST_STREAM: Final = int(FrameType.RST_STREAM)
+WINDOW_UPDATE: Final = int(FrameType.WINDOW_UPDATE)
+CONTINUATION: Final = int(FrameType.CONTINUATION)
+END_STREAM: Final = int(Flag.END_STREAM)
+END_HEADERS: Final = int(Flag.END_HEADERS)
+PADDED: Final = int(Flag.PADDED)
+NO_ERROR: Final = int(ErrorCode.NO_ERROR)
+PROTOCOL_ERROR: Final = int(ErrorCode.PROTOCOL_ERROR)
+CANCEL: Final = int(ErrorCode.CANCEL)
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:

@@ -35,7 +35,18 @@ from gateway.http2.frames import (
 
 __all__ = ["FrameHandler", "FrameReader", "Gatherer", "ProtocolError"]
 
-_HEADERS = FrameType.HEADERS
+# Every frame is tested against these: plain ints, not IntEnum members (see codes.py).
+_HEADERS = int(FrameType.HEADERS)
+_RST_STREAM = int(FrameType.RST_STREAM)
+_SETTINGS = int(FrameType.SETTINGS)
+_PING = int(FrameType.PING)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_GOAWAY_FRAME = int(FrameType.GOAWAY)
+_PUSH_PROMISE = int(FrameType.PUSH_PROMISE)
+_PRIORITY = int(FrameType.PRIORITY)
+_ACK = int(Flag.ACK)
+_PRIORITY_FLAG = int(Flag.PRIORITY)
+_WHOLE_HEADERS_MASK = END_HEADERS | PADDED | _PRIORITY_FLAG
 _SETTING = struct.Struct(">HI")
 _UINT32 = struct.Struct(">I")
 _GOAWAY = struct.Struct(">II")
@@ -112,13 +123,15 @@ class FrameReader:
         "_max_frame",
         "_max_header_block",
         "_on_data",
+        "_on_headers",
         "_preface",
         "stopped",
     )  # fmt: skip
 
     def __init__(self, handler: FrameHandler, *, server: bool, max_frame: int, max_header_block: int) -> None:
         self._handler = handler
-        self._on_data = handler.on_data  # bound once: DATA is most of the frames
+        self._on_data = handler.on_data  # bound once: DATA and HEADERS are most of the frames
+        self._on_headers = handler.on_headers
         self._preface = not server  # True once it has been read (a client's reader expects none)
         self._max_frame = max_frame  # what this side announced as SETTINGS_MAX_FRAME_SIZE
         self._max_header_block = max_header_block
@@ -145,7 +158,7 @@ class FrameReader:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
             self._preface = True
             offset = len(PREFACE)
-        max_frame = self._max_frame
+        max_frame, max_header_block = self._max_frame, self._max_header_block
         while size - offset >= 9:
             head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
             length = head >> 8
@@ -160,12 +173,19 @@ class FrameReader:
             payload = buffer[offset + 9 : end]
             offset = end
             stream_id &= MAX_STREAM_ID
-            if kind == DATA and self._header_block is None and stream_id:
-                # The common frame, inline.
-                flow_length = length
-                if flags & PADDED:
-                    payload = _unpad(payload)
-                self._on_data(stream_id, payload, flow_length, bool(flags & END_STREAM))
+            # The frames of every call, inline: DATA, and a header block in one HEADERS frame.
+            if kind == DATA and stream_id and self._header_block is None:
+                self._on_data(
+                    stream_id, _unpad(payload) if flags & PADDED else payload, length, bool(flags & END_STREAM)
+                )
+            elif (
+                kind == _HEADERS
+                and flags & _WHOLE_HEADERS_MASK == END_HEADERS  # neither padded nor with a priority
+                and stream_id
+                and self._header_block is None
+                and length <= max_header_block
+            ):
+                self._on_headers(stream_id, payload, bool(flags & END_STREAM))
             else:
                 self._frame(kind, flags, stream_id, payload)
             if self.stopped:
@@ -186,6 +206,10 @@ class FrameReader:
             self._on_data(stream_id, data, len(payload), bool(flags & END_STREAM))
         elif kind == _HEADERS:
             self._headers(flags, stream_id, payload)
+        elif kind == _WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE is 4 bytes")
+            handler.on_window_update(stream_id, _UINT32.unpack(payload)[0] & MAX_WINDOW)
         elif kind == CONTINUATION:
             if block is None:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without HEADERS")
@@ -196,38 +220,34 @@ class FrameReader:
             if flags & END_HEADERS:
                 self._header_block = None
                 handler.on_headers(stream_id, bytes(fragments), bool(block[1] & END_STREAM))
-        elif kind == FrameType.RST_STREAM:
+        elif kind == _RST_STREAM:
             if stream_id == 0:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM is 4 bytes")
             handler.on_rst_stream(stream_id, _UINT32.unpack(payload)[0])
-        elif kind == FrameType.SETTINGS:
+        elif kind == _SETTINGS:
             if stream_id != 0:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
-            if flags & Flag.ACK:
+            if flags & _ACK:
                 if payload:
                     raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             else:
                 handler.on_settings(_settings(payload))
-        elif kind == FrameType.PING:
+        elif kind == _PING:
             if stream_id != 0 or len(payload) != 8:
                 code = ErrorCode.PROTOCOL_ERROR if stream_id else ErrorCode.FRAME_SIZE_ERROR
                 raise ProtocolError(code, "malformed PING")
-            if not flags & Flag.ACK:
+            if not flags & _ACK:
                 handler.on_ping(payload)
-        elif kind == FrameType.WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE is 4 bytes")
-            handler.on_window_update(stream_id, _UINT32.unpack(payload)[0] & MAX_WINDOW)
-        elif kind == FrameType.GOAWAY:
+        elif kind == _GOAWAY_FRAME:
             if stream_id != 0 or len(payload) < 8:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed GOAWAY")
             last_stream_id, code = _GOAWAY.unpack_from(payload)
             handler.on_goaway(last_stream_id & MAX_STREAM_ID, code, payload[8:])
-        elif kind == FrameType.PUSH_PROMISE:
+        elif kind == _PUSH_PROMISE:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE, but push is disabled")
-        elif kind == FrameType.PRIORITY and (stream_id == 0 or len(payload) != 5):
+        elif kind == _PRIORITY and (stream_id == 0 or len(payload) != 5):
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed PRIORITY")
         # PRIORITY frames and unknown frame types are ignored, as RFC 9113 requires.
 
@@ -236,7 +256,7 @@ class FrameReader:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         if flags & PADDED:
             payload = _unpad(payload)
-        if flags & Flag.PRIORITY:
+        if flags & _PRIORITY_FLAG:
             if len(payload) < 5:
                 raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             payload = payload[5:]

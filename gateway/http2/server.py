@@ -1,10 +1,10 @@
 """The server side of HTTP/2 (RFC 9113, h2c with prior knowledge) for the native gRPC ingress.
 
-`ServerConnection` is one asyncio.Protocol per client connection: it reads and checks frames,
-keeps the connection's flow-control windows and settings, and writes frames. What a stream
-carries is not its business: request headers for a new stream go to its owner
-(`ServerOwner.start_stream`), which registers a `ServerStream` in `streams`; DATA, resets and
-window updates for that stream are then handed to it.
+`ServerConnection` is one asyncio.Protocol per client connection: it reads and checks frames
+(through the reader both ends share), keeps the flow-control windows and settings, and writes
+frames. What a stream carries is not its business: request headers for a new stream go to its
+owner (`ServerOwner.start_stream`), which registers a `ServerStream` in `streams`; DATA, resets
+and window updates for that stream are then handed to it.
 
 A client that breaks the protocol gets GOAWAY with the error code and its connection closed;
 other connections are untouched.
@@ -16,10 +16,8 @@ import asyncio
 import logging
 from typing import Any, Generic, Protocol, TypeVar
 
-import hpack
-
 from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.connection import Connection
+from gateway.http2.connection import MAX_HEADER_LIST, Connection
 from gateway.http2.frames import DEFAULT_WINDOW
 from gateway.http2.reader import ProtocolError
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
@@ -43,7 +41,6 @@ MAX_CONCURRENT_STREAMS = 1000
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 1024 * 1024  # the largest frame a client may send us (and so the most a partial frame holds)
-MAX_HEADER_LIST = 64 * 1024
 HEADER_TABLE_SIZE = 4096  # the protocol default: hpack.Decoder's own limit
 # Window updates to the client go out in batches this large, not one per message.
 _CONNECTION_CREDIT_BATCH = CONNECTION_WINDOW // 4
@@ -91,13 +88,11 @@ class ServerConnection(Connection[ServerStream], Generic[OwnerT]):
     """One client connection: frames in, flow-control bookkeeping, frames out; streams belong to `server`."""
 
     def __init__(self, server: OwnerT) -> None:
-        super().__init__(server=True, max_frame=MAX_FRAME, max_header_block=MAX_HEADER_LIST)
+        super().__init__(server=True, max_frame=MAX_FRAME)
         self.server = server
         self.last_stream_id = 0
         self.recv_window = CONNECTION_WINDOW  # what the client may still send us on the connection
         self._uncredited = 0
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
-        self._decoder.max_allowed_table_size = HEADER_TABLE_SIZE
         self.going_away = False
         self.peer: tuple[str, int] | None = None  # the client's address, for rate-limit keys
 
@@ -139,12 +134,7 @@ class ServerConnection(Connection[ServerStream], Generic[OwnerT]):
         call.on_data(data, end_stream)
 
     def on_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        try:
-            headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
-        except hpack.OversizedHeaderListError:
-            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
-        except Exception as exc:  # hpack raises several types; all leave the decoder unusable
-            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+        headers = self.decode_headers(block)
         call = self.streams.get(stream_id)
         if call is not None:
             # Trailers from the client (gRPC clients send none): they can only end the request.

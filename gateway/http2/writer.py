@@ -19,6 +19,9 @@ _UINT32 = struct.Struct(">I")
 _GOAWAY = struct.Struct(">II")
 
 SETTINGS_ACK = frame(FrameType.SETTINGS, Flag.ACK, 0)
+# Written once a call or more often: plain ints, not IntEnum members (see codes.py).
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_RST_STREAM = int(FrameType.RST_STREAM)
 
 
 def header_frames(stream_id: int, block: bytes, *, end_stream: bool, max_frame: int) -> bytes:
@@ -38,11 +41,11 @@ def settings(values: Iterable[tuple[Setting, int]]) -> bytes:
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(FrameType.WINDOW_UPDATE, 0, stream_id, _UINT32.pack(increment))
+    return frame(_WINDOW_UPDATE, 0, stream_id, _UINT32.pack(increment))
 
 
 def rst_stream(stream_id: int, code: ErrorCode) -> bytes:
-    return frame(FrameType.RST_STREAM, 0, stream_id, _UINT32.pack(code))
+    return frame(_RST_STREAM, 0, stream_id, _UINT32.pack(code))
 
 
 def goaway(last_stream_id: int, code: ErrorCode, debug: bytes = b"") -> bytes:

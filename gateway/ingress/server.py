@@ -39,12 +39,12 @@ from typing import Any
 import grpc
 
 from gateway.errors import GatewayError, MessageTooLarge
+from gateway.http2.client import Http2Stream, StreamError
 from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
+from gateway.http2.headers import encode_header
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
-from gateway.upstream.headers import encode_header
-from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import check_request_flags

@@ -13,8 +13,8 @@ import time
 
 import grpc
 
-from gateway.upstream.headers import encode_header
-from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
+from gateway.http2.client import ClientConnection, Http2Stream, StreamError, connect
+from gateway.http2.headers import encode_header
 from gateway.wire.timeout import encode_timeout
 
 __all__ = ["Unsent", "UpstreamClient"]
@@ -37,8 +37,8 @@ class UpstreamClient:
         self._port = int(port)
         self._authority = address
         self._max_message = max_message_bytes
-        self._connection: Http2Connection | None = None
-        self._connecting: asyncio.Future[Http2Connection] | None = None
+        self._connection: ClientConnection | None = None
+        self._connecting: asyncio.Future[ClientConnection] | None = None
         self._authority_bytes = address.encode()
         self._retry_at = 0.0
         self._backoff = _BACKOFF_INITIAL
@@ -50,7 +50,7 @@ class UpstreamClient:
             return encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
         return metadata
 
-    async def connection(self) -> Http2Connection:
+    async def connection(self) -> ClientConnection:
         connection = self._connection
         if connection is not None and connection.usable:
             return connection
@@ -58,7 +58,7 @@ class UpstreamClient:
             self._connecting = asyncio.ensure_future(self._connect())
         return await asyncio.shield(self._connecting)
 
-    async def _connect(self) -> Http2Connection:
+    async def _connect(self) -> ClientConnection:
         try:
             if time.monotonic() < self._retry_at:
                 raise Unsent(grpc.StatusCode.UNAVAILABLE, self._last_error)
@@ -118,7 +118,7 @@ class UpstreamClient:
             self._connection = None
 
 
-async def _open(connection: Http2Connection, target: tuple[bytes, bytes], fields: bytes) -> Http2Stream:
+async def _open(connection: ClientConnection, target: tuple[bytes, bytes], fields: bytes) -> Http2Stream:
     try:
         return await connection.open_stream(target, fields)
     except StreamError as exc:  # raised before the stream's HEADERS were written

@@ -17,9 +17,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.identity import identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
+from gateway.http2.client import Http2Stream, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
-from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.websocket.handshake import Upgrade

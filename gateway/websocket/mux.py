@@ -38,9 +38,9 @@ import grpc
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge
+from gateway.http2.client import Http2Stream, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
-from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from gateway.errors import BadRequest, UnsupportedEncoding
-from gateway.upstream.headers import encode_header
+from gateway.http2.headers import encode_header
 from gateway.wire.timeout import parse_timeout
 
 __all__ = ["SUPPORTED_ENCODINGS", "RequestMetadata", "parse_request_headers", "response_metadata"]
