@@ -5,13 +5,15 @@ Outermost first, each for a reason:
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
                        files, served before auth and limits; every other path passes on (gateway/shell.py)
-  AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
-                       identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
-  RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
+  AuthMiddleware       (auth.enabled) a verified token on every REST request except public paths
+                       (gateway/auth/)
+  RateLimitMiddleware  (rateLimiting.enabled) refuses REST requests before any work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
-The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
+Every gRPC call, whichever codec it came in (gRPC-Web, native gRPC, grpc-websockets, upf-mux.v1),
+is admitted and placed by one call path (gateway/proxy/: ProxyConfig, built once here), which asks the
+same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata.
 
 Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
 circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
@@ -47,6 +49,7 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
@@ -57,7 +60,7 @@ from gateway.upstream.policies import MethodPolicies, split_call
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.upstream.retry import Retries
-from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
+from gateway.websocket import GrpcWebSocketEndpoint, OpenSockets
 from gateway.websocket.mux import MuxEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -163,60 +166,34 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     forward_authorization = auth is None or settings.auth.forward_token
     if auth is not None:
         readiness.details["auth"] = auth.status
-    ingress = (
-        IngressServer(
-            pool,
-            host=settings.host,
-            port=settings.grpc_port,
-            max_message_bytes=settings.max_message_bytes,
-            max_timeout=settings.max_timeout,
-            limiter=limiter,
-            identify=identify,
-            authenticator=authenticator,
-            forward_authorization=forward_authorization,
-            policies=policies,
-            retries=retries,
-        )
-        if settings.grpc_port
-        else None
-    )
-    grpc_web = GrpcWebEndpoint(
+    # Every gRPC call, whichever of the four codecs it arrives in, is admitted and placed with these.
+    proxy = ProxyConfig(
         pool,
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
         forward_authorization=forward_authorization,
         policies=policies,
-        retries=retries,
-    )
-    websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
-    grpc_websockets = GrpcWebSocketEndpoint(
-        pool,
-        allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
-        registry=websockets,
+        authenticator=authenticator,
         limiter=limiter,
         identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
+        exempt_paths=frozenset(limits.exempt_paths),
+        retries=retries,
+    )
+    ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
+    grpc_web = GrpcWebEndpoint(proxy)
+    websockets = OpenSockets(grace=settings.websocket.drain_grace)
+    grpc_websockets = GrpcWebSocketEndpoint(
+        proxy,
+        allow_origins=settings.cors.allow_origins,
+        sockets=websockets,
         header_timeout=settings.websocket.header_timeout,
-        policies=policies,
     )
     mux = settings.websocket.mux
     mux_endpoint = MuxEndpoint(
-        pool,
+        proxy,
         allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
-        registry=websockets,
-        limiter=limiter,
-        identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
-        policies=policies,
+        sockets=websockets,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,
@@ -227,7 +204,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         LiveEvents(
             settings.events,
             cors_origins=settings.cors.allow_origins,
-            registry=websockets,
+            sockets=websockets,
             still_valid=auth.verifier.still_valid if auth is not None else None,
             registry_url=settings.registry_url,
             endpoints=_endpoints_of(registry_routes) if registry_routes is not None else None,

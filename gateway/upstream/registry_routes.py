@@ -274,7 +274,8 @@ class RegistryRoutes:
                 continue
             for service in plugin.services:
                 routes.setdefault(service, []).append(status.endpoint)
-        self.pool.update(routes, internal=internal)
+        registered = {service for plugin in self._plugins.values() for service in plugin.services}
+        self.pool.update(routes, internal=internal, registered=registered)
 
     def routes(self) -> Mapping[str, list[str]]:
         """The registry's routes as they stand (before static ones override), for tests and debugging."""

@@ -15,8 +15,9 @@ import pytest
 
 from gateway.http2.client import STREAM_WINDOW, Http2Stream, StreamError
 from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder
-from gateway.upstream.client import UpstreamClient, encode_timeout
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.outcome import Outcome, outcome
+from gateway.wire.timeout import encode_timeout
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
 
 PATH = "/test.v1.Svc/Call"
