@@ -21,7 +21,6 @@ from common.auth.revocations import MemoryRevocations
 from common.config import ConfigError, load_config
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.errors import GatewayError
-from gateway.grpcweb.request_frames import RequestFrames
 from gateway.grpcweb.text import TextDecoder
 from gateway.http2.frames import PREFACE
 from gateway.http2.headers import HeaderBlockDecoder
@@ -29,6 +28,7 @@ from gateway.http2.reader import FrameReader, ProtocolError
 from gateway.settings import GatewaySettings
 from gateway.websocket.grpcws import parse_header_block
 from gateway.websocket.mux_frames import MuxProtocolError, parse_increment, parse_open
+from gateway.wire.request_frames import RequestFrames
 from manifests.load import ManifestError, parse_manifest
 
 __all__ = ["TARGETS", "Target"]
@@ -72,7 +72,7 @@ def _grpc_web_text(data: bytes) -> None:
 
 def _http2(server: bool) -> Callable[[bytes], None]:
     def read(data: bytes) -> None:
-        reader = FrameReader(_Frames(), server=server, max_frame=16_384, max_header_block=65_536)  # type: ignore[arg-type]
+        reader = FrameReader(_Frames(), server=server, max_frame=16_384, max_header_block=65_536)
         reader.feed((PREFACE if server else b"") + data)
 
     return read
