@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-unit test-files-large check lint format proto proto-check schema bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -79,6 +79,11 @@ run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
 	$(BIN)/pytest
+
+# The in-process tier alone (no processes, no local servers, no Node): about 600 tests in 20 s. Markers are
+# set by tests/conftest.py from what each test uses; `-m process` and `-m js` select the other tiers.
+test-unit: $(PY_STAMP)
+	$(BIN)/pytest -m "not process and not js"
 
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
 test-files-large: $(PY_STAMP)

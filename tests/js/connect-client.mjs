@@ -7,8 +7,12 @@ import { kindOf } from "./probe.mjs";
 export const description = "@connectrpc/connect-node createGrpcWebTransport (binary)";
 
 export function makeClient(baseUrl) {
-  const transport = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+  return clientOver(createGrpcWebTransport({ baseUrl, httpVersion: "1.1" }));
+}
 
+// The adapter over any connect-es transport (connect-json-client.mjs and connect-proto-client.mjs
+// use it with createConnectTransport).
+export function clientOver(transport) {
   async function call(method, input, { headers, binaryHeaders, timeoutMs, onMessage, onHeaders }) {
     const client = createClient(method.parent, transport);
     const rpc = client[method.localName];

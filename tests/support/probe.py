@@ -182,6 +182,10 @@ async def serve(port: int, gen_dir: Path, compress: bool) -> None:
     pb2, pb2_grpc = load(gen_dir)
     server = grpc.aio.server(compression=grpc.Compression.Gzip if compress else None)
     pb2_grpc.add_ProbeServicer_to_server(build_servicer(pb2, pb2_grpc), server)
+    # Reflection, as every SDK plugin serves it: the gateway's JSON (Connect) routes learn the schema from it.
+    from grpc_reflection.v1alpha import reflection
+
+    reflection.enable_server_reflection(["accept.v1.Probe", reflection.SERVICE_NAME], server)
     await serve_on(server, port)
 
 

@@ -1,0 +1,187 @@
+"""An OpenAPI 3.1 document for the Connect routes of the exposed services, from their descriptors.
+
+Schemas follow protobuf's JSON mapping, which is what the Connect JSON codec reads and writes: 64-bit
+integers are strings, bytes are base64, enums are their value names, maps are objects, well-known types
+have their special forms (Timestamp an RFC 3339 string, Struct any object ...). Each message is one
+named schema (`#/components/schemas/<full name>`), so recursive messages are fine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, ServiceDescriptor
+
+__all__ = ["openapi_document"]
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A Connect error: `code` is the gRPC status name in lower case.",
+    "properties": {
+        "code": {"type": "string", "examples": ["invalid_argument", "unauthenticated", "unavailable"]},
+        "message": {"type": "string"},
+        "details": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "value": {"type": "string", "contentEncoding": "base64"}},
+            },
+        },
+    },
+    "required": ["code"],
+}
+
+_INT64 = {"type": ["string", "integer"], "format": "int64"}
+_UINT64 = {"type": ["string", "integer"], "format": "uint64"}
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_DOUBLE: {"type": ["number", "string"], "format": "double"},
+    FieldDescriptor.TYPE_FLOAT: {"type": ["number", "string"], "format": "float"},
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+}
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"]},
+    "google.protobuf.DoubleValue": {"type": ["number", "string", "null"]},
+    "google.protobuf.FloatValue": {"type": ["number", "string", "null"]},
+    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
+    "google.protobuf.UInt32Value": {"type": ["integer", "null"]},
+    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
+    "google.protobuf.StringValue": {"type": ["string", "null"]},
+    "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
+}
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {"connect.Error": _ERROR_SCHEMA}
+
+    def ref(self, message: Descriptor) -> dict[str, Any]:
+        name = message.full_name
+        if name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[name])
+        if name not in self.components:
+            self.components[name] = {}  # placed first: a message that holds itself refers to it
+            self.components[name] = self._message(message)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _message(self, message: Descriptor) -> dict[str, Any]:
+        properties = {field.json_name: self._field(field) for field in message.fields}
+        return {"type": "object", "title": message.name, "properties": properties, "additionalProperties": False}
+
+    def _field(self, field: FieldDescriptor) -> dict[str, Any]:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value = entry.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self._single(value)}
+        if field.is_repeated:
+            return {"type": "array", "items": self._single(field)}
+        return self._single(field)
+
+    def _single(self, field: FieldDescriptor) -> dict[str, Any]:
+        if field.message_type is not None:
+            return self.ref(field.message_type)
+        if field.enum_type is not None:
+            return _enum(field.enum_type)
+        return dict(_SCALARS[field.type])
+
+
+def _enum(enum: EnumDescriptor) -> dict[str, Any]:
+    if enum.full_name == "google.protobuf.NullValue":
+        return {"type": "null"}
+    return {
+        "type": ["string", "integer"],
+        "enum": [value.name for value in enum.values] + [v.number for v in enum.values],
+    }
+
+
+def openapi_document(services: Iterable[ServiceDescriptor], *, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 for `POST /api/<service>/<method>` (JSON unary), `GET` for side-effect-free methods,
+    and the Connect streaming form of server-streaming methods."""
+    schemas = _Schemas()
+    paths: dict[str, Any] = {}
+    for service in sorted(services, key=lambda s: s.full_name):
+        for method in service.methods:
+            if method.client_streaming:
+                continue  # client and bidi streams need a Connect streaming client over HTTP/2
+            paths[f"/api/{service.full_name}/{method.name}"] = _operations(service, method, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def _operations(service: ServiceDescriptor, method: Any, schemas: _Schemas) -> dict[str, Any]:
+    request = schemas.ref(method.input_type)
+    response = schemas.ref(method.output_type)
+    errors = {
+        "default": {"description": "A Connect error", "content": _json({"$ref": "#/components/schemas/connect.Error"})}
+    }
+    operation_id = f"{service.full_name}.{method.name}"
+    if method.server_streaming:
+        stream = {"type": "string", "contentMediaType": "application/connect+json", "description": "Connect envelopes"}
+        return {
+            "post": {
+                "operationId": operation_id,
+                "tags": [service.full_name],
+                "summary": f"{method.name} (server stream, Connect streaming protocol)",
+                "requestBody": {"required": True, "content": {"application/connect+json": {"schema": stream}}},
+                "responses": {
+                    "200": {
+                        "description": "A stream of " + method.output_type.full_name,
+                        "content": {"application/connect+json": {"schema": stream}},
+                    },
+                    **errors,
+                },
+            }
+        }
+    operations: dict[str, Any] = {
+        "post": {
+            "operationId": operation_id,
+            "tags": [service.full_name],
+            "requestBody": {"required": True, "content": _json(request)},
+            "responses": {"200": {"description": method.output_type.full_name, "content": _json(response)}, **errors},
+        }
+    }
+    options = method.GetOptions()
+    if options.idempotency_level == options.NO_SIDE_EFFECTS:
+        operations["get"] = {
+            "operationId": operation_id + ".get",
+            "tags": [service.full_name],
+            "parameters": [
+                {"name": "encoding", "in": "query", "required": True, "schema": {"const": "json"}},
+                {"name": "message", "in": "query", "required": True, "content": _json(request)},
+            ],
+            "responses": operations["post"]["responses"],
+        }
+    return operations
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
