@@ -38,6 +38,10 @@ from starlette.routing import Route, WebSocketRoute
 from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
+from gateway.connect.endpoint import ConnectEndpoint
+from gateway.connect.router import CallRouter
+from gateway.descriptors import DescriptorCatalog
+from gateway.descriptors.locate import replica_locator
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
@@ -197,6 +201,11 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         else None
     )
     grpc_web = GrpcWebEndpoint(proxy)
+    # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
+    descriptors = DescriptorCatalog(
+        replica_locator(pool, registry_routes.version_of if registry_routes is not None else None)
+    )
+    calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         pool,
@@ -282,6 +291,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             if auth is not None:
                 await auth.close()
             pool.close()
+            await descriptors.close()
             if hints is not None:
                 await hints.stop()
             if limiter is not None:
@@ -299,8 +309,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
     routes = [
-        Route("/{service:grpc_service}/{method:grpc_method}", grpc_web),
-        Route("/api/{service:grpc_service}/{method:grpc_method}", grpc_web),
+        Route("/{service:grpc_service}/{method:grpc_method}", calls),
+        Route("/api/{service:grpc_service}/{method:grpc_method}", calls),
         # The same paths upgraded to a WebSocket: grpc-websockets, for client-streaming and bidi calls.
         WebSocketRoute("/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         WebSocketRoute("/api/{service:grpc_service}/{method:grpc_method}", grpc_websockets),

@@ -185,7 +185,11 @@ def run_gateway(
     process = Process(argv, env={**clean, **(env or {})}, log=work_dir / f"{name}.log")
     gateway = Gateway(process, http_port, grpc_port)
     try:
-        wait_until(lambda: _ready(gateway) or (not process.alive() and _died(process)), what="the gateway to be ready")
+        wait_until(
+            lambda: _ready(gateway) or (not process.alive() and _died(process)),
+            timeout=45,  # a loaded machine (2 cores, other suites) can take 15 s to import and start
+            what="the gateway to be ready",
+        )
         yield gateway
     finally:
         process.stop()
