@@ -23,6 +23,7 @@ idempotent calls within a budget (gateway/upstream/retry.py); GET /metrics and /
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -39,9 +40,11 @@ from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.revocations import Revocations
 from gateway.auth.setup import AuthSetup
 from gateway.connect.endpoint import ConnectEndpoint
+from gateway.connect.openapi import OpenApiEndpoint
 from gateway.connect.router import CallRouter
 from gateway.descriptors import DescriptorCatalog
 from gateway.descriptors.locate import replica_locator
+from gateway.errors import GatewayError
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
@@ -96,6 +99,25 @@ register_url_convertor("grpc_method", _MethodConvertor())
 def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
     level = logging.WARNING if state is BreakerState.OPEN else logging.INFO
     logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
+
+
+def _exposed(pool: UpstreamPool) -> list[str]:
+    """The services a client may call now (internal ones are the gateway's and the plugins' own)."""
+    exposed = []
+    for service in pool.services:
+        try:
+            pool.route(service)
+        except GatewayError:
+            continue
+        exposed.append(service)
+    return exposed
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("upf")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def create_app(settings: GatewaySettings, *, revocations: Revocations | None = None) -> Starlette:
@@ -206,6 +228,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         replica_locator(pool, registry_routes.version_of if registry_routes is not None else None)
     )
     calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
+    openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         pool,
@@ -317,6 +340,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        Route("/api/openapi.json", openapi.respond, methods=["GET"]),
         *(events.routes() if events is not None else []),
         Route("/api/admin/traffic", admin.endpoint, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),

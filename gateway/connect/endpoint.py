@@ -155,6 +155,12 @@ class ConnectEndpoint:
             )
             answer.quota = admitted.quota
             if is_get:
+                # As connect-go does: GET exists only for methods marked side-effect free; for the
+                # others it is 405 (the same answer gRPC-Web gave every GET before Connect).
+                schema = await self._schema(service, method, required=False)
+                if schema is None or not schema.side_effect_free:
+                    await _not_allowed(send, path)
+                    return
                 codec, body = get_request(dict(parse_qsl(scope["query_string"].decode("latin-1"))), limit=limit)
             else:
                 body = await _read_body(receive, limit + 5 if answer.streaming else limit)
@@ -197,6 +203,17 @@ class ConnectEndpoint:
         return schema
 
 
+async def _not_allowed(send: Send, path: str) -> None:
+    body = f"{path} takes POST: GET is only for methods marked side-effect free (NO_SIDE_EFFECTS)\n".encode()
+    headers = [
+        (b"allow", b"POST, OPTIONS"),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _get_codec(scope: Scope) -> Codec:
     # The encoding a GET names, for its error answers too (a malformed one is reported by get_request).
     query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
@@ -213,8 +230,6 @@ def _check_shape(schema: MethodSchema | None, streaming: bool, is_get: bool, pat
         raise BadRequest(f"{path} is a server stream: send it as application/connect+json or +proto")
     if not schema.server_streaming and streaming:
         raise BadRequest(f"{path} is unary: send it as application/json or application/proto")
-    if is_get and not schema.side_effect_free:
-        raise BadRequest(f"{path} is not marked side-effect free (idempotency_level NO_SIDE_EFFECTS): use POST")
 
 
 def _stream_request(body: bytes, encoding: str | None, limit: int) -> bytes:
