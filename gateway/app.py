@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,12 @@ from common.auth.revocations import Revocations
 from common.logs import configure_logging
 from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.setup import AuthSetup
+from gateway.connect.endpoint import ConnectEndpoint
+from gateway.connect.openapi import OpenApiEndpoint
+from gateway.connect.router import CallRouter
+from gateway.descriptors import DescriptorCatalog
+from gateway.descriptors.locate import replica_locator
+from gateway.errors import GatewayError
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
@@ -93,6 +100,25 @@ register_url_convertor("grpc_method", _MethodConvertor())
 def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
     level = logging.WARNING if state is BreakerState.OPEN else logging.INFO
     logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
+
+
+def _exposed(pool: UpstreamPool) -> list[str]:
+    """The services a client may call now (internal ones are the gateway's and the plugins' own)."""
+    exposed = []
+    for service in pool.services:
+        try:
+            pool.route(service)
+        except GatewayError:
+            continue
+        exposed.append(service)
+    return exposed
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("upf")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def create_app(settings: GatewaySettings, *, revocations: Revocations | None = None) -> Starlette:
@@ -182,6 +208,12 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     )
     ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
     grpc_web = GrpcWebEndpoint(proxy)
+    # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
+    descriptors = DescriptorCatalog(
+        replica_locator(pool, registry_routes.version_of if registry_routes is not None else None)
+    )
+    calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
+    openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         proxy,
@@ -261,6 +293,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             if auth is not None:
                 await auth.close()
             pool.close()
+            await descriptors.close()
             if hints is not None:
                 await hints.stop()
             if limiter is not None:
@@ -278,14 +311,15 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
     routes = [
-        Route("/{service:grpc_service}/{method:grpc_method}", grpc_web),
-        Route("/api/{service:grpc_service}/{method:grpc_method}", grpc_web),
+        Route("/{service:grpc_service}/{method:grpc_method}", calls),
+        Route("/api/{service:grpc_service}/{method:grpc_method}", calls),
         # The same paths upgraded to a WebSocket: grpc-websockets, for client-streaming and bidi calls.
         WebSocketRoute("/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         WebSocketRoute("/api/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        Route("/api/openapi.json", openapi.respond, methods=["GET"]),
         *(events.routes() if events is not None else []),
         Route("/api/admin/traffic", admin.endpoint, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
