@@ -20,7 +20,7 @@ ORDERS_UI_DIR := plugins/orders/ui
 ORDERS_UI_STAMP := $(ORDERS_UI_DIR)/dist/.built
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-unit test-files-large check docker-check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
+.PHONY: run test test-unit fuzz test-files-large check docker-check lint format proto proto-check schema docs bench install lock clean shell orders-ui system-packages
 
 install: $(PY_STAMP)
 
@@ -84,6 +84,11 @@ test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) syste
 # set by tests/conftest.py from what each test uses; `-m process` and `-m js` select the other tiers.
 test-unit: $(PY_STAMP)
 	$(BIN)/pytest -m "not process and not js"
+
+# A long fuzzing run of every decoder of outside bytes (tests/fuzz): 20,000 derived inputs each by default
+# (UPF_FUZZ_EXAMPLES); `make test` runs 300 each. An input that fails goes into tests/fuzz/corpus/<target>/.
+fuzz: $(PY_STAMP)
+	UPF_FUZZ_EXAMPLES=$${UPF_FUZZ_EXAMPLES:-20000} $(BIN)/pytest tests/fuzz -q -p no:cacheprovider --durations=0 --timeout 3600
 
 # The IFiles suite's large stream with 1 GiB instead of the default suite's 128 MiB (several minutes).
 test-files-large: $(PY_STAMP)

@@ -51,6 +51,10 @@ def build_server(gen_dir: str, address: str, max_message_bytes: int) -> tuple[gr
     ]
     server = grpc.aio.server(options=options)
     bench_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    # Reflection, as every SDK plugin serves it: the gateway's JSON (Connect) calls read the schema from it.
+    from grpc_reflection.v1alpha import reflection
+
+    reflection.enable_server_reflection(["bench.v1.Echo", reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -237,9 +237,11 @@ def wrk(
     seconds: float,
     script: Path,
     expect: tuple[int, int] | None = None,
+    script_env: dict[str, str] | None = None,
 ) -> tuple[ToolRun, LoadStats]:
-    """wrk -t1 over HTTP/1.1 keep-alive. expect = (data frames, bytes per frame) turns on per-response checks."""
-    env = {"BODY_FILE": str(body)}
+    """wrk -t1 over HTTP/1.1 keep-alive. expect = (data frames, bytes per frame) turns on per-response checks;
+    `script_env`: more variables for the script (bench/post.lua's CONTENT_TYPE)."""
+    env = {"BODY_FILE": str(body), **(script_env or {})}
     if expect is not None:
         env |= {"EXPECT_FRAMES": str(expect[0]), "EXPECT_LEN": str(expect[1])}
     argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--timeout", "10s", "--latency"]

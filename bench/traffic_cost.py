@@ -5,13 +5,14 @@ traffic control costs, so its parts are measured here without load generators, s
 (Redis aside): each step runs N times on one uvloop event loop, CPU from resource.getrusage, minus
 the same loop with the step left out.
 
-    rate limit (HTTP middleware)   RateLimitMiddleware + CallLimiter around an app that answers at
-                                   once: memory store, Redis store (one and 32 requests in flight)
+    rate limit (admission)         admit() (gateway/proxy/: the limiter's part of every gRPC call's
+                                   admission) with CallLimiter, minus admit() without a limiter:
+                                   memory store, Redis store (one and 32 requests in flight)
     method limit                   the same with a manifest rateLimit on the method too (memory, and
                                    Redis with 32 in flight: both buckets in one EVALSHA)
     leases                         both, Redis with leaseTokens 16 and one request in flight: a
                                    round trip per 17 calls, the rest spent from the lease
-    breaker                        Route.pick + Endpoint.report with a breaker, against none
+    breaker                        Route.pick + Replica.report with a breaker, against none
     retry budget                   RetryBudget.deposit (idempotent calls only)
 """
 
@@ -30,7 +31,7 @@ import redis
 import uvloop
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.proxy import ProxyConfig, admit
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import identify_from_settings
 from gateway.settings import RateLimitSettings
@@ -98,9 +99,23 @@ def limiter(store: str, prefix: str, policies: MethodPolicies) -> CallLimiter:
     return CallLimiter.from_settings(settings, policies=policies, counters=Counter())
 
 
+def _admitting(config: ProxyConfig) -> Callable[[], Awaitable[None]]:
+    """One call's admission with `config`, then an answer at once."""
+
+    async def step() -> None:
+        scope = dict(SCOPE)
+        await admit(
+            config, path=PATH, service="bench.v1.Echo", method="Unary", credentials=scope["headers"], scope=scope
+        )
+        await answer(scope, receive, send)
+
+    return step
+
+
 async def measure(n: int, prefix: str) -> list[tuple[str, float]]:
     rows: list[tuple[str, float]] = []
     identify = identify_from_settings(RateLimitSettings())
+    echo = UpstreamPool({"bench.v1.Echo": ["127.0.0.1:1"]}, max_message_bytes=1024)
     none = MethodPolicies()
     method = MethodPolicies()
     method.update(
@@ -126,13 +141,11 @@ async def measure(n: int, prefix: str) -> list[tuple[str, float]]:
         ("rate limit + method limit, Redis store, leaseTokens 16, 1 in flight", "lease", method, 1),
     ):
         calls = limiter(store, prefix, policies)
-        app = RateLimitMiddleware(answer, limiter=calls, identify=identify)
-        base = await per_call(lambda: answer(SCOPE, receive, send), n, concurrency)
+        limited_config = ProxyConfig(echo, max_message_bytes=1024, policies=policies, limiter=calls, identify=identify)
+        unlimited_config = ProxyConfig(echo, max_message_bytes=1024, policies=policies)
 
-        async def limited(app: RateLimitMiddleware = app) -> None:
-            await app(dict(SCOPE), receive, send)
-
-        cost = await per_call(limited, n // (4 if store != "memory" else 1), concurrency)
+        base = await per_call(_admitting(unlimited_config), n, concurrency)
+        cost = await per_call(_admitting(limited_config), n // (4 if store != "memory" else 1), concurrency)
         rows.append((label, cost - base))
         await calls.close()
 

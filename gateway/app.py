@@ -5,13 +5,15 @@ Outermost first, each for a reason:
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
                        files, served before auth and limits; every other path passes on (gateway/shell.py)
-  AuthMiddleware       (auth.enabled) a verified token on every request except public paths; the
-                       identity goes to plugins as x-upf-user-* metadata (gateway/auth/)
-  RateLimitMiddleware  (rateLimiting.enabled) refuses before any upstream work; after auth, for `token` keys
+  AuthMiddleware       (auth.enabled) a verified token on every REST request except public paths
+                       (gateway/auth/)
+  RateLimitMiddleware  (rateLimiting.enabled) refuses REST requests before any work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
                        (a WebSocket upgrade on those paths is the grpc-websockets bridge, gateway/websocket/;
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
-The native gRPC ingress and the WebSocket bridges ask the same Authenticator and RateLimiter.
+Every gRPC call, whichever codec it came in (gRPC-Web, native gRPC, grpc-websockets, upf-mux.v1),
+is admitted and placed by one call path (gateway/proxy/: ProxyConfig, built once here), which asks the
+same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata.
 
 Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
 circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +41,13 @@ from common.auth.revocations import Revocations
 from common.logs import configure_logging
 from gateway.admin import TrafficAdmin, admin_access, allow_from
 from gateway.auth.setup import AuthSetup
+from gateway.connect.endpoint import ConnectEndpoint
+from gateway.connect.openapi import OpenApiEndpoint
+from gateway.connect.router import CallRouter
+from gateway.descriptors import DescriptorCatalog
+from gateway.descriptors.locate import replica_locator
 from gateway.edge.identity_headers import configure as configure_identity_headers
+from gateway.errors import GatewayError
 from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
@@ -48,6 +57,7 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, load_settings
@@ -58,7 +68,7 @@ from gateway.upstream.policies import MethodPolicies, split_call
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.registry_routes import RegistryRoutes, manifests_response
 from gateway.upstream.retry import Retries
-from gateway.websocket import GrpcWebSocketEndpoint, WebSocketRegistry
+from gateway.websocket import GrpcWebSocketEndpoint, OpenSockets
 from gateway.websocket.mux import MuxEndpoint
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -91,6 +101,25 @@ register_url_convertor("grpc_method", _MethodConvertor())
 def _log_transition(name: str, previous: BreakerState, state: BreakerState) -> None:
     level = logging.WARNING if state is BreakerState.OPEN else logging.INFO
     logger.log(level, "circuit breaker %s: %s -> %s", name, previous.value, state.value)
+
+
+def _exposed(pool: UpstreamPool) -> list[str]:
+    """The services a client may call now (internal ones are the gateway's and the plugins' own)."""
+    exposed = []
+    for service in pool.services:
+        try:
+            pool.route(service)
+        except GatewayError:
+            continue
+        exposed.append(service)
+    return exposed
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("upf")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def create_app(settings: GatewaySettings, *, revocations: Revocations | None = None) -> Starlette:
@@ -167,60 +196,40 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     forward_authorization = auth is None or settings.auth.forward_token
     if auth is not None:
         readiness.details["auth"] = auth.status
-    ingress = (
-        IngressServer(
-            pool,
-            host=settings.host,
-            port=settings.grpc_port,
-            max_message_bytes=settings.max_message_bytes,
-            max_timeout=settings.max_timeout,
-            limiter=limiter,
-            identify=identify,
-            authenticator=authenticator,
-            forward_authorization=forward_authorization,
-            policies=policies,
-            retries=retries,
-        )
-        if settings.grpc_port
-        else None
-    )
-    grpc_web = GrpcWebEndpoint(
+    # Every gRPC call, whichever of the four codecs it arrives in, is admitted and placed with these.
+    proxy = ProxyConfig(
         pool,
         max_message_bytes=settings.max_message_bytes,
         max_timeout=settings.max_timeout,
         forward_cookies=settings.forward_cookies,
         forward_authorization=forward_authorization,
         policies=policies,
-        retries=retries,
-    )
-    websockets = WebSocketRegistry(grace=settings.websocket.drain_grace)
-    grpc_websockets = GrpcWebSocketEndpoint(
-        pool,
-        allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
-        registry=websockets,
+        authenticator=authenticator,
         limiter=limiter,
         identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
+        exempt_paths=frozenset(limits.exempt_paths),
+        retries=retries,
+    )
+    ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
+    grpc_web = GrpcWebEndpoint(proxy)
+    # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
+    descriptors = DescriptorCatalog(
+        replica_locator(pool, registry_routes.version_of if registry_routes is not None else None)
+    )
+    calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
+    openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
+    websockets = OpenSockets(grace=settings.websocket.drain_grace)
+    grpc_websockets = GrpcWebSocketEndpoint(
+        proxy,
+        allow_origins=settings.cors.allow_origins,
+        sockets=websockets,
         header_timeout=settings.websocket.header_timeout,
-        policies=policies,
     )
     mux = settings.websocket.mux
     mux_endpoint = MuxEndpoint(
-        pool,
+        proxy,
         allow_origins=settings.cors.allow_origins,
-        max_message_bytes=settings.max_message_bytes,
-        max_timeout=settings.max_timeout,
-        forward_cookies=settings.forward_cookies,
-        registry=websockets,
-        limiter=limiter,
-        identify=identify,
-        authenticator=authenticator,
-        forward_authorization=forward_authorization,
-        policies=policies,
+        sockets=websockets,
         max_streams=mux.max_streams,
         stream_window=mux.stream_window,
         connection_window=mux.connection_window,
@@ -231,7 +240,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         LiveEvents(
             settings.events,
             cors_origins=settings.cors.allow_origins,
-            registry=websockets,
+            sockets=websockets,
             still_valid=auth.verifier.still_valid if auth is not None else None,
             registry_url=settings.registry_url,
             endpoints=_endpoints_of(registry_routes) if registry_routes is not None else None,
@@ -288,6 +297,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
             if auth is not None:
                 await auth.close()
             pool.close()
+            await descriptors.close()
             if hints is not None:
                 await hints.stop()
             if limiter is not None:
@@ -305,14 +315,15 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # gRPC-Web first: it is nearly all the traffic, and its paths (a dotted service segment) never
     # collide with a REST path.
     routes = [
-        Route("/{service:grpc_service}/{method:grpc_method}", grpc_web),
-        Route("/api/{service:grpc_service}/{method:grpc_method}", grpc_web),
+        Route("/{service:grpc_service}/{method:grpc_method}", calls),
+        Route("/api/{service:grpc_service}/{method:grpc_method}", calls),
         # The same paths upgraded to a WebSocket: grpc-websockets, for client-streaming and bidi calls.
         WebSocketRoute("/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         WebSocketRoute("/api/{service:grpc_service}/{method:grpc_method}", grpc_websockets),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.readyz, methods=["GET"]),
         Route("/api/manifests", manifests, methods=["GET"]),
+        Route("/api/openapi.json", openapi.respond, methods=["GET"]),
         *(events.routes() if events is not None else []),
         Route("/api/admin/traffic", admin.endpoint, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),

@@ -44,10 +44,11 @@ def test_bad_config_stops_start_up_with_the_key_and_no_traceback(tmp_path: Path)
     assert "Traceback" not in result.stderr
 
 
-def test_readme_login_and_curl_answer_with_status_0(tmp_path: Path) -> None:
+def test_readme_login_and_curls_answer_json_and_grpc_web(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     login = next(line for line in readme.splitlines() if line.startswith("TOKEN=$(curl"))
     command = next(line for line in readme.splitlines() if line.startswith("printf") and "curl" in line)
+    json_call = next(line for line in readme.splitlines() if line.startswith("curl") and "Echo/Say" in line)
     # The embedded registry on a free port: a developer's own registry may hold 50052.
     with run_gateway({"registryUrl": f"127.0.0.1:{free_port()}"}, tmp_path, command="run") as gateway:
         script = f"{login}\n{command}".replace(" | od -c", "")
@@ -60,3 +61,8 @@ def test_readme_login_and_curl_answer_with_status_0(tmp_path: Path) -> None:
         # The demo plugin registers right after start-up; until its first health check passes the
         # gateway does not route to it yet (UNIMPLEMENTED, trailers-only).
         wait_until(lambda: curl() == expected, timeout=20, what="the demo plugin to be routed")
+
+        # The same call as plain JSON: the README's first example, exactly as printed there.
+        json_pipeline = f"{login}\n{json_call} -s".replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}")
+        answer = subprocess.run(["bash", "-c", json_pipeline], capture_output=True, timeout=30, check=True).stdout
+        assert answer == b'{"text":"echo: hello"}'

@@ -37,6 +37,8 @@ class Codec:
             parsed = json_format.Parse(text, message(), ignore_unknown_fields=True)
         except json_format.ParseError as exc:
             raise BadRequest(f"invalid {message.DESCRIPTOR.full_name}: {_short(exc)}") from None
+        except (ValueError, TypeError) as exc:  # a lone surrogate in a string, say: not a ParseError
+            raise BadRequest(f"invalid {message.DESCRIPTOR.full_name}: {_short(exc)}") from None
         return parsed.SerializeToString()
 
     def response(self, data: bytes, message: type[Message]) -> bytes:
@@ -59,7 +61,7 @@ def codec_named(name: str) -> Codec | None:
     return _CODECS.get(name)
 
 
-def _short(exc: json_format.ParseError) -> str:
+def _short(exc: Exception) -> str:
     # The parser's message names the field and what was wrong; it can quote a whole long value.
     message = str(exc)
     return message if len(message) <= 300 else message[:297] + "..."

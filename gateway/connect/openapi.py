@@ -1,19 +1,28 @@
 """An OpenAPI 3.1 document for the Connect routes of the exposed services, from their descriptors.
 
-Schemas follow protobuf's JSON mapping, which is what the Connect JSON codec reads and writes: 64-bit
-integers are strings, bytes are base64, enums are their value names, maps are objects, well-known types
-have their special forms (Timestamp an RFC 3339 string, Struct any object ...). Each message is one
-named schema (`#/components/schemas/<full name>`), so recursive messages are fine.
+Schemas follow protobuf's JSON mapping, which is what the Connect JSON codec reads and writes: integers
+as numbers or decimal strings (64-bit ones are written as strings), bytes as base64, enums as value
+names or numbers, maps as objects, well-known types in their special forms (Timestamp an RFC 3339
+string, Struct any object ...). Unknown fields are ignored, as Connect's JSON codec does, so message
+schemas do not forbid other properties. Each message is one named schema
+(`#/components/schemas/<full name>`), so recursive messages are fine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, ServiceDescriptor
+from starlette.requests import Request
+from starlette.responses import Response
 
-__all__ = ["openapi_document"]
+from gateway.descriptors import DescriptorsUnavailable
+
+__all__ = ["OpenApiEndpoint", "openapi_document"]
+
+Describe = Callable[[str], Awaitable[ServiceDescriptor]]
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -32,8 +41,16 @@ _ERROR_SCHEMA: dict[str, Any] = {
     "required": ["code"],
 }
 
-_INT64 = {"type": ["string", "integer"], "format": "int64"}
-_UINT64 = {"type": ["string", "integer"], "format": "uint64"}
+_INT64 = {"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"}
+_UINT64 = {"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0}
+_INT32 = {
+    "type": ["integer", "string"],
+    "format": "int32",
+    "pattern": "^-?[0-9]+$",
+    "minimum": -(2**31),
+    "maximum": 2**31 - 1,
+}
+_UINT32 = {"type": ["integer", "string"], "format": "int64", "pattern": "^[0-9]+$", "minimum": 0, "maximum": 2**32 - 1}
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": ["number", "string"], "format": "double"},
     FieldDescriptor.TYPE_FLOAT: {"type": ["number", "string"], "format": "float"},
@@ -42,14 +59,14 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_SFIXED64: _INT64,
     FieldDescriptor.TYPE_UINT64: _UINT64,
     FieldDescriptor.TYPE_FIXED64: _UINT64,
-    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
+    FieldDescriptor.TYPE_UINT32: _UINT32,
+    FieldDescriptor.TYPE_FIXED32: _UINT32,
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_STRING: {"type": "string"},
-    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte", "contentEncoding": "base64"},
 }
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
@@ -87,7 +104,7 @@ class _Schemas:
 
     def _message(self, message: Descriptor) -> dict[str, Any]:
         properties = {field.json_name: self._field(field) for field in message.fields}
-        return {"type": "object", "title": message.name, "properties": properties, "additionalProperties": False}
+        return {"type": "object", "title": message.name, "properties": properties}
 
     def _field(self, field: FieldDescriptor) -> dict[str, Any]:
         entry = field.message_type
@@ -141,7 +158,11 @@ def _operations(service: ServiceDescriptor, method: Any, schemas: _Schemas) -> d
     request = schemas.ref(method.input_type)
     response = schemas.ref(method.output_type)
     errors = {
-        "default": {"description": "A Connect error", "content": _json({"$ref": "#/components/schemas/connect.Error"})}
+        "415": {
+            "description": "Not a Connect (or gRPC-Web) content type",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        "default": {"description": "A Connect error", "content": _json({"$ref": "#/components/schemas/connect.Error"})},
     }
     operation_id = f"{service.full_name}.{method.name}"
     if method.server_streaming:
@@ -185,3 +206,34 @@ def _operations(service: ServiceDescriptor, method: Any, schemas: _Schemas) -> d
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
+
+
+class OpenApiEndpoint:
+    """`GET /api/openapi.json`: the document for the services routed now, from their descriptors.
+
+    Services whose plugin cannot describe itself (no reflection, or unreachable) are left out and named
+    in `x-undescribed`; internal services never appear. The document is rebuilt only when the set of
+    services or one of their schemas changed.
+    """
+
+    def __init__(self, services: Callable[[], Iterable[str]], describe: Describe, *, version: str) -> None:
+        self._services = services
+        self._describe = describe
+        self._version = version
+        self._cached: tuple[tuple[Any, ...], bytes] | None = None
+
+    async def respond(self, request: Request) -> Response:
+        described: list[ServiceDescriptor] = []
+        missing: list[str] = []
+        for name in sorted(self._services()):
+            try:
+                described.append(await self._describe(name))
+            except DescriptorsUnavailable as exc:
+                missing.append(f"{name}: {exc}")
+        key = (*(id(service) for service in described), *missing)
+        if self._cached is None or self._cached[0] != key:
+            document = openapi_document(described, title="UPF gateway", version=self._version)
+            if missing:
+                document["x-undescribed"] = missing
+            self._cached = (key, json.dumps(document, separators=(",", ":")).encode())
+        return Response(self._cached[1], media_type="application/json", headers={"cache-control": "no-cache"})

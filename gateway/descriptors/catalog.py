@@ -28,7 +28,14 @@ Locate = Callable[[str], "tuple[str, str] | None"]
 
 
 class DescriptorsUnavailable(Exception):
-    """No schema for the service now: no replica to ask, no reflection, or a broken answer."""
+    """No schema for the service now: no replica to ask, no reflection, or a broken answer.
+
+    `retryable`: the plugin could not be reached (asking again later may work), as opposed to a
+    plugin that answered without a usable schema."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,7 @@ class _Entry:
     service: ServiceDescriptor | None = None
     error: str = ""
     failed_at: float = 0.0
+    unreachable: bool = False  # the replica could not be reached: not remembered, asked again next time
 
 
 class DescriptorCatalog:
@@ -72,13 +80,14 @@ class DescriptorCatalog:
     async def service(self, name: str) -> ServiceDescriptor:
         located = self._locate(name)
         if located is None:
-            raise DescriptorsUnavailable(f"no replica of {name} can describe it now")
+            raise DescriptorsUnavailable(f"no replica of {name} can describe it now", retryable=True)
         address, version = located
         entry = self._entries.get(name)
-        if entry is None or entry.version != version or (entry.error and self._expired(entry)):
+        stale = entry is not None and entry.error and (entry.unreachable or self._expired(entry))
+        if entry is None or entry.version != version or stale:
             entry = await self._fetch_once(name, address, version)
         if entry.service is None:
-            raise DescriptorsUnavailable(f"{name}: {entry.error}")
+            raise DescriptorsUnavailable(f"{name}: {entry.error}", retryable=entry.unreachable)
         return entry.service
 
     async def method(self, service: str, method: str) -> MethodSchema | None:
@@ -132,6 +141,7 @@ class DescriptorCatalog:
             entry.error = str(exc)
         except grpc.aio.AioRpcError as exc:
             entry.error = f"reflection call failed: {exc.code().name}"
+            entry.unreachable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         except (KeyError, TypeError, ValueError) as exc:
             # KeyError: the files do not define the service; TypeError/ValueError: a file the
             # runtime rejects (conflicting or malformed definitions).

@@ -40,7 +40,7 @@ async def fetch_files(
             return await _fetch(channel, method, symbol, timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise ReflectionError(f"server reflection failed: {exc.code().name}: {exc.details()}") from None
+                raise  # the replica could not be asked (UNAVAILABLE ...): the caller tells these apart
             last = exc
     assert last is not None
     raise ReflectionError("the plugin does not serve grpc.reflection (v1 or v1alpha)")

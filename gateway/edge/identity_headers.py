@@ -3,8 +3,8 @@
 A plugin written to sit behind oauth2-proxy, Kong or an Apache `REMOTE_USER` setup trusts headers
 such as `x-forwarded-user` or `x-authenticated-userid`. Behind this gateway nobody sets them, so a
 client could: they are dropped on the HTTP port (gateway/edge/protocol.py, before any route, public
-ones included), from the metadata of WebSocket calls (gateway/grpcweb/metadata.py) and on the
-native gRPC port (gateway/ingress/server.py), as every `x-upf-*` header is. The list is
+ones included), from the metadata of WebSocket calls (gateway/wire/metadata.py) and on the
+native gRPC port (gateway/ingress/call.py), as every `x-upf-*` header is. The list is
 `edge.identityHeaders`; `configure` sets it once at start-up, for the in-band readers that are not
 handed the settings.
 """

@@ -25,7 +25,7 @@ from gateway.events.memory import MemoryBus
 from gateway.events.plugin_bus import PluginBus
 from gateway.events.publish import PublishEndpoint
 from gateway.settings import EventsSettings
-from gateway.websocket.registry import WebSocketRegistry
+from gateway.websocket.open_sockets import OpenSockets
 
 __all__ = ["Event", "JetStreamBus", "LiveEvents", "MemoryBus", "MessageBus", "PluginBus", "bus_from_settings"]
 
@@ -80,7 +80,7 @@ class LiveEvents:
         settings: EventsSettings,
         *,
         cors_origins: Sequence[str],
-        registry: WebSocketRegistry,
+        sockets: OpenSockets,
         still_valid: Callable[[Identity], str | None] | None = None,
         registry_url: str | None = None,
         endpoints: Endpoints | None = None,
@@ -89,7 +89,7 @@ class LiveEvents:
         self.bus = bus_from_settings(settings, registry_url=registry_url, endpoints=endpoints, host=host)
         self.endpoint = EventsEndpoint(
             self.bus,
-            registry=registry,
+            sockets=sockets,
             allow_origins=settings.allow_origins if settings.allow_origins is not None else cors_origins,
             heartbeat_interval=settings.heartbeat_interval,
             queue_size=settings.queue_size,

@@ -99,7 +99,7 @@ from gateway.events.bus import (
 )
 from gateway.events.topics import InvalidTopic, Pattern, parse_pattern
 from gateway.websocket.handshake import Upgrade
-from gateway.websocket.registry import WebSocketRegistry
+from gateway.websocket.open_sockets import OpenSockets
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -168,7 +168,7 @@ class EventsEndpoint:
         self,
         bus: MessageBus,
         *,
-        registry: WebSocketRegistry,
+        sockets: OpenSockets,
         allow_origins: Sequence[str],
         heartbeat_interval: float = 15.0,
         queue_size: int = 256,
@@ -177,8 +177,8 @@ class EventsEndpoint:
         still_valid: Callable[[Identity], str | None] | None = None,
     ) -> None:
         self.bus = bus
-        self.registry = registry
-        self.upgrade = Upgrade(registry, allow_origins, SUBPROTOCOL, required=False)
+        self.sockets = sockets
+        self.upgrade = Upgrade(sockets, allow_origins, SUBPROTOCOL, required=False)
         self.heartbeat_interval = heartbeat_interval
         self.queue_size = queue_size
         self.max_topics = max_topics
@@ -191,14 +191,14 @@ class EventsEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        with self.registry.registered(connection):
+        with self.sockets.registered(connection):
             await connection.run()
 
 
 class _Connection:
     """One socket: a reader for control messages, a pump from the bus, a writer to the socket."""
 
-    # For the WebSocketRegistry: no call to let finish, so a drain closes it at once with 1001.
+    # For the OpenSockets: no call to let finish, so a drain closes it at once with 1001.
     cut = False
 
     def __init__(self, endpoint: EventsEndpoint, scope: Scope, receive: Receive, send: Send) -> None:

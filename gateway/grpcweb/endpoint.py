@@ -11,75 +11,34 @@ with HTTP 200:
   empty body, and no empty trailer frame: traefik/traefik#13842);
 - otherwise headers, data frames, then one trailer frame (0x80) as the last frame.
 
-The method's manifest policy caps the deadline (`timeout`), and an idempotent method's call is
-retried on another replica when one refuses it before answering (gateway/upstream/retry.py).
+Admission (auth, rate limit, method policy, deadline, route) and the attempts on replicas are the
+shared call path's (gateway/proxy/); an allowed call's response carries the RateLimit fields.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
 
 import grpc
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.errors import GatewayError, MissingMessage
-from gateway.grpcweb.framing import PREFIX, TRAILER_FLAG, encode_frame, status_lines
-from gateway.grpcweb.metadata import parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
+from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
-from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, StreamError
+from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
-from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import Endpoint, Route, UpstreamPool
-from gateway.upstream.retry import Retries
+from gateway.upstream.pool import Replica
+from gateway.wire.framing import PREFIX, TRAILER_FLAG, encode_frame
+from gateway.wire.metadata import parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
+from gateway.wire.status import status_lines
 
-__all__ = ["GrpcWebEndpoint", "grpc_web_error_response", "is_grpc_web"]
+__all__ = ["GrpcWebEndpoint"]
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE_BINARY = b"application/grpc-web+proto"
-CONTENT_TYPE_TEXT = b"application/grpc-web-text+proto"
-_GRPC_WEB = b"application/grpc-web"
-_GRPC_WEB_TEXT = b"application/grpc-web-text"
-
-
-_GRPC_WEB_TYPES = frozenset(
-    (_GRPC_WEB, b"application/grpc-web+proto", _GRPC_WEB_TEXT, b"application/grpc-web-text+proto")
-)
-
-
-def _negotiate(scope: Scope) -> tuple[bool, bool, bool]:
-    """(is gRPC-Web, request is text, answer in text), from one pass over the headers.
-
-    Any of the four content types, case and parameters ignored. Text answers for text requests
-    (improbable) and for `Accept: application/grpc-web-text` (Envoy).
-    """
-    media = b""
-    text_accepted = False
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-        elif key == b"accept" and _GRPC_WEB_TEXT in value.lower():
-            text_accepted = True
-    text_request = media.startswith(_GRPC_WEB_TEXT)
-    return media in _GRPC_WEB_TYPES, text_request, text_request or text_accepted
-
-
-def is_grpc_web(scope: Scope) -> bool:
-    return _negotiate(scope)[0]
-
-
-def grpc_web_error_response(scope: Scope, exc: GatewayError) -> Message:
-    """A trailers-only `http.response.start` for an error the gateway answers itself."""
-    headers = status_lines(exc.code, exc.message)
-    headers += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
-    headers.append((b"content-type", CONTENT_TYPE_TEXT if _negotiate(scope)[2] else CONTENT_TYPE_BINARY))
-    headers.append((b"content-length", b"0"))
-    return {"type": "http.response.start", "status": 200, "headers": headers}
 
 
 class _Disconnected(Exception):
@@ -92,19 +51,21 @@ Headers = list[tuple[bytes, bytes]]
 class _Response:
     """The answer to one request, written as the upstream call progresses."""
 
-    __slots__ = ("content_type", "send", "started", "text")
+    __slots__ = ("content_type", "quota", "send", "started", "text")
 
     def __init__(self, send: Send, text: bool) -> None:
         self.send = send
         self.text = text
         self.content_type = CONTENT_TYPE_TEXT if text else CONTENT_TYPE_BINARY
         self.started = False
+        self.quota: Headers = []  # the RateLimit fields of an allowed call, on whatever answer it gets
 
     def _encode(self, frame: bytes) -> bytes:
         return encode_text(frame) if self.text else frame
 
     async def start(self, headers: Headers) -> None:
         headers.append((b"content-type", self.content_type))
+        headers += self.quota
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
@@ -123,6 +84,7 @@ class _Response:
         body = b"".join(map(encode_text, frames)) if self.text else b"".join(frames)
         headers.append((b"content-type", self.content_type))
         headers.append((b"content-length", str(len(body)).encode()))
+        headers += self.quota
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
@@ -130,6 +92,7 @@ class _Response:
     async def trailers_only(self, lines: Headers) -> None:
         lines.append((b"content-type", self.content_type))
         lines.append((b"content-length", b"0"))
+        lines += self.quota
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": lines})
         await self.send({"type": "http.response.body", "body": b""})
@@ -146,61 +109,51 @@ class _Response:
 class GrpcWebEndpoint:
     """Mounted on the gRPC-Web paths; expects `service` and `method` in `scope["path_params"]`."""
 
-    def __init__(
-        self,
-        pool: UpstreamPool,
-        *,
-        max_message_bytes: int,
-        max_timeout: float | None = None,
-        forward_cookies: bool = False,
-        forward_authorization: bool = True,
-        policies: MethodPolicies | None = None,
-        retries: Retries | None = None,
-    ) -> None:
-        self.pool = pool
-        self.max_message_bytes = max_message_bytes
-        self.max_timeout = max_timeout
-        self.forward_cookies = forward_cookies
-        self.forward_authorization = forward_authorization
-        self.policies = policies
-        self.retries = retries
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             await _plain(send, 405, b"gRPC-Web calls use POST\n", [(b"allow", b"POST, OPTIONS")])
             return
-        grpc_web, text_request, text_response = _negotiate(scope)
+        grpc_web, text_request, text_response = negotiate(scope)
         if not grpc_web:
             await _plain(send, 415, b"expected a gRPC-Web content type (application/grpc-web[-text][+proto])\n")
             return
         params = scope["path_params"]
         service: str = params["service"]
-        path = f"/{service}/{params['method']}"
+        method: str = params["method"]
+        path = f"/{service}/{method}"
         response = _Response(send, text_response)
-        body_read = False
+        config = self.config
+        # Between admission and the end of the body: an error then leaves the rest of the body unread.
+        reading = False
         try:
-            request = parse_request_headers(
-                scope["headers"], forward_cookies=self.forward_cookies, forward_authorization=self.forward_authorization
+            admitted = await admit(
+                config, path=scope["path"], service=service, method=method, credentials=scope["headers"], scope=scope
             )
-            identity = scope.get(IDENTITY_SCOPE_KEY)
-            metadata = request.block if identity is None else request.block + identity.metadata
-            route = self.pool.route(service)
+            response.quota = admitted.quota
+            reading = True
+            request = parse_request_headers(
+                scope["headers"],
+                forward_cookies=config.forward_cookies,
+                forward_authorization=config.forward_authorization,
+            )
             body = await self._read_body(receive, text_request, request.encoding)
-            body_read = True
+            reading = False
             if not body:
                 # A grpc.aio server answers a unary or server-streaming method that gets no message
                 # with nothing at all, so the call would hang until its deadline (or forever).
                 # grpcio's sync server says UNIMPLEMENTED "requires exactly one request message".
                 raise MissingMessage(f"{path} requires a request message; the request body carries none")
-            policy = self.policies.get(service, params["method"]) if self.policies is not None else None
-            timeout = cap_timeout(request.timeout, self.max_timeout, policy.timeout if policy is not None else None)
-            retries = self.retries if policy is not None and policy.idempotent else None
-            await self._proxy(response, receive, route, service, path, body, metadata, timeout, retries)
+            metadata = request.block + admitted.identity_metadata
+            call = _Call(response, receive, service, path, body, metadata)
+            await run_attempts(config, admitted, admitted.deadline(request.timeout), call.attempt, resendable=True)
         except _Disconnected:
             return
         except GatewayError as exc:
             headers = exc.headers
-            if not body_read:
+            if reading:
                 # Answered before the body was read (a 4 GiB length prefix, say): close the connection
                 # after the answer instead of reading the rest only to throw it away.
                 headers = {**headers, "connection": "close"}
@@ -214,14 +167,15 @@ class GrpcWebEndpoint:
 
     async def _read_body(self, receive: Receive, text_request: bool, encoding: str | None) -> bytes:
         """The request's gRPC frames, checked as they arrive (RequestFrames), as they go upstream."""
+        limit = self.config.max_message_bytes
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
-        if not text_request and not more and _plain_frames(chunk, self.max_message_bytes):
+        if not text_request and not more and _plain_frames(chunk, limit):
             return chunk  # the usual case, a binary body in one piece: forwarded without a copy
-        frames = RequestFrames(self.max_message_bytes, encoding)
+        frames = RequestFrames(limit, encoding)
         text = TextDecoder() if text_request else None
         parts: list[bytes | memoryview] = []
         while True:
@@ -242,120 +196,63 @@ class GrpcWebEndpoint:
         # Uncompressed frames go upstream exactly as they came, joined once.
         return b"".join(parts)
 
-    async def _proxy(
-        self,
-        response: _Response,
-        receive: Receive,
-        route: Route,
-        service: str,
-        path: str,
-        body: bytes,
-        metadata: bytes,
-        timeout: float | None,
-        retries: Retries | None,
+
+class _Call:
+    """One admitted call, its whole request in hand: `attempt` runs it on one replica."""
+
+    __slots__ = ("body", "metadata", "path", "receive", "response", "service")
+
+    def __init__(
+        self, response: _Response, receive: Receive, service: str, path: str, body: bytes, metadata: bytes
     ) -> None:
-        # Picked last: a replica's breaker may hand out a half-open probe, which _attempt reports on.
-        endpoint = route.pick()
-        if retries is None:
-            await self._attempt(response, receive, endpoint, service, path, body, metadata, timeout, False)
-            return
-        retries.budget.deposit()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt = 1
-        while True:
-            retryable = attempt < retries.max_attempts
-            ended = await self._attempt(response, receive, endpoint, service, path, body, metadata, timeout, retryable)
-            if not isinstance(ended, _Refused):
-                if attempt > 1:
-                    retries.finished(ended)
-                return
-            retry = retries.next_endpoint(route, endpoint)
-            if retry is not None and deadline is not None and (timeout := deadline - time.monotonic()) <= 0:
-                retry.report(grpc.StatusCode.CANCELLED)
-                retry = None
-            if retry is None:
-                await ended.answer()
-                return
-            endpoint, attempt = retry, attempt + 1
+        self.response = response
+        self.receive = receive
+        self.service = service
+        self.path = path
+        self.body = body
+        self.metadata = metadata
 
-    async def _attempt(
-        self,
-        response: _Response,
-        receive: Receive,
-        endpoint: Endpoint,
-        service: str,
-        path: str,
-        body: bytes,
-        metadata: bytes,
-        timeout: float | None,
-        retryable: bool,
-    ) -> grpc.StatusCode | _Refused:
-        """One try on one replica. With `retryable`, a refusal before anything reached the client is
-        not answered but handed back (_Refused), to be retried or answered by the caller."""
-        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
+    async def attempt(self, replica: Replica, timeout: float | None) -> grpc.StatusCode | Refused:
+        """Relay the answer of `replica`; a refusal before anything reached the client is handed back."""
+        response, service = self.response, self.service
         try:
-            try:
-                stream = await endpoint.client.unary(path, metadata, body, timeout)
-            except StreamError as exc:
-                verdict = exc.code
-                error = gateway_error(exc, service)
-                if retryable and verdict is grpc.StatusCode.UNAVAILABLE:
-                    return _Refused.raising(error)
-                raise error from None
-            watch = _DisconnectWatch(receive, stream)
-            try:
-                await stream.wait_for_headers()
-                if stream.headers is not None and not stream.ended and not stream.has_message:
-                    # Headers ahead of the first message (a stream whose server answers later): the
-                    # client gets them now, as from a direct call, not with that message.
-                    await response.start(response_metadata(stream.headers))
-                frame = await stream.read()
-                if frame is not None:
-                    if stream.ended and not response.started:
-                        # The whole answer is here already (a unary call, usually): send it in one piece.
-                        frames = [frame]
-                        while (frame := await stream.read()) is not None:
-                            frames.append(frame)
-                        result = outcome(stream, service)
-                        verdict = result.code
-                        await response.whole(response_metadata(stream.headers or ()), frames, result.lines())
-                        return verdict
-                    if not response.started:
-                        await response.start(response_metadata(stream.headers or ()))
-                    while frame is not None:
-                        # Everything that has arrived goes out in one write; nothing waits for more.
-                        await response.messages([frame, *stream.read_queued()])
-                        frame = await stream.read()
-                if watch.disconnected:
-                    return verdict  # nobody is listening; the upstream call was cancelled
-                result = outcome(stream, service)
-                verdict = result.code
-                if retryable and verdict is grpc.StatusCode.UNAVAILABLE and not response.started:
-                    return _Refused(lambda: _finish(response, stream, result))
-                await _finish(response, stream, result)
-            finally:
-                watch.stop()
-                if not stream.ended:
-                    stream.cancel()
+            stream = await replica.client.unary(self.path, self.metadata, self.body, timeout)
+        except StreamError as exc:
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+        watch = _DisconnectWatch(self.receive, stream)
+        try:
+            await stream.wait_for_headers()
+            if stream.headers is not None and not stream.ended and not stream.has_message:
+                # Headers ahead of the first message (a stream whose server answers later): the
+                # client gets them now, as from a direct call, not with that message.
+                await response.start(response_metadata(stream.headers))
+            frame = await stream.read()
+            if frame is not None:
+                if stream.ended and not response.started:
+                    # The whole answer is here already (a unary call, usually): send it in one piece.
+                    frames = [frame]
+                    while (frame := await stream.read()) is not None:
+                        frames.append(frame)
+                    result = outcome(stream, service)
+                    await response.whole(response_metadata(stream.headers or ()), frames, result.lines())
+                    return result.code
+                if not response.started:
+                    await response.start(response_metadata(stream.headers or ()))
+                while frame is not None:
+                    # Everything that has arrived goes out in one write; nothing waits for more.
+                    await response.messages([frame, *stream.read_queued()])
+                    frame = await stream.read()
+            if watch.disconnected:
+                return grpc.StatusCode.CANCELLED  # nobody is listening; the upstream call was cancelled
+            result = outcome(stream, service)
+            if result.code is grpc.StatusCode.UNAVAILABLE and not response.started:
+                return Refused(result.code, lambda: _finish(response, stream, result))
+            await _finish(response, stream, result)
+            return result.code
         finally:
-            endpoint.report(verdict)
-        return verdict
-
-
-class _Refused:
-    """An attempt the upstream refused before answering anything; `answer` tells the client so."""
-
-    __slots__ = ("answer",)
-
-    def __init__(self, answer: Callable[[], Awaitable[None]]) -> None:
-        self.answer = answer
-
-    @classmethod
-    def raising(cls, error: GatewayError) -> _Refused:
-        async def answer() -> None:
-            raise error
-
-        return cls(answer)
+            watch.stop()
+            if not stream.ended:
+                stream.cancel()
 
 
 async def _finish(response: _Response, stream: Http2Stream, result: Outcome) -> None:

@@ -1,9 +1,10 @@
-"""Authentication for HTTP requests and WebSocket upgrades, before rate limiting and routing.
+"""Authentication for REST requests and WebSocket upgrades, before rate limiting and routing.
+
+gRPC-Web calls pass by: they are authenticated with every other gRPC call (gateway/proxy/).
 
 Sits inside CORS (a refusal is readable by the page; preflights never need a token) and outside the
 rate limiter (whose `token` keys read the identity set here). A refusal raises Unauthenticated or
-PermissionDenied, which the error middleware renders in the client's protocol: gRPC-Web gets HTTP 200
-with grpc-status 16 / 7; REST gets 401 / 403 with `WWW-Authenticate` and a JSON body.
+PermissionDenied, which the error middleware renders: 401 / 403 with `WWW-Authenticate` and a JSON body.
 
 WebSocket upgrades: a browser cannot set headers on one. It may offer the token as a subprotocol,
 `bearer.<token>` beside the real one (`new WebSocket(url, ["upf-events.v1", "bearer." + token])`:
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.identity import IDENTITY_SCOPE_KEY
 from gateway.errors import GatewayError
+from gateway.proxy import is_call_path
 
 __all__ = ["TOKEN_SUBPROTOCOL", "AuthMiddleware"]
 
@@ -43,6 +45,9 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if is_call_path(scope["path"]):
+                await self.app(scope, receive, send)  # a gRPC-Web call: admitted by gateway/proxy/
+                return
             identity = await self.authenticator.authenticate(scope["path"], scope["headers"])
             if identity is not None:
                 scope[IDENTITY_SCOPE_KEY] = identity

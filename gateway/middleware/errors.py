@@ -14,7 +14,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GRPC_TO_HTTP, GatewayError, status_name
-from gateway.grpcweb.endpoint import grpc_web_error_response, is_grpc_web
+from gateway.grpcweb.responses import grpc_web_error_response, is_grpc_web
 from gateway.middleware.cors import RESPONSE_HEADERS_KEY
 
 __all__ = ["ErrorMiddleware", "json_error_response"]

@@ -1,13 +1,14 @@
-"""Rate limiting: a token bucket per client, decided before the request reaches the router.
+"""Rate limiting of REST requests: a token bucket per client, decided before the router.
+
+gRPC-Web calls pass by: they are limited with every other gRPC call, by the same limiter and keys
+(gateway/proxy/admission.py), and show the same headers.
 
 Sits inside CORS (so refusals are readable by the page) and inside auth (so `token` keys see the
 verified subject). An allowed request carries the IETF `RateLimit-Policy` and `RateLimit` headers
-on its response; a refused one raises RateLimited, which the error middleware renders in the
-client's protocol: gRPC-Web gets HTTP 200, trailers-only `grpc-status: 8` (RESOURCE_EXHAUSTED) with
-`retry-after`, `ratelimit` and `ratelimit-policy` beside it; REST gets 429 with the same headers and
-`{"code": "RESOURCE_EXHAUSTED", "message": ...}`. /healthz, /readyz and /metrics are never limited:
-an orchestrator probing a busy gateway must not be told it is dead. A gRPC-Web call is also held to
-its method's limit from the manifests (gateway/ratelimit/calls.py).
+on its response; a refused one raises RateLimited, which the error middleware renders as 429 with
+`retry-after`, `ratelimit` and `ratelimit-policy` and `{"code": "RESOURCE_EXHAUSTED", "message": ...}`.
+/healthz, /readyz and /metrics are never limited: an orchestrator probing a busy gateway must not be
+told it is dead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import RateLimited
+from gateway.proxy import is_call_path
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
 
@@ -35,8 +37,9 @@ class RateLimitMiddleware:
         self.exempt = ALWAYS_EXEMPT | frozenset(exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # WebSocket limiting (a close with a reason) belongs to the WebSocket bridge.
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        # WebSocket limiting (a close with a reason) belongs to the WebSocket bridge, and gRPC-Web
+        # calls are limited where every gRPC call is (gateway/proxy/admission.py).
+        if scope["type"] != "http" or scope["path"] in self.exempt or is_call_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         verdict = await self.limiter.check(self.identify(scope), scope["path"])

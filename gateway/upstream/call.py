@@ -15,10 +15,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from gateway.errors import GatewayError
-from gateway.grpcweb.framing import PREFIX
-from gateway.upstream.http2 import StreamError
+from gateway.http2.client import StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import UpstreamPool
+from gateway.wire.framing import PREFIX
 
 __all__ = ["CallFailed", "unary_call"]
 

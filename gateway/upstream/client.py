@@ -8,29 +8,25 @@ upstream no connection storm when it comes back.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 
 import grpc
 
-from gateway.upstream.headers import encode_header
-from gateway.upstream.http2 import Http2Connection, Http2Stream, StreamError, connect
+from gateway.http2.client import ClientConnection, Http2Stream, StreamError, connect
+from gateway.http2.headers import encode_header
+from gateway.wire.timeout import encode_timeout
 
-__all__ = ["UpstreamClient", "encode_timeout"]
+__all__ = ["Unsent", "UpstreamClient"]
 
 _BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
 _BACKOFF_MAX = 2.0
 _CONNECT_TIMEOUT = 5.0
 
 
-def encode_timeout(seconds: float) -> bytes:
-    """grpc-timeout: at most 8 digits and a unit, rounded up so the upstream never sees a shorter deadline."""
-    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        value = math.ceil(seconds * scale)
-        if value < 100_000_000:
-            return str(max(value, 0)).encode() + unit
-    return b"99999999H"
+class Unsent(StreamError):
+    """The call never reached the upstream: no connection, or none that takes a new stream. Safe to
+    send to another replica whatever the method (gateway/proxy/attempts.py)."""
 
 
 class UpstreamClient:
@@ -41,8 +37,8 @@ class UpstreamClient:
         self._port = int(port)
         self._authority = address
         self._max_message = max_message_bytes
-        self._connection: Http2Connection | None = None
-        self._connecting: asyncio.Future[Http2Connection] | None = None
+        self._connection: ClientConnection | None = None
+        self._connecting: asyncio.Future[ClientConnection] | None = None
         self._authority_bytes = address.encode()
         self._retry_at = 0.0
         self._backoff = _BACKOFF_INITIAL
@@ -54,7 +50,7 @@ class UpstreamClient:
             return encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
         return metadata
 
-    async def connection(self) -> Http2Connection:
+    async def connection(self) -> ClientConnection:
         connection = self._connection
         if connection is not None and connection.usable:
             return connection
@@ -62,10 +58,10 @@ class UpstreamClient:
             self._connecting = asyncio.ensure_future(self._connect())
         return await asyncio.shield(self._connecting)
 
-    async def _connect(self) -> Http2Connection:
+    async def _connect(self) -> ClientConnection:
         try:
             if time.monotonic() < self._retry_at:
-                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error)
+                raise Unsent(grpc.StatusCode.UNAVAILABLE, self._last_error)
             try:
                 connection = await connect(
                     self._host,
@@ -84,7 +80,7 @@ class UpstreamClient:
                 self._last_error = f"cannot connect to {self.address}: {reason}"
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-                raise StreamError(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
+                raise Unsent(grpc.StatusCode.UNAVAILABLE, self._last_error) from None
             self._backoff = _BACKOFF_INITIAL
             self._connection = connection
             return connection
@@ -100,7 +96,7 @@ class UpstreamClient:
         fields = self._fields(metadata, timeout)
         stream = connection.open_unary(target, fields, body)
         if stream is None:
-            stream = await connection.open_stream(target, fields)
+            stream = await _open(connection, target, fields)
             if timeout is not None:
                 stream.set_deadline(timeout)
             await stream.send(body, end_stream=True)
@@ -111,7 +107,7 @@ class UpstreamClient:
     async def open(self, path: str, metadata: bytes, timeout: float | None) -> Http2Stream:
         """Start a call whose request messages follow with `stream.send`."""
         connection = await self.connection()
-        stream = await connection.open_stream((self._authority_bytes, path.encode()), self._fields(metadata, timeout))
+        stream = await _open(connection, (self._authority_bytes, path.encode()), self._fields(metadata, timeout))
         if timeout is not None:
             stream.set_deadline(timeout)
         return stream
@@ -120,3 +116,10 @@ class UpstreamClient:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+async def _open(connection: ClientConnection, target: tuple[bytes, bytes], fields: bytes) -> Http2Stream:
+    try:
+        return await connection.open_stream(target, fields)
+    except StreamError as exc:  # raised before the stream's HEADERS were written
+        raise Unsent(exc.code, exc.message) from None

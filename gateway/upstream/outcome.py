@@ -7,9 +7,9 @@ from typing import NamedTuple
 import grpc
 
 from gateway.errors import GatewayError, UpstreamUnavailable, grpc_status_from_http
-from gateway.grpcweb.framing import percent_encode
-from gateway.grpcweb.metadata import response_metadata
-from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, StreamError
+from gateway.wire.metadata import response_metadata
+from gateway.wire.status import percent_encode
 
 __all__ = ["Outcome", "explain", "gateway_error", "outcome"]
 

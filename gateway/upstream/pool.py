@@ -22,13 +22,13 @@ from gateway.errors import GatewayError, PermissionDenied, UnknownService, Upstr
 from gateway.upstream.breaker import BreakerPolicy, CircuitBreaker, Clock, TransitionListener
 from gateway.upstream.client import UpstreamClient
 
-__all__ = ["Balancing", "Endpoint", "Route", "UpstreamPool"]
+__all__ = ["Balancing", "Replica", "Route", "UpstreamPool"]
 
 Balancing = Literal["round_robin", "p2c"]
 _CODE_COUNT = 1 + max(code.value[0] for code in grpc.StatusCode)
 
 
-class Endpoint:
+class Replica:
     """One replica of a service, with its circuit breaker (None when breakers are off) and the number
     of calls it has in flight (picked, not yet reported), which p2c balances on."""
 
@@ -70,7 +70,7 @@ class Route:
     def __init__(
         self,
         service: str,
-        endpoints: Sequence[Endpoint],
+        endpoints: Sequence[Replica],
         *,
         balancing: Balancing = "round_robin",
         rng: random.Random | None = None,
@@ -78,10 +78,10 @@ class Route:
         self.service = service
         self.endpoints = tuple(endpoints)
         self.balancing = balancing
-        self._cycle: Iterator[Endpoint] = itertools.cycle(self.endpoints)
+        self._cycle: Iterator[Replica] = itertools.cycle(self.endpoints)
         self._random = rng or random.Random()
 
-    def pick(self, avoid: Endpoint | None = None) -> Endpoint:
+    def pick(self, avoid: Replica | None = None) -> Replica:
         """A replica whose breaker lets the call through; the caller must `report` how the call ended.
 
         `avoid`: a replica that just refused this call (a retry): another one is picked when the
@@ -90,14 +90,14 @@ class Route:
         endpoint.inflight += 1
         return endpoint
 
-    def _pick_other(self, avoid: Endpoint) -> Endpoint:
+    def _pick_other(self, avoid: Replica) -> Replica:
         for _ in range(len(self.endpoints)):
             endpoint = next(self._cycle)
             if endpoint is not avoid and (endpoint.breaker is None or endpoint.breaker.try_acquire()):
                 return endpoint
         raise UpstreamUnavailable(f"{self.service} is unavailable: no other replica may be called")
 
-    def _pick(self) -> Endpoint:
+    def _pick(self) -> Replica:
         if self.balancing == "p2c" and len(self.endpoints) > 1:
             # Two replicas at random, the one with fewer calls in flight first: close to least-loaded
             # without every gateway worker herding onto the same replica.
@@ -138,13 +138,14 @@ class UpstreamPool:
         self._static = {service: tuple(addresses) for service, addresses in upstreams.items()}
         # Services served by one process share its client, hence one HTTP/2 connection.
         self._clients: dict[str, UpstreamClient] = {}
-        # Calls ended per service and gRPC status code (see Endpoint.codes), for /metrics.
+        # Calls ended per service and gRPC status code (see Replica.codes), for /metrics.
         self.codes: dict[str, list[int]] = {}
         # Clients no route uses any more, kept open while some call still runs on them.
-        self._retired: dict[str, tuple[UpstreamClient, list[Endpoint]]] = {}
+        self._retired: dict[str, tuple[UpstreamClient, list[Replica]]] = {}
         self._routes: dict[str, Route] = {}
         self._dynamic: dict[str, tuple[str, ...]] = {}
         self._internal: frozenset[str] = frozenset()
+        self._registered: frozenset[str] = frozenset()  # services plugins have provided (update)
         self._apply()
 
     def _client(self, address: str) -> UpstreamClient:
@@ -157,7 +158,7 @@ class UpstreamPool:
             self._clients[address] = client
         return client
 
-    def _endpoint(self, service: str, address: str) -> Endpoint:
+    def _endpoint(self, service: str, address: str) -> Replica:
         # Per service and replica: one service failing on a shared process trips only its own breaker.
         breaker = (
             CircuitBreaker(f"{service}@{address}", self._breakers, clock=self._clock, listener=self._on_transition)
@@ -165,18 +166,23 @@ class UpstreamPool:
             else None
         )
         codes = self.codes.setdefault(service, [0] * _CODE_COUNT)
-        return Endpoint(address, self._client(address), breaker, codes)
+        return Replica(address, self._client(address), breaker, codes)
 
-    def update(self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = ()) -> None:
+    def update(
+        self, routes: Mapping[str, Sequence[str]], *, internal: Iterable[str] = (), registered: Iterable[str] = ()
+    ) -> None:
         """Replace the routes that came from the registry (service -> endpoints); static ones stay.
         `internal` names those of them that plugins provide only to each other (infrastructure): routed
         for the gateway's own calls (`route(internal=True)`), refused with PERMISSION_DENIED to calls
-        from outside.
+        from outside. `registered`: every service a registered plugin provides, with an instance that
+        can take calls or not; one that has none now is UNAVAILABLE, not unknown (remembered for the
+        process's life: a plugin whose last instance left is still expected back).
 
         Runs on the event loop between calls: each Route is swapped whole, so a pick sees the old
-        or the new replicas, never a mix. An endpoint whose address stays keeps its Endpoint (its
+        or the new replicas, never a mix. An endpoint whose address stays keeps its Replica (its
         breaker state and in-flight count) and client (its connection)."""
         self._dynamic = {service: tuple(addresses) for service, addresses in routes.items() if addresses}
+        self._registered = self._registered.union(registered, self._dynamic)
         self._internal = frozenset(internal).difference(self._static)  # a static upstream is the operator's choice
         self._apply()
 
@@ -229,6 +235,11 @@ class UpstreamPool:
         if service in self._internal:
             return PermissionDenied(
                 f"{service} is internal to the platform: plugins call it directly, the gateway does not route it"
+            )
+        if service in self._registered:
+            # Clients retry UNAVAILABLE; UNIMPLEMENTED would tell them the service does not exist.
+            return UpstreamUnavailable(
+                f"{service} is unavailable: no instance of it can take calls now (down, draining or unhealthy)"
             )
         return UnknownService(f"unknown service {service}: no upstream serves it")
 

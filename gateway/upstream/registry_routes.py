@@ -274,7 +274,16 @@ class RegistryRoutes:
                 continue
             for service in plugin.services:
                 routes.setdefault(service, []).append(status.endpoint)
-        self.pool.update(routes, internal=internal)
+        registered = {service for plugin in self._plugins.values() for service in plugin.services}
+        self.pool.update(routes, internal=internal, registered=registered)
+
+    def version_of(self, service: str) -> str | None:
+        """The manifest version of the plugin that serves `service` (None: no registered plugin does):
+        what the gateway's descriptors of that service are kept for."""
+        for plugin_id, plugin in self._plugins.items():
+            if service in plugin.services:
+                return f"{plugin_id}@{plugin.manifest.get('version', '')}"
+        return None
 
     def routes(self) -> Mapping[str, list[str]]:
         """The registry's routes as they stand (before static ones override), for tests and debugging."""

@@ -29,7 +29,7 @@ import grpc
 from common.clock import Clock
 from gateway.errors import UpstreamUnavailable
 from gateway.settings import RetrySettings
-from gateway.upstream.pool import Endpoint, Route
+from gateway.upstream.pool import Replica, Route
 
 __all__ = ["Retries", "RetryBudget"]
 
@@ -105,7 +105,7 @@ class Retries:
         self.succeeded = 0
         self.budget_exhausted = 0
 
-    def next_endpoint(self, route: Route, failed: Endpoint) -> Endpoint | None:
+    def next_replica(self, route: Route, failed: Replica) -> Replica | None:
         """The replica for a retry after `failed` refused the call; None: no retry (the caller
         answers with the failure it has). The caller must `report` on the replica it gets."""
         try:

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from gateway.websocket.grpcws import GrpcWebSocketEndpoint, max_websocket_message
-from gateway.websocket.registry import WebSocketRegistry
+from gateway.websocket.open_sockets import OpenSockets
 
-__all__ = ["GrpcWebSocketEndpoint", "WebSocketRegistry", "max_websocket_message"]
+__all__ = ["GrpcWebSocketEndpoint", "OpenSockets", "max_websocket_message"]

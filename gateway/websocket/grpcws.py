@@ -1,80 +1,8 @@
 """The grpc-websockets bridge: gRPC calls of every kind from browsers, one WebSocket per call.
 
-Browsers cannot stream a request body over HTTP/1.1, so gRPC-Web over fetch or XHR carries unary and
-server-streaming calls only. improbable-eng/grpc-web defined a WebSocket transport for the rest; its
-clients (@improbable-eng/grpc-web's and nice-grpc-web's WebsocketTransport) are what this endpoint
-speaks to. The protocol, as they implement it, and the choices made here:
-
-Handshake
-  `GET /<package.Service>/<Method>` (or under `/api/`) with `Upgrade: websocket` and
-  `Sec-WebSocket-Protocol: grpc-websockets`. Before accepting, the endpoint checks
-  - the Origin, since CORS does not protect WebSockets (a page on any site could otherwise open
-    one with the user's cookies): allowed when `cors.allowOrigins` lists it (or holds "*"), when
-    it is the gateway's own origin (its host is the Host header), or when there is none (not a
-    browser: browsers always send it). Otherwise HTTP 403 and no socket.
-  - the subprotocol: without `grpc-websockets`, HTTP 400.
-  It then accepts, echoing the subprotocol.
-
-Client -> server: binary messages only (a text message is an error)
-  1. The header block: the request metadata as `name: value\r\n` lines. nice-grpc writes one line
-     per value and improbable joins values with ", ", so `-bin` values are split at commas.
-     `content-type` must be `application/grpc-web` or `application/grpc-web+proto` (or absent);
-     any other type, the text format included, ends the call with UNIMPLEMENTED. `grpc-timeout`
-     becomes the upstream deadline (capped by maxTimeout); the other names become metadata exactly
-     as on the HTTP path (gateway/grpcweb/metadata.py). Auth tokens travel here too: browsers
-     cannot set headers on a WebSocket upgrade. A block that is not `name: value` lines ends the
-     call with INVALID_ARGUMENT. It must arrive within websocket.headerTimeout seconds of the
-     upgrade; a socket that sends nothing is closed with 1008 and the reason "no header block
-     within N s" (no call began, so there is no status to send).
-  2. Every later message is one control byte and a payload:
-     - 0x00 + bytes of the gRPC-framed request stream. The payloads form one byte stream: a frame
-       may span messages and a message may hold several frames. It is checked frame by frame as it
-       passes (maxMessageBytes; no trailer flag; the compressed flag only with grpc-encoding, and
-       then inflated here as on the HTTP path) and otherwise goes upstream as it came.
-     - 0x01 alone: half-close. The upstream stream gets END_STREAM; responses keep flowing. A
-       message after it is an error.
-
-Server -> client: binary messages, without a control byte
-  1. A header frame (flag 0x80, 4-byte length, `name: value\r\n` lines): content-type and the
-     upstream's response metadata, once per call, as soon as the upstream sends its response
-     headers (a server may send them long before its first message), else with the status.
-  2. The upstream's message frames (flag 0x00) as they arrive; frames that arrived together leave in
-     one WebSocket message.
-  3. The trailer frame (flag 0x80): grpc-status, grpc-message (percent-encoded), trailing metadata.
-  4. A close: 1000, or 1009 after a request message larger than the limits.
-  Both clients read these messages as one byte stream, take the first 0x80 frame as headers and the
-  second as trailers, and treat a socket that closes without a status as an error. So every call
-  that was accepted ends with both frames and then the close, the gateway's own errors included:
-  UNIMPLEMENTED for an unknown service, UNAVAILABLE for a backend that is down, INTERNAL for a
-  failure inside the gateway (logged; never a stack trace to the client).
-
-Limits, liveness and cancellation
-  - A WebSocket message may be at most maxMessageBytes + MESSAGE_SLACK bytes. The server enforces it
-    (gateway/serve.py sets uvicorn's ws_max_size) by closing with 1009; this endpoint checks it too,
-    for servers that do not. A gRPC message over maxMessageBytes, even one split across messages,
-    ends the call with RESOURCE_EXHAUSTED, then close 1009.
-  - Pings come from the server: websocket.pingInterval / pingTimeout in the settings.
-  - Flow control: a request message is taken from the socket only once the upstream has accepted the
-    previous one (uvicorn stops reading the socket while a message waits for the app), so a slow
-    upstream holds the client back; response frames are read from the upstream only as fast as the
-    socket takes them, which holds the upstream back in turn.
-  - A client that closes the socket, or loses it, cancels the upstream call. While the gateway waits
-    for the upstream to accept request bytes it reads one message ahead to notice a close; a close
-    behind further unread messages is noticed once the upstream takes bytes again, or at the
-    deadline. An upstream that ends the call ends the socket.
-
-Graceful drain (WebSocketRegistry in registry.py, run by gateway/serve.py before uvicorn's own
-shutdown, which would close every socket with 1012 at once)
-  - New upgrades are refused with HTTP 503; the listeners are closed already.
-  - A socket without a call (no header block yet) is closed with 1001 ("going away") at once.
-  - A call in flight runs on for up to websocket.drainGrace seconds; when it ends, its trailer frame
-    is followed by close 1001 instead of 1000, so the client knows to reconnect elsewhere.
-  - A call still running after the grace is cut: the upstream is cancelled and the client gets a
-    trailer frame with UNAVAILABLE "the gateway is shutting down", then close 1001.
-
-Not here: several calls on one socket (this protocol has one call per socket: see mux.py); an unary or
-server-streaming method that gets END_STREAM without a message waits for its deadline, since the
-gateway proxies without descriptors and cannot tell it from a client stream that sent nothing.
+The protocol as improbable-eng/grpc-web's and nice-grpc-web's WebsocketTransport speak it, and the
+choices made here (origin check, limits, flow control, drain): gateway/websocket/GRPCWS.md.
+Admission and the attempts on replicas are the shared call path's (gateway/proxy/).
 """
 
 from __future__ import annotations
@@ -87,20 +15,19 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.auth.authenticator import Authenticator
-from gateway.auth.identity import IDENTITY_SCOPE_KEY, identity_of
+from gateway.auth.identity import identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.grpcweb.framing import TRAILER_FLAG, encode_frame, status_lines
-from gateway.grpcweb.metadata import RequestMetadata, parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
-from gateway.ratelimit.calls import CallLimiter
-from gateway.ratelimit.keys import Identify
-from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, StreamError
+from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import gateway_error, outcome
-from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.pool import Replica
 from gateway.websocket.handshake import Upgrade
-from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
+from gateway.wire.framing import TRAILER_FLAG, encode_frame
+from gateway.wire.metadata import RequestMetadata, parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
+from gateway.wire.status import status_lines
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -109,8 +36,8 @@ __all__ = [
     "MESSAGE_SLACK",
     "SUBPROTOCOL",
     "GrpcWebSocketEndpoint",
+    "OpenSockets",
     "UnsupportedContentType",
-    "WebSocketRegistry",
     "max_websocket_message",
     "parse_header_block",
 ]
@@ -199,11 +126,11 @@ def _block(lines: Iterable[tuple[bytes, bytes]]) -> bytes:
 class _Socket:
     """Everything the client gets, in order: one header frame, message frames, one trailer frame, a close."""
 
-    __slots__ = ("_registry", "_send", "closed", "cut", "ended", "headers_sent", "in_call")
+    __slots__ = ("_send", "_sockets", "closed", "cut", "ended", "headers_sent", "in_call")
 
-    def __init__(self, send: Send, registry: WebSocketRegistry) -> None:
+    def __init__(self, send: Send, sockets: OpenSockets) -> None:
         self._send = send
-        self._registry = registry
+        self._sockets = sockets
         self.headers_sent = False
         self.ended = False  # the trailer frame went out
         self.closed = False
@@ -243,7 +170,7 @@ class _Socket:
             pass
 
     async def close(self, code: int, reason: str = "") -> None:
-        if code == CLOSE_NORMAL and self._registry.draining:
+        if code == CLOSE_NORMAL and self._sockets.draining:
             code = CLOSE_GOING_AWAY  # the call is over, but the client must not come back to this process
         if not self.closed:
             self.closed = True
@@ -363,39 +290,23 @@ class GrpcWebSocketEndpoint:
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        config: ProxyConfig,
         *,
         allow_origins: Sequence[str],
-        max_message_bytes: int,
-        max_timeout: float | None = None,
-        forward_cookies: bool = False,
-        registry: WebSocketRegistry | None = None,
-        limiter: CallLimiter | None = None,
-        identify: Identify | None = None,
-        authenticator: Authenticator | None = None,
-        forward_authorization: bool = True,
+        sockets: OpenSockets | None = None,
         header_timeout: float = 10.0,
-        policies: MethodPolicies | None = None,
     ) -> None:
-        self.pool = pool
-        self.authenticator = authenticator
-        self.forward_authorization = forward_authorization
-        self.policies = policies  # per-method deadline caps, from the manifests
-        self.limiter = limiter
-        self.identify = identify
-        self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
+        self.config = config
+        self.sockets = sockets if sockets is not None else OpenSockets(grace=10.0)
+        self.upgrade = Upgrade(self.sockets, allow_origins, SUBPROTOCOL, required=True)
         self.header_timeout = header_timeout
-        self.max_message_bytes = max_message_bytes
-        self.max_size = max_websocket_message(max_message_bytes)
-        self.max_timeout = max_timeout
-        self.forward_cookies = forward_cookies
+        self.max_size = max_websocket_message(config.max_message_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self.upgrade.accept(scope, receive, send):
             return
-        socket = _Socket(send, self.registry)
-        with self.registry.registered(socket):
+        socket = _Socket(send, self.sockets)
+        with self.sockets.registered(socket):
             await self._serve(scope, receive, socket)
 
     async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:
@@ -443,60 +354,80 @@ class GrpcWebSocketEndpoint:
         if len(block) > self.max_size:
             raise MessageTooLarge(f"the header block is larger than the gateway's limit of {self.max_size} bytes")
         pairs = parse_header_block(block)
-        identity = identity_of(scope)
-        if identity is None and self.authenticator is not None:
-            # A browser cannot put a token on the upgrade request: it comes in the header block.
-            identity = await self.authenticator.authenticate(scope["path"], pairs)
-            if identity is not None:
-                scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
-        request = _request_metadata(pairs, scope["headers"], self.forward_cookies, self.forward_authorization)
-        metadata = request.block if identity is None else request.block + identity.metadata
-        route = self.pool.route(service)
-        if self.limiter is not None and self.identify is not None:
-            # One call per socket, so one token per socket; keyed like HTTP requests (the upgrade
-            # request's peer and headers: an apiKey sent only in the header block is not seen yet).
-            limit = await self.limiter.check(self.identify(scope), path)
-            if limit is not None and not limit[1].allowed:
-                policy, decision = limit
-                wait = policy.retry_after(decision)
-                raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-        method = self.policies.get(service, path.rpartition("/")[2]) if self.policies is not None else None
-        timeout = cap_timeout(request.timeout, self.max_timeout, method.timeout if method is not None else None)
-        # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
-        endpoint = route.pick()
-        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
+        config = self.config
+        # A browser cannot put a token on the upgrade request: it comes in the header block, unless
+        # the upgrade carried one for this very call (the auth middleware checked it). One call per
+        # socket, so one rate-limit token per socket, keyed like HTTP requests (the upgrade request's
+        # peer and headers: an apiKey sent only in the header block is not seen yet).
+        admitted = await admit(
+            config,
+            path=scope["path"],
+            service=service,
+            method=path.rpartition("/")[2],
+            credentials=pairs,
+            scope=scope,
+            identity=identity_of(scope),
+        )
+        request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        call = _Call(receive, socket, service, path, request, request.block + admitted.identity_metadata, self)
+        await run_attempts(config, admitted, admitted.deadline(request.timeout), call.attempt, resendable=False)
+
+
+class _Call:
+    """One admitted call: `attempt` opens it on a replica, then relays both ways."""
+
+    __slots__ = ("endpoint", "metadata", "path", "receive", "request", "service", "socket")
+
+    def __init__(
+        self,
+        receive: Receive,
+        socket: _Socket,
+        service: str,
+        path: str,
+        request: RequestMetadata,
+        metadata: bytes,
+        endpoint: GrpcWebSocketEndpoint,
+    ) -> None:
+        self.receive = receive
+        self.socket = socket
+        self.service = service
+        self.path = path
+        self.request = request
+        self.metadata = metadata
+        self.endpoint = endpoint
+
+    async def attempt(self, replica: Replica, timeout: float | None) -> grpc.StatusCode | Refused:
+        socket, service = self.socket, self.service
         try:
-            try:
-                stream = await endpoint.client.open(path, metadata, timeout)
-            except StreamError as exc:
-                verdict = exc.code
-                raise gateway_error(exc, service) from None
-            frames = RequestFrames(self.max_message_bytes, request.encoding)
-            requests = _Requests(receive, stream, frames, self.max_size)
-            forwarding = asyncio.ensure_future(requests.run())
-            try:
-                await stream.wait_for_headers()
-                if stream.headers is not None:
-                    # Now, not with the first message: a server may send its headers and then wait
-                    # (for this client's first message, say). A trailers-only answer has none.
-                    await socket.headers(response_metadata(stream.headers))
+            stream = await replica.client.open(self.path, self.metadata, timeout)
+        except StreamError as exc:
+            # Nothing was read from the client yet: another replica can still take the call.
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+        endpoint = self.endpoint
+        frames = RequestFrames(endpoint.config.max_message_bytes, self.request.encoding)
+        requests = _Requests(self.receive, stream, frames, endpoint.max_size)
+        forwarding = asyncio.ensure_future(requests.run())
+        try:
+            await stream.wait_for_headers()
+            if stream.headers is not None:
+                # Now, not with the first message: a server may send its headers and then wait
+                # (for this client's first message, say). A trailers-only answer has none.
+                await socket.headers(response_metadata(stream.headers))
+            frame = await stream.read()
+            while frame is not None:
+                if not socket.headers_sent:
+                    await socket.headers(response_metadata(stream.headers or ()))
+                # Everything that has arrived goes out in one message; nothing waits for more.
+                await socket.messages([frame, *stream.read_queued()])
                 frame = await stream.read()
-                while frame is not None:
-                    if not socket.headers_sent:
-                        await socket.headers(response_metadata(stream.headers or ()))
-                    # Everything that has arrived goes out in one message; nothing waits for more.
-                    await socket.messages([frame, *stream.read_queued()])
-                    frame = await stream.read()
-                if requests.gone:
-                    raise _ClientGone
-                if requests.failure is not None:
-                    raise requests.failure
-                result = outcome(stream, service)
-                verdict = result.code
-                await socket.end(result.lines(), response_metadata(stream.headers or ()))
-            finally:
-                forwarding.cancel()
-                if not stream.ended:
-                    stream.cancel("the client went away")
+            if requests.gone:
+                raise _ClientGone
+            if requests.failure is not None:
+                raise requests.failure
+            result = outcome(stream, service)
+            await socket.end(result.lines(), response_metadata(stream.headers or ()))
+            return result.code
         finally:
-            endpoint.report(verdict)
+            forwarding.cancel()
+            if not stream.ended:
+                stream.cancel("the client went away")

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
 
 __all__ = ["OriginPolicy", "Upgrade", "choose_subprotocol", "refuse_upgrade"]
 
@@ -64,13 +64,11 @@ class Upgrade:
     offered), a drain under way (HTTP 503), then the accept, echoing the subprotocol as the client
     spelled it (none when it was not offered). A drain that begins while the accept goes out closes
     the new socket at once with 1001. An accepted socket is then served under
-    `registry.registered(socket)`, so that a drain reaches it.
+    `sockets.registered(socket)`, so that a drain reaches it.
     """
 
-    def __init__(
-        self, registry: WebSocketRegistry, allow_origins: Sequence[str], subprotocol: str, *, required: bool
-    ) -> None:
-        self.registry = registry
+    def __init__(self, sockets: OpenSockets, allow_origins: Sequence[str], subprotocol: str, *, required: bool) -> None:
+        self.sockets = sockets
         self.origin_policy = OriginPolicy(allow_origins)
         self.subprotocol = subprotocol
         self.required = required
@@ -87,11 +85,11 @@ class Upgrade:
         if subprotocol is None and self.required:
             await refuse_upgrade(scope, send, 400, self._missing)
             return False
-        if self.registry.draining:
+        if self.sockets.draining:
             await refuse_upgrade(scope, send, 503, b"the gateway is shutting down\n")
             return False
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        if self.registry.draining:  # the drain began while the accept went out: it has told its sockets
+        if self.sockets.draining:  # the drain began while the accept went out: it has told its sockets
             with contextlib.suppress(OSError):  # gone already: nothing to close
                 await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": SHUTTING_DOWN})
             return False

@@ -4,9 +4,9 @@ HTTP/1.1 connections. gateway/websocket/MUX.md is the protocol; mux_frames.py it
 One socket is one `_Connection`, served in uvicorn's task for it:
   - the reader (that task) takes WebSocket messages, splits them into frames and dispatches them;
     it never waits on a call, so a call whose upstream is slow cannot hold up the others;
-  - each call (`_Stream`) runs in a task of its own: it places the call upstream (auth hook, rate
-    limit, route, replica), then relays the answer: HEADERS as soon as the upstream sends them,
-    DATA as the client's window for the stream allows, TRAILERS;
+  - each call (`_Stream`) runs in a task of its own: it places the call upstream through the shared
+    call path (gateway/proxy/: auth, rate limit, route, replica), then relays the answer: HEADERS
+    as soon as the upstream sends them, DATA as the client's window for the stream allows, TRAILERS;
   - one writer task sends what the calls queue, the frames of one moment joined into one message.
 
 Flow control, and what the gateway holds per socket:
@@ -37,17 +37,12 @@ from urllib.parse import unquote_to_bytes
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.auth.authenticator import Authenticator
-from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
-from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.grpcweb.metadata import parse_request_headers, response_metadata
-from gateway.grpcweb.request_frames import RequestFrames
-from gateway.ratelimit.calls import CallLimiter
-from gateway.ratelimit.keys import Identify
-from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.errors import BadRequest, GatewayError, MessageTooLarge
+from gateway.http2.client import Http2Stream, StreamError
+from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import gateway_error, outcome
-from gateway.upstream.policies import MethodPolicies, cap_timeout
-from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.pool import Replica
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block
 from gateway.websocket.handshake import Upgrade
 from gateway.websocket.mux_frames import (
@@ -68,7 +63,9 @@ from gateway.websocket.mux_frames import (
     trailers,
     window_update,
 )
-from gateway.websocket.registry import CLOSE_GOING_AWAY, SHUTTING_DOWN, WebSocketRegistry
+from gateway.websocket.open_sockets import CLOSE_GOING_AWAY, SHUTTING_DOWN, OpenSockets
+from gateway.wire.metadata import parse_request_headers, response_metadata
+from gateway.wire.request_frames import RequestFrames
 
 __all__ = ["Headers", "MuxEndpoint"]
 
@@ -107,32 +104,18 @@ class MuxEndpoint:
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        config: ProxyConfig,
         *,
         allow_origins: Sequence[str],
-        max_message_bytes: int,
-        max_timeout: float | None = None,
-        forward_cookies: bool = False,
-        registry: WebSocketRegistry | None = None,
-        limiter: CallLimiter | None = None,
-        identify: Identify | None = None,
-        authenticator: Authenticator | None = None,
-        forward_authorization: bool = True,
-        policies: MethodPolicies | None = None,
+        sockets: OpenSockets | None = None,
         max_streams: int = 100,
         stream_window: int = 256 * 1024,
         connection_window: int = 1024 * 1024,
     ) -> None:
-        self.pool = pool
-        self.max_timeout = max_timeout
-        self.forward_cookies = forward_cookies
-        self.registry = registry if registry is not None else WebSocketRegistry(grace=10.0)
-        self.upgrade = Upgrade(self.registry, allow_origins, SUBPROTOCOL, required=True)
-        self.limiter = limiter
-        self.identify = identify
-        self.authenticator = authenticator
-        self.policies = policies  # per-method deadline caps, from the manifests
-        self.forward_authorization = forward_authorization
+        self.config = config
+        self.sockets = sockets if sockets is not None else OpenSockets(grace=10.0)
+        self.upgrade = Upgrade(self.sockets, allow_origins, SUBPROTOCOL, required=True)
+        max_message_bytes = config.max_message_bytes
         self.settings = Settings(
             max_streams=max_streams,
             max_message_bytes=max_message_bytes,
@@ -146,7 +129,7 @@ class MuxEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        with self.registry.registered(connection):
+        with self.sockets.registered(connection):
             await connection.run()
 
 
@@ -312,10 +295,10 @@ class _Connection:
         self._close: tuple[int, str] | None = None  # what the writer closes with once the queue is sent
         self.closed = False
         self.going = False  # GOAWAY sent: no new calls
-        self.cut = False  # set by the registry before it cancels this socket's task
+        self.cut = False  # set by OpenSockets before it cancels this socket's task
         self._writer: asyncio.Task[None] | None = None
 
-    # --- the registry's side ------------------------------------------------------------------
+    # --- the drain's side ------------------------------------------------------------------
 
     async def going_away(self) -> None:
         if self.going:
@@ -442,7 +425,7 @@ class _Connection:
             raise MuxProtocolError(f"OPEN on stream {stream_id}, not above the highest opened so far ({self.highest})")
         self.highest = stream_id
         request = parse_open(payload)
-        if self.going or self.endpoint.registry.draining:
+        if self.going or self.endpoint.sockets.draining:
             self.queue(trailers(stream_id, grpc.StatusCode.UNAVAILABLE.value[0], SHUTTING_DOWN.encode(), ()))
             return
         if len(self.streams) >= self.settings.max_streams:
@@ -501,7 +484,7 @@ class _Connection:
             self._forget(stream)
 
     async def _place(self, stream: _Stream, request: Open) -> None:
-        endpoint = self.endpoint
+        config = self.endpoint.config
         match = _METHOD_PATH.match(request.path)
         if match is None:
             raise BadRequest(f"{request.path[:200]!r} is not a gRPC method path (/package.Service/Method)")
@@ -509,45 +492,37 @@ class _Connection:
         if len(request.block) > MAX_HEADER_BLOCK:
             raise MessageTooLarge(f"the OPEN metadata is larger than the gateway's limit of {MAX_HEADER_BLOCK} bytes")
         pairs = parse_header_block(request.block)
-        if endpoint.forward_cookies:
+        if config.forward_cookies:
             pairs += [(name, value) for name, value in self.scope["headers"] if name == b"cookie"]
-        scope = self.scope
-        identity: Identity | None = None
-        if endpoint.authenticator is not None:
-            # Each call's own token, else the one of the upgrade request (a non-browser client may
-            # authenticate the socket once); either way this call's permission is checked.
-            credentials = pairs
-            if not any(name == b"authorization" for name, _ in pairs):
-                credentials = pairs + [(name, value) for name, value in scope["headers"] if name == b"authorization"]
-            identity = await endpoint.authenticator.authenticate(request.path, credentials)
-            if identity is not None:
-                scope = {**scope, IDENTITY_SCOPE_KEY: identity}  # this call's, for `token` rate-limit keys
+        # Each call's own token, else the one of the upgrade request (a non-browser client may
+        # authenticate the socket once); either way this call's permission is checked.
+        credentials = pairs
+        if not any(name == b"authorization" for name, _ in pairs):
+            credentials = pairs + [(name, value) for name, value in self.scope["headers"] if name == b"authorization"]
+        # One rate-limit token per call, keyed like the upgrade request (its peer and headers) or
+        # this call's caller: its own copy of the socket's scope takes the call's identity.
+        scope = {**self.scope} if config.authenticator is not None else self.scope
+        admitted = await admit(
+            config,
+            path=request.path,
+            service=service,
+            method=request.path.rpartition("/")[2],
+            credentials=credentials,
+            scope=scope,
+        )
         metadata = parse_request_headers(
-            pairs, forward_cookies=endpoint.forward_cookies, forward_authorization=endpoint.forward_authorization
+            pairs, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
         )
-        block = metadata.block if identity is None else metadata.block + identity.metadata
-        route = endpoint.pool.route(service)
-        if endpoint.limiter is not None and endpoint.identify is not None:
-            # One token per call, keyed like the upgrade request (its peer and headers) or the caller.
-            limit = await endpoint.limiter.check(endpoint.identify(scope), request.path)
-            if limit is not None and not limit[1].allowed:
-                policy, decision = limit
-                wait = policy.retry_after(decision)
-                raise RateLimited(f"rate limit exceeded; retry in {wait} s", headers=policy.headers(decision))
-        method = endpoint.policies.get(service, request.path.rpartition("/")[2]) if endpoint.policies else None
+        block = metadata.block + admitted.identity_metadata
         requested = [t for t in (request.timeout, metadata.timeout) if t is not None]
-        timeout = cap_timeout(
-            min(requested) if requested else None, endpoint.max_timeout, method.timeout if method is not None else None
-        )
-        # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
-        replica = route.pick()
-        verdict = grpc.StatusCode.CANCELLED  # what the replica's breaker learns: nothing, unless set below
-        try:
+        timeout = admitted.deadline(min(requested) if requested else None)
+
+        async def attempt(replica: Replica, timeout: float | None) -> grpc.StatusCode | Refused:
             try:
                 upstream = await replica.client.open(request.path, block, timeout)
             except StreamError as exc:
-                verdict = exc.code
-                raise gateway_error(exc, service) from None
+                # The client's DATA waits in the stream until it is attached: another replica can take it.
+                return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
             try:
                 stream.attach(upstream, RequestFrames(self.settings.max_message_bytes, metadata.encoding))
                 await self._relay(stream, upstream)
@@ -558,11 +533,11 @@ class _Connection:
             if stream.failure is not None:
                 raise stream.failure
             result = outcome(upstream, service)
-            verdict = result.code
             message = unquote_to_bytes(result.message).decode("utf-8", "replace").encode()
             self.queue(trailers(stream.id, result.code.value[0], message, result.metadata))
-        finally:
-            replica.report(verdict)
+            return result.code
+
+        await run_attempts(config, admitted, timeout, attempt, resendable=False)
 
     async def _relay(self, stream: _Stream, upstream: Http2Stream) -> None:
         """HEADERS as soon as the upstream sends them, then its messages within the client's window."""

@@ -76,7 +76,8 @@ def test_the_document_is_valid_openapi_and_its_schemas_accept_the_codecs_json() 
     validator = _schema_validator(document, "test.v1.Node")
     validator.validate(written)
     assert not validator.is_valid({"kind": "KIND_TREE"})  # not a value of the enum
-    assert not validator.is_valid({"colour": "red"})  # no such field
+    assert validator.is_valid({"colour": "red"})  # unknown fields are ignored, as Connect's JSON codec does
+    assert not validator.is_valid({"weightGrams": "twelve"})
 
     order = orders_pb2.CreateOrderRequest(customer_id="c1")
     _schema_validator(document, "upf.orders.v1.CreateOrderRequest").validate(json_format.MessageToDict(order))

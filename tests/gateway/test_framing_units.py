@@ -13,9 +13,10 @@ from urllib.parse import unquote
 import pytest
 
 from gateway.errors import BadRequest, MalformedMessage, MessageTooLarge
-from gateway.grpcweb.framing import FrameDecoder, encode_frame, encode_trailer_block, percent_encode
-from gateway.grpcweb.metadata import parse_timeout
 from gateway.grpcweb.text import TextDecoder, encode_text
+from gateway.wire.framing import FrameDecoder, encode_frame, encode_trailer_block
+from gateway.wire.status import percent_encode
+from gateway.wire.timeout import parse_timeout
 
 FRAMES = [(0, b"first"), (0, b""), (0x01, b"\x1f\x8b compressed"), (0x80, b"grpc-status: 0\r\n")]
 STREAM = b"".join(encode_frame(payload, flags) for flags, payload in FRAMES)

@@ -48,6 +48,7 @@ from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
+from gateway.proxy import ProxyConfig
 from gateway.serve import _uvicorn_options
 from gateway.settings import load_settings
 from gateway.upstream.pool import UpstreamPool
@@ -867,7 +868,8 @@ class BrokenPool:
 async def test_an_unexpected_failure_is_an_internal_status_never_a_stack_trace(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    endpoint = GrpcWebSocketEndpoint(BrokenPool(), allow_origins=[ALLOWED_ORIGIN], max_message_bytes=MAX_MESSAGE)  # type: ignore[arg-type]
+    config = ProxyConfig(BrokenPool(), max_message_bytes=MAX_MESSAGE)  # type: ignore[arg-type]
+    endpoint = GrpcWebSocketEndpoint(config, allow_origins=[ALLOWED_ORIGIN])
     socket = FakeSocket(BINARY_HEADERS)
     await asyncio.wait_for(endpoint(socket.scope(), socket.receive, socket.send), TIMEOUT)
     answer = socket.answer()
@@ -879,7 +881,7 @@ async def test_an_unexpected_failure_is_an_internal_status_never_a_stack_trace(
 
 async def test_without_the_servers_size_limit_the_endpoint_enforces_it(probe_address: str, pb: Any) -> None:
     pool = UpstreamPool({SERVICE: [probe_address]}, max_message_bytes=1024)
-    endpoint = GrpcWebSocketEndpoint(pool, allow_origins=[ALLOWED_ORIGIN], max_message_bytes=1024)
+    endpoint = GrpcWebSocketEndpoint(ProxyConfig(pool, max_message_bytes=1024), allow_origins=[ALLOWED_ORIGIN])
     request = data(pb.CallRequest(payload=b"ok").SerializeToString())
     socket = FakeSocket(BINARY_HEADERS, request, b"\x00" + bytes(1024 + MESSAGE_SLACK))
     try:
@@ -912,7 +914,9 @@ async def test_the_socket_is_read_no_faster_than_the_upstream_takes_the_bytes() 
     messages = [data(bytes([n]) * (chunk - 5)) for n in range(5)]  # 40,001 bytes each with the control byte
     async with upstream.running():
         pool = UpstreamPool({"slow.v1.Reader": [upstream.address]}, max_message_bytes=MAX_MESSAGE)
-        endpoint = GrpcWebSocketEndpoint(pool, allow_origins=[ALLOWED_ORIGIN], max_message_bytes=MAX_MESSAGE)
+        endpoint = GrpcWebSocketEndpoint(
+            ProxyConfig(pool, max_message_bytes=MAX_MESSAGE), allow_origins=[ALLOWED_ORIGIN]
+        )
         socket = FakeSocket(BINARY_HEADERS, *messages)
         call = asyncio.ensure_future(endpoint(socket.scope("slow.v1.Reader", "Take"), socket.receive, socket.send))
         try:
@@ -940,7 +944,9 @@ async def test_a_close_is_noticed_while_the_upstream_takes_nothing() -> None:
     upstream.acknowledge_data = False
     async with upstream.running():
         pool = UpstreamPool({"slow.v1.Reader": [upstream.address]}, max_message_bytes=MAX_MESSAGE)
-        endpoint = GrpcWebSocketEndpoint(pool, allow_origins=[ALLOWED_ORIGIN], max_message_bytes=MAX_MESSAGE)
+        endpoint = GrpcWebSocketEndpoint(
+            ProxyConfig(pool, max_message_bytes=MAX_MESSAGE), allow_origins=[ALLOWED_ORIGIN]
+        )
         socket = FakeSocket(BINARY_HEADERS, data(bytes(40_000)), data(bytes(40_000)))
         call = asyncio.ensure_future(endpoint(socket.scope("slow.v1.Reader", "Take"), socket.receive, socket.send))
         try:

@@ -8,8 +8,10 @@ Choices pinned here:
 - F3 the request content type is matched case-insensitively and its parameters are ignored.
 - F4 `application/grpc-web+json` (and `-text+json`) is HTTP 415: the gateway does not transcode
   JSON, and a JSON body is never forwarded to a backend as if it were protobuf.
-- F5 any other content type (or none) on a method path is HTTP 415; F6 any method but POST is
-  HTTP 405 with `Allow: POST, OPTIONS` (OPTIONS preflights are the CORS middleware's).
+- F5 any other content type (or none) on a method path is HTTP 415, except Connect's own (gateway/connect/:
+  application/json and application/proto are Connect calls); F6 any method but POST is HTTP 405 with
+  `Allow: POST, OPTIONS` (OPTIONS preflights are the CORS middleware's; Connect's GET is only for
+  methods marked side-effect free).
 - F8 a body without any frame is UNIMPLEMENTED, answered by the gateway: a grpc.aio server answers
   a unary or server-streaming method that gets no request message with nothing at all (the call
   hangs until its deadline), so it is never forwarded. grpcio's sync server answers the same
@@ -168,13 +170,25 @@ def test_f4_grpc_web_json_is_415_and_never_forwarded(
     assert_not_called(pb, probe_stub, key)
 
 
-@pytest.mark.parametrize("content_type", ["image/jpeg", "application/grpc", "application/json", "text/plain", None])
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/grpc", "text/plain", None])
 def test_f5_non_grpc_web_content_type_is_415(gateway: Gateway, pb: Any, probe_stub: Any, content_type: str) -> None:
     key = new_key()
     r = unary(gateway, request_body(pb, key=key), content_type=content_type)
     assert r.status_code == 415
     assert r.headers["content-length"] == str(len(r.content))
     assert "grpc-web" in r.text
+    assert_not_called(pb, probe_stub, key)
+
+
+def test_f5_a_protobuf_body_sent_as_connect_json_is_refused_and_never_forwarded(
+    gateway: Gateway, pb: Any, probe_stub: Any
+) -> None:
+    # application/json is Connect's unary JSON on the same path (gateway/connect/): framed protobuf
+    # bytes are not JSON, so the call is INVALID_ARGUMENT and the backend never runs.
+    key = new_key()
+    r = unary(gateway, request_body(pb, key=key), content_type="application/json")
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_argument"
     assert_not_called(pb, probe_stub, key)
 
 

@@ -3,7 +3,7 @@
 Choices pinned here:
 
 - M1 request headers become upstream metadata, lower-case, except the ones that are not the caller's
-  to give a backend (gateway/grpcweb/metadata.py): hop-by-hop headers (connection, keep-alive,
+  to give a backend (gateway/wire/metadata.py): hop-by-hop headers (connection, keep-alive,
   proxy-connection, te, trailer, transfer-encoding, upgrade, and any header named in Connection),
   host, content-*, accept*, origin, referer, user-agent, x-grpc-web, cache-control, pragma, priority,
   dnt, proxy-authorization, cookie (unless `forwardCookies`), and every `sec-*`, `access-control-*`

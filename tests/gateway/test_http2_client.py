@@ -9,13 +9,15 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import h2.errors
 import hpack
 import pytest
 
-from gateway.upstream.client import UpstreamClient, encode_timeout
-from gateway.upstream.headers import HeaderBlockDecoder, RequestEncoder
-from gateway.upstream.http2 import STREAM_WINDOW, Http2Stream, StreamError
+from gateway.http2.client import STREAM_WINDOW, Http2Stream, StreamError
+from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.outcome import Outcome, outcome
+from gateway.wire.timeout import encode_timeout
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
 
 PATH = "/test.v1.Svc/Call"
@@ -422,3 +424,60 @@ async def test_a_frame_over_the_announced_size_breaks_the_connection_at_once() -
     assert result.code is grpc.StatusCode.INTERNAL
     assert b"SETTINGS_MAX_FRAME_SIZE" in result.message
     assert time.monotonic() - started < 5
+
+
+def _raw_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+_PADDED, _END_HEADERS = 0x8, 0x4
+_HEADERS, _CONTINUATION, _DATA = 0x1, 0x9, 0x0
+
+
+# A header block as an upstream could send it, past the 64 KiB the client announces as
+# SETTINGS_MAX_HEADER_LIST_SIZE: HEADERS and CONTINUATIONs of 16 KiB (the client's frame size).
+def _huge_headers(*, huffman: bool) -> bytes:
+    block = hpack.Encoder().encode([(b":status", b"200"), (b"x-huge", b"h" * 70_000)], huffman=huffman)
+    return b"".join(
+        _raw_frame(
+            _HEADERS if offset == 0 else _CONTINUATION,
+            _END_HEADERS if offset + 16384 >= len(block) else 0,
+            1,
+            block[offset : offset + 16384],
+        )
+        for offset in range(0, len(block), 16384)
+    )
+
+
+@pytest.mark.parametrize(
+    ("wire", "code", "words"),
+    [
+        # Pad length 10 in a 4-byte payload: the padding cannot fit.
+        (_raw_frame(_DATA, _PADDED, 1, b"\x0aabc"), h2.errors.ErrorCodes.PROTOCOL_ERROR, b"padding"),
+        (_raw_frame(_HEADERS, _PADDED | _END_HEADERS, 1, b"\x0a\x88"), h2.errors.ErrorCodes.PROTOCOL_ERROR, b"padding"),
+        (_huge_headers(huffman=False), h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b"header block over 65536 bytes"),
+        # Huffman-coded, the block fits (~53 KB) but decodes to more than 64 KiB.
+        (_huge_headers(huffman=True), h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b"header list too large"),
+    ],
+    ids=["data-padding", "headers-padding", "header-block-over-64k", "header-list-over-64k"],
+)
+async def test_an_upstream_breaking_the_frame_rules_gets_goaway_and_the_call_fails(
+    wire: bytes, code: int, words: bytes
+) -> None:
+    """The checks the ingress makes on its clients, made by the client on its upstreams too."""
+
+    async def broken(conn: ServerConnection, request: Request) -> None:
+        await request.ended.wait()
+        if wire[3] == _DATA:
+            conn.respond(request.stream_id, GRPC_HEADERS)
+        conn.raw(wire)
+        await request.reset.wait()
+
+    async with H2Server(broken).running() as server:
+        _, result = await call(UpstreamClient(server.address, max_message_bytes=1 << 20), timeout=10)
+        assert result.code is grpc.StatusCode.INTERNAL
+        assert b"broke the protocol" in result.message
+        assert words in result.message
+        connection = server.connections[0]
+        await asyncio.wait_for(connection.goaway.wait(), 5)
+        assert connection.goaway_code == code

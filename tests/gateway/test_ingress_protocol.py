@@ -278,6 +278,46 @@ async def test_malformed_frame_gets_goaway(gateway: Gateway, client: H2Client, p
     await _native_call_works(gateway, pb, pb_grpc)
 
 
+def _huge_header_block(stream_id: int, *, huffman: bool) -> bytes:
+    """A request header block of ~70 KB (or ~53 KB Huffman-coded, decoding to ~70 KB) in 16 KiB frames."""
+    headers = [(b":method", b"POST"), (b":path", f"{PROBE}/Unary".encode()), (b"x-huge", b"h" * 70_000)]
+    block = hpack.Encoder().encode(headers, huffman=huffman)
+    frames = []
+    for offset in range(0, len(block), 16384):
+        kind = 0x1 if offset == 0 else 0x9  # HEADERS, then CONTINUATION
+        flags = 0x4 if offset + 16384 >= len(block) else 0  # END_HEADERS on the last
+        chunk = block[offset : offset + 16384]
+        frames.append(_FRAME.pack((len(chunk) << 8) | kind, flags, stream_id) + chunk)
+    return b"".join(frames)
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("data-padding", h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        ("headers-padding", h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        ("header-block-over-64k", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM),
+        ("header-list-over-64k", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM),
+    ],
+)
+async def test_a_client_breaking_the_frame_rules_gets_goaway(
+    gateway: Gateway, client: H2Client, pb: Any, pb_grpc: Any, case: str, code: int
+) -> None:
+    """The same cases the HTTP/2 client refuses from an upstream (tests/gateway/test_http2_client.py)."""
+    if case == "data-padding":
+        stream_id = client.request("Unary", None, end=False)
+        # Pad length 10 in a 4-byte payload: the padding cannot fit.
+        client.writer.write(_FRAME.pack((4 << 8) | 0x0, 0x8, stream_id) + b"\x0aabc")
+    elif case == "headers-padding":
+        client.writer.write(_FRAME.pack((2 << 8) | 0x1, 0x8 | 0x4, 1) + b"\x0a\x88")
+    else:
+        client.writer.write(_huge_header_block(1, huffman=case == "header-list-over-64k"))
+    await client.until(lambda: client.terminated is not None)
+    assert client.terminated is not None
+    assert client.terminated.error_code == code
+    await _native_call_works(gateway, pb, pb_grpc)
+
+
 def _frames(data: bytes) -> list[tuple[int, bytes]]:
     frames, offset = [], 0
     while len(data) - offset >= 9:

@@ -25,7 +25,7 @@ import pytest
 from tests.support.node import node_call, require_node
 from tests.support.processes import Gateway, wait_until
 
-CLIENTS = ["connect", "grpc-web", "protobuf-ts"]
+CLIENTS = ["connect", "connect-json", "connect-proto", "grpc-web", "protobuf-ts"]
 
 # '%' must survive percent-decoding, non-ASCII and the newline must be percent-encoded by the gateway.
 AWKWARD_MESSAGE = "50% off: café ✓\nsecond line"

@@ -42,6 +42,7 @@ from common.auth.revocations import MemoryRevocations
 from gateway.app import create_app
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
+from gateway.proxy import ProxyConfig
 from gateway.settings import ConfigError, load_settings
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket.mux import MuxEndpoint
@@ -776,13 +777,8 @@ def authenticator() -> tuple[Authenticator, Callable[..., str]]:
 async def test_each_call_is_authenticated_on_its_own(probe_address: str, pb: Any) -> None:
     auth, mint = authenticator()
     pool = UpstreamPool({"accept.v1.Probe": [probe_address]}, max_message_bytes=1024 * 1024)
-    endpoint = MuxEndpoint(
-        pool,
-        allow_origins=[ALLOWED_ORIGIN],
-        max_message_bytes=1024 * 1024,
-        authenticator=auth,
-        forward_authorization=False,
-    )
+    config = ProxyConfig(pool, max_message_bytes=1024 * 1024, authenticator=auth, forward_authorization=False)
+    endpoint = MuxEndpoint(config, allow_origins=[ALLOWED_ORIGIN])
     good = {"authorization": f"Bearer {mint()}", "x-a": "1", "x-upf-user-id": "mallory"}
     try:
         async with in_process(endpoint) as socket:
@@ -820,9 +816,8 @@ async def test_an_upstream_that_takes_nothing_holds_no_more_than_the_windows(pro
             {"slow.v1.Reader": [upstream.address], "accept.v1.Probe": [probe_address]}, max_message_bytes=1024 * 1024
         )
         endpoint = MuxEndpoint(
-            pool,
+            ProxyConfig(pool, max_message_bytes=1024 * 1024),
             allow_origins=[ALLOWED_ORIGIN],
-            max_message_bytes=1024 * 1024,
             stream_window=window,
             connection_window=4 * window,
         )
@@ -881,7 +876,8 @@ class BrokenPool:
 async def test_a_failure_inside_the_gateway_is_internal_for_that_call_only(
     caplog: pytest.LogCaptureFixture, pb: Any
 ) -> None:
-    endpoint = MuxEndpoint(BrokenPool(), allow_origins=[ALLOWED_ORIGIN], max_message_bytes=1024)  # type: ignore[arg-type]
+    config = ProxyConfig(BrokenPool(), max_message_bytes=1024)  # type: ignore[arg-type]
+    endpoint = MuxEndpoint(config, allow_origins=[ALLOWED_ORIGIN])
     async with in_process(endpoint) as socket:
         socket.put(*call_frames(1, "Unary", request(pb)))
         await socket.until(lambda: ended(socket, 1))

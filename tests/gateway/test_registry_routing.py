@@ -26,7 +26,13 @@ from tests.support.registry_process import RunningRegistry, run_registry
 
 INTERVAL = 0.2
 FAST = {"health": {"interval": INTERVAL, "timeout": 0.5, "failuresBeforeUnhealthy": 2, "successesBeforeHealthy": 1}}
-OK, UNIMPLEMENTED = 0, 12
+OK, UNAVAILABLE = 0, 14
+# What a client hears of a registered service with no instance that can take calls (not UNIMPLEMENTED:
+# clients treat that as final).
+NO_INSTANCE = (
+    UNAVAILABLE,
+    "upf.demo.v1.Echo is unavailable: no instance of it can take calls now (down, draining or unhealthy)",
+)
 UI = {
     "remoteEntry": "/static/echo/remoteEntry.js",
     "exposedModules": [{"name": "./EchoPage"}],
@@ -55,14 +61,15 @@ HIDDEN = manifest("hidden-plugin", "t.hidden.v1.S")
 class Plugin:
     """tests/support/plugin_server.py --tag on a fixed port (kept across restarts)."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *options: str) -> None:
+        self.options = options  # more plugin_server flags (--refuse)
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.work_dir = work_dir
         self.process: Process | None = None
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "tests.support.plugin_server", "--port", str(self.port), "--tag"]
+        args = [sys.executable, "-m", "tests.support.plugin_server", "--port", str(self.port), "--tag", *self.options]
         process = Process(args, log=self.work_dir / f"tagged-{self.port}-{free_port()}.log")
         self.process = process
         wait_until(lambda: "PORT " in process.output() or (not process.alive() and _died(process)), what="plugin")
@@ -126,9 +133,9 @@ def test_routed_dropped_after_sigkill_routed_again_manifests_and_registry_restar
         # SIGKILL: once the registry marks it UNHEALTHY the gateway routes nothing to it.
         plugin.stop(signal.SIGKILL)
         killed = time.monotonic()
-        wait_until(lambda: say(client, url)[0] == UNIMPLEMENTED, timeout=5, what="the dead plugin to leave the table")
+        wait_until(lambda: say(client, url) == NO_INSTANCE, timeout=5, what="the dead plugin to leave the table")
         assert time.monotonic() - killed < 3.0  # 2 failed checks at 0.2 s, plus slack for a busy machine
-        assert say(client, url)[0] == UNIMPLEMENTED
+        assert say(client, url) == NO_INSTANCE
         status = client.get(f"{url}/api/manifests").json()["plugins"][0]["status"]
         assert (status["health"], status["ready"]) == ("UNHEALTHY", 0)
 
@@ -163,7 +170,7 @@ def test_routed_dropped_after_sigkill_routed_again_manifests_and_registry_restar
         wait_until(lambda: say(client, url) == (OK, f"hi @{plugin.port}"), what="routed by the new registry")
         # The watch is live again: a phase change reaches the gateway.
         restarted.stub.SetPhase(pb.SetPhaseRequest(lease_id=lease, phase=pb.PHASE_STOPPING))
-        wait_until(lambda: say(client, url)[0] == UNIMPLEMENTED, what="STOPPING to leave the table")
+        wait_until(lambda: say(client, url) == NO_INSTANCE, what="STOPPING to leave the table")
 
 
 class Load:

@@ -1,14 +1,17 @@
-"""Retries with real processes: a registry, two replicas of a plugin (one then killed) and gateways.
+"""Retries with real processes: a registry, two replicas of a plugin and gateways.
 
-Say is idempotent in the manifest, Count is not. The registry checks health only once a minute, so
-the killed replica stays in the routing table and the gateways keep picking it: what the client
-sees then is the retries' doing alone (breakers are set not to open)."""
+Say is idempotent in the manifest, Count is not. Policy retries: one replica is reached and refuses
+every call with UNAVAILABLE. Transparent retries: one replica is SIGKILLed, so calls to it never
+reach it. The registry checks health only once a minute, so the refusing or dead replica stays in
+the routing table and the gateways keep picking it: what the client sees then is the retries'
+doing alone."""
 
 from __future__ import annotations
 
 import json
 import re
 import signal
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -103,10 +106,10 @@ def retry_counts(gateway: Gateway) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def replicas(work_dir: Path) -> Iterator[tuple[str, Plugin, Plugin]]:
-    """A registry and two replicas of the plugin, the second killed once the gateways have used it."""
+    """A registry and two replicas of the plugin, the second one refusing every call (UNAVAILABLE)."""
     with ExitStack() as stack:
         registry = stack.enter_context(run_registry(SLOW_HEALTH, work_dir))
-        plugins = (Plugin(work_dir), Plugin(work_dir))
+        plugins = (Plugin(work_dir), Plugin(work_dir, "--refuse"))
         for number, plugin in enumerate(plugins, 1):
             plugin.start()
             stack.callback(plugin.stop)
@@ -126,14 +129,15 @@ def gateway_config(registry: str, **retries: Any) -> dict[str, Any]:
 def test_idempotent_calls_go_to_the_other_replica_and_the_budget_caps_a_storm(
     replicas: tuple[str, Plugin, Plugin], work_dir: Path
 ) -> None:
-    registry, alive, doomed = replicas
-    tags = {f"@{alive.port}", f"@{doomed.port}"}
+    registry, alive, _refusing = replicas
     with ExitStack() as stack, httpx.Client(timeout=10) as client:
         generous = stack.enter_context(run_gateway(gateway_config(registry, budgetRatio=1.0), work_dir))
         storm = stack.enter_context(run_gateway(gateway_config(registry, budgetRatio=0.2, minPerSecond=0), work_dir))
         for gateway in (generous, storm):
-            wait_until(lambda gateway=gateway: answered_by(client, gateway, tags), what="both replicas to answer")
-        doomed.stop(signal.SIGKILL)
+            wait_until(
+                lambda gateway=gateway: {count(client, gateway) for _ in range(12)} == {OK, UNAVAILABLE},
+                what="both replicas to be routed",
+            )
 
         # Idempotent: every call answered, by the replica that is left, over gRPC-Web and native gRPC.
         answers = Counter(say(client, generous, f"web{n}") for n in range(20))
@@ -147,14 +151,14 @@ def test_idempotent_calls_go_to_the_other_replica_and_the_budget_caps_a_storm(
         assert retried["succeeded"] == retried["attempted"]
         assert retried["budget_exhausted"] == 0
 
-        # Not idempotent: a call to the dead replica is not retried; the client sees UNAVAILABLE.
+        # Not idempotent: a call the refusing replica took is not retried; the client sees UNAVAILABLE.
         statuses = Counter(count(client, generous) for _ in range(20))
         assert statuses[UNAVAILABLE] >= 1
         assert statuses[OK] >= 1
         assert set(statuses) == {OK, UNAVAILABLE}
         assert retry_counts(generous)["attempted"] == retried["attempted"]
 
-        # A storm: 100 idempotent calls, about half of them first sent to the dead replica. Retries
+        # A storm: 100 idempotent calls, about half of them first sent to the refusing replica. Retries
         # stay within 20 % of the calls in the window (these and the few made while waiting for
         # both replicas); the rest of the refused calls reach the client.
         results = Counter(say(client, storm, "s")[0] for _ in range(100))
@@ -167,3 +171,105 @@ def test_idempotent_calls_go_to_the_other_replica_and_the_budget_caps_a_storm(
         assert counts["budget_exhausted"] >= 1
         assert results[UNAVAILABLE] == counts["budget_exhausted"]
         assert results[OK] == 100 - results[UNAVAILABLE]
+
+
+class CountLoad:
+    """Threads calling Count (not idempotent) without pause, over gRPC-Web and native gRPC, that can
+    be held between calls: `hold` returns once no call is in flight."""
+
+    def __init__(self, gateway: Gateway, web_threads: int = 3, native_threads: int = 1) -> None:
+        self.gateway = gateway
+        self.statuses: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
+        self._idle = threading.Condition(self._lock)
+        self._running = 0
+        targets = [self._web] * web_threads + [self._native] * native_threads
+        self._threads = [threading.Thread(target=target) for target in targets]
+
+    def _calls(self, one: Any) -> None:
+        while not self._stop.is_set():
+            self._open.wait()
+            with self._lock:
+                if not self._open.is_set():
+                    continue
+                self._running += 1
+            try:
+                status = one()
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self.statuses.append(status)
+                    self._idle.notify_all()
+
+    def _web(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            self._calls(lambda: count(client, self.gateway))
+
+    def _native(self) -> None:
+        with grpc.insecure_channel(self.gateway.grpc_target) as channel:
+            stub = demo_pb2_grpc.EchoStub(channel)
+
+            def one() -> int:
+                try:
+                    list(stub.Count(demo_pb2.CountRequest(count=1), timeout=10))
+                except grpc.RpcError as error:
+                    return int(error.code().value[0])
+                return OK
+
+            self._calls(one)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._open.clear()
+            assert self._idle.wait_for(lambda: self._running == 0, timeout=10), "calls still running"
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def done(self) -> int:
+        with self._lock:
+            return len(self.statuses)
+
+    def __enter__(self) -> CountLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._open.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_a_sigkilled_replica_fails_no_call_that_never_reached_it(work_dir: Path) -> None:
+    """Transparent retries: a call that never reached a replica (its connection is refused) goes to
+    the other one whatever its idempotency, so SIGKILLing one of two replicas under load of a
+    non-idempotent method fails no call. The kill falls between calls: a call a replica had already
+    taken when it died may have run, and is not tried again (neither does gRPC)."""
+    alive, doomed = Plugin(work_dir), Plugin(work_dir)
+    with ExitStack() as stack, httpx.Client(timeout=10) as client:
+        registry = stack.enter_context(run_registry(SLOW_HEALTH, work_dir))
+        for number, plugin in enumerate((alive, doomed), 1):
+            plugin.start()
+            stack.callback(plugin.stop)
+            register(registry, plugin, f"transparent-{number}", MANIFEST)
+        # Breakers as configured by default: the dead replica keeps being picked until its opens.
+        gateway = stack.enter_context(run_gateway({"registryUrl": registry.target}, work_dir))
+        tags = {f"@{alive.port}", f"@{doomed.port}"}
+        wait_until(lambda: answered_by(client, gateway, tags), what="both replicas to answer")
+        load = stack.enter_context(CountLoad(gateway))
+        wait_until(lambda: load.done() >= 50, what="calls before the kill")
+        load.hold()
+        doomed.stop(signal.SIGKILL)
+        killed_at = load.done()
+        load.resume()
+        wait_until(lambda: load.done() >= killed_at + 300, timeout=60, what="calls after the kill")
+        load.hold()
+        statuses = Counter(load.statuses)
+        assert statuses == Counter({OK: len(load.statuses)}), statuses
+        # Everything after the kill was answered by the replica that is left.
+        assert {say(client, gateway, "after")[1].split()[-1] for _ in range(10)} == {f"@{alive.port}"}

@@ -8,9 +8,9 @@ from collections import Counter
 import grpc
 import pytest
 
-from gateway.errors import UnknownService
+from gateway.errors import UnknownService, UpstreamUnavailable
 from gateway.upstream.breaker import BreakerPolicy
-from gateway.upstream.pool import Endpoint, Route, UpstreamPool
+from gateway.upstream.pool import Replica, Route, UpstreamPool
 from gateway.upstream.registry_routes import _matches
 
 OK = grpc.StatusCode.OK
@@ -31,7 +31,7 @@ def test_p2c_prefers_the_replica_with_fewer_calls_in_flight() -> None:
 
 
 def test_p2c_spreads_evenly_and_counts_in_flight_calls() -> None:
-    endpoints = [Endpoint(address, client=None, breaker=None) for address in (A, B, C)]  # type: ignore[arg-type]
+    endpoints = [Replica(address, client=None, breaker=None) for address in (A, B, C)]  # type: ignore[arg-type]
     route = Route("a.v1.S", endpoints, balancing="p2c", rng=random.Random(7))
     counts: Counter[str] = Counter()
     for _ in range(300):
@@ -85,7 +85,7 @@ def test_update_replaces_routes_and_keeps_endpoints_clients_and_breakers() -> No
     pool.update({"dyn.v1.S": [B, C]})
     after = pool.route("dyn.v1.S")
     assert after is not before  # replaced whole: a pick sees the old or the new list
-    assert after.endpoints[0] is b  # same address: same Endpoint, client and breaker state
+    assert after.endpoints[0] is b  # same address: same Replica, client and breaker state
     assert after.endpoints[1].address == C
     assert before.endpoints[0] is a  # a call that picked from the old route still holds its endpoint
 
@@ -95,8 +95,14 @@ def test_update_replaces_routes_and_keeps_endpoints_clients_and_breakers() -> No
 
     pool.update({})
     assert pool.services == ["static.v1.S"]
-    with pytest.raises(UnknownService):
+    # Routed once, so a plugin provides it: no instance now is UNAVAILABLE, not an unknown service.
+    with pytest.raises(UpstreamUnavailable, match=r"dyn\.v1\.S is unavailable: no instance of it can take calls now"):
         pool.route("dyn.v1.S")
+    with pytest.raises(UnknownService):
+        pool.route("never.v1.S")
+    pool.update({}, registered=["listed.v1.S"])  # a registered plugin's service, no instance yet
+    with pytest.raises(UpstreamUnavailable, match=r"listed\.v1\.S is unavailable"):
+        pool.route("listed.v1.S")
 
 
 def test_a_client_leaving_the_table_is_closed_only_after_its_last_call() -> None:

@@ -37,6 +37,8 @@ class ServerConnection(asyncio.Protocol):
         self.requests: dict[int, Request] = {}
         self.window_open = asyncio.Event()
         self.pings_acked = 0
+        self.goaway_code: int | None = None  # the error code of the client's GOAWAY, once it sends one
+        self.goaway = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: Any) -> None:
@@ -79,6 +81,9 @@ class ServerConnection(asyncio.Protocol):
                 self.window_open.set()
             elif isinstance(event, h2.events.PingAckReceived):
                 self.pings_acked += 1
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway_code = event.error_code
+                self.goaway.set()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

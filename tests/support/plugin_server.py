@@ -3,12 +3,14 @@
 python -m tests.support.plugin_server --port 0 [--tag]     prints "PORT <n>" once it listens
 
 With --tag, Say replies "<text> @<port>": routing tests count which replica answered.
+With --refuse, Say and Count answer UNAVAILABLE: a replica that is reached but refuses the call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -29,10 +31,24 @@ class TaggedEcho(EchoService):
         return demo_pb2.SayResponse(text=f"{request.text} @{self.port}")
 
 
-async def main(port: int, tag: bool) -> None:
+class RefusingEcho(EchoService):
+    async def Say(
+        self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> demo_pb2.SayResponse:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica refuses every call")
+
+    async def Count(
+        self, request: demo_pb2.CountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[demo_pb2.CountResponse]:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica refuses every call")
+        yield demo_pb2.CountResponse()  # never reached: makes this an async generator, as Count is
+
+
+async def main(port: int, tag: bool, refuse: bool) -> None:
     server = grpc.aio.server()
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    demo_pb2_grpc.add_EchoServicer_to_server(TaggedEcho(bound) if tag else EchoService(), server)
+    servicer = RefusingEcho() if refuse else TaggedEcho(bound) if tag else EchoService()
+    demo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await server.start()
@@ -45,5 +61,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tag", action="store_true", help='Say replies "<text> @<port>"')
+    parser.add_argument("--refuse", action="store_true", help="Say and Count answer UNAVAILABLE")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.tag))
+    asyncio.run(main(args.port, args.tag, args.refuse))

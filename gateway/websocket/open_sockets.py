@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterator
 from typing import Protocol
 
-__all__ = ["CLOSE_GOING_AWAY", "SHUTTING_DOWN", "Drainable", "WebSocketRegistry"]
+__all__ = ["CLOSE_GOING_AWAY", "SHUTTING_DOWN", "Drainable", "OpenSockets"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +31,15 @@ SHUTTING_DOWN = "the gateway is shutting down"
 
 
 class Drainable(Protocol):
-    """What the registry needs of a socket."""
+    """What OpenSockets needs of a socket."""
 
-    cut: bool  # set before the registry cancels the socket's task: the cancellation is the drain's
+    cut: bool  # set before OpenSockets cancels the socket's task: the cancellation is the drain's
 
     async def going_away(self) -> None:
         """The drain has begun: close now if no call is in flight, else once the last one ends."""
 
 
-class WebSocketRegistry:
+class OpenSockets:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.draining = False

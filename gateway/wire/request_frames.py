@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 
 from gateway.errors import MalformedMessage, MessageTooLarge
-from gateway.grpcweb.framing import COMPRESSED_FLAG, PREFIX, TRAILER_FLAG, FrameDecoder, encode_frame
+from gateway.wire.framing import COMPRESSED_FLAG, PREFIX, FrameDecoder, check_request_flags, encode_frame
 
 __all__ = ["RequestFrames"]
 
@@ -60,8 +60,7 @@ class RequestFrames:
         return data
 
     def _check(self, flags: int, length: int) -> None:
-        if flags & TRAILER_FLAG:
-            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        check_request_flags(flags)
         if flags & COMPRESSED_FLAG:
             raise MalformedMessage("request frame is flagged compressed but no grpc-encoding was given")
         if length > self._max:
@@ -70,8 +69,7 @@ class RequestFrames:
             )
 
     def _inflate(self, flags: int, payload: bytes) -> bytes:
-        if flags & TRAILER_FLAG:
-            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        check_request_flags(flags)
         if not flags & COMPRESSED_FLAG:
             return payload
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self._encoding == "gzip" else zlib.MAX_WBITS)

@@ -17,9 +17,10 @@ from typing import NamedTuple
 
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import BadRequest, UnsupportedEncoding
-from gateway.upstream.headers import encode_header
+from gateway.http2.headers import encode_header
+from gateway.wire.timeout import parse_timeout
 
-__all__ = ["RequestMetadata", "parse_request_headers", "parse_timeout", "response_metadata"]
+__all__ = ["SUPPORTED_ENCODINGS", "RequestMetadata", "parse_request_headers", "response_metadata"]
 
 # Never forwarded: hop-by-hop (RFC 9110 7.6.1), the gRPC-Web hop's own, and the browser's.
 _DROPPED = frozenset(
@@ -36,12 +37,6 @@ _DROPPED = frozenset(
 _DROPPED_PREFIXES = (b"grpc-", b"sec-", b"access-control-", b"x-upf-")
 _KEY = re.compile(rb"^[0-9a-z_.-]+$")
 _VALUE = re.compile(rb"^[\x20-\x7e]*$")
-_TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
-_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-# A deadline is an absolute time in int64 nanoseconds in grpc and in many servers: a valid
-# "9999999H" overflows it into the past and fails the call at once. Longer deadlines are capped to
-# the longest 8-digit second count (~3 years), more than grpc core passes on (27000 h).
-_LONGEST_TIMEOUT = 99_999_999.0
 SUPPORTED_ENCODINGS = ("identity", "gzip", "deflate")
 
 
@@ -49,14 +44,6 @@ class RequestMetadata(NamedTuple):
     block: bytes  # the forwarded metadata, HPACK-encoded for the upstream request
     timeout: float | None  # seconds, from grpc-timeout
     encoding: str | None  # grpc-encoding of compressed request frames
-
-
-def parse_timeout(value: bytes) -> float:
-    """`grpc-timeout`: at most 8 digits and a unit (PROTOCOL-HTTP2.md); anything else is refused."""
-    match = _TIMEOUT.match(value)
-    if match is None:
-        raise BadRequest(f"grpc-timeout {value.decode('latin-1')!r} is not 1-8 digits followed by H, M, S, m, u or n")
-    return min(int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)], _LONGEST_TIMEOUT)
 
 
 def parse_request_headers(

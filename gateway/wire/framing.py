@@ -1,16 +1,15 @@
-"""gRPC length-prefixed framing as gRPC-Web uses it (grpc/grpc doc/PROTOCOL-WEB.md).
+"""gRPC length-prefixed framing (grpc/grpc doc/PROTOCOL-HTTP2.md, PROTOCOL-WEB.md).
 
-Every message is `flags(1) | length(4, big endian) | payload`. Flag 0x80 marks the trailer frame,
-whose payload is an HTTP/1-style header block; flag 0x01 marks a compressed payload.
+Every message is `flags(1) | length(4, big endian) | payload`. Flag 0x01 marks a compressed payload;
+in gRPC-Web, flag 0x80 marks the trailer frame, whose payload is an HTTP/1-style header block. No
+other bit is defined: a request frame with any other flag is refused (`check_request_flags`), as
+grpc-go refuses it, rather than forwarded to a server that might read it as something else.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from urllib.parse import quote
-
-import grpc
 
 from gateway.errors import MalformedMessage, MessageTooLarge
 
@@ -20,10 +19,9 @@ __all__ = [
     "TRAILER_FLAG",
     "Frame",
     "FrameDecoder",
+    "check_request_flags",
     "encode_frame",
     "encode_trailer_block",
-    "percent_encode",
-    "status_lines",
 ]
 
 TRAILER_FLAG = 0x80
@@ -33,23 +31,23 @@ PREFIX = struct.Struct(">BI")
 Frame = tuple[int, bytes]  # (flags, payload)
 
 
+def check_request_flags(flags: int) -> None:
+    """Refuse a request frame whose flag byte is anything but 0 or 1 (compressed).
+
+    grpc-go answers such a frame INTERNAL "grpc: received unexpected payload format"; forwarded, a
+    server that reads only the low bit would take the frame for a message and the call would go on
+    without the client's message (a fuzzed 0x1e frame was answered OK, with an empty request).
+    """
+    if flags & ~COMPRESSED_FLAG:
+        if flags & TRAILER_FLAG:
+            raise MalformedMessage("request carries a trailer frame; only message frames are allowed")
+        raise MalformedMessage(
+            f"request frame has the flag byte 0x{flags:02x}; a message frame's is 0x00, or 0x01 when compressed"
+        )
+
+
 def encode_frame(payload: bytes, flags: int = 0) -> bytes:
     return PREFIX.pack(flags, len(payload)) + payload
-
-
-def percent_encode(message: str) -> str:
-    """Percent-encode a grpc-message: everything outside printable ASCII, and '%' itself."""
-    # gRPC's rule (PROTOCOL-HTTP2.md) keeps space and every other printable ASCII byte as is;
-    # grpc-web JS runs decodeURIComponent on it, so a bare '%' would break the client.
-    return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
-
-
-def status_lines(code: grpc.StatusCode, message: str) -> list[tuple[bytes, bytes]]:
-    """grpc-status and (when there is one) the percent-encoded grpc-message, as header lines."""
-    lines = [(b"grpc-status", str(code.value[0]).encode())]
-    if message:
-        lines.append((b"grpc-message", percent_encode(message).encode("ascii")))
-    return lines
 
 
 def encode_trailer_block(pairs: Iterable[tuple[str, str]]) -> bytes:
