@@ -137,5 +137,12 @@ def test_an_unreachable_store_stops_it_with_a_message(tmp_path: Path) -> None:
 
 def test_help_explains_the_auth_configuration() -> None:
     result = subprocess.run([UPF, "plugin", "--help"], capture_output=True, text=True, timeout=30, check=True)
-    for text in ("{demo,auth,", "--config", "accessTokenTTL", "revocation:", "keyRotationInterval", "keyPublishAhead"):
+    for text in (
+        "{demo,auth,",
+        "--config",
+        "accessTokenTTL",
+        "revocation.store",
+        "keyRotationInterval",
+        "keyPublishAhead",
+    ):
         assert text in result.stdout
