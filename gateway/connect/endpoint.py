@@ -34,6 +34,7 @@ from gateway.connect.errors import error_body, http_status
 from gateway.connect.protocol import check_version, get_request, inflate, post_kind, timeout_seconds
 from gateway.descriptors import DescriptorCatalog, DescriptorsUnavailable, MethodSchema
 from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable
+from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
 from gateway.upstream.http2 import Http2Stream, StreamError
@@ -297,11 +298,13 @@ class _Call:
             stream = await replica.client.unary(self.path, self.metadata, self.body, timeout)
         except StreamError as exc:
             return Refused.raising(gateway_error(exc, self.service), unsent=isinstance(exc, Unsent))
+        # A client that leaves cancels the upstream call (a watch stream would otherwise run forever).
+        watch = DisconnectWatch(self.receive, stream)
         try:
-            if self.answer.streaming:
-                return await self._stream(stream)
-            return await self._unary(stream)
+            ended = await (self._stream(stream) if self.answer.streaming else self._unary(stream))
+            return grpc.StatusCode.CANCELLED if watch.disconnected else ended
         finally:
+            watch.stop()
             if not stream.ended:
                 stream.cancel()
 

@@ -36,7 +36,7 @@ from gateway.wire.metadata import parse_request_headers, response_metadata
 from gateway.wire.request_frames import RequestFrames
 from gateway.wire.status import status_lines
 
-__all__ = ["GrpcWebEndpoint"]
+__all__ = ["DisconnectWatch", "GrpcWebEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class _Call:
             stream = await replica.client.unary(self.path, self.metadata, self.body, timeout)
         except StreamError as exc:
             return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
-        watch = _DisconnectWatch(self.receive, stream)
+        watch = DisconnectWatch(self.receive, stream)
         try:
             await stream.wait_for_headers()
             if stream.headers is not None and not stream.ended and not stream.has_message:
@@ -286,7 +286,10 @@ def _plain_frames(body: bytes, limit: int) -> bool:
 _WATCH_AFTER = 0.05
 
 
-class _DisconnectWatch:
+class DisconnectWatch:
+    """Cancels the upstream stream of a call whose client goes away after its request was read (the
+    HTTP codecs share it: gRPC-Web and Connect)."""
+
     __slots__ = ("_handle", "_receive", "_stream", "_task", "disconnected")
 
     def __init__(self, receive: Receive, stream: Http2Stream) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.processes import Gateway
+from tests.support.processes import Gateway, wait_until
 
 JSON = {"content-type": "application/json"}
 
@@ -150,3 +151,26 @@ def test_the_binary_form_needs_no_schema_and_answers_bytes(gateway: Gateway) -> 
     assert reply.status_code == 200
     assert reply.headers["content-type"] == "application/proto"
     assert reply.content.startswith(b"\x0a\x02hi")
+
+
+def test_a_client_leaving_a_stream_cancels_the_upstream_call(gateway: Gateway, pb: Any, probe_stub: Any) -> None:
+    key = f"connect-{uuid.uuid4().hex}"
+    request = json.dumps({"key": key, "count": 3, "waitRelease": True}).encode()
+    with (
+        httpx.Client(timeout=httpx.Timeout(5.0)) as client,
+        client.stream(
+            "POST",
+            f"{gateway.url}/api/accept.v1.Probe/ServerStream",
+            content=struct.pack(">BI", 0, len(request)) + request,
+            headers={"content-type": "application/connect+json"},
+        ) as response,
+    ):
+        assert next(response.iter_raw())[:1] == b"\x00"  # the first message arrived
+    # httpx closed the connection mid-stream; without a Release the probe's stream ends only by being
+    # torn down, which the gateway must do when its client leaves (a watch stream would run forever).
+    observation = wait_until(
+        lambda: (o := probe_stub.Observe(pb.Key(key=key), timeout=5)).finished and o,
+        timeout=5.0,
+        what="the probe's stream to be torn down",
+    )
+    assert (observation.started, observation.finished) == (1, 1)
