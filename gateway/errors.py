@@ -8,6 +8,7 @@
     ├── NotFound                      NOT_FOUND         (no such REST path or file)
     ├── RateLimited                   RESOURCE_EXHAUSTED (answer carries Retry-After and RateLimit headers)
     ├── RateLimiterUnavailable        UNAVAILABLE       (the limiter's store failed and failureMode is closed)
+    ├── Unimplemented                 UNIMPLEMENTED     (a method or a call kind this entry point cannot serve)
     ├── UnknownService                UNIMPLEMENTED
     ├── UnsupportedEncoding           UNIMPLEMENTED     (answer lists grpc-accept-encoding)
     └── UpstreamUnavailable           UNAVAILABLE
@@ -35,6 +36,7 @@ __all__ = [
     "RateLimited",
     "RateLimiterUnavailable",
     "Unauthenticated",
+    "Unimplemented",
     "UnknownService",
     "UnsupportedEncoding",
     "UpstreamUnavailable",
@@ -89,6 +91,10 @@ class RateLimiterUnavailable(GatewayError):
 
 class Unauthenticated(GatewayError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unimplemented(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class UnknownService(GatewayError):

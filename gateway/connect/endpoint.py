@@ -33,7 +33,7 @@ from gateway.connect.envelope import COMPRESSED, END_STREAM, end_stream, envelop
 from gateway.connect.errors import error_body, http_status
 from gateway.connect.protocol import check_version, get_request, inflate, post_kind, timeout_seconds
 from gateway.descriptors import DescriptorCatalog, DescriptorsUnavailable, MethodSchema
-from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable
+from gateway.errors import BadRequest, GatewayError, Unimplemented, UpstreamUnavailable
 from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.client import Unsent
@@ -48,10 +48,6 @@ __all__ = ["ConnectEndpoint"]
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
-
-
-class Unimplemented(GatewayError):
-    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class _Disconnected(Exception):
@@ -129,7 +125,7 @@ class _Answer:
 
 
 class ConnectEndpoint:
-    """Mounted on the call paths beside gRPC-Web (`route_calls` picks by method and content type)."""
+    """Mounted on the call paths beside gRPC-Web (gateway/connect/router.py picks by method and content type)."""
 
     def __init__(self, config: ProxyConfig, catalog: DescriptorCatalog) -> None:
         self.config = config
