@@ -107,10 +107,6 @@ class DescriptorCatalog:
             descriptor=found,
         )
 
-    def known(self) -> dict[str, ServiceDescriptor]:
-        """Every service described so far (for reflection and OpenAPI), whatever its freshness."""
-        return {name: entry.service for name, entry in self._entries.items() if entry.service is not None}
-
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
