@@ -140,10 +140,10 @@ class ConnectEndpoint:
         config = self.config
         limit = config.max_message_bytes
         is_get = scope["method"] == "GET"
-        kind = None if is_get else post_kind(headers.get("content-type", ""))
-        answer = _Answer(send, kind.codec if kind else PROTO, kind.streaming if kind else False)
-        if is_get:
-            answer.codec = _get_codec(scope)
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if is_get else {}
+        # A GET's errors come in the encoding it names (a malformed one is reported by get_request).
+        kind = post_kind("application/" + query.get("encoding", "json") if is_get else headers.get("content-type", ""))
+        answer = _Answer(send, kind.codec if kind else PROTO, kind.streaming if kind and not is_get else False)
         try:
             check_version(headers)
             timeout = timeout_seconds(headers.get("connect-timeout-ms"))
@@ -158,7 +158,7 @@ class ConnectEndpoint:
                 if schema is None or not schema.side_effect_free:
                     await _not_allowed(send, path)
                     return
-                codec, body = get_request(dict(parse_qsl(scope["query_string"].decode("latin-1"))), limit=limit)
+                codec, body = get_request(query, limit=limit)
             else:
                 body = await _read_body(receive, limit + 5 if answer.streaming else limit)
                 codec = answer.codec
@@ -209,13 +209,6 @@ async def _not_allowed(send: Send, path: str) -> None:
     ]
     await send({"type": "http.response.start", "status": 405, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _get_codec(scope: Scope) -> Codec:
-    # The encoding a GET names, for its error answers too (a malformed one is reported by get_request).
-    query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-    kind = post_kind("application/" + query.get("encoding", "json"))
-    return kind.codec if kind else PROTO
 
 
 def _check_shape(schema: MethodSchema | None, streaming: bool, is_get: bool, path: str) -> None:

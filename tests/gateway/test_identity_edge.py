@@ -20,6 +20,7 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from plugins.sdk import user_of
+from tests.gateway.test_auth_gateway import call, reply_metadata as metadata_of
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.oidc_issuer import OidcIssuer
 from tests.support.processes import Gateway, run_gateway
@@ -64,22 +65,6 @@ def gateway(issuer: OidcIssuer, probe_address: str, work_dir: Path) -> Iterator[
     }
     with run_gateway(config, work_dir) as running:
         yield running
-
-
-def call(gateway: Gateway, pb: Any, token: str | None, headers: dict[str, str] | None = None) -> Any:
-    sent = {"content-type": BINARY, **(headers or {})}
-    if token is not None:
-        sent["authorization"] = f"Bearer {token}"
-    body = frame(pb.CallRequest(payload=b"hi").SerializeToString())
-    r = httpx.post(f"{gateway.url}/accept.v1.Probe/Unary", content=body, headers=sent, timeout=10)
-    return parse_response(r.status_code, dict(r.headers), r.content)
-
-
-def metadata_of(pb: Any, response: Any) -> dict[str, str]:
-    assert response.status == 0, response.message
-    reply = pb.CallReply()
-    reply.ParseFromString(response.messages[0])
-    return dict(reply.metadata)
 
 
 @pytest.mark.parametrize(
