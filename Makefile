@@ -77,8 +77,11 @@ system-packages:
 run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 	$(BIN)/upf run
 
+# On every core (pytest-xdist), a test file per worker at a time: most tests start processes and wait on
+# them, so two workers on two cores take about half the time. Each worker reserves ports from its own range
+# (tests/support/processes.py) and every test keeps its own databases, key prefixes and subjects.
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 # The in-process tier alone (no processes, no local servers, no Node): about 600 tests in 20 s. Markers are
 # set by tests/conftest.py from what each test uses; `-m process` and `-m js` select the other tiers.

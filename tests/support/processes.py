@@ -34,8 +34,22 @@ def _ephemeral_range() -> range:
 # test reserved for a process that has not bound it yet. A random start and a process-wide set keep two
 # calls from returning the same port.
 _EPHEMERAL = _ephemeral_range()
-_TEST_PORTS = range(20000, min(_EPHEMERAL.start, 32768))
 _handed_out: set[int] = set()
+
+
+def _worker_ports(ports: range) -> range:
+    """This process's share of `ports`: under pytest-xdist each worker (PYTEST_XDIST_WORKER=gwN, one of
+    PYTEST_XDIST_WORKER_COUNT) takes its own slice, so two workers never reserve the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    index = int(worker[2:])
+    size = len(ports) // count
+    return range(ports.start + index * size, ports.start + (index + 1) * size)
+
+
+_TEST_PORTS = _worker_ports(range(20000, min(_EPHEMERAL.start, 32768)))
 
 
 def free_port() -> int:
