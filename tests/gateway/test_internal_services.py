@@ -45,7 +45,8 @@ def native_say(target: str) -> tuple[grpc.StatusCode, str]:
 def test_an_infrastructure_service_is_refused_at_the_edge_until_its_manifest_exposes_it(work_dir: Path) -> None:
     plugin = Plugin(work_dir)
     with ExitStack() as stack, httpx.Client(timeout=5) as client:
-        registry = stack.enter_context(run_registry({}, work_dir))
+        # Registered before the gateway starts, and never renewed: the lease must outlast a slow start.
+        registry = stack.enter_context(run_registry({"leaseTtl": 300}, work_dir))
         plugin.start()
         stack.callback(plugin.stop)
         lease = register(registry, plugin, "store-1", manifest("store-plugin", "infrastructure"))
@@ -71,7 +72,7 @@ def test_an_infrastructure_service_is_refused_at_the_edge_until_its_manifest_exp
 def test_a_business_service_marked_not_exposed_is_refused_too(work_dir: Path) -> None:
     plugin = Plugin(work_dir)
     with ExitStack() as stack, httpx.Client(timeout=5) as client:
-        registry = stack.enter_context(run_registry({}, work_dir))
+        registry = stack.enter_context(run_registry({"leaseTtl": 300}, work_dir))
         plugin.start()
         stack.callback(plugin.stop)
         register(registry, plugin, "private-1", manifest("private-plugin", "business", exposed=False))

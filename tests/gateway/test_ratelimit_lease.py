@@ -63,7 +63,11 @@ class Shared:
     clients: list[StoreClient]
 
     def client(self, kind: str = "resp") -> StoreClient:
-        client: StoreClient = RespClient(SHARED_URL, timeout=5) if kind == "resp" else redis_client(SHARED_URL)
+        # Long timeouts: these tests count exact decisions, and a loaded machine must not turn one into a
+        # Redis error (the failure modes have tests of their own).
+        client: StoreClient = (
+            RespClient(SHARED_URL, timeout=5) if kind == "resp" else redis_client(SHARED_URL, timeout=5)
+        )
         self.clients.append(client)
         return client
 

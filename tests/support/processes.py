@@ -69,8 +69,11 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_TEST_PORTS.start}-{_TEST_PORTS.stop - 1}")
 
 
-def wait_until(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+def wait_until(predicate: Any, *, timeout: float = 45.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds.
+
+    The default deadline is long because it costs nothing when things work: on a loaded 2-core machine
+    (the suite runs a worker per core) a Python process can take 15 s just to import and listen."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
