@@ -6,6 +6,9 @@ key is read (`token` keys are the verified subject), and no replica is picked fo
 refused. The route comes last so that an unauthenticated client learns nothing about which
 services exist (UNAUTHENTICATED before UNIMPLEMENTED), and an internal service is refused
 (PERMISSION_DENIED) the same way on every entry point.
+
+admit_local() is the same sequence for a call the gateway answers itself (server reflection on the
+native port): authenticate -> identity -> rate limit, with no method policy and no route.
 """
 
 from __future__ import annotations

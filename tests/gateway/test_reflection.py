@@ -60,7 +60,7 @@ def _reflect(
     target: str, requests: list[rpb.ServerReflectionRequest], token: str | None, path: str = V1
 ) -> list[rpb.ServerReflectionResponse]:
     """One ServerReflectionInfo stream on `path`: the answers to `requests`, in order."""
-    metadata = [("authorization", f"Bearer {token}")] if token else []
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(target) as channel:
         call = channel.stream_stream(
             path,
@@ -157,7 +157,7 @@ def test_grpcurl_lists_describes_and_calls_through_reflection_v1alpha(platform: 
     assert "code = Unauthenticated desc = this call needs a bearer token" in refused.stderr
 
 
-class _Token(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _Token(grpc.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     """The token on the reflection client's calls, which take no metadata of their own."""
 
     def __init__(self, token: str) -> None:
@@ -182,7 +182,7 @@ def test_grpcio_reflection_client_builds_the_messages_and_calls(platform: tuple[
             request_serializer=lambda message: message.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
-        assert call(request, metadata=[("authorization", f"Bearer {token}")], timeout=10).text == "echo: hi"
+        assert call(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10).text == "echo: hi"
         orders = pool.FindServiceByName("upf.orders.v1.Orders")
         assert "GetOrder" in orders.methods_by_name
         with pytest.raises(KeyError):
@@ -253,7 +253,7 @@ def test_a_request_that_does_not_parse_ends_the_call_with_invalid_argument(platf
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         call = channel.stream_stream(V1, request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
         with pytest.raises(grpc.RpcError) as raised:
-            list(call(iter([b"\xff\xff\xff"]), metadata=[("authorization", f"Bearer {token}")], timeout=10))
+            list(call(iter([b"\xff\xff\xff"]), metadata=(("authorization", f"Bearer {token}"),), timeout=10))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ServerReflectionRequest" in (raised.value.details() or "")
 
@@ -268,7 +268,7 @@ def _listed(target: str) -> set[str]:
 
 def _describes_echo(target: str) -> bool:
     answer = _reflect(target, [rpb.ServerReflectionRequest(file_containing_symbol="upf.demo.v1.Echo.Say")], None)[0]
-    return answer.HasField("file_descriptor_response")
+    return bool(answer.HasField("file_descriptor_response"))
 
 
 def test_reflection_follows_the_registry_and_never_shows_internal_services(work_dir: Path) -> None:
