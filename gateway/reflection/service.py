@@ -89,10 +89,9 @@ class ServerReflection:
         visible = self.visible()
         routed = [service for service in visible if service not in REFLECTION_SERVICES]
         described = await asyncio.gather(*(self._describe(service) for service in routed), return_exceptions=True)
-        named = [service for service in routed if symbol == service or symbol.startswith(service + ".")]
-        order = {service: rank for rank, service in enumerate([*named, *routed])}
+        named = {service for service in routed if symbol == service or symbol.startswith(service + ".")}
         pools, unavailable = [self._own], {}
-        for service, result in sorted(zip(routed, described, strict=True), key=lambda pair: order[pair[0]]):
+        for service, result in sorted(zip(routed, described, strict=True), key=lambda pair: pair[0] not in named):
             if isinstance(result, DescriptorsUnavailable):
                 unavailable[service] = str(result)
             elif isinstance(result, BaseException):
