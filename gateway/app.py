@@ -60,6 +60,7 @@ from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
+from gateway.reflection import ServerReflection
 from gateway.settings import GatewaySettings, load_settings
 from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
@@ -210,12 +211,18 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         exempt_paths=frozenset(limits.exempt_paths),
         retries=retries,
     )
-    ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
-    grpc_web = GrpcWebEndpoint(proxy)
     # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
     descriptors = DescriptorCatalog(
         replica_locator(pool, registry_routes.version_of if registry_routes is not None else None)
     )
+    # Server reflection on the native port: every exposed service, described from the same catalog.
+    reflection = ServerReflection(lambda: _exposed(pool), descriptors.service)
+    ingress = (
+        IngressServer(proxy, host=settings.host, port=settings.grpc_port, local=reflection.methods())
+        if settings.grpc_port
+        else None
+    )
+    grpc_web = GrpcWebEndpoint(proxy)
     calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
     openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
     websockets = OpenSockets(grace=settings.websocket.drain_grace)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -43,7 +44,10 @@ from gateway.wire.timeout import parse_timeout
 if TYPE_CHECKING:
     from gateway.ingress.server import IngressServer
 
-__all__ = ["IngressCall", "start_call"]
+# Opens a call the gateway answers itself (gateway/ingress/local.py) on a stream: (conn, stream id, path, scope).
+OpenLocal = Callable[["ServerConnection[IngressServer]", int, str, dict[str, Any]], "IngressCall"]
+
+__all__ = ["RESPONSE_START", "IngressCall", "OpenLocal", "start_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ _NOT_FORWARDED = frozenset(
 # HPACK: ":status: 200" is static index 8; content-type (static name 31) as a literal without indexing.
 _STATUS_200 = b"\x88"
 _GRPC_CONTENT_TYPE = b"\x0f\x10" + bytes((len(b"application/grpc"),)) + b"application/grpc"
-_RESPONSE_START = _STATUS_200 + _GRPC_CONTENT_TYPE
+RESPONSE_START = _STATUS_200 + _GRPC_CONTENT_TYPE
 
 
 class IngressCall:
@@ -325,7 +329,7 @@ class IngressCall:
     def _send_headers(self, upstream: Http2Stream) -> None:
         fields = [encode_header(name, value) for name, value in response_metadata(upstream.headers or ())]
         self.headers_sent = True
-        self.conn.write_headers(self.id, _RESPONSE_START + b"".join(fields), end_stream=False)
+        self.conn.write_headers(self.id, RESPONSE_START + b"".join(fields), end_stream=False)
 
     def _send_now(self, data: bytes) -> bool:
         """DATA within the client's windows: True when all of it went out (the usual case)."""
@@ -377,7 +381,7 @@ class IngressCall:
         if self.closed:
             return
         conn = self.conn
-        conn.write_headers(self.id, trailers if self.headers_sent else _RESPONSE_START + trailers, end_stream=True)
+        conn.write_headers(self.id, trailers if self.headers_sent else RESPONSE_START + trailers, end_stream=True)
         if not self.request_ended:
             # Answered before the client finished sending: it may stop (RFC 9113 8.1).
             conn.write(frame(RST_STREAM, 0, self.id, struct.pack(">I", NO_ERROR)))
@@ -423,7 +427,8 @@ class IngressCall:
 def start_call(
     conn: ServerConnection[IngressServer], stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool
 ) -> None:
-    """A client opened a stream: answer what is not a gRPC call, start the call task for what is."""
+    """A client opened a stream: answer what is not a gRPC call, start the call task for what is
+    (proxied, or answered by the gateway for the paths in the server's `local`)."""
     method = path = content_type = b""
     timeout: float | None = None
     fields = []
@@ -464,7 +469,12 @@ def start_call(
     service, _, method_name = text_path[1:].partition("/")
     # Auth and the limiter's identity functions read an ASGI-like scope.
     scope = {"type": "http", "client": conn.peer, "headers": headers, "path": text_path}
-    call = IngressCall(conn, stream_id, text_path, service, method_name, b"".join(fields), timeout, scope)
+    open_local = conn.server.local.get(text_path)
+    call: IngressCall
+    if open_local is not None:  # a method the gateway serves itself (server reflection)
+        call = open_local(conn, stream_id, text_path, scope)
+    else:
+        call = IngressCall(conn, stream_id, text_path, service, method_name, b"".join(fields), timeout, scope)
     conn.streams[stream_id] = call
     if end_stream:
         call.on_data(b"", True)

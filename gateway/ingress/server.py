@@ -11,6 +11,10 @@ is gateway.http2.server.ServerConnection; each of its streams is a call (gateway
 
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
 the rest are cancelled.
+
+Server reflection (gateway/reflection/) is answered here by the gateway itself, for every routed
+plugin at once (gateway/ingress/local.py): a client lists and describes the port's services as it would
+a single gRPC server's.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 from gateway.http2.server import ServerConnection
-from gateway.ingress.call import start_call
+from gateway.ingress.call import IngressCall, OpenLocal, start_call
+from gateway.ingress.local import LocalCall, LocalMethod
 from gateway.proxy import ProxyConfig
 
 __all__ = ["IngressServer"]
@@ -45,11 +52,24 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _opener(method: LocalMethod) -> OpenLocal:
+    def open_local(
+        conn: ServerConnection[IngressServer], stream_id: int, path: str, scope: dict[str, Any]
+    ) -> IngressCall:
+        return LocalCall(conn, stream_id, path, method, scope)
+
+    return open_local
+
+
 class IngressServer:
     """The listener: one ServerConnection per client, whose streams become calls (gateway/ingress/call.py)."""
 
-    def __init__(self, config: ProxyConfig, *, host: str, port: int) -> None:
+    def __init__(
+        self, config: ProxyConfig, *, host: str, port: int, local: Mapping[str, LocalMethod] | None = None
+    ) -> None:
         self.config = config
+        # Call paths the gateway answers itself (server reflection) instead of proxying them.
+        self.local: dict[str, OpenLocal] = {path: _opener(method) for path, method in (local or {}).items()}
         self.address = f"{host}:{port}"
         self.max_message_bytes = config.max_message_bytes
         self.port = 0

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import re
 
-from gateway.proxy.admission import Admitted, admit
+from gateway.proxy.admission import Admitted, admit, admit_local
 from gateway.proxy.attempts import Attempt, Refused, run_attempts
 from gateway.proxy.config import ProxyConfig
 
-__all__ = ["Admitted", "Attempt", "ProxyConfig", "Refused", "admit", "is_call_path", "run_attempts"]
+__all__ = ["Admitted", "Attempt", "ProxyConfig", "Refused", "admit", "admit_local", "is_call_path", "run_attempts"]
 
 # /<package.Service>/<Method>, or under /api/: the paths the router gives the gRPC codecs.
 _CALL_PATH = re.compile(r"^(?:/api)?/[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+/[A-Za-z_][A-Za-z0-9_]*$")

@@ -6,6 +6,9 @@ key is read (`token` keys are the verified subject), and no replica is picked fo
 refused. The route comes last so that an unauthenticated client learns nothing about which
 services exist (UNAUTHENTICATED before UNIMPLEMENTED), and an internal service is refused
 (PERMISSION_DENIED) the same way on every entry point.
+
+admit_local() is the same sequence for a call the gateway answers itself (server reflection on the
+native port): authenticate -> identity -> rate limit, with no method policy and no route.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from gateway.proxy.config import ProxyConfig
 from gateway.upstream.policies import cap_timeout
 from gateway.upstream.pool import Route
 
-__all__ = ["Admitted", "admit"]
+__all__ = ["Admitted", "admit", "admit_local"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -75,6 +78,31 @@ async def admit(
 
     Raises Unauthenticated, PermissionDenied, RateLimited, RateLimiterUnavailable, UnknownService.
     """
+    identity, quota = await _caller(config, path, credentials, scope, identity)
+    policy = config.policies.get(service, method) if config.policies is not None else None
+    route = config.pool.route(service)
+    if policy is None:
+        return Admitted(route, identity, False, config.max_timeout, None, quota)
+    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota)
+
+
+async def admit_local(
+    config: ProxyConfig, *, path: str, credentials: Iterable[tuple[bytes, bytes]], scope: MutableMapping[str, Any]
+) -> Identity | None:
+    """Admit a call the gateway answers itself (server reflection): authenticated and rate-limited
+    as admit() does it for a plugin's method, with no route to pick. Raises what admit() raises."""
+    identity, _ = await _caller(config, path, credentials, scope, None)
+    return identity
+
+
+async def _caller(
+    config: ProxyConfig,
+    path: str,
+    credentials: Iterable[tuple[bytes, bytes]],
+    scope: MutableMapping[str, Any],
+    identity: Identity | None,
+) -> tuple[Identity | None, Headers]:
+    """Authenticate, then rate-limit: the caller's identity, and the quota headers of an allowed call."""
     authenticator = config.authenticator
     if identity is None and authenticator is not None:
         identity = await authenticator.authenticate(path, credentials)
@@ -93,8 +121,4 @@ async def admit(
                 (b"ratelimit-policy", limit.policy_field.encode("latin-1")),
                 (b"ratelimit", limit.quota_field(decision).encode("latin-1")),
             ]
-    policy = config.policies.get(service, method) if config.policies is not None else None
-    route = config.pool.route(service)
-    if policy is None:
-        return Admitted(route, identity, False, config.max_timeout, None, quota)
-    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota)
+    return identity, quota

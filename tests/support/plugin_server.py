@@ -4,6 +4,7 @@ python -m tests.support.plugin_server --port 0 [--tag]     prints "PORT <n>" onc
 
 With --tag, Say replies "<text> @<port>": routing tests count which replica answered.
 With --refuse, Say and Count answer UNAVAILABLE: a replica that is reached but refuses the call.
+With --reflect, it serves grpc.reflection too (as every SDK plugin does), so the gateway can describe it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from plugins.demo.service import EchoService
@@ -44,13 +46,16 @@ class RefusingEcho(EchoService):
         yield demo_pb2.CountResponse()  # never reached: makes this an async generator, as Count is
 
 
-async def main(port: int, tag: bool, refuse: bool) -> None:
+async def main(port: int, tag: bool, refuse: bool, reflect: bool) -> None:
     server = grpc.aio.server()
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     servicer = RefusingEcho() if refuse else TaggedEcho(bound) if tag else EchoService()
     demo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if reflect:
+        names = (demo_pb2.DESCRIPTOR.services_by_name["Echo"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     print(f"PORT {bound}", flush=True)
@@ -62,5 +67,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tag", action="store_true", help='Say replies "<text> @<port>"')
     parser.add_argument("--refuse", action="store_true", help="Say and Count answer UNAVAILABLE")
+    parser.add_argument("--reflect", action="store_true", help="serve grpc.reflection")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.tag, args.refuse))
+    asyncio.run(main(args.port, args.tag, args.refuse, args.reflect))
