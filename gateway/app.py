@@ -8,7 +8,7 @@ Outermost first, each for a reason:
   TranscodeMiddleware  REST routes from plugins' google.api.http annotations, under /api/: each served as a
                        call of its method by the one call path, which authenticates and limits it once
                        (gateway/middleware/transcode.py); the gateway's own endpoints win
-  AuthMiddleware       (auth.enabled) a verified token on every REST request except public paths
+  AuthMiddleware       (auth.enabled) a verified token on every other REST request except public paths
                        (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses REST requests before any work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints

@@ -10,7 +10,6 @@ rest.v1.Things, with server reflection (so the gateway learns its routes) and gr
     Size    GET    /v1/things/{id}/size     response_body: "size" (the answer is a number)
 
 --v2 is the same plugin's next version: Get gains `additional_bindings {get: "/v2/things/{id}"}`.
-Every answer's `caller` is the x-upf-user-id metadata the plugin got (the identity the gateway verified).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ def things_pool(*, v2: bool) -> descriptor_pool.DescriptorPool:
     thing = file.message_type.add(name="Thing")
     thing.field.add(name="id", number=1, type=3, label=1, json_name="id")
     thing.field.add(name="name", number=2, type=9, label=1, json_name="name")
-    thing.field.add(name="caller", number=3, type=9, label=1, json_name="caller")
     thing.field.add(name="size", number=4, type=5, label=1, json_name="size")
     service = file.service.add(name="Things")
     get = http_pb2.HttpRule(get="/v1/things/{id}")
@@ -59,19 +57,16 @@ def things_pool(*, v2: bool) -> descriptor_pool.DescriptorPool:
 def _handlers(pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler[Any, Any]:
     thing: Any = message_factory.GetMessageClass(pool.FindMessageTypeByName("rest.v1.Thing"))
 
-    def caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return next((str(v) for k, v in context.invocation_metadata() or () if k == "x-upf-user-id"), "")
-
     async def get(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return thing(id=request.id, name=f"thing {request.id}", caller=caller(context))
+        return thing(id=request.id, name=f"thing {request.id}")
 
     async def delete(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.id == 404:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no thing 404")
-        return thing(id=request.id, name="deleted", caller=caller(context))
+        return thing(id=request.id, name="deleted")
 
     async def rename(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return thing(id=request.id, name=request.name, caller=caller(context))
+        return thing(id=request.id, name=request.name)
 
     async def size(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return thing(id=request.id, size=request.id * 10)
