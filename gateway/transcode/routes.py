@@ -5,7 +5,8 @@ the web shell owns the rest of the path space. The table is read from the descri
 learns at run time (gateway.descriptors), asked for on each lookup: the catalog answers from memory
 while a plugin's version stays the same, and a service's bindings are read again only when it answers
 with another descriptor (the plugin re-registered with a new version). So a plugin's REST routes
-appear, change and go with its registrations, without a gateway restart.
+appear, change and go with its registrations, without a gateway restart. A routed plugin that cannot
+be asked for a moment keeps the routes it had: its calls answer 503 as any call to it would, not 404.
 
 Only unary methods get REST routes: a stream has no plain HTTP request/response form (gRPC-Web,
 Connect and the WebSocket bridges carry them). A method whose rule cannot be served (a field it names
@@ -99,7 +100,11 @@ class RestRoutes:
         try:
             return await self._describe(name)
         except DescriptorsUnavailable as exc:
-            # No schema now: its routes are not served (a plugin that comes back is asked again).
+            known = self._read.get(name)
+            if exc.retryable and known is not None:
+                # Routed but not reachable now: its routes stay, and a call answers 503 (the call
+                # path's UNAVAILABLE, retried on another replica if there is one), not 404.
+                return known[0]
             logger.debug("no REST routes for %s: %s", name, exc)
             return None
 

@@ -10,6 +10,7 @@ import pytest
 from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from gateway.descriptors import DescriptorsUnavailable
 from gateway.errors import BadRequest
 from gateway.transcode.http_rule import InvalidHttpRule, http_bindings
 from gateway.transcode.request import request_message, response_json
@@ -221,3 +222,21 @@ async def test_the_route_table_picks_the_most_specific_route_and_follows_new_des
     described["test.v1.Orders"] = _service({"Get": {"delete": "/v1/orders/{id}"}})  # a new plugin version
     assert await method("GET", "/api/v1/orders/o-1") is None
     assert await method("DELETE", "/api/v1/orders/o-1") == ("Get", {"id": "o-1"})
+
+
+async def test_routes_stay_while_their_plugin_cannot_be_asked_and_go_when_it_has_no_schema() -> None:
+    service = _service({"Get": {"get": "/v1/orders/{id}"}})
+    answers: list[Any] = [service]
+
+    async def describe(name: str) -> Any:
+        answer = answers[-1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    routes = RestRoutes(lambda: ["test.v1.Orders"], describe)
+    assert await routes.match("GET", "/api/v1/orders/o-1") is not None
+    answers.append(DescriptorsUnavailable("unreachable", retryable=True))
+    assert await routes.match("GET", "/api/v1/orders/o-1") is not None  # the call answers 503, not 404
+    answers.append(DescriptorsUnavailable("the plugin does not serve grpc.reflection"))
+    assert await routes.match("GET", "/api/v1/orders/o-1") is None
