@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.oidc_issuer import OidcIssuer
 from tests.support.processes import Gateway, Process, _died, free_port, run_gateway, wait_until
 from tests.support.registry_process import RunningRegistry, run_registry
 
@@ -126,7 +127,23 @@ def rest_plugin(work_dir: Path, *options: str) -> Iterator[str]:
         process.stop()
 
 
-def _manifest(version: str) -> str:
+# Fast health checks; leases long enough for a gateway that starts slowly on a busy machine (the test
+# registers on the plugin's behalf and does not renew).
+REGISTRY = {
+    "leaseTtl": 300,
+    "health": {"interval": 0.2, "timeout": 0.5, "failuresBeforeUnhealthy": 2, "successesBeforeHealthy": 1},
+}
+
+
+def _manifest(version: str, policies: dict[str, Any] | None = None) -> str:
+    interface: dict[str, Any] = {
+        "name": "IThings",
+        "version": "1.0.0",
+        "protoFile": "things.proto",
+        "grpcServices": ["rest.v1.Things"],
+    }
+    if policies is not None:
+        interface |= {"methods": ["Get", "Delete", "Rename", "Size"], "policies": policies}
     return json.dumps(
         {
             "id": "things",
@@ -134,21 +151,19 @@ def _manifest(version: str) -> str:
             "name": "Things",
             "description": "REST test plugin",
             "type": "business",
-            "provides": [
-                {"name": "IThings", "version": "1.0.0", "protoFile": "things.proto", "grpcServices": ["rest.v1.Things"]}
-            ],
+            "provides": [interface],
         }
     )
 
 
-def _register(registry: RunningRegistry, version: str, endpoint: str) -> None:
-    registry.stub.Register(registry.register_request(_manifest(version), instance_id="things-1", endpoint=endpoint))
+def _register(registry: RunningRegistry, version: str, endpoint: str, policies: dict[str, Any] | None = None) -> None:
+    text = _manifest(version, policies)
+    registry.stub.Register(registry.register_request(text, instance_id="things-1", endpoint=endpoint))
 
 
 def test_rest_routes_follow_a_plugin_that_re_registers(tmp_path: Path) -> None:
-    fast = {"health": {"interval": 0.2, "timeout": 0.5, "failuresBeforeUnhealthy": 2, "successesBeforeHealthy": 1}}
     with (
-        run_registry(fast, tmp_path) as registry,
+        run_registry(REGISTRY, tmp_path) as registry,
         rest_plugin(tmp_path) as first,
         run_gateway({"registryUrl": registry.target, "routeRefreshInterval": 1}, tmp_path) as gateway,
         httpx.Client(base_url=f"{gateway.url}/api", timeout=10) as client,
@@ -194,3 +209,39 @@ def test_a_rest_call_is_rate_limited_once(tmp_path: Path) -> None:
     refused = answers[-1]
     assert refused.json()["code"] == "RESOURCE_EXHAUSTED"
     assert "retry-after" in refused.headers
+
+
+def test_rest_calls_carry_the_verified_identity_and_meet_manifest_permissions(tmp_path: Path) -> None:
+    with (
+        OidcIssuer(style="keycloak") as issuer,
+        run_registry(REGISTRY, tmp_path) as registry,
+        rest_plugin(tmp_path) as address,
+    ):
+        _register(registry, "1.0.0", address, {"Delete": {"requiredPermission": "things:delete"}})
+        auth = {
+            "enabled": True,
+            "issuers": [{"issuer": issuer.issuer, "algorithms": ["RS256"], "jwksUri": issuer.jwks_uri,
+                         "rolesClaim": "realm_access.roles"}],
+            "roles": {"admin": ["things:delete"]},
+        }  # fmt: skip
+        config = {"registryUrl": registry.target, "routeRefreshInterval": 1, "auth": auth}
+        with (
+            run_gateway(config, tmp_path) as gateway,
+            httpx.Client(base_url=f"{gateway.url}/api", timeout=10) as client,
+        ):
+            user = {"authorization": f"Bearer {issuer.mint({'sub': 's-user'})}"}
+            wait_until(lambda: client.get("/v1/things/1", headers=user).status_code == 200, what="the REST route")
+            # A client's own identity header never reaches the plugin: the verified subject does.
+            got = client.get("/v1/things/1", headers={**user, "x-upf-user-id": "mallory"})
+            assert got.json() == {"id": "1", "name": "thing 1", "caller": "s-user"}
+
+            anonymous = client.get("/v1/things/1")
+            assert (anonymous.status_code, anonymous.json()["code"]) == (401, "UNAUTHENTICATED")
+            refused = client.delete("/v1/things/1", headers=user)  # the manifest's requiredPermission
+            assert refused.status_code == 403
+            assert refused.json() == {
+                "code": "PERMISSION_DENIED",
+                "message": "this call needs the permission things:delete",
+            }
+            admin = {"authorization": f"Bearer {issuer.mint({'realm_access': {'roles': ['admin']}})}"}
+            assert client.delete("/v1/things/1", headers=admin).status_code == 200

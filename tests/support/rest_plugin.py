@@ -10,6 +10,7 @@ rest.v1.Things, with server reflection (so the gateway learns its routes) and gr
     Size    GET    /v1/things/{id}/size     response_body: "size" (the answer is a number)
 
 --v2 is the same plugin's next version: Get gains `additional_bindings {get: "/v2/things/{id}"}`.
+Get's `caller` is the x-upf-user-id metadata the plugin got (the identity the gateway verified).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def things_pool(*, v2: bool) -> descriptor_pool.DescriptorPool:
     thing.field.add(name="id", number=1, type=3, label=1, json_name="id")
     thing.field.add(name="name", number=2, type=9, label=1, json_name="name")
     thing.field.add(name="size", number=4, type=5, label=1, json_name="size")
+    thing.field.add(name="caller", number=5, type=9, label=1, json_name="caller")
     service = file.service.add(name="Things")
     get = http_pb2.HttpRule(get="/v1/things/{id}")
     if v2:
@@ -58,7 +60,8 @@ def _handlers(pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler[An
     thing: Any = message_factory.GetMessageClass(pool.FindMessageTypeByName("rest.v1.Thing"))
 
     async def get(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return thing(id=request.id, name=f"thing {request.id}")
+        caller = next((str(v) for k, v in context.invocation_metadata() or () if k == "x-upf-user-id"), "")
+        return thing(id=request.id, name=f"thing {request.id}", caller=caller)
 
     async def delete(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.id == 404:
