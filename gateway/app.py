@@ -5,7 +5,10 @@ Outermost first, each for a reason:
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
                        files, served before auth and limits; every other path passes on (gateway/shell.py)
-  AuthMiddleware       (auth.enabled) a verified token on every REST request except public paths
+  TranscodeMiddleware  REST routes from plugins' google.api.http annotations, under /api/: each served as a
+                       call of its method by the one call path, which authenticates and limits it once
+                       (gateway/middleware/transcode.py); the gateway's own endpoints win
+  AuthMiddleware       (auth.enabled) a verified token on every other REST request except public paths
                        (gateway/auth/)
   RateLimitMiddleware  (rateLimiting.enabled) refuses REST requests before any work; after auth, for `token` keys
   router               the gRPC-Web paths first (the service segment holds a dot), then REST endpoints
@@ -35,7 +38,8 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+from starlette.types import Scope
 
 from common.auth.revocations import Revocations
 from common.logs import configure_logging
@@ -57,12 +61,15 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
 from gateway.middleware.ratelimit import RateLimitMiddleware
+from gateway.middleware.transcode import TranscodeMiddleware
 from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
 from gateway.reflection import ServerReflection
 from gateway.settings import GatewaySettings, load_settings
 from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
+from gateway.transcode.endpoint import RestEndpoint
+from gateway.transcode.routes import RestRoutes
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies, split_call
@@ -114,6 +121,11 @@ def _exposed(pool: UpstreamPool) -> list[str]:
             continue
         exposed.append(service)
     return exposed
+
+
+def _owned_by(routes: list[BaseRoute]) -> Callable[[Scope], bool]:
+    """Whether one of the gateway's own routes takes a request (with this method or another)."""
+    return lambda scope: any(route.matches(scope)[0] is not Match.NONE for route in routes)
 
 
 def _version() -> str:
@@ -225,6 +237,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     grpc_web = GrpcWebEndpoint(proxy)
     calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
     openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
+    # REST routes from the same descriptors: the google.api.http annotations of the routed services.
+    rest_routes = RestRoutes(lambda: _exposed(pool), descriptors.service)
     websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         proxy,
@@ -346,6 +360,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     if settings.shell.enabled:
         files = ShellFiles(settings.shell.dir or DEFAULT_SHELL_DIR)
         middleware.append(Middleware(ShellMiddleware, files=files, plugin_ui=plugin_ui))
+    middleware.append(
+        Middleware(TranscodeMiddleware, routes=rest_routes, endpoint=RestEndpoint(proxy), owned=_owned_by(routes))
+    )
     if authenticator is not None:
         # WebSocket calls carry their token in their first message (grpc-websockets) or in each
         # call's metadata (upf-mux.v1), as a browser cannot set headers on an upgrade.

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from google.api import annotations_pb2
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
@@ -27,11 +28,14 @@ def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     well_known = Path(protoc.__file__).parent / "_proto"
+    # google/api/annotations.proto (REST annotations) from googleapis-common-protos, beside its module.
+    googleapis = Path(annotations_pb2.__file__).parents[2]
     bin_dir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside this interpreter
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.processes import ROOT, free_port, run_gateway, wait_until
 
@@ -66,3 +68,18 @@ def test_readme_login_and_curls_answer_json_and_grpc_web(tmp_path: Path) -> None
         json_pipeline = f"{login}\n{json_call} -s".replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}")
         answer = subprocess.run(["bash", "-c", json_pipeline], capture_output=True, timeout=30, check=True).stdout
         assert answer == b'{"text":"echo: hello"}'
+
+        # REST from the orders plugin's annotations: the README's create and list, as printed there.
+        create, listing = [
+            line for line in readme.splitlines() if line.startswith("curl") and "/api/v1/orders" in line
+        ][:2]
+
+        def rest(line: str) -> Any:
+            script = f"{login}\n{line} -s".replace("127.0.0.1:8080", f"127.0.0.1:{gateway.http_port}")
+            return json.loads(
+                subprocess.run(["bash", "-c", script], capture_output=True, timeout=30, check=True).stdout
+            )
+
+        created = wait_until(lambda: rest(create).get("order"), timeout=20, what="the orders plugin to be routed")
+        assert (created["customerId"], created["totalMinor"]) == ("c-1", "900")
+        assert created["id"] in [order["id"] for order in rest(listing)["orders"]]

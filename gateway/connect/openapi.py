@@ -1,4 +1,9 @@
-"""An OpenAPI 3.1 document for the Connect routes of the exposed services, from their descriptors.
+"""An OpenAPI 3.1 document for the Connect and REST routes of the exposed services, from their descriptors.
+
+Connect: `POST /api/<pkg.Service>/<Method>` for every method that is not a client stream, and `GET` for
+side-effect-free ones. REST: each google.api.http binding of a unary method (gateway/transcode/), at
+its path below /api/, with its path variables and query parameters as parameters and the request body
+its `body` names; REST errors are the gateway's `{"code": "NOT_FOUND", "message": ...}`.
 
 Schemas follow protobuf's JSON mapping, which is what the Connect JSON codec reads and writes: integers
 as numbers or decimal strings (64-bit ones are written as strings), bytes as base64, enums as value
@@ -19,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.descriptors import DescriptorsUnavailable
+from gateway.transcode.http_rule import HttpBinding, InvalidHttpRule, http_bindings
+from gateway.transcode.routes import PREFIX
 
 __all__ = ["OpenApiEndpoint", "openapi_document"]
 
@@ -40,6 +47,17 @@ _ERROR_SCHEMA: dict[str, Any] = {
     },
     "required": ["code"],
 }
+
+_REST_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A gateway error: `code` is the gRPC status name; the HTTP status is its mapping.",
+    "properties": {
+        "code": {"type": "string", "examples": ["INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED"]},
+        "message": {"type": "string"},
+    },
+    "required": ["code", "message"],
+}
+_REST_VERBS = ("get", "put", "post", "delete", "patch")
 
 _INT64 = {"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"}
 _UINT64 = {"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0}
@@ -88,10 +106,18 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
 }
 
+# Well-known messages whose JSON form is a scalar: a query parameter can give them, as
+# gateway/transcode/request.py reads them.
+_TEXT_MESSAGES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+    | {f"google.protobuf.{kind}Value" for kind in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool")}
+    | {"google.protobuf.StringValue", "google.protobuf.BytesValue"}
+)
+
 
 class _Schemas:
     def __init__(self) -> None:
-        self.components: dict[str, Any] = {"connect.Error": _ERROR_SCHEMA}
+        self.components: dict[str, Any] = {"connect.Error": _ERROR_SCHEMA, "gateway.Error": _REST_ERROR_SCHEMA}
 
     def ref(self, message: Descriptor) -> dict[str, Any]:
         name = message.full_name
@@ -103,19 +129,19 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, message: Descriptor) -> dict[str, Any]:
-        properties = {field.json_name: self._field(field) for field in message.fields}
+        properties = {field.json_name: self.field(field) for field in message.fields}
         return {"type": "object", "title": message.name, "properties": properties}
 
-    def _field(self, field: FieldDescriptor) -> dict[str, Any]:
+    def field(self, field: FieldDescriptor) -> dict[str, Any]:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
             value = entry.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self._single(value)}
+            return {"type": "object", "additionalProperties": self.single(value)}
         if field.is_repeated:
-            return {"type": "array", "items": self._single(field)}
-        return self._single(field)
+            return {"type": "array", "items": self.single(field)}
+        return self.single(field)
 
-    def _single(self, field: FieldDescriptor) -> dict[str, Any]:
+    def single(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None:
             return self.ref(field.message_type)
         if field.enum_type is not None:
@@ -134,7 +160,7 @@ def _enum(enum: EnumDescriptor) -> dict[str, Any]:
 
 def openapi_document(services: Iterable[ServiceDescriptor], *, title: str, version: str) -> dict[str, Any]:
     """OpenAPI 3.1 for `POST /api/<service>/<method>` (JSON unary), `GET` for side-effect-free methods,
-    and the Connect streaming form of server-streaming methods."""
+    the Connect streaming form of server-streaming methods, and the REST routes of unary methods."""
     schemas = _Schemas()
     paths: dict[str, Any] = {}
     for service in sorted(services, key=lambda s: s.full_name):
@@ -142,6 +168,10 @@ def openapi_document(services: Iterable[ServiceDescriptor], *, title: str, versi
             if method.client_streaming:
                 continue  # client and bidi streams need a Connect streaming client over HTTP/2
             paths[f"/api/{service.full_name}/{method.name}"] = _operations(service, method, schemas)
+    for service in sorted(services, key=lambda s: s.full_name):
+        for method in service.methods:
+            if not (method.client_streaming or method.server_streaming):
+                _add_rest(paths, service, method, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -202,6 +232,92 @@ def _operations(service: ServiceDescriptor, method: Any, schemas: _Schemas) -> d
             "responses": operations["post"]["responses"],
         }
     return operations
+
+
+def _add_rest(paths: dict[str, Any], service: ServiceDescriptor, method: Any, schemas: _Schemas) -> None:
+    try:
+        bindings = http_bindings(method)
+    except InvalidHttpRule:
+        return  # not served either (gateway/transcode/routes.py logs it)
+    for index, binding in enumerate(bindings):
+        verb = binding.verb.lower()
+        path = _openapi_path(binding)
+        if verb not in _REST_VERBS or path is None or verb in paths.get(path, {}):
+            continue  # a custom verb, an unnamed wildcard, or a route another binding documents already
+        operation: dict[str, Any] = {
+            "operationId": f"{service.full_name}.{method.name}.rest" + (str(index + 1) if index else ""),
+            "tags": [service.full_name],
+            "summary": f"{method.name} over REST",
+            "parameters": _rest_parameters(binding, method.input_type, schemas),
+            "responses": {
+                "200": {
+                    "description": method.output_type.full_name,
+                    "content": _json(_response(binding, method, schemas)),
+                },
+                "default": {
+                    "description": "An error, with the HTTP status of its gRPC code",
+                    "content": _json({"$ref": "#/components/schemas/gateway.Error"}),
+                },
+            },
+        }
+        if binding.body:
+            body = (
+                schemas.ref(method.input_type)
+                if binding.body == "*"
+                else _field_schema(method.input_type, binding.body, schemas)
+            )
+            operation["requestBody"] = {"required": True, "content": _json(body)}
+        paths.setdefault(path, {})[verb] = operation
+
+
+def _openapi_path(binding: HttpBinding) -> str | None:
+    """`/api/v1/orders/{id}` for `/v1/orders/{id}`; a variable over several segments is one parameter.
+    None when the template has a wildcard that binds no field (OpenAPI cannot name it)."""
+    parts: list[str] = []
+    for segment in binding.template.segments:
+        if segment.variable is None:
+            if segment.kind != "literal":
+                return None
+            parts.append(segment.text)
+        elif segment.first:
+            parts.append("{" + segment.variable + "}")
+    verb = binding.template.verb
+    return PREFIX + "/" + "/".join(parts) + (":" + verb if verb else "")
+
+
+def _rest_parameters(binding: HttpBinding, message: Descriptor, schemas: _Schemas) -> list[dict[str, Any]]:
+    variables = binding.template.variables
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": _field_schema(message, name, schemas)}
+        for name in variables
+    ]
+    if binding.body == "*":
+        return parameters
+    taken = {name.split(".")[0] for name in variables} | ({binding.body.split(".")[0]} if binding.body else set())
+    for field in message.fields:
+        if field.name in taken or (
+            field.message_type is not None and field.message_type.full_name not in _TEXT_MESSAGES
+        ):
+            continue  # bound already, or a message: not a query parameter here (its fields could be, as a.b=)
+        schema = schemas.field(field)
+        if field.is_repeated:
+            parameters.append({"name": field.json_name, "in": "query", "schema": schema, "explode": True})
+        else:
+            parameters.append({"name": field.json_name, "in": "query", "schema": schema})
+    return parameters
+
+
+def _field_schema(message: Any, path: str, schemas: _Schemas) -> dict[str, Any]:
+    *parents, leaf = path.split(".")
+    for name in parents:
+        message = message.fields_by_name[name].message_type
+    return schemas.field(message.fields_by_name[leaf])
+
+
+def _response(binding: HttpBinding, method: Any, schemas: _Schemas) -> dict[str, Any]:
+    if not binding.response_body:
+        return schemas.ref(method.output_type)
+    return _field_schema(method.output_type, binding.response_body, schemas)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The one call path: codecs in front of one shared chain (Envoy's shape).
 
-Four codecs take gRPC calls in: gRPC-Web (gateway/grpcweb/endpoint.py), native gRPC
-(gateway/ingress/), grpc-websockets (gateway/websocket/grpcws.py) and upf-mux.v1
+Codecs take gRPC calls in: gRPC-Web (gateway/grpcweb/endpoint.py), Connect
+(gateway/connect/endpoint.py), REST transcoded from google.api.http (gateway/transcode/endpoint.py),
+native gRPC (gateway/ingress/), grpc-websockets (gateway/websocket/grpcws.py) and upf-mux.v1
 (gateway/websocket/mux.py). Each keeps only its framing: reading the request, writing the
 answer in its own protocol. Between the two, every call passes the same chain:
 
@@ -11,7 +12,8 @@ answer in its own protocol. Between the two, every call passes the same chain:
     run_attempts()   attempts.py    replica pick, breaker reporting, transparent and policy retries
 
 gRPC-Web goes through admit() too, not through the auth and rate-limit middlewares, which serve
-REST only (they pass every gRPC call path by: `is_call_path`). Why:
+the gateway's own REST endpoints only (they pass every gRPC call path by: `is_call_path`; transcoded
+REST calls never reach them, gateway/middleware/transcode.py). Why:
 - one order for every call, written once; when the middlewares admitted gRPC-Web, its order
   (limit before route) and the others' (route before limit, or route before auth on native
   gRPC) had drifted apart;

@@ -82,6 +82,14 @@ def _check_id(field: str, value: str, *, required: bool) -> None:
         raise invalid(field, "is required")
     if len(value) > MAX_ID_LENGTH:
         raise invalid(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    # Storage refuses such ids; refused here they are the caller's error, not a storage failure.
+    if any(ord(c) < 32 for c in value):
+        raise invalid(field, "contains a control character")
+
+
+def check_order_id(value: str) -> None:
+    """The id of an order to read or update: required, and one that storage can hold."""
+    _check_id("id", value, required=True)
 
 
 def check_create(request: pb.CreateOrderRequest) -> None:

@@ -32,6 +32,7 @@ from plugins.orders.model import (
     Refused,
     check_create,
     check_list,
+    check_order_id,
     check_status,
     document_status,
     invalid,
@@ -174,8 +175,7 @@ class OrdersService(orders_pb2_grpc.OrdersServicer):
             return False
 
     async def _get(self, request: pb.GetOrderRequest) -> pb.GetOrderResponse:
-        if not request.id:
-            raise invalid("id", "is required")
+        check_order_id(request.id)
         record = await self._find(await self._storage(), request.id)
         return pb.GetOrderResponse(order=order_message(record.id, record.data, record.version))
 
@@ -207,8 +207,7 @@ class OrdersService(orders_pb2_grpc.OrdersServicer):
         )
 
     async def _update(self, request: pb.UpdateOrderStatusRequest) -> pb.UpdateOrderStatusResponse:
-        if not request.id:
-            raise invalid("id", "is required")
+        check_order_id(request.id)
         check_status("status", request.status, allow_any=False)
         if request.HasField("expected_version") and request.expected_version < 1:
             raise invalid("expected_version", f"versions start at 1, got {request.expected_version}")

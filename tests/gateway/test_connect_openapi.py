@@ -81,3 +81,43 @@ def test_the_document_is_valid_openapi_and_its_schemas_accept_the_codecs_json() 
 
     order = orders_pb2.CreateOrderRequest(customer_id="c1")
     _schema_validator(document, "upf.orders.v1.CreateOrderRequest").validate(json_format.MessageToDict(order))
+
+
+def test_rest_routes_are_documented_with_their_parameters_and_bodies() -> None:
+    orders = orders_pb2.DESCRIPTOR.services_by_name["Orders"]
+    document = openapi_document([orders], title="UPF", version="1")
+    validate(document)
+    paths = document["paths"]
+    assert set(paths["/api/v1/orders"]) == {"get", "post"}
+    assert set(paths["/api/v1/orders/{id}"]) == {"get", "patch"}
+
+    listing = paths["/api/v1/orders"]["get"]
+    assert [(p["name"], p["in"]) for p in listing["parameters"]] == [
+        ("status", "query"),
+        ("customerId", "query"),
+        ("pageSize", "query"),
+        ("pageToken", "query"),
+    ]
+    assert "requestBody" not in listing
+    create = paths["/api/v1/orders"]["post"]  # body: "*": the whole request message
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/upf.orders.v1.CreateOrderRequest"
+    }
+    get = paths["/api/v1/orders/{id}"]["get"]  # response_body: "order"
+    assert get["parameters"] == [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/upf.orders.v1.Order"
+    }
+    assert get["responses"]["default"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/gateway.Error"
+    }
+    # The additional binding: the status from the path, the rest of the message from the query.
+    by_path = paths["/api/v1/orders/{id}/status/{status}"]["post"]
+    assert [(p["name"], p["in"]) for p in by_path["parameters"]] == [
+        ("id", "path"),
+        ("status", "path"),
+        ("expectedVersion", "query"),
+    ]
+    assert len({op["operationId"] for ops in paths.values() for op in ops.values()}) == sum(
+        len(ops) for ops in paths.values()
+    )

@@ -1,7 +1,8 @@
 """Connect against `upf run`, with tools written elsewhere: `buf curl` (npm @bufbuild/buf-linux-x64) calls the demo
 plugin with the Connect protocol, unary and server streaming, and with gRPC-Web; `GET /api/openapi.json`
-describes the Connect routes of the services routed now, and schemathesis, driven by that document
-against the demo plugin, finds no server error and no answer that breaks the document."""
+describes the Connect and REST routes of the services routed now, and schemathesis, driven by that
+document against the demo plugin (Connect) and the orders plugin (REST), finds no server error and no
+answer that breaks the document."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from google.protobuf import descriptor_pb2
 from openapi_spec_validator import validate
+from upf.demo.v1 import demo_pb2
 
 from tests.support.processes import ROOT, Gateway, free_port, run_gateway, wait_until
 
@@ -43,10 +46,21 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway
         yield gateway, token
 
 
-def _buf(platform: tuple[Gateway, str], protocol: str, method: str, data: dict[str, Any]) -> list[Any]:
+@pytest.fixture(scope="module")
+def demo_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """demo.proto as a descriptor set, which buf reads as an image. Not the proto/ folder: orders.proto
+    there imports google/api/annotations.proto, which buf would have to fetch from the BSR."""
+    files = descriptor_pb2.FileDescriptorSet()
+    demo_pb2.DESCRIPTOR.CopyToProto(files.file.add())
+    path = tmp_path_factory.mktemp("buf-schema") / "demo.binpb"
+    path.write_bytes(files.SerializeToString())
+    return path
+
+
+def _buf(platform: tuple[Gateway, str], schema: Path, protocol: str, method: str, data: dict[str, Any]) -> list[Any]:
     gateway, token = platform
     run = subprocess.run(
-        [BUF, "curl", "--schema", str(ROOT / "proto"), "--protocol", protocol, "-H", f"authorization: Bearer {token}",
+        [BUF, "curl", "--schema", str(schema), "--protocol", protocol, "-H", f"authorization: Bearer {token}",
          "--data", json.dumps(data), f"{gateway.url}/api/upf.demo.v1.Echo/{method}"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -61,9 +75,9 @@ def _buf(platform: tuple[Gateway, str], protocol: str, method: str, data: dict[s
 
 
 @pytest.mark.parametrize("protocol", ["connect", "grpcweb"])
-def test_buf_curl_calls_the_demo_plugin(platform: tuple[Gateway, str], protocol: str) -> None:
-    assert _buf(platform, protocol, "Say", {"text": "hi"}) == [{"text": "echo: hi"}]
-    assert _buf(platform, protocol, "Count", {"count": 3}) == [{"n": 1}, {"n": 2}, {"n": 3}]
+def test_buf_curl_calls_the_demo_plugin(platform: tuple[Gateway, str], demo_schema: Path, protocol: str) -> None:
+    assert _buf(platform, demo_schema, protocol, "Say", {"text": "hi"}) == [{"text": "echo: hi"}]
+    assert _buf(platform, demo_schema, protocol, "Count", {"count": 3}) == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
 def test_openapi_of_upf_run_holds_up_under_schemathesis(platform: tuple[Gateway, str], tmp_path: Path) -> None:
@@ -80,10 +94,15 @@ def test_openapi_of_upf_run_holds_up_under_schemathesis(platform: tuple[Gateway,
     assert "/api/upf.demo.v1.Echo/Say" in paths
     assert not [path for path in paths if "upf.storage" in path or "upf.cache" in path]  # internal services
     assert "application/connect+json" in paths["/api/upf.demo.v1.Echo/Count"]["post"]["requestBody"]["content"]
+    # The orders plugin's REST routes, from its google.api.http annotations.
+    assert set(paths["/api/v1/orders"]) == {"get", "post"}
+    assert set(paths["/api/v1/orders/{id}"]) == {"get", "patch"}
+    assert "/api/v1/orders/{id}/status/{status}" in paths
 
+    # Connect (Echo/Say) and REST (every orders route): no server error, no answer the document denies.
     run = subprocess.run(
         [ST, "run", f"{gateway.url}/api/openapi.json", "-H", f"Authorization: Bearer {token}",
-         "--include-path-regex", r"upf\.demo\.v1\.Echo/Say$", "--checks", CHECKS,
+         "--include-path-regex", r"upf\.demo\.v1\.Echo/Say$|^/api/v1/orders", "--checks", CHECKS,
          "--max-examples", "25", "--generation-deterministic", "--no-color"],
         capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path,
     )  # fmt: skip

@@ -10,9 +10,11 @@ import pytest
 from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from gateway.descriptors import DescriptorsUnavailable
 from gateway.errors import BadRequest
 from gateway.transcode.http_rule import InvalidHttpRule, http_bindings
 from gateway.transcode.request import request_message, response_json
+from gateway.transcode.routes import RestRoutes
 from gateway.transcode.template import PathTemplate, TemplateError
 
 
@@ -183,3 +185,58 @@ def test_answers_are_the_whole_message_or_its_response_body() -> None:
     assert json.loads(response_json(get, reply, data)) == {"id": "o-1", "totalCents": "5"}
     listed = http_bindings(service.methods_by_name["List"])[0]
     assert json.loads(response_json(listed, reply, data)) == {"order": {"id": "o-1", "totalCents": "5"}, "note": "n"}
+
+
+async def test_the_route_table_picks_the_most_specific_route_and_follows_new_descriptors() -> None:
+    described = {
+        "test.v1.Orders": _service(
+            {
+                "Get": {"get": "/v1/orders/{id}"},
+                "Special": {"get": "/v1/orders/special"},
+                "Files": {"get": "/v1/{id=**}"},
+                "Broken": {"get": "/v1/orders/{nope}"},  # left out, the others still served
+            }
+        )
+    }
+
+    async def describe(name: str) -> Any:
+        return described[name]
+
+    routes = RestRoutes(lambda: list(described), describe)
+
+    async def method(verb: str, path: str) -> tuple[str, dict[str, str]] | None:
+        found = await routes.match(verb, path)
+        return None if found is None else (found.route.method.name, found.variables)
+
+    assert await method("GET", "/api/v1/orders/special") == ("Special", {})  # a literal beats a variable
+    assert await method("GET", "/api/v1/orders/o-1") == ("Get", {"id": "o-1"})
+    assert await method("GET", "/api/v1/orders/o-1/x") == ("Files", {"id": "orders/o-1/x"})  # ** comes last
+    assert await method("POST", "/api/v1/orders/o-1") is None
+    assert await method("GET", "/v1/orders/o-1") is None  # REST routes live under /api/ only
+    assert [route.path for route in await routes.routes()] == [
+        "/api/v1/orders/special",
+        "/api/v1/orders/{id}",
+        "/api/v1/{id=**}",
+    ]
+
+    described["test.v1.Orders"] = _service({"Get": {"delete": "/v1/orders/{id}"}})  # a new plugin version
+    assert await method("GET", "/api/v1/orders/o-1") is None
+    assert await method("DELETE", "/api/v1/orders/o-1") == ("Get", {"id": "o-1"})
+
+
+async def test_routes_stay_while_their_plugin_cannot_be_asked_and_go_when_it_has_no_schema() -> None:
+    service = _service({"Get": {"get": "/v1/orders/{id}"}})
+    answers: list[Any] = [service]
+
+    async def describe(name: str) -> Any:
+        answer = answers[-1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    routes = RestRoutes(lambda: ["test.v1.Orders"], describe)
+    assert await routes.match("GET", "/api/v1/orders/o-1") is not None
+    answers.append(DescriptorsUnavailable("unreachable", retryable=True))
+    assert await routes.match("GET", "/api/v1/orders/o-1") is not None  # the call answers 503, not 404
+    answers.append(DescriptorsUnavailable("the plugin does not serve grpc.reflection"))
+    assert await routes.match("GET", "/api/v1/orders/o-1") is None

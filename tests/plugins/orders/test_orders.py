@@ -177,6 +177,7 @@ BAD_CREATES = [
     ({"customer_id": ""}, "customer_id: is required"),
     ({"currency": "euro"}, "currency:"),
     ({"request_id": "r" * 129}, "request_id: must be at most 128"),
+    ({"customer_id": "c\x7f\x01"}, "customer_id: contains a control character"),
 ]
 
 
@@ -199,6 +200,9 @@ async def test_bad_lists_updates_and_watches_are_invalid_argument_naming_the_fie
         (orders.stub.ListOrders(pb.ListOrdersRequest(page_size=101)), "page_size:"),
         (orders.stub.ListOrders(pb.ListOrdersRequest(status=42)), "status: unknown status 42"),  # type: ignore[arg-type]
         (orders.stub.GetOrder(pb.GetOrderRequest()), "id: is required"),
+        # Not an id storage could hold: the caller's error, not a storage failure (INTERNAL).
+        (orders.stub.GetOrder(pb.GetOrderRequest(id="o\x14")), "id: contains a control character"),
+        (orders.stub.GetOrder(pb.GetOrderRequest(id="o" * 129)), "id: must be at most 128"),
         (orders.stub.UpdateOrderStatus(pb.UpdateOrderStatusRequest(id=order.id)), "status: unknown status 0"),
         (
             orders.stub.UpdateOrderStatus(pb.UpdateOrderStatusRequest(id=order.id, status=99)),  # type: ignore[arg-type]

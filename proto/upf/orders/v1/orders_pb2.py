@@ -22,43 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aupf/orders/v1/orders.proto\x12\rupf.orders.v1\"Y\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x04 \x01(\x03\"\xe3\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\'\n\x05items\x18\x04 \x03(\x0b\x32\x18.upf.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x13\n\x0btotal_minor\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\t \x01(\x03\"x\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.upf.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"L\n\x13\x43reateOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\"{\n\x11ListOrdersRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.upf.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x86\x01\n\x18UpdateOrderStatusRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"@\n\x19UpdateOrderStatusResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\"U\n\x12WatchOrdersRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"h\n\x13WatchOrdersResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.upf.orders.v1.OrderChangeType\x12#\n\x05order\x18\x02 \x01(\x0b\x32\x14.upf.orders.v1.Order*\xb3\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05*r\n\x0fOrderChangeType\x12!\n\x1dORDER_CHANGE_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ORDER_CHANGE_TYPE_CREATED\x10\x01\x12\x1d\n\x19ORDER_CHANGE_TYPE_UPDATED\x10\x02\x32\xbe\x03\n\x06Orders\x12T\n\x0b\x43reateOrder\x12!.upf.orders.v1.CreateOrderRequest\x1a\".upf.orders.v1.CreateOrderResponse\x12K\n\x08GetOrder\x12\x1e.upf.orders.v1.GetOrderRequest\x1a\x1f.upf.orders.v1.GetOrderResponse\x12Q\n\nListOrders\x12 .upf.orders.v1.ListOrdersRequest\x1a!.upf.orders.v1.ListOrdersResponse\x12\x66\n\x11UpdateOrderStatus\x12\'.upf.orders.v1.UpdateOrderStatusRequest\x1a(.upf.orders.v1.UpdateOrderStatusResponse\x12V\n\x0bWatchOrders\x12!.upf.orders.v1.WatchOrdersRequest\x1a\".upf.orders.v1.WatchOrdersResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aupf/orders/v1/orders.proto\x12\rupf.orders.v1\x1a\x1cgoogle/api/annotations.proto\"Y\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x04 \x01(\x03\"\xe3\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\'\n\x05items\x18\x04 \x03(\x0b\x32\x18.upf.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x13\n\x0btotal_minor\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\t \x01(\x03\"x\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.upf.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"L\n\x13\x43reateOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\"{\n\x11ListOrdersRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.upf.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\x86\x01\n\x18UpdateOrderStatusRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"@\n\x19UpdateOrderStatusResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.upf.orders.v1.Order\"U\n\x12WatchOrdersRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.upf.orders.v1.OrderStatus\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"h\n\x13WatchOrdersResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.upf.orders.v1.OrderChangeType\x12#\n\x05order\x18\x02 \x01(\x0b\x32\x14.upf.orders.v1.Order*\xb3\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05*r\n\x0fOrderChangeType\x12!\n\x1dORDER_CHANGE_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ORDER_CHANGE_TYPE_CREATED\x10\x01\x12\x1d\n\x19ORDER_CHANGE_TYPE_UPDATED\x10\x02\x32\xc9\x04\n\x06Orders\x12k\n\x0b\x43reateOrder\x12!.upf.orders.v1.CreateOrderRequest\x1a\".upf.orders.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12k\n\x08GetOrder\x12\x1e.upf.orders.v1.GetOrderRequest\x1a\x1f.upf.orders.v1.GetOrderResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x0f/v1/orders/{id}b\x05order\x12\x65\n\nListOrders\x12 .upf.orders.v1.ListOrdersRequest\x1a!.upf.orders.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\xa5\x01\n\x11UpdateOrderStatus\x12\'.upf.orders.v1.UpdateOrderStatusRequest\x1a(.upf.orders.v1.UpdateOrderStatusResponse\"=\x82\xd3\xe4\x93\x02\x37\x32\x0f/v1/orders/{id}:\x01*Z!\"\x1f/v1/orders/{id}/status/{status}\x12V\n\x0bWatchOrders\x12!.upf.orders.v1.WatchOrdersRequest\x1a\".upf.orders.v1.WatchOrdersResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'upf.orders.v1.orders_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=1282
-  _globals['_ORDERSTATUS']._serialized_end=1461
-  _globals['_ORDERCHANGETYPE']._serialized_start=1463
-  _globals['_ORDERCHANGETYPE']._serialized_end=1577
-  _globals['_ORDERITEM']._serialized_start=45
-  _globals['_ORDERITEM']._serialized_end=134
-  _globals['_ORDER']._serialized_start=137
-  _globals['_ORDER']._serialized_end=364
-  _globals['_CREATEORDERREQUEST']._serialized_start=366
-  _globals['_CREATEORDERREQUEST']._serialized_end=486
-  _globals['_CREATEORDERRESPONSE']._serialized_start=488
-  _globals['_CREATEORDERRESPONSE']._serialized_end=564
-  _globals['_GETORDERREQUEST']._serialized_start=566
-  _globals['_GETORDERREQUEST']._serialized_end=595
-  _globals['_GETORDERRESPONSE']._serialized_start=597
-  _globals['_GETORDERRESPONSE']._serialized_end=652
-  _globals['_LISTORDERSREQUEST']._serialized_start=654
-  _globals['_LISTORDERSREQUEST']._serialized_end=777
-  _globals['_LISTORDERSRESPONSE']._serialized_start=779
-  _globals['_LISTORDERSRESPONSE']._serialized_end=883
-  _globals['_UPDATEORDERSTATUSREQUEST']._serialized_start=886
-  _globals['_UPDATEORDERSTATUSREQUEST']._serialized_end=1020
-  _globals['_UPDATEORDERSTATUSRESPONSE']._serialized_start=1022
-  _globals['_UPDATEORDERSTATUSRESPONSE']._serialized_end=1086
-  _globals['_WATCHORDERSREQUEST']._serialized_start=1088
-  _globals['_WATCHORDERSREQUEST']._serialized_end=1173
-  _globals['_WATCHORDERSRESPONSE']._serialized_start=1175
-  _globals['_WATCHORDERSRESPONSE']._serialized_end=1279
-  _globals['_ORDERS']._serialized_start=1580
-  _globals['_ORDERS']._serialized_end=2026
+  _globals['_ORDERS'].methods_by_name['CreateOrder']._loaded_options = None
+  _globals['_ORDERS'].methods_by_name['CreateOrder']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/orders:\001*'
+  _globals['_ORDERS'].methods_by_name['GetOrder']._loaded_options = None
+  _globals['_ORDERS'].methods_by_name['GetOrder']._serialized_options = b'\202\323\344\223\002\030\022\017/v1/orders/{id}b\005order'
+  _globals['_ORDERS'].methods_by_name['ListOrders']._loaded_options = None
+  _globals['_ORDERS'].methods_by_name['ListOrders']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/orders'
+  _globals['_ORDERS'].methods_by_name['UpdateOrderStatus']._loaded_options = None
+  _globals['_ORDERS'].methods_by_name['UpdateOrderStatus']._serialized_options = b'\202\323\344\223\00272\017/v1/orders/{id}:\001*Z!\"\037/v1/orders/{id}/status/{status}'
+  _globals['_ORDERSTATUS']._serialized_start=1312
+  _globals['_ORDERSTATUS']._serialized_end=1491
+  _globals['_ORDERCHANGETYPE']._serialized_start=1493
+  _globals['_ORDERCHANGETYPE']._serialized_end=1607
+  _globals['_ORDERITEM']._serialized_start=75
+  _globals['_ORDERITEM']._serialized_end=164
+  _globals['_ORDER']._serialized_start=167
+  _globals['_ORDER']._serialized_end=394
+  _globals['_CREATEORDERREQUEST']._serialized_start=396
+  _globals['_CREATEORDERREQUEST']._serialized_end=516
+  _globals['_CREATEORDERRESPONSE']._serialized_start=518
+  _globals['_CREATEORDERRESPONSE']._serialized_end=594
+  _globals['_GETORDERREQUEST']._serialized_start=596
+  _globals['_GETORDERREQUEST']._serialized_end=625
+  _globals['_GETORDERRESPONSE']._serialized_start=627
+  _globals['_GETORDERRESPONSE']._serialized_end=682
+  _globals['_LISTORDERSREQUEST']._serialized_start=684
+  _globals['_LISTORDERSREQUEST']._serialized_end=807
+  _globals['_LISTORDERSRESPONSE']._serialized_start=809
+  _globals['_LISTORDERSRESPONSE']._serialized_end=913
+  _globals['_UPDATEORDERSTATUSREQUEST']._serialized_start=916
+  _globals['_UPDATEORDERSTATUSREQUEST']._serialized_end=1050
+  _globals['_UPDATEORDERSTATUSRESPONSE']._serialized_start=1052
+  _globals['_UPDATEORDERSTATUSRESPONSE']._serialized_end=1116
+  _globals['_WATCHORDERSREQUEST']._serialized_start=1118
+  _globals['_WATCHORDERSREQUEST']._serialized_end=1203
+  _globals['_WATCHORDERSRESPONSE']._serialized_start=1205
+  _globals['_WATCHORDERSRESPONSE']._serialized_end=1309
+  _globals['_ORDERS']._serialized_start=1610
+  _globals['_ORDERS']._serialized_end=2195
 # @@protoc_insertion_point(module_scope)

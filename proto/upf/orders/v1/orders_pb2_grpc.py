@@ -76,6 +76,7 @@ class OrdersServicer:
 
     def GetOrder(self, request, context):
         """GetOrder returns one order; NOT_FOUND when there is none with that id.
+        Over REST the answer is the order itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +84,7 @@ class OrdersServicer:
 
     def ListOrders(self, request, context):
         """ListOrders pages through orders, newest first, optionally only one status and/or customer.
+        Over REST the filters are query parameters: ?status=ORDER_STATUS_PENDING&customerId=c1&pageSize=10
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +94,8 @@ class OrdersServicer:
         """UpdateOrderStatus moves an order along PENDING -> CONFIRMED -> SHIPPED -> DELIVERED, or to
         CANCELLED from PENDING or CONFIRMED. FAILED_PRECONDITION names a transition that is not allowed;
         ABORTED when `expected_version` is set and the order has moved on since.
+        Over REST: PATCH /v1/orders/{id} with {"status": ..., "expectedVersion": ...}, or the status in the
+        path (POST /v1/orders/{id}/status/ORDER_STATUS_CONFIRMED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
