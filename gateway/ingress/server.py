@@ -48,8 +48,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 class IngressServer:
     """The listener: one ServerConnection per client, whose streams become calls (gateway/ingress/call.py)."""
 
-    def __init__(self, config: ProxyConfig, *, host: str, port: int) -> None:
+    def __init__(self, config: ProxyConfig, *, host: str, port: int, grace: float = 5.0) -> None:
         self.config = config
+        self.grace = grace  # seconds running calls get to finish at shutdown
         self.address = f"{host}:{port}"
         self.max_message_bytes = config.max_message_bytes
         self.port = 0
@@ -91,7 +92,12 @@ class IngressServer:
         if not self.connections and self._idle is not None:
             self._idle.set()
 
-    async def stop(self, grace: float) -> None:
+    def status(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Graceful: GOAWAY to every client; calls still running after `grace` seconds are cancelled."""
+        grace = self.grace
         server = self._server
         if server is None:
             return
