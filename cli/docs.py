@@ -1,7 +1,7 @@
 """`make docs`: the README's configuration tables, rendered from the settings models.
 
 `python -m cli.docs` rewrites the part of README.md between the two markers below; `--check` only says
-whether it is current (tests/test_config_docs.py runs the same comparison).
+whether it is current (tests/cli/test_config_docs.py runs the same comparison).
 """
 
 from __future__ import annotations

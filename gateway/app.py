@@ -56,6 +56,7 @@ from gateway.events import LiveEvents
 from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
+from gateway.lifecycle import Components
 from gateway.metrics import TrafficMetrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
@@ -169,7 +170,9 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         hints = BreakerHints(
             pool, url=breaker.redis_url, prefix=breaker.key_prefix, reset_timeout=breaker.reset_timeout
         )
-    readiness = Readiness()
+    # The running parts, started in the order added (see the lifespan) and closed in reverse.
+    components = Components()
+    readiness = Readiness(components)
     configure_identity_headers(settings.edge.identity_headers)  # for the in-band metadata readers
     # Per-method policies (requiredPermission, rateLimit, timeout, idempotent) from the manifests.
     policies = MethodPolicies()
@@ -179,8 +182,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     limits = settings.rate_limiting
     limited = limits.enabled or (limits.method_limits and settings.registry_url is not None)
     limiter = CallLimiter.from_settings(limits, policies=policies, counters=ratelimit_counters) if limited else None
-    if limiter is not None and limiter.client is not None:
-        readiness.details["rateLimiter"] = limiter.readiness  # information only (CallLimiter.readiness)
     identify = identify_from_settings(limits)
     retries = Retries(settings.retries) if settings.retries.enabled else None
     metrics = TrafficMetrics(pool, limiter, retries)
@@ -200,15 +201,11 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         if settings.registry_url
         else None
     )
-    if registry_routes is not None:
-        readiness.details["registry"] = registry_routes.status
     auth = AuthSetup(settings, pool, policies, revocations=revocations) if settings.auth.enabled else None
     authenticator = auth.authenticator if auth is not None else None
     # With auth on, a client's token stays at the gateway unless configured otherwise: plugins get
     # the verified identity instead.
     forward_authorization = auth is None or settings.auth.forward_token
-    if auth is not None:
-        readiness.details["auth"] = auth.status
     # Every gRPC call, whichever of the four codecs it arrives in, is admitted and placed with these.
     proxy = ProxyConfig(
         pool,
@@ -270,8 +267,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         if settings.events.enabled
         else None
     )
-    if events is not None:
-        readiness.details["events"] = events.status
 
     # The shell's files, and plugins' UI files fetched from where their manifests say (ui.baseUrl).
     plugin_ui = PluginUi(registry_routes.ui_base_url) if registry_routes is not None else None
@@ -289,44 +284,25 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         readiness.ready, readiness.reason = False, "shutting down"
         await asyncio.sleep(settings.shutdown_delay)
 
+    # Start order; shutdown runs it backwards. Each name is its section of /readyz (if it has a status).
+    components.add("upstreams", pool)  # closed last: every call has ended by then
+    components.add("descriptors", descriptors)
+    components.add("pluginUi", plugin_ui)
+    components.add("rateLimiter", limiter)
+    components.add("breakerHints", hints)
+    components.add("registry", registry_routes)  # waits briefly for the first routes table
+    components.add("auth", auth)  # after the routes: the built-in issuer's keys come from the auth plugin
+    components.add("events", events)  # a bus that is down is retried in the background: see /readyz
+    components.add("ingress", ingress)  # native gRPC: listening last, closed first (running calls finish)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if limiter is not None:
-            await limiter.open()
-        if hints is not None:
-            await hints.start()
-        if registry_routes is not None:
-            await registry_routes.start()
-            # Briefly: a gateway that starts next to a running registry should not answer "unknown
-            # service" for its plugins; one that cannot reach it starts anyway (static routes serve).
-            await registry_routes.wait_connected(2.0)
-        if auth is not None:
-            await auth.start()  # after the routes: the built-in issuer's keys come from the auth plugin
-        if ingress is not None:
-            await ingress.start()
-        if events is not None:
-            await events.start()  # a bus that is down is retried in the background: see /readyz
-        readiness.ready = True
-        try:
-            yield
-        finally:
-            readiness.ready, readiness.reason = False, "shutting down"
-            if ingress is not None:
-                await ingress.stop(grace=5.0)
-            if registry_routes is not None:
-                await registry_routes.stop()
-            if auth is not None:
-                await auth.close()
-            pool.close()
-            await descriptors.close()
-            if hints is not None:
-                await hints.stop()
-            if limiter is not None:
-                await limiter.close()
-            if events is not None:
-                await events.close()
-            if plugin_ui is not None:
-                await plugin_ui.aclose()
+        async with components.running():
+            readiness.ready = True
+            try:
+                yield
+            finally:
+                readiness.ready, readiness.reason = False, "shutting down"
 
     async def manifests(request: StarletteRequest) -> Response:
         if registry_routes is not None:
@@ -381,21 +357,12 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # No route at all: an /api/ path answers a JSON 404 like the rest of the API (a known path with
     # another method still gets the router's 405).
     app.router.default = api_not_found(app.router.default)
-    app.state.settings = settings
-    app.state.pool = pool
-    app.state.policies = policies
-    app.state.registry_routes = registry_routes
-    app.state.ingress = ingress
-    app.state.ratelimit_counters = ratelimit_counters
-    app.state.limiter = limiter
-    app.state.retries = retries
-    app.state.metrics = metrics
-    app.state.breaker_hints = hints
-    app.state.websockets = websockets
-    app.state.auth = auth
-    app.state.events = events
+    # What is read from outside: gateway/serve.py's shutdown hooks, and the tests' handles.
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     app.state.leave_rotation = leave_rotation  # awaited before drain, while the ports are still open
+    app.state.pool = pool
+    app.state.events = events
+    app.state.ratelimit_counters = ratelimit_counters
     return app
 
 

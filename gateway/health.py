@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from gateway.lifecycle import Components
 
 __all__ = ["Readiness", "healthz"]
 
@@ -16,17 +15,20 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 class Readiness:
-    """Flipped by the lifespan: ready after start-up, not ready again once shutdown begins."""
+    """Flipped by the lifespan: ready after start-up, not ready again once shutdown begins.
 
-    def __init__(self) -> None:
+    The body also holds each component's status (`Component.status`, e.g. "registry": {"reachable":
+    false, ...}): things worth seeing that do not make the gateway unready (the last known routes
+    keep serving).
+    """
+
+    def __init__(self, components: Components) -> None:
         self.ready = False
         self.reason = "starting"
-        # Extra sections of the body, e.g. "registry": {"reachable": false, ...}: things worth
-        # seeing that do not make the gateway unready (the last known routes keep serving).
-        self.details: dict[str, Callable[[], Any]] = {}
+        self._components = components
 
     async def readyz(self, request: Request) -> JSONResponse:
-        extra = {name: detail() for name, detail in self.details.items()}
+        extra = self._components.statuses()
         if self.ready:
             return JSONResponse({"status": "ready", **extra})
         return JSONResponse({"status": "not ready", "reason": self.reason, **extra}, status_code=503)

@@ -112,8 +112,14 @@ class PluginUi:
         self.base_url = base_url
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
 
-    async def aclose(self) -> None:
+    async def start(self) -> None:
+        """Nothing to open: the HTTP client connects on the first fetch."""
+
+    async def close(self) -> None:
         await self._client.aclose()
+
+    def status(self) -> None:
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rest = scope["path"][len(PLUGIN_PREFIX) :]

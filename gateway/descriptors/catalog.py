@@ -107,6 +107,12 @@ class DescriptorCatalog:
             descriptor=found,
         )
 
+    async def start(self) -> None:
+        """Nothing to open: a plugin's channel opens with the first question to it."""
+
+    def status(self) -> None:
+        return None
+
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:

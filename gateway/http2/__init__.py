@@ -8,7 +8,7 @@
     writer.py      HEADERS (+ CONTINUATION), SETTINGS, WINDOW_UPDATE, RST_STREAM, GOAWAY, PING ACK
     headers.py     HPACK: gRPC request blocks encoded by hand, header blocks decoded through a cache
     connection.py  Connection: the transport, the peer's settings, send windows, SETTINGS / PING /
-                   WINDOW_UPDATE; what both ends do alike
+                   WINDOW_UPDATE, DATA written within the windows; what both ends do alike
     client.py      ClientConnection + Http2Stream: gRPC calls to an upstream
     server.py      ServerConnection: the native gRPC ingress's side of a client connection
 

@@ -41,7 +41,6 @@ from gateway.http2.frames import (
     MAX_STREAM_ID,
     MIN_MAX_FRAME,
     PREFACE,
-    frame,
 )
 from gateway.http2.headers import HeaderList, RequestEncoder
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
@@ -99,7 +98,6 @@ class Http2Stream:
         "_need",
         "_partial",
         "_queued",
-        "_send_waiter",
         "_waiter",
         "_withheld",
         "ended",
@@ -109,6 +107,7 @@ class Http2Stream:
         "on_writable",
         "send_window",
         "trailers",
+        "window_waiter",
     )  # fmt: skip
 
     def __init__(self, conn: ClientConnection, stream_id: int, max_message: int) -> None:
@@ -128,7 +127,7 @@ class Http2Stream:
         self._encoding: bytes | None = None
         self._http_error: tuple[int, bytearray] | None = None  # a non-gRPC answer: HTTP status, body start
         self._waiter: asyncio.Future[None] | None = None
-        self._send_waiter: asyncio.Future[None] | None = None
+        self.window_waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         # For an owner that cannot wait (the ingress, inside data_received): called when the
         # windows may have opened after `send_nowait` wrote less than it was given, and at the end.
@@ -138,53 +137,18 @@ class Http2Stream:
 
     async def send(self, data: bytes, end_stream: bool) -> None:
         """Write request bytes (already gRPC-framed), within the flow-control windows."""
-        conn = self._conn
-        view = memoryview(data)  # slices of a view copy nothing: a large body goes out in O(n)
-        while True:
-            if self.ended:
-                return  # the call is over (reset, deadline): nothing more is wanted
-            size = min(len(view), conn.peer_max_frame, self.send_window, conn.send_window)
-            if size == len(view):
-                self.send_window -= size
-                conn.send_window -= size
-                conn.write(frame(DATA, END_STREAM if end_stream else 0, self.id, view))
-                return
-            if size > 0:
-                self.send_window -= size
-                conn.send_window -= size
-                conn.write(frame(DATA, 0, self.id, view[:size]))
-                view = view[size:]
-                continue
-            self._send_waiter = conn.loop.create_future()
-            conn.send_waiters.add(self)
-            try:
-                await self._send_waiter
-            finally:
-                self._send_waiter = None
+        await self._conn.send_data(self, data, end_stream)
 
     def send_nowait(self, data: bytes | memoryview, end_stream: bool) -> int:
         """Write as much of `data` as the windows allow now (END_STREAM with its last byte); returns
         how many bytes were taken. When not all fit, `on_writable` is called once they may fit."""
         if self.ended:
             return len(data)  # the call is over: the bytes are dropped, as `send` drops them
-        conn = self._conn
-        view = memoryview(data)
-        total = len(view)
-        sent = 0
-        while True:
-            size = min(total - sent, conn.peer_max_frame, self.send_window, conn.send_window)
-            if size <= 0:
-                if sent < total:
-                    conn.send_waiters.add(self)
-                    return sent
-                size = 0  # an empty frame (END_STREAM alone) needs no window, even a negative one
-            self.send_window -= size
-            conn.send_window -= size
-            last = sent + size == total
-            conn.write(frame(DATA, END_STREAM if last and end_stream else 0, self.id, view[sent : sent + size]))
-            sent += size
-            if last:
-                return sent
+        return self._conn.write_data(self, data, end_stream)
+
+    @property
+    def done_sending(self) -> bool:
+        return self.ended
 
     async def read(self) -> bytes | None:
         """The next gRPC frame (prefix included, never compressed), or None once the call has ended."""
@@ -264,7 +228,7 @@ class Http2Stream:
     def wake(self) -> None:
         if self.on_writable is not None:
             self.on_writable()
-        waiter = self._send_waiter
+        waiter = self.window_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

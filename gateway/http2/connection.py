@@ -3,9 +3,10 @@
 `Connection` is the asyncio.Protocol under `ClientConnection` and `ServerConnection`. It feeds what
 arrives to a `FrameReader` (every frame check lives there), answers SETTINGS and PING, keeps the
 peer's SETTINGS_MAX_FRAME_SIZE and SETTINGS_INITIAL_WINDOW_SIZE and the connection's send window,
-wakes the streams that wait for window, and turns a `ProtocolError` (or a bug of its own) into
-`fail`. Streams, headers, DATA, RST_STREAM and GOAWAY mean different things to a client and a
-server: the subclasses handle those.
+writes DATA within the windows (`write_data`, `send_data`: the one DATA send loop, for the client's
+request bytes and the server's response messages alike), wakes the streams that wait for window,
+and turns a `ProtocolError` (or a bug of its own) into `fail`. Streams, headers, DATA received,
+RST_STREAM and GOAWAY mean different things to a client and a server: the subclasses handle those.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import hpack
 
 from gateway.corking import CorkedTransport
 from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.frames import DEFAULT_WINDOW, MAX_WINDOW, MIN_MAX_FRAME
+from gateway.http2.frames import DATA, DEFAULT_WINDOW, END_STREAM, FRAME_HEADER, MAX_WINDOW, MIN_MAX_FRAME
 from gateway.http2.headers import HeaderBlockDecoder, HeaderList
 from gateway.http2.reader import FrameReader, ProtocolError
 from gateway.http2.writer import SETTINGS_ACK, header_frames, ping_ack, rst_stream
@@ -36,7 +37,14 @@ MAX_HEADER_LIST: Final = 64 * 1024
 class WindowedStream(Protocol):
     """What the connection needs of any stream: its send window, and a way to say it may have opened."""
 
-    send_window: int
+    id: int
+    send_window: int  # what we may still send the peer on this stream
+    window_waiter: asyncio.Future[None] | None  # set while `send_data` waits for window; `wake` resolves it
+
+    @property
+    def done_sending(self) -> bool:
+        """No more DATA is wanted on this stream (it ended, was reset, or was answered)."""
+        ...
 
     def wake(self) -> None: ...
 
@@ -163,6 +171,59 @@ class Connection(asyncio.Protocol, Generic[StreamT]):
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+
+    def write_data(self, stream: StreamT, data: bytes | memoryview, end_stream: bool) -> int:
+        """DATA on `stream`: as much of `data` as both send windows take now, in frames no larger than
+        the peer allows, END_STREAM with the last byte. Returns how many bytes went out; when not all
+        did, `stream.wake()` is called once the windows may have opened."""
+        size = len(data)
+        flags = END_STREAM if end_stream else 0
+        if (size <= stream.send_window and size <= self.send_window and size <= self.peer_max_frame) or not size:
+            # The usual case, one frame, not copied first. An empty frame (END_STREAM alone) needs no
+            # window, even a negative one.
+            stream.send_window -= size
+            self.send_window -= size
+            self.write(FRAME_HEADER.pack((size << 8) | DATA, flags, stream.id) + data)
+            return size
+        view = memoryview(data)  # slices of a view copy nothing: a large body goes out in O(n)
+        sent = 0
+        while sent < size:
+            step = min(size - sent, self.peer_max_frame, stream.send_window, self.send_window)
+            if step <= 0:
+                if self.send_window <= 0:
+                    # The stream's own WINDOW_UPDATE wakes it; the connection's wakes only those listed.
+                    self.send_waiters.add(stream)
+                return sent
+            stream.send_window -= step
+            self.send_window -= step
+            end = sent + step
+            self.write(FRAME_HEADER.pack((step << 8) | DATA, flags if end == size else 0, stream.id) + view[sent:end])
+            sent = end
+        return sent
+
+    async def send_data(self, stream: StreamT, data: bytes | memoryview, end_stream: bool) -> None:
+        """All of `data` on `stream` (see `write_data`), waiting for window as long as the peer has not
+        read what it was sent; the rest is dropped once the stream is `done_sending`."""
+        if stream.done_sending:
+            return
+        sent = self.write_data(stream, data, end_stream)
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while True:
+            # The peer has not read what it was sent: wait for its WINDOW_UPDATE. Meanwhile the
+            # stream's owner produces nothing more, so the peer's pace bounds what the gateway holds.
+            waiter = stream.window_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                stream.window_waiter = None
+            if stream.done_sending:
+                return
+            sent = self.write_data(stream, view, end_stream)
+            if sent == len(view):
+                return
+            view = view[sent:]
 
     def write_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
         self.write(header_frames(stream_id, block, end_stream=end_stream, max_frame=self.peer_max_frame))

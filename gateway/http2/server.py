@@ -17,7 +17,7 @@ import logging
 from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.connection import MAX_HEADER_LIST, Connection
+from gateway.http2.connection import MAX_HEADER_LIST, Connection, WindowedStream
 from gateway.http2.frames import DEFAULT_WINDOW
 from gateway.http2.reader import ProtocolError
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
@@ -56,16 +56,14 @@ _OPENING = settings(
 ) + window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW)
 
 
-class ServerStream(Protocol):
-    """What the connection needs of one client stream (the ingress's call)."""
+class ServerStream(WindowedStream, Protocol):
+    """What the connection needs of one client stream (the ingress's call), besides its send window."""
 
     request_ended: bool  # the client half-closed: its DATA is no longer wanted
     recv_window: int  # what the client may still send on this stream
-    send_window: int  # what we may still send the client on this stream
 
     def on_data(self, data: bytes, end_stream: bool) -> None: ...
     def on_reset(self) -> None: ...  # the client reset the stream, or the connection is gone
-    def wake(self) -> None: ...  # its send window may have opened
     def abort(self) -> None: ...  # shutdown past the grace period
 
 

@@ -29,7 +29,7 @@ import grpc
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import GatewayError, MessageTooLarge
 from gateway.http2.client import Http2Stream, StreamError
-from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
+from gateway.http2.frames import CANCEL, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
 from gateway.http2.headers import encode_header
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import Refused, admit, run_attempts
@@ -96,7 +96,7 @@ class IngressCall:
         "task",
         "uncredited",
         "upstream",
-        "waiter",
+        "window_waiter",
     )  # fmt: skip
 
     def __init__(
@@ -133,7 +133,7 @@ class IngressCall:
         self.body_left = 0  # bytes of the current request message still to come
         self.headers_sent = False
         self.closed = False  # no more frames for the client: answered, reset by either side, or lost
-        self.waiter: asyncio.Future[None] | None = None
+        self.window_waiter: asyncio.Future[None] | None = None
 
     # --- client -> upstream -----------------------------------------------------------------
 
@@ -298,8 +298,8 @@ class IngressCall:
             if not self.headers_sent:
                 self._send_headers(upstream)
             while message is not None:
-                if not self._send_now(message):
-                    await self._send_later(message)
+                # Within the client's windows: until it reads, the call reads no further upstream.
+                await self.conn.send_data(self, message, False)
                 if self.closed:
                     return grpc.StatusCode.CANCELLED
                 message = await upstream.read()
@@ -331,40 +331,12 @@ class IngressCall:
         self.headers_sent = True
         self.conn.write_headers(self.id, RESPONSE_START + b"".join(fields), end_stream=False)
 
-    def _send_now(self, data: bytes) -> bool:
-        """DATA within the client's windows: True when all of it went out (the usual case)."""
-        conn = self.conn
-        size = len(data)
-        if size <= self.send_window and size <= conn.send_window and size <= conn.peer_max_frame:
-            self.send_window -= size
-            conn.send_window -= size
-            conn.write(FRAME_HEADER.pack((size << 8) | DATA, 0, self.id) + data)
-            return True
-        return False
-
-    async def _send_later(self, data: bytes) -> None:
-        conn = self.conn
-        view = memoryview(data)
-        while view and not self.closed:
-            size = min(len(view), self.send_window, conn.send_window, conn.peer_max_frame)
-            if size > 0:
-                self.send_window -= size
-                conn.send_window -= size
-                conn.write(frame(DATA, 0, self.id, view[:size]))
-                view = view[size:]
-                continue
-            # The client has not read what it was sent: wait for its WINDOW_UPDATE, reading no
-            # further from the upstream meanwhile.
-            self.waiter = conn.loop.create_future()
-            if conn.send_window <= 0:
-                conn.send_waiters.add(self)
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+    @property
+    def done_sending(self) -> bool:
+        return self.closed
 
     def wake(self) -> None:
-        waiter = self.waiter
+        waiter = self.window_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

@@ -65,9 +65,16 @@ class IngressServer:
     """The listener: one ServerConnection per client, whose streams become calls (gateway/ingress/call.py)."""
 
     def __init__(
-        self, config: ProxyConfig, *, host: str, port: int, local: Mapping[str, LocalMethod] | None = None
+        self,
+        config: ProxyConfig,
+        *,
+        host: str,
+        port: int,
+        grace: float = 5.0,
+        local: Mapping[str, LocalMethod] | None = None,
     ) -> None:
         self.config = config
+        self.grace = grace  # seconds running calls get to finish at shutdown
         # Call paths the gateway answers itself (server reflection) instead of proxying them.
         self.local: dict[str, OpenLocal] = {path: _opener(method) for path, method in (local or {}).items()}
         self.address = f"{host}:{port}"
@@ -111,7 +118,12 @@ class IngressServer:
         if not self.connections and self._idle is not None:
             self._idle.set()
 
-    async def stop(self, grace: float) -> None:
+    def status(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Graceful: GOAWAY to every client; calls still running after `grace` seconds are cancelled."""
+        grace = self.grace
         server = self._server
         if server is None:
             return

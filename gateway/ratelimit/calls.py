@@ -128,7 +128,9 @@ class CallLimiter:
         limiter._counters["default"] = counters
         return limiter
 
-    async def open(self) -> None:
+    # --- lifecycle (gateway/lifecycle.py) ---------------------------------------------------
+
+    async def start(self) -> None:
         await ping_store(self.client, self.settings.failure_mode)
 
     async def close(self) -> None:
@@ -136,15 +138,15 @@ class CallLimiter:
         if self.client is not None:
             await self.client.aclose()
 
-    def readiness(self) -> dict[str, object]:
-        """The limiter's store for /readyz: information only, whatever the failure mode.
+    def status(self) -> dict[str, object] | None:
+        """The limiter's shared store for /readyz (None in memory): information only, whatever the failure mode.
 
         A Redis that does not answer is not made not-ready, even in `closed` mode: every replica
         shares it, so all would leave the load balancer at once and clients would get its error
         instead of the gateway's UNAVAILABLE with Retry-After; the failure mode decides meanwhile.
         """
         if self.client is None:
-            return {"store": "memory"}
+            return None
         return {"store": "redis", "reachable": self.health.up, "failureMode": self.settings.failure_mode}
 
     async def check(self, identity: str, path: str | None = None) -> Verdict | None:

@@ -93,7 +93,10 @@ class BreakerHints:
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self._publish()), asyncio.ensure_future(self._subscribe())]
 
-    async def stop(self) -> None:
+    def status(self) -> None:
+        return None
+
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -259,7 +259,15 @@ class UpstreamPool:
     def static_services(self) -> list[str]:
         return sorted(self._static)
 
-    def close(self) -> None:
+    # --- lifecycle (gateway/lifecycle.py) ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing to open: an upstream's connection opens with its first call."""
+
+    def status(self) -> None:
+        return None
+
+    async def close(self) -> None:
         for client in self._clients.values():
             client.close()
         for client, _endpoints in self._retired.values():

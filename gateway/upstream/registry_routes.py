@@ -52,6 +52,7 @@ _ROUTABLE_HEALTH = frozenset({pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DEGRADED}
 _BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
 _BACKOFF_MAX = 2.0  # short: a restarted registry should be followed within a couple of seconds
 _CALL_TIMEOUT = 5.0  # for ListPlugins
+_FIRST_TABLE_WAIT = 2.0  # seconds `start` waits for the registry's first table
 
 
 def routable(status: pb.InstanceStatus) -> bool:
@@ -134,6 +135,9 @@ class RegistryRoutes:
             asyncio.create_task(self._watch_forever(), name="registry-watch"),
             asyncio.create_task(self._refresh_forever(), name="registry-refresh"),
         ]
+        # Briefly: a gateway that starts next to a running registry should not answer "unknown
+        # service" for its plugins; one that cannot reach it starts anyway (static routes serve).
+        await self.wait_connected(_FIRST_TABLE_WAIT)
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait (at most `timeout` s) for the first table, so a starting gateway does not answer
@@ -142,7 +146,7 @@ class RegistryRoutes:
             await asyncio.wait_for(self._connected.wait(), timeout)
         return self._connected.is_set()
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

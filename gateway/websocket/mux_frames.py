@@ -1,7 +1,8 @@
-"""upf-mux.v1 on the wire: frame types, error codes, and the layouts of each frame's payload.
+"""upf-mux.v1 on the wire: frame types, error codes, close codes, and the layouts of each frame's payload.
 
-gateway/websocket/MUX.md is the specification; this module is its byte layouts, shared by the
-endpoint (mux.py) and the tests. All integers are unsigned and big-endian (network byte order).
+gateway/websocket/MUX.md is the specification; this module is its vocabulary and byte layouts,
+shared by the endpoint (mux.py and the modules it is built from) and the tests. All integers are
+unsigned and big-endian (network byte order).
 
     frame   = type u8 | flags u8 | stream id u32 | payload length u32 | payload
 """
@@ -9,11 +10,15 @@ endpoint (mux.py) and the tests. All integers are unsigned and big-endian (netwo
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
 __all__ = [
+    "CLIENT_FRAMES",
+    "CLOSE_INTERNAL",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TOO_BIG",
     "HEADER",
     "MAX_WINDOW",
     "OPEN_FIXED",
@@ -25,9 +30,12 @@ __all__ = [
     "Settings",
     "encode",
     "encode_block",
+    "frame_name",
     "goaway",
+    "parse_increment",
     "parse_open",
     "settings",
+    "split_message",
     "trailers",
     "window_update",
 ]
@@ -42,6 +50,11 @@ _U32 = struct.Struct(">I")
 MAX_WINDOW = 2**31 - 1  # a window above this is a flow-control error, as in HTTP/2
 VERSION = 1
 
+# WebSocket close codes (RFC 6455 7.4.1) the server ends a socket with, besides 1001 (open_sockets.py).
+CLOSE_PROTOCOL_ERROR = 1002  # after GOAWAY with the error code
+CLOSE_TOO_BIG = 1009  # a WebSocket message over the limit
+CLOSE_INTERNAL = 1011  # the gateway failed
+
 
 class FrameType(IntEnum):
     SETTINGS = 0x01  # server -> client, stream 0, the first frame on the socket
@@ -53,6 +66,19 @@ class FrameType(IntEnum):
     TRAILERS = 0x07  # server -> client: status, message, trailing metadata; the call's last frame
     WINDOW_UPDATE = 0x08  # both: more flow-control credit for a stream (or, server -> client, stream 0)
     GOAWAY = 0x09  # server -> client, stream 0: no new calls; an error code says why
+
+
+CLIENT_FRAMES = frozenset(
+    (FrameType.OPEN, FrameType.DATA, FrameType.HALF_CLOSE, FrameType.CANCEL, FrameType.WINDOW_UPDATE)
+)
+
+
+def frame_name(kind: int) -> str:
+    """A frame type for a message, known or not."""
+    try:
+        return FrameType(kind).name
+    except ValueError:
+        return f"0x{kind:02x} (unknown)"
 
 
 class ErrorCode(IntEnum):
@@ -111,6 +137,27 @@ def trailers(stream_id: int, status: int, message: bytes, metadata: Iterable[tup
 
 def goaway(last_stream_id: int, code: ErrorCode, reason: str) -> bytes:
     return encode(FrameType.GOAWAY, 0, _GOAWAY.pack(last_stream_id, code) + reason.encode())
+
+
+def split_message(data: memoryview, max_frame: int) -> Iterator[tuple[int, int, memoryview]]:
+    """The frames of one WebSocket message, as (type, stream id, payload), each checked against the
+    message's end and `max_frame`; what breaks the layout raises MuxProtocolError."""
+    offset, size = 0, len(data)
+    if not size:
+        raise MuxProtocolError("an empty WebSocket message (it must hold at least one frame)")
+    while offset < size:
+        if size - offset < HEADER.size:
+            raise MuxProtocolError("a frame header runs past the end of its WebSocket message")
+        kind, _flags, stream_id, length = HEADER.unpack_from(data, offset)
+        start = offset + HEADER.size
+        if length > max_frame:
+            raise MuxProtocolError(
+                f"a frame of {length} bytes is over the limit of {max_frame}", ErrorCode.FRAME_SIZE_ERROR
+            )
+        if start + length > size:
+            raise MuxProtocolError("a frame runs past the end of its WebSocket message")
+        yield kind, stream_id, data[start : start + length]
+        offset = start + length
 
 
 def parse_open(payload: memoryview) -> Open:

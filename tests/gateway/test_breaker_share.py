@@ -174,7 +174,7 @@ async def test_hints_in_one_process_open_the_other_pool_and_a_passed_probe_delet
         await async_wait(lambda: not store.exists(key), "the key to go")
     finally:
         for hint in hints:
-            await hint.stop()
+            await hint.close()
         delete_prefix(store, prefix)
         store.close()
 

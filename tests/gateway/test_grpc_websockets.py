@@ -887,7 +887,7 @@ async def test_without_the_servers_size_limit_the_endpoint_enforces_it(probe_add
     try:
         await asyncio.wait_for(endpoint(socket.scope(method="ClientStream"), socket.receive, socket.send), TIMEOUT)
     finally:
-        pool.close()
+        await pool.close()
     answer = socket.answer()
     assert answer.status == RESOURCE_EXHAUSTED
     assert f"larger than the gateway's limit of {1024 + MESSAGE_SLACK} bytes" in answer.message
@@ -929,7 +929,7 @@ async def test_the_socket_is_read_no_faster_than_the_upstream_takes_the_bytes() 
             await asyncio.wait_for(call, TIMEOUT)
         finally:
             call.cancel()
-            pool.close()
+            await pool.close()
     assert len(upstream.seen[0].body) == 5 * chunk
     answer = socket.answer()
     assert answer.status == OK
@@ -956,7 +956,7 @@ async def test_a_close_is_noticed_while_the_upstream_takes_nothing() -> None:
             await asyncio.wait_for(upstream.seen[0].reset.wait(), TIMEOUT)
         finally:
             call.cancel()
-            pool.close()
+            await pool.close()
     assert upstream.seen[0].reset_code == 0x8  # CANCEL
     assert socket.sent[1:] == []  # nobody to answer
 

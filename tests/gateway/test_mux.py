@@ -789,7 +789,7 @@ async def test_each_call_is_authenticated_on_its_own(probe_address: str, pb: Any
             )
             await socket.until(lambda: all(ended(socket, s) for s in (1, 3, 5)))
     finally:
-        pool.close()
+        await pool.close()
     expired, admitted, anonymous = socket.stream(1), socket.stream(3), socket.stream(5)
     assert (expired.status, expired.message, expired.kinds) == (
         UNAUTHENTICATED,
@@ -847,7 +847,7 @@ async def test_an_upstream_that_takes_nothing_holds_no_more_than_the_windows(pro
                 assert socket.stream(3).status == OK
                 assert not ended(socket, 1)
         finally:
-            pool.close()
+            await pool.close()
 
 
 def credit(socket: FakeSocket, stream: int) -> int:

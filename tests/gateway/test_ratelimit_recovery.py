@@ -159,7 +159,7 @@ def test_readyz_tells_whether_the_limiter_store_answers_and_the_policy_states_th
         server.kill()
         call()  # refused: UNAVAILABLE, the limiter cannot decide
         ready = http.get("/readyz")
-        # Information only, even in closed mode: every replica shares this Redis (CallLimiter.readiness).
+        # Information only, even in closed mode: every replica shares this Redis (CallLimiter.status).
         assert ready.status_code == 200
         assert ready.json()["rateLimiter"]["reachable"] is False
 
