@@ -126,8 +126,7 @@ class LocalCall(IngressCall):
             if not self.headers_sent:
                 self.headers_sent = True
                 self.conn.write_headers(self.id, RESPONSE_START, end_stream=False)
-            if not self._send_now(reply):
-                await self._send_later(reply)
+            await self.conn.send_data(self, reply, False)
             if self.closed:
                 return
             self.pending_bytes -= size
