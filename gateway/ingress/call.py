@@ -27,12 +27,11 @@ import grpc
 
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import GatewayError, MessageTooLarge
-from gateway.http2.client import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.http2.frames import CANCEL, DATA, FRAME_HEADER, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
 from gateway.http2.headers import encode_header
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import check_request_flags
@@ -276,7 +275,7 @@ class IngressCall:
             async def answer() -> None:
                 self._answer_locally(code, reason)
 
-            return Refused(code, answer, unsent=isinstance(exc, Unsent))
+            return Refused(code, answer, unsent=isinstance(exc, NeverProcessed))
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")
             return grpc.StatusCode.CANCELLED
@@ -308,7 +307,10 @@ class IngressCall:
             async def finish() -> None:
                 self._finish(upstream, result)
 
-            return Refused(result.code, finish)
+            # Refused by GOAWAY or REFUSED_STREAM: another replica may take it, if the gateway still
+            # holds the request (a streamed one went out to this replica as it came).
+            unsent = isinstance(upstream.error, NeverProcessed) and body is not None
+            return Refused(result.code, finish, unsent=unsent)
         self._finish(upstream, result)
         return result.code
 
