@@ -26,7 +26,7 @@ from tests.support.h2server import H2Server, Request, ServerConnection
 from tests.support.processes import Gateway, run_gateway, wait_until
 
 SERVICE = "upf.demo.v1.Echo"
-OK = 0
+OK, CANCELLED = 0, 1
 REFUSED_STREAM = 0x7
 
 
@@ -51,6 +51,8 @@ def refusing_peer(how: str) -> Iterator[H2Server]:
         else:
             conn.conn.close_connection(last_stream_id=request.stream_id - 1)
         conn.flush()
+        if how == "goaway" and conn.transport is not None:
+            conn.transport.close()  # a server going away closes the connection once it has said so
 
     server = H2Server(refuse)
     started = threading.Event()
@@ -115,10 +117,18 @@ def test_a_call_the_replica_refused_unprocessed_goes_to_the_other_one_whatever_t
         assert len(peer.seen) >= 30
 
 
-def test_a_gracefully_stopped_replica_fails_no_call_under_non_idempotent_load(work_dir: Path) -> None:
-    """grpcio's server.stop(grace) sends GOAWAY and refuses the streams that cross it; then its
-    listener is gone (connections refused). Neither fails a call while the other replica lives."""
+def test_a_gracefully_stopped_replica_fails_no_call_it_refused_under_non_idempotent_load(work_dir: Path) -> None:
+    """grpcio's server.stop(grace): GOAWAY, the streams that cross it refused, then its listener gone
+    (connections refused). None of that fails a call while the other replica lives.
+
+    What can fail is not a refusal: grpc's core cancels, as its stop begins and sometimes ahead of
+    its GOAWAY, the calls it had received but not yet handed to the application, and answers them
+    CANCELLED with no headers, exactly as it answers a call cancelled while its handler ran. No
+    client can tell the two apart, so the gateway does not send them elsewhere (a non-idempotent
+    call could run twice), and gRPC clients see the same. At most one per calling thread (each has
+    one call in flight): they are counted, not hidden."""
     staying, leaving = Plugin(work_dir), Plugin(work_dir, "--grace", "5")
+    threads = 6
     with ExitStack() as stack, httpx.Client(timeout=10) as client:
         for plugin in (staying, leaving):
             plugin.start()
@@ -126,7 +136,7 @@ def test_a_gracefully_stopped_replica_fails_no_call_under_non_idempotent_load(wo
         gateway = stack.enter_context(run_gateway(static_gateway(staying.endpoint, leaving.endpoint), work_dir))
         tags = {f"@{staying.port}", f"@{leaving.port}"}
         wait_until(lambda: {say(client, gateway, "x")[1].split()[-1] for _ in range(8)} == tags, what="both")
-        load = stack.enter_context(CountLoad(gateway, web_threads=4, native_threads=2))
+        load = stack.enter_context(CountLoad(gateway, web_threads=threads - 2, native_threads=2))
         wait_until(lambda: load.done() >= 100, what="calls before the stop")
         process = leaving.process
         assert process is not None
@@ -136,5 +146,6 @@ def test_a_gracefully_stopped_replica_fails_no_call_under_non_idempotent_load(wo
         wait_until(lambda: load.done() >= stopped_at + 300, timeout=60, what="calls after the stop")
         load.hold()
         statuses = Counter(load.statuses)
-        assert statuses == Counter({OK: len(load.statuses)}), statuses
+        assert set(statuses) <= {OK, CANCELLED}, statuses  # no UNAVAILABLE: no refused call reached a client
+        assert statuses[CANCELLED] <= threads, statuses
         assert {say(client, gateway, "after")[1].split()[-1] for _ in range(10)} == {f"@{staying.port}"}
