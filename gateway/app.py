@@ -46,6 +46,7 @@ from gateway.connect.openapi import OpenApiEndpoint
 from gateway.connect.router import CallRouter
 from gateway.descriptors import DescriptorCatalog
 from gateway.descriptors.locate import replica_locator
+from gateway.edge.guard import process_guard
 from gateway.edge.identity_headers import configure as configure_identity_headers
 from gateway.errors import GatewayError
 from gateway.events import LiveEvents
@@ -210,7 +211,11 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         exempt_paths=frozenset(limits.exempt_paths),
         retries=retries,
     )
-    ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
+    ingress = (
+        IngressServer(proxy, host=settings.host, port=settings.grpc_port, guard=process_guard(settings.edge))
+        if settings.grpc_port
+        else None
+    )
     grpc_web = GrpcWebEndpoint(proxy)
     # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
     descriptors = DescriptorCatalog(

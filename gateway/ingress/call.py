@@ -42,7 +42,7 @@ from gateway.wire.timeout import parse_timeout
 if TYPE_CHECKING:
     from gateway.ingress.server import IngressServer
 
-__all__ = ["IngressCall", "start_call"]
+__all__ = ["IngressCall", "refuse_call", "start_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -368,12 +368,7 @@ class IngressCall:
 
     def _answer_locally(self, code: grpc.StatusCode, message: str, metadata: dict[str, str] | None = None) -> None:
         """Trailers-only: the call ends before any answer from an upstream."""
-        block = encode_header(b"grpc-status", str(code.value[0]).encode())
-        if message:
-            block += encode_header(b"grpc-message", percent_encode(message).encode("ascii"))
-        for key, value in (metadata or {}).items():
-            block += encode_header(key.encode("ascii"), value.encode("latin-1"))
-        self._end(block)
+        self._end(_status_block(code, message, metadata))
 
     def _end(self, trailers: bytes) -> None:
         if self.closed:
@@ -420,6 +415,22 @@ class IngressCall:
             if self.upstream is not None:
                 self.upstream.on_writable = None
             conn.stream_closed()
+
+
+def _status_block(code: grpc.StatusCode, message: str, metadata: dict[str, str] | None = None) -> bytes:
+    block = encode_header(b"grpc-status", str(code.value[0]).encode())
+    if message:
+        block += encode_header(b"grpc-message", percent_encode(message).encode("ascii"))
+    for key, value in (metadata or {}).items():
+        block += encode_header(key.encode("ascii"), value.encode("latin-1"))
+    return block
+
+
+def refuse_call(conn: ServerConnection[IngressServer], stream_id: int, end_stream: bool, error: GatewayError) -> None:
+    """Answer a stream trailers-only with `error`, before any call starts for it."""
+    conn.write_headers(stream_id, _RESPONSE_START + _status_block(error.code, error.message), end_stream=True)
+    if not end_stream:
+        conn.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))  # its DATA is not wanted
 
 
 def start_call(

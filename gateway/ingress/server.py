@@ -11,6 +11,10 @@ is gateway.http2.server.ServerConnection; each of its streams is a call (gateway
 
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
 the rest are cancelled.
+
+Connections are counted with the HTTP port's (gateway/edge/guard.py, the `edge` settings): beyond
+`maxConnections` a new one is closed at once; one from an address that holds its share
+(`maxConnectionsPerClient`; IPv6: its /64) has its calls answered RESOURCE_EXHAUSTED, then GOAWAY.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import asyncio
 import logging
 import socket
 
+from gateway.edge.guard import Admission, EdgeGuard
+from gateway.errors import TooManyConnections
 from gateway.http2.server import ServerConnection
-from gateway.ingress.call import start_call
+from gateway.ingress.call import refuse_call, start_call
 from gateway.proxy import ProxyConfig
 
 __all__ = ["IngressServer"]
@@ -48,8 +54,11 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 class IngressServer:
     """The listener: one ServerConnection per client, whose streams become calls (gateway/ingress/call.py)."""
 
-    def __init__(self, config: ProxyConfig, *, host: str, port: int) -> None:
+    def __init__(self, config: ProxyConfig, *, host: str, port: int, guard: EdgeGuard | None = None) -> None:
         self.config = config
+        self.guard = guard  # None: connections are not counted
+        # What the guard was told of each connection: its client's key and the admission.
+        self._admissions: dict[ServerConnection[IngressServer], tuple[str | None, Admission]] = {}
         self.address = f"{host}:{port}"
         self.max_message_bytes = config.max_message_bytes
         self.port = 0
@@ -73,6 +82,17 @@ class IngressServer:
         logger.info("native gRPC ingress listening on %s", self.address)
 
     def connection_opened(self, conn: ServerConnection[IngressServer]) -> None:
+        if self.guard is not None:
+            key = self.guard.client_key(conn.peer[0] if conn.peer else None)
+            admission = self.guard.admit_connection(key)
+            self._admissions[conn] = key, admission
+            if admission is Admission.SERVER_FULL:
+                peer = f"{conn.peer[0]}:{conn.peer[1]}" if conn.peer else "a client"
+                logger.warning(
+                    "closing a native gRPC connection from %s: %d connections held", peer, self.guard.connections
+                )
+                conn.close_transport()
+                return
         self.connections.add(conn)
         if self.closing:
             conn.go_away()
@@ -84,9 +104,18 @@ class IngressServer:
         headers: list[tuple[bytes, bytes]],
         end_stream: bool,
     ) -> None:
+        admitted = self._admissions.get(conn)
+        if admitted is not None and admitted[1] is Admission.CLIENT_FULL:
+            # As the HTTP port answers 429: the client learns why, and is asked to go.
+            refuse_call(conn, stream_id, end_stream, TooManyConnections("too many connections from this address"))
+            conn.go_away()
+            return
         start_call(conn, stream_id, headers, end_stream)
 
     def connection_closed(self, conn: ServerConnection[IngressServer]) -> None:
+        admitted = self._admissions.pop(conn, None)
+        if admitted is not None and self.guard is not None:
+            self.guard.release_connection(*admitted)
         self.connections.discard(conn)
         if not self.connections and self._idle is not None:
             self._idle.set()
