@@ -39,7 +39,10 @@ class GrpcHealthChecker:
     async def __call__(self, endpoint: str, timeout: float) -> str | None:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            # A subchannel of its own: from grpc's shared pool, a new channel would reuse the old one's
+            # connection attempt, reconnection backoff included (see `reconnect`).
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=options)
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

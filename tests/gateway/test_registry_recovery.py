@@ -68,6 +68,7 @@ def test_a_restarted_memory_registry_leaves_no_gap_and_the_instances_it_never_he
         old_epoch = client.get(f"{url}/readyz").json()["registry"]["epoch"]
         renewer.leases.clear()
         first.process.stop(signal.SIGKILL)
+        restarting = time.monotonic()  # before the gateway can list the new registry
         second = stack.enter_context(run_registry(config, work_dir, port=registry_port))
         stack.callback(renewer.close)  # before the registries' channels close
         assert second.stub.ListPlugins(pb.ListPluginsRequest(), timeout=5).plugins == []
@@ -75,7 +76,6 @@ def test_a_restarted_memory_registry_leaves_no_gap_and_the_instances_it_never_he
             lambda: client.get(f"{url}/readyz").json()["registry"]["epoch"] not in ("", old_epoch),
             what="the gateway to list the new registry",
         )
-        listed_new = time.monotonic()
         # The last known instances keep serving: both replicas still answer.
         mark = load.mark()
         wait_until(lambda: set(load.since(mark)) == {tag_one, tag_two}, what="both replicas after the restart")
@@ -88,7 +88,7 @@ def test_a_restarted_memory_registry_leaves_no_gap_and_the_instances_it_never_he
             what="replica two to leave once the lease TTL has passed",
         )
         # Not before: the gateway held it for the registry's lease TTL after it first saw the new history.
-        assert time.monotonic() - listed_new >= LEASE_TTL - 0.5
+        assert time.monotonic() - restarting >= LEASE_TTL
         load.__exit__()
         statuses = Counter(status for status, _text in load.results)
         assert statuses == {OK: len(load.results)}, [r for r in load.results if r[0] != OK][:5]
@@ -96,8 +96,8 @@ def test_a_restarted_memory_registry_leaves_no_gap_and_the_instances_it_never_he
 
 
 def test_a_crashed_instance_back_on_its_address_is_checked_at_once_on_registering_again(work_dir: Path) -> None:
-    interval = 30.0  # between health checks: far longer than the test waits
-    slow = {"health": {"interval": interval, "timeout": 0.5, "failuresBeforeUnhealthy": 1, "successesBeforeHealthy": 1}}
+    interval = 60.0  # between health checks: three times as long as the test waits
+    slow = {"health": {"interval": interval, "timeout": 2, "failuresBeforeUnhealthy": 1, "successesBeforeHealthy": 1}}
     plugin = Plugin(work_dir)
     with ExitStack() as stack, httpx.Client(timeout=5) as client:
         registry = stack.enter_context(run_registry(slow, work_dir))
@@ -116,6 +116,4 @@ def test_a_crashed_instance_back_on_its_address_is_checked_at_once_on_registerin
         # Back on the same address, it registers again: checked now, not an interval later.
         plugin.start()
         register(registry, plugin, "echo-1")
-        registered = time.monotonic()
-        wait_until(lambda: say(client, url) == (OK, f"hi @{plugin.port}"), timeout=interval / 2, what="routed again")
-        assert time.monotonic() - registered < 3.0
+        wait_until(lambda: say(client, url) == (OK, f"hi @{plugin.port}"), timeout=interval / 3, what="routed again")
