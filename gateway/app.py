@@ -50,6 +50,7 @@ from gateway.connect.openapi import OpenApiEndpoint
 from gateway.connect.router import CallRouter
 from gateway.descriptors import DescriptorCatalog
 from gateway.descriptors.locate import replica_locator
+from gateway.edge.guard import process_guard
 from gateway.edge.identity_headers import configure as configure_identity_headers
 from gateway.errors import GatewayError
 from gateway.events import LiveEvents
@@ -227,7 +228,13 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # Server reflection on the native port: every exposed service, described from the same catalog.
     reflection = ServerReflection(lambda: _exposed(pool), descriptors.service)
     ingress = (
-        IngressServer(proxy, host=settings.host, port=settings.grpc_port, local=reflection.methods())
+        IngressServer(
+            proxy,
+            host=settings.host,
+            port=settings.grpc_port,
+            guard=process_guard(settings.edge),
+            local=reflection.methods(),
+        )
         if settings.grpc_port
         else None
     )

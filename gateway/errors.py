@@ -8,6 +8,7 @@
     ├── NotFound                      NOT_FOUND         (no such REST path or file)
     ├── RateLimited                   RESOURCE_EXHAUSTED (answer carries Retry-After and RateLimit headers)
     ├── RateLimiterUnavailable        UNAVAILABLE       (the limiter's store failed and failureMode is closed)
+    ├── TooManyConnections            RESOURCE_EXHAUSTED (the client's address holds its share of connections)
     ├── Unimplemented                 UNIMPLEMENTED     (a method or a call kind this entry point cannot serve)
     ├── UnknownService                UNIMPLEMENTED
     ├── UnsupportedEncoding           UNIMPLEMENTED     (answer lists grpc-accept-encoding)
@@ -35,6 +36,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "RateLimiterUnavailable",
+    "TooManyConnections",
     "Unauthenticated",
     "Unimplemented",
     "UnknownService",
@@ -87,6 +89,10 @@ class RateLimited(GatewayError):
 
 class RateLimiterUnavailable(GatewayError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class TooManyConnections(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(GatewayError):

@@ -558,7 +558,8 @@ DEFAULT_IDENTITY_HEADERS = (
 
 class EdgeSettings(_Section):
     """Limits on the HTTP port before a request reaches the app (gateway/edge/): what one client can
-    make the gateway hold (bytes, sockets, time) by sending little or slowly."""
+    make the gateway hold (bytes, sockets, time) by sending little or slowly. The connection caps
+    count the native gRPC port's connections too."""
 
     max_request_line_bytes: int = Field(
         default=8 * 1024, ge=256, description="Method, target and version of one request, in bytes (414 beyond)."
@@ -588,10 +589,19 @@ class EdgeSettings(_Section):
     )
     body_min_rate: int = Field(default=500, ge=1, description="bytes per second (see bodyTimeout)")
     max_connections: int = Field(
-        default=10_000, ge=1, description="Connections this process holds at once; beyond, closed on accept."
+        default=10_000,
+        ge=1,
+        description=(
+            "Connections this process holds at once, HTTP and native gRPC ports together; beyond, closed on accept."
+        ),
     )
     max_connections_per_client: int = Field(
-        default=256, ge=1, description="Connections per client address (IPv6: per /64); beyond, 429."
+        default=256,
+        ge=1,
+        description=(
+            "Connections per client address (IPv6: per /64), both ports together; beyond, 429 (native gRPC: "
+            "RESOURCE_EXHAUSTED)."
+        ),
     )
     max_websockets_per_client: int = Field(
         default=64, ge=1, description="WebSockets per client address (IPv6: per /64); beyond, 429 and no upgrade."

@@ -34,11 +34,15 @@ class GrpcHealthChecker:
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retired: list[grpc.aio.Channel] = []
 
     async def __call__(self, endpoint: str, timeout: float) -> str | None:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            # A subchannel of its own: from grpc's shared pool, a new channel would reuse the old one's
+            # connection attempt, reconnection backoff included (see `reconnect`).
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=options)
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -55,8 +59,20 @@ class GrpcHealthChecker:
             return f"reports {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         return None
 
+    def reconnect(self, endpoint: str) -> None:
+        """Check `endpoint` on a new connection next time. A channel whose checks failed while the
+        instance was down waits out grpc's reconnection backoff (up to two minutes) and fails every
+        check meanwhile, even once the instance is back. The old one is closed by the next `forget`,
+        after the tick that may be using it."""
+        channel = self._channels.pop(endpoint, None)
+        if channel is not None:
+            self._retired.append(channel)
+
     async def forget(self, keep: set[str]) -> None:
-        """Close the channels of endpoints no longer registered."""
+        """Close the channels of endpoints no longer registered, and those retired by `reconnect`."""
+        retired, self._retired = self._retired, []
+        for channel in retired:
+            await channel.close(None)
         for endpoint in list(self._channels):
             if endpoint not in keep:
                 await self._channels.pop(endpoint).close(None)
@@ -77,8 +93,13 @@ class HealthMonitor:
         """Check now (a new instance should not wait a whole interval for its first check)."""
         self._wake.set()
 
-    def reset(self, instance_id: str) -> None:
+    def registered(self, instance_id: str, endpoint: str) -> None:
+        """A (re-)registered instance starts over: no streak, a fresh connection, checked now rather
+        than an interval later (a crashed instance back on its address is routable again at once)."""
         self._streaks.pop(instance_id, None)
+        if isinstance(self.checker, GrpcHealthChecker):
+            self.checker.reconnect(endpoint)
+        self.wake()
 
     async def tick(self) -> None:
         await self.registry.expire_leases()
@@ -137,10 +158,12 @@ class HealthMonitor:
     async def run(self) -> None:
         """Tick every interval (sooner after `wake`) until cancelled; a failing tick is logged, not fatal."""
         while True:
+            # Cleared before the tick: a wake-up during it (a registration the tick may have read
+            # too late) brings the next tick at once.
+            self._wake.clear()
             try:
                 await self.tick()
             except Exception:
                 logger.exception("health tick failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.policy.interval)

@@ -70,8 +70,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             _phase(request.phase, default=Phase.READY),
             credential=request.credential,
         )
-        self.monitor.reset(record.instance_id)
-        self.monitor.wake()
+        self.monitor.registered(record.instance_id, record.endpoint)
         return pb.RegisterResponse(
             instance_id=record.instance_id,
             lease_id=record.lease_id,
@@ -129,6 +128,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         return pb.ListPluginsResponse(
             revision=revision,
             epoch=epoch,
+            lease_ttl_seconds=self.registry.lease_ttl,
             plugins=[
                 pb.Plugin(
                     plugin_id=p.manifest.id,

@@ -36,8 +36,7 @@ from gateway.descriptors import DescriptorCatalog, DescriptorsUnavailable, Metho
 from gateway.errors import BadRequest, GatewayError, Unimplemented, UpstreamUnavailable
 from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
-from gateway.upstream.http2 import Http2Stream, StreamError
+from gateway.upstream.http2 import Http2Stream, NeverProcessed, StreamError
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import encode_frame
@@ -286,7 +285,7 @@ class _Call:
         try:
             stream = await replica.client.unary(self.path, self.metadata, self.body, timeout)
         except StreamError as exc:
-            return Refused.raising(gateway_error(exc, self.service), unsent=isinstance(exc, Unsent))
+            return Refused.raising(gateway_error(exc, self.service), unsent=isinstance(exc, NeverProcessed))
         # A client that leaves cancels the upstream call (a watch stream would otherwise run forever).
         watch = DisconnectWatch(self.receive, stream)
         try:
@@ -307,7 +306,7 @@ class _Call:
             await self.answer.unary(self._encode(frames[0]), headers, result.metadata)
             return result.code
         if result.code is grpc.StatusCode.UNAVAILABLE:
-            return Refused(result.code, lambda: self._fail(result, headers))
+            return Refused(result.code, lambda: self._fail(result, headers), unsent=_never_processed(stream))
         if result.code is grpc.StatusCode.OK:
             count = len(frames)
             result = Outcome(b"13", f"the plugin answered a unary call with {count} messages".encode(), result.metadata)
@@ -321,7 +320,11 @@ class _Call:
         if frame is None:
             result = outcome(stream, self.service)
             if result.code is grpc.StatusCode.UNAVAILABLE:
-                return Refused(result.code, lambda: self._fail(result, response_metadata(stream.headers or ())))
+                return Refused(
+                    result.code,
+                    lambda: self._fail(result, response_metadata(stream.headers or ())),
+                    unsent=_never_processed(stream),
+                )
         else:
             await answer.start_stream(response_metadata(stream.headers or ()))
             while frame is not None:
@@ -347,3 +350,8 @@ def _b64(value: bytes | None) -> bytes | None:
     if value is None:
         return None
     return base64.b64decode(value + b"=" * (-len(value) % 4))
+
+
+def _never_processed(stream: Http2Stream) -> bool:
+    """The replica refused the call by GOAWAY or REFUSED_STREAM: another one may take it."""
+    return isinstance(stream.error, NeverProcessed)

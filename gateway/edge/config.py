@@ -6,14 +6,15 @@ from typing import Any
 
 import uvicorn
 
-from gateway.edge.guard import EdgeGuard
+from gateway.edge.guard import EdgeGuard, process_guard
 from gateway.settings import EdgeSettings
 
 __all__ = ["EdgeConfig"]
 
 
 class EdgeConfig(uvicorn.Config):
-    """A uvicorn Config with the gateway's edge limits; each process counts its own connections.
+    """A uvicorn Config with the gateway's edge limits; each process counts its own connections
+    (with its native gRPC port: gateway/edge/guard.py).
 
     Worker processes get the Config pickled: the limits travel with it, the counts do not.
     """
@@ -26,7 +27,7 @@ class EdgeConfig(uvicorn.Config):
     @property
     def guard(self) -> EdgeGuard:
         if self._guard is None:
-            self._guard = EdgeGuard(self.edge)
+            self._guard = process_guard(self.edge)
         return self._guard
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Connection and WebSocket counts of one gateway process, in total and per client address."""
+"""Connection and WebSocket counts of one gateway process, in total and per client address.
+
+The HTTP port (gateway/edge/protocol.py) and the native gRPC port (gateway/ingress/server.py) count
+on the same guard: `maxConnections` and the per-client caps are what the process holds, whichever
+port a connection came in on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from collections import Counter
 from gateway.edge.identity_headers import names
 from gateway.settings import EdgeSettings
 
-__all__ = ["Admission", "EdgeGuard"]
+__all__ = ["Admission", "EdgeGuard", "process_guard"]
 
 
 class Admission(enum.Enum):
@@ -88,3 +93,15 @@ class EdgeGuard:
         counts[key] -= 1
         if counts[key] <= 0:
             del counts[key]  # addresses come and go: keep only those holding something
+
+
+_process_guards: dict[str, EdgeGuard] = {}
+
+
+def process_guard(limits: EdgeSettings) -> EdgeGuard:
+    """This process's guard for these limits, shared by both ports (each worker process has its own)."""
+    key = limits.model_dump_json()
+    guard = _process_guards.get(key)
+    if guard is None:
+        guard = _process_guards[key] = EdgeGuard(limits)
+    return guard

@@ -26,9 +26,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError, MissingMessage
 from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
-from gateway.http2.client import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import PREFIX, TRAILER_FLAG, encode_frame
@@ -218,7 +217,7 @@ class _Call:
         try:
             stream = await replica.client.unary(self.path, self.metadata, self.body, timeout)
         except StreamError as exc:
-            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, NeverProcessed))
         watch = DisconnectWatch(self.receive, stream)
         try:
             await stream.wait_for_headers()
@@ -246,7 +245,8 @@ class _Call:
                 return grpc.StatusCode.CANCELLED  # nobody is listening; the upstream call was cancelled
             result = outcome(stream, service)
             if result.code is grpc.StatusCode.UNAVAILABLE and not response.started:
-                return Refused(result.code, lambda: _finish(response, stream, result))
+                unsent = isinstance(stream.error, NeverProcessed)  # refused by GOAWAY or REFUSED_STREAM
+                return Refused(result.code, lambda: _finish(response, stream, result), unsent=unsent)
             await _finish(response, stream, result)
             return result.code
         finally:

@@ -45,7 +45,7 @@ from gateway.http2.frames import (
 from gateway.http2.headers import HeaderList, RequestEncoder
 from gateway.http2.writer import goaway, rst_stream, settings, window_update
 
-__all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "StreamError", "connect"]
+__all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "NeverProcessed", "StreamError", "connect"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,12 @@ class StreamError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class NeverProcessed(StreamError):
+    """The upstream processed nothing of the call: it refused the stream (RST_STREAM REFUSED_STREAM),
+    or its GOAWAY named a last stream below the call's (RFC 9113 6.8, 8.7). Safe to send to another
+    replica whatever the method, as gRPC's transparent retry does (gateway/proxy/attempts.py)."""
 
 
 class Http2Stream:
@@ -366,7 +372,10 @@ class Http2Stream:
 
     def _on_reset(self, code: int) -> None:
         status = _RST_TO_STATUS.get(code, grpc.StatusCode.INTERNAL)
-        self._finish(StreamError(status, f"upstream reset the call (HTTP/2 error code {code})"))
+        if code == ErrorCode.REFUSED_STREAM:
+            self._finish(NeverProcessed(status, "upstream refused the call before processing it (REFUSED_STREAM)"))
+        else:
+            self._finish(StreamError(status, f"upstream reset the call (HTTP/2 error code {code})"))
 
 
 class ClientConnection(Connection[Http2Stream]):
@@ -436,7 +445,7 @@ class ClientConnection(Connection[Http2Stream]):
         for stream_id, stream in list(self.streams.items()):
             if stream_id > last_stream_id:
                 # Never processed by the upstream (RFC 9113 6.8), so UNAVAILABLE: safe to try again.
-                stream._finish(StreamError(grpc.StatusCode.UNAVAILABLE, reason))
+                stream._finish(NeverProcessed(grpc.StatusCode.UNAVAILABLE, reason))
         self._release_slot_waiters()
         if not self.streams:
             self.close_transport()

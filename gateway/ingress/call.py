@@ -28,12 +28,11 @@ import grpc
 
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import GatewayError, MessageTooLarge
-from gateway.http2.client import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.http2.frames import CANCEL, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
 from gateway.http2.headers import encode_header
 from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import check_request_flags
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
 # Opens a call the gateway answers itself (gateway/ingress/local.py) on a stream: (conn, stream id, path, scope).
 OpenLocal = Callable[["ServerConnection[IngressServer]", int, str, dict[str, Any]], "IngressCall"]
 
-__all__ = ["RESPONSE_START", "IngressCall", "OpenLocal", "start_call"]
+__all__ = ["RESPONSE_START", "IngressCall", "OpenLocal", "refuse_call", "start_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +279,7 @@ class IngressCall:
             async def answer() -> None:
                 self._answer_locally(code, reason)
 
-            return Refused(code, answer, unsent=isinstance(exc, Unsent))
+            return Refused(code, answer, unsent=isinstance(exc, NeverProcessed))
         if self.closed:  # the client reset the stream while the upstream one was opening
             upstream.cancel("the client cancelled the call")
             return grpc.StatusCode.CANCELLED
@@ -312,7 +311,10 @@ class IngressCall:
             async def finish() -> None:
                 self._finish(upstream, result)
 
-            return Refused(result.code, finish)
+            # Refused by GOAWAY or REFUSED_STREAM: another replica may take it, if the gateway still
+            # holds the request (a streamed one went out to this replica as it came).
+            unsent = isinstance(upstream.error, NeverProcessed) and body is not None
+            return Refused(result.code, finish, unsent=unsent)
         self._finish(upstream, result)
         return result.code
 
@@ -342,12 +344,7 @@ class IngressCall:
 
     def _answer_locally(self, code: grpc.StatusCode, message: str, metadata: dict[str, str] | None = None) -> None:
         """Trailers-only: the call ends before any answer from an upstream."""
-        block = encode_header(b"grpc-status", str(code.value[0]).encode())
-        if message:
-            block += encode_header(b"grpc-message", percent_encode(message).encode("ascii"))
-        for key, value in (metadata or {}).items():
-            block += encode_header(key.encode("ascii"), value.encode("latin-1"))
-        self._end(block)
+        self._end(_status_block(code, message, metadata))
 
     def _end(self, trailers: bytes) -> None:
         if self.closed:
@@ -394,6 +391,22 @@ class IngressCall:
             if self.upstream is not None:
                 self.upstream.on_writable = None
             conn.stream_closed()
+
+
+def _status_block(code: grpc.StatusCode, message: str, metadata: dict[str, str] | None = None) -> bytes:
+    block = encode_header(b"grpc-status", str(code.value[0]).encode())
+    if message:
+        block += encode_header(b"grpc-message", percent_encode(message).encode("ascii"))
+    for key, value in (metadata or {}).items():
+        block += encode_header(key.encode("ascii"), value.encode("latin-1"))
+    return block
+
+
+def refuse_call(conn: ServerConnection[IngressServer], stream_id: int, end_stream: bool, error: GatewayError) -> None:
+    """Answer a stream trailers-only with `error`, before any call starts for it."""
+    conn.write_headers(stream_id, RESPONSE_START + _status_block(error.code, error.message), end_stream=True)
+    if not end_stream:
+        conn.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))  # its DATA is not wanted
 
 
 def start_call(

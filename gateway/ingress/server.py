@@ -15,6 +15,10 @@ the rest are cancelled.
 Server reflection (gateway/reflection/) is answered here by the gateway itself, for every routed
 plugin at once (gateway/ingress/local.py): a client lists and describes the port's services as it would
 a single gRPC server's.
+
+Connections are counted with the HTTP port's (gateway/edge/guard.py, the `edge` settings): beyond
+`maxConnections` a new one is closed at once; one from an address that holds its share
+(`maxConnectionsPerClient`; IPv6: its /64) has its calls answered RESOURCE_EXHAUSTED, then GOAWAY.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.edge.guard import Admission, EdgeGuard
+from gateway.errors import TooManyConnections
 from gateway.http2.server import ServerConnection
-from gateway.ingress.call import IngressCall, OpenLocal, start_call
+from gateway.ingress.call import IngressCall, OpenLocal, refuse_call, start_call
 from gateway.ingress.local import LocalCall, LocalMethod
 from gateway.proxy import ProxyConfig
 
@@ -71,10 +77,14 @@ class IngressServer:
         host: str,
         port: int,
         grace: float = 5.0,
+        guard: EdgeGuard | None = None,
         local: Mapping[str, LocalMethod] | None = None,
     ) -> None:
         self.config = config
         self.grace = grace  # seconds running calls get to finish at shutdown
+        self.guard = guard  # None: connections are not counted
+        # What the guard was told of each connection: its client's key and the admission.
+        self._admissions: dict[ServerConnection[IngressServer], tuple[str | None, Admission]] = {}
         # Call paths the gateway answers itself (server reflection) instead of proxying them.
         self.local: dict[str, OpenLocal] = {path: _opener(method) for path, method in (local or {}).items()}
         self.address = f"{host}:{port}"
@@ -100,6 +110,17 @@ class IngressServer:
         logger.info("native gRPC ingress listening on %s", self.address)
 
     def connection_opened(self, conn: ServerConnection[IngressServer]) -> None:
+        if self.guard is not None:
+            key = self.guard.client_key(conn.peer[0] if conn.peer else None)
+            admission = self.guard.admit_connection(key)
+            self._admissions[conn] = key, admission
+            if admission is Admission.SERVER_FULL:
+                peer = f"{conn.peer[0]}:{conn.peer[1]}" if conn.peer else "a client"
+                logger.warning(
+                    "closing a native gRPC connection from %s: %d connections held", peer, self.guard.connections
+                )
+                conn.close_transport()
+                return
         self.connections.add(conn)
         if self.closing:
             conn.go_away()
@@ -111,9 +132,18 @@ class IngressServer:
         headers: list[tuple[bytes, bytes]],
         end_stream: bool,
     ) -> None:
+        admitted = self._admissions.get(conn)
+        if admitted is not None and admitted[1] is Admission.CLIENT_FULL:
+            # As the HTTP port answers 429: the client learns why, and is asked to go.
+            refuse_call(conn, stream_id, end_stream, TooManyConnections("too many connections from this address"))
+            conn.go_away()
+            return
         start_call(conn, stream_id, headers, end_stream)
 
     def connection_closed(self, conn: ServerConnection[IngressServer]) -> None:
+        admitted = self._admissions.pop(conn, None)
+        if admitted is not None and self.guard is not None:
+            self.guard.release_connection(*admitted)
         self.connections.discard(conn)
         if not self.connections and self._idle is not None:
             self._idle.set()

@@ -7,9 +7,10 @@ yet: `Refused.answer` does that, if no other replica takes the call). The driver
 attempt's status to its replica's circuit breaker, and tries another replica when one of these
 holds:
 
-- transparent retry: the attempt never reached the replica (`Refused.unsent`: no connection, or
-  the connection could not take a new stream). Nothing was sent, so running the call elsewhere
-  cannot run it twice, whatever the method; this is gRPC's own transparent retry. A call gets at
+- transparent retry: the replica processed nothing of the call (`Refused.unsent`: no connection,
+  a connection that could not take a new stream, or one whose GOAWAY or REFUSED_STREAM refused
+  the call's stream). Running the call elsewhere cannot run it twice, whatever the method; this
+  is gRPC's own transparent retry. A call gets at
   most as many as its service has other replicas, outside the retry budget (a call that fails
   everywhere costs each replica about one refused connection attempt, not a storm).
 - policy retry (gateway/upstream/retry.py): the method is idempotent, the codec holds the whole
@@ -40,7 +41,7 @@ class Refused:
     def __init__(self, code: grpc.StatusCode, answer: Callable[[], Awaitable[None]], *, unsent: bool = False) -> None:
         self.code = code  # what the replica's breaker learns
         self.answer = answer  # tells the client, when no other replica is tried
-        self.unsent = unsent  # nothing of the call reached the replica
+        self.unsent = unsent  # the replica processed nothing of the call (it may not have seen it)
 
     @classmethod
     def raising(cls, error: GatewayError, *, unsent: bool = False) -> Refused:

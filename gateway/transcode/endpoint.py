@@ -30,10 +30,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GRPC_TO_HTTP, BadRequest, GatewayError, status_name
 from gateway.grpcweb.endpoint import DisconnectWatch
+from gateway.http2.client import NeverProcessed
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.transcode.request import request_message, response_json
 from gateway.transcode.routes import PREFIX, RestMatch
-from gateway.upstream.client import Unsent
 from gateway.upstream.http2 import StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
@@ -160,7 +160,7 @@ class _Call:
         try:
             stream = await replica.client.unary(f"/{service}/{route.method.name}", self.metadata, self.body, timeout)
         except StreamError as exc:
-            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, NeverProcessed))
         watch = DisconnectWatch(self.receive, stream)  # a client that leaves cancels the upstream call
         try:
             frames: list[bytes] = []

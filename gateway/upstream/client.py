@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from gateway.http2.client import ClientConnection, Http2Stream, StreamError, connect
+from gateway.http2.client import ClientConnection, Http2Stream, NeverProcessed, StreamError, connect
 from gateway.http2.headers import encode_header
 from gateway.wire.timeout import encode_timeout
 
@@ -24,7 +24,7 @@ _BACKOFF_MAX = 2.0
 _CONNECT_TIMEOUT = 5.0
 
 
-class Unsent(StreamError):
+class Unsent(NeverProcessed):
     """The call never reached the upstream: no connection, or none that takes a new stream. Safe to
     send to another replica whatever the method (gateway/proxy/attempts.py)."""
 

@@ -6,8 +6,8 @@ import the client as before; new code imports gateway.http2.client.
 
 from __future__ import annotations
 
-from gateway.http2.client import STREAM_WINDOW, ClientConnection, Http2Stream, StreamError, connect
+from gateway.http2.client import STREAM_WINDOW, ClientConnection, Http2Stream, NeverProcessed, StreamError, connect
 
-__all__ = ["STREAM_WINDOW", "Http2Connection", "Http2Stream", "StreamError", "connect"]
+__all__ = ["STREAM_WINDOW", "Http2Connection", "Http2Stream", "NeverProcessed", "StreamError", "connect"]
 
 Http2Connection = ClientConnection

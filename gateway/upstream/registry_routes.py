@@ -21,6 +21,14 @@ compared with revisions of the same epoch: a list or a snapshot of another epoch
 the memory store restarted, or its Redis data was lost) replaces the table whatever its revision,
 and the registry answers a WatchHealth resumed from another epoch with a snapshot, never with
 changes. So the table never mixes two histories, whichever of the list and the watch comes first.
+
+A new history starts empty: the registry has heard from no instance yet, though they all still run
+and will register again as soon as their next renewal finds the lease unknown. Until then the
+instances that were routable in the previous history stay routed ("carried"), each until the new
+history lists it (same instance id or endpoint) routable or not taking calls, and none longer than
+the registry's lease TTL (ListPlugins' lease_ttl_seconds) after the new history was first seen: an
+instance that has not registered again by then is gone. A carried instance that has died meanwhile
+costs no call: its refused connection sends the call to another replica (gateway/proxy/attempts.py).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ _BACKOFF_INITIAL = 0.1  # seconds before the first reconnection attempt
 _BACKOFF_MAX = 2.0  # short: a restarted registry should be followed within a couple of seconds
 _CALL_TIMEOUT = 5.0  # for ListPlugins
 _FIRST_TABLE_WAIT = 2.0  # seconds `start` waits for the registry's first table
+_DEFAULT_LEASE_TTL = 15.0  # seconds, for a registry that does not say (the registry's own default)
 
 
 def routable(status: pb.InstanceStatus) -> bool:
@@ -115,6 +124,10 @@ class RegistryRoutes:
         # dropping them; never routed. Kept while this process runs, or until they come back.
         self._departed: dict[str, _Plugin] = {}
         self._instances: dict[str, pb.InstanceStatus] = {}
+        # Instances of the previous history the current one has not heard from yet (module docstring).
+        self._carried: dict[str, tuple[pb.InstanceStatus, _Plugin]] = {}
+        self._carry_timer: asyncio.TimerHandle | None = None
+        self._lease_ttl = _DEFAULT_LEASE_TTL
         self._channel: grpc.aio.Channel | None = None
         self._stub: registry_pb2_grpc.RegistryAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,6 +166,9 @@ class RegistryRoutes:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._carry_timer is not None:
+            self._carry_timer.cancel()
+            self._carry_timer = None
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
@@ -166,6 +182,7 @@ class RegistryRoutes:
             "epoch": self.epoch,
             "plugins": len(self._plugins),
             "instances": len(self._instances),
+            "carried": len(self._carried),
             **({} if self.reachable else {"error": self.error}),
         }
 
@@ -229,13 +246,21 @@ class RegistryRoutes:
                 self._departed[plugin_id] = known
         for plugin_id in plugins:
             self._departed.pop(plugin_id, None)
-        self._plugins = plugins
-        self.policies.update(plugin.manifest for plugin in plugins.values())
+        self._lease_ttl = reply.lease_ttl_seconds or _DEFAULT_LEASE_TTL
         # The list is a snapshot at its revision: it replaces the instances unless the watch has
         # already applied later changes of the same history (then only the manifests are news).
         if reply.epoch != self.epoch or reply.revision >= self.revision:
+            if reply.epoch != self.epoch:
+                self._carry_over()
             self._instances = {status.instance_id: status for plugin in reply.plugins for status in plugin.instances}
             self.revision, self.epoch = reply.revision, reply.epoch
+        self._plugins = plugins
+        self.policies.update(
+            [
+                *(plugin.manifest for plugin in plugins.values()),
+                *(plugin.manifest for _, plugin in self._carried.values()),
+            ]
+        )
         if not self.reachable:
             logger.info(
                 "registry %s: connected at revision %d (epoch %s)", self.registry_url, reply.revision, reply.epoch
@@ -246,6 +271,8 @@ class RegistryRoutes:
 
     def _apply(self, event: pb.WatchHealthResponse) -> None:
         if event.kind == pb.WatchHealthResponse.KIND_SNAPSHOT:
+            if event.epoch != self.epoch:
+                self._carry_over()
             self._instances = {status.instance_id: status for status in event.instances}
             self.epoch = event.epoch
         elif event.epoch != self.epoch:
@@ -268,23 +295,82 @@ class RegistryRoutes:
             self._refresh_now.set()  # a plugin (or version) whose manifest this gateway has not read yet
         self._changed()
 
+    # --- instances carried over from the previous history -------------------------------------
+
+    def _carry_over(self) -> None:
+        """A new history is about to replace the table: keep what was routable in the old one."""
+        if not self.epoch:
+            return  # nothing known yet
+        for status in self._instances.values():
+            plugin = self._plugins.get(status.plugin_id)
+            if plugin is not None and routable(status):
+                self._carried[status.instance_id] = status, plugin
+        if not self._carried:
+            return
+        logger.warning(
+            "registry %s started a new history; routing %d instance(s) of the previous one until they "
+            "register again, for at most %g s",
+            self.registry_url,
+            len(self._carried),
+            self._lease_ttl,
+        )
+        if self._carry_timer is not None:
+            self._carry_timer.cancel()
+        self._carry_timer = asyncio.get_running_loop().call_later(self._lease_ttl, self._end_carry)
+
+    def _end_carry(self) -> None:
+        self._carry_timer = None
+        if self._carried:
+            gone = ", ".join(sorted(self._carried))
+            logger.warning(
+                "registry %s: not registered again within the lease TTL, unrouted: %s", self.registry_url, gone
+            )
+            self._carried = {}
+            self._changed()
+
+    def _heard_from(self) -> None:
+        """Drop the carried instances the current history has a word on: routable (it routes them
+        itself), or in a phase that takes no calls. One it lists as not yet checked stays carried."""
+        if not self._carried:
+            return
+        heard = {
+            key
+            for status in self._instances.values()
+            if routable(status) or status.phase not in _ROUTABLE_PHASES
+            for key in (status.instance_id, status.endpoint)
+        }
+        for instance_id, (status, _plugin) in list(self._carried.items()):
+            if instance_id in heard or status.endpoint in heard:
+                del self._carried[instance_id]
+
+    def _routed(self) -> list[tuple[pb.InstanceStatus, _Plugin]]:
+        """Every routable instance with its plugin: the current history's, then the carried ones."""
+        routed = []
+        for status in self._instances.values():
+            plugin = self._plugins.get(status.plugin_id)
+            if plugin is not None and routable(status):
+                routed.append((status, plugin))
+        return [*routed, *self._carried.values()]
+
     def _changed(self) -> None:
         self._manifests = None
-        internal = {service for plugin in self._plugins.values() for service in plugin.internal}
+        self._heard_from()
+        plugins = [*self._plugins.values(), *(plugin for _status, plugin in self._carried.values())]
+        internal = {service for plugin in plugins for service in plugin.internal}
         routes: dict[str, list[str]] = {}
-        for status in sorted(self._instances.values(), key=lambda s: (s.endpoint, s.instance_id)):
-            plugin = self._plugins.get(status.plugin_id)
-            if plugin is None or not routable(status):
-                continue
+        for status, plugin in sorted(self._routed(), key=lambda routed: (routed[0].endpoint, routed[0].instance_id)):
             for service in plugin.services:
-                routes.setdefault(service, []).append(status.endpoint)
-        registered = {service for plugin in self._plugins.values() for service in plugin.services}
+                endpoints = routes.setdefault(service, [])
+                if status.endpoint not in endpoints:
+                    endpoints.append(status.endpoint)
+        registered = {service for plugin in plugins for service in plugin.services}
         self.pool.update(routes, internal=internal, registered=registered)
 
     def version_of(self, service: str) -> str | None:
         """The manifest version of the plugin that serves `service` (None: no registered plugin does):
         what the gateway's descriptors of that service are kept for."""
-        for plugin_id, plugin in self._plugins.items():
+        carried = {status.plugin_id: plugin for status, plugin in self._carried.values()}
+        for plugin_id, plugin in {**carried, **self._plugins}.items():
             if service in plugin.services:
                 return f"{plugin_id}@{plugin.manifest.get('version', '')}"
         return None
@@ -292,11 +378,9 @@ class RegistryRoutes:
     def routes(self) -> Mapping[str, list[str]]:
         """The registry's routes as they stand (before static ones override), for tests and debugging."""
         routes: dict[str, list[str]] = {}
-        for status in self._instances.values():
-            plugin = self._plugins.get(status.plugin_id)
-            if plugin is not None and routable(status):
-                for service in plugin.services:
-                    routes.setdefault(service, []).append(status.endpoint)
+        for status, plugin in self._routed():
+            for service in plugin.services:
+                routes.setdefault(service, []).append(status.endpoint)
         return routes
 
     # --- GET /api/manifests --------------------------------------------------------------------
@@ -305,9 +389,10 @@ class RegistryRoutes:
         """The response body (the seed's shape, UI plugins only, with status) and its ETag."""
         if self._manifests is None:
             by_plugin: dict[str, list[pb.InstanceStatus]] = {}
-            for status in self._instances.values():
+            carried = {status.plugin_id: plugin for status, plugin in self._carried.values()}
+            for status in [*self._instances.values(), *(status for status, _plugin in self._carried.values())]:
                 by_plugin.setdefault(status.plugin_id, []).append(status)
-            listed = {**self._departed, **self._plugins}
+            listed = {**self._departed, **carried, **self._plugins}
             entries = [
                 _entry(plugin.manifest, by_plugin.get(plugin_id, []))
                 for plugin_id, plugin in sorted(listed.items())

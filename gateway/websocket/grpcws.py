@@ -17,9 +17,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.identity import identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.http2.client import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.websocket.handshake import Upgrade
@@ -402,7 +401,7 @@ class _Call:
             stream = await replica.client.open(self.path, self.metadata, timeout)
         except StreamError as exc:
             # Nothing was read from the client yet: another replica can still take the call.
-            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, NeverProcessed))
         endpoint = self.endpoint
         frames = RequestFrames(endpoint.config.max_message_bytes, self.request.encoding)
         requests = _Requests(self.receive, stream, frames, endpoint.max_size)

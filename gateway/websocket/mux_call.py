@@ -17,9 +17,8 @@ from urllib.parse import unquote_to_bytes
 import grpc
 
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge
-from gateway.http2.client import Http2Stream, StreamError
+from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import Refused, admit, run_attempts
-from gateway.upstream.client import Unsent
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.websocket.grpcws import MESSAGE_SLACK, parse_header_block
@@ -101,7 +100,7 @@ async def _place(socket: MuxSocket, stream: MuxStream, request: Open) -> None:
             upstream = await replica.client.open(request.path, block, timeout)
         except StreamError as exc:
             # The client's DATA waits in the stream until it is attached: another replica can take it.
-            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, Unsent))
+            return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, NeverProcessed))
         try:
             stream.attach(upstream, RequestFrames(socket.settings.max_message_bytes, metadata.encoding))
             await _relay(socket, stream, upstream)

@@ -13,7 +13,7 @@ import h2.errors
 import hpack
 import pytest
 
-from gateway.http2.client import STREAM_WINDOW, Http2Stream, StreamError
+from gateway.http2.client import STREAM_WINDOW, Http2Stream, NeverProcessed, StreamError
 from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.outcome import Outcome, outcome
@@ -182,6 +182,18 @@ async def test_reset_stream_maps_to_grpc_status(error_code: int, status: grpc.St
     assert result.code is status
 
 
+@pytest.mark.parametrize(("error_code", "never_processed"), [(0x7, True), (0x8, False), (0x2, False)])
+async def test_only_refused_stream_says_the_call_was_never_processed(error_code: int, never_processed: bool) -> None:
+    async def reset(conn: ServerConnection, request: Request) -> None:
+        conn.conn.reset_stream(request.stream_id, error_code)
+        conn.flush()
+
+    async with H2Server(reset).running() as server:
+        stream = await UpstreamClient(server.address, max_message_bytes=1 << 20).unary(PATH, b"", grpc_frame(b"hi"), 5)
+        assert await stream.read() is None
+    assert isinstance(stream.error, NeverProcessed) is never_processed
+
+
 async def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_reconnects() -> None:
     async def go_away(conn: ServerConnection, request: Request) -> None:
         if len(conn.server.seen) == 1:
@@ -192,7 +204,10 @@ async def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_r
 
     async with H2Server(go_away).running() as server:
         client = UpstreamClient(server.address, max_message_bytes=1 << 20)
-        _, result = await call(client)
+        stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5)
+        assert await stream.read() is None
+        assert isinstance(stream.error, NeverProcessed)  # above the GOAWAY's last stream id
+        result = outcome(stream, "test.v1.Svc")
         assert result.code is grpc.StatusCode.UNAVAILABLE
         assert b"going away" in result.message
         frames, result = await call(client)

@@ -5,12 +5,15 @@ python -m tests.support.plugin_server --port 0 [--tag]     prints "PORT <n>" onc
 With --tag, Say replies "<text> @<port>": routing tests count which replica answered.
 With --refuse, Say and Count answer UNAVAILABLE: a replica that is reached but refuses the call.
 With --reflect, it serves grpc.reflection too (as every SDK plugin does), so the gateway can describe it.
+With --grace N, SIGTERM stops the server gracefully (grpc's server.stop(N): GOAWAY, running calls
+finish, new ones are refused), as a plugin shutting down cleanly does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,7 +49,7 @@ class RefusingEcho(EchoService):
         yield demo_pb2.CountResponse()  # never reached: makes this an async generator, as Count is
 
 
-async def main(port: int, tag: bool, refuse: bool, reflect: bool) -> None:
+async def main(port: int, tag: bool, refuse: bool, reflect: bool, grace: float | None) -> None:
     server = grpc.aio.server()
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     servicer = RefusingEcho() if refuse else TaggedEcho(bound) if tag else EchoService()
@@ -58,7 +61,13 @@ async def main(port: int, tag: bool, refuse: bool, reflect: bool) -> None:
         reflection.enable_server_reflection(names, server)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    if grace is not None:
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     print(f"PORT {bound}", flush=True)
+    if grace is not None:
+        await stopping.wait()
+        await server.stop(grace)
     await server.wait_for_termination()
 
 
@@ -68,5 +77,6 @@ if __name__ == "__main__":
     parser.add_argument("--tag", action="store_true", help='Say replies "<text> @<port>"')
     parser.add_argument("--refuse", action="store_true", help="Say and Count answer UNAVAILABLE")
     parser.add_argument("--reflect", action="store_true", help="serve grpc.reflection")
+    parser.add_argument("--grace", type=float, default=None, help="on SIGTERM, stop gracefully within this many s")
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.tag, args.refuse, args.reflect))
+    asyncio.run(main(args.port, args.tag, args.refuse, args.reflect, args.grace))

@@ -526,12 +526,18 @@ class ListPluginsResponse(_message.Message):
     PLUGINS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The revision this list corresponds to (as in WatchHealth): pass it, with `epoch`, to
     WatchHealth to receive the changes after this list.
     """
     epoch: _builtins.str
     """The revision history `revision` belongs to (see WatchHealthRequest.since_epoch)."""
+    lease_ttl_seconds: _builtins.float
+    """Seconds an instance stays registered here without renewing its lease. A watcher that finds a
+    new epoch may keep serving the instances of the previous one this long: every one still alive
+    registers again within it (its renewal finds its lease unknown).
+    """
     @_builtins.property
     def plugins(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plugin]: ...
     def __init__(
@@ -540,10 +546,11 @@ class ListPluginsResponse(_message.Message):
         plugins: _abc.Iterable[Global___Plugin] | None = ...,
         revision: _builtins.int = ...,
         epoch: _builtins.str = ...,
+        lease_ttl_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "plugins", b"plugins", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "lease_ttl_seconds", b"lease_ttl_seconds", "plugins", b"plugins", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
