@@ -1,6 +1,7 @@
 """create_app(settings): the one place the gateway's pipeline is assembled.
 
 Outermost first, each for a reason:
+  AccessLogMiddleware  (accessLog) one JSON line per HTTP request, with the status the client got
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
@@ -13,7 +14,8 @@ Outermost first, each for a reason:
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
 Every gRPC call, whichever codec it came in (gRPC-Web, native gRPC, grpc-websockets, upf-mux.v1),
 is admitted and placed by one call path (gateway/proxy/: ProxyConfig, built once here), which asks the
-same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata.
+same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata, the trace
+context as traceparent (gateway/telemetry/: spans exported with OTLP when tracing.otlpEndpoint is set).
 
 Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
 circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
@@ -53,6 +55,7 @@ from gateway.grpcweb.endpoint import GrpcWebEndpoint
 from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
 from gateway.metrics import TrafficMetrics
+from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
@@ -60,8 +63,13 @@ from gateway.middleware.ratelimit import RateLimitMiddleware
 from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
+from gateway.ratelimit.keys import TrustedProxies
 from gateway.settings import GatewaySettings, load_settings
 from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
+from gateway.telemetry import CallTelemetry
+from gateway.telemetry.access_log import enable_access_log
+from gateway.telemetry.latency import LatencyHistograms
+from gateway.telemetry.setup import gateway_tracer
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.policies import MethodPolicies, split_call
@@ -170,7 +178,20 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         readiness.details["rateLimiter"] = limiter.readiness  # information only (CallLimiter.readiness)
     identify = identify_from_settings(limits)
     retries = Retries(settings.retries) if settings.retries.enabled else None
-    metrics = TrafficMetrics(pool, limiter, retries)
+    websockets = OpenSockets(grace=settings.websocket.drain_grace)
+    latency = LatencyHistograms()
+    metrics = TrafficMetrics(pool, limiter, retries, latency=latency, sockets=websockets)
+    # Spans (tracing.otlpEndpoint), access lines and latency of every call (gateway/telemetry/).
+    tracing = gateway_tracer(settings.tracing)
+    proxies = TrustedProxies(limits.trusted_proxies, limits.trusted_hops, limits.ipv6_subnet)
+    if settings.access_log:
+        enable_access_log()
+    telemetry = CallTelemetry(
+        tracer=tracing[0] if tracing is not None else None,
+        log=settings.access_log,
+        client=proxies.address,
+        latency=latency,
+    )
     admin = TrafficAdmin(
         pool,
         limiter=limiter,
@@ -209,6 +230,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         identify=identify,
         exempt_paths=frozenset(limits.exempt_paths),
         retries=retries,
+        telemetry=telemetry,
     )
     ingress = IngressServer(proxy, host=settings.host, port=settings.grpc_port) if settings.grpc_port else None
     grpc_web = GrpcWebEndpoint(proxy)
@@ -218,7 +240,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     )
     calls = CallRouter(grpc_web, ConnectEndpoint(proxy, descriptors))
     openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
-    websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         proxy,
         allow_origins=settings.cors.allow_origins,
@@ -306,6 +327,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
                 await events.close()
             if plugin_ui is not None:
                 await plugin_ui.aclose()
+            if tracing is not None:
+                await asyncio.to_thread(tracing[1].shutdown)  # the last spans are sent before the exit
 
     async def manifests(request: StarletteRequest) -> Response:
         if registry_routes is not None:
@@ -333,6 +356,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     if mux.enabled:
         routes.append(WebSocketRoute("/api/mux", mux_endpoint))
     middleware = [
+        *([Middleware(AccessLogMiddleware, client=proxies.address)] if settings.access_log else []),
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]

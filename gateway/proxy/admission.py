@@ -6,16 +6,23 @@ key is read (`token` keys are the verified subject), and no replica is picked fo
 refused. The route comes last so that an unauthenticated client learns nothing about which
 services exist (UNAUTHENTICATED before UNIMPLEMENTED), and an internal service is refused
 (PERMISSION_DENIED) the same way on every entry point.
+
+Admission also begins the call's record (gateway/telemetry/): its span, a child span per step, and
+the latency and access line when the call ends (a refusal here ends it at once).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+import grpc
+
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
-from gateway.errors import RateLimited
+from gateway.errors import GatewayError, RateLimited
 from gateway.proxy.config import ProxyConfig
+from gateway.telemetry import CallRecord
 from gateway.upstream.policies import cap_timeout
 from gateway.upstream.pool import Route
 
@@ -27,7 +34,7 @@ Headers = list[tuple[bytes, bytes]]
 class Admitted:
     """A call the gateway will place: where, for whom, and under which limits."""
 
-    __slots__ = ("idempotent", "identity", "policy_timeout", "quota", "route", "timeout_cap")
+    __slots__ = ("idempotent", "identity", "policy_timeout", "quota", "record", "route", "timeout_cap")
 
     def __init__(
         self,
@@ -37,6 +44,7 @@ class Admitted:
         timeout_cap: float | None,
         policy_timeout: float | None,
         quota: Headers,
+        record: CallRecord,
     ) -> None:
         self.route = route
         self.identity = identity  # None: anonymous (auth off, or a public method without a token)
@@ -45,6 +53,7 @@ class Admitted:
         self.policy_timeout = policy_timeout
         # RateLimit-Policy and RateLimit for an allowed call, for codecs that show response headers.
         self.quota = quota
+        self.record = record  # ended by run_attempts(), or by the codec if it fails before
 
     @property
     def identity_metadata(self) -> bytes:
@@ -59,6 +68,7 @@ class Admitted:
 async def admit(
     config: ProxyConfig,
     *,
+    protocol: str,
     path: str,
     service: str,
     method: str,
@@ -72,18 +82,47 @@ async def admit(
     exemptions are written that way); `credentials` the headers that may carry its token;
     `scope` what the rate-limit key is read from (peer, headers), which gets the identity.
     `identity`: a caller already authenticated for this very call (a WebSocket upgrade to it).
+    `protocol`: the codec's name, for the access line (grpc-web, connect, grpc, grpc-websockets, upf-mux).
 
     Raises Unauthenticated, PermissionDenied, RateLimited, RateLimiterUnavailable, UnknownService.
     """
+    record = config.telemetry.begin(protocol, service, method, credentials, scope)
+    try:
+        admitted = await _admit(config, record, path, service, method, credentials, scope, identity)
+    except GatewayError as exc:
+        record.end(exc.code)
+        raise
+    except asyncio.CancelledError:
+        record.end(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception:
+        record.end(grpc.StatusCode.INTERNAL)  # the codec logs it and answers INTERNAL
+        raise
+    record.admitted = True
+    return admitted
+
+
+async def _admit(
+    config: ProxyConfig,
+    record: CallRecord,
+    path: str,
+    service: str,
+    method: str,
+    credentials: Iterable[tuple[bytes, bytes]],
+    scope: MutableMapping[str, Any],
+    identity: Identity | None,
+) -> Admitted:
     authenticator = config.authenticator
     if identity is None and authenticator is not None:
-        identity = await authenticator.authenticate(path, credentials)
+        with record.step("auth"):
+            identity = await authenticator.authenticate(path, credentials)
     if identity is not None:
         scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
     quota: Headers = []
     limiter, identify = config.limiter, config.identify
     if limiter is not None and identify is not None and path not in config.exempt_paths:
-        verdict = await limiter.check(identify(scope), path)
+        with record.step("rate limit"):
+            verdict = await limiter.check(identify(scope), path)
         if verdict is not None:  # None: no limit applies, or the store failed in failure mode open
             limit, decision = verdict
             if not decision.allowed:
@@ -96,5 +135,5 @@ async def admit(
     policy = config.policies.get(service, method) if config.policies is not None else None
     route = config.pool.route(service)
     if policy is None:
-        return Admitted(route, identity, False, config.max_timeout, None, quota)
-    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota)
+        return Admitted(route, identity, False, config.max_timeout, None, quota, record)
+    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota, record)

@@ -306,7 +306,7 @@ class GrpcWebSocketEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         socket = _Socket(send, self.sockets)
-        with self.sockets.registered(socket):
+        with self.sockets.registered(socket, "grpc-websockets"):
             await self._serve(scope, receive, socket)
 
     async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:
@@ -361,6 +361,7 @@ class GrpcWebSocketEndpoint:
         # peer and headers: an apiKey sent only in the header block is not seen yet).
         admitted = await admit(
             config,
+            protocol="grpc-websockets",
             path=scope["path"],
             service=service,
             method=path.rpartition("/")[2],

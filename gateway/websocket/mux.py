@@ -129,7 +129,7 @@ class MuxEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        with self.sockets.registered(connection):
+        with self.sockets.registered(connection, "upf-mux"):
             await connection.run()
 
 
@@ -504,6 +504,7 @@ class _Connection:
         scope = {**self.scope} if config.authenticator is not None else self.scope
         admitted = await admit(
             config,
+            protocol="upf-mux",
             path=request.path,
             service=service,
             method=request.path.rpartition("/")[2],
