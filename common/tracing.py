@@ -9,15 +9,14 @@ context crosses processes as W3C `traceparent` / `tracestate` gRPC metadata
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["TRACE_HEADERS", "extract_context", "otlp_tracer_provider", "trace_id_of", "trace_metadata"]
 
@@ -39,6 +38,14 @@ def otlp_tracer_provider(
     Sampling follows the caller's decision when a trace came in with one (ParentBased); a trace the
     process starts is kept with probability `sample_ratio`. `schedule_delay`: seconds between exports.
     """
+    # Imported here: the SDK and the exporter (grpc, protobuf modules) take a while to import, and a
+    # process with tracing off never needs them.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
     attributes: dict[str, str] = {SERVICE_NAME: service_name}
     if instance_id is not None:
         attributes[SERVICE_INSTANCE_ID] = instance_id

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from opentelemetry.sdk.trace import TracerProvider
+from typing import TYPE_CHECKING
+
 from opentelemetry.trace import Tracer
 
 from common.tracing import otlp_tracer_provider
 from gateway.settings import TracingSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["gateway_tracer"]
 

@@ -29,13 +29,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.sdk.trace import TracerProvider
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
 from manifests import ManifestError, PluginManifest, Problem, parse_manifest
@@ -49,6 +48,9 @@ from plugins.sdk.messagebus import MessageBusClient
 from plugins.sdk.resolve import Resolver
 from plugins.sdk.storage import StorageClient
 from plugins.sdk.tracing import TracingInterceptor, trace_context_interceptors, tracer_provider_from_environment
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["Plugin", "ServicerSpec", "Timings", "load_manifest_text", "run_plugin"]
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span, set_span_in_context
 
 from common.tracing import extract_context, otlp_tracer_provider, trace_metadata
@@ -40,6 +39,8 @@ _SERVER_ERRORS = frozenset(
 
 
 if TYPE_CHECKING:  # generic in the stubs only
+    from opentelemetry.sdk.trace import TracerProvider
+
     _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
     _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
     _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
