@@ -98,12 +98,13 @@ async def _run(
     attempts = 1  # the first one and the policy retries: held to retries.maxAttempts
     while True:
         ended: grpc.StatusCode | Refused = grpc.StatusCode.CANCELLED  # the breaker learns nothing, unless set
-        with record.attempt(replica.address, attempts + len(route.endpoints) - 1 - transparent_left) as traced:
-            try:
-                ended = await attempt(replica, timeout)
-            finally:
-                traced.code = ended.code if isinstance(ended, Refused) else ended
-                replica.report(traced.code)
+        traced = record.attempt(replica.address, attempts + len(route.endpoints) - 1 - transparent_left)
+        try:
+            ended = await attempt(replica, timeout)
+        finally:
+            code = ended.code if isinstance(ended, Refused) else ended
+            record.attempt_ended(traced, code)
+            replica.report(code)
         if not isinstance(ended, Refused):
             if retries is not None and attempts > 1:  # a policy retry took place
                 retries.finished(ended)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from contextvars import Token
 from typing import Any
 
@@ -147,21 +147,13 @@ class CallRecord:
             return _NO_STEP
         return tracer.start_as_current_span(name, context=self._context, record_exception=False)
 
-    @contextlib.contextmanager
-    def attempt(self, address: str, number: int) -> Iterator[_AttemptOutcome]:
-        """Around one attempt on the replica at `address`: the trace context its request carries."""
-        outcome = _AttemptOutcome()
+    def attempt(self, address: str, number: int) -> _Attempt | None:
+        """Before one attempt on the replica at `address` (number 1, 2, ... of the call): sets the
+        trace context its request carries. The attempts driver ends it with `attempt_ended`."""
         tracer = self.telemetry.tracer
         if tracer is None:
-            if not self._passed:
-                yield outcome
-                return
-            token: Token[bytes] = UPSTREAM_TRACE.set(self._passed)
-            try:
-                yield outcome
-            finally:
-                UPSTREAM_TRACE.reset(token)
-            return
+            # A plain method, not a context manager: this runs for every attempt of every call.
+            return _Attempt(None, UPSTREAM_TRACE.set(self._passed)) if self._passed else None
         span = tracer.start_span(
             f"{self.service}/{self.method}",
             context=self._context,
@@ -174,12 +166,16 @@ class CallRecord:
                 "upf.attempt": number,
             },
         )
-        token = UPSTREAM_TRACE.set(b"".join(encode_header(name, value) for name, value in trace_metadata(span)))
-        try:
-            yield outcome
-        finally:
-            UPSTREAM_TRACE.reset(token)
-            code = outcome.code
+        fields = b"".join(encode_header(name, value) for name, value in trace_metadata(span))
+        return _Attempt(span, UPSTREAM_TRACE.set(fields))
+
+    @staticmethod
+    def attempt_ended(attempt: _Attempt | None, code: grpc.StatusCode) -> None:
+        if attempt is None:
+            return
+        UPSTREAM_TRACE.reset(attempt.token)
+        span = attempt.span
+        if span is not None:
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code is not grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
@@ -222,10 +218,11 @@ class CallRecord:
         return fields
 
 
-class _AttemptOutcome:
-    """How an attempt ended, set by the attempts driver before the attempt's span ends."""
+class _Attempt:
+    """One attempt's span (None with tracing off) and the trace context set for its request."""
 
-    __slots__ = ("code",)
+    __slots__ = ("span", "token")
 
-    def __init__(self) -> None:
-        self.code = grpc.StatusCode.CANCELLED
+    def __init__(self, span: Span | None, token: Token[bytes]) -> None:
+        self.span = span
+        self.token = token
