@@ -369,7 +369,11 @@ class GrpcWebSocketEndpoint:
             scope=scope,
             identity=identity_of(scope),
         )
-        request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        try:
+            request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        except GatewayError as exc:
+            admitted.record.end(exc.code)  # refused after admission: the call ends here
+            raise
         call = _Call(receive, socket, service, path, request, request.block + admitted.identity_metadata, self)
         await run_attempts(config, admitted, admitted.deadline(request.timeout), call.attempt, resendable=False)
 

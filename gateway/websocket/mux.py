@@ -511,9 +511,13 @@ class _Connection:
             credentials=credentials,
             scope=scope,
         )
-        metadata = parse_request_headers(
-            pairs, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
-        )
+        try:
+            metadata = parse_request_headers(
+                pairs, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
+            )
+        except GatewayError as exc:
+            admitted.record.end(exc.code)  # refused after admission: the call ends here
+            raise
         block = metadata.block + admitted.identity_metadata
         requested = [t for t in (request.timeout, metadata.timeout) if t is not None]
         timeout = admitted.deadline(min(requested) if requested else None)
