@@ -77,8 +77,11 @@ def traced_platform(collector: tuple[Collector, str], work_dir: Path) -> Iterato
     # The registry is nowhere: the plugin serves anyway and retries its registration in the background.
     args = [UPF, "plugin", "demo", "--registry", f"127.0.0.1:{free_port()}", "--port", str(port), "--drain-grace", "1"]
     plugin = Process(args, env=env, log=work_dir / f"traced-demo-{port}.log")
+    # Two replicas in turn, one of them down: every other call is refused by it unsent and retried on
+    # the live one (a transparent retry), so retries show in the traces.
     config = {
-        "upstreams": {"upf.demo.v1.Echo": [f"127.0.0.1:{port}"]},
+        "upstreams": {"upf.demo.v1.Echo": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}"]},
+        "loadBalancing": "round_robin",
         "tracing": {"otlpEndpoint": endpoint, "exportInterval": 0.05},
         "rateLimiting": {"enabled": True, "requestsPerSecond": 1000, "burstSize": 1000},  # a step with a span
     }
@@ -119,11 +122,12 @@ def test_a_trace_started_by_a_client_is_one_trace_across_gateway_and_plugin(
 
     found = wait_until(the_trace, timeout=20, what="the gateway's and the plugin's spans at the collector")
     [call] = [span for service, span in found if service == "upf-gateway" and span.kind == SERVER]
-    [attempt] = [span for service, span in found if service == "upf-gateway" and span.kind == CLIENT]
+    attempts = [span for service, span in found if service == "upf-gateway" and span.kind == CLIENT]
     [served] = [span for service, span in found if service == "demo-plugin"]
     # client -> gateway call -> gateway attempt -> plugin call: one trace, each the parent of the next.
     assert call.parent_span_id == client_span
-    assert attempt.parent_span_id == call.span_id
+    assert {attempt.parent_span_id for attempt in attempts} == {call.span_id}
+    [attempt] = [attempt for attempt in attempts if attempt.status.code != trace_pb2.Status.STATUS_CODE_ERROR]
     assert served.parent_span_id == attempt.span_id
     [limit] = [span for service, span in found if span.name == "rate limit"]
     assert limit.parent_span_id == call.span_id
@@ -180,3 +184,30 @@ def test_with_tracing_off_native_grpc_passes_the_traceparent_through(gateway: Ga
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         reply = pb_grpc.ProbeStub(channel).Unary(pb.CallRequest(), metadata=[("traceparent", traceparent)], timeout=10)
     assert dict(reply.metadata)["traceparent"] == traceparent
+
+
+def test_a_retried_call_shows_each_attempt_and_the_plugin_under_the_one_that_reached_it(
+    traced_platform: Gateway, collector: tuple[Collector, str]
+) -> None:
+    spans, _ = collector
+    trace_ids = [secrets.token_bytes(16) for _ in range(2)]
+    for trace_id in trace_ids:  # in turn: one of the two calls goes to the replica that is down first
+        assert (
+            say(traced_platform, "retried", {"traceparent": f"00-{trace_id.hex()}-{secrets.token_hex(8)}-01"})[0] == 0
+        )
+
+    def retried() -> list[Any] | None:
+        for trace_id in trace_ids:
+            found = spans.of_trace(trace_id)
+            attempts = [span for service, span in found if service == "upf-gateway" and span.kind == CLIENT]
+            served = [span for service, span in found if service == "demo-plugin"]
+            if len(attempts) == 2 and served:
+                return [*sorted(attempts, key=lambda span: span.start_time_unix_nano), served[0]]
+        return None
+
+    first, second, served = wait_until(retried, timeout=20, what="a trace with two attempts")
+    numbers = [{a.key: a.value for a in span.attributes}["upf.attempt"].int_value for span in (first, second)]
+    assert numbers == [1, 2]
+    assert first.status.code == trace_pb2.Status.STATUS_CODE_ERROR  # UNAVAILABLE: nothing listens there
+    assert {a.key: a.value for a in first.attributes}["rpc.grpc.status_code"].int_value == 14
+    assert served.parent_span_id == second.span_id
