@@ -27,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_
 
 from common.tracing import TRACE_HEADERS, extract_context, trace_id_of, trace_metadata
 from gateway.http2.headers import encode_header
-from gateway.telemetry.access_log import new_request_id, write_line
+from gateway.telemetry.access_log import request_id_from, write_line
 from gateway.telemetry.latency import LatencyHistograms
 from gateway.telemetry.upstream_trace import UPSTREAM_TRACE
 
@@ -92,7 +92,7 @@ class CallTelemetry:
 
 class CallRecord:
     __slots__ = (
-        "_context", "_parent", "_passed", "admitted", "code", "method", "protocol", "scope", "service", "slot", "span",
+        "_context", "_headers", "_parent", "_passed", "admitted", "code", "method", "protocol", "scope", "service", "slot", "span",
         "started", "telemetry",
     )  # fmt: skip
 
@@ -111,6 +111,7 @@ class CallRecord:
         self.service = service
         self.method = method
         self.scope = scope
+        self._headers = headers  # the call's own (a WebSocket call's header block): its X-Request-ID
         self.slot: AccessSlot | None = scope.get(ACCESS_SLOT)
         self.admitted = False  # routed: the service exists (labels of refused calls are not the client's)
         self.code: grpc.StatusCode | None = None
@@ -202,7 +203,7 @@ class CallRecord:
         if slot is not None:
             slot.fields.update(self._fields(code))
         elif telemetry.log:
-            fields = {"requestId": new_request_id(), **self._fields(code)}
+            fields = {"requestId": request_id_from(self._headers), **self._fields(code)}
             fields["durationMs"] = round(elapsed * 1000, 3)
             write_line(fields)
 

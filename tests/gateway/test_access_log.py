@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from tests.gateway.test_grpc_websockets import BINARY_HEADERS, opened
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import Gateway, run_gateway, wait_until
 
@@ -128,3 +129,15 @@ async def test_open_websockets_are_a_gauge_per_kind(logged_gateway: Gateway) -> 
         lambda: metric(logged_gateway, "upf_websockets_open", kind="grpc-websockets") == 0,
         what="the closed socket to leave the gauge",
     )
+
+
+async def test_a_call_on_a_websocket_gets_its_own_line(logged_gateway: Gateway, pb: Any) -> None:
+    header_block = BINARY_HEADERS + b"x-request-id: ws-line-1\r\nauthorization: Bearer " + TOKEN.encode() + b"\r\n"
+    async with opened(logged_gateway, "Unary", origin=None, header_block=header_block) as call:
+        await call.request(pb, fail_code=5)
+        await call.half_close()
+        await call.finish()
+    line = line_with(logged_gateway, requestId="ws-line-1")
+    assert (line["protocol"], line["grpcStatus"]) == ("grpc-websockets", "NOT_FOUND")
+    assert (line["service"], line["method"], line["client"]) == ("accept.v1.Probe", "Unary", "127.0.0.1")
+    assert TOKEN not in logged_gateway.process.output()
