@@ -92,8 +92,8 @@ class CallTelemetry:
 
 class CallRecord:
     __slots__ = (
-        "_context", "_headers", "_parent", "_passed", "admitted", "code", "method", "protocol", "scope", "service", "slot", "span",
-        "started", "telemetry",
+        "_context", "_headers", "_parent", "_passed", "admitted", "code", "method", "protocol", "scope",
+        "service", "slot", "span", "started", "telemetry",
     )  # fmt: skip
 
     def __init__(
