@@ -23,6 +23,7 @@ __all__ = ["TRACE_HEADERS", "extract_context", "otlp_tracer_provider", "trace_id
 TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_EXPORT_TIMEOUT = 3.0  # seconds for one batch to reach the collector
 
 
 def otlp_tracer_provider(
@@ -56,7 +57,9 @@ def otlp_tracer_provider(
     )
     secure = endpoint.startswith("https://")
     target = endpoint.removeprefix("https://").removeprefix("http://")
-    exporter = OTLPSpanExporter(endpoint=target, insecure=not secure)
+    # A collector that is down costs a process at most this long at exit (the last batch), not the
+    # exporter's default 10 s; spans are dropped rather than held up.
+    exporter = OTLPSpanExporter(endpoint=target, insecure=not secure, timeout=_EXPORT_TIMEOUT)
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay * 1000))
     return provider
 
