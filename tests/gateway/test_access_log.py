@@ -70,6 +70,19 @@ def test_a_grpc_web_call_is_one_json_line_with_its_call_and_no_token(logged_gate
     assert line["time"].endswith("Z")
     assert len([ln for ln in access_lines(logged_gateway) if ln.get("requestId") == "req-access-1"]) == 1
     assert TOKEN not in logged_gateway.process.output()
+    assert 'HTTP/1.1" 200' not in logged_gateway.process.output()  # uvicorn's own access log is off
+
+
+def test_a_connect_call_has_its_http_status_and_its_grpc_status(logged_gateway: Gateway, pb: Any) -> None:
+    response = httpx.post(
+        f"{logged_gateway.url}/accept.v1.Probe/Unary",
+        content=pb.CallRequest(fail_code=5).SerializeToString(),
+        headers={"content-type": "application/proto", "connect-protocol-version": "1", "x-request-id": "connect-1"},
+        timeout=10.0,
+    )
+    assert response.status_code == 404
+    line = line_with(logged_gateway, requestId="connect-1")
+    assert (line["protocol"], line["httpStatus"], line["grpcStatus"]) == ("connect", 404, "NOT_FOUND")
 
 
 def test_rest_requests_and_native_grpc_calls_get_lines_too(logged_gateway: Gateway, pb: Any, pb_grpc: Any) -> None:

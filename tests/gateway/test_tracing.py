@@ -211,3 +211,29 @@ def test_a_retried_call_shows_each_attempt_and_the_plugin_under_the_one_that_rea
     assert first.status.code == trace_pb2.Status.STATUS_CODE_ERROR  # UNAVAILABLE: nothing listens there
     assert {a.key: a.value for a in first.attributes}["rpc.grpc.status_code"].int_value == 14
     assert served.parent_span_id == second.span_id
+
+
+def test_a_server_stream_is_traced_in_the_plugin_too(
+    traced_platform: Gateway, collector: tuple[Collector, str]
+) -> None:
+    spans, _ = collector
+    trace_id = secrets.token_bytes(16)
+    response = httpx.post(
+        f"{traced_platform.url}/upf.demo.v1.Echo/Count",
+        content=frame(demo_pb2.CountRequest(count=3).SerializeToString()),
+        headers={"content-type": BINARY, "traceparent": f"00-{trace_id.hex()}-{secrets.token_hex(8)}-01"},
+        timeout=10.0,
+    )
+    parsed = parse_response(response.status_code, dict(response.headers), response.content)
+    assert (parsed.status, len(parsed.messages)) == (0, 3)
+
+    def served() -> list[Any] | None:
+        found = spans.of_trace(trace_id)
+        plugin = [span for service, span in found if service == "demo-plugin"]
+        return [found, plugin[0]] if plugin else None
+
+    found, plugin = wait_until(served, timeout=20, what="the plugin's span of the stream")
+    attempts = {span.span_id for service, span in found if service == "upf-gateway" and span.kind == CLIENT}
+    assert plugin.name == "upf.demo.v1.Echo/Count"
+    assert plugin.parent_span_id in attempts
+    assert plugin.end_time_unix_nano > plugin.start_time_unix_nano  # ended after its last message
