@@ -17,6 +17,7 @@ record gives it (gateway/telemetry/upstream_trace.py):
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from contextvars import Token
@@ -45,6 +46,8 @@ _SERVER_ERRORS = frozenset(
 )  # fmt: skip
 
 _NO_STEP = contextlib.nullcontext()
+_MAX_TRACE_VALUE = 1024  # bytes; W3C asks that at least 512 characters of a tracestate be passed on
+_PRINTABLE = re.compile(rb"^[\x20-\x7e]*$").match
 
 
 class AccessSlot:
@@ -120,7 +123,12 @@ class CallRecord:
         self.span: Span | None = None
         self._context = None
         self._passed = b""
-        self._parent = next((value for name, value in trace if name == b"traceparent"), None)
+        self._parent = None
+        if trace:
+            # Only values that can be metadata go on (printable ASCII, of a sane length); a
+            # malformed trace context is the client's problem, never a reason to fail its call.
+            trace = [(name, value) for name, value in trace if len(value) <= _MAX_TRACE_VALUE and _PRINTABLE(value)]
+            self._parent = next((value for name, value in trace if name == b"traceparent"), None)
         if tracer is not None:
             self.span = tracer.start_span(
                 f"{service}/{method}",
