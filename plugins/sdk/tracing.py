@@ -61,7 +61,10 @@ def tracer_provider_from_environment(
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint:
         return None
-    delay = float(environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000
+    try:
+        delay = float(environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000
+    except ValueError:
+        delay = 5.0  # as OpenTelemetry's SDK does with a value it cannot read
     return otlp_tracer_provider(
         environ.get("OTEL_SERVICE_NAME") or plugin_id, endpoint, instance_id=instance_id, schedule_delay=delay
     )
