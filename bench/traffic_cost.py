@@ -105,7 +105,13 @@ def _admitting(config: ProxyConfig) -> Callable[[], Awaitable[None]]:
     async def step() -> None:
         scope = dict(SCOPE)
         await admit(
-            config, path=PATH, service="bench.v1.Echo", method="Unary", credentials=scope["headers"], scope=scope
+            config,
+            protocol="grpc-web",
+            path=PATH,
+            service="bench.v1.Echo",
+            method="Unary",
+            credentials=scope["headers"],
+            scope=scope,
         )
         await answer(scope, receive, send)
 

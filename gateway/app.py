@@ -1,6 +1,7 @@
 """create_app(settings): the one place the gateway's pipeline is assembled.
 
 Outermost first, each for a reason:
+  AccessLogMiddleware  (accessLog) one JSON line per HTTP request, with the status the client got
   ErrorMiddleware      whatever fails below answers in the client's protocol, never a stack trace
   CorsMiddleware       preflights answered before any work; every answer (errors too) readable by the page
   ShellMiddleware      (shell.enabled) the web shell at / and plugins' UI files at /plugins/<id>/ui/: public
@@ -16,7 +17,8 @@ Outermost first, each for a reason:
                        /api/mux is upf-mux.v1, many calls on one WebSocket, gateway/websocket/MUX.md)
 Every gRPC call, whichever codec it came in (gRPC-Web, native gRPC, grpc-websockets, upf-mux.v1),
 is admitted and placed by one call path (gateway/proxy/: ProxyConfig, built once here), which asks the
-same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata.
+same Authenticator and limiter; the identity goes to plugins as x-upf-user-* metadata, the trace
+context as traceparent (gateway/telemetry/: spans exported with OTLP when tracing.otlpEndpoint is set).
 
 Traffic control: rate limits (per client, and per method from the manifests: gateway/ratelimit/calls.py),
 circuit breakers per replica (shared as hints through Redis with circuitBreaker.shareVia), retries of
@@ -59,6 +61,7 @@ from gateway.health import Readiness, healthz
 from gateway.ingress.server import IngressServer
 from gateway.lifecycle import Components
 from gateway.metrics import TrafficMetrics
+from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.cors import CorsMiddleware
 from gateway.middleware.errors import ErrorMiddleware
@@ -67,9 +70,14 @@ from gateway.middleware.transcode import TranscodeMiddleware
 from gateway.proxy import ProxyConfig
 from gateway.ratelimit import identify_from_settings
 from gateway.ratelimit.calls import CallLimiter
+from gateway.ratelimit.keys import TrustedProxies
 from gateway.reflection import ServerReflection
 from gateway.settings import GatewaySettings, load_settings
 from gateway.shell import DEFAULT_SHELL_DIR, PluginUi, ShellFiles, ShellMiddleware, api_not_found
+from gateway.telemetry import CallTelemetry
+from gateway.telemetry.access_log import enable_access_log
+from gateway.telemetry.latency import LatencyHistograms
+from gateway.telemetry.setup import TraceExport, gateway_tracer
 from gateway.transcode.endpoint import RestEndpoint
 from gateway.transcode.routes import RestRoutes
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
@@ -185,7 +193,20 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     limiter = CallLimiter.from_settings(limits, policies=policies, counters=ratelimit_counters) if limited else None
     identify = identify_from_settings(limits)
     retries = Retries(settings.retries) if settings.retries.enabled else None
-    metrics = TrafficMetrics(pool, limiter, retries)
+    websockets = OpenSockets(grace=settings.websocket.drain_grace)
+    latency = LatencyHistograms()
+    metrics = TrafficMetrics(pool, limiter, retries, latency=latency, sockets=websockets)
+    # Spans (tracing.otlpEndpoint), access lines and latency of every call (gateway/telemetry/).
+    tracing = gateway_tracer(settings.tracing)
+    proxies = TrustedProxies(limits.trusted_proxies, limits.trusted_hops, limits.ipv6_subnet)
+    if settings.access_log:
+        enable_access_log()
+    telemetry = CallTelemetry(
+        tracer=tracing[0] if tracing is not None else None,
+        log=settings.access_log,
+        client=proxies.address,
+        latency=latency,
+    )
     admin = TrafficAdmin(
         pool,
         limiter=limiter,
@@ -220,6 +241,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         identify=identify,
         exempt_paths=frozenset(limits.exempt_paths),
         retries=retries,
+        telemetry=telemetry,
     )
     # Connect (JSON and binary) on the same paths; JSON learns each method's schema from the plugin.
     descriptors = DescriptorCatalog(
@@ -243,7 +265,6 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     openapi = OpenApiEndpoint(lambda: _exposed(pool), descriptors.service, version=_version())
     # REST routes from the same descriptors: the google.api.http annotations of the routed services.
     rest_routes = RestRoutes(lambda: _exposed(pool), descriptors.service)
-    websockets = OpenSockets(grace=settings.websocket.drain_grace)
     grpc_websockets = GrpcWebSocketEndpoint(
         proxy,
         allow_origins=settings.cors.allow_origins,
@@ -292,7 +313,8 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
         await asyncio.sleep(settings.shutdown_delay)
 
     # Start order; shutdown runs it backwards. Each name is its section of /readyz (if it has a status).
-    components.add("upstreams", pool)  # closed last: every call has ended by then
+    components.add("tracing", TraceExport(tracing[1]) if tracing is not None else None)  # the last spans go out last
+    components.add("upstreams", pool)  # closed (nearly) last: every call has ended by then
     components.add("descriptors", descriptors)
     components.add("pluginUi", plugin_ui)
     components.add("rateLimiter", limiter)
@@ -337,6 +359,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     if mux.enabled:
         routes.append(WebSocketRoute("/api/mux", mux_endpoint))
     middleware = [
+        *([Middleware(AccessLogMiddleware, client=proxies.address)] if settings.access_log else []),
         Middleware(ErrorMiddleware),
         Middleware(CorsMiddleware, settings=settings.cors),
     ]

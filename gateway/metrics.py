@@ -16,6 +16,9 @@ their numbers apart) reads them when /metrics is scraped.
     upf_breaker_transitions_total{service, replica, from, to}
     upf_breaker_state{service, replica}                      0 closed, 1 half-open, 2 open
     upf_retries_total{outcome}                               attempted / succeeded / budget_exhausted
+    upf_call_duration_seconds{service, method, code}         histogram of gRPC calls, every entry point
+                                                             (refused before routing: service "")
+    upf_websockets_open{kind}                                grpc-websockets / upf-mux / events
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from collections.abc import Iterator
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.ratelimit.calls import CallLimiter
+from gateway.telemetry.latency import LatencyHistograms
 from gateway.upstream.breaker import BreakerState
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.retry import Retries
+from gateway.websocket.open_sockets import OpenSockets
 
 __all__ = ["TrafficMetrics", "split_breaker_name"]
 
@@ -50,10 +55,20 @@ def split_breaker_name(name: str) -> tuple[str, str]:
 class TrafficMetrics(Collector):
     """The app's CollectorRegistry and the collector over the counters named in the module docstring."""
 
-    def __init__(self, pool: UpstreamPool, limiter: CallLimiter | None, retries: Retries | None) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        limiter: CallLimiter | None,
+        retries: Retries | None,
+        *,
+        latency: LatencyHistograms | None = None,
+        sockets: OpenSockets | None = None,
+    ) -> None:
         self.pool = pool
         self.limiter = limiter
         self.retries = retries
+        self.latency = latency
+        self.sockets = sockets
         # (breaker name, from, to) -> transitions; bumped by the app's breaker listener.
         self.transitions: Counter[tuple[str, str, str]] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -95,6 +110,21 @@ class TrafficMetrics(Collector):
             retries.add_metric(["succeeded"], self.retries.succeeded)
             retries.add_metric(["budget_exhausted"], self.retries.budget_exhausted)
         yield retries
+        if self.latency is not None:
+            latency = self.latency
+            durations = HistogramMetricFamily(
+                "upf_call_duration_seconds",
+                "gRPC calls through the gateway, every entry point, by status.",
+                labels=["service", "method", "code"],
+            )
+            for (service, method, code), series in sorted(latency.series.items()):
+                durations.add_metric([service, method, code], latency.cumulative(series), series.sum)
+            yield durations
+        if self.sockets is not None:
+            sockets = GaugeMetricFamily("upf_websockets_open", "Open WebSockets, by kind.", labels=["kind"])
+            for kind, count in sorted(self.sockets.by_kind().items()):
+                sockets.add_metric([kind], count)
+            yield sockets
 
     def _limiter(self) -> Iterator[Metric]:
         decisions = CounterMetricFamily(

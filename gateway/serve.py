@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -30,7 +31,7 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, object]:
         "host": settings.host,
         "port": settings.http_port,
         "log_level": settings.log_level,
-        "access_log": settings.access_log,
+        "access_log": False,  # the gateway's own, in JSON (accessLog: gateway/middleware/access_log.py)
         # httptools, with writes corked (gateway/corking.py) and limits on request heads, slow clients
         # and connections per client (gateway/edge/, settings.edge).
         "http": EdgeHttpToolsProtocol,
@@ -102,16 +103,18 @@ class _Server(uvicorn.Server):
         self._drain = drain
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        _quiet_websocket_handshakes(self.config.access_log)
+        # uvicorn's access log is off (the gateway writes its own); its handshake lines follow accessLog.
+        settings = self._app_state("settings")
+        _quiet_websocket_handshakes(bool(getattr(settings, "access_log", False)))
         await super().startup(sockets)
 
-    def _app_state(self, name: str) -> Callable[[], Awaitable[None]] | None:
-        """A hook of the loaded app's state (a worker process loads the app itself)."""
+    def _app_state(self, name: str) -> Any:
+        """A hook (or the settings) of the loaded app's state (a worker process loads the app itself)."""
         app = self.config.loaded_app if self.config.loaded else None
         while app is not None:  # through any middleware uvicorn wrapped around it
             hook = getattr(getattr(app, "state", None), name, None)
             if hook is not None:
-                return hook  # type: ignore[no-any-return]
+                return hook
             app = getattr(app, "app", None)
         return None
 

@@ -41,6 +41,7 @@ __all__ = [
     "RateLimitSettings",
     "RedisUrl",
     "RetrySettings",
+    "TracingSettings",
     "WebSocketSettings",
     "load_config",
     "load_settings",
@@ -619,6 +620,32 @@ class EdgeSettings(_Section):
     )
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of the gateway's calls, sent to an OTLP/gRPC collector (gateway/telemetry/).
+
+    Off by default. Either way a client's W3C `traceparent` / `tracestate` reach the plugins: passed
+    through as they came with tracing off, naming the gateway's span as the parent with it on."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description=(
+            "host:port (or http://, https:// host:port) of an OTLP/gRPC collector for the gateway's spans; "
+            "none: tracing off (a client's traceparent still reaches the plugins, unchanged)."
+        ),
+    )
+    service_name: str = Field(default="upf-gateway", min_length=1, description="service.name of the gateway's spans.")
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the traces the gateway starts that are kept; a trace a client started follows the "
+            "client's sampled flag."
+        ),
+    )
+    export_interval: float = Field(default=1.0, gt=0, description="Seconds between batches of spans sent.")
+
+
 class GatewaySettings(_Section):
     host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     http_port: int = Field(
@@ -634,7 +661,13 @@ class GatewaySettings(_Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="critical | error | warning | info | debug."
     )
-    access_log: bool = Field(default=True, description="one log line per request (uvicorn's access log)")
+    access_log: bool = Field(
+        default=True,
+        description=(
+            "One JSON line per HTTP request and per gRPC call on stdout (request id, trace id, service, method, "
+            "statuses, duration, client; never a header's value). uvicorn's own access log is always off."
+        ),
+    )
     shutdown_delay: float = Field(
         default=0.0,
         ge=0,
@@ -684,6 +717,7 @@ class GatewaySettings(_Section):
     events: EventsSettings = Field(default_factory=EventsSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     shell: ShellSettings = Field(default_factory=ShellSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)

@@ -35,7 +35,7 @@ from gateway.connect.protocol import check_version, get_request, inflate, post_k
 from gateway.descriptors import DescriptorCatalog, DescriptorsUnavailable, MethodSchema
 from gateway.errors import BadRequest, GatewayError, Unimplemented, UpstreamUnavailable
 from gateway.grpcweb.endpoint import DisconnectWatch
-from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.http2 import Http2Stream, NeverProcessed, StreamError
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica
@@ -143,11 +143,18 @@ class ConnectEndpoint:
         # A GET's errors come in the encoding it names (a malformed one is reported by get_request).
         kind = post_kind("application/" + query.get("encoding", "json") if is_get else headers.get("content-type", ""))
         answer = _Answer(send, kind.codec if kind else PROTO, kind.streaming if kind and not is_get else False)
+        admitted: Admitted | None = None
         try:
             check_version(headers)
             timeout = timeout_seconds(headers.get("connect-timeout-ms"))
             admitted = await admit(
-                config, path=scope["path"], service=service, method=method, credentials=scope["headers"], scope=scope
+                config,
+                protocol="connect",
+                path=scope["path"],
+                service=service,
+                method=method,
+                credentials=scope["headers"],
+                scope=scope,
             )
             answer.quota = admitted.quota
             if is_get:
@@ -155,6 +162,7 @@ class ConnectEndpoint:
                 # others it is 405 (the same answer gRPC-Web gave every GET before Connect).
                 schema = await self._schema(service, method, required=False)
                 if schema is None or not schema.side_effect_free:
+                    admitted.record.end(grpc.StatusCode.UNIMPLEMENTED)
                     await _not_allowed(send, path)
                     return
                 codec, body = get_request(query, limit=limit)
@@ -176,12 +184,19 @@ class ConnectEndpoint:
         except _Disconnected:
             return
         except GatewayError as exc:
+            if admitted is not None:  # refused after admission (the body, the schema): the call ends here
+                admitted.record.end(exc.code)
             await answer.error(exc.code, exc.message, extra=exc.headers)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("Connect call %s failed inside the gateway", path)
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.INTERNAL)
             await answer.error(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
+        finally:
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.CANCELLED)  # the client left (ended calls stay as they were)
 
     async def _schema(self, service: str, method: str, *, required: bool) -> MethodSchema | None:
         try:

@@ -191,7 +191,7 @@ class EventsEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         connection = _Connection(self, scope, receive, send)
-        with self.sockets.registered(connection):
+        with self.sockets.registered(connection, "events"):
             await connection.run()
 
 

@@ -27,7 +27,7 @@ from gateway.errors import GatewayError, MissingMessage
 from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
 from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
-from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import PREFIX, TRAILER_FLAG, encode_frame
@@ -127,9 +127,16 @@ class GrpcWebEndpoint:
         config = self.config
         # Between admission and the end of the body: an error then leaves the rest of the body unread.
         reading = False
+        admitted: Admitted | None = None
         try:
             admitted = await admit(
-                config, path=scope["path"], service=service, method=method, credentials=scope["headers"], scope=scope
+                config,
+                protocol="grpc-web",
+                path=scope["path"],
+                service=service,
+                method=method,
+                credentials=scope["headers"],
+                scope=scope,
             )
             response.quota = admitted.quota
             reading = True
@@ -151,6 +158,8 @@ class GrpcWebEndpoint:
         except _Disconnected:
             return
         except GatewayError as exc:
+            if admitted is not None:  # refused after admission (the body): the call ends here
+                admitted.record.end(exc.code)
             headers = exc.headers
             if reading:
                 # Answered before the body was read (a 4 GiB length prefix, say): close the connection
@@ -162,7 +171,12 @@ class GrpcWebEndpoint:
         except Exception:
             # Never an HTML 500 to a gRPC-Web client: the failure becomes an INTERNAL status.
             logger.exception("gRPC-Web call %s failed inside the gateway", path)
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.INTERNAL)
             await response.fail(grpc.StatusCode.INTERNAL, "the gateway failed while handling this call")
+        finally:
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.CANCELLED)  # the client left (ended calls stay as they were)
 
     async def _read_body(self, receive: Receive, text_request: bool, encoding: str | None) -> bytes:
         """The request's gRPC frames, checked as they arrive (RequestFrames), as they go upstream."""

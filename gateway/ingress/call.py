@@ -57,10 +57,12 @@ _STREAM_CREDIT_BATCH = STREAM_WINDOW // 4
 # by the HTTP/2 client (content-type, te, user-agent, grpc-accept-encoding: the gateway decompresses
 # answers itself), or are hop-by-hop (RFC 9110 7.6.1). grpc-timeout becomes the upstream deadline.
 # grpc-encoding is forwarded: request messages go upstream exactly as the client compressed them.
+# traceparent / tracestate: each attempt sends the call's own (gateway/telemetry/calls.py).
 _NOT_FORWARDED = frozenset(
     {
         b"te", b"content-type", b"user-agent", b"grpc-accept-encoding", b"grpc-timeout", b"host",
         b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"content-length",
+        b"traceparent", b"tracestate",
     }
 )  # fmt: skip
 
@@ -232,6 +234,7 @@ class IngressCall:
         try:
             admitted = await admit(
                 config,
+                protocol="grpc",
                 path=self.path,
                 service=self.service,
                 method=self.method,

@@ -9,16 +9,24 @@ services exist (UNAUTHENTICATED before UNIMPLEMENTED), and an internal service i
 
 admit_local() is the same sequence for a call the gateway answers itself (server reflection on the
 native port): authenticate -> identity -> rate limit, with no method policy and no route.
+
+Admission also begins the call's record (gateway/telemetry/): its span, a child span per step, and
+the latency and access line when the call ends (a refusal here ends it at once).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import grpc
+
 from gateway.auth.identity import IDENTITY_SCOPE_KEY, Identity
-from gateway.errors import RateLimited
+from gateway.errors import GatewayError, RateLimited
 from gateway.proxy.config import ProxyConfig
+from gateway.telemetry import CallRecord
 from gateway.upstream.policies import cap_timeout
 from gateway.upstream.pool import Route
 
@@ -30,7 +38,7 @@ Headers = list[tuple[bytes, bytes]]
 class Admitted:
     """A call the gateway will place: where, for whom, and under which limits."""
 
-    __slots__ = ("idempotent", "identity", "policy_timeout", "quota", "route", "timeout_cap")
+    __slots__ = ("idempotent", "identity", "policy_timeout", "quota", "record", "route", "timeout_cap")
 
     def __init__(
         self,
@@ -40,6 +48,7 @@ class Admitted:
         timeout_cap: float | None,
         policy_timeout: float | None,
         quota: Headers,
+        record: CallRecord,
     ) -> None:
         self.route = route
         self.identity = identity  # None: anonymous (auth off, or a public method without a token)
@@ -48,6 +57,7 @@ class Admitted:
         self.policy_timeout = policy_timeout
         # RateLimit-Policy and RateLimit for an allowed call, for codecs that show response headers.
         self.quota = quota
+        self.record = record  # ended by run_attempts(), or by the codec if it fails before
 
     @property
     def identity_metadata(self) -> bytes:
@@ -62,6 +72,7 @@ class Admitted:
 async def admit(
     config: ProxyConfig,
     *,
+    protocol: str,
     path: str,
     service: str,
     method: str,
@@ -75,15 +86,28 @@ async def admit(
     exemptions are written that way); `credentials` the headers that may carry its token;
     `scope` what the rate-limit key is read from (peer, headers), which gets the identity.
     `identity`: a caller already authenticated for this very call (a WebSocket upgrade to it).
+    `protocol`: the codec's name, for the access line (grpc-web, connect, grpc, grpc-websockets, upf-mux).
 
     Raises Unauthenticated, PermissionDenied, RateLimited, RateLimiterUnavailable, UnknownService.
     """
-    identity, quota = await _caller(config, path, credentials, scope, identity)
-    policy = config.policies.get(service, method) if config.policies is not None else None
-    route = config.pool.route(service)
+    record = config.telemetry.begin(protocol, service, method, credentials, scope)
+    try:
+        identity, quota = await _caller(config, path, credentials, scope, identity, record)
+        policy = config.policies.get(service, method) if config.policies is not None else None
+        route = config.pool.route(service)
+    except GatewayError as exc:
+        record.end(exc.code)
+        raise
+    except asyncio.CancelledError:
+        record.end(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception:
+        record.end(grpc.StatusCode.INTERNAL)  # the codec logs it and answers INTERNAL
+        raise
+    record.admitted = True
     if policy is None:
-        return Admitted(route, identity, False, config.max_timeout, None, quota)
-    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota)
+        return Admitted(route, identity, False, config.max_timeout, None, quota, record)
+    return Admitted(route, identity, policy.idempotent, config.max_timeout, policy.timeout, quota, record)
 
 
 async def admit_local(
@@ -91,7 +115,7 @@ async def admit_local(
 ) -> Identity | None:
     """Admit a call the gateway answers itself (server reflection): authenticated and rate-limited
     as admit() does it for a plugin's method, with no route to pick. Raises what admit() raises."""
-    identity, _ = await _caller(config, path, credentials, scope, None)
+    identity, _ = await _caller(config, path, credentials, scope, None, None)
     return identity
 
 
@@ -101,17 +125,21 @@ async def _caller(
     credentials: Iterable[tuple[bytes, bytes]],
     scope: MutableMapping[str, Any],
     identity: Identity | None,
+    record: CallRecord | None,
 ) -> tuple[Identity | None, Headers]:
-    """Authenticate, then rate-limit: the caller's identity, and the quota headers of an allowed call."""
+    """Authenticate, then rate-limit: the caller's identity, and the quota headers of an allowed call.
+    Each step is a span of `record`'s call when there is one."""
     authenticator = config.authenticator
     if identity is None and authenticator is not None:
-        identity = await authenticator.authenticate(path, credentials)
+        with _step(record, "auth"):
+            identity = await authenticator.authenticate(path, credentials)
     if identity is not None:
         scope[IDENTITY_SCOPE_KEY] = identity  # before the limiter: `token` keys read it
     quota: Headers = []
     limiter, identify = config.limiter, config.identify
     if limiter is not None and identify is not None and path not in config.exempt_paths:
-        verdict = await limiter.check(identify(scope), path)
+        with _step(record, "rate limit"):
+            verdict = await limiter.check(identify(scope), path)
         if verdict is not None:  # None: no limit applies, or the store failed in failure mode open
             limit, decision = verdict
             if not decision.allowed:
@@ -122,3 +150,7 @@ async def _caller(
                 (b"ratelimit", limit.quota_field(decision).encode("latin-1")),
             ]
     return identity, quota
+
+
+def _step(record: CallRecord | None, name: str) -> AbstractContextManager[object]:
+    return record.step(name) if record is not None else nullcontext()

@@ -16,7 +16,8 @@ holds:
 - policy retry (gateway/upstream/retry.py): the method is idempotent, the codec holds the whole
   request (`resendable`), the status was UNAVAILABLE, and the budget and `maxAttempts` allow it.
 
-The call's deadline covers every attempt.
+The call's deadline covers every attempt. The call's record (gateway/telemetry/) gets a span per
+attempt, whose trace context the attempt's upstream request carries, and ends with the call.
 """
 
 from __future__ import annotations
@@ -69,7 +70,25 @@ async def run_attempts(
     """Run the call on replicas of `admitted.route` until one answers; how the call ended.
 
     `resendable`: the codec holds the whole request and can send it again (policy retries)."""
+    code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
+    try:
+        code = await _run(config, admitted, timeout, attempt, resendable)
+        return code
+    except GatewayError as exc:  # a refusal's answer, raised for the codec to render
+        code = exc.code
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL  # the codec logs it and answers INTERNAL
+        raise
+    finally:
+        admitted.record.end(code)
+
+
+async def _run(
+    config: ProxyConfig, admitted: Admitted, timeout: float | None, attempt: Attempt, resendable: bool
+) -> grpc.StatusCode:
     route = admitted.route
+    record = admitted.record
     # Picked last: a replica's breaker may hand out a half-open probe, which must be reported on.
     replica = route.pick()
     retries = config.retries if admitted.idempotent and resendable else None
@@ -80,10 +99,13 @@ async def run_attempts(
     attempts = 1  # the first one and the policy retries: held to retries.maxAttempts
     while True:
         ended: grpc.StatusCode | Refused = grpc.StatusCode.CANCELLED  # the breaker learns nothing, unless set
+        traced = record.attempt(replica.address, attempts + len(route.endpoints) - 1 - transparent_left)
         try:
             ended = await attempt(replica, timeout)
         finally:
-            replica.report(ended.code if isinstance(ended, Refused) else ended)
+            code = ended.code if isinstance(ended, Refused) else ended
+            record.attempt_ended(traced, code)
+            replica.report(code)
         if not isinstance(ended, Refused):
             if retries is not None and attempts > 1:  # a policy retry took place
                 retries.finished(ended)

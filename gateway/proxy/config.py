@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gateway.auth.authenticator import Authenticator
 from gateway.ratelimit.calls import CallLimiter
 from gateway.ratelimit.keys import Identify
+from gateway.telemetry import CallTelemetry
 from gateway.upstream.policies import MethodPolicies
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.retry import Retries
@@ -36,3 +37,4 @@ class ProxyConfig:
     exempt_paths: frozenset[str] = frozenset()  # never rate-limited (rateLimiting.exemptPaths)
     retries: Retries | None = None
     clock: Callable[[], float] = field(default=time.monotonic)  # for deadlines across attempts
+    telemetry: CallTelemetry = field(default_factory=CallTelemetry)  # spans, access lines, latency

@@ -54,15 +54,22 @@ class TrustedProxies:
 
     def client(self, scope: Scope) -> str:
         """The client's identity (`ip:203.0.113.7`, `ip:2001:db8:1:2::/64`) for this request."""
+        address = self.address(scope)
+        if address is None:
+            return "ip:unknown"  # a Unix socket, or a server that does not say: one shared bucket
+        return self.identity(address)
+
+    def address(self, scope: Scope) -> str | None:
+        """The client's address (unmasked, for logs), behind the trusted proxies; None if unknown."""
         peer = scope.get("client")
         if peer is None:
-            return "ip:unknown"  # a Unix socket, or a server that does not say: one shared bucket
+            return None
         address: str = peer[0]
         if self.max_hops:
             forwarded = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
             if forwarded:
                 address = self._walk(address, b",".join(forwarded).decode("latin-1").split(","))
-        return self.identity(address)
+        return address
 
     def _walk(self, peer: str, forwarded: list[str]) -> str:
         current = peer

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GRPC_TO_HTTP, BadRequest, GatewayError, status_name
 from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.http2.client import NeverProcessed
-from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
+from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.transcode.request import request_message, response_json
 from gateway.transcode.routes import PREFIX, RestMatch
 from gateway.upstream.http2 import StreamError
@@ -61,10 +61,12 @@ class RestEndpoint:
         route = match.route
         service, method = route.service, route.method.name
         answer = _Answer(send)
+        admitted: Admitted | None = None
         try:
             config = self.config
             admitted = await admit(
                 config,
+                protocol="rest",
                 path=f"{PREFIX}/{service}/{method}",
                 service=service,
                 method=method,
@@ -88,12 +90,19 @@ class RestEndpoint:
         except _Disconnected:
             return
         except GatewayError as exc:
+            if admitted is not None:  # refused after admission (the body, the path): the call ends here
+                admitted.record.end(exc.code)
             await answer.error(exc.code, exc.message, extra=exc.headers)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("REST call %s %s failed inside the gateway", scope["method"], scope["path"])
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.INTERNAL)
             await answer.error(grpc.StatusCode.INTERNAL, "the gateway failed while handling this request")
+        finally:
+            if admitted is not None:
+                admitted.record.end(grpc.StatusCode.CANCELLED)  # the client left (ended calls stay as they were)
 
 
 class _Answer:

@@ -15,6 +15,7 @@ import grpc
 
 from gateway.http2.client import ClientConnection, Http2Stream, NeverProcessed, StreamError, connect
 from gateway.http2.headers import encode_header
+from gateway.telemetry.upstream_trace import UPSTREAM_TRACE
 from gateway.wire.timeout import encode_timeout
 
 __all__ = ["Unsent", "UpstreamClient"]
@@ -45,7 +46,9 @@ class UpstreamClient:
         self._last_error = ""
 
     def _fields(self, metadata: bytes, timeout: float | None) -> bytes:
-        """The headers that change from call to call: grpc-timeout and the forwarded metadata."""
+        """The headers that change from call to call: grpc-timeout, the forwarded metadata, and the
+        attempt's trace context (gateway/telemetry/upstream_trace.py)."""
+        metadata += UPSTREAM_TRACE.get()
         if timeout is not None:
             return encode_header(b"grpc-timeout", encode_timeout(timeout)) + metadata
         return metadata

@@ -305,7 +305,7 @@ class GrpcWebSocketEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         socket = _Socket(send, self.sockets)
-        with self.sockets.registered(socket):
+        with self.sockets.registered(socket, "grpc-websockets"):
             await self._serve(scope, receive, socket)
 
     async def _serve(self, scope: Scope, receive: Receive, socket: _Socket) -> None:
@@ -360,6 +360,7 @@ class GrpcWebSocketEndpoint:
         # peer and headers: an apiKey sent only in the header block is not seen yet).
         admitted = await admit(
             config,
+            protocol="grpc-websockets",
             path=scope["path"],
             service=service,
             method=path.rpartition("/")[2],
@@ -367,7 +368,11 @@ class GrpcWebSocketEndpoint:
             scope=scope,
             identity=identity_of(scope),
         )
-        request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        try:
+            request = _request_metadata(pairs, scope["headers"], config.forward_cookies, config.forward_authorization)
+        except GatewayError as exc:
+            admitted.record.end(exc.code)  # refused after admission: the call ends here
+            raise
         call = _Call(receive, socket, service, path, request, request.block + admitted.identity_metadata, self)
         await run_attempts(config, admitted, admitted.deadline(request.timeout), call.attempt, resendable=False)
 

@@ -65,5 +65,5 @@ class MuxEndpoint:
         if not await self.upgrade.accept(scope, receive, send):
             return
         socket = MuxSocket(self, scope, receive, send)
-        with self.sockets.registered(socket):
+        with self.sockets.registered(socket, "upf-mux"):
             await socket.run()

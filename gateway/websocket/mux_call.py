@@ -82,15 +82,20 @@ async def _place(socket: MuxSocket, stream: MuxStream, request: Open) -> None:
     scope = {**socket.scope} if config.authenticator is not None else socket.scope
     admitted = await admit(
         config,
+        protocol="upf-mux",
         path=request.path,
         service=service,
         method=request.path.rpartition("/")[2],
         credentials=credentials,
         scope=scope,
     )
-    metadata = parse_request_headers(
-        pairs, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
-    )
+    try:
+        metadata = parse_request_headers(
+            pairs, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
+        )
+    except GatewayError as exc:
+        admitted.record.end(exc.code)  # refused after admission: the call ends here
+        raise
     block = metadata.block + admitted.identity_metadata
     requested = [t for t in (request.timeout, metadata.timeout) if t is not None]
     timeout = admitted.deadline(min(requested) if requested else None)

@@ -44,23 +44,30 @@ class OpenSockets:
         self.grace = grace
         self.draining = False
         self._open: dict[Drainable, asyncio.Task[object]] = {}
+        self._kinds: dict[str, int] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def by_kind(self) -> dict[str, int]:
+        """Open sockets per kind (grpc-websockets, upf-mux, events), for /metrics; every kind seen so far."""
+        return dict(self._kinds)
+
     @contextlib.contextmanager
-    def registered(self, socket: Drainable) -> Iterator[None]:
+    def registered(self, socket: Drainable, kind: str) -> Iterator[None]:
         """While the socket is served; entered from the task that serves it (uvicorn's task for the
-        connection), which a drain past its grace cancels."""
+        connection), which a drain past its grace cancels. `kind`: the endpoint's protocol."""
         task = asyncio.current_task()
         assert task is not None
         self._open[socket] = task
+        self._kinds[kind] = self._kinds.get(kind, 0) + 1
         self._empty.clear()
         try:
             yield
         finally:
+            self._kinds[kind] -= 1
             self._open.pop(socket, None)
             if not self._open:
                 self._empty.set()

@@ -22,13 +22,16 @@ from gateway.wire.timeout import parse_timeout
 
 __all__ = ["SUPPORTED_ENCODINGS", "RequestMetadata", "parse_request_headers", "response_metadata"]
 
-# Never forwarded: hop-by-hop (RFC 9110 7.6.1), the gRPC-Web hop's own, and the browser's.
+# Never forwarded: hop-by-hop (RFC 9110 7.6.1), the gRPC-Web hop's own, and the browser's; and the
+# W3C trace context, which each attempt sends itself (gateway/telemetry/calls.py: passed through, or
+# the gateway's span as the parent).
 _DROPPED = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
         b"host", b"content-length", b"content-type", b"content-encoding", b"accept", b"accept-encoding",
         b"accept-language", b"origin", b"referer", b"user-agent", b"x-grpc-web", b"cache-control", b"pragma",
         b"priority", b"dnt", b"proxy-authorization", b"proxy-authenticate", b"cookie",
+        b"traceparent", b"tracestate",
     }
 )  # fmt: skip
 # grpc-* names are the protocol's own (grpc-timeout and grpc-encoding are read below);

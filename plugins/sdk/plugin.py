@@ -10,6 +10,9 @@ servicers reach their dependencies with `await plugin.channel("IStorage")`. On S
 registry's shutdown contract: SetPhase STOPPING (no new calls are routed to it), health NOT_SERVING,
 drain in-flight calls for up to `Timings.drain_grace` seconds, Unregister, return.
 
+With a `tracer_provider` (run_plugin makes one from OTEL_EXPORTER_OTLP_ENDPOINT: sdk/tracing.py) every
+call gets a span that continues the caller's trace, and calls to dependencies carry it on.
+
 The registry is not needed to start: a plugin keeps serving and retries while the registry is down.
 """
 
@@ -26,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +47,10 @@ from plugins.sdk.lease import Backoff, LeaseKeeper, RegistrationRejected
 from plugins.sdk.messagebus import MessageBusClient
 from plugins.sdk.resolve import Resolver
 from plugins.sdk.storage import StorageClient
+from plugins.sdk.tracing import TracingInterceptor, trace_context_interceptors, tracer_provider_from_environment
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["Plugin", "ServicerSpec", "Timings", "load_manifest_text", "run_plugin"]
 
@@ -101,6 +108,7 @@ class Plugin:
         clock: Callable[[], float] = time.monotonic,
         handle_signals: bool = True,
         credential: Credential | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         # Loaded now, so that a broken manifest stops the plugin before it opens a port.
         self.manifest_text, self.manifest = load_manifest_text(manifest_path)
@@ -120,6 +128,7 @@ class Plugin:
         # The registration credential (or a function of the plugin id that gives it); None: found at
         # each attempt (credentials.py).
         self._credential = credential
+        self.tracer_provider = tracer_provider  # None: no spans (read when the plugin starts)
         self.services = [s for provided in self.manifest.provides for s in provided.grpc_services]
         self.port: int | None = None  # the port bound, once started
         self.health = HealthServicer()
@@ -161,7 +170,9 @@ class Plugin:
 
     async def start(self) -> asyncio.Task[None]:
         """Start serving and registering; returns the task that keeps the lease."""
-        server = self._server = grpc.aio.server()
+        provider = self.tracer_provider
+        tracing = [TracingInterceptor(provider.get_tracer("upf.plugin"))] if provider is not None else []
+        server = self._server = grpc.aio.server(interceptors=tracing)
         for add, servicer in self._servicers:
             add(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -182,6 +193,8 @@ class Plugin:
             stub = self._stub = registry_pb2_grpc.RegistryStub(self._registry_channel)
         ranges = {r.interface: r.version for r in self.manifest.requires}
         interceptors = caller_token_interceptors(self.identity_token)
+        if provider is not None:
+            interceptors += trace_context_interceptors()
         self._resolver = Resolver(
             stub, ranges, cache_ttl=self.timings.resolve_cache_ttl, clock=self._clock,
             call_timeout=self.timings.call_timeout,
@@ -286,6 +299,8 @@ class Plugin:
         await self._resolver.close()
         if self._registry_channel is not None:
             await self._registry_channel.close(None)
+        if self.tracer_provider is not None:
+            await asyncio.to_thread(self.tracer_provider.shutdown)  # the last spans are sent before the exit
         logger.info("%s stopped", self.instance_id)
 
 
@@ -308,6 +323,8 @@ def run_plugin(build: Callable[[], Plugin]) -> int:
     except OSError as exc:
         print(f"upf: cannot read the manifest {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
+    if plugin.tracer_provider is None:
+        plugin.tracer_provider = tracer_provider_from_environment(plugin.manifest.id, plugin.instance_id)
     try:
         asyncio.run(plugin.run())
     except (RegistrationRejected, OSError) as exc:
