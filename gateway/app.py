@@ -390,6 +390,7 @@ def create_app(settings: GatewaySettings, *, revocations: Revocations | None = N
     # What is read from outside: gateway/serve.py's shutdown hooks, and the tests' handles.
     app.state.drain = drain  # awaited once at shutdown, before the server closes its connections
     app.state.leave_rotation = leave_rotation  # awaited before drain, while the ports are still open
+    app.state.access_log = settings.access_log  # uvicorn's WebSocket handshake lines follow it (serve.py)
     app.state.pool = pool
     app.state.events = events
     app.state.ratelimit_counters = ratelimit_counters

@@ -104,12 +104,11 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn's access log is off (the gateway writes its own); its handshake lines follow accessLog.
-        settings = self._app_state("settings")
-        _quiet_websocket_handshakes(bool(getattr(settings, "access_log", False)))
+        _quiet_websocket_handshakes(bool(self._app_state("access_log")))
         await super().startup(sockets)
 
     def _app_state(self, name: str) -> Any:
-        """A hook (or the settings) of the loaded app's state (a worker process loads the app itself)."""
+        """A hook (or a setting) of the loaded app's state (a worker process loads the app itself)."""
         app = self.config.loaded_app if self.config.loaded else None
         while app is not None:  # through any middleware uvicorn wrapped around it
             hook = getattr(getattr(app, "state", None), name, None)
