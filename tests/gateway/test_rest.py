@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.gateway.test_access_log import access_lines, line_with
 from tests.support.oidc_issuer import OidcIssuer
 from tests.support.processes import Gateway, Process, _died, free_port, run_gateway, wait_until
 from tests.support.registry_process import RunningRegistry, run_registry
@@ -27,7 +28,8 @@ from tests.support.registry_process import RunningRegistry, run_registry
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, str]]]:
     work = tmp_path_factory.mktemp("rest-upf-run")
-    with run_gateway({"registryUrl": f"127.0.0.1:{free_port()}"}, work, command="run") as gateway:
+    config = {"registryUrl": f"127.0.0.1:{free_port()}", "accessLog": True}  # as `upf run` has it by default
+    with run_gateway(config, work, command="run") as gateway:
         login = httpx.post(
             f"{gateway.url}/api/auth/login", json={"username": "demo", "password": "demo-password"}, timeout=10
         )
@@ -78,6 +80,14 @@ def test_orders_over_rest_create_get_list_and_update(platform: tuple[Gateway, di
         missing = client.get(f"{api}/no-such-order")
         assert missing.status_code == 404
         assert missing.json()["code"] == "NOT_FOUND"
+
+    # One access line per REST call, naming the method it stands for.
+    request_id = f"rest-{uuid.uuid4().hex[:8]}"
+    httpx.get(f"{api}/{order['id']}", headers={**auth, "x-request-id": request_id}, timeout=10)
+    line = line_with(gateway, requestId=request_id)
+    assert (line["protocol"], line["service"], line["method"]) == ("rest", "upf.orders.v1.Orders", "GetOrder")
+    assert (line["grpcStatus"], line["httpStatus"], line["path"]) == ("OK", 200, f"/api/v1/orders/{order['id']}")
+    assert len([ln for ln in access_lines(gateway) if ln.get("requestId") == request_id]) == 1
 
 
 def test_wrong_types_are_400_naming_the_field(platform: tuple[Gateway, dict[str, str]]) -> None:
