@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.typing import Subprotocol
 
+from bench import harness
 from bench.harness import HOST, Server, free_port, log
 from bench.wire import TRAILER_FLAG, CheckFailed, frame, parse_frames
 
@@ -71,7 +73,6 @@ COUNT_BODY = frame(demo_pb2.CountRequest(count=COUNT_MESSAGES).SerializeToString
 CYCLE = ("unary", "stream", "unary", "grpcws", "unary", "stream", "unary", "publish", "unary", "unary")
 CALL_TIMEOUT = 10.0
 GROWTH_LIMIT = 0.05
-CONNECTIONS = 64  # the HTTP/1.1 keep-alive pool: a fixed number of sockets, so descriptors stay steady
 
 
 class Failed(Exception):
@@ -111,47 +112,89 @@ def check_frames(body: bytes, messages: int, header_frame: bool = False) -> list
     return data
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection, a request at a time. Much cheaper per call than a general
+    client: the load generator shares the machine's cores with the platform it measures."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, head: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        try:
+            writer.write(b"POST %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (path.encode(), head, len(body), body))
+            lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            if headers.get("transfer-encoding") == "chunked":
+                content = bytearray()
+                while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                    content += (await reader.readexactly(size + 2))[:-2]
+                await reader.readuntil(b"\r\n")  # the end of the (empty) trailer section
+            else:
+                content = bytearray(await reader.readexactly(int(headers.get("content-length", "0"))))
+        except BaseException:
+            self.close()  # a half-read answer leaves the connection unusable
+            raise
+        if headers.get("connection") == "close":
+            self.close()
+        return status, headers, bytes(content)
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 class Client:
-    """The calls of the mix, with the demo user's token."""
+    """The calls of the mix, with the demo user's token; the HTTP ones on the connection given."""
 
     def __init__(self, url: str, token: str, topic: str) -> None:
         self.url = url
         self.token = token
         self.topic = topic
-        limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-        self.http = httpx.AsyncClient(base_url=url, timeout=CALL_TIMEOUT, limits=limits)
-        self.grpc_web_headers = {
-            "content-type": "application/grpc-web+proto",
-            "x-grpc-web": "1",
-            "authorization": f"Bearer {token}",
-        }
+        self.host, _, port = url.removeprefix("http://").rpartition(":")
+        self.port = int(port)
+        host = f"host: {self.host}:{self.port}\r\n"
+        self.grpc_web_head = (
+            f"{host}content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: Bearer {token}\r\n"
+        ).encode()
+        self.publish_head = f"{host}content-type: application/json\r\nauthorization: Bearer {token}\r\n".encode()
         self.ws_header_block = (
             f"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: Bearer {token}\r\n"
         ).encode()
         self.published: dict[str, float] = {}  # event id -> when its publish was answered
 
-    async def close(self) -> None:
-        await self.http.aclose()
+    def connection(self) -> Connection:
+        return Connection(self.host, self.port)
 
-    async def grpc_web(self, path: str, body: bytes) -> bytes:
-        answer = await self.http.post(path, content=body, headers=self.grpc_web_headers)
-        if answer.status_code != 200:
-            raise Failed(f"HTTP {answer.status_code}")
-        if "grpc-status" in answer.headers and answer.headers["grpc-status"] != "0":
-            raise Failed(f"grpc-status {answer.headers['grpc-status']}")  # trailers-only
-        return answer.content
+    async def grpc_web(self, conn: Connection, path: str, body: bytes) -> bytes:
+        status, headers, content = await conn.post(path, self.grpc_web_head, body)
+        if status != 200:
+            raise Failed(f"HTTP {status}")
+        if "grpc-status" in headers and headers["grpc-status"] != "0":
+            raise Failed(f"grpc-status {headers['grpc-status']}")  # trailers-only
+        return content
 
-    async def unary(self) -> None:
-        (reply,) = check_frames(await self.grpc_web(SAY, SAY_BODY), 1)
+    async def unary(self, conn: Connection) -> None:
+        (reply,) = check_frames(await self.grpc_web(conn, SAY, SAY_BODY), 1)
         if demo_pb2.SayResponse.FromString(reply).text != "echo: soak":
             raise Failed("wrong Say reply")
 
-    async def stream(self) -> None:
-        replies = check_frames(await self.grpc_web(COUNT, COUNT_BODY), COUNT_MESSAGES)
+    async def stream(self, conn: Connection) -> None:
+        replies = check_frames(await self.grpc_web(conn, COUNT, COUNT_BODY), COUNT_MESSAGES)
         if [demo_pb2.CountResponse.FromString(r).n for r in replies] != list(range(1, COUNT_MESSAGES + 1)):
             raise Failed("wrong Count replies")
 
-    async def grpcws(self) -> None:
+    async def grpcws(self, conn: Connection) -> None:
+        """A socket of its own per call, as the protocol has it (`conn` is not used)."""
         received = bytearray()
         async with connect(
             self.url.replace("http://", "ws://") + SAY,
@@ -174,22 +217,20 @@ class Client:
         if demo_pb2.SayResponse.FromString(reply).text != "echo: soak":
             raise Failed("wrong Say reply (grpc-websockets)")
 
-    async def publish(self) -> None:
-        answer = await self.http.post(
-            f"/api/events/{self.topic}", content=b'{"soak": true}', headers={"authorization": f"Bearer {self.token}"}
-        )
-        if answer.status_code != 200:
-            raise Failed(f"publish: HTTP {answer.status_code}")
-        self.published[str(answer.json()["id"])] = time.monotonic()
+    async def publish(self, conn: Connection) -> None:
+        status, _, content = await conn.post(f"/api/events/{self.topic}", self.publish_head, b'{"soak": true}')
+        if status != 200:
+            raise Failed(f"publish: HTTP {status}")
+        self.published[str(json.loads(content)["id"])] = time.monotonic()
 
-    def call(self, kind: str) -> Awaitable[None]:
-        calls: dict[str, Callable[[], Awaitable[None]]] = {
+    def call(self, kind: str, conn: Connection) -> Awaitable[None]:
+        calls: dict[str, Callable[[Connection], Awaitable[None]]] = {
             "unary": self.unary,
             "stream": self.stream,
             "grpcws": self.grpcws,
             "publish": self.publish,
         }
-        return calls[kind]()
+        return calls[kind](conn)
 
 
 class Subscriber:
@@ -200,6 +241,7 @@ class Subscriber:
         self.token = token
         self.record = record
         self.received: set[str] = set()
+        self.arrived = asyncio.Event()
         self.ws: ClientConnection | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -219,6 +261,7 @@ class Subscriber:
                 message = json.loads(text)
                 if message["type"] == "event":
                     self.received.add(message["id"])
+                    self.arrived.set()
                 elif message["type"] != "heartbeat":
                     self.record(f"events socket: {message['type']} {message.get('code', '')}".strip())
         except ConnectionClosed:
@@ -270,7 +313,7 @@ class Recorder:
             self.error(f"{kind}: {exc}", scheduled)
         except TimeoutError:
             self.error(f"{kind}: no answer within {CALL_TIMEOUT:g} s", scheduled)
-        except (httpx.HTTPError, WebSocketException, OSError) as exc:
+        except (WebSocketException, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.error(f"{kind}: {type(exc).__name__}", scheduled)
         else:
             took = (time.monotonic() - scheduled) * 1000
@@ -326,33 +369,53 @@ async def capacity(client: Client, concurrency: int, seconds: float) -> tuple[fl
         stop = time.monotonic() + (min(2.0, seconds) if warm_up else seconds)
 
         async def loop(offset: int, recorder: Recorder = recorder, stop: float = stop) -> None:
-            n = offset
+            n, conn = offset, client.connection()
             while time.monotonic() < stop:
                 kind = CYCLE[n % len(CYCLE)]
-                await recorder.run(kind, time.monotonic(), client.call(kind))
+                await recorder.run(kind, time.monotonic(), client.call(kind, conn))
                 n += 1
+            conn.close()
 
         await asyncio.gather(*(loop(i) for i in range(concurrency)))
     done = sum(len(v) for v in recorder.latencies.values())
     return done / seconds, recorder
 
 
-async def open_loop(client: Client, rate: float, seconds: float, recorder: Recorder) -> int:
-    """Arrivals every 1/rate s from recorder.started, each started on time whatever the others do."""
-    tasks: set[asyncio.Task[None]] = set()
-    n = 0
-    total = int(rate * seconds)
+async def open_loop(client: Client, rate: float, seconds: float, recorder: Recorder, connections: int) -> int:
+    """Arrivals every 1/rate s from recorder.started, each due at its time whatever the others do: the
+    HTTP calls queue for `connections` keep-alive connections (the wait counts in their latency), a
+    grpc-websockets call opens its socket at once."""
+    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        conn = client.connection()
+        while (job := await queue.get()) is not None:
+            kind, scheduled = job
+            if time.monotonic() - scheduled > CALL_TIMEOUT:
+                recorder.offered[recorder.slot(scheduled)] += 1
+                recorder.error(f"{kind}: not started within {CALL_TIMEOUT:g} s", scheduled)
+                continue
+            await recorder.run(kind, scheduled, client.call(kind, conn))
+        conn.close()
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(connections)]
+    sockets: set[asyncio.Task[None]] = set()
+    n, total = 0, int(rate * seconds)
     while n < total:
         now = time.monotonic()
         while n < total and recorder.started + n / rate <= now:
-            kind = CYCLE[n % len(CYCLE)]
-            task = asyncio.ensure_future(recorder.run(kind, recorder.started + n / rate, client.call(kind)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            kind, scheduled = CYCLE[n % len(CYCLE)], recorder.started + n / rate
+            if kind == "grpcws":
+                task = asyncio.ensure_future(recorder.run(kind, scheduled, client.call(kind, client.connection())))
+                sockets.add(task)
+                task.add_done_callback(sockets.discard)
+            else:
+                queue.put_nowait((kind, scheduled))
             n += 1
         await asyncio.sleep(max(0.0, recorder.started + n / rate - time.monotonic()))
-    if tasks:
-        await asyncio.wait(tasks)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers, *sockets)
     return n
 
 
@@ -368,6 +431,7 @@ class Result:
     events_published: int
     events_expected: int
     limiter_decisions: float
+    cpu_cores: dict[str, float]  # over the soak: the platform, this load generator, the whole machine
 
 
 async def soak(url: str, token: str, pid: int, args: argparse.Namespace, topic: str) -> Result:
@@ -389,14 +453,21 @@ async def soak(url: str, token: str, pid: int, args: argparse.Namespace, topic: 
         seconds = args.minutes * 60
         log(f"capacity {measured:,.0f} calls/s; soak at {rate:,.0f} calls/s for {seconds:g} s")
         recorder.started = time.monotonic()
+        cpu_before = (harness.cpu_seconds([pid]), own_cpu_seconds(), harness.machine_busy_seconds())
         samples: list[Sample] = []
         sampler = asyncio.ensure_future(sample_every(pid, recorder, samples, recorder.started + seconds))
-        arrivals = await open_loop(client, rate, seconds, recorder)
+        arrivals = await open_loop(client, rate, seconds, recorder, args.connections)
         await sampler
+        took = time.monotonic() - recorder.started
+        cpu_after = (harness.cpu_seconds([pid]), own_cpu_seconds(), harness.machine_busy_seconds())
+        cores = [(after - before) / took for before, after in zip(cpu_before, cpu_after, strict=True)]
         # Every event published must reach every subscriber; the last ones may still be on their way.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(client.published.keys() - s.received for s in subscribers):
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                for subscriber in subscribers:
+                    while client.published.keys() - subscriber.received:
+                        subscriber.arrived.clear()
+                        await subscriber.arrived.wait()
         for subscriber in subscribers:
             missing = len(client.published.keys() - subscriber.received)
             if missing:
@@ -404,7 +475,6 @@ async def soak(url: str, token: str, pid: int, args: argparse.Namespace, topic: 
     finally:
         for subscriber in subscribers:
             await subscriber.close()
-        await client.close()
     everything = [v for values in cap.latencies.values() for v in values]
     return Result(
         capacity=measured,
@@ -417,7 +487,13 @@ async def soak(url: str, token: str, pid: int, args: argparse.Namespace, topic: 
         events_published=len(client.published),
         events_expected=len(client.published) * len(subscribers),
         limiter_decisions=decisions(url),
+        cpu_cores=dict(zip(("platform", "generator", "machine"), cores, strict=True)),
     )
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def decisions(url: str) -> float:
@@ -472,11 +548,14 @@ def render(result: Result, args: argparse.Namespace, seconds: float, load: tuple
         f"{os.cpu_count()} cores shared by every process on the machine",
         "",
         f"Machine load average (1 min) at the start and end: {load[0]:.2f}, {load[1]:.2f}",
-        f"Capacity ({args.concurrency} closed-loop clients, {args.capacity_seconds:g} s): {result.capacity:,.0f} calls/s "
-        f"(p50 {result.capacity_p50:.2f} ms, p99 {result.capacity_p99:.2f} ms)",
+        f"Capacity ({args.concurrency} closed-loop clients, {args.capacity_seconds:g} s): "
+        f"{result.capacity:,.0f} calls/s (p50 {result.capacity_p50:.2f} ms, p99 {result.capacity_p99:.2f} ms)",
         f"Offered: {result.rate:,.0f} calls/s ({args.load:.0%} of capacity), {result.arrivals:,} calls; "
         + ", ".join(f"{kind} {count:,}" for kind, count in sorted(rec.kinds.items())),
         f"Latency by kind: {kind_latencies(rec)}",
+        "CPU during the soak, in cores: "
+        + ", ".join(f"{name} {cores:.2f}" for name, cores in result.cpu_cores.items())
+        + " (machine: every process on it, busy time from /proc/stat)",
         f"Events: {result.events_published:,} published, {result.events_expected:,} deliveries expected",
         f"Rate-limit decisions counted by the gateway (Redis): {result.limiter_decisions:,.0f}",
         "",
@@ -545,9 +624,7 @@ def platform_config(port: int, prefix: str) -> dict[str, object]:
 def sign_in(url: str) -> str:
     deadline = time.monotonic() + 60
     while True:
-        answer = httpx.post(
-            f"{url}/api/auth/login", json={"username": "demo", "password": "demo-password"}, timeout=30
-        )
+        answer = httpx.post(f"{url}/api/auth/login", json={"username": "demo", "password": "demo-password"}, timeout=30)
         if answer.status_code == 200:
             return str(answer.json()["accessToken"])
         if time.monotonic() > deadline:
@@ -563,6 +640,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity (0.8)")
     parser.add_argument("--capacity-seconds", type=float, default=15.0, help="seconds capacity is measured (15)")
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients measuring capacity (32)")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections of the soak (64)")
     parser.add_argument("--rate", type=float, help="calls a second to offer, instead of measuring capacity")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per latency window and sample (10)")
     parser.add_argument("--subscribers", type=int, default=8, help="/api/events sockets open for the run (8)")
@@ -603,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         if platform.popen is not None and platform.popen.returncode not in (0, -15):
             log(f"upf run exited {platform.popen.returncode}:\n{platform.output()[-2000:]}")
     print(render(result, args, seconds, (load_before, os.getloadavg()[0])))
-    print(f"Redis keys the limiter kept under {prefix}: {redis_keys} (deleted)")
+    print(f"Rate-limit keys left in Redis under {prefix}: {redis_keys} (deleted)")
     return 0 if all(passed for _, passed, _ in verdict(result, seconds)) else 1
 
 
