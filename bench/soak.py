@@ -347,14 +347,15 @@ def read_proc(pid: int) -> tuple[int, int]:
 
 
 async def sample_every(pid: int, recorder: Recorder, samples: list[Sample], until: float) -> None:
-    next_at = recorder.started
-    while next_at <= until:
+    # Just before each window's end: the last one while the load still runs (its connections still open).
+    next_at = recorder.started + recorder.window - min(1.0, recorder.window / 4)
+    while next_at < until:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         rss, fds = read_proc(pid)
         samples.append(Sample(time.monotonic() - recorder.started, rss, fds, os.getloadavg()[0]))
-        window = recorder.slot(time.monotonic()) - 1
+        window = recorder.slot(time.monotonic())
         if window >= 0:
-            done = recorder.latencies.get(window, [])
+            done = recorder.latencies.get(window, [])  # the window so far
             log(
                 f"  {samples[-1].t:6.0f} s  RSS {rss / 1024:7.1f} MiB  fds {fds:4d}  "
                 f"p50 {pct(done, 0.5):7.2f} ms  p99 {pct(done, 0.99):7.2f} ms  errors {sum(recorder.errors.values())}"
