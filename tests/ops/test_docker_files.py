@@ -264,3 +264,15 @@ def test_the_rendered_files_are_fresh() -> None:
         "demo-plugin",
         "orders-plugin",
     }
+
+
+def test_the_hand_written_gateway_runs_as_many_replicas_as_the_deployment_file_says() -> None:
+    deployment = load_for_render(DOCKER / "deployment.yaml")
+    documents = list(yaml.safe_load_all((DOCKER / "kubernetes" / "gateway.yaml").read_text()))
+    gateway = next(doc for doc in documents if doc["kind"] == "Deployment")
+    autoscaler = next(doc for doc in documents if doc["kind"] == "HorizontalPodAutoscaler")
+    assert gateway["spec"]["replicas"] == deployment.gateway_replicas, "docker/kubernetes/gateway.yaml: replicas"
+    assert autoscaler["spec"]["minReplicas"] == deployment.gateway_replicas, "docker/kubernetes/gateway.yaml: HPA"
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    gateways = sorted(name for name in services if name.startswith("gateway-"))
+    assert gateways == [f"gateway-{n}" for n in range(1, deployment.gateway_replicas + 1)]
