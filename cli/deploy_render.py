@@ -238,9 +238,12 @@ COMPOSE_HEADER = """\
 _GATEWAY_SERVICE = re.compile(r"gateway-\d+")
 
 
-def _gateways(base: Mapping[str, Any], replicas: int, docker_dir: Path) -> dict[str, Any]:
+def _gateways(base: Mapping[str, Any], replicas: int | None, docker_dir: Path) -> dict[str, Any]:
     """gateway-1 .. gateway-N, each a copy of the base's gateway-1: Traefik health-checks each gateway
-    by its own URL (docker/traefik/dynamic.yml), which a single service with N replicas would hide."""
+    by its own URL (docker/traefik/dynamic.yml), which a single service with N replicas would hide.
+    None: the base's own gateway services."""
+    if replicas is None:
+        return {name: service for name, service in base["services"].items() if _GATEWAY_SERVICE.fullmatch(name)}
     names = [f"gateway-{n}" for n in range(1, replicas + 1)]
     dynamic = yaml.safe_load((docker_dir / "traefik" / "dynamic.yml").read_text(encoding="utf-8"))
     listed = [server["url"] for server in dynamic["http"]["services"]["gateway"]["loadBalancer"]["servers"]]
@@ -385,8 +388,9 @@ def render_kubernetes(deployment: Deployment, docker_dir: Path = DOCKER_DIR, *, 
         for path in sorted((docker_dir / "kubernetes").glob("*.yaml")):
             if path.name != "plugins.yaml":
                 documents += [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
-        for doc in documents:
-            _gateway_replicas(doc, deployment.gateway_replicas)
+        if deployment.gateway_replicas is not None:
+            for doc in documents:
+                _gateway_replicas(doc, deployment.gateway_replicas)
     documents.append(_headless_service())
     documents += [_k8s_deployment(run) for run in plugins_to_run(deployment)]
     return KUBERNETES_HEADER + _dump(documents)

@@ -13,7 +13,8 @@ The seed's `deployment.yaml`, as written there:
         config: {url: ${REDIS_URL}, keyPrefix: 'upf:'}
 
 Beside the seed's form, replica counts: `replicas` in an infrastructure entry, and two sections of
-their own for the gateway and the platform's plugins (auth, demo, orders); 1 when left out.
+their own for the gateway and the platform's plugins (auth, demo, orders); 1 when left out (the
+gateway: the count docker/ is written for, two).
 
     gateway:
       replicas: 2
@@ -92,12 +93,12 @@ class Choice:
 class Deployment:
     # interface key (storage, cache, ...) -> the chosen plugin; every key of INTERFACES is present.
     infrastructure: Mapping[str, Choice]
-    gateway_replicas: int = 1
+    gateway_replicas: int | None = None  # None: as docker/'s hand-written files have it
     plugin_replicas: Mapping[str, int] = field(default_factory=dict)  # auth, demo, orders -> count; 1 if absent
 
     def more_than_one(self) -> list[str]:
         """What the file asks to run more than once, e.g. ["gateway x2", "storage-postgres x3"]."""
-        counts = [("gateway", self.gateway_replicas), *self.plugin_replicas.items()]
+        counts = [("gateway", self.gateway_replicas or 1), *self.plugin_replicas.items()]
         counts += [(choice.plugin, choice.replicas) for choice in self.infrastructure.values()]
         return [f"{name} x{count}" for name, count in counts if count > 1]
 
@@ -121,7 +122,7 @@ def parse_deployment(
     gateway = data.get("gateway") or {}
     if not isinstance(gateway, dict) or set(gateway) - {"replicas"}:
         raise DeploymentError(f"{source}: gateway: expected a mapping with 'replicas', e.g. gateway: {{replicas: 2}}")
-    gateway_replicas = _replicas(gateway, f"{source}: gateway")
+    gateway_replicas = _replicas(gateway, f"{source}: gateway") if "replicas" in gateway else None
     plugins = data.get("plugins") or {}
     if not isinstance(plugins, dict):
         raise DeploymentError(f"{source}: plugins: expected a mapping of {', '.join(PLATFORM_PLUGIN_NAMES)}")
