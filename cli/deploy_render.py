@@ -14,6 +14,7 @@ become `$(VAR)`, with VAR read from the Secret `upf-deployment` (a secret is ref
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import sys
 from collections.abc import Mapping
@@ -66,6 +67,7 @@ class PluginRun:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     config: str | None = None  # a file of docker/config mounted at /etc/upf/<config>
+    replicas: int = 1
 
 
 def _flags(port: int) -> list[str]:
@@ -113,7 +115,10 @@ def load_for_render(path: str | Path) -> Deployment:
     except yaml.YAMLError as exc:
         raise DeploymentError(f"{path}: not valid YAML: {exc}") from None
     parsed = parse_deployment(_swap(data, "${", _SENTINEL), str(path), known_plugins(), {})
-    kept = {key: Choice(c.plugin, _swap(dict(c.config), _SENTINEL, "${")) for key, c in parsed.infrastructure.items()}
+    kept = {
+        key: Choice(c.plugin, _swap(dict(c.config), _SENTINEL, "${"), c.replicas)
+        for key, c in parsed.infrastructure.items()
+    }
     # Each plugin's own check of its config, as `upf run` does, of what is known before deployment: a
     # placeholder with a default stands for the default; a setting with any other placeholder is left out.
     checkable = {key: Choice(c.plugin, _known_now(c.config)) for key, c in kept.items()}
@@ -121,7 +126,7 @@ def load_for_render(path: str | Path) -> Deployment:
         check_deployment(Deployment(checkable))
     except ValueError as exc:
         raise DeploymentError(f"{path}: {exc}") from None
-    return Deployment(kept)
+    return Deployment(kept, parsed.gateway_replicas, parsed.plugin_replicas)
 
 
 def _known_now(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def _infrastructure_run(key: str, choice: Choice) -> PluginRun:
             args += ["--bus-prefix", str(config.pop("prefix"))]
     if config:
         raise ValueError(f"{where}.{sorted(config)[0]}: not a setting `upf plugin {name}` takes")
-    return PluginRun(_SERVICE_NAMES[key], name, args, port, env)
+    return PluginRun(_SERVICE_NAMES[key], name, args, port, env, replicas=choice.replicas)
 
 
 def plugins_to_run(deployment: Deployment) -> list[PluginRun]:
@@ -185,7 +190,10 @@ def plugins_to_run(deployment: Deployment) -> list[PluginRun]:
         for key, choice in deployment.infrastructure.items()
         if choice.plugin in CATALOGUE
     ]
-    return [*chosen, *PLATFORM_PLUGINS]
+    platform = [
+        dataclasses.replace(run, replicas=deployment.plugin_replicas.get(run.service, 1)) for run in PLATFORM_PLUGINS
+    ]
+    return [*chosen, *platform]
 
 
 # Docker Compose ------------------------------------------------------------------------------------
@@ -199,7 +207,10 @@ def _backing_services(run: PluginRun, base: Mapping[str, Any]) -> list[str]:
 
 def _compose_service(run: PluginRun, base: Mapping[str, Any]) -> dict[str, Any]:
     service: dict[str, Any] = copy.deepcopy(dict(base.get("x-upf", {})))
-    service["hostname"] = run.service  # what it registers as its address: its name on the network
+    # What it registers as its address: its name on the network. Replicas share it (Docker's DNS
+    # answers the name with every replica's address, so the gateway's connections spread over them).
+    service["hostname"] = run.service
+    service["deploy"] = {"replicas": run.replicas}
     service["command"] = list(run.args)
     if run.env:
         service["environment"] = dict(run.env)
@@ -224,9 +235,37 @@ COMPOSE_HEADER = """\
 """
 
 
+_GATEWAY_SERVICE = re.compile(r"gateway-\d+")
+
+
+def _gateways(base: Mapping[str, Any], replicas: int | None, docker_dir: Path) -> dict[str, Any]:
+    """gateway-1 .. gateway-N, each a copy of the base's gateway-1: Traefik health-checks each gateway
+    by its own URL (docker/traefik/dynamic.yml), which a single service with N replicas would hide.
+    None: the base's own gateway services."""
+    if replicas is None:
+        return {name: service for name, service in base["services"].items() if _GATEWAY_SERVICE.fullmatch(name)}
+    names = [f"gateway-{n}" for n in range(1, replicas + 1)]
+    dynamic = yaml.safe_load((docker_dir / "traefik" / "dynamic.yml").read_text(encoding="utf-8"))
+    listed = [server["url"] for server in dynamic["http"]["services"]["gateway"]["loadBalancer"]["servers"]]
+    wanted = [f"http://{name}:8080" for name in names]
+    if listed != wanted:
+        raise DeploymentError(
+            f"gateway.replicas is {replicas} but docker/traefik/dynamic.yml routes to {', '.join(listed)}; "
+            f"list {', '.join(wanted)} there"
+        )
+    return {name: copy.deepcopy(base["services"]["gateway-1"]) for name in names}
+
+
 def render_compose(deployment: Deployment, docker_dir: Path = DOCKER_DIR) -> str:
     base = yaml.safe_load((docker_dir / "compose.base.yaml").read_text(encoding="utf-8"))
-    services = dict(base["services"])
+    services: dict[str, Any] = {}
+    for name, service in base["services"].items():
+        if name == "gateway-1":
+            services |= _gateways(base, deployment.gateway_replicas, docker_dir)
+        elif not _GATEWAY_SERVICE.fullmatch(name):
+            services[name] = service
+    gateways = [name for name in services if _GATEWAY_SERVICE.fullmatch(name)]
+    services["traefik"]["depends_on"] = {name: {"condition": "service_started"} for name in gateways}
     for run in plugins_to_run(deployment):
         services[run.service] = _compose_service(run, base)
     document = {key: value for key, value in base.items() if not key.startswith("x-")}
@@ -298,7 +337,7 @@ def _k8s_deployment(run: PluginRun) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {"name": run.service, "namespace": NAMESPACE, "labels": labels},
         "spec": {
-            "replicas": 1,
+            "replicas": run.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": run.service}},
             "template": {
                 "metadata": {"labels": labels},
@@ -349,9 +388,25 @@ def render_kubernetes(deployment: Deployment, docker_dir: Path = DOCKER_DIR, *, 
         for path in sorted((docker_dir / "kubernetes").glob("*.yaml")):
             if path.name != "plugins.yaml":
                 documents += [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+        if deployment.gateway_replicas is not None:
+            for doc in documents:
+                _gateway_replicas(doc, deployment.gateway_replicas)
     documents.append(_headless_service())
     documents += [_k8s_deployment(run) for run in plugins_to_run(deployment)]
     return KUBERNETES_HEADER + _dump(documents)
+
+
+def _gateway_replicas(document: dict[str, Any], replicas: int) -> None:
+    """The hand-written gateway Deployment and its autoscaler, at the deployment file's count (the
+    autoscaler's floor: it would otherwise scale a smaller count straight back up)."""
+    if document.get("metadata", {}).get("name") != "gateway":
+        return
+    spec = document["spec"]
+    if document["kind"] == "Deployment":
+        spec["replicas"] = replicas
+    elif document["kind"] == "HorizontalPodAutoscaler":
+        spec["minReplicas"] = replicas
+        spec["maxReplicas"] = max(spec["maxReplicas"], replicas)
 
 
 def render(target: Literal["compose", "kubernetes"], deployment: Deployment, *, plugins_only: bool = False) -> str:

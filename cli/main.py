@@ -136,6 +136,8 @@ from the environment; what it leaves out is the embedded default):
   cache:   cache-memory (default), cache-redis (url, keyPrefix), cache-memcached (servers: [host:port])
   messageBus: message-bus-memory (default), message-bus-nats, message-bus-rabbitmq, message-bus-redis (url, prefix)
   files:   not started by upf run yet: run upf plugin files-local|files-s3|files-gcs beside it
+replica counts (gateway: {replicas: N}, plugins: {auth: {replicas: N}}, `replicas: N` in an
+infrastructure entry) are for `upf deploy render`: upf run runs one of each on its one machine.
 """
 
 
@@ -578,4 +580,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             except ValueError as exc:  # a plugin's own check of its config
                 print(f"upf: {args.deployment}: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
+            if more := deployment.more_than_one():
+                print(
+                    f"upf: {args.deployment} asks for {', '.join(more)}; upf run runs one of each on this machine "
+                    "(replica counts are for upf deploy render)",
+                    file=sys.stderr,
+                )
         asyncio.run(run_all(settings, deployment))

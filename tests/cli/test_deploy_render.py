@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,9 @@ import pytest
 import yaml
 from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
+from cli.deploy_render import DOCKER_DIR, load_for_render, render_compose, render_kubernetes
+from cli.deployment import Deployment, parse_deployment
+from cli.infrastructure import known_plugins
 from cli.main import build_parser, main
 from tests.ops.test_docker_files import compose_schema, kubernetes_schema
 from tests.support.processes import Process, _died, free_port, wait_until
@@ -116,6 +120,70 @@ def test_a_bad_deployment_is_named_not_rendered(tmp_path: Path) -> None:
     unknown = render(tmp_path, "kubernetes", "infrastructure:\n  storage:\n    plugin: storage-oracle\n")
     assert unknown.returncode == 2
     assert "storage-oracle" in unknown.stderr
+
+
+REPLICAS = """\
+gateway: {replicas: 3}
+plugins:
+  demo: {replicas: 4}
+infrastructure:
+  cache:
+    plugin: cache-redis
+    replicas: 2
+    config: {url: "redis://redis:6379/0"}
+"""
+
+
+def test_replica_counts_reach_compose_and_kubernetes(tmp_path: Path) -> None:
+    # Three gateways: Traefik must route to each by name, so the render checks its dynamic.yml lists them.
+    refused = render(tmp_path, "compose", REPLICAS)
+    assert refused.returncode == 2
+    assert "gateway.replicas is 3" in refused.stderr
+    assert "http://gateway-3:8080" in refused.stderr
+    docker = tmp_path / "docker"
+    shutil.copytree(DOCKER_DIR, docker)
+    dynamic = yaml.safe_load((docker / "traefik" / "dynamic.yml").read_text())
+    servers = [{"url": f"http://gateway-{n}:8080"} for n in (1, 2, 3)]
+    dynamic["http"]["services"]["gateway"]["loadBalancer"]["servers"] = servers
+    (docker / "traefik" / "dynamic.yml").write_text(yaml.safe_dump(dynamic))
+    (tmp_path / "deployment.yaml").write_text(REPLICAS)
+    deployment = load_for_render(tmp_path / "deployment.yaml")
+
+    compose = yaml.safe_load(render_compose(deployment, docker))["services"]
+    assert [name for name in compose if name.startswith("gateway")] == ["gateway-1", "gateway-2", "gateway-3"]
+    assert compose["gateway-3"]["command"] == compose["gateway-1"]["command"]
+    assert set(compose["traefik"]["depends_on"]) == {"gateway-1", "gateway-2", "gateway-3"}
+    assert compose["demo"]["deploy"] == {"replicas": 4}
+    assert compose["cache"]["deploy"] == {"replicas": 2}
+    assert compose["auth"]["deploy"] == {"replicas": 1}
+
+    documents = [doc for doc in yaml.safe_load_all(render_kubernetes(deployment, docker)) if doc]
+    replicas = {doc["metadata"]["name"]: doc["spec"]["replicas"] for doc in documents if doc["kind"] == "Deployment"}
+    assert (replicas["gateway"], replicas["demo"], replicas["cache"], replicas["auth"]) == (3, 4, 2, 1)
+    autoscaler = next(doc for doc in documents if doc["kind"] == "HorizontalPodAutoscaler")
+    assert autoscaler["spec"]["minReplicas"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("gateway: {replicas: 0}\n", "gateway.replicas: expected a whole number of at least 1, not 0"),
+        ("plugins: {demo: {replicas: two}}\n", "plugins.demo.replicas"),
+        ("plugins: {billing: {replicas: 2}}\n", "plugins.billing: unknown plugin"),
+        ("infrastructure: {cache: {plugin: cache-memory, replicas: true}}\n", "infrastructure.cache.replicas"),
+        ("gateways: {replicas: 2}\n", "unknown key 'gateways'"),
+    ],
+)
+def test_a_bad_replica_count_is_named(tmp_path: Path, text: str, named: str) -> None:
+    result = render(tmp_path, "kubernetes", text)
+    assert result.returncode == 2
+    assert named in result.stderr
+
+
+def test_upf_run_says_it_runs_one_of_each() -> None:
+    deployment = parse_deployment(yaml.safe_load(REPLICAS), "deployment.yaml", known_plugins(), {})
+    assert deployment.more_than_one() == ["gateway x3", "demo x4", "cache-redis x2"]
+    assert Deployment.embedded().more_than_one() == []
 
 
 def _registered(target: str) -> set[str]:

@@ -101,7 +101,8 @@ def test_the_kubernetes_manifests_match_the_kubernetes_schemas() -> None:
     result = kubernetes_schema(*KUBERNETES)
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {doc["kind"] for path in KUBERNETES for doc in documents(path)}
-    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress"} <= kinds
+    expected = {"Deployment", "StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    assert expected | {"Ingress", "NetworkPolicy"} <= kinds
     assert "Secret" not in kinds  # referenced, never written
 
 
@@ -263,4 +264,43 @@ def test_the_rendered_files_are_fresh() -> None:
         "auth-plugin",
         "demo-plugin",
         "orders-plugin",
+    }
+
+
+def test_the_hand_written_gateway_runs_as_many_replicas_as_the_deployment_file_says() -> None:
+    replicas = load_for_render(DOCKER / "deployment.yaml").gateway_replicas
+    assert replicas is not None, "docker/deployment.yaml says how many gateways run"
+    documents = list(yaml.safe_load_all((DOCKER / "kubernetes" / "gateway.yaml").read_text()))
+    gateway = next(doc for doc in documents if doc["kind"] == "Deployment")
+    autoscaler = next(doc for doc in documents if doc["kind"] == "HorizontalPodAutoscaler")
+    assert gateway["spec"]["replicas"] == replicas, "docker/kubernetes/gateway.yaml: replicas"
+    assert autoscaler["spec"]["minReplicas"] == replicas, "docker/kubernetes/gateway.yaml: HPA"
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    gateways = sorted(name for name in services if name.startswith("gateway-"))
+    assert gateways == [f"gateway-{n}" for n in range(1, replicas + 1)]
+
+
+def test_redis_nats_and_postgres_keep_their_data_on_volumes_and_answer_where_the_config_looks() -> None:
+    stores = {"redis": 6379, "nats": 4222, "postgres": 5432}
+    config = (DOCKER / "kubernetes" / "config.yaml").read_text() + (DOCKER / "kubernetes" / "plugins.yaml").read_text()
+    for name, port in stores.items():
+        docs = {doc["kind"]: doc for doc in documents(DOCKER / "kubernetes" / f"{name}.yaml")}
+        assert set(docs) == {"StatefulSet", "Service", "NetworkPolicy"}, name
+        spec = docs["StatefulSet"]["spec"]
+        assert spec["serviceName"] == docs["Service"]["metadata"]["name"] == name
+        claims = {claim["metadata"]["name"] for claim in spec["volumeClaimTemplates"]}
+        container = spec["template"]["spec"]["containers"][0]
+        assert {mount["name"] for mount in container["volumeMounts"]} >= claims == {"data"}
+        assert {"readinessProbe", "livenessProbe"} <= set(container), name
+        assert [p["port"] for p in docs["Service"]["spec"]["ports"]] == [port]
+        assert f"{name}:{port}" in config, f"nothing in the platform's config reaches {name}:{port}"
+        # Only the platform's pods may connect: no password guards Redis and NATS.
+        allowed = docs["NetworkPolicy"]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        assert allowed == {"app.kubernetes.io/part-of": "upf"}
+    # PostgreSQL's password: referenced from the Secret the plugins' connection strings use, never written.
+    postgres = documents(DOCKER / "kubernetes" / "postgres.yaml")[0]
+    env = {item["name"]: item for item in postgres["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POSTGRES_PASSWORD"] == {
+        "name": "POSTGRES_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "upf-deployment", "key": "POSTGRES_PASSWORD"}},
     }
