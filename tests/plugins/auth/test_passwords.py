@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import grpc
 import pytest
 from argon2 import PasswordHasher
 
-from plugins.auth.passwords import Passwords
+from plugins.auth.passwords import Passwords, _lower_priority
 from plugins.auth.settings import PasswordHashSettings
 from tests.plugins.auth.harness import FAST_HASH, make_settings, serve_auth
 
@@ -42,3 +45,20 @@ async def test_a_login_rehashes_a_password_stored_with_other_parameters() -> Non
         with pytest.raises(grpc.aio.AioRpcError):
             await auth.login("alice", "wrong")
         assert (await auth.provider.store.user_by_name("alice")).password_hash == old  # type: ignore[union-attr]
+
+
+def test_hashing_threads_yield_to_everything_else() -> None:
+    # What the hashing pool's threads set for themselves (and argon2's lane threads inherit): the
+    # lowest nice value and SCHED_IDLE, so a thread serving calls preempts a hash at once.
+    seen: list[tuple[int, int]] = []
+
+    def on_a_new_thread() -> None:
+        _lower_priority()
+        seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=on_a_new_thread)
+    thread.start()
+    thread.join()
+    assert seen == [(19, os.SCHED_IDLE)]
+    # The thread that asked is unchanged: only the pool's threads are lowered.
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
