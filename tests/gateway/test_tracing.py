@@ -228,12 +228,13 @@ def test_a_server_stream_is_traced_in_the_plugin_too(
     assert (parsed.status, len(parsed.messages)) == (0, 3)
 
     def served() -> list[Any] | None:
+        # Both processes export on their own schedules: wait for the gateway's attempt as well.
         found = spans.of_trace(trace_id)
         plugin = [span for service, span in found if service == "demo-plugin"]
-        return [found, plugin[0]] if plugin else None
+        attempts = {span.span_id for service, span in found if service == "upf-gateway" and span.kind == CLIENT}
+        return [attempts, plugin[0]] if plugin and attempts else None
 
-    found, plugin = wait_until(served, timeout=20, what="the plugin's span of the stream")
-    attempts = {span.span_id for service, span in found if service == "upf-gateway" and span.kind == CLIENT}
+    attempts, plugin = wait_until(served, timeout=20, what="the plugin's span of the stream and the attempt")
     assert plugin.name == "upf.demo.v1.Echo/Count"
     assert plugin.parent_span_id in attempts
     assert plugin.end_time_unix_nano > plugin.start_time_unix_nano  # ended after its last message
