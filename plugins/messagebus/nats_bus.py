@@ -235,8 +235,11 @@ class _NatsConsumer:
                 raise BusUnavailable("NATS is unreachable; subscribe again once it is back")
             try:
                 self._buffer.extend(await self._subscription.fetch(self._batch, timeout=1.0))
-            except nats.errors.TimeoutError:
-                continue  # nothing yet
+            except TimeoutError:
+                # Nothing yet. nats-py 2.15+ raises a plain asyncio.TimeoutError, not its own
+                # nats.errors.TimeoutError, from some of fetch's timeout exits (nats.py PR #1008):
+                # with the connection up, both mean "no message within the second".
+                continue
             except _ERRORS as exc:
                 raise BusUnavailable(f"fetching from NATS failed ({_describe(exc)})") from None
         msg = self._buffer.popleft()
