@@ -26,6 +26,9 @@ __all__ = ["DescriptorCatalog", "DescriptorsUnavailable", "Locate", "MethodSchem
 
 Locate = Callable[[str], "tuple[str, str] | None"]
 
+# Codes a reflection call ends with when the channel, not the plugin, failed: tried again at once.
+_TRANSPORT_FAILURES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE})
+
 
 class DescriptorsUnavailable(Exception):
     """No schema for the service now: no replica to ask, no reflection, or a broken answer.
@@ -134,7 +137,15 @@ class DescriptorCatalog:
     async def _fetch(self, name: str, address: str, version: str) -> _Entry:
         entry = _Entry(version)
         try:
-            files = await fetch_files(self._channel(address), name, timeout=self._timeout)
+            try:
+                files = await fetch_files(self._channel(address), name, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _TRANSPORT_FAILURES:
+                    raise
+                # Once more, on a new channel: a failure of the channel itself is not the plugin's
+                # answer, and remembering it would refuse JSON calls for `retry_after` seconds.
+                await self._drop_channel(address)
+                files = await fetch_files(self._channel(address), name, timeout=self._timeout)
             pool = descriptor_pool.DescriptorPool()
             for proto in files:
                 pool.Add(proto)
@@ -152,6 +163,11 @@ class DescriptorCatalog:
             entry.failed_at = self._clock()
         self._entries[name] = entry
         return entry
+
+    async def _drop_channel(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close(None)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

@@ -146,3 +146,39 @@ async def test_no_replica_and_a_service_the_plugin_does_not_define_are_errors(
             await catalog.method("upf.other.v1.Other", "Get")
     finally:
         await catalog.close()
+
+
+class _FailFirstReflection(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The first reflection call ends INTERNAL, as a channel that broke would; later ones are served."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        if "ServerReflection" not in details.method or self.failed:
+            return await continuation(details)
+        self.failed += 1
+
+        async def fail(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.INTERNAL, "stream broke")
+            yield  # a generator, as a bidi handler is
+
+        return grpc.stream_stream_rpc_method_handler(fail)
+
+
+async def test_a_reflection_call_that_breaks_is_tried_again_at_once_not_remembered() -> None:
+    failing = _FailFirstReflection()
+    server = grpc.aio.server(interceptors=[failing])
+    demo_pb2_grpc.add_EchoServicer_to_server(EchoService(), server)
+    reflection.enable_server_reflection([demo_pb2.DESCRIPTOR.services_by_name["Echo"].full_name], server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    catalog = DescriptorCatalog(lambda service: (address, "1.0.0"))
+    try:
+        schema = await catalog.method("upf.demo.v1.Echo", "Say")
+        assert schema is not None
+        assert schema.input.DESCRIPTOR.full_name == "upf.demo.v1.SayRequest"
+        assert failing.failed == 1
+    finally:
+        await catalog.close()
+        await server.stop(None)
