@@ -9,6 +9,7 @@ gateway.errors.
 
     protocol.py   content types, Connect-Timeout-Ms, the GET query, headers <-> metadata
     codec.py      request bodies to the method's wire bytes and answers back, errors naming the field
+    body.py       a request body read whole up to a limit (REST, gateway/transcode/, reads it too)
     envelope.py   the streaming envelope (flags, length) and its end-of-stream message
     errors.py     Connect error bodies from gRPC statuses (details included)
 """

@@ -28,6 +28,7 @@ import grpc
 from google.protobuf.message import Message
 from starlette.types import Receive, Scope, Send
 
+from gateway.connect.body import ClientLeft, read_body
 from gateway.connect.codec import PROTO, Codec
 from gateway.connect.envelope import COMPRESSED, END_STREAM, end_stream, envelope, read_envelopes
 from gateway.connect.errors import error_body, http_status
@@ -47,10 +48,6 @@ __all__ = ["ConnectEndpoint"]
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
-
-
-class _Disconnected(Exception):
-    """The client went away while the request body was being read."""
 
 
 class _Answer:
@@ -167,7 +164,7 @@ class ConnectEndpoint:
                     return
                 codec, body = get_request(query, limit=limit)
             else:
-                body = await _read_body(receive, limit + 5 if answer.streaming else limit)
+                body = await read_body(receive, limit + 5 if answer.streaming else limit)
                 codec = answer.codec
             schema = await self._schema(service, method, required=codec is not PROTO or is_get)
             _check_shape(schema, answer.streaming, is_get, path)
@@ -181,7 +178,7 @@ class ConnectEndpoint:
             metadata = _metadata(scope["headers"], config) + admitted.identity_metadata
             call = _Call(answer, receive, service, path, encode_frame(wire), metadata, schema)
             await run_attempts(config, admitted, admitted.deadline(timeout), call.attempt, resendable=True)
-        except _Disconnected:
+        except ClientLeft:
             return
         except GatewayError as exc:
             if admitted is not None:  # refused after admission (the body, the schema): the call ends here
@@ -250,22 +247,6 @@ def _metadata(headers: Sequence[tuple[bytes, bytes]], config: ProxyConfig) -> by
     return parse_request_headers(
         own, forward_cookies=config.forward_cookies, forward_authorization=config.forward_authorization
     ).block
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the request body is over the limit of {limit} bytes", headers={"connection": "close"})
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 class _Call:

@@ -28,6 +28,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from starlette.types import Receive, Scope, Send
 
+from gateway.connect.body import ClientLeft, read_body
 from gateway.errors import GRPC_TO_HTTP, BadRequest, GatewayError, status_name
 from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.http2.client import NeverProcessed
@@ -45,10 +46,6 @@ __all__ = ["RestEndpoint"]
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
-
-
-class _Disconnected(Exception):
-    """The client went away while the request body was being read."""
 
 
 class RestEndpoint:
@@ -74,7 +71,7 @@ class RestEndpoint:
                 scope=scope,
             )
             answer.quota = admitted.quota
-            body = await _read_body(receive, config.max_message_bytes)
+            body = await read_body(receive, config.max_message_bytes)
             query = parse_qsl(scope["query_string"].decode("utf-8", "replace"), keep_blank_values=True)
             request = message_factory.GetMessageClass(route.method.input_type)
             wire = request_message(route.binding, request, match.variables, query, body)
@@ -87,7 +84,7 @@ class RestEndpoint:
             )
             call = _Call(answer, receive, match, encode_frame(wire), headers.block + admitted.identity_metadata)
             await run_attempts(config, admitted, admitted.deadline(headers.timeout), call.attempt, resendable=True)
-        except _Disconnected:
+        except ClientLeft:
             return
         except GatewayError as exc:
             if admitted is not None:  # refused after admission (the body, the path): the call ends here
@@ -133,22 +130,6 @@ class _Answer:
         own = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in (extra or {}).items()]
         body = json.dumps({"code": status_name(code), "message": message}).encode()
         await self.json(GRPC_TO_HTTP[code], body, [*headers, *own])
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the request body is over the limit of {limit} bytes", headers={"connection": "close"})
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 class _Call:

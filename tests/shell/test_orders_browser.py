@@ -11,7 +11,6 @@ tests/shell/artifacts/orders/budgets.json and held to the shell's remote budget 
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,16 @@ import pytest
 from upf.orders.v1 import orders_pb2 as pb
 
 from tests.shell.harness import PASSWORD, USER, PluginProcess, plugin_status, routed
-from tests.shell.test_shell_browser import ARTIFACTS, CHROMIUM, REMOTE_LOAD_BUDGET_MS, SHELL_WEB, Browser, navigate
+from tests.shell.test_shell_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    REMOTE_LOAD_BUDGET_MS,
+    SHELL_WEB,
+    Browser,
+    navigate,
+    open_browser,
+)
 from tests.support.grpcweb import RESPONSE_TYPE, frame, parse_response
-from tests.support.node import NodeSession
 from tests.support.processes import ROOT, Gateway, free_port, wait_until
 
 ORDERS_DIST = ROOT / "plugins" / "orders" / "ui" / "dist"
@@ -67,18 +73,9 @@ def orders(platform: tuple[Gateway, str], work_dir: Path) -> Iterator[PluginProc
 
 @pytest.fixture
 def browser(orders_browser_ready: None, platform: tuple[Gateway, str], work_dir: Path) -> Iterator[Browser]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
-        old.unlink()  # only this run's steps
     gateway, _ = platform
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: the shell's browser tests need Node 20")
-    session = NodeSession(node, "../shell/browser.mjs", [gateway.url, str(SHOTS)], work_dir / "orders-browser.log")
-    try:
-        yield Browser(session)
-    finally:
-        session.stop()
+    with open_browser(gateway.url, SHOTS, work_dir / "orders-browser.log") as opened:
+        yield opened
 
 
 def token(gateway: Gateway) -> str:

@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,27 @@ class Browser:
         assert not serious, f"accessibility ({where}): {json.dumps(serious, indent=1)}"
 
 
-@pytest.fixture
-def browser(node: str, platform: tuple[Gateway, str], work_dir: Path) -> Iterator[Browser]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()  # only this run's steps
-    gateway, _ = platform
-    session = NodeSession(node, "../shell/browser.mjs", [gateway.url, str(ARTIFACTS)], work_dir / "browser.log")
+@contextmanager
+def open_browser(base_url: str, shots: Path, log: Path) -> Iterator[Browser]:
+    """Chromium at `base_url` (browser.mjs), its screenshots in `shots`, emptied first: this run's steps only."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the shell's browser tests need Node 20")
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):
+        old.unlink()
+    session = NodeSession(node, "../shell/browser.mjs", [base_url, str(shots)], log)
     try:
         yield Browser(session)
     finally:
         session.stop()
+
+
+@pytest.fixture
+def browser(node: str, platform: tuple[Gateway, str], work_dir: Path) -> Iterator[Browser]:
+    gateway, _ = platform
+    with open_browser(gateway.url, ARTIFACTS, work_dir / "browser.log") as opened:
+        yield opened
 
 
 def test_plugins_appear_load_fail_and_recover_in_the_shell(

@@ -5,15 +5,13 @@ the platform exactly as a new user gets it. Screenshots go to tests/shell/artifa
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.shell.test_orders_browser import ORDERS, ORDERS_DIST
-from tests.shell.test_shell_browser import ARTIFACTS, CHROMIUM, SHELL_WEB, Browser
-from tests.support.node import NodeSession
+from tests.shell.test_shell_browser import ARTIFACTS, CHROMIUM, SHELL_WEB, Browser, open_browser
 from tests.support.processes import Gateway, free_port, run_gateway
 
 SHOTS = ARTIFACTS / "upf-run"
@@ -34,17 +32,8 @@ def platform(tmp_path: Path) -> Iterator[Gateway]:
 
 @pytest.fixture
 def browser(platform: Gateway, tmp_path: Path) -> Iterator[Browser]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
-        old.unlink()  # only this run's steps
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: the shell's browser tests need Node 20")
-    session = NodeSession(node, "../shell/browser.mjs", [platform.url, str(SHOTS)], tmp_path / "browser.log")
-    try:
-        yield Browser(session)
-    finally:
-        session.stop()
+    with open_browser(platform.url, SHOTS, tmp_path / "browser.log") as opened:
+        yield opened
 
 
 def test_a_new_user_signs_in_to_upf_run_and_creates_an_order(browser: Browser) -> None:
