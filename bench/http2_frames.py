@@ -4,11 +4,11 @@ In this process, no sockets: per call, the gateway's HTTP/2 client writes the re
 one DATA frame holding a 100 B message) and reads the answer an upstream sends (HEADERS, DATA,
 trailers, and a WINDOW_UPDATE giving back the request's bytes). Rows:
 
-    frames: gateway.http2            writer functions + FrameReader (padding, sizes, header blocks
+    frames: common.http2            writer functions + FrameReader (padding, sizes, header blocks
                                      checked) into a handler that does nothing
     frames: hyperframe               the same frames built as hyperframe objects and serialised,
                                      and parsed with Frame.parse_frame_header + parse_body
-    frames + HPACK: gateway.http2    the first row plus what the client does with headers:
+    frames + HPACK: common.http2    the first row plus what the client does with headers:
                                      RequestEncoder.prefix and HeaderBlockDecoder.decode (cached)
     h2 H2Connection (client side)    send_headers + send_data + data_to_send + receive_data +
                                      acknowledge_received_data: frames, HPACK and stream states
@@ -37,10 +37,10 @@ import h2.settings
 import uvloop
 from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
-from gateway.http2.frames import DATA, END_STREAM, MIN_MAX_FRAME, frame
-from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder, encode_header
-from gateway.http2.reader import FrameReader
-from gateway.http2.writer import header_frames, settings, window_update
+from common.http2.frames import DATA, END_STREAM, MIN_MAX_FRAME, frame
+from common.http2.headers import HeaderBlockDecoder, RequestEncoder, encode_header
+from common.http2.reader import FrameReader
+from common.http2.writer import header_frames, settings, window_update
 
 __all__ = ["main"]
 
@@ -213,9 +213,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per row; the best counts (default 5)")
     args = parser.parse_args()
     rows = [
-        ("frames: gateway.http2", lambda n: ours(n, hpack=False)),
+        ("frames: common.http2", lambda n: ours(n, hpack=False)),
         ("frames: hyperframe", hyperframe_frames),
-        ("frames + HPACK: gateway.http2", lambda n: ours(n, hpack=True)),
+        ("frames + HPACK: common.http2", lambda n: ours(n, hpack=True)),
         ("h2 H2Connection (client side)", h2_connection),
         ("the gateway's client connection", client_connection),
     ]

@@ -24,6 +24,8 @@ from typing import ClassVar
 
 import grpc
 
+from common.http2.codes import HTTP_TO_GRPC
+
 __all__ = [
     "GRPC_TO_HTTP",
     "HTTP_TO_GRPC",
@@ -135,18 +137,6 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INTERNAL: 500,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
-}
-
-# grpc/grpc doc/http-grpc-status-mapping.md: only for an upstream HTTP reply without grpc-status.
-HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INTERNAL,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.UNIMPLEMENTED,
-    429: grpc.StatusCode.UNAVAILABLE,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.UNAVAILABLE,
 }
 
 

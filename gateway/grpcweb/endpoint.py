@@ -23,10 +23,10 @@ import logging
 import grpc
 from starlette.types import Receive, Scope, Send
 
+from common.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.errors import GatewayError, MissingMessage
 from gateway.grpcweb.responses import CONTENT_TYPE_BINARY, CONTENT_TYPE_TEXT, negotiate
 from gateway.grpcweb.text import TextDecoder, encode_text
-from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.outcome import Outcome, gateway_error, outcome
 from gateway.upstream.pool import Replica

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from common.http2.client import Http2Stream, NeverProcessed, StreamError
+from common.http2.frames import CANCEL, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
+from common.http2.headers import encode_header
+from common.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import GatewayError, MessageTooLarge
-from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
-from gateway.http2.frames import CANCEL, NO_ERROR, PROTOCOL_ERROR, RST_STREAM, WINDOW_UPDATE, frame
-from gateway.http2.headers import encode_header
-from gateway.http2.server import STREAM_WINDOW, ServerConnection
 from gateway.proxy import Refused, admit, run_attempts
 from gateway.upstream.outcome import Outcome, explain, outcome
 from gateway.upstream.pool import Replica

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from common.http2.headers import encode_header
+from common.http2.server import ServerConnection
 from gateway.errors import GatewayError, UnsupportedEncoding
-from gateway.http2.headers import encode_header
-from gateway.http2.server import ServerConnection
 from gateway.ingress.call import RESPONSE_START, IngressCall
 from gateway.proxy import admit_local
 from gateway.wire.framing import FrameDecoder, encode_frame

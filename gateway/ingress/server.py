@@ -7,7 +7,7 @@ descriptors: request headers open an upstream stream through the gateway's HTTP/
 service in :path picks the upstream).
 
 This module is the listener. The HTTP/2 connection itself (frames, settings, connection windows)
-is gateway.http2.server.ServerConnection; each of its streams is a call (gateway/ingress/call.py).
+is common.http2.server.ServerConnection; each of its streams is a call (gateway/ingress/call.py).
 
 Shutdown: GOAWAY (new streams are refused), running calls finish within the grace period, then
 the rest are cancelled.
@@ -29,9 +29,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from common.http2.server import ServerConnection
 from gateway.edge.guard import Admission, EdgeGuard
 from gateway.errors import TooManyConnections
-from gateway.http2.server import ServerConnection
 from gateway.ingress.call import IngressCall, OpenLocal, refuse_call, start_call
 from gateway.ingress.local import LocalCall, LocalMethod
 from gateway.proxy import ProxyConfig

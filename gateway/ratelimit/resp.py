@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
-from gateway.corking import CorkedTransport
+from common.corking import CorkedTransport
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
 from gateway.ratelimit.redis import _MULTI_SCRIPT, _SCRIPT, DEFAULT_PREFIX
 

@@ -26,8 +26,8 @@ from typing import Any
 import grpc
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 
+from common.http2.headers import encode_header
 from common.tracing import TRACE_HEADERS, extract_context, trace_id_of, trace_metadata
-from gateway.http2.headers import encode_header
 from gateway.telemetry.access_log import request_id_from, write_line
 from gateway.telemetry.latency import LatencyHistograms
 from gateway.telemetry.upstream_trace import UPSTREAM_TRACE

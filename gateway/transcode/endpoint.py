@@ -28,10 +28,10 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from starlette.types import Receive, Scope, Send
 
+from common.http2.client import NeverProcessed
 from gateway.connect.body import ClientLeft, read_body
 from gateway.errors import GRPC_TO_HTTP, BadRequest, GatewayError, status_name
 from gateway.grpcweb.endpoint import DisconnectWatch
-from gateway.http2.client import NeverProcessed
 from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.transcode.request import request_message, response_json
 from gateway.transcode.routes import PREFIX, RestMatch

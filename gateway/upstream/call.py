@@ -14,8 +14,8 @@ from urllib.parse import unquote_to_bytes
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from common.http2.client import StreamError
 from gateway.errors import GatewayError
-from gateway.http2.client import StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import UpstreamPool
 from gateway.wire.framing import PREFIX

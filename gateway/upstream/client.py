@@ -13,8 +13,8 @@ import time
 
 import grpc
 
-from gateway.http2.client import ClientConnection, Http2Stream, NeverProcessed, StreamError, connect
-from gateway.http2.headers import encode_header
+from common.http2.client import ClientConnection, Http2Stream, NeverProcessed, StreamError, connect
+from common.http2.headers import encode_header
 from gateway.telemetry.upstream_trace import UPSTREAM_TRACE
 from gateway.wire.timeout import encode_timeout
 

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import grpc
 
+from common.http2.client import Http2Stream, StreamError
 from gateway.errors import GatewayError, UpstreamUnavailable, grpc_status_from_http
-from gateway.http2.client import Http2Stream, StreamError
 from gateway.wire.metadata import response_metadata
 from gateway.wire.status import percent_encode
 

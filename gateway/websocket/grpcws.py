@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 import grpc
 from starlette.types import Message, Receive, Scope, Send
 
+from common.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.auth.identity import identity_of
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge, RateLimited
-from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import ProxyConfig, Refused, admit, run_attempts
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica

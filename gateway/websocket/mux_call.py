@@ -16,8 +16,8 @@ from urllib.parse import unquote_to_bytes
 
 import grpc
 
+from common.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.errors import BadRequest, GatewayError, MessageTooLarge
-from gateway.http2.client import Http2Stream, NeverProcessed, StreamError
 from gateway.proxy import Refused, admit, run_attempts
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica

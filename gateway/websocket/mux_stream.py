@@ -16,8 +16,8 @@ from typing import Protocol
 
 import grpc
 
+from common.http2.client import Http2Stream
 from gateway.errors import GatewayError
-from gateway.http2.client import Http2Stream
 from gateway.websocket.mux_frames import MAX_WINDOW, ErrorCode, MuxProtocolError, Settings, window_update
 from gateway.websocket.mux_outbox import MuxOutbox
 from gateway.wire.request_frames import RequestFrames

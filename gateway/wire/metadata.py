@@ -15,9 +15,9 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from common.http2.headers import encode_header
 from gateway.edge.identity_headers import is_identity_header
 from gateway.errors import BadRequest, UnsupportedEncoding
-from gateway.http2.headers import encode_header
 from gateway.wire.timeout import parse_timeout
 
 __all__ = ["SUPPORTED_ENCODINGS", "RequestMetadata", "parse_request_headers", "response_metadata"]

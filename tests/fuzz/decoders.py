@@ -19,12 +19,12 @@ import hpack
 
 from common.auth.revocations import MemoryRevocations
 from common.config import ConfigError, load_config
+from common.http2.frames import PREFACE
+from common.http2.headers import HeaderBlockDecoder
+from common.http2.reader import FrameReader, ProtocolError
 from gateway.auth.verify import TokenVerifier, TrustedIssuer
 from gateway.errors import GatewayError
 from gateway.grpcweb.text import TextDecoder
-from gateway.http2.frames import PREFACE
-from gateway.http2.headers import HeaderBlockDecoder
-from gateway.http2.reader import FrameReader, ProtocolError
 from gateway.settings import GatewaySettings
 from gateway.websocket.grpcws import parse_header_block
 from gateway.websocket.mux_frames import MuxProtocolError, parse_increment, parse_open

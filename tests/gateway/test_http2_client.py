@@ -13,8 +13,8 @@ import h2.errors
 import hpack
 import pytest
 
-from gateway.http2.client import STREAM_WINDOW, Http2Stream, NeverProcessed, StreamError
-from gateway.http2.headers import HeaderBlockDecoder, RequestEncoder
+from common.http2.client import STREAM_WINDOW, Http2Stream, NeverProcessed, StreamError
+from common.http2.headers import HeaderBlockDecoder, RequestEncoder
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.outcome import Outcome, outcome
 from gateway.wire.timeout import encode_timeout

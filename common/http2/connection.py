@@ -18,12 +18,12 @@ from typing import Final, Generic, Protocol, TypeVar, cast
 
 import hpack
 
-from gateway.corking import CorkedTransport
-from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.frames import DATA, DEFAULT_WINDOW, END_STREAM, FRAME_HEADER, MAX_WINDOW, MIN_MAX_FRAME
-from gateway.http2.headers import HeaderBlockDecoder, HeaderList
-from gateway.http2.reader import FrameReader, ProtocolError
-from gateway.http2.writer import SETTINGS_ACK, header_frames, ping_ack, rst_stream
+from common.corking import CorkedTransport
+from common.http2.codes import ErrorCode, Setting
+from common.http2.frames import DATA, DEFAULT_WINDOW, END_STREAM, FRAME_HEADER, MAX_WINDOW, MIN_MAX_FRAME
+from common.http2.headers import HeaderBlockDecoder, HeaderList
+from common.http2.reader import FrameReader, ProtocolError
+from common.http2.writer import SETTINGS_ACK, header_frames, ping_ack, rst_stream
 
 __all__ = ["MAX_HEADER_LIST", "Connection", "WindowedStream"]
 

@@ -16,11 +16,11 @@ import asyncio
 import logging
 from typing import Any, Generic, Protocol, TypeVar
 
-from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.connection import MAX_HEADER_LIST, Connection, WindowedStream
-from gateway.http2.frames import DEFAULT_WINDOW
-from gateway.http2.reader import ProtocolError
-from gateway.http2.writer import goaway, rst_stream, settings, window_update
+from common.http2.codes import ErrorCode, Setting
+from common.http2.connection import MAX_HEADER_LIST, Connection, WindowedStream
+from common.http2.frames import DEFAULT_WINDOW
+from common.http2.reader import ProtocolError
+from common.http2.writer import goaway, rst_stream, settings, window_update
 
 __all__ = [
     "CONNECTION_WINDOW",

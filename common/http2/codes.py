@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ErrorCode", "Flag", "FrameType", "Setting"]
+import grpc
+
+__all__ = ["HTTP_TO_GRPC", "ErrorCode", "Flag", "FrameType", "Setting"]
 
 
 class FrameType(enum.IntEnum):
@@ -61,3 +63,16 @@ class ErrorCode(enum.IntEnum):
     ENHANCE_YOUR_CALM = 0xB
     INADEQUATE_SECURITY = 0xC
     HTTP_1_1_REQUIRED = 0xD
+
+
+# grpc/grpc doc/http-grpc-status-mapping.md: only for an upstream HTTP reply without grpc-status.
+HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INTERNAL,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    429: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
+}

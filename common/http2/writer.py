@@ -10,8 +10,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from gateway.http2.codes import ErrorCode, Flag, FrameType, Setting
-from gateway.http2.frames import CONTINUATION, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, frame
+from common.http2.codes import ErrorCode, Flag, FrameType, Setting
+from common.http2.frames import CONTINUATION, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, frame
 
 __all__ = ["SETTINGS_ACK", "goaway", "header_frames", "ping_ack", "rst_stream", "settings", "window_update"]
 

@@ -28,10 +28,9 @@ from typing import Final
 
 import grpc
 
-from gateway.errors import HTTP_TO_GRPC
-from gateway.http2.codes import ErrorCode, Setting
-from gateway.http2.connection import MAX_HEADER_LIST, Connection
-from gateway.http2.frames import (
+from common.http2.codes import HTTP_TO_GRPC, ErrorCode, Setting
+from common.http2.connection import MAX_HEADER_LIST, Connection
+from common.http2.frames import (
     DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
@@ -42,8 +41,8 @@ from gateway.http2.frames import (
     MIN_MAX_FRAME,
     PREFACE,
 )
-from gateway.http2.headers import HeaderList, RequestEncoder
-from gateway.http2.writer import goaway, rst_stream, settings, window_update
+from common.http2.headers import HeaderList, RequestEncoder
+from common.http2.writer import goaway, rst_stream, settings, window_update
 
 __all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "NeverProcessed", "StreamError", "connect"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from gateway.http2.codes import ErrorCode, Flag, FrameType
+from common.http2.codes import ErrorCode, Flag, FrameType
 
 __all__ = [
     "CANCEL",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from gateway.http2.codes import ErrorCode, Flag, FrameType, Setting
-from gateway.http2.frames import (
+from common.http2.codes import ErrorCode, Flag, FrameType, Setting
+from common.http2.frames import (
     CONTINUATION,
     DATA,
     END_HEADERS,

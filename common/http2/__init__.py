@@ -1,4 +1,4 @@
-"""HTTP/2 (RFC 9113, h2c) for the gateway: one frame layer under the upstream client and the ingress server.
+"""HTTP/2 (RFC 9113, h2c): one frame layer under the gateway's upstream client and ingress server.
 
     codes.py       FrameType, Flag, Setting, ErrorCode (IntEnums)
     frames.py      the preface, the frame header, the protocol's limits, frame()
