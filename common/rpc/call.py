@@ -1,0 +1,269 @@
+"""`ServedCall`: one client stream of common.rpc.Server, answered by a servicer's method handler.
+
+The connection (common.http2.server.ServerConnection) hands the call its request DATA, resets and
+window updates; the call cuts the DATA into messages (common/rpc/wire.py), runs the handler in a
+task of its own, and writes the response headers, messages and trailers.
+
+Flow control, both ways, keeps memory bounded whatever the client does:
+- requests: bytes are given back to the client's windows as they arrive while the messages waiting
+  for the handler stay under `_QUEUE_LIMIT`; past that, only as the handler reads them;
+- responses: a message goes out within the client's windows; until it has, `write` does not return,
+  so a handler that streams is held to the client's pace.
+Ending the call (answered, reset by the client, past its deadline, shut down) cancels the handler
+task if it is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+import grpc.aio
+
+from common.http2.frames import CANCEL, NO_ERROR, RST_STREAM, frame
+from common.http2.server import STREAM_WINDOW, ServerConnection
+from common.http2.writer import window_update
+from common.rpc.context import Context
+from common.rpc.wire import (
+    MESSAGE_PREFIX,
+    RESPONSE_START,
+    Metadata,
+    MessageError,
+    RequestMessages,
+    metadata_block,
+    status_block,
+)
+
+if TYPE_CHECKING:
+    from common.rpc.server import Server
+
+__all__ = ["ServedCall"]
+
+logger = logging.getLogger(__name__)
+
+# Request bytes given back to the client's stream window in batches this large, not per message.
+_CREDIT_BATCH: Final = STREAM_WINDOW // 4
+# Request messages the handler has not read yet, in bytes, beyond which the client is held back.
+_QUEUE_LIMIT: Final = STREAM_WINDOW // 2
+_RESET_NO_ERROR: Final = NO_ERROR.to_bytes(4, "big")
+_RESET_CANCEL: Final = CANCEL.to_bytes(4, "big")
+
+
+class ServedCall:
+    """One client stream and its handler task."""
+
+    __slots__ = (
+        "cancelled",
+        "closed",
+        "conn",
+        "context",
+        "deadline",
+        "handler",
+        "headers_sent",
+        "id",
+        "messages",
+        "metadata",
+        "owed",
+        "path",
+        "queued",
+        "reader",
+        "recv_window",
+        "request_ended",
+        "request_waiter",
+        "send_window",
+        "task",
+        "timer",
+        "window_waiter",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        conn: ServerConnection[Server],
+        stream_id: int,
+        path: str,
+        metadata: Metadata,
+        reader: RequestMessages,
+        timeout: float | None,
+    ) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.path = path
+        self.metadata = metadata
+        self.reader = reader
+        self.context = Context(self)
+        self.messages: deque[tuple[bytes, int]] = deque()  # request messages not read yet, with their sizes
+        self.queued = 0  # their bytes
+        self.owed = 0  # request bytes received and not given back to the client's windows yet
+        self.request_waiter: asyncio.Future[None] | None = None  # set while the handler waits for a message
+        self.request_ended = False
+        self.recv_window = STREAM_WINDOW
+        self.send_window = conn.peer_initial_window
+        self.window_waiter: asyncio.Future[None] | None = None
+        self.headers_sent = False
+        self.closed = False  # nothing more goes to the client: answered, reset, past its deadline or lost
+        self.cancelled = False
+        self.task: asyncio.Task[None] | None = None
+        self.handler: grpc.RpcMethodHandler | None = None  # once found (common/rpc/dispatch.py)
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self.deadline = conn.loop.time() + timeout
+            self.timer = conn.loop.call_later(timeout, self._deadline_passed)
+
+    # --- the connection's side (ServerStream) ----------------------------------------------------
+
+    @property
+    def done_sending(self) -> bool:
+        return self.closed
+
+    def wake(self) -> None:
+        waiter = self.window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        if self.closed:
+            self.conn.credit(len(data))
+            self.request_ended = self.request_ended or end_stream
+            return
+        self.owed += len(data)
+        try:
+            if data:
+                for message in self.reader.feed(data):
+                    self.messages.append(message)
+                    self.queued += message[1]
+            if end_stream:
+                self.request_ended = True
+                if self.reader.partial:
+                    raise MessageError(grpc.StatusCode.INTERNAL, "the request ended inside a message")
+        except MessageError as exc:
+            self.request_ended = self.request_ended or end_stream
+            self.finish(exc.code, exc.message)
+            return
+        self._give_back()
+        waiter = self.request_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_reset(self) -> None:
+        """The client reset the stream, or the connection is gone: the handler is cancelled."""
+        if not self.closed:
+            self.cancelled = True
+            self.closed = True
+        self._stop_handler()
+
+    def abort(self) -> None:
+        """Shutdown past the grace period: the client gets RST_STREAM CANCEL."""
+        if not self.closed:
+            self.conn.write(frame(RST_STREAM, 0, self.id, _RESET_CANCEL))
+        self.on_reset()
+
+    def _deadline_passed(self) -> None:
+        self.timer = None
+        if not self.closed:
+            self.cancelled = True
+            self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    # --- the handler's side ----------------------------------------------------------------------
+
+    async def next_message(self) -> bytes | None:
+        """The next request message; None once the client has half-closed."""
+        while not self.messages:
+            if self.request_ended or self.closed:
+                return None
+            waiter = self.request_waiter = self.conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.request_waiter = None
+        message, size = self.messages.popleft()
+        self.queued -= size
+        self._give_back()
+        return message
+
+    async def read(self) -> Any:
+        message = await self.next_message()
+        if message is None:
+            return grpc.aio.EOF
+        deserialize = self.handler.request_deserializer if self.handler is not None else None
+        return deserialize(message) if deserialize is not None else message
+
+    async def write(self, response: Any) -> None:
+        if self.closed:
+            raise asyncio.CancelledError("the call has ended")
+        serialize = self.handler.response_serializer if self.handler is not None else None
+        await self.send_message(serialize(response) if serialize is not None else response)
+
+    async def send_message(self, payload: bytes) -> None:
+        if not self.headers_sent:
+            self.send_headers(b"")
+        data = MESSAGE_PREFIX.pack(0, len(payload)) + payload
+        await self.conn.send_data(self, data, False)
+
+    def send_headers(self, metadata: bytes) -> None:
+        self.headers_sent = True
+        self.conn.write_headers(self.id, RESPONSE_START + metadata, end_stream=False)
+
+    def finish(self, code: grpc.StatusCode, details: str | None) -> None:
+        """Trailers (trailers-only when nothing was sent yet); the handler is cancelled if still running."""
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        trailing = self.context.trailing_metadata()
+        block = status_block(code, details, metadata_block(trailing) if trailing else b"")
+        conn.write_headers(self.id, block if self.headers_sent else RESPONSE_START + block, end_stream=True)
+        if not self.request_ended:
+            # Answered before the client finished sending: it may stop (RFC 9113 8.1).
+            conn.write(frame(RST_STREAM, 0, self.id, _RESET_NO_ERROR))
+        self._stop_handler()
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - self.conn.loop.time())
+
+    def peer(self) -> str:
+        peer = self.conn.peer
+        if peer is None:
+            return "unknown"
+        host, port = peer
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+    # --- endings ---------------------------------------------------------------------------------
+
+    def _stop_handler(self) -> None:
+        self.wake()
+        waiter = self.request_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        self.release()
+
+    def release(self) -> None:
+        """The stream leaves its connection: unread request bytes are given back, done callbacks run."""
+        conn = self.conn
+        if conn.streams.get(self.id) is not self:
+            return
+        del conn.streams[self.id]
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn.credit(self.owed)
+        self.owed = 0
+        self.messages.clear()
+        conn.send_waiters.discard(self)
+        conn.stream_closed()
+        self.context.call_done_callbacks()
+
+    def _give_back(self) -> None:
+        """Give received bytes back to the client's windows while the handler keeps up."""
+        if self.queued > _QUEUE_LIMIT or self.request_ended or self.owed < _CREDIT_BATCH:
+            return  # a request that has ended needs no more window: the connection's comes back at release
+        owed, self.owed = self.owed, 0
+        self.recv_window += owed
+        self.conn.write(window_update(self.id, owed))
+        self.conn.credit(owed)
