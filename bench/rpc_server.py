@@ -1,6 +1,6 @@
-"""`python -m bench.rpc_server`: CPU per unary call in a plugin's server process, grpc.aio's server vs common.rpc.Server.
+"""`python -m bench.rpc_server`: CPU per unary call in a plugin server process, grpc.aio vs common.rpc.Server.
 
-A child process serves upf.demo.v1 Echo.Say (a no-op: the request's text back) on one server or
+A child process serves the demo plugin's Echo.Say (upf.demo.v1; next to no work: the text back) on one server or
 the other, on the default asyncio loop as plugins do; this process calls it with a grpc.aio
 client, `--inflight` calls at a time, for `--seconds`. The server's CPU is its utime + stime from
 /proc around the timed run (after a warm-up), divided by the calls made.
@@ -20,20 +20,16 @@ import grpc.aio
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from common.rpc import Server
+from plugins.demo.service import EchoService
 
 __all__ = ["main"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class _Echo(demo_pb2_grpc.EchoServicer):
-    async def Say(self, request: demo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> demo_pb2.SayResponse:  # type: ignore[type-arg]  # noqa: N802
-        return demo_pb2.SayResponse(text=request.text)
-
-
 async def _serve(kind: str) -> None:
     server = grpc.aio.server() if kind == "grpc.aio" else Server()
-    demo_pb2_grpc.add_EchoServicer_to_server(_Echo(), server)
+    demo_pb2_grpc.add_EchoServicer_to_server(EchoService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)

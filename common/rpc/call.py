@@ -7,8 +7,9 @@ task of its own, and writes the response headers, messages and trailers.
 Flow control, both ways, keeps memory bounded whatever the client does:
 - requests: bytes are given back to the client's windows as they arrive while the messages waiting
   for the handler stay under `_QUEUE_LIMIT`; past that, only as the handler reads them;
-- responses: a message goes out within the client's windows; until it has, `write` does not return,
-  so a handler that streams is held to the client's pace.
+- responses: a message goes out within the client's windows, and `write` does not return until it
+  has and the transport has drained (common/rpc/connection.py), so a handler that streams is held
+  to the client's pace.
 Ending the call (answered, reset by the client, past its deadline, shut down) cancels the handler
 task if it is still running.
 """
@@ -24,21 +25,22 @@ import grpc
 import grpc.aio
 
 from common.http2.frames import CANCEL, NO_ERROR, RST_STREAM, frame
-from common.http2.server import STREAM_WINDOW, ServerConnection
+from common.http2.server import STREAM_WINDOW
 from common.http2.writer import window_update
 from common.rpc.context import Context
 from common.rpc.wire import (
+    EOF,
     MESSAGE_PREFIX,
     RESPONSE_START,
-    Metadata,
     MessageError,
+    Metadata,
     RequestMessages,
     metadata_block,
     status_block,
 )
 
 if TYPE_CHECKING:
-    from common.rpc.server import Server
+    from common.rpc.connection import RpcConnection
 
 __all__ = ["ServedCall"]
 
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 _CREDIT_BATCH: Final = STREAM_WINDOW // 4
 # Request messages the handler has not read yet, in bytes, beyond which the client is held back.
 _QUEUE_LIMIT: Final = STREAM_WINDOW // 2
+# Response bytes held in the process for one connection before a streaming call waits for the socket.
+_HIGH_WATER: Final = 256 * 1024
 _RESET_NO_ERROR: Final = NO_ERROR.to_bytes(4, "big")
 _RESET_CANCEL: Final = CANCEL.to_bytes(4, "big")
 
@@ -81,7 +85,7 @@ class ServedCall:
 
     def __init__(
         self,
-        conn: ServerConnection[Server],
+        conn: RpcConnection,
         stream_id: int,
         path: str,
         metadata: Metadata,
@@ -106,7 +110,7 @@ class ServedCall:
         self.closed = False  # nothing more goes to the client: answered, reset, past its deadline or lost
         self.cancelled = False
         self.task: asyncio.Task[None] | None = None
-        self.handler: grpc.RpcMethodHandler | None = None  # once found (common/rpc/dispatch.py)
+        self.handler: grpc.RpcMethodHandler[Any, Any] | None = None  # once found (common/rpc/dispatch.py)
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         if timeout is not None:
@@ -187,7 +191,7 @@ class ServedCall:
     async def read(self) -> Any:
         message = await self.next_message()
         if message is None:
-            return grpc.aio.EOF
+            return EOF
         deserialize = self.handler.request_deserializer if self.handler is not None else None
         return deserialize(message) if deserialize is not None else message
 
@@ -198,10 +202,21 @@ class ServedCall:
         await self.send_message(serialize(response) if serialize is not None else response)
 
     async def send_message(self, payload: bytes) -> None:
-        if not self.headers_sent:
+        conn = self.conn
+        streaming = self.headers_sent  # not the first message (a unary answer skips the checks below)
+        if not streaming:
             self.send_headers(b"")
-        data = MESSAGE_PREFIX.pack(0, len(payload)) + payload
-        await self.conn.send_data(self, data, False)
+        await conn.send_data(self, MESSAGE_PREFIX.pack(0, len(payload)) + payload, False)
+        if streaming:
+            transport = conn.transport
+            # Writes wait in the corked transport until the loop turns; a handler whose window is open
+            # may not yield before then, so past the mark they go to the socket now, which tells
+            # whether it keeps up.
+            if transport is not None and transport.get_write_buffer_size() > _HIGH_WATER:
+                transport.flush()
+            drained = conn.drained
+            if drained is not None:
+                await asyncio.shield(drained)  # the client is not reading: wait before the next message
 
     def send_headers(self, metadata: bytes) -> None:
         self.headers_sent = True

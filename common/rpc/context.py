@@ -84,15 +84,16 @@ class Context(grpc.aio.ServicerContext[Any, Any]):
     def details(self) -> str:
         return self._details
 
-    def trailing_metadata(self) -> Metadata:
+    # Tuples of (key, value), as grpc.aio's own context returns at run time (grpc-stubs say its Metadata class).
+    def trailing_metadata(self) -> Metadata:  # type: ignore[override]
         return self._trailing
 
     # --- the call -----------------------------------------------------------------------------
 
-    def invocation_metadata(self) -> Metadata:
+    def invocation_metadata(self) -> Metadata:  # type: ignore[override]  # tuples, as trailing_metadata
         return self._call.metadata
 
-    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, as grpcio says
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, as grpc.aio answers
         return self._call.time_remaining()
 
     def cancelled(self) -> bool:
@@ -104,7 +105,7 @@ class Context(grpc.aio.ServicerContext[Any, Any]):
     def peer(self) -> str:
         return self._call.peer()
 
-    def add_done_callback(self, callback: DoneCallback) -> None:  # type: ignore[override]
+    def add_done_callback(self, callback: DoneCallback) -> None:
         if self._call.closed:
             callback(self)
             return

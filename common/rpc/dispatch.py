@@ -18,13 +18,15 @@ import grpc
 import grpc.aio
 
 from common.rpc.call import ServedCall
+from common.rpc.wire import EOF, Metadata
 
 __all__ = ["FindHandler", "run_call"]
 
 logger = logging.getLogger(__name__)
 
 # The handler for a call's path and metadata (interceptors included); None: no such method.
-FindHandler = Callable[[str, tuple[tuple[str, str | bytes], ...]], Awaitable[grpc.RpcMethodHandler | None]]
+# (grpc's classes are generic only in grpc-stubs, hence the quotes.)
+FindHandler = Callable[[str, Metadata], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
 
 
 async def run_call(call: ServedCall, find: FindHandler) -> None:
@@ -50,7 +52,7 @@ async def run_call(call: ServedCall, find: FindHandler) -> None:
     call.finish(context.code() or grpc.StatusCode.OK, context.details())
 
 
-async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler) -> None:
+async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> None:
     context = call.context
     request: Any
     if handler.request_streaming:
@@ -64,7 +66,8 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler) -> None:
         deserialize = handler.request_deserializer
         request = deserialize(message) if deserialize is not None else message
     if handler.response_streaming:
-        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        # grpc-stubs type the behaviours for grpc's synchronous server: here they are coroutines or async generators.
+        behavior: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         result = behavior(request, context)
         if hasattr(result, "__aiter__"):  # an async generator: each item is a response message
             async for response in result:
@@ -95,6 +98,6 @@ class _Requests:
 
     async def __anext__(self) -> Any:
         message = await self._call.read()
-        if message is grpc.aio.EOF:
+        if message is EOF:
             raise StopAsyncIteration
         return message

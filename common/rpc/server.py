@@ -23,18 +23,26 @@ import functools
 import logging
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
 from common.http2.codes import ErrorCode
 from common.http2.server import ServerConnection
+from common.rpc.connection import RpcConnection
 from common.http2.writer import rst_stream
 from common.rpc.call import ServedCall
 from common.rpc.dispatch import run_call
-from common.rpc.wire import ACCEPT_ENCODING, RESPONSE_START, Metadata, RequestMessages, parse_timeout, request_metadata
-from common.rpc.wire import status_block as _status_block
+from common.rpc.wire import (
+    ACCEPT_ENCODING,
+    RESPONSE_START,
+    Metadata,
+    RequestMessages,
+    parse_timeout,
+    request_metadata,
+    status_block,
+)
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Server"]
 
@@ -51,23 +59,23 @@ class _CallDetails(grpc.HandlerCallDetails):
 
     def __init__(self, method: str, invocation_metadata: Metadata) -> None:
         self.method = method
-        self.invocation_metadata = invocation_metadata  # type: ignore[assignment]  # grpc's own tuples
+        self.invocation_metadata = invocation_metadata
 
 
 class Server(grpc.aio.Server):
     def __init__(
         self,
         *,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self._interceptors = tuple(interceptors)
-        self._methods: dict[str, grpc.RpcMethodHandler] = {}  # registered methods, by path
-        self._generic: list[grpc.GenericRpcHandler] = []
+        self._methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}  # registered methods, by path
+        self._generic: list[grpc.GenericRpcHandler[Any, Any]] = []
         self._sockets: list[socket.socket] = []
         self._listeners: list[asyncio.AbstractServer] = []
-        self.connections: set[ServerConnection[Server]] = set()
+        self.connections: set[RpcConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # handler tasks still running
         self._closing = False
         self._idle = asyncio.Event()
@@ -75,7 +83,7 @@ class Server(grpc.aio.Server):
 
     # --- grpc.aio.Server ------------------------------------------------------------------------
 
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]) -> None:
         self._generic.extend(generic_rpc_handlers)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
@@ -109,7 +117,7 @@ class Server(grpc.aio.Server):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            listener = await loop.create_server(lambda: ServerConnection(self), sock=sock, backlog=1024)
+            listener = await loop.create_server(lambda: RpcConnection(self), sock=sock, backlog=1024)
             self._listeners.append(listener)
         self._sockets.clear()
         self._idle.set()
@@ -139,6 +147,8 @@ class Server(grpc.aio.Server):
         self._terminated.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        if self._terminated.is_set():
+            return True
         try:
             await asyncio.wait_for(self._terminated.wait(), timeout)
         except TimeoutError:
@@ -185,7 +195,7 @@ class Server(grpc.aio.Server):
                 conn.write(rst_stream(stream_id, ErrorCode.NO_ERROR))
             return
         if encoding not in (b"identity", b"gzip"):
-            block = _status_block(
+            block = status_block(
                 grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')!r} is not supported"
             )
             conn.write_headers(stream_id, RESPONSE_START + _ACCEPT_ENCODING_FIELD + block, end_stream=True)
@@ -193,6 +203,7 @@ class Server(grpc.aio.Server):
                 conn.write(rst_stream(stream_id, ErrorCode.NO_ERROR))
             return
         reader = RequestMessages(self.max_message_bytes, gzip=encoding == b"gzip")
+        conn = cast(RpcConnection, conn)  # the only kind start() makes
         call = ServedCall(conn, stream_id, path.decode("latin-1"), request_metadata(headers), reader, timeout)
         conn.streams[stream_id] = call
         if end_stream:
@@ -206,23 +217,24 @@ class Server(grpc.aio.Server):
 
     # --- handlers ---------------------------------------------------------------------------------
 
-    async def _find_handler(self, path: str, metadata: Metadata) -> grpc.RpcMethodHandler | None:
+    async def _find_handler(self, path: str, metadata: Metadata) -> grpc.RpcMethodHandler[Any, Any] | None:
         if not self._interceptors:
             handler = self._methods.get(path)
             return handler if handler is not None else self._lookup(_CallDetails(path, metadata))
         return await self._intercepted(iter(self._interceptors), _CallDetails(path, metadata))
 
     async def _intercepted(
-        self, interceptors: Iterator[grpc.aio.ServerInterceptor], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+        self, interceptors: Iterator[grpc.aio.ServerInterceptor[Any, Any]], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """The first interceptor is the outermost, as in grpc.aio; the innermost continuation looks up."""
         interceptor = next(interceptors, None)
         if interceptor is None:
             return self._lookup(details)
-        continuation = functools.partial(self._intercepted, interceptors)
+        # grpc-stubs say a continuation always finds a handler; it answers None for an unknown method.
+        continuation: Any = functools.partial(self._intercepted, interceptors)
         return await interceptor.intercept_service(continuation, details)
 
-    def _lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def _lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._methods.get(details.method)
         if handler is not None:
             return handler

@@ -15,11 +15,13 @@ from typing import Final
 from urllib.parse import quote
 
 import grpc
+import grpc.aio
 
 from common.http2.headers import encode_header
 
 __all__ = [
     "ACCEPT_ENCODING",
+    "EOF",
     "MESSAGE_PREFIX",
     "RESPONSE_START",
     "MessageError",
@@ -33,6 +35,8 @@ __all__ = [
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
+# What context.read() returns once the client has half-closed: grpc.aio's own marker (grpc-stubs lack it).
+EOF: Final[object] = grpc.aio.EOF  # type: ignore[attr-defined]
 MESSAGE_PREFIX: Final = struct.Struct(">BI")  # compressed flag, length
 ACCEPT_ENCODING: Final = "identity,gzip"
 

@@ -1,0 +1,291 @@
+"""common.rpc.Server against grpcio's own asyncio client, over loopback: every call shape, metadata,
+statuses, deadlines, cancellation, compression, size limits, flow control, shutdown, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from upf.demo.v1 import demo_pb2, demo_pb2_grpc
+
+from common.rpc import Server
+from plugins.demo.service import EchoService
+from tests.support.processes import eventually
+
+Context = grpc.aio.ServicerContext[Any, Any]
+RAW = "test.v1.Raw"
+
+
+class Recorder:
+    """What the raw handlers saw, for the tests to check."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.context_cancelled: bool | None = None
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self.buffered: list[int] = []
+        self.address = ""
+
+
+def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, Any]:
+    async def total(requests: AsyncIterator[bytes], context: Context) -> bytes:
+        return str(sum([len(r) async for r in requests])).encode()
+
+    async def echo_all(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+
+    async def echo_by_hand(context: Context) -> None:
+        while (request := await context.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            await context.write(request)
+
+    async def metadata(request: bytes, context: Context) -> bytes:
+        rec.metadata = tuple(context.invocation_metadata() or ())
+        await context.send_initial_metadata((("initial", "yes"), ("initial-bin", b"\x00\x01")))
+        context.set_trailing_metadata((("trailing", "done"), ("trailing-bin", b"\xff")))
+        return request
+
+    async def abort(request: bytes, context: Context) -> bytes:
+        try:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no, 100% not", (("why", "policy"),))
+        except grpc.aio.AbortError:
+            pass  # a servicer that swallows it: the call still ends with the abort's status
+        return b"never sent"
+
+    async def fail(request: bytes, context: Context) -> bytes:
+        raise ValueError("a secret detail")
+
+    async def wait(request: bytes, context: Context) -> bytes:
+        rec.started.set()
+        try:
+            await rec.release.wait()
+        except asyncio.CancelledError:
+            rec.context_cancelled = context.cancelled()
+            rec.cancelled.set()
+            raise
+        return b"finished"
+
+    async def big_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
+        chunk = b"x" * (64 * 1024)
+        for _ in range(160):  # 10 MiB
+            yield chunk
+            rec.buffered.append(sum(c.transport.get_write_buffer_size() for c in server.connections if c.transport))
+
+    async def written(request: bytes, context: Context) -> None:
+        for n in range(3):
+            await context.write(str(n).encode())
+
+    return grpc.method_handlers_generic_handler(
+        RAW,
+        {
+            "Total": grpc.stream_unary_rpc_method_handler(total),
+            "EchoAll": grpc.stream_stream_rpc_method_handler(echo_all),
+            "EchoByHand": grpc.stream_stream_rpc_method_handler(lambda _requests, context: echo_by_hand(context)),
+            "Metadata": grpc.unary_unary_rpc_method_handler(metadata),
+            "Abort": grpc.unary_unary_rpc_method_handler(abort),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Wait": grpc.unary_unary_rpc_method_handler(wait),
+            "BigStream": grpc.unary_stream_rpc_method_handler(big_stream),
+            "Written": grpc.unary_stream_rpc_method_handler(written),
+        },
+    )
+
+
+Serve = Callable[..., Awaitable[tuple[Server, grpc.aio.Channel, Recorder]]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    started: list[tuple[Server, grpc.aio.Channel]] = []
+
+    async def start(**options: Any) -> tuple[Server, grpc.aio.Channel, Recorder]:
+        server = Server(**options)
+        rec = Recorder()
+        demo_pb2_grpc.add_EchoServicer_to_server(EchoService(), server)
+        server.add_generic_rpc_handlers((raw_handlers(rec, server),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        rec.address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(rec.address)
+        started.append((server, channel))
+        return server, channel, rec
+
+    yield start
+    for server, channel in started:
+        await channel.close(None)
+        await server.stop(None)
+
+
+async def test_unary_and_server_streaming_through_generated_code(serve: Serve) -> None:
+    _, channel, _ = await serve()
+    stub = demo_pb2_grpc.EchoStub(channel)
+    assert (await stub.Say(demo_pb2.SayRequest(text="hi"))).text == "echo: hi"
+    counted = [reply.n async for reply in stub.Count(demo_pb2.CountRequest(count=3))]
+    assert counted == [1, 2, 3]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Count(demo_pb2.CountRequest(count=10**6)).read()
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_client_and_bidi_streaming(serve: Serve) -> None:
+    _, channel, _ = await serve()
+    assert await channel.stream_unary(f"/{RAW}/Total")(iter([b"ab", b"cde", b""])) == b"5"
+    assert [m async for m in channel.stream_stream(f"/{RAW}/EchoAll")(iter([b"1", b"22"]))] == [b"1", b"22"]
+    assert [m async for m in channel.stream_stream(f"/{RAW}/EchoByHand")(iter([b"a", b"b"]))] == [b"a", b"b"]
+    assert [m async for m in channel.unary_stream(f"/{RAW}/Written")(b"")] == [b"0", b"1", b"2"]
+
+
+async def test_metadata_both_ways(serve: Serve) -> None:
+    _, channel, rec = await serve()
+    call = channel.unary_unary(f"/{RAW}/Metadata")(b"m", metadata=(("plain", "v"), ("blob-bin", b"\x00\xfe")))
+    assert await call == b"m"
+    assert ("plain", "v") in rec.metadata and ("blob-bin", b"\x00\xfe") in rec.metadata
+    initial = await call.initial_metadata()
+    assert initial["initial"] == "yes" and initial["initial-bin"] == b"\x00\x01"
+    trailing = await call.trailing_metadata()
+    assert trailing["trailing"] == "done" and trailing["trailing-bin"] == b"\xff"
+
+
+async def test_abort_unknown_method_and_handler_failure(serve: Serve) -> None:
+    _, channel, _ = await serve()
+    call = channel.unary_unary(f"/{RAW}/Abort")(b"")
+    with pytest.raises(grpc.aio.AioRpcError) as aborted:
+        await call
+    assert aborted.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert aborted.value.details() == "no, 100% not"  # percent-encoded on the wire, decoded by grpcio
+    assert (await call.trailing_metadata())["why"] == "policy"
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await channel.unary_unary("/test.v1.Nowhere/Nothing")(b"")
+    assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await channel.unary_unary(f"/{RAW}/Fail")(b"")
+    assert failed.value.code() is grpc.StatusCode.UNKNOWN
+    assert "ValueError" in (failed.value.details() or "")
+    assert "secret" not in (failed.value.details() or "") and "Traceback" not in (failed.value.details() or "")
+
+
+async def test_deadline_cancels_the_handler(serve: Serve) -> None:
+    _, channel, rec = await serve()
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await channel.unary_unary(f"/{RAW}/Wait")(b"", timeout=0.3)
+    assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(rec.cancelled.wait(), 5)
+    assert rec.context_cancelled is True
+
+
+async def test_client_cancel_cancels_the_handler(serve: Serve) -> None:
+    server, channel, rec = await serve()
+    call = channel.unary_unary(f"/{RAW}/Wait")(b"")
+    await asyncio.wait_for(rec.started.wait(), 5)
+    call.cancel()
+    await asyncio.wait_for(rec.cancelled.wait(), 5)
+    assert rec.context_cancelled is True
+    await eventually(lambda: not any(conn.streams for conn in server.connections), what="the stream released")
+
+
+async def test_gzip_requests_accepted_deflate_refused(serve: Serve) -> None:
+    _, channel, _ = await serve()
+    text = "z" * 10_000  # compresses well: the message really goes gzipped
+    stub = demo_pb2_grpc.EchoStub(channel)
+    reply = await stub.Say(demo_pb2.SayRequest(text=text), compression=grpc.Compression.Gzip)
+    assert reply.text == f"echo: {text}"
+    assert gzip.decompress(gzip.compress(b"ok")) == b"ok"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Say(demo_pb2.SayRequest(text=text), compression=grpc.Compression.Deflate)
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_oversized_request_is_resource_exhausted(serve: Serve) -> None:
+    _, channel, _ = await serve(max_message_bytes=1024 * 1024)
+    with pytest.raises(grpc.aio.AioRpcError) as big:
+        await channel.unary_unary(f"/{RAW}/Metadata")(b"x" * (1024 * 1024 + 1))
+    assert big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await channel.unary_unary(f"/{RAW}/Metadata")(b"x" * (1024 * 1024)) == b"x" * (1024 * 1024)
+
+
+async def test_big_server_stream_to_a_slow_reader_stays_bounded(serve: Serve) -> None:
+    _, channel, rec = await serve()
+    call = channel.unary_stream(f"/{RAW}/BigStream")(b"")
+    received = 0
+    async for message in call:
+        received += len(message)
+        await asyncio.sleep(0.005)  # a slow reader: the server must wait for its windows
+    assert received == 10 * 1024 * 1024
+    # grpcio's client opens its windows to megabytes: what bounds the server's unsent bytes is the
+    # transport's drain (~200 KiB measured), nowhere near the 10 MiB the handler made.
+    assert max(rec.buffered) < 1024 * 1024, max(rec.buffered)
+
+
+async def test_a_long_client_stream_gets_its_windows_back(serve: Serve) -> None:
+    _, channel, _ = await serve()
+    chunk = b"y" * (64 * 1024)
+    # 20 MiB: past the stream's 1 MiB window and the connection's 16 MiB many times over.
+    assert await channel.stream_unary(f"/{RAW}/Total")(iter([chunk] * 320)) == str(320 * len(chunk)).encode()
+
+
+async def test_graceful_stop_finishes_accepted_calls_and_refuses_new_ones(serve: Serve) -> None:
+    server, channel, rec = await serve()
+    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait")(b""))
+    await asyncio.wait_for(rec.started.wait(), 5)
+    stopping = asyncio.create_task(server.stop(10))
+    await eventually(lambda: all(conn.going_away for conn in server.connections), what="GOAWAY sent")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await channel.unary_unary(f"/{RAW}/Metadata")(b"", timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    rec.release.set()
+    assert await running == b"finished"
+    await asyncio.wait_for(stopping, 5)
+    assert not rec.cancelled.is_set()
+
+
+async def test_stop_cancels_calls_past_the_grace_period(serve: Serve) -> None:
+    server, channel, rec = await serve()
+    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait")(b""))
+    await asyncio.wait_for(rec.started.wait(), 5)
+    await server.stop(0.3)
+    assert rec.cancelled.is_set()
+    with pytest.raises(grpc.aio.AioRpcError) as cancelled:
+        await running
+    assert cancelled.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert await server.wait_for_termination(0)
+
+
+async def test_health_and_reflection(serve: Serve) -> None:
+    server, channel, rec = await serve()
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(["upf.demo.v1.Echo", "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+    await health.set("upf.demo.v1.Echo", health_pb2.HealthCheckResponse.SERVING)
+    checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="upf.demo.v1.Echo"))
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(rec.address) as sync_channel:  # grpc's reflection client is synchronous
+        database = ProtoReflectionDescriptorDatabase(sync_channel)
+        services = await asyncio.to_thread(database.get_services)
+        found = await asyncio.to_thread(database.FindFileContainingSymbol, "upf.demo.v1.Echo")
+    assert "upf.demo.v1.Echo" in services
+    assert found.package == "upf.demo.v1"
+
+
+async def test_a_taken_port_is_a_clear_oserror(serve: Serve) -> None:
+    server, _, _ = await serve()
+    other = Server()
+    taken = server.connections  # keep the fixture's server listening
+    port = other.add_insecure_port("127.0.0.1:0")
+    await other.start()
+    try:
+        with pytest.raises(OSError, match="in use"):
+            Server().add_insecure_port(f"127.0.0.1:{port}")
+    finally:
+        await other.stop(None)
+    assert taken is server.connections
