@@ -4,7 +4,7 @@ statuses, deadlines, cancellation, compression, size limits, flow control, shutd
 from __future__ import annotations
 
 import asyncio
-import gzip
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -57,10 +57,9 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
         return request
 
     async def abort(request: bytes, context: Context) -> bytes:
-        try:
+        # A servicer that swallows the AbortError: the call still ends with the abort's status.
+        with contextlib.suppress(grpc.aio.AbortError):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no, 100% not", (("why", "policy"),))
-        except grpc.aio.AbortError:
-            pass  # a servicer that swallows it: the call still ends with the abort's status
         return b"never sent"
 
     async def fail(request: bytes, context: Context) -> bytes:
@@ -140,45 +139,51 @@ async def test_unary_and_server_streaming_through_generated_code(serve: Serve) -
 
 async def test_client_and_bidi_streaming(serve: Serve) -> None:
     _, channel, _ = await serve()
-    assert await channel.stream_unary(f"/{RAW}/Total")(iter([b"ab", b"cde", b""])) == b"5"
-    assert [m async for m in channel.stream_stream(f"/{RAW}/EchoAll")(iter([b"1", b"22"]))] == [b"1", b"22"]
-    assert [m async for m in channel.stream_stream(f"/{RAW}/EchoByHand")(iter([b"a", b"b"]))] == [b"a", b"b"]
-    assert [m async for m in channel.unary_stream(f"/{RAW}/Written")(b"")] == [b"0", b"1", b"2"]
+    assert await channel.stream_unary(f"/{RAW}/Total", None, None)(iter([b"ab", b"cde", b""])) == b"5"
+    assert [m async for m in channel.stream_stream(f"/{RAW}/EchoAll", None, None)(iter([b"1", b"22"]))] == [b"1", b"22"]
+    by_hand = channel.stream_stream(f"/{RAW}/EchoByHand", None, None)
+    assert [m async for m in by_hand(iter([b"a", b"b"]))] == [b"a", b"b"]
+    assert [m async for m in channel.unary_stream(f"/{RAW}/Written", None, None)(b"")] == [b"0", b"1", b"2"]
 
 
 async def test_metadata_both_ways(serve: Serve) -> None:
     _, channel, rec = await serve()
-    call = channel.unary_unary(f"/{RAW}/Metadata")(b"m", metadata=(("plain", "v"), ("blob-bin", b"\x00\xfe")))
+    sent = (("plain", "v"), ("blob-bin", b"\x00\xfe"))
+    call = channel.unary_unary(f"/{RAW}/Metadata", None, None)(b"m", metadata=sent)
     assert await call == b"m"
-    assert ("plain", "v") in rec.metadata and ("blob-bin", b"\x00\xfe") in rec.metadata
+    assert ("plain", "v") in rec.metadata
+    assert ("blob-bin", b"\x00\xfe") in rec.metadata
     initial = await call.initial_metadata()
-    assert initial["initial"] == "yes" and initial["initial-bin"] == b"\x00\x01"
+    assert initial["initial"] == "yes"
+    assert initial["initial-bin"] == b"\x00\x01"
     trailing = await call.trailing_metadata()
-    assert trailing["trailing"] == "done" and trailing["trailing-bin"] == b"\xff"
+    assert trailing["trailing"] == "done"
+    assert trailing["trailing-bin"] == b"\xff"
 
 
 async def test_abort_unknown_method_and_handler_failure(serve: Serve) -> None:
     _, channel, _ = await serve()
-    call = channel.unary_unary(f"/{RAW}/Abort")(b"")
+    call = channel.unary_unary(f"/{RAW}/Abort", None, None)(b"")
     with pytest.raises(grpc.aio.AioRpcError) as aborted:
         await call
     assert aborted.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert aborted.value.details() == "no, 100% not"  # percent-encoded on the wire, decoded by grpcio
     assert (await call.trailing_metadata())["why"] == "policy"
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await channel.unary_unary("/test.v1.Nowhere/Nothing")(b"")
+        await channel.unary_unary("/test.v1.Nowhere/Nothing", None, None)(b"")
     assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await channel.unary_unary(f"/{RAW}/Fail")(b"")
+        await channel.unary_unary(f"/{RAW}/Fail", None, None)(b"")
     assert failed.value.code() is grpc.StatusCode.UNKNOWN
     assert "ValueError" in (failed.value.details() or "")
-    assert "secret" not in (failed.value.details() or "") and "Traceback" not in (failed.value.details() or "")
+    assert "secret" not in (failed.value.details() or "")
+    assert "Traceback" not in (failed.value.details() or "")
 
 
 async def test_deadline_cancels_the_handler(serve: Serve) -> None:
     _, channel, rec = await serve()
     with pytest.raises(grpc.aio.AioRpcError) as late:
-        await channel.unary_unary(f"/{RAW}/Wait")(b"", timeout=0.3)
+        await channel.unary_unary(f"/{RAW}/Wait", None, None)(b"", timeout=0.3)
     assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.wait_for(rec.cancelled.wait(), 5)
     assert rec.context_cancelled is True
@@ -186,7 +191,7 @@ async def test_deadline_cancels_the_handler(serve: Serve) -> None:
 
 async def test_client_cancel_cancels_the_handler(serve: Serve) -> None:
     server, channel, rec = await serve()
-    call = channel.unary_unary(f"/{RAW}/Wait")(b"")
+    call = channel.unary_unary(f"/{RAW}/Wait", None, None)(b"")
     await asyncio.wait_for(rec.started.wait(), 5)
     call.cancel()
     await asyncio.wait_for(rec.cancelled.wait(), 5)
@@ -200,7 +205,6 @@ async def test_gzip_requests_accepted_deflate_refused(serve: Serve) -> None:
     stub = demo_pb2_grpc.EchoStub(channel)
     reply = await stub.Say(demo_pb2.SayRequest(text=text), compression=grpc.Compression.Gzip)
     assert reply.text == f"echo: {text}"
-    assert gzip.decompress(gzip.compress(b"ok")) == b"ok"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Say(demo_pb2.SayRequest(text=text), compression=grpc.Compression.Deflate)
     assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
@@ -209,14 +213,14 @@ async def test_gzip_requests_accepted_deflate_refused(serve: Serve) -> None:
 async def test_oversized_request_is_resource_exhausted(serve: Serve) -> None:
     _, channel, _ = await serve(max_message_bytes=1024 * 1024)
     with pytest.raises(grpc.aio.AioRpcError) as big:
-        await channel.unary_unary(f"/{RAW}/Metadata")(b"x" * (1024 * 1024 + 1))
+        await channel.unary_unary(f"/{RAW}/Metadata", None, None)(b"x" * (1024 * 1024 + 1))
     assert big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert await channel.unary_unary(f"/{RAW}/Metadata")(b"x" * (1024 * 1024)) == b"x" * (1024 * 1024)
+    assert await channel.unary_unary(f"/{RAW}/Metadata", None, None)(b"x" * (1024 * 1024)) == b"x" * (1024 * 1024)
 
 
 async def test_big_server_stream_to_a_slow_reader_stays_bounded(serve: Serve) -> None:
     _, channel, rec = await serve()
-    call = channel.unary_stream(f"/{RAW}/BigStream")(b"")
+    call = channel.unary_stream(f"/{RAW}/BigStream", None, None)(b"")
     received = 0
     async for message in call:
         received += len(message)
@@ -231,17 +235,18 @@ async def test_a_long_client_stream_gets_its_windows_back(serve: Serve) -> None:
     _, channel, _ = await serve()
     chunk = b"y" * (64 * 1024)
     # 20 MiB: past the stream's 1 MiB window and the connection's 16 MiB many times over.
-    assert await channel.stream_unary(f"/{RAW}/Total")(iter([chunk] * 320)) == str(320 * len(chunk)).encode()
+    total = await channel.stream_unary(f"/{RAW}/Total", None, None)(iter([chunk] * 320))
+    assert total == str(320 * len(chunk)).encode()
 
 
 async def test_graceful_stop_finishes_accepted_calls_and_refuses_new_ones(serve: Serve) -> None:
     server, channel, rec = await serve()
-    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait")(b""))
+    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait", None, None)(b""))
     await asyncio.wait_for(rec.started.wait(), 5)
     stopping = asyncio.create_task(server.stop(10))
     await eventually(lambda: all(conn.going_away for conn in server.connections), what="GOAWAY sent")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await channel.unary_unary(f"/{RAW}/Metadata")(b"", timeout=5)
+        await channel.unary_unary(f"/{RAW}/Metadata", None, None)(b"", timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     rec.release.set()
     assert await running == b"finished"
@@ -251,7 +256,7 @@ async def test_graceful_stop_finishes_accepted_calls_and_refuses_new_ones(serve:
 
 async def test_stop_cancels_calls_past_the_grace_period(serve: Serve) -> None:
     server, channel, rec = await serve()
-    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait")(b""))
+    running = asyncio.ensure_future(channel.unary_unary(f"/{RAW}/Wait", None, None)(b""))
     await asyncio.wait_for(rec.started.wait(), 5)
     await server.stop(0.3)
     assert rec.cancelled.is_set()
