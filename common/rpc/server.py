@@ -75,7 +75,7 @@ class Server(grpc.aio.Server):
         self._generic: list[grpc.GenericRpcHandler[Any, Any]] = []
         self._sockets: list[socket.socket] = []
         self._listeners: list[asyncio.AbstractServer] = []
-        self.connections: set[RpcConnection] = set()
+        self.connections: set[ServerConnection[Any]] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # handler tasks still running
         self._closing = False
         self._idle = asyncio.Event()
