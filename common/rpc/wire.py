@@ -7,6 +7,7 @@ Small copies of what gateway/wire does for the gateway: `common` imports nothing
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import struct
 import zlib
@@ -79,8 +80,10 @@ def request_metadata(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
             continue
         key = name.decode("latin-1")
         if key.endswith("-bin"):
-            # grpc clients may leave the base64 padding out.
-            items.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+            try:  # grpc clients may leave the base64 padding out
+                items.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+            except binascii.Error:
+                items.append((key, value))  # not base64 after all: the servicer gets the bytes sent
         else:
             items.append((key, value.decode("latin-1")))
     return tuple(items)
