@@ -36,6 +36,8 @@ class Recorder:
         self.metadata: tuple[tuple[str, str | bytes], ...] = ()
         self.buffered: list[int] = []
         self.address = ""
+        self.seen: dict[str, Any] = {}
+        self.done = asyncio.Event()
 
 
 def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, Any]:
@@ -81,6 +83,14 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
             yield chunk
             rec.buffered.append(sum(c.transport.get_write_buffer_size() for c in server.connections if c.transport))
 
+    async def describe(request: bytes, context: Context) -> bytes:
+        rec.seen.update(peer=context.peer(), remaining=context.time_remaining(), auth=context.auth_context())
+        context.add_done_callback(lambda ctx: rec.done.set())  # type: ignore[arg-type]  # grpc-stubs want a class
+        context.set_compression(grpc.Compression.Gzip)  # accepted; answers stay uncompressed
+        context.set_code(grpc.StatusCode.ALREADY_EXISTS)
+        context.set_details("set, not raised")
+        return b""
+
     async def written(request: bytes, context: Context) -> None:
         for n in range(3):
             await context.write(str(n).encode())
@@ -97,6 +107,7 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
             "Wait": grpc.unary_unary_rpc_method_handler(wait),
             "BigStream": grpc.unary_stream_rpc_method_handler(big_stream),
             "Written": grpc.unary_stream_rpc_method_handler(written),
+            "Describe": grpc.unary_unary_rpc_method_handler(describe),
         },
     )
 
@@ -178,6 +189,42 @@ async def test_abort_unknown_method_and_handler_failure(serve: Serve) -> None:
     assert "ValueError" in (failed.value.details() or "")
     assert "secret" not in (failed.value.details() or "")
     assert "Traceback" not in (failed.value.details() or "")
+
+
+async def test_context_tells_peer_deadline_and_done_and_takes_a_set_code(serve: Serve) -> None:
+    _, channel, rec = await serve()
+    with pytest.raises(grpc.aio.AioRpcError) as answered:
+        await channel.unary_unary(f"/{RAW}/Describe", None, None)(b"", timeout=30)
+    assert answered.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert answered.value.details() == "set, not raised"
+    assert rec.seen["peer"].startswith("ipv4:127.0.0.1:")
+    assert 0 < rec.seen["remaining"] <= 30
+    assert rec.seen["auth"] == {}
+    await asyncio.wait_for(rec.done.wait(), 5)
+
+
+class Recording(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Sees each call's details; hides test.v1.Raw/Fail as if it did not exist."""
+
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name = name
+        self.seen = seen
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.seen.append(f"{self.name} {details.method}")
+        if details.method.endswith("/Fail"):
+            return None
+        return await continuation(details)
+
+
+async def test_interceptors_run_outermost_first(serve: Serve) -> None:
+    seen: list[str] = []
+    _, channel, _ = await serve(interceptors=[Recording("outer", seen), Recording("inner", seen)])
+    assert await channel.unary_unary(f"/{RAW}/Metadata", None, None)(b"x") == b"x"
+    assert seen == [f"outer /{RAW}/Metadata", f"inner /{RAW}/Metadata"]
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await channel.unary_unary(f"/{RAW}/Fail", None, None)(b"")
+    assert hidden.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_deadline_cancels_the_handler(serve: Serve) -> None:
