@@ -30,9 +30,9 @@ import grpc.aio
 
 from common.http2.codes import ErrorCode
 from common.http2.server import ServerConnection
-from common.rpc.connection import RpcConnection
 from common.http2.writer import rst_stream
 from common.rpc.call import ServedCall
+from common.rpc.connection import RpcConnection
 from common.rpc.dispatch import run_call
 from common.rpc.wire import (
     ACCEPT_ENCODING,
