@@ -275,10 +275,12 @@ class ServedCall:
         self.context.call_done_callbacks()
 
     def _give_back(self) -> None:
-        """Give received bytes back to the client's windows while the handler keeps up."""
-        if self.queued > _QUEUE_LIMIT or self.request_ended or self.owed < _CREDIT_BATCH:
-            return  # a request that has ended needs no more window: the connection's comes back at release
+        """Give received bytes back to the client's windows while the handler keeps up (a small request's
+        come back at `release`)."""
+        if self.queued > _QUEUE_LIMIT or self.owed < _CREDIT_BATCH:
+            return
         owed, self.owed = self.owed, 0
-        self.recv_window += owed
-        self.conn.write(window_update(self.id, owed))
         self.conn.credit(owed)
+        if not self.request_ended:  # a stream the client has ended needs no more window
+            self.recv_window += owed
+            self.conn.write(window_update(self.id, owed))

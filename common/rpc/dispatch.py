@@ -74,6 +74,8 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> 
                 await call.write(response)
         elif inspect.isawaitable(result):  # a coroutine that writes through context.write()
             await result
+        else:
+            raise TypeError(f"a streaming handler returned {type(result).__name__}, not an async generator")
         return
     behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
     response = behavior(request, context)

@@ -49,6 +49,7 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Server"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's default receive limit
+_UNWIND_SECONDS = 5.0  # how long stop() waits for cancelled handlers to return
 _ACCEPT_ENCODING_FIELD = b"\x00\x14grpc-accept-encoding" + bytes((len(ACCEPT_ENCODING),)) + ACCEPT_ENCODING.encode()
 
 
@@ -143,7 +144,9 @@ class Server(grpc.aio.Server):
             conn.abort_calls()
         if self._tasks:
             # The cancelled handlers unwind (their finally blocks run) before stop() returns.
-            await asyncio.wait(list(self._tasks))
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=_UNWIND_SECONDS)
+            if stuck:
+                logger.warning("%d gRPC handlers ignored their cancellation: left running", len(stuck))
         self._terminated.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
