@@ -190,10 +190,16 @@ class ServedCall:
 
     async def read(self) -> Any:
         message = await self.next_message()
-        if message is None:
-            return EOF
+        return EOF if message is None else self.deserialize(message)
+
+    def deserialize(self, message: bytes) -> Any:
         deserialize = self.handler.request_deserializer if self.handler is not None else None
-        return deserialize(message) if deserialize is not None else message
+        if deserialize is None:
+            return message
+        try:
+            return deserialize(message)
+        except Exception:  # protobuf's DecodeError, or whatever a custom deserializer raises
+            raise MessageError(grpc.StatusCode.INTERNAL, "the request message does not deserialize") from None
 
     async def write(self, response: Any) -> None:
         if self.closed:

@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 
 from common.rpc.call import ServedCall
-from common.rpc.wire import EOF, Metadata
+from common.rpc.wire import EOF, MessageError, Metadata
 
 __all__ = ["FindHandler", "run_call"]
 
@@ -40,6 +40,8 @@ async def run_call(call: ServedCall, find: FindHandler) -> None:
         await _serve(call, handler)
     except grpc.aio.AbortError:
         pass  # the status is the context's, below
+    except MessageError as exc:  # a request message that does not deserialize
+        call.finish(exc.code, exc.message)
     except asyncio.CancelledError:
         # The call ended (reset, deadline, shutdown) and cancelled its handler, or the handler
         # cancelled itself: either way nothing waits for this task.
@@ -63,8 +65,7 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> 
             if not call.closed:
                 call.finish(grpc.StatusCode.INTERNAL, "the request carries no message")
             return
-        deserialize = handler.request_deserializer
-        request = deserialize(message) if deserialize is not None else message
+        request = call.deserialize(message)
     if handler.response_streaming:
         # grpc-stubs type the behaviours for grpc's synchronous server: here they are coroutines or async generators.
         behavior: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream

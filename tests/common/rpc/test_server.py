@@ -188,6 +188,9 @@ async def test_abort_unknown_method_and_handler_failure(serve: Serve) -> None:
     assert failed.value.code() is grpc.StatusCode.UNKNOWN
     assert "ValueError" in (failed.value.details() or "")
     assert "secret" not in (failed.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as garbled:
+        await channel.unary_unary("/upf.demo.v1.Echo/Say", None, None)(b"\xff\xff\xff")  # not a SayRequest
+    assert garbled.value.code() is grpc.StatusCode.INTERNAL
     assert "Traceback" not in (failed.value.details() or "")
 
 
