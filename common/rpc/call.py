@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import grpc.aio
 
-from common.http2.frames import CANCEL, NO_ERROR, RST_STREAM, frame
+from common.http2.frames import CANCEL, RST_STREAM, frame
 from common.http2.server import STREAM_WINDOW
 from common.http2.writer import window_update
 from common.rpc.context import Context
@@ -52,7 +52,6 @@ _CREDIT_BATCH: Final = STREAM_WINDOW // 4
 _QUEUE_LIMIT: Final = STREAM_WINDOW // 2
 # Response bytes held in the process for one connection before a streaming call waits for the socket.
 _HIGH_WATER: Final = 256 * 1024
-_RESET_NO_ERROR: Final = NO_ERROR.to_bytes(4, "big")
 _RESET_CANCEL: Final = CANCEL.to_bytes(4, "big")
 
 
@@ -188,6 +187,25 @@ class ServedCall:
         self._give_back()
         return message
 
+    async def request_settled(self, quiet: float, limit: float) -> None:
+        """Return once the client has half-closed (or the call has ended), has sent nothing for `quiet`
+        seconds, or after `limit` seconds."""
+        loop = self.conn.loop
+        give_up = loop.time() + limit
+        while not (self.request_ended or self.closed):
+            wait = min(quiet, give_up - loop.time())
+            if wait <= 0:
+                return
+            waiter = self.request_waiter = loop.create_future()
+            timer = loop.call_later(wait, _resolve, waiter)
+            try:
+                await waiter  # resolved by the next DATA frame, or by the timer
+            finally:
+                timer.cancel()
+                self.request_waiter = None
+            if loop.time() >= timer.when():
+                return  # nothing arrived: the client is not in the middle of sending
+
     async def read(self) -> Any:
         message = await self.next_message()
         return EOF if message is None else self.deserialize(message)
@@ -236,10 +254,11 @@ class ServedCall:
         conn = self.conn
         trailing = self.context.trailing_metadata()
         block = status_block(code, details, metadata_block(trailing) if trailing else b"")
+        # No RST_STREAM (NO_ERROR) follows when the client has not finished sending, though HTTP/2
+        # allows one (RFC 9113 8.1): grpcio's asyncio client, still writing, may take the reset for a
+        # failure of its own and report INTERNAL instead of the status (common/rpc/dispatch.py, _end).
+        # What it sends before it reads the trailers is dropped, and given back to its window.
         conn.write_headers(self.id, block if self.headers_sent else RESPONSE_START + block, end_stream=True)
-        if not self.request_ended:
-            # Answered before the client finished sending: it may stop (RFC 9113 8.1).
-            conn.write(frame(RST_STREAM, 0, self.id, _RESET_NO_ERROR))
         self._stop_handler()
 
     def time_remaining(self) -> float | None:
@@ -290,3 +309,8 @@ class ServedCall:
         if not self.request_ended:  # a stream the client has ended needs no more window
             self.recv_window += owed
             self.conn.write(window_update(self.id, owed))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

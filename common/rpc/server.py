@@ -201,9 +201,8 @@ class Server(grpc.aio.Server):
             block = status_block(
                 grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')!r} is not supported"
             )
+            # No RST_STREAM after it, as in ServedCall.finish: grpcio's client would report INTERNAL.
             conn.write_headers(stream_id, RESPONSE_START + _ACCEPT_ENCODING_FIELD + block, end_stream=True)
-            if not end_stream:
-                conn.write(rst_stream(stream_id, ErrorCode.NO_ERROR))
             return
         reader = RequestMessages(self.max_message_bytes, gzip=encoding == b"gzip")
         conn = cast(RpcConnection, conn)  # the only kind start() makes

@@ -91,6 +91,10 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
         context.set_details("set, not raised")
         return b""
 
+    async def refuse(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        yield b""  # an async generator, never reached
+
     async def written(request: bytes, context: Context) -> None:
         for n in range(3):
             await context.write(str(n).encode())
@@ -108,6 +112,7 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
             "BigStream": grpc.unary_stream_rpc_method_handler(big_stream),
             "Written": grpc.unary_stream_rpc_method_handler(written),
             "Describe": grpc.unary_unary_rpc_method_handler(describe),
+            "Refuse": grpc.stream_stream_rpc_method_handler(refuse),
         },
     )
 
@@ -228,6 +233,24 @@ async def test_interceptors_run_outermost_first(serve: Serve) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
         await channel.unary_unary(f"/{RAW}/Fail", None, None)(b"")
     assert hidden.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_streaming_calls_ended_before_their_requests_keep_their_status(serve: Serve) -> None:
+    # grpcio's asyncio client reports INTERNAL for a call whose stream ends while it is sending; the
+    # server waits for the request to settle (common/rpc/dispatch.py, _end): every status arrives.
+    _, channel, _ = await serve()
+
+    async def status(path: str) -> grpc.StatusCode:
+        try:
+            async for _ in channel.stream_stream(path, None, None)(iter([b"a", b"b"])):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    for _ in range(25):
+        codes = await asyncio.gather(*(status(f"/{RAW}/Refuse") for _ in range(4)), status("/test.v1.No/Such"))
+        assert codes == [grpc.StatusCode.PERMISSION_DENIED] * 4 + [grpc.StatusCode.UNIMPLEMENTED]
 
 
 async def test_deadline_cancels_the_handler(serve: Serve) -> None:
