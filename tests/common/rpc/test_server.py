@@ -206,7 +206,7 @@ async def test_context_tells_peer_deadline_and_done_and_takes_a_set_code(serve: 
     assert answered.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert answered.value.details() == "set, not raised"
     assert rec.seen["peer"].startswith("ipv4:127.0.0.1:")
-    assert 0 < rec.seen["remaining"] <= 30
+    assert 25 < rec.seen["remaining"] < 31  # grpcio rounds the grpc-timeout it sends up
     assert rec.seen["auth"] == {}
     await asyncio.wait_for(rec.done.wait(), 5)
 
