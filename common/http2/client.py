@@ -380,7 +380,7 @@ class Http2Stream:
 class ClientConnection(Connection[Http2Stream]):
     """One HTTP/2 connection to an upstream; `open_stream` starts a call on it."""
 
-    def __init__(self, authority: str, max_message: int) -> None:
+    def __init__(self, authority: str, max_message: int, user_agent: bytes = b"upf-gateway") -> None:
         # We never raise SETTINGS_MAX_FRAME_SIZE above the default: a larger frame is the upstream's
         # error, and waiting for it would hold up to 16 MiB for nothing.
         super().__init__(server=False, max_frame=MIN_MAX_FRAME)
@@ -391,7 +391,7 @@ class ClientConnection(Connection[Http2Stream]):
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
-        self.encoder = RequestEncoder()
+        self.encoder = RequestEncoder(user_agent)
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -541,9 +541,11 @@ class ClientConnection(Connection[Http2Stream]):
         self.close_transport()
 
 
-async def connect(host: str, port: int, *, authority: str, max_message: int, timeout: float) -> ClientConnection:
+async def connect(
+    host: str, port: int, *, authority: str, max_message: int, timeout: float, user_agent: bytes = b"upf-gateway"
+) -> ClientConnection:
     loop = asyncio.get_running_loop()
     _transport, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: ClientConnection(authority, max_message), host, port), timeout
+        loop.create_connection(lambda: ClientConnection(authority, max_message, user_agent), host, port), timeout
     )
     return protocol
