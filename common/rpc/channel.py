@@ -266,39 +266,44 @@ def _metadata(headers: HeaderList | None) -> grpc.aio.Metadata:
 
 
 class _Status:
-    __slots__ = ("code", "details", "initial", "trailing")
+    """How a call ended. Its metadata is kept as received and turned into grpc.aio.Metadata only when
+    asked for: most calls never look at it."""
+
+    __slots__ = ("_headers", "_trailers", "code", "details")
 
     def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str,
-        initial: grpc.aio.Metadata | None = None,
-        trailing: grpc.aio.Metadata | None = None,
+        self, code: grpc.StatusCode, details: str, headers: HeaderList | None = None, trailers: HeaderList | None = None
     ) -> None:
         self.code = code
         self.details = details
-        self.initial = initial if initial is not None else grpc.aio.Metadata()
-        self.trailing = trailing if trailing is not None else grpc.aio.Metadata()
+        self._headers = headers
+        self._trailers = trailers
+
+    @property
+    def initial(self) -> grpc.aio.Metadata:
+        return _metadata(self._headers)
+
+    @property
+    def trailing(self) -> grpc.aio.Metadata:
+        return _metadata(self._trailers)
 
 
 def _status_of(stream: Http2Stream) -> _Status:
     """How an ended stream ended, as grpc reports it."""
     error = stream.error
-    initial = _metadata(stream.headers)
     if error is not None:
-        return _Status(error.code, error.message, initial)
-    trailers = stream.trailers or ()
+        return _Status(error.code, error.message, stream.headers)
     status = message = None
-    for name, value in trailers:
+    for name, value in stream.trailers or ():
         if name == b"grpc-status":
             status = value
         elif name == b"grpc-message":
             message = value
-    details = unquote_to_bytes(message).decode("utf-8", "replace") if message else ""
     if status is None:
-        return _Status(grpc.StatusCode.UNKNOWN, "the server ended the call without a gRPC status", initial)
+        return _Status(grpc.StatusCode.UNKNOWN, "the server ended the call without a gRPC status", stream.headers)
     code = _CODES.get(int(status), grpc.StatusCode.UNKNOWN) if status.isdigit() else grpc.StatusCode.UNKNOWN
-    return _Status(code, details, initial, _metadata(stream.trailers))
+    details = unquote_to_bytes(message).decode("utf-8", "replace") if message else ""
+    return _Status(code, details, stream.headers, stream.trailers)
 
 
 class _Call:
