@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -176,7 +176,7 @@ async def test_an_error_status_carries_its_details_and_trailing_metadata() -> No
         error = failure.value
         assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert error.details() == "not like this: ä"
-        trailing: dict[str, Any] = dict(error.trailing_metadata())
+        trailing = cast(grpc.aio.Metadata, error.trailing_metadata())  # what grpc.aio returns; the stubs say tuple
         assert trailing["x-why"] == "because"
         assert trailing["x-blob-bin"] == b"\x00\xff"
         assert await call.code() is grpc.StatusCode.FAILED_PRECONDITION
