@@ -2,8 +2,9 @@
 
 `TracingInterceptor` (a grpc.aio server interceptor) opens one SERVER span per call, the child of
 the W3C `traceparent` the call's metadata carries, and makes it the current span while the servicer
-runs; `trace_context_interceptors()` (on the SDK's channels to other plugins) sends the current span on
-as `traceparent`, so a call that fans out stays one trace.
+runs; `trace_context_hook()` (on the SDK's channels to other plugins, common.rpc.Channel) sends the
+current span on as `traceparent`, so a call that fans out stays one trace (`trace_context_interceptors()`
+does the same on a grpc.aio channel).
 
 `run_plugin` turns tracing on from OpenTelemetry's own environment variables, which operators
 already set for every other traced process:
@@ -25,9 +26,10 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span, set_span_in_context
 
+from common.rpc.channel import MetadataHook
 from common.tracing import extract_context, otlp_tracer_provider, trace_metadata
 
-__all__ = ["TracingInterceptor", "trace_context_interceptors", "tracer_provider_from_environment"]
+__all__ = ["TracingInterceptor", "trace_context_hook", "trace_context_interceptors", "tracer_provider_from_environment"]
 
 # A servicer's own statuses that are the server's fault (OpenTelemetry's gRPC conventions).
 _SERVER_ERRORS = frozenset(
@@ -161,11 +163,23 @@ def _status_of(code: object, failed: bool) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
-def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def _trace_context() -> list[tuple[str, str]]:
     span = get_current_span()
     if not span.get_span_context().is_valid:
-        return details  # not inside a traced call
-    fields = [(name.decode(), value.decode("latin-1")) for name, value in trace_metadata(span)]
+        return []  # not inside a traced call
+    return [(name.decode(), value.decode("latin-1")) for name, value in trace_metadata(span)]
+
+
+def trace_context_hook() -> MetadataHook:
+    """A common.rpc.Channel metadata hook that sends the current span (the call being served) as
+    `traceparent`, so a call that fans out to other plugins stays one trace."""
+    return _trace_context
+
+
+def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    fields = _trace_context()
+    if not fields:
+        return details
     kept = [(key, value) for key, value in (details.metadata or ()) if key not in ("traceparent", "tracestate")]
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, grpc.aio.Metadata(*kept, *fields), details.credentials, details.wait_for_ready
@@ -204,7 +218,6 @@ class _StreamStreamTrace(_TraceContext, _StreamStream):
 
 
 def trace_context_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Channel interceptors that send the current span (the call being served) as `traceparent`, so a
-    call that fans out to other plugins stays one trace."""
+    """trace_context_hook for a grpc.aio channel: interceptors that send the current span as `traceparent`."""
     kinds = (_UnaryUnaryTrace, _UnaryStreamTrace, _StreamUnaryTrace, _StreamStreamTrace)
     return [cast(grpc.aio.ClientInterceptor, kind()) for kind in kinds]
