@@ -97,6 +97,7 @@ class Http2Stream:
         "_conn",
         "_deadline",
         "_encoding",
+        "_headers_waiter",
         "_http_error",
         "_max_message",
         "_messages",
@@ -132,6 +133,8 @@ class Http2Stream:
         self._encoding: bytes | None = None
         self._http_error: tuple[int, bytearray] | None = None  # a non-gRPC answer: HTTP status, body start
         self._waiter: asyncio.Future[None] | None = None
+        # Apart from the reader's: one task may wait for the headers while another reads.
+        self._headers_waiter: asyncio.Future[None] | None = None
         self.window_waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         # For an owner that cannot wait (the ingress, inside data_received): called when the
@@ -179,11 +182,11 @@ class Http2Stream:
         that waits here can hand them on at once instead of with that message. A non-gRPC answer (a
         proxy's error page) counts only once it has ended."""
         while not self.ended and not self._messages and (self.headers is None or self._http_error is not None):
-            self._waiter = self._conn.loop.create_future()
+            self._headers_waiter = self._conn.loop.create_future()
             try:
-                await self._waiter
+                await self._headers_waiter
             finally:
-                self._waiter = None
+                self._headers_waiter = None
 
     @property
     def has_message(self) -> bool:
@@ -227,6 +230,9 @@ class Http2Stream:
 
     def _wake_reader(self) -> None:
         waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

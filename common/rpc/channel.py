@@ -327,7 +327,6 @@ class _Call:
         self._method = method
         self._serializer = serializer
         self._deserializer = deserializer
-        self._timeout = timeout
         self._deadline = None if timeout is None else self._loop.time() + timeout
         self._metadata = metadata
         self._wait_for_ready = bool(wait_for_ready)

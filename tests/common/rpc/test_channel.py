@@ -73,6 +73,11 @@ def _service(seen: Seen) -> grpc.GenericRpcHandler[Any, Any]:
         async for request in requests:
             yield request
 
+    async def greet_first(requests: AsyncIterator[bytes], context: _Context) -> AsyncIterator[bytes]:
+        await context.send_initial_metadata((("x-hello", "before any message"),))
+        async for request in requests:
+            yield request
+
     return grpc.method_handlers_generic_handler(
         "test.v1.Svc",
         {
@@ -81,6 +86,7 @@ def _service(seen: Seen) -> grpc.GenericRpcHandler[Any, Any]:
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "GreetFirst": grpc.stream_stream_rpc_method_handler(greet_first),
         },
     )
 
@@ -166,6 +172,17 @@ async def test_metadata_goes_both_ways() -> None:
         assert dict(await call.trailing_metadata()) == {"x-done": "yes"}
         assert (await call.code(), await call.details()) == (grpc.StatusCode.OK, "")
         assert seen.time_remaining is None  # no deadline asked: no grpc-timeout sent
+
+
+async def test_initial_metadata_arrives_before_any_message_while_another_task_reads() -> None:
+    async with serving() as (channel, _seen, _server):
+        call = channel.stream_stream("/test.v1.Svc/GreetFirst")()
+        reading = asyncio.ensure_future(call.read())
+        assert dict(await asyncio.wait_for(call.initial_metadata(), 10)) == {"x-hello": "before any message"}
+        await call.write(b"now")
+        assert await asyncio.wait_for(reading, 10) == b"now"
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 async def test_an_error_status_carries_its_details_and_trailing_metadata() -> None:
