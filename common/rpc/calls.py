@@ -81,6 +81,13 @@ class _Call:
         self._callbacks: list[Callable[[Any], None]] = []
         self._cancelled = False
 
+    def __del__(self) -> None:
+        # A call dropped while its stream is open (a loop left early, no cancel()) would hold the
+        # server's side open until the deadline: reset it, as grpc.aio does on garbage collection.
+        stream = getattr(self, "_stream", None)  # None as well when __init__ failed
+        if stream is not None and not stream.ended and not self._loop.is_closed():
+            stream.cancel("Cancelled upon garbage collection!")
+
     # --- grpc.aio.RpcContext / Call ---------------------------------------------------------
 
     def cancelled(self) -> bool:

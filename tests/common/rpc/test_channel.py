@@ -5,6 +5,7 @@ flow control with large streams, and the metadata hooks."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -60,8 +61,15 @@ def _service(seen: Seen) -> grpc.GenericRpcHandler[Any, Any]:
 
     async def server_stream(request: bytes, context: _Context) -> AsyncIterator[bytes]:
         count, size = (int(part) for part in request.split(b":"))
-        for n in range(count):
-            yield bytes([n % 256]) * size
+        sent = 0
+        try:
+            for n in range(count):
+                yield bytes([n % 256]) * size
+                sent += 1
+        finally:
+            # A call ended by the client closes the generator at its yield (GeneratorExit), or cancels it.
+            if sent < count:
+                seen.cancelled.set()
 
     async def client_stream(requests: AsyncIterator[bytes], context: _Context) -> bytes:
         total = 0
@@ -234,6 +242,8 @@ async def test_call_cancel_ends_the_call_and_the_server_sees_it() -> None:
         assert call.cancel()
         assert call.cancelled()
         assert call.done()
+        await asyncio.wait_for(seen.cancelled.wait(), 10)
+        seen.cancelled.clear()
         assert await call.code() is grpc.StatusCode.CANCELLED
         with pytest.raises(asyncio.CancelledError):
             await call.read()
@@ -246,6 +256,15 @@ async def test_call_cancel_ends_the_call_and_the_server_sees_it() -> None:
         assert unary.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await asyncio.wait_for(seen.cancelled.wait(), 10)
+
+
+async def test_a_dropped_stream_call_is_reset() -> None:
+    async with serving() as (channel, seen, _server):
+        call = channel.unary_stream("/test.v1.Svc/ServerStream")(b"100000:1000")
+        assert await call.read() == b"\x00" * 1000
+        del call
+        gc.collect()
         await asyncio.wait_for(seen.cancelled.wait(), 10)
 
 
