@@ -13,12 +13,15 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from common.http2.codes import ErrorCode
 from common.http2.writer import goaway
 from common.rpc.channel import Channel
 from plugins.demo.service import EchoService
+from plugins.sdk.identity import CALLER_TOKEN_METADATA, caller_token_hook
+from plugins.sdk.tracing import trace_context_hook
 from tests.support.h2server import GRPC_HEADERS, H2Server, Request, ServerConnection
 from tests.support.processes import free_port
 
@@ -371,6 +374,21 @@ async def test_metadata_hooks_add_to_every_call_and_replace_the_calls_own_values
         await unary(b"b")
         assert [(m["x-token"], m["x-trace"]) for m in seen.metadata] == [("first", "t1"), ("second", "t1")]
         assert seen.metadata[0]["x-own"] == "kept"
+
+
+async def test_the_sdk_hooks_send_the_caller_token_and_the_current_span() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    hooks = [caller_token_hook(lambda: "the-token"), trace_context_hook()]
+    async with serving(metadata_hooks=hooks) as (channel, seen, _server):
+        unary = channel.unary_unary("/test.v1.Svc/Unary")
+        await unary(b"outside any span")
+        with tracer.start_as_current_span("serving a call") as span:
+            await unary(b"inside", metadata=[("traceparent", "00-stale-stale-00")])
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    assert seen.metadata[0][CALLER_TOKEN_METADATA] == "the-token"
+    assert "traceparent" not in seen.metadata[0]
+    assert seen.metadata[1][CALLER_TOKEN_METADATA] == "the-token"
+    assert str(seen.metadata[1]["traceparent"]).split("-")[1] == trace_id
 
 
 async def test_an_http_answer_without_grpc_status_maps_its_http_status() -> None:
