@@ -180,23 +180,21 @@ class _Call:
             connection = await self._before_deadline(channel.connection(deadline, wait_for_ready=self._wait_for_ready))
         target = (channel.authority, self._method)
         fields = channel.request_fields(self._metadata, self.time_remaining())
+        # A small request goes out with its HEADERS in one write; anything else, after them.
         stream = None if body is None else connection.open_unary(target, fields, body)
+        unsent = body if stream is None else None
         if stream is None:
             try:
                 stream = await self._before_deadline(connection.open_stream(target, fields))
             except StreamError as exc:  # the connection was lost or is going away: no stream was opened
                 raise CallFailed(exc.code, exc.message) from None
-            self._stream = stream
-            if deadline is not None:
-                stream.set_deadline(max(0.0, deadline - self._loop.time()))
-            if body is not None:
-                await stream.send(body, end_stream=True)
-        else:
-            self._stream = stream
-            if deadline is not None:
-                stream.set_deadline(max(0.0, deadline - self._loop.time()))
+        self._stream = stream
+        if deadline is not None:
+            stream.set_deadline(max(0.0, deadline - self._loop.time()))
         if self._status is not None:  # cancelled while the stream was opening
             stream.cancel(_CANCELLED_DETAILS)
+        elif unsent is not None:
+            await stream.send(unsent, end_stream=True)
         return stream
 
     async def _before_deadline(self, step: Any) -> Any:

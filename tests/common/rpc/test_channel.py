@@ -355,6 +355,9 @@ async def test_ten_mebibytes_stream_both_ways_within_the_flow_control_windows() 
         assert received == 10 * MiB
         bidi = channel.stream_stream("/test.v1.Svc/Bidi")(iter([chunk] * 10), timeout=30)
         assert sum([len(m) async for m in bidi]) == 10 * MiB
+        # A unary request past the first window and frame: sent after its HEADERS, as the windows open.
+        large = b"y" * (3 * MiB)
+        assert await channel.unary_unary("/test.v1.Svc/Unary")(large, timeout=30) == large
 
 
 async def test_a_response_over_the_limit_is_resource_exhausted() -> None:
