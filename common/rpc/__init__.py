@@ -1,1 +1,1 @@
-"""gRPC between Python processes of the platform: a client channel on the HTTP/2 core (channel.py)."""
+"""gRPC for the platform's Python processes, on the HTTP/2 core the gateway uses (common/http2)."""
