@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import emcache
-import grpc
 import redis.asyncio
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
 from bench.harness import Server, cpu_seconds, free_port, log
 from bench.registry import BenchRegistry, bench_registry
+from common.rpc.channel import Channel
 from plugins.cache.backends.memory import MemoryBackend
 from plugins.sdk.cache import CacheClient
-from plugins.sdk.identity import caller_token_interceptors
+from plugins.sdk.identity import caller_token_hook
 
 WARM_UP = 0.3  # seconds of each run not counted: connections opened, scripts cached
 KEYS = 1000
@@ -202,9 +202,8 @@ async def measure_backend(
     direct_redis: redis.asyncio.Redis | None = None
     direct_mc: emcache.Client | None = None
     try:
-        # As a plugin's dependency channel: every call carries the caller's identity token.
-        interceptors = caller_token_interceptors(lambda: token)
-        async with grpc.aio.insecure_channel(endpoint, interceptors=interceptors) as channel:
+        # As a plugin's dependency channel (plugins/sdk/resolve.py): every call carries the caller's identity token.
+        async with Channel(endpoint, metadata_hooks=[caller_token_hook(lambda: token)]) as channel:
             client = CacheClient(channel)
             await client.mset({f"k{i}": value for i in range(KEYS)})
             for op, call in plugin_ops(client, value).items():
@@ -278,7 +277,7 @@ async def measure_floor(args: argparse.Namespace, run_dir: Path) -> Run:
     server.start(ROOT)
     server.wait_ready()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with Channel(f"127.0.0.1:{port}") as channel:
             stub, request = demo_pb2_grpc.EchoStub(channel), demo_pb2.SayRequest(text="x" * args.value_size)
             before = cpu_seconds(server.pids())
             measured = await drive(lambda i: stub.Say(request, timeout=10), args.concurrency, args.seconds)

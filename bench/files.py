@@ -25,16 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import yaml
 from aiobotocore.session import get_session
 from gcloud.aio.storage import Storage
 
 from bench.harness import HOST, Server, free_port, log
+from common.rpc.channel import Channel
 from plugins.sdk import Plugin, Timings
 from plugins.sdk.files import FilesClient
-from plugins.sdk.identity import caller_token_interceptors
+from plugins.sdk.identity import caller_token_hook
 from registry.credentials import RegistrationCredentials
 
 MiB = 1024 * 1024
@@ -198,9 +198,7 @@ async def measure(kind: str, run_dir: Path, size: int, rounds: int) -> tuple[Rat
         await client.started.wait()
         while not client.identity_token():  # noqa: ASYNC110  # the token arrives with the lease, no event for it
             await asyncio.sleep(0.05)
-        channel = grpc.aio.insecure_channel(
-            f"{HOST}:{port}", interceptors=caller_token_interceptors(client.identity_token)
-        )
+        channel = Channel(f"{HOST}:{port}", metadata_hooks=[caller_token_hook(client.identity_token)])  # as the SDK's
         files = FilesClient(channel, chunk_size=MiB)
         await direct.open()
         data = b"".join([chunk async for chunk in chunks(size)])

@@ -37,8 +37,9 @@ from redis.asyncio import Redis
 from upf.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from bench.harness import HOST, Server, cpu_seconds, free_port, log
+from common.rpc.channel import Channel
 from plugins.messagebus.plugin import BusSettings, make_backend
-from plugins.sdk.identity import caller_token_interceptors
+from plugins.sdk.identity import caller_token_hook
 from plugins.sdk.messagebus import MessageBusClient, Outgoing
 from registry.credentials import RegistrationCredentials
 
@@ -206,7 +207,7 @@ async def measure(
     try:
         plugin.wait_ready()
         token = identity_token(registry)
-        channel = grpc.aio.insecure_channel(f"{HOST}:{port}", interceptors=caller_token_interceptors(lambda: token))
+        channel = Channel(f"{HOST}:{port}", metadata_hooks=[caller_token_hook(lambda: token)])  # as the SDK's
         try:
             pids = plugin.pids()
             plugin_rates = await through_plugin(

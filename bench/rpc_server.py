@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
-from common.rpc import Server
+from common.rpc.server import Server
 from plugins.demo.service import EchoService
 
 __all__ = ["main"]

@@ -41,11 +41,11 @@ from typing import Any
 import aiosqlite
 import asyncmy
 import asyncpg
-import grpc
 
 from bench.harness import free_port
 from bench.registry import BenchRegistry, bench_registry
-from plugins.sdk.identity import caller_token_interceptors
+from common.rpc.channel import Channel
+from plugins.sdk.identity import caller_token_hook
 from plugins.sdk.storage import StorageClient
 
 RECORDS = 1000
@@ -147,9 +147,8 @@ async def run_plugin_side(backend: str, dsn: str, args: argparse.Namespace, regi
         *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        # As a plugin's dependency channel: every call carries the caller's identity token.
-        interceptors = caller_token_interceptors(lambda: token)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
+        # As a plugin's dependency channel (plugins/sdk/resolve.py): every call carries the caller's identity token.
+        async with Channel(f"127.0.0.1:{port}", metadata_hooks=[caller_token_hook(lambda: token)]) as channel:
             await asyncio.wait_for(channel.channel_ready(), 15)
             client = StorageClient(channel)
             await client.batch_set("bench", {k: document(n) for n, k in enumerate(ids())})

@@ -97,6 +97,7 @@ class Http2Stream:
         "_conn",
         "_deadline",
         "_encoding",
+        "_headers_waiter",
         "_http_error",
         "_max_message",
         "_messages",
@@ -132,6 +133,8 @@ class Http2Stream:
         self._encoding: bytes | None = None
         self._http_error: tuple[int, bytearray] | None = None  # a non-gRPC answer: HTTP status, body start
         self._waiter: asyncio.Future[None] | None = None
+        # Apart from the reader's: one task may wait for the headers while another reads.
+        self._headers_waiter: asyncio.Future[None] | None = None
         self.window_waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         # For an owner that cannot wait (the ingress, inside data_received): called when the
@@ -179,11 +182,11 @@ class Http2Stream:
         that waits here can hand them on at once instead of with that message. A non-gRPC answer (a
         proxy's error page) counts only once it has ended."""
         while not self.ended and not self._messages and (self.headers is None or self._http_error is not None):
-            self._waiter = self._conn.loop.create_future()
+            self._headers_waiter = self._conn.loop.create_future()
             try:
-                await self._waiter
+                await self._headers_waiter
             finally:
-                self._waiter = None
+                self._headers_waiter = None
 
     @property
     def has_message(self) -> bool:
@@ -227,6 +230,9 @@ class Http2Stream:
 
     def _wake_reader(self) -> None:
         waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -380,7 +386,7 @@ class Http2Stream:
 class ClientConnection(Connection[Http2Stream]):
     """One HTTP/2 connection to an upstream; `open_stream` starts a call on it."""
 
-    def __init__(self, authority: str, max_message: int) -> None:
+    def __init__(self, authority: str, max_message: int, user_agent: bytes = b"upf-gateway") -> None:
         # We never raise SETTINGS_MAX_FRAME_SIZE above the default: a larger frame is the upstream's
         # error, and waiting for it would hold up to 16 MiB for nothing.
         super().__init__(server=False, max_frame=MIN_MAX_FRAME)
@@ -391,7 +397,7 @@ class ClientConnection(Connection[Http2Stream]):
         self.closing: str | None = None  # why no new stream may start here
         self.closed = asyncio.Event()
         self._received_unacked = 0
-        self.encoder = RequestEncoder()
+        self.encoder = RequestEncoder(user_agent)
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -541,9 +547,11 @@ class ClientConnection(Connection[Http2Stream]):
         self.close_transport()
 
 
-async def connect(host: str, port: int, *, authority: str, max_message: int, timeout: float) -> ClientConnection:
+async def connect(
+    host: str, port: int, *, authority: str, max_message: int, timeout: float, user_agent: bytes = b"upf-gateway"
+) -> ClientConnection:
     loop = asyncio.get_running_loop()
     _transport, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: ClientConnection(authority, max_message), host, port), timeout
+        loop.create_connection(lambda: ClientConnection(authority, max_message, user_agent), host, port), timeout
     )
     return protocol

@@ -17,9 +17,11 @@ same block, so whoever gets one reads it and never changes it.
 
 from __future__ import annotations
 
+import math
+
 import hpack
 
-__all__ = ["HeaderBlockDecoder", "RequestEncoder", "encode_header"]
+__all__ = ["HeaderBlockDecoder", "RequestEncoder", "encode_header", "encode_timeout"]
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -48,17 +50,28 @@ def encode_header(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _string(name) + _string(value)
 
 
+def encode_timeout(seconds: float) -> bytes:
+    """grpc-timeout: at most 8 digits and a unit, rounded up so the upstream never sees a shorter deadline."""
+    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        value = math.ceil(seconds * scale)
+        if value < 100_000_000:
+            return str(max(value, 0)).encode() + unit
+    return b"99999999H"
+
+
 _DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE until the upstream says otherwise
 # Static-table indexes of the names used below (RFC 7541 appendix A).
 _AUTHORITY, _PATH, _CONTENT_TYPE = 1, 4, 31
 
 
 class RequestEncoder:
-    """One per connection: its blocks must reach the upstream in the order they were encoded."""
+    """One per connection: its blocks must reach the upstream in the order they were encoded.
+    `user_agent` names the client to the upstream (the gateway, or a plugin's SDK)."""
 
-    __slots__ = ("_capacity", "_entries", "_inserted", "_prefixes", "_size", "_size_update")
+    __slots__ = ("_capacity", "_entries", "_inserted", "_prefixes", "_size", "_size_update", "_user_agent")
 
-    def __init__(self) -> None:
+    def __init__(self, user_agent: bytes = b"upf-gateway") -> None:
+        self._user_agent = user_agent
         self._capacity = _DEFAULT_TABLE_SIZE
         self._entries: dict[tuple[int | bytes, bytes], int] = {}  # header -> its insertion number
         self._inserted = 0
@@ -107,7 +120,7 @@ class RequestEncoder:
             (b"te", b"trailers"),
             # Browsers cannot decode compressed gRPC-Web frames (grpc/grpc-web#561): ask for none.
             (b"grpc-accept-encoding", b"identity"),
-            (b"user-agent", b"upf-gateway"),
+            (b"user-agent", self._user_agent),
         )
         all_indexed = not self._size_update and all(field in self._entries for field in fields)
         block = b"".join(

@@ -1,10 +1,11 @@
-"""grpc-timeout, both ways: at most 8 digits and a unit (PROTOCOL-HTTP2.md)."""
+"""grpc-timeout, both ways: at most 8 digits and a unit (PROTOCOL-HTTP2.md). The encoder lives in
+common.http2.headers, shared with the plugins' channel (common/rpc/channel.py)."""
 
 from __future__ import annotations
 
-import math
 import re
 
+from common.http2.headers import encode_timeout
 from gateway.errors import BadRequest
 
 __all__ = ["encode_timeout", "parse_timeout"]
@@ -23,12 +24,3 @@ def parse_timeout(value: bytes) -> float:
     if match is None:
         raise BadRequest(f"grpc-timeout {value.decode('latin-1')!r} is not 1-8 digits followed by H, M, S, m, u or n")
     return min(int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)], _LONGEST_TIMEOUT)
-
-
-def encode_timeout(seconds: float) -> bytes:
-    """grpc-timeout: at most 8 digits and a unit, rounded up so the upstream never sees a shorter deadline."""
-    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        value = math.ceil(seconds * scale)
-        if value < 100_000_000:
-            return str(max(value, 0)).encode() + unit
-    return b"99999999H"

@@ -3,9 +3,10 @@
 The registry gives every registered instance an identity token (registry.proto: a JWT, EdDSA, `sub` the
 plugin id) and a new one on every lease renewal. The caller's side sends it on each call:
 
+    channel = Channel(endpoint, metadata_hooks=[caller_token_hook(lambda: token)])      # common.rpc
     channel = grpc.aio.insecure_channel(endpoint, interceptors=caller_token_interceptors(lambda: token))
 
-(`Plugin.channel()` does this). The callee's side checks it with the registry's public keys:
+(`Plugin.channel()` does the first). The callee's side checks it with the registry's public keys:
 
     verifier = CallerVerifier.from_registry(registry_stub)
     caller = await verifier.caller(context)        # Caller(plugin_id, instance_id), or the call ends:
@@ -28,6 +29,8 @@ import grpc
 import jwt
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
+from common.rpc.channel import MetadataHook
+
 __all__ = [
     "CALLER_TOKEN_METADATA",
     "Caller",
@@ -35,6 +38,7 @@ __all__ = [
     "IdentityUnavailable",
     "InvalidCallerToken",
     "RegistryCallers",
+    "caller_token_hook",
     "caller_token_interceptors",
 ]
 
@@ -211,6 +215,12 @@ class RegistryCallers:
 
 # --- the caller's side ----------------------------------------------------------------------------
 
+
+def caller_token_hook(token: Callable[[], str]) -> MetadataHook:
+    """A common.rpc.Channel metadata hook that sends `token()` (read at each call: it changes on renewal)."""
+    return lambda: ((CALLER_TOKEN_METADATA, token()),)
+
+
 _Details: TypeAlias = grpc.aio.ClientCallDetails
 
 
@@ -274,8 +284,8 @@ class _StreamStreamToken(_TokenInterceptor, _StreamStream):
 
 
 def caller_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
-    """Channel interceptors that send `token()` (read at each call: it changes on renewal) on every call,
-    whatever its kind (unary or streaming)."""
+    """caller_token_hook for a grpc.aio channel: interceptors that send `token()` on every call, whatever
+    its kind (unary or streaming)."""
     # The stubs type the list's items as "cast or ignore": grpc.aio.ClientInterceptor is a Union there.
     kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
     return [cast(grpc.aio.ClientInterceptor, kind(token)) for kind in kinds]

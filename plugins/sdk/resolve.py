@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import grpc
 from upf.registry.v1 import registry_pb2 as pb, registry_pb2_grpc
 
+from common.rpc.channel import Channel
+
 __all__ = ["DependencyUnavailable", "Resolver"]
 
 _ROUTABLE_PHASES = (pb.PHASE_READY, pb.PHASE_DEGRADED)
@@ -39,7 +41,10 @@ def routable(instance: pb.InstanceStatus) -> bool:
 
 
 class Resolver:
-    """`await channel(interface)` -> a grpc.aio channel to a healthy provider, round robin over its instances."""
+    """`await channel(interface)` -> a channel to a healthy provider, round robin over its instances.
+
+    Channels are common.rpc.Channel (grpc.aio-compatible, on the gateway's HTTP/2 client) unless
+    `connect` makes them otherwise."""
 
     def __init__(
         self,
@@ -48,7 +53,7 @@ class Resolver:
         *,
         cache_ttl: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        connect: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+        connect: Callable[[str], grpc.aio.Channel] = Channel,
         call_timeout: float = 5.0,
     ) -> None:
         self._registry = registry

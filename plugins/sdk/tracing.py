@@ -2,8 +2,8 @@
 
 `TracingInterceptor` (a grpc.aio server interceptor) opens one SERVER span per call, the child of
 the W3C `traceparent` the call's metadata carries, and makes it the current span while the servicer
-runs; `trace_context_interceptors()` (on the SDK's channels to other plugins) sends the current span on
-as `traceparent`, so a call that fans out stays one trace.
+runs; `trace_context_hook()` (on the SDK's channels to other plugins, common.rpc.Channel) sends the
+current span on as `traceparent`, so a call that fans out stays one trace.
 
 `run_plugin` turns tracing on from OpenTelemetry's own environment variables, which operators
 already set for every other traced process:
@@ -19,15 +19,16 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span, set_span_in_context
 
+from common.rpc.channel import MetadataHook
 from common.tracing import extract_context, otlp_tracer_provider, trace_metadata
 
-__all__ = ["TracingInterceptor", "trace_context_interceptors", "tracer_provider_from_environment"]
+__all__ = ["TracingInterceptor", "trace_context_hook", "tracer_provider_from_environment"]
 
 # A servicer's own statuses that are the server's fault (OpenTelemetry's gRPC conventions).
 _SERVER_ERRORS = frozenset(
@@ -41,16 +42,8 @@ _SERVER_ERRORS = frozenset(
 if TYPE_CHECKING:  # generic in the stubs only
     from opentelemetry.sdk.trace import TracerProvider
 
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
     _Server = grpc.aio.ServerInterceptor[Any, Any]
 else:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor
     _Server = grpc.aio.ServerInterceptor
 
 
@@ -161,50 +154,14 @@ def _status_of(code: object, failed: bool) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
-def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def _trace_context() -> list[tuple[str, str]]:
     span = get_current_span()
     if not span.get_span_context().is_valid:
-        return details  # not inside a traced call
-    fields = [(name.decode(), value.decode("latin-1")) for name, value in trace_metadata(span)]
-    kept = [(key, value) for key, value in (details.metadata or ()) if key not in ("traceparent", "tracestate")]
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, grpc.aio.Metadata(*kept, *fields), details.credentials, details.wait_for_ready
-    )
+        return []  # not inside a traced call
+    return [(name.decode(), value.decode("latin-1")) for name, value in trace_metadata(span)]
 
 
-class _TraceContext:
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_trace(client_call_details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_trace(client_call_details), request)
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_trace(client_call_details), request_iterator)
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_trace(client_call_details), request_iterator)
-
-
-# grpc.aio files an interceptor under the first of the four kinds it is (plugins/sdk/identity.py): one per kind.
-class _UnaryUnaryTrace(_TraceContext, _UnaryUnary):
-    pass
-
-
-class _UnaryStreamTrace(_TraceContext, _UnaryStream):
-    pass
-
-
-class _StreamUnaryTrace(_TraceContext, _StreamUnary):
-    pass
-
-
-class _StreamStreamTrace(_TraceContext, _StreamStream):
-    pass
-
-
-def trace_context_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Channel interceptors that send the current span (the call being served) as `traceparent`, so a
-    call that fans out to other plugins stays one trace."""
-    kinds = (_UnaryUnaryTrace, _UnaryStreamTrace, _StreamUnaryTrace, _StreamStreamTrace)
-    return [cast(grpc.aio.ClientInterceptor, kind()) for kind in kinds]
+def trace_context_hook() -> MetadataHook:
+    """A common.rpc.Channel metadata hook that sends the current span (the call being served) as
+    `traceparent`, so a call that fans out to other plugins stays one trace."""
+    return _trace_context

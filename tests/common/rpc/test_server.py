@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
-from common.rpc import Server
+from common.rpc.server import Server
 from plugins.demo.service import EchoService
 from tests.support.processes import eventually
 

@@ -16,7 +16,7 @@ import pytest
 
 from common.http2.codes import ErrorCode, FrameType
 from common.http2.frames import PREFACE, frame
-from common.rpc import Server
+from common.rpc.server import Server
 from tests.support.processes import eventually
 
 _HEADER = struct.Struct(">IBI")

@@ -18,6 +18,7 @@ from typing import Any, cast
 import grpc
 from upf.cache.v1 import cache_pb2_grpc
 
+from common.rpc.channel import Channel
 from plugins.cache.backend import CacheBackend, Limits
 from plugins.cache.plugin import Backend, CacheSettings, make_backend, manifest_of
 from plugins.cache.service import CacheService
@@ -64,13 +65,13 @@ class Replica:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def client(self, caller: str | None = "alpha", *, timeout: float = 10.0) -> CacheClient:
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = Channel(self.address)  # the channel plugins reach their cache with (plugins/sdk/resolve.py)
         self.channels.append(channel)
         return CacheClient(channel, caller=caller, timeout=timeout)
 
     def stub(self) -> Any:
         """A raw stub, for what the SDK client does not let one send (bad metadata)."""
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = Channel(self.address)
         self.channels.append(channel)
         return cache_pb2_grpc.CacheStub(channel)
 

@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
-
+from common.rpc.channel import Channel
 from plugins.messagebus.plugin import BusSettings
-from plugins.sdk.identity import caller_token_interceptors
+from plugins.sdk.identity import caller_token_hook
 from plugins.sdk.messagebus import MessageBusClient
 from tests.support.registry_process import RunningRegistry
 
@@ -62,10 +61,11 @@ class Callers:
 
 @asynccontextmanager
 async def callers(endpoint: str, tokens: dict[str, str]) -> AsyncIterator[Callers]:
+    # The channel plugins reach their bus with (plugins/sdk/resolve.py).
     channels = [
-        grpc.aio.insecure_channel(endpoint, interceptors=caller_token_interceptors(_constant(tokens["a"]))),
-        grpc.aio.insecure_channel(endpoint, interceptors=caller_token_interceptors(_constant(tokens["b"]))),
-        grpc.aio.insecure_channel(endpoint),
+        Channel(endpoint, metadata_hooks=[caller_token_hook(_constant(tokens["a"]))]),
+        Channel(endpoint, metadata_hooks=[caller_token_hook(_constant(tokens["b"]))]),
+        Channel(endpoint),
     ]
     try:
         yield Callers(*(MessageBusClient(channel, timeout=10.0) for channel in channels))

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from upf.storage.v1 import storage_pb2_grpc
 
+from common.rpc.channel import Channel
 from plugins.sdk.storage import StorageClient
 from plugins.storage.backend import Backend
 from plugins.storage.documents import Limits
@@ -165,7 +166,8 @@ class Running:
         return f"t{self.run_id}-{label}"
 
     def channel(self) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(self.address)
+        # The channel plugins reach their storage with (plugins/sdk/resolve.py).
+        channel = Channel(self.address)
         self.channels.append(channel)
         return channel
 
