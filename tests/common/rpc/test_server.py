@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from upf.demo.v1 import demo_pb2, demo_pb2_grpc
 
+from common.rpc.channel import Channel
 from common.rpc.server import Server
 from plugins.demo.service import EchoService
 from tests.support.processes import eventually
@@ -367,3 +368,20 @@ async def test_a_taken_port_is_a_clear_oserror(serve: Serve) -> None:
     finally:
         await other.stop(None)
     assert taken is server.connections
+
+
+async def test_the_sdk_channel_against_the_server(serve: Serve) -> None:
+    # Plugins call one another through common.rpc.Channel and serve on Server: both sides of common.rpc.
+    _, _, rec = await serve()
+    async with Channel(rec.address) as channel:
+        stub = demo_pb2_grpc.EchoStub(channel)
+        assert (await stub.Say(demo_pb2.SayRequest(text="hi"))).text == "echo: hi"
+        assert [reply.n async for reply in stub.Count(demo_pb2.CountRequest(count=3))] == [1, 2, 3]
+        assert await channel.stream_unary(f"/{RAW}/Total", None, None)(iter([b"ab", b"c"])) == b"3"
+        echoed = channel.stream_stream(f"/{RAW}/EchoAll", None, None)(iter([b"1", b"22"]))
+        assert [m async for m in echoed] == [b"1", b"22"]
+        call = channel.unary_unary(f"/{RAW}/Abort", None, None)(b"")
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            await call
+        assert aborted.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert aborted.value.details() == "no, 100% not"
