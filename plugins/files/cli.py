@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.logs import configure_logging
+from plugins.files.allocator import reuse_large_buffers
 from plugins.files.gcs import GcsSettings
 from plugins.files.kinds import KINDS, LocalSettings, make_gcs, make_local, make_s3
 from plugins.files.plugin import MANIFESTS, FilesPlugin, PluginOptions, run_files_plugin
@@ -128,6 +129,7 @@ def main(kind: str, argv: Sequence[str]) -> int:
     parser = build_parser(kind)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    reuse_large_buffers()  # this process is the plugin's own (embedded files-local leaves the gateway's alone)
     options = PluginOptions(
         manifest=args.manifest or MANIFESTS / f"{kind}.yaml",
         registry=args.registry,
