@@ -99,7 +99,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         )  # fmt: skip
         own.add_argument(
             "--part-size-mib", type=int, default=int(_env("UPF_FILES_S3_PART_SIZE_MIB", "8")),
-            help="multipart part size in MiB (5 to 512; default 8): the memory one upload holds",
+            help="multipart part size in MiB (5 to 512; default 8): one upload holds two parts",
         )  # fmt: skip
     else:
         own.add_argument("--bucket", default=_env("UPF_FILES_GCS_BUCKET"), help="the bucket ($UPF_FILES_GCS_BUCKET)")
@@ -118,7 +118,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         own.add_argument("--project", default=_env("UPF_FILES_GCS_PROJECT", "upf"), help="project for --create-bucket")
         own.add_argument(
             "--part-size-mib", type=int, default=int(_env("UPF_FILES_GCS_PART_SIZE_MIB", "8")),
-            help="resumable upload part size in MiB (default 8): the memory one upload holds",
+            help="resumable upload part size in MiB (default 8): one upload holds two parts",
         )  # fmt: skip
     return parser
 

@@ -1,9 +1,9 @@
 """files-gcs: objects in a Google Cloud Storage bucket through gcloud-aio-storage.
 
 An upload that fits one part (`part_size`, 8 MiB by default) is one request; a longer stream becomes a
-resumable upload whose parts are sent as they fill (GCS's own chunked protocol: Content-Range
-`bytes a-b/*`, the total only on the last part), so memory stays at one part per upload and the
-object exists only once the last part is accepted; a cut stream cancels the session.
+resumable upload whose parts are sent as they fill, each while the next one arrives (GCS's own chunked
+protocol: Content-Range `bytes a-b/*`, the total only on the last part), so memory stays at two parts
+per upload and the object exists only once the last part is accepted; a cut stream cancels the session.
 
 With `api_root` the plugin talks to an emulator (no auth); signed URLs then carry the emulator's
 address instead of storage.googleapis.com. Signed URLs need a service account key (`service_file`):

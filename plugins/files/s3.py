@@ -2,9 +2,9 @@
 
 The same backend is files-minio with an endpoint: any S3 API (MinIO, Ceph, moto's server) is reached
 with path-style addressing. An upload that fits one part (`part_size`, 8 MiB by default) is one
-PutObject; a longer stream becomes a multipart upload whose parts are sent as they fill, so a plugin
-holds one part per upload however large the file, and the object appears only on
-CompleteMultipartUpload; a stream cut off aborts the upload, leaving nothing visible.
+PutObject; a longer stream becomes a multipart upload whose parts are sent as they fill, each while
+the next one arrives, so a plugin holds two parts per upload however large the file, and the object
+appears only on CompleteMultipartUpload; a stream cut off aborts the upload, leaving nothing visible.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ __all__ = ["S3Backend", "S3Settings"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's lower limit for every part but the last
 READ_CHUNK = 1024 * 1024
+# Parts on their way to S3 while the next one arrives. Two showed no gain against moto (which is CPU
+# bound on this machine) and hold one more part; against a distant S3 they may.
 PARTS_IN_FLIGHT = 1
 
 
