@@ -1,16 +1,16 @@
-"""Byte streams regrouped into fixed-size parts (S3 and GCS upload parts, Download messages), and
-parts sent on while the next ones arrive.
+"""Byte streams regrouped into fixed-size parts, and parts sent on while the next ones arrive: the
+upload side of files-s3 (multipart parts) and files-gcs (resumable parts).
 
-Clients and sockets hand over pieces of whatever size they like (1 MiB gRPC messages, 64 to 256 KiB
-socket reads); backends and gRPC do better with a few large pieces of a known size. Each byte is
-copied once, when its part is joined; a piece that already is a whole part passes through as is.
+Clients send pieces of whatever size they like (1 MiB gRPC messages by the SDK's default); S3 and
+GCS take parts of a set size. Each byte is copied once, when its part is joined; a piece that
+already is a whole part passes through as is.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 __all__ = ["parts", "send_overlapped"]
@@ -19,7 +19,7 @@ _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
 
-async def parts(pieces: AsyncIterator[bytes], size: int) -> AsyncGenerator[tuple[bytes, bool], None]:
+async def parts(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[tuple[bytes, bool]]:
     """`pieces` as parts of `size` bytes, each with whether it is the last; the last may be shorter,
     and is empty only for an empty stream. A full part is handed on once a byte after it has arrived
     (or the stream has ended), so that `last` is known: an upload can send a short stream in one

@@ -23,7 +23,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from upf.files.v1 import files_pb2 as pb, files_pb2_grpc
 
 from plugins.files.backend import Backend, BackendUnavailable, BadRequest, Conflict, NotFound, ObjectInfo, Unsupported
-from plugins.files.parts import parts
 from plugins.files.paths import InvalidPath, check_path, check_prefix
 from plugins.sdk.grants import Sharing, SharingError
 
@@ -190,15 +189,14 @@ class FilesService(files_pb2_grpc.FilesServicer):
             info, chunks = await _call(context, self._backend.read(key, request.offset, length))
         except NotFound:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"path: no file {request.path!r}")
-        # Backends hand over what their reads give (socket reads of 64 to 256 KiB from S3 and GCS):
-        # regrouped into full messages, the stream costs a few per MiB instead of a dozen. An empty file
-        # (or range) is one message with the metadata.
-        messages = parts(chunks, DOWNLOAD_CHUNK)
         first = True
         try:
-            async for message, _last in messages:
-                yield pb.DownloadResponse(metadata=_metadata(info, namespace) if first else None, chunk=message)
-                first = False
+            async for chunk in chunks:
+                # Backends pick their own read sizes; gRPC messages stay well under the 4 MiB default limit.
+                for start in range(0, len(chunk), DOWNLOAD_CHUNK):
+                    piece = chunk[start : start + DOWNLOAD_CHUNK]
+                    yield pb.DownloadResponse(metadata=_metadata(info, namespace) if first else None, chunk=piece)
+                    first = False
         except BackendUnavailable as exc:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"the file backend is unavailable: {exc}")
         except Exception:
@@ -207,8 +205,9 @@ class FilesService(files_pb2_grpc.FilesServicer):
                 context, grpc.StatusCode.INTERNAL, "the file backend failed unexpectedly (see the plugin's log)"
             )
         finally:
-            await messages.aclose()
             await _close(chunks)
+        if first:  # an empty file (or range): the metadata still comes
+            yield pb.DownloadResponse(metadata=_metadata(info, namespace))
 
     async def List(self, request: pb.ListRequest, context: _Context) -> AsyncIterator[pb.ListResponse]:
         prefix = await _checked(context, check_prefix, "prefix", request.prefix)
