@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.logs import configure_logging
+from plugins.files.allocator import reuse_large_buffers
 from plugins.files.gcs import GcsSettings
 from plugins.files.kinds import KINDS, LocalSettings, make_gcs, make_local, make_s3
 from plugins.files.plugin import MANIFESTS, FilesPlugin, PluginOptions, run_files_plugin
@@ -98,7 +99,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         )  # fmt: skip
         own.add_argument(
             "--part-size-mib", type=int, default=int(_env("UPF_FILES_S3_PART_SIZE_MIB", "8")),
-            help="multipart part size in MiB (5 to 512; default 8): the memory one upload holds",
+            help="multipart part size in MiB (5 to 512; default 8): one upload holds two parts",
         )  # fmt: skip
     else:
         own.add_argument("--bucket", default=_env("UPF_FILES_GCS_BUCKET"), help="the bucket ($UPF_FILES_GCS_BUCKET)")
@@ -117,7 +118,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         own.add_argument("--project", default=_env("UPF_FILES_GCS_PROJECT", "upf"), help="project for --create-bucket")
         own.add_argument(
             "--part-size-mib", type=int, default=int(_env("UPF_FILES_GCS_PART_SIZE_MIB", "8")),
-            help="resumable upload part size in MiB (default 8): the memory one upload holds",
+            help="resumable upload part size in MiB (default 8): one upload holds two parts",
         )  # fmt: skip
     return parser
 
@@ -128,6 +129,7 @@ def main(kind: str, argv: Sequence[str]) -> int:
     parser = build_parser(kind)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    reuse_large_buffers()  # this process is the plugin's own (embedded files-local leaves the gateway's alone)
     options = PluginOptions(
         manifest=args.manifest or MANIFESTS / f"{kind}.yaml",
         registry=args.registry,

@@ -1,9 +1,9 @@
 """files-gcs: objects in a Google Cloud Storage bucket through gcloud-aio-storage.
 
 An upload that fits one part (`part_size`, 8 MiB by default) is one request; a longer stream becomes a
-resumable upload whose parts are sent as they fill (GCS's own chunked protocol: Content-Range
-`bytes a-b/*`, the total only on the last part), so memory stays at one part per upload and the
-object exists only once the last part is accepted; a cut stream cancels the session.
+resumable upload whose parts are sent as they fill, each while the next one arrives (GCS's own chunked
+protocol: Content-Range `bytes a-b/*`, the total only on the last part), so memory stays at two parts
+per upload and the object exists only once the last part is accepted; a cut stream cancels the session.
 
 With `api_root` the plugin talks to an emulator (no auth); signed URLs then carry the emulator's
 address instead of storage.googleapis.com. Signed URLs need a service account key (`service_file`):
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -35,12 +34,14 @@ from plugins.files.backend import (
     SignedUrl,
     Unsupported,
 )
+from plugins.files.parts import parts, send_overlapped
 
 __all__ = ["GcsBackend", "GcsSettings"]
 
 GOOGLE_API = "https://storage.googleapis.com"
 PART_MULTIPLE = 256 * 1024  # every resumable part but the last is a multiple of this
 READ_CHUNK = 1024 * 1024
+SEND_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,43 +123,33 @@ class GcsBackend:
     async def write(
         self, key: str, chunks: AsyncIterator[bytes], *, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        part_size = self._settings.part_size
-        buffer = bytearray()
-        session: str | None = None
-        sent = 0
+        stream = parts(chunks, self._settings.part_size)
+        first, last = await anext(stream)
+        if last:
+            with _errors():
+                reply = await self.storage.upload(
+                    self._bucket,
+                    key,
+                    first,
+                    content_type=content_type,
+                    metadata={"metadata": metadata} if metadata else None,
+                    force_resumable_upload=False,
+                    timeout=cast(int, self._timeout),
+                )
+            return self._info(reply)
+        session = await self._start_resumable(key, content_type, metadata)
+        placed = _placed(first, stream)
+        del first  # held by `placed` alone from here, and dropped there once it is on its way
         done = False
         try:
-            async for chunk in chunks:
-                buffer += chunk
-                while len(buffer) >= part_size + 1:
-                    # Keep at least one byte back: the last part must carry the total, and the stream
-                    # may end right after a full part.
-                    if session is None:
-                        session = await self._start_resumable(key, content_type, metadata)
-                    with memoryview(buffer) as view:
-                        part = bytes(view[:part_size])  # one copy (a slice of the bytearray would be two)
-                    await self._send_part(session, sent, part, total=None)
-                    del part
-                    sent += part_size
-                    del buffer[:part_size]
-            if session is None:
-                with _errors():
-                    reply = await self.storage.upload(
-                        self._bucket,
-                        key,
-                        bytes(buffer),
-                        content_type=content_type,
-                        metadata={"metadata": metadata} if metadata else None,
-                        force_resumable_upload=False,
-                        timeout=cast(int, self._timeout),
-                    )
-            else:
-                reply = await self._send_part(session, sent, bytes(buffer), total=sent + len(buffer))
+            # GCS takes the parts of a session one after the other; the next one arrives from the
+            # client meanwhile.
+            replies = await send_overlapped(placed, lambda part: self._send_part(session, *part))
             done = True
         finally:
-            if session is not None and not done:
+            if not done:
                 await asyncio.shield(self._cancel(session))
-        return self._info(reply)
+        return self._info(replies[-1])
 
     async def _start_resumable(self, key: str, content_type: str, metadata: dict[str, str]) -> str:
         url = f"{self._api_root}/upload/storage/v1/b/{self._bucket}/o?uploadType=resumable"
@@ -169,16 +160,11 @@ class GcsBackend:
                 reply.raise_for_status()
                 return reply.headers["Location"]
 
-    async def _send_part(self, session: str, start: int, body: bytes, *, total: int | None) -> dict[str, Any]:
-        if body:
-            span = f"bytes {start}-{start + len(body) - 1}/{'*' if total is None else total}"
-        else:
-            span = f"bytes */{total}"
-        headers = {**await self._headers(), "Content-Range": span}
+    async def _send_part(self, session: str, start: int, body: bytes, total: int | None) -> dict[str, Any]:
+        span = f"bytes {start}-{start + len(body) - 1}/{'*' if total is None else total}"
+        headers = {**await self._headers(), "Content-Range": span, "Content-Length": str(len(body))}
         with _errors():
-            # A file object, as aiohttp asks for large bodies: it is sent in pieces, not in one write.
-            data = io.BytesIO(body)
-            async with self.http.put(session, data=data, headers=headers, allow_redirects=False) as reply:
+            async with self.http.put(session, data=_pieces(body), headers=headers, allow_redirects=False) as reply:
                 if reply.status == 308:  # "resume incomplete": the part is stored, more may come
                     return {}
                 reply.raise_for_status()
@@ -296,6 +282,29 @@ class GcsBackend:
             last_modified=datetime.fromisoformat(updated.replace("Z", "+00:00")),
             metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
         )
+
+
+async def _placed(
+    first: bytes, rest: AsyncIterator[tuple[bytes, bool]]
+) -> AsyncIterator[tuple[int, bytes, int | None]]:
+    """(offset, part, the total on the last part) for each part of a resumable upload."""
+    start, body, last = 0, first, False
+    del first
+    while not last:
+        size = len(body)
+        yield start, body, None
+        del body  # on its way: the send holds it
+        start += size
+        body, last = await anext(rest)
+    yield start, body, start + len(body)
+
+
+async def _pieces(body: bytes) -> AsyncIterator[memoryview]:
+    # aiohttp sends a bytes body in one write, which it warns about above 1 MiB, and copies a
+    # BytesIO (getbuffer, then reads of 256 KiB); views of the part are sent as they are.
+    view = memoryview(body)
+    for start in range(0, len(view), SEND_PIECE):
+        yield view[start : start + SEND_PIECE]
 
 
 async def _empty() -> AsyncIterator[bytes]:

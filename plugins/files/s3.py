@@ -2,9 +2,9 @@
 
 The same backend is files-minio with an endpoint: any S3 API (MinIO, Ceph, moto's server) is reached
 with path-style addressing. An upload that fits one part (`part_size`, 8 MiB by default) is one
-PutObject; a longer stream becomes a multipart upload whose parts are sent as they fill, so a plugin
-holds one part per upload however large the file, and the object appears only on
-CompleteMultipartUpload; a stream cut off aborts the upload, leaving nothing visible.
+PutObject; a longer stream becomes a multipart upload whose parts are sent as they fill, each while
+the next one arrives, so a plugin holds two parts per upload however large the file, and the object
+appears only on CompleteMultipartUpload; a stream cut off aborts the upload, leaving nothing visible.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from plugins.files.backend import BackendUnavailable, BadRequest, ListPage, NotFound, ObjectInfo, SignedUrl
+from plugins.files.parts import parts, send_overlapped
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -32,6 +33,9 @@ __all__ = ["S3Backend", "S3Settings"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's lower limit for every part but the last
 READ_CHUNK = 1024 * 1024
+# Parts on their way to S3 while the next one arrives. Two showed no gain against moto (which is CPU
+# bound on this machine) and hold one more part; against a distant S3 they may.
+PARTS_IN_FLIGHT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,39 +107,40 @@ class S3Backend:
     async def write(
         self, key: str, chunks: AsyncIterator[bytes], *, content_type: str, metadata: dict[str, str]
     ) -> ObjectInfo:
-        part_size = self._settings.part_size
-        buffer = bytearray()
-        upload_id: str | None = None
-        parts: list[CompletedPartTypeDef] = []
-        try:
-            async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= part_size:
-                    if upload_id is None:
-                        upload_id = await self._start_multipart(key, content_type, metadata)
-                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
-                    buffer.clear()
+        stream = parts(chunks, self._settings.part_size)
+        first, last = await anext(stream)
+        if last:
             with _errors():
-                if upload_id is None:
-                    await self.client.put_object(
-                        Bucket=self._bucket, Key=key, Body=bytes(buffer), ContentType=content_type, Metadata=metadata
-                    )
-                else:
-                    if buffer or not parts:
-                        parts.append(await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
-                    await self.client.complete_multipart_upload(
-                        Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                    )
-                    upload_id = None
-        finally:
-            if upload_id is not None:
-                # The parts stored so far cost money and are never visible; drop them even when this
-                # task is being cancelled (a client that went away).
-                await asyncio.shield(self._abort(key, upload_id))
+                await self.client.put_object(
+                    Bucket=self._bucket, Key=key, Body=first, ContentType=content_type, Metadata=metadata
+                )
+        else:
+            upload_id = await self._start_multipart(key, content_type, metadata)
+            numbered = _numbered(first, stream)
+            del first  # held by `numbered` alone from here, and dropped there once it is on its way
+            await self._send_parts(key, upload_id, numbered)
         info = await self.stat(key)
         if info is None:
             raise BackendUnavailable(f"the object {key!r} is missing right after it was written")
         return info
+
+    async def _send_parts(self, key: str, upload_id: str, numbered: AsyncIterator[tuple[int, bytes]]) -> None:
+        completed = False
+        try:
+            # The next part arrives from the client while the previous ones go to S3.
+            done = await send_overlapped(
+                numbered, lambda part: self._upload_part(key, upload_id, *part), in_flight=PARTS_IN_FLIGHT
+            )
+            with _errors():
+                await self.client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+                )
+            completed = True
+        finally:
+            if not completed:
+                # The parts stored so far cost money and are never visible; drop them even when this
+                # task is being cancelled (a client that went away).
+                await asyncio.shield(self._abort(key, upload_id))
 
     async def _start_multipart(self, key: str, content_type: str, metadata: dict[str, str]) -> str:
         create = asyncio.ensure_future(
@@ -262,6 +267,15 @@ class S3Backend:
         with _errors():
             url = await self.client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_in)
         return SignedUrl(url, method, datetime.now(UTC) + timedelta(seconds=expires_in), headers)
+
+
+async def _numbered(first: bytes, rest: AsyncIterator[tuple[bytes, bool]]) -> AsyncIterator[tuple[int, bytes]]:
+    yield 1, first
+    del first
+    number = 1
+    async for body, _last in rest:
+        number += 1
+        yield number, body
 
 
 async def _empty() -> AsyncIterator[bytes]:
