@@ -3,6 +3,7 @@ is caught before it reaches anyone else."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,15 +24,17 @@ def locked_versions() -> dict[str, str]:
     return {canonicalize_name(p["name"]): p["version"] for p in lock["package"] if p["name"] != "upf"}
 
 
-def lock_check(project: Path) -> subprocess.CompletedProcess[str]:
-    # --offline: the check compares pyproject.toml with what the lock records; it needs no index.
+def lock_check(project: Path, *, offline: bool = True) -> subprocess.CompletedProcess[str]:
+    # --offline: a pyproject.toml that the lock matches needs no index. One that changed does: uv resolves
+    # again to say what changed, and on a machine whose uv cache is empty that needs the index.
     return subprocess.run(
-        [str(UV), "lock", "--check", "--offline", "--python", sys.executable],
+        [str(UV), "lock", "--check", *(["--offline"] if offline else []), "--python", sys.executable],
         cwd=project,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"UV_PYTHON_DOWNLOADS": "never", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        # The caller's environment (certificates, proxies, index settings), as `make check` runs uv.
+        env=os.environ | {"UV_PYTHON_DOWNLOADS": "never"},
     )
 
 
@@ -82,6 +85,6 @@ def test_the_lock_check_fails_when_pyproject_changes_without_make_lock(tmp_path:
     text = pyproject.read_text()
     assert old in text
     pyproject.write_text(text.replace(old, new))
-    result = lock_check(project)
+    result = lock_check(project, offline=False)
     assert result.returncode != 0
     assert "needs to be updated" in result.stderr

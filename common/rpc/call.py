@@ -52,6 +52,10 @@ _CREDIT_BATCH: Final = STREAM_WINDOW // 4
 _QUEUE_LIMIT: Final = STREAM_WINDOW // 2
 # Response bytes held in the process for one connection before a streaming call waits for the socket.
 _HIGH_WATER: Final = 256 * 1024
+# How long a call's end waits for a client that is still sending (see end()): until it half-closes or
+# sends nothing for _QUIET seconds, and never longer than _SETTLE_LIMIT.
+_QUIET: Final = 0.02
+_SETTLE_LIMIT: Final = 0.2
 _RESET_CANCEL: Final = CANCEL.to_bytes(4, "big")
 
 
@@ -245,6 +249,21 @@ class ServedCall:
     def send_headers(self, metadata: bytes) -> None:
         self.headers_sent = True
         self.conn.write_headers(self.id, RESPONSE_START + metadata, end_stream=False)
+
+    async def end(self, code: grpc.StatusCode, details: str | None) -> None:
+        """The call's trailers, once the client has finished sending its request or paused.
+
+        grpcio's asyncio client fails a client-streaming call with INTERNAL ("Internal error from Core"),
+        not the status sent, when the stream ends while it is still sending a message. A call that ends
+        before reading all of its request (an unknown method, an abort up front) ended that early in
+        70 % of 400 tries of a two-message request (grpc.aio's server, slower to answer: 4 %), and the
+        gateway's descriptor fetch, which asks for reflection v1 before v1alpha, failed now and then.
+        Waiting for the request's end (already there for a unary request) while the client keeps
+        sending, and sending no RST_STREAM in finish: 0 in 800.
+        """
+        if not (self.request_ended or self.closed):
+            await self.request_settled(_QUIET, _SETTLE_LIMIT)
+        self.finish(code, details)
 
     def finish(self, code: grpc.StatusCode, details: str | None) -> None:
         """Trailers (trailers-only when nothing was sent yet); the handler is cancelled if still running."""

@@ -1,8 +1,8 @@
 """`Context`: the grpc.aio.ServicerContext a servicer gets from common.rpc.Server, one per call.
 
 It keeps what the servicer says about the call (status, details, metadata) and hands reads, writes
-and the call's state to the call itself (common/rpc/call.py). As in grpc.aio, `abort` raises
-AbortError; the status it set stands even if the servicer catches that exception.
+and the call's state to the call itself (common/rpc/call.py). As in grpc.aio, `abort` sends the
+status at once and raises AbortError; the status stands even if the servicer catches that exception.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class Context(grpc.aio.ServicerContext[Any, Any]):
         if trailing_metadata:
             self._trailing = tuple(trailing_metadata)
         self.aborted = True
+        # The status goes to the client now, as grpc.aio sends it: the servicer's clean-up (its finally
+        # blocks, which may wait on a backend that is away) does not hold the client's answer back.
+        await self._call.end(code, details)
         raise grpc.aio.AbortError("the servicer aborted the call")
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:

@@ -9,6 +9,7 @@ sent; a handler that returns ends it with the code it set (OK if none).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,11 +25,6 @@ __all__ = ["FindHandler", "run_call"]
 
 logger = logging.getLogger(__name__)
 
-# How long a call's end waits for a client that is still sending (see _end): until it half-closes or
-# sends nothing for _QUIET seconds, and never longer than _SETTLE_LIMIT.
-_QUIET = 0.02
-_SETTLE_LIMIT = 0.2
-
 # The handler for a call's path and metadata (interceptors included); None: no such method.
 # (grpc's classes are generic only in grpc-stubs, hence the quotes.)
 FindHandler = Callable[[str, Metadata], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
@@ -39,7 +35,7 @@ async def run_call(call: ServedCall, find: FindHandler) -> None:
     try:
         handler = await find(call.path, call.metadata)
         if handler is None:
-            await _end(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            await call.end(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
         call.handler = handler
         await _serve(call, handler)
@@ -55,24 +51,8 @@ async def run_call(call: ServedCall, find: FindHandler) -> None:
     except Exception as exc:
         if not context.aborted:
             logger.exception("method handler %s failed", call.path)
-            await _end(call, grpc.StatusCode.UNKNOWN, f"Unexpected error in the method handler: {type(exc).__name__}")
-    await _end(call, context.code() or grpc.StatusCode.OK, context.details())
-
-
-async def _end(call: ServedCall, code: grpc.StatusCode, details: str) -> None:
-    """The call's trailers, once the client has finished sending its request or paused.
-
-    grpcio's asyncio client fails a client-streaming call with INTERNAL ("Internal error from Core"),
-    not the status sent, when the stream ends while it is still sending a message. A call that ends
-    before reading all of its request (an unknown method, an abort up front) ended that early in
-    70 % of 400 tries of a two-message request (grpc.aio's server, slower to answer: 4 %), and the
-    gateway's descriptor fetch, which asks for reflection v1 before v1alpha, failed now and then.
-    Waiting for the request's end (already there for a unary request) while the client keeps
-    sending, and sending no RST_STREAM in ServedCall.finish: 0 in 800.
-    """
-    if not (call.request_ended or call.closed):
-        await call.request_settled(_QUIET, _SETTLE_LIMIT)
-    call.finish(code, details)
+            await call.end(grpc.StatusCode.UNKNOWN, f"Unexpected error in the method handler: {type(exc).__name__}")
+    await call.end(context.code() or grpc.StatusCode.OK, context.details())
 
 
 async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> None:
@@ -92,8 +72,11 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> 
         behavior: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         result = behavior(request, context)
         if hasattr(result, "__aiter__"):  # an async generator: each item is a response message
-            async for response in result:
-                await call.write(response)
+            # Closed on the way out, cancellation included: a cancelled call's generator runs its
+            # finally blocks now (a subscription unsubscribes), not whenever it is garbage-collected.
+            async with contextlib.aclosing(result) if hasattr(result, "aclose") else contextlib.nullcontext():
+                async for response in result:
+                    await call.write(response)
         elif inspect.isawaitable(result):  # a coroutine that writes through context.write()
             await result
         else:

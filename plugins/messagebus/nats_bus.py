@@ -7,7 +7,11 @@
   consumers (a queue group's members pull from the same one, so each message goes to one member); a
   plain subscription makes its own consumer and deletes it at the end. The server keeps the ack wait,
   counts deliveries (num_delivered), and delays a nak (NAK with a delay).
-- An ack is a double ack (ack_sync): it returns once the server recorded it.
+- An ack is a double ack (ack_sync): it returns once the server recorded it. A server stopped right
+  after such an ack may still deliver the message again once it is back (JetStream writes consumer
+  state to disk in the background): the plugin remembers the last `ACKED_REMEMBERED` stream
+  sequences acked on each consumer and acks such a redelivery again instead of handing it out. That
+  memory is the process's: a plugin restarted together with the server does not have it.
 - NATS unreachable: calls raise BusUnavailable; nats-py reconnects by itself, and the connection is
   made again at the next call if it was closed.
 """
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import datetime
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +49,8 @@ _POLICIES = {
     Deliver.BY_TIME: DeliverPolicy.BY_START_TIME,
 }
 INBOX_MAX_AGE = 300.0  # seconds replies are kept: far longer than any request waits
+_PULL_WAIT = 1.0  # seconds a pull request waits at the server for messages
+ACKED_REMEMBERED = 10_000  # stream sequences acked per consumer that a redelivery is checked against
 
 
 class NatsBus:
@@ -62,6 +68,8 @@ class NatsBus:
         self._js: JetStreamContext | None = None
         self._streams_ready = False
         self._connecting = asyncio.Lock()
+        # (stream, consumer) -> stream sequences whose ack the server confirmed, oldest first
+        self._acked: dict[tuple[str, str], OrderedDict[int, None]] = {}
         self.max_payload = 1024 * 1024  # the server's max_payload, once connected
 
     # --- names in NATS ---------------------------------------------------------------------------
@@ -195,6 +203,10 @@ class NatsBus:
             filter_subject=filter_subject,
         )
 
+    def acked(self, stream: str, consumer: str) -> OrderedDict[int, None]:
+        """The stream sequences acked on this consumer, shared by its subscriptions in this process."""
+        return self._acked.setdefault((stream, consumer), OrderedDict())
+
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -227,22 +239,16 @@ class _NatsConsumer:
         self._ephemeral = ephemeral
         self._batch = max(1, min(spec.max_in_flight, 64))
         self._buffer: deque[Msg] = deque()
+        self._acked = bus.acked(stream, durable)
+        self._pull_expires = 0.0  # loop time when the last pull request sent to the server runs out
 
     async def next(self) -> Received:
-        while not self._buffer:
-            nc = self._bus._nc
-            if nc is None or not nc.is_connected:
-                raise BusUnavailable("NATS is unreachable; subscribe again once it is back")
-            try:
-                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=1.0))
-            except TimeoutError:
-                # Nothing yet. nats-py 2.15+ raises a plain asyncio.TimeoutError, not its own
-                # nats.errors.TimeoutError, from some of fetch's timeout exits (nats.py PR #1008):
-                # with the connection up, both mean "no message within the second".
-                continue
-            except _ERRORS as exc:
-                raise BusUnavailable(f"fetching from NATS failed ({_describe(exc)})") from None
-        msg = self._buffer.popleft()
+        while True:
+            msg = await self._next_msg()
+            if msg.metadata.sequence.stream not in self._acked:
+                break
+            with contextlib.suppress(*_ERRORS):  # acked before: settled again, never handed out twice
+                await msg.ack()
         headers = dict(msg.headers or {})
         reply_to = headers.pop(_REPLY_TO, "")
         metadata = msg.metadata
@@ -252,6 +258,23 @@ class _NatsConsumer:
             metadata.sequence.stream, timestamp, reply_to, metadata.num_delivered or 1, msg,
         )  # fmt: skip
 
+    async def _next_msg(self) -> Msg:
+        while not self._buffer:
+            nc = self._bus._nc
+            if nc is None or not nc.is_connected:
+                raise BusUnavailable("NATS is unreachable; subscribe again once it is back")
+            try:
+                self._pull_expires = asyncio.get_running_loop().time() + _PULL_WAIT
+                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=_PULL_WAIT))
+            except TimeoutError:
+                # Nothing yet. nats-py 2.15+ raises a plain asyncio.TimeoutError, not its own
+                # nats.errors.TimeoutError, from some of fetch's timeout exits (nats.py PR #1008):
+                # with the connection up, both mean "no message within the second".
+                continue
+            except _ERRORS as exc:
+                raise BusUnavailable(f"fetching from NATS failed ({_describe(exc)})") from None
+        return self._buffer.popleft()
+
     async def ack(self, handle: object) -> None:
         assert isinstance(handle, Msg)
         try:
@@ -260,6 +283,9 @@ class _NatsConsumer:
             pass
         except _ERRORS as exc:
             raise BusUnavailable(f"the ack did not reach NATS ({_describe(exc)})") from None
+        self._acked[handle.metadata.sequence.stream] = None
+        if len(self._acked) > ACKED_REMEMBERED:
+            self._acked.popitem(last=False)
 
     async def nak(self, handle: object, delay: float) -> None:
         assert isinstance(handle, Msg)
@@ -272,6 +298,13 @@ class _NatsConsumer:
 
     async def close(self) -> None:
         try:
+            # A pull request still open at the server (its fetch was cancelled with the stream) would
+            # take messages published from now until it runs out, into an inbox nobody reads: they would
+            # wait out the ack wait before another subscriber got them. Read them until it runs out.
+            loop = asyncio.get_running_loop()
+            while (wait := self._pull_expires - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                    self._buffer.extend(await self._subscription.fetch(self._batch, timeout=wait))
             # Fetched but never handed out: back at once rather than after the ack wait.
             while self._buffer:
                 await self._buffer.popleft().nak()

@@ -61,6 +61,7 @@ MAX_BATCH = 1000  # messages in one PublishBatch
 DEFAULT_REQUEST_TIMEOUT = 5.0
 _RESERVED_HEADERS = ("upf-", "x-upf-")  # where backends keep a message's reply subject and counts
 SETTLING_AT_ONCE = 64  # acks and naks of one subscription on their way to the broker at a time
+_CLOSE_TIMEOUT = 5.0  # seconds a stream's consumer may take to close (unsubscribe) before it is left
 MAX_REQUEST_TIMEOUT = 300.0
 _POLICIES = {
     pb.DELIVER_POLICY_UNSPECIFIED: Deliver.NEW,
@@ -315,7 +316,9 @@ class _Session:
 
 async def _close(consumer: Consumer) -> None:
     try:
-        await consumer.close()
+        # Bounded: a broker that is reconnecting may not answer an unsubscribe for long.
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await consumer.close()
     except Exception:  # the stream is over either way; the broker cleans up after its timeouts
         logger.warning("closing a consumer failed", exc_info=True)
 

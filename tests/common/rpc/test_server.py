@@ -96,6 +96,15 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
         yield b""  # an async generator, never reached
 
+    async def abort_then_clean_up(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        # A subscription whose backend went away: it aborts, and its clean-up waits on that backend.
+        try:
+            yield b"first"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the backend is away")
+        finally:
+            await rec.release.wait()  # set by the test only once the client has the status
+            rec.done.set()
+
     async def written(request: bytes, context: Context) -> None:
         for n in range(3):
             await context.write(str(n).encode())
@@ -114,6 +123,7 @@ def raw_handlers(rec: Recorder, server: Server) -> grpc.GenericRpcHandler[Any, A
             "Written": grpc.unary_stream_rpc_method_handler(written),
             "Describe": grpc.unary_unary_rpc_method_handler(describe),
             "Refuse": grpc.stream_stream_rpc_method_handler(refuse),
+            "AbortThenCleanUp": grpc.stream_stream_rpc_method_handler(abort_then_clean_up),
         },
     )
 
@@ -198,6 +208,21 @@ async def test_abort_unknown_method_and_handler_failure(serve: Serve) -> None:
         await channel.unary_unary("/upf.demo.v1.Echo/Say", None, None)(b"\xff\xff\xff")  # not a SayRequest
     assert garbled.value.code() is grpc.StatusCode.INTERNAL
     assert "Traceback" not in (failed.value.details() or "")
+
+
+async def test_an_abort_reaches_the_client_before_the_servicer_has_cleaned_up(serve: Serve) -> None:
+    # As grpc.aio does: a client waiting for the status must not wait for the servicer's finally blocks.
+    _, channel, rec = await serve()
+    call = channel.stream_stream(f"/{RAW}/AbortThenCleanUp", None, None)()
+    await call.write(b"subscribe")
+    assert await call.read() == b"first"
+    with pytest.raises(grpc.aio.AioRpcError) as aborted:
+        await asyncio.wait_for(call.read(), 5)
+    assert aborted.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert aborted.value.details() == "the backend is away"
+    assert not rec.done.is_set()
+    rec.release.set()
+    await asyncio.wait_for(rec.done.wait(), 5)  # the clean-up still ran to its end
 
 
 async def test_context_tells_peer_deadline_and_done_and_takes_a_set_code(serve: Serve) -> None:

@@ -8,6 +8,7 @@ redis-server or memcached of the test's own, never the shared Redis.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -74,6 +75,15 @@ class Crashable:
 
     def start(self) -> None:
         self.server.start()
+
+    def pause(self) -> None:
+        """The server stops answering but keeps its connections open (SIGSTOP): a backend that hangs."""
+        assert self.server.process is not None
+        self.server.process.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.server.process is not None
+        self.server.process.popen.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(params=["redis", "memcached"])
