@@ -9,7 +9,6 @@ sent; a handler that returns ends it with the code it set (OK if none).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,11 +71,8 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> 
         behavior: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         result = behavior(request, context)
         if hasattr(result, "__aiter__"):  # an async generator: each item is a response message
-            # Closed on the way out, cancellation included: a cancelled call's generator runs its
-            # finally blocks now (a subscription unsubscribes), not whenever it is garbage-collected.
-            async with contextlib.aclosing(result) if hasattr(result, "aclose") else contextlib.nullcontext():
-                async for response in result:
-                    await call.write(response)
+            async for response in result:
+                await call.write(response)
         elif inspect.isawaitable(result):  # a coroutine that writes through context.write()
             await result
         else:
