@@ -9,6 +9,7 @@ sent; a handler that returns ends it with the code it set (OK if none).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,8 +72,11 @@ async def _serve(call: ServedCall, handler: grpc.RpcMethodHandler[Any, Any]) -> 
         behavior: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         result = behavior(request, context)
         if hasattr(result, "__aiter__"):  # an async generator: each item is a response message
-            async for response in result:
-                await call.write(response)
+            # Closed on the way out, cancellation included: its finally blocks run inside this task,
+            # which stop() waits for, not in a finalizer task the loop may never run (at shutdown).
+            async with contextlib.aclosing(result) if hasattr(result, "aclose") else contextlib.nullcontext():
+                async for response in result:
+                    await call.write(response)
         elif inspect.isawaitable(result):  # a coroutine that writes through context.write()
             await result
         else:

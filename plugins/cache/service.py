@@ -85,7 +85,7 @@ class CacheService(cache_pb2_grpc.CacheServicer):
 
     async def _stream(
         self, context: _Context, method: str, produce: Callable[[str], AsyncGenerator[T, None]], touches: Touches
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         try:
             async with contextlib.aclosing(produce(await self._namespace(context, touches, False))) as items:
                 async for item in items:
@@ -198,8 +198,10 @@ class CacheService(cache_pb2_grpc.CacheServicer):
             if pending:
                 yield pb.KeysResponse(keys=pending)
 
-        async for response in self._stream(context, "Keys", produce, _pattern_touches(request.pattern)):
-            yield response
+        touches = _pattern_touches(request.pattern)
+        async with contextlib.aclosing(self._stream(context, "Keys", produce, touches)) as pages:
+            async for response in pages:
+                yield response
 
     async def Invalidate(self, request: pb.InvalidateRequest, context: _Context) -> pb.InvalidateResponse:
         async def call(ns: str) -> pb.InvalidateResponse:
@@ -291,8 +293,9 @@ class CacheService(cache_pb2_grpc.CacheServicer):
                         yield pb.Invalidation(keys=keys, pattern=change.pattern, origin=change.origin)
 
         touches = _pattern_touches(request.pattern)
-        async for event in self._stream(context, "WatchInvalidations", produce, touches):
-            yield event
+        async with contextlib.aclosing(self._stream(context, "WatchInvalidations", produce, touches)) as events:
+            async for event in events:
+                yield event
 
 
 def _pattern_touches(pattern: str) -> Touches:

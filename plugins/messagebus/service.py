@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -101,14 +101,16 @@ class MessageBusService(messagebus_pb2_grpc.MessageBusServicer):
     async def Subscribe(
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _Context
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        async for response in self._subscribe(request_iterator, context, queue=False):
-            yield response
+        async with contextlib.aclosing(self._subscribe(request_iterator, context, queue=False)) as responses:
+            async for response in responses:
+                yield response
 
     async def SubscribeQueue(
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _Context
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        async for response in self._subscribe(request_iterator, context, queue=True):
-            yield response
+        async with contextlib.aclosing(self._subscribe(request_iterator, context, queue=True)) as responses:
+            async for response in responses:
+                yield response
 
     async def Request(self, request: pb.RequestRequest, context: _Context) -> pb.RequestResponse:
         await self._namespace_of(context)
@@ -199,7 +201,7 @@ class MessageBusService(messagebus_pb2_grpc.MessageBusServicer):
 
     async def _subscribe(
         self, requests: AsyncIterator[pb.SubscribeRequest], context: _Context, *, queue: bool
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> AsyncGenerator[pb.SubscribeResponse, None]:
         namespace = await self._namespace_of(context)
         async with _statuses(context):
             first = await anext(requests, None)
