@@ -239,7 +239,9 @@ class _NatsConsumer:
         self._ephemeral = ephemeral
         self._batch = max(1, min(spec.max_in_flight, 64))
         self._buffer: deque[Msg] = deque()
-        self._acked = bus.acked(stream, durable)
+        # A durable's acks are shared by its subscriptions; an ephemeral consumer dies with its stream,
+        # so its own (keeping it in the bus would keep one table per subscription ever made).
+        self._acked: OrderedDict[int, None] = OrderedDict() if ephemeral else bus.acked(stream, durable)
         self._pull_expires = 0.0  # loop time when the last pull request sent to the server runs out
 
     async def next(self) -> Received:
