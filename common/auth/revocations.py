@@ -38,6 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from common.redis_pool import pooled_client
+
 __all__ = [
     "Kind",
     "MemoryRevocations",
@@ -195,7 +197,7 @@ class RedisRevocations:
             "socket_connect_timeout": socket_timeout,
             "socket_timeout": socket_timeout,
         }
-        self._commands = aioredis.Redis.from_url(url, **options)
+        self._commands = pooled_client(url, **options)
         # No retries on the subscriber: redis-py would reconnect and resubscribe on its own, and the
         # messages published in between would be lost without the SCAN that follows our own resubscribe.
         self._subscriber = aioredis.Redis.from_url(

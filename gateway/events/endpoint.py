@@ -85,6 +85,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
+from common.tasks import cancel_and_wait
 from gateway.auth.identity import Identity, identity_of
 from gateway.events.bus import (
     BusError,
@@ -510,10 +511,7 @@ class _Connection:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel and wait until it is over. Asked again if need be: on Python 3.11, a cancellation
-    that meets a result arriving at the same moment inside asyncio.wait_for is lost (gh-86296)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait((task,), timeout=1.0)
+    """Cancel and wait until it is over; a failure it ended with is logged."""
+    await cancel_and_wait(task, again_after=1.0)  # its unsubscribe may take a round trip or two
     if not task.cancelled() and task.exception() is not None:
         logger.error("events: a connection task failed", exc_info=task.exception())

@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from common.redis_pool import pooled_client
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
 
 __all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client", "script_on"]
@@ -37,13 +38,13 @@ _MULTI_SCRIPT = files("gateway.ratelimit").joinpath("token_buckets.lua").read_te
 def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) -> redis.asyncio.Redis:
     """A client for the buckets, built to fail fast: a limiter that waits on Redis holds every request.
 
-    Connections come from a blocking pool: a burst of requests waits (up to `timeout`) for a free
-    connection rather than failing with "Too many connections". The client connects on first use.
+    A burst of requests waits (up to `timeout`) for a free connection rather than failing with
+    "Too many connections" (common/redis_pool.py). The client connects on first use.
     """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
+    return pooled_client(
         url,
         max_connections=max_connections,
-        timeout=timeout,
+        wait=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         # One immediate retry mends a pooled connection that a Redis restart broke; redis-py's
@@ -51,7 +52,6 @@ def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) 
         # instead of letting the failure mode answer.
         retry=Retry(NoBackoff(), 1),
     )
-    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 def script_on(client: redis.asyncio.Redis, text: str) -> Callable[..., Awaitable[Any]]:

@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from common.tasks import cancel_and_wait
 from plugins.messagebus.backend import BusUnavailable, ConsumerConflict, ConsumerSpec, Deliver, Outgoing, Received
 from plugins.messagebus.subjects import INBOX_PREFIX, is_inbox
 
@@ -50,6 +51,7 @@ _POLICIES = {
 }
 INBOX_MAX_AGE = 300.0  # seconds replies are kept: far longer than any request waits
 _PULL_WAIT = 1.0  # seconds a pull request waits at the server for messages
+_DRAIN_QUIET = 0.2  # seconds without a message after which a closing durable's inbox is taken as empty
 ACKED_REMEMBERED = 10_000  # stream sequences acked per consumer that a redelivery is checked against
 
 
@@ -243,6 +245,7 @@ class _NatsConsumer:
         # so its own (keeping it in the bus would keep one table per subscription ever made).
         self._acked: OrderedDict[int, None] = OrderedDict() if ephemeral else bus.acked(stream, durable)
         self._pull_expires = 0.0  # loop time when the last pull request sent to the server runs out
+        self._fetching: asyncio.Task[list[Msg]] | None = None
 
     async def next(self) -> Received:
         while True:
@@ -265,16 +268,24 @@ class _NatsConsumer:
             nc = self._bus._nc
             if nc is None or not nc.is_connected:
                 raise BusUnavailable("NATS is unreachable; subscribe again once it is back")
-            try:
+            if self._fetching is None:
                 self._pull_expires = asyncio.get_running_loop().time() + _PULL_WAIT
-                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=_PULL_WAIT))
+                self._fetching = asyncio.create_task(self._subscription.fetch(self._batch, timeout=_PULL_WAIT))
+            try:
+                # Shielded: a fetch cancelled halfway (its subscriber left) would drop what it had already
+                # taken from the inbox, and those messages would wait out the ack wait. close() collects it.
+                fetched = await asyncio.shield(self._fetching)
             except TimeoutError:
                 # Nothing yet. nats-py 2.15+ raises a plain asyncio.TimeoutError, not its own
                 # nats.errors.TimeoutError, from some of fetch's timeout exits (nats.py PR #1008):
                 # with the connection up, both mean "no message within the second".
+                self._fetching = None
                 continue
             except _ERRORS as exc:
+                self._fetching = None
                 raise BusUnavailable(f"fetching from NATS failed ({_describe(exc)})") from None
+            self._fetching = None
+            self._buffer.extend(fetched)
         return self._buffer.popleft()
 
     async def ack(self, handle: object) -> None:
@@ -300,21 +311,47 @@ class _NatsConsumer:
 
     async def close(self) -> None:
         try:
-            # A pull request still open at the server (its fetch was cancelled with the stream) would
-            # take messages published from now until it runs out, into an inbox nobody reads: they would
-            # wait out the ack wait before another subscriber got them. Read them until it runs out.
-            loop = asyncio.get_running_loop()
-            while (wait := self._pull_expires - loop.time()) > 0:
-                with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
-                    self._buffer.extend(await self._subscription.fetch(self._batch, timeout=wait))
+            if self._ephemeral:
+                # Its pull requests go with it: nothing it was given waits for another subscriber.
+                if self._fetching is not None:
+                    await cancel_and_wait(self._fetching)
+                    if not self._fetching.cancelled():
+                        self._fetching.exception()  # seen: not reported as never retrieved
+                await self._subscription.unsubscribe()
+                await self._js.delete_consumer(self._stream, self._durable)
+                return
+            await self._drain()
             # Fetched but never handed out: back at once rather than after the ack wait.
             while self._buffer:
                 await self._buffer.popleft().nak()
             await self._subscription.unsubscribe()
-            if self._ephemeral:
-                await self._js.delete_consumer(self._stream, self._durable)
         except (*_ERRORS, nats.js.errors.NotFoundError):
-            pass  # an ephemeral consumer goes by itself after its inactive threshold
+            pass  # the ack wait gives back what could not be nak'ed
+
+    async def _drain(self) -> None:
+        """What the durable's open pull requests bring until they run out, into the buffer.
+
+        A pull request still open at the server (its fetch was cancelled with the stream, or a fetch
+        returned before its batch was full) takes messages published until it runs out, into an inbox
+        that nobody would read once unsubscribed: they would wait out the ack wait before another
+        subscriber of the durable got them."""
+        if self._fetching is not None:  # left by a subscriber that went while it ran
+            with contextlib.suppress(TimeoutError, *_ERRORS):
+                self._buffer.extend(await self._fetching)
+            self._fetching = None
+        loop = asyncio.get_running_loop()
+        while (wait := self._pull_expires - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=wait))
+        # Those requests ran out at the server a little after here (it counts from their arrival), and
+        # what they delivered just before may still be on its way: read the inbox until it is quiet.
+        # (fetch would send another request; the inbox is the subscription's own.)
+        inbox = self._subscription._sub
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            while True:
+                msg = await inbox.next_msg(timeout=_DRAIN_QUIET)
+                if not JetStreamContext.is_status_msg(msg):  # 408 and the like: a request ran out
+                    self._buffer.append(msg)
 
 
 def _timestamp(msg: Msg) -> float:

@@ -28,6 +28,7 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from common.redis_pool import pooled_client
 from plugins.messagebus.backend import BusUnavailable, ConsumerConflict, ConsumerSpec, Deliver, Outgoing, Received
 from plugins.messagebus.subjects import is_inbox, matches
 
@@ -65,7 +66,7 @@ class RedisBus:
         self._filters = f"{prefix}:filters"
         self._max_len = max_len  # entries kept (approximately); older ones are trimmed
         self._clock = clock
-        self.client = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
+        self.client = pooled_client(url, socket_connect_timeout=2.0, socket_timeout=10.0)
         self._publish = self.client.register_script(_PUBLISH)
 
     def stream_of(self, subject: str) -> str:

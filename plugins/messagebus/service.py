@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from upf.messagebus.v1 import messagebus_pb2 as pb, messagebus_pb2_grpc
 
+from common.tasks import cancel_and_wait
 from plugins.messagebus.backend import (
     AckTooLate,
     Backend,
@@ -273,7 +274,7 @@ class _Session:
             # is taken from the broker for it. Left running until the stream's clean-up, a blocked
             # read could take messages for a subscriber that will never see them (they would wait out
             # the ack wait: message-bus-redis consumed 170 messages/s instead of ~6,000 in bench.messagebus).
-            self._tasks[0].cancel()
+            await cancel_and_wait(self._tasks[0])
             await asyncio.gather(*running)
             await self._out.put(None)
         except Exception as exc:
@@ -306,10 +307,7 @@ class _Session:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         # What the subscriber received and did not settle goes back at once, rather than after the ack
         # wait: another member of the queue group, or the durable's next subscriber, gets it now.
         try:

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from common.redis_pool import pooled_client
 from registry.errors import StoreUnavailable
 from registry.model import Change, Check, InstanceRecord, InstanceView, Phase, Snapshot
 
@@ -99,7 +100,7 @@ class RedisPluginStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, history: int = 1000) -> RedisPluginStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        client = pooled_client(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
         return cls(client, prefix=prefix, history=history)
 
     def _key(self, name: str) -> str:

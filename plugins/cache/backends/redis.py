@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from upf.cache.v1 import cache_pb2 as pb
 
+from common.redis_pool import pooled_client
 from plugins.cache.backend import COUNTERS, FEED, KEYS, LOCKS, READY, TTL, Change
 from plugins.cache.errors import BackendUnavailable, FailedPrecondition
 from plugins.cache.glob import escape
@@ -107,7 +108,7 @@ class RedisBackend:
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": timeout}
         # No socket_timeout: redis-py would wrap every send in asyncio.wait_for, a task per command
         # (~9 % of the plugin's CPU on a Get). One deadline around each command instead (_run).
-        self._client = redis.asyncio.Redis.from_url(url, **options)
+        self._client = pooled_client(url, wait=timeout, **options)  # a burst waits for a connection
         self._feed_client = redis.asyncio.Redis.from_url(url, **options)
         self._set = self._client.register_script(_SET)
         self._mset = self._client.register_script(_MSET)
