@@ -28,6 +28,7 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from common.redis_pipeline import PipelinedRedis, Script
 from common.redis_pool import pooled_client
 from plugins.messagebus.backend import BusUnavailable, ConsumerConflict, ConsumerSpec, Deliver, Outgoing, Received
 from plugins.messagebus.subjects import is_inbox, matches
@@ -36,6 +37,7 @@ __all__ = ["RedisBus"]
 
 CAPABILITIES = frozenset({"queue-groups", "request-reply", "replay", "sequence", "delayed-nak", "persistence"})
 _ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_COMMAND_TIMEOUT = 10.0  # seconds, as the redis-py client's socket timeout
 _PUBLISH = """
 local sequence = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '0-' .. sequence,
@@ -67,7 +69,11 @@ class RedisBus:
         self._max_len = max_len  # entries kept (approximately); older ones are trimmed
         self._clock = clock
         self.client = pooled_client(url, socket_connect_timeout=2.0, socket_timeout=10.0)
-        self._publish = self.client.register_script(_PUBLISH)
+        self._publish = self.client.register_script(_PUBLISH)  # batches: one redis-py pipeline, in order
+        # Single publishes share one pipelining connection: a tenth of redis-py's CPU per command, and
+        # concurrent publishes leave in one write (common/redis_pipeline.py).
+        self._fast = PipelinedRedis.from_url(url, connect_timeout=2.0)
+        self._publish_one = Script(_PUBLISH)
 
     def stream_of(self, subject: str) -> str:
         return self._inbox if is_inbox(subject) else self._stream
@@ -80,9 +86,12 @@ class RedisBus:
                 return 0, _text(entry)
             keys = [self._stream, self._sequence]
             args: list[Any] = [*fields.values(), self._max_len]
-            sequence = int(await self._publish(keys=keys, args=args))
+            async with asyncio.timeout(_COMMAND_TIMEOUT):
+                sequence = int(await self._fast.run(self._publish_one, keys, args))
         except _ERRORS as exc:
             raise BusUnavailable(f"Redis cannot be reached ({exc})") from None
+        except TimeoutError:
+            raise BusUnavailable(f"Redis did not store the message within {_COMMAND_TIMEOUT:g} s") from None
         return sequence, str(sequence)
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[tuple[int, str]]:
@@ -166,6 +175,7 @@ class RedisBus:
         return low
 
     async def close(self) -> None:
+        await self._fast.aclose()
         await self.client.aclose()
 
     async def destroy(self) -> None:

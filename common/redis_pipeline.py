@@ -1,0 +1,172 @@
+"""One Redis connection that pipelines: the commands issued in one event-loop turn leave in one write,
+and the replies are handed back in order.
+
+For the hot single-key commands of plugins (a cache Get, a bus Publish): through redis-py each command
+takes a pooled connection, its own send and its own read, and redis-py's per-command bookkeeping
+(retries, metrics) cost more than the round trip. Here concurrent callers share one connection, one
+write and one read per turn, parsed by hiredis. Everything else (SCAN, pub/sub, blocking reads)
+stays on redis-py, whose exceptions this module raises so that callers map errors once.
+
+A caller that stops waiting (a deadline) does not disturb the others: its reply still arrives in
+order and is dropped. A lost connection fails the commands that were waiting on it, and the next
+command connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+Arg = bytes | str | int | float
+
+
+def _encode(args: Sequence[Arg]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = repr(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class Script:
+    """A Lua script run by its SHA1, loaded into Redis the first time Redis does not know it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()  # Redis names scripts by their SHA1
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.out: list[bytes] = []
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def send(self, args: Sequence[Arg], waiter: asyncio.Future[Any]) -> None:
+        """Queued for this turn's write; the waiter gets the reply."""
+        self.waiting.append(waiter)
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(_encode(args))
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+        # else: connection_lost fails their waiters
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            waiter = self.waiting.popleft()
+            if waiter.done():  # its caller stopped waiting
+                continue
+            if isinstance(reply, ResponseError):
+                waiter.set_exception(NoScriptError(str(reply)) if str(reply).startswith("NOSCRIPT") else reply)
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = ConnectionError(f"the connection to Redis was lost ({exc or 'closed by Redis'})")
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class PipelinedRedis:
+    """`await redis.execute("GET", key)`; `await redis.run(script, keys, args)`. Not for blocking commands."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 6379, *, db: int = 0, username: str | None = None,
+        password: str | None = None, connect_timeout: float = 2.0,
+    ) -> None:  # fmt: skip
+        self.host = host
+        self.port = port
+        self._hello: list[list[Arg]] = []
+        if password is not None:
+            self._hello.append(["AUTH", username, password] if username else ["AUTH", password])
+        if db:
+            self._hello.append(["SELECT", db])
+        self._connect_timeout = connect_timeout
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, connect_timeout: float = 2.0) -> PipelinedRedis:
+        options = parse_url(url)
+        return cls(
+            options.get("host", "127.0.0.1"), int(options.get("port", 6379)), db=int(options.get("db", 0)),
+            username=options.get("username"), password=options.get("password"), connect_timeout=connect_timeout,
+        )  # fmt: skip
+
+    async def execute(self, *args: Arg) -> Any:
+        connection = self._connection
+        if connection is None or connection.transport is None or connection.transport.is_closing():
+            connection = await self._connect()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection.send(args, waiter)
+        return await waiter
+
+    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or restarted Redis, or SCRIPT FLUSH
+            await self.execute("SCRIPT", "LOAD", script.text)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise ConnectionError("this Redis client is closed")
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._open())
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(_Connection, self.host, self.port)
+                for command in self._hello:
+                    waiter: asyncio.Future[Any] = loop.create_future()
+                    connection.waiting.append(waiter)
+                    assert connection.transport is not None
+                    connection.transport.write(_encode(command))
+                    await waiter
+        except TimeoutError:
+            where = f"{self.host}:{self.port}"
+            raise ConnectionError(f"Redis at {where} did not answer within {self._connect_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionError(f"Redis at {self.host}:{self.port} cannot be reached ({exc})") from None
+        self._connection = connection
+        return connection
+
+    async def aclose(self) -> None:
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
+            await connection.lost
