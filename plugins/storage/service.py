@@ -163,8 +163,10 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         parse_document(request.data, "data", self.limits)
         return collection, request.id, self._expected(request, "expected_version")
 
-    async def _set(self, session: SqlSession, request: pb.SetRequest) -> pb.SetResponse:
-        collection, record_id, expected = self._check_set(request)
+    async def _set(
+        self, session: SqlSession, request: pb.SetRequest, checked: tuple[str, str, int | None] | None = None
+    ) -> pb.SetResponse:
+        collection, record_id, expected = checked or self._check_set(request)
         return pb.SetResponse(version=await session.put(collection, record_id, request.data, expected))
 
     async def _delete(self, session: SqlSession, request: pb.DeleteRequest) -> pb.DeleteResponse:
@@ -223,9 +225,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
 
     async def Set(self, request: pb.SetRequest, context: _Context) -> pb.SetResponse:
         async def work(namespace: str) -> pb.SetResponse:
-            self._check_set(request)  # before taking a connection
+            checked = self._check_set(request)  # before taking a connection
             async with self.backend.session(namespace) as session:
-                return await self._set(session, request)
+                return await self._set(session, request, checked)
 
         return await self._unary(context, "Set", work, request.collection, write=True)
 

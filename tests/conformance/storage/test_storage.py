@@ -285,6 +285,31 @@ async def test_transaction_rolls_back_on_a_cancel_and_is_never_read_dirty(storag
     assert await reader.set(C, "z", {"v": 2}, expected_version=0) == 1
 
 
+async def test_a_write_beside_a_transaction_is_not_part_of_it(storage: Running) -> None:
+    client, other = storage.client(), storage.client()
+    writes: list[asyncio.Task[int]] = []
+
+    async def abandoned() -> None:
+        async with client.transaction() as tx:
+            await tx.set(C, "inside", {"v": 1})
+            # Another client's write: PostgreSQL and MariaDB do it at once, beside the transaction;
+            # SQLite makes it wait for its one writing connection, and must never run it inside this
+            # transaction. The transaction's calls give it time to arrive (or to be done).
+            write = asyncio.create_task(other.set(C, "beside", {"v": 1}))
+            writes.append(write)
+            for _ in range(20):
+                assert await tx.exists(C, "inside")
+                if write.done():
+                    break
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await abandoned()
+    assert await writes[0] == 1
+    assert (await other.get(C, "beside")).data == {"v": 1}  # type: ignore[union-attr]
+    assert await other.get(C, "inside") is None
+
+
 async def test_transaction_rolls_back_when_the_client_disappears_or_ends_without_commit(storage: Running) -> None:
     channel = grpc.aio.insecure_channel(storage.address)
     call = storage_pb2_grpc.StorageStub(channel).Transaction(None, metadata=storage.metadata())
