@@ -51,7 +51,7 @@ _POLICIES = {
 }
 INBOX_MAX_AGE = 300.0  # seconds replies are kept: far longer than any request waits
 _PULL_WAIT = 1.0  # seconds a pull request waits at the server for messages
-_DRAIN_QUIET = 0.2  # seconds without a message after which a closing durable's inbox is taken as empty
+_DRAIN_MARGIN = 0.2  # seconds a closing durable reads its inbox after its last pull request ran out
 ACKED_REMEMBERED = 10_000  # stream sequences acked per consumer that a redelivery is checked against
 
 
@@ -320,38 +320,39 @@ class _NatsConsumer:
                 await self._subscription.unsubscribe()
                 await self._js.delete_consumer(self._stream, self._durable)
                 return
-            await self._drain()
             # Fetched but never handed out: back at once rather than after the ack wait.
-            while self._buffer:
-                await self._buffer.popleft().nak()
+            await self._give_back(list(self._buffer))
+            self._buffer.clear()
+            await self._drain()
             await self._subscription.unsubscribe()
         except (*_ERRORS, nats.js.errors.NotFoundError):
             pass  # the ack wait gives back what could not be nak'ed
 
     async def _drain(self) -> None:
-        """What the durable's open pull requests bring until they run out, into the buffer.
+        """What the durable's open pull requests still bring, given back as it comes, until they run out.
 
         A pull request still open at the server (its fetch was cancelled with the stream, or a fetch
         returned before its batch was full) takes messages published until it runs out, into an inbox
         that nobody would read once unsubscribed: they would wait out the ack wait before another
-        subscriber of the durable got them."""
+        subscriber of the durable got them. No new request is made: it would take more."""
         if self._fetching is not None:  # left by a subscriber that went while it ran
             with contextlib.suppress(TimeoutError, *_ERRORS):
-                self._buffer.extend(await self._fetching)
+                await self._give_back(await self._fetching)
             self._fetching = None
-        loop = asyncio.get_running_loop()
-        while (wait := self._pull_expires - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
-                self._buffer.extend(await self._subscription.fetch(self._batch, timeout=wait))
-        # Those requests ran out at the server a little after here (it counts from their arrival), and
-        # what they delivered just before may still be on its way: read the inbox until it is quiet.
-        # (fetch would send another request; the inbox is the subscription's own.)
+        # The server counts a request's time from its arrival, a little after _pull_expires was set, and
+        # what it delivered just before running out may still be on its way: a short margin.
         inbox = self._subscription._sub
+        loop = asyncio.get_running_loop()
+        deadline = self._pull_expires + _DRAIN_MARGIN
         with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
-            while True:
-                msg = await inbox.next_msg(timeout=_DRAIN_QUIET)
+            while (wait := deadline - loop.time()) > 0:
+                msg = await inbox.next_msg(timeout=wait)
                 if not JetStreamContext.is_status_msg(msg):  # 408 and the like: a request ran out
-                    self._buffer.append(msg)
+                    await self._give_back([msg])
+
+    async def _give_back(self, messages: list[Msg]) -> None:
+        """Nak'ed without delay: another subscriber of the durable gets them now."""
+        await asyncio.gather(*(msg.nak() for msg in messages))
 
 
 def _timestamp(msg: Msg) -> float:
