@@ -186,8 +186,10 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             check_id(record_id, f"ids[{i}]")
         return collection
 
-    async def _batch_get(self, session: SqlSession, request: pb.BatchGetRequest) -> pb.BatchGetResponse:
-        collection = self._check_batch_get(request)
+    async def _batch_get(
+        self, session: SqlSession, request: pb.BatchGetRequest, collection: str | None = None
+    ) -> pb.BatchGetResponse:
+        collection = collection or self._check_batch_get(request)
         records = await session.get_many(collection, list(request.ids))
         return pb.BatchGetResponse(records=[_message(r) for r in records])
 
@@ -247,9 +249,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
 
     async def BatchGet(self, request: pb.BatchGetRequest, context: _Context) -> pb.BatchGetResponse:
         async def work(namespace: str) -> pb.BatchGetResponse:
-            self._check_batch_get(request)
+            collection = self._check_batch_get(request)  # before taking a connection
             async with self.backend.session(namespace, readonly=True) as session:
-                return await self._batch_get(session, request)
+                return await self._batch_get(session, request, collection)
 
         return await self._unary(context, "BatchGet", work, request.collection)
 
