@@ -113,7 +113,6 @@ class PipelinedRedis:
         self._connect_timeout = connect_timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
-        self._closed = False
 
     @classmethod
     def from_url(cls, url: str, *, connect_timeout: float = 2.0) -> PipelinedRedis:
@@ -139,33 +138,38 @@ class PipelinedRedis:
             return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _connect(self) -> _Connection:
-        if self._closed:
-            raise ConnectionError("this Redis client is closed")
         if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.create_task(self._open())
+            self._connecting = asyncio.create_task(self._opened())
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        connection: _Connection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(_Connection, self.host, self.port)
                 for command in self._hello:
                     waiter: asyncio.Future[Any] = loop.create_future()
-                    connection.waiting.append(waiter)
-                    assert connection.transport is not None
-                    connection.transport.write(_encode(command))
+                    connection.send(command, waiter)
                     await waiter
+        except BaseException:
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()  # refused AUTH or SELECT, or cut short: not kept half open
+            raise
+        return connection
+
+    async def _opened(self) -> _Connection:
+        try:
+            self._connection = await self._open()
+            return self._connection
         except TimeoutError:
             where = f"{self.host}:{self.port}"
             raise ConnectionError(f"Redis at {where} did not answer within {self._connect_timeout:g} s") from None
         except OSError as exc:
             raise ConnectionError(f"Redis at {self.host}:{self.port} cannot be reached ({exc})") from None
-        self._connection = connection
-        return connection
 
     async def aclose(self) -> None:
-        self._closed = True
+        """Closes the connection (the next command, if any, opens another, as redis-py's clients do)."""
         connection, self._connection = self._connection, None
         if connection is not None and connection.transport is not None:
             connection.transport.close()

@@ -352,7 +352,8 @@ class _NatsConsumer:
 
     async def _give_back(self, messages: list[Msg]) -> None:
         """Nak'ed without delay: another subscriber of the durable gets them now."""
-        await asyncio.gather(*(msg.nak() for msg in messages))
+        # One that fails (NATS went away) does not keep the others back; the ack wait brings it back.
+        await asyncio.gather(*(msg.nak() for msg in messages), return_exceptions=True)
 
 
 def _timestamp(msg: Msg) -> float:

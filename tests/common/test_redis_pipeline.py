@@ -114,3 +114,24 @@ async def test_a_lost_connection_fails_what_waited_and_the_next_command_connects
             assert await client.execute("PING") == b"PONG"
         finally:
             await client.aclose()
+
+
+async def test_a_refused_login_fails_each_command_and_leaves_no_connection_open() -> None:
+    client = PipelinedRedis.from_url(SHARED_URL.replace("redis://", "redis://:not-the-password@"))
+    try:
+        for _ in range(2):  # each command tries again, and is refused again
+            with pytest.raises(ResponseError, match="AUTH"):
+                await client.execute("PING")
+        assert client._connection is None
+    finally:
+        await client.aclose()
+
+
+async def test_a_closed_client_connects_again_when_used() -> None:
+    client = PipelinedRedis.from_url(SHARED_URL)
+    assert await client.execute("PING") == b"PONG"
+    await client.aclose()
+    try:
+        assert await client.execute("PING") == b"PONG"
+    finally:
+        await client.aclose()
