@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio
@@ -16,10 +17,16 @@ from tests.support.processes import eventually
 from tests.support.redis_server import SHARED_URL
 
 
-def pool_of(client: redis.asyncio.Redis) -> WaitingConnectionPool:
+@asynccontextmanager
+async def one_connection(*, wait: float) -> AsyncIterator[tuple[redis.asyncio.Redis, WaitingConnectionPool]]:
+    """A client whose pool holds a single connection, and that pool."""
+    client = pooled_client(SHARED_URL, max_connections=1, wait=wait)
     pool = client.connection_pool
     assert isinstance(pool, WaitingConnectionPool)
-    return pool
+    try:
+        yield client, pool
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -51,22 +58,16 @@ async def test_a_burst_larger_than_the_pool_waits_and_every_command_succeeds(key
 
 
 async def test_a_wait_that_runs_out_fails_naming_the_pool(key: str) -> None:
-    client = pooled_client(SHARED_URL, max_connections=1, wait=0.1)
-    try:
-        pool = pool_of(client)
+    async with one_connection(wait=0.1) as (client, pool):
         held = await pool.get_connection()  # the only connection, taken
         with pytest.raises(MaxConnectionsError, match=r"within 0.1 s \(1 in use\)"):
             await client.get(key)
         await pool.release(held)
         assert await client.get(key) is None  # free again: the next command gets it
-    finally:
-        await client.aclose()
 
 
 async def test_a_woken_waiter_that_leaves_passes_the_connection_on(key: str) -> None:
-    client = pooled_client(SHARED_URL, max_connections=1, wait=5)
-    try:
-        pool = pool_of(client)
+    async with one_connection(wait=5) as (client, pool):
         first = await pool.get_connection()
 
         async def get() -> object:
@@ -80,5 +81,3 @@ async def test_a_woken_waiter_that_leaves_passes_the_connection_on(key: str) -> 
         async with asyncio.timeout(2):
             assert await staying is None
         assert leaving.cancelled()
-    finally:
-        await client.aclose()
