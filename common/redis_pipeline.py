@@ -9,7 +9,12 @@ stays on redis-py, whose exceptions this module raises so that callers map error
 
 A caller that stops waiting (a deadline) does not disturb the others: its reply still arrives in
 order and is dropped. A lost connection fails the commands that were waiting on it, and the next
-command connects again.
+command connects again. Plain TCP redis:// URLs only, as the gateway's limiter client: for rediss://
+and unix://, `commands_for` gives the same two calls on redis-py (which does TLS and Unix sockets).
+
+The gateway's rate limiter has its own pipelined client (gateway/ratelimit/resp.py: StoreErrors, a
+watchdog instead of per-call deadlines, and reply patterns matched in one C call for its scripts);
+the two should become one here, with the limiter's fast paths as hooks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+import redis.asyncio
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
@@ -116,6 +122,8 @@ class PipelinedRedis:
 
     @classmethod
     def from_url(cls, url: str, *, connect_timeout: float = 2.0) -> PipelinedRedis:
+        if not url.startswith("redis://"):
+            raise ValueError(f"{url.split('://')[0]}:// is not supported here: a plain TCP redis:// URL")
         options = parse_url(url)
         return cls(
             options.get("host", "127.0.0.1"), int(options.get("port", 6379)), db=int(options.get("db", 0)),
@@ -174,3 +182,33 @@ class PipelinedRedis:
         if connection is not None and connection.transport is not None:
             connection.transport.close()
             await connection.lost
+
+
+class RedisPyCommands:
+    """PipelinedRedis's calls on a redis-py client: for the URLs it does not speak (rediss://, unix://)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+
+    async def execute(self, *args: Arg) -> Any:
+        return await self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(script.text)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        """The redis-py client is its owner's to close."""
+
+
+Commands = PipelinedRedis | RedisPyCommands
+
+
+def commands_for(url: str, client: redis.asyncio.Redis, *, connect_timeout: float = 2.0) -> Commands:
+    """PipelinedRedis for a redis:// URL; otherwise the same calls on `client`, a redis-py client of `url`."""
+    if url.startswith("redis://"):
+        return PipelinedRedis.from_url(url, connect_timeout=connect_timeout)
+    return RedisPyCommands(client)

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ConnectionError, ResponseError
 
-from common.redis_pipeline import PipelinedRedis, Script
+from common.redis_pipeline import PipelinedRedis, RedisPyCommands, Script, commands_for
 from tests.support.redis_server import SHARED_URL, redis_server
 
 SLOW = Script("local i = 0 while i < 20000000 do i = i + 1 end return 'slow'")  # ~0.1-0.5 s of Redis
@@ -133,5 +133,23 @@ async def test_a_closed_client_connects_again_when_used() -> None:
     await client.aclose()
     try:
         assert await client.execute("PING") == b"PONG"
+    finally:
+        await client.aclose()
+
+
+async def test_other_urls_get_the_same_calls_on_redis_py(prefix: str) -> None:
+    with pytest.raises(ValueError, match="rediss:// is not supported here"):
+        PipelinedRedis.from_url("rediss://127.0.0.1:6379/0")
+    for url in ("rediss://cache.internal:6380/0", "unix:///run/redis.sock"):
+        assert isinstance(commands_for(url, redis.asyncio.Redis.from_url(SHARED_URL)), RedisPyCommands)
+    # The redis-py side behaves as the pipelined one (here on the shared Redis, over plain TCP).
+    client = redis.asyncio.Redis.from_url(SHARED_URL)
+    try:
+        commands = RedisPyCommands(client)
+        assert await commands.execute("SET", f"{prefix}:k", "v") is True
+        assert await commands.execute("GET", f"{prefix}:k") == b"v"
+        script = Script(f"return redis.call('INCRBY', KEYS[1], ARGV[1]) -- {prefix}")  # new to Redis
+        assert await commands.run(script, [f"{prefix}:n"], [3]) == 3
+        assert await commands.run(script, [f"{prefix}:n"], [3]) == 6
     finally:
         await client.aclose()

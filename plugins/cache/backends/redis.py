@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from upf.cache.v1 import cache_pb2 as pb
 
-from common.redis_pipeline import PipelinedRedis, Script
+from common.redis_pipeline import Script, commands_for
 from common.redis_pool import pooled_client
 from plugins.cache.backend import COUNTERS, FEED, KEYS, LOCKS, READY, TTL, Change
 from plugins.cache.errors import BackendUnavailable, FailedPrecondition
@@ -112,7 +112,7 @@ class RedisBackend:
         self._client = pooled_client(url, wait=timeout, **options)  # a burst waits for a connection
         # The hot commands (values, counters, locks) share one pipelining connection: per command it
         # costs a tenth of redis-py's CPU (common/redis_pipeline.py). SCAN, UNLINK and PUBLISH stay here.
-        self._fast = PipelinedRedis.from_url(url, connect_timeout=timeout)
+        self._fast = commands_for(url, self._client, connect_timeout=timeout)
         self._feed_client = redis.asyncio.Redis.from_url(url, **options)
         self._set = Script(_SET)
         self._mset = Script(_MSET)
