@@ -152,7 +152,7 @@ async def measure(args: argparse.Namespace, prefix: str) -> list[Result]:
     await run("memory", lambda: MemoryTokenBucket(rate=rate, burst=burst))
     decisions, errors, cpu, wall = await ping_floor(args.url, args.concurrency, args.seconds)
     results.append(Result("ping floor", decisions, errors, cpu / decisions * 1e6, decisions / wall))
-    client = redis_client(args.url, timeout=1.0)  # as the gateway builds it: a blocking pool of 64
+    client = redis_client(args.url, timeout=1.0)  # as the gateway builds it: a waiting pool of 64
     try:
         await run("redis-py", lambda: RedisTokenBucket(client, rate=rate, burst=burst, prefix=prefix))
     finally:

@@ -84,7 +84,7 @@ async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Buckets]:
             delete_prefix(sync, prefix)
             sync.close()
         return
-    client = redis_client(SHARED_URL, timeout=5)  # as the gateway builds it: a blocking pool
+    client = redis_client(SHARED_URL, timeout=5)  # as the gateway builds it: a waiting pool (common/redis_pool.py)
     try:
         yield Buckets(
             lambda rate, burst: RedisTokenBucket(client, rate=rate, burst=burst, prefix=prefix), asyncio.sleep, False
