@@ -72,6 +72,7 @@ class NatsBus:
         self._connecting = asyncio.Lock()
         # (stream, consumer) -> stream sequences whose ack the server confirmed, oldest first
         self._acked: dict[tuple[str, str], OrderedDict[int, None]] = {}
+        self._delivered: dict[tuple[str, str], OrderedDict[int, int]] = {}
         self.max_payload = 1024 * 1024  # the server's max_payload, once connected
 
     # --- names in NATS ---------------------------------------------------------------------------
@@ -209,6 +210,10 @@ class NatsBus:
         """The stream sequences acked on this consumer, shared by its subscriptions in this process."""
         return self._acked.setdefault((stream, consumer), OrderedDict())
 
+    def delivered(self, stream: str, consumer: str) -> OrderedDict[int, int]:
+        """The delivery count last handed out per stream sequence on this consumer, likewise shared."""
+        return self._delivered.setdefault((stream, consumer), OrderedDict())
+
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -244,6 +249,7 @@ class _NatsConsumer:
         # A durable's acks are shared by its subscriptions; an ephemeral consumer dies with its stream,
         # so its own (keeping it in the bus would keep one table per subscription ever made).
         self._acked: OrderedDict[int, None] = OrderedDict() if ephemeral else bus.acked(stream, durable)
+        self._delivered: OrderedDict[int, int] = OrderedDict() if ephemeral else bus.delivered(stream, durable)
         self._pull_expires = 0.0  # loop time when the last pull request sent to the server runs out
         self._fetching: asyncio.Task[list[Msg]] | None = None
 
@@ -258,9 +264,18 @@ class _NatsConsumer:
         reply_to = headers.pop(_REPLY_TO, "")
         metadata = msg.metadata
         timestamp = _timestamp(msg)
+        sequence = metadata.sequence.stream
+        # Never lower than the count this consumer last handed out: nats-server (2.9.10 here) now and then
+        # counts a redelivery after a delayed nak and an ack wait as the first again (its ack subject
+        # said 1 for a third delivery, consumer sequence 3), which would tell a subscriber it is new.
+        count = max(metadata.num_delivered or 1, self._delivered.get(sequence, 0) + 1)
+        self._delivered[sequence] = count
+        self._delivered.move_to_end(sequence)
+        if len(self._delivered) > ACKED_REMEMBERED:
+            self._delivered.popitem(last=False)
         return Received(
-            self._bus.from_nats(msg.subject), msg.data, headers, str(metadata.sequence.stream),
-            metadata.sequence.stream, timestamp, reply_to, metadata.num_delivered or 1, msg,
+            self._bus.from_nats(msg.subject), msg.data, headers, str(sequence),
+            sequence, timestamp, reply_to, count, msg,
         )  # fmt: skip
 
     async def _next_msg(self) -> Msg:
