@@ -30,6 +30,8 @@ import redis.asyncio
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
+from common.corking import CorkedTransport
+
 Arg = bytes | str | int | float
 
 
@@ -59,27 +61,21 @@ class Script:
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self._corked: CorkedTransport | None = None
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.out: list[bytes] = []
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def send(self, args: Sequence[Arg], waiter: asyncio.Future[Any]) -> None:
-        """Queued for this turn's write; the waiter gets the reply."""
+        """Written with the rest of this loop iteration's commands; the waiter gets the reply."""
+        assert self._corked is not None
         self.waiting.append(waiter)
-        if not self.out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.out.append(_encode(args))
-
-    def _flush(self) -> None:
-        out, self.out = self.out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
-        # else: connection_lost fails their waiters
+        self._corked.write(_encode(args))  # on a closing transport dropped: connection_lost fails the waiter
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._corked = CorkedTransport(transport, asyncio.get_running_loop())
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)

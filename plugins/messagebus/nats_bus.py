@@ -24,7 +24,7 @@ import datetime
 import re
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -53,6 +53,7 @@ INBOX_MAX_AGE = 300.0  # seconds replies are kept: far longer than any request w
 _PULL_WAIT = 1.0  # seconds a pull request waits at the server for messages
 _DRAIN_MARGIN = 0.2  # seconds a closing durable reads its inbox after its last pull request ran out
 ACKED_REMEMBERED = 10_000  # stream sequences acked per consumer that a redelivery is checked against
+_V = TypeVar("_V")
 
 
 class NatsBus:
@@ -269,10 +270,7 @@ class _NatsConsumer:
         # counts a redelivery after a delayed nak and an ack wait as the first again (its ack subject
         # said 1 for a third delivery, consumer sequence 3), which would tell a subscriber it is new.
         count = max(metadata.num_delivered or 1, self._delivered.get(sequence, 0) + 1)
-        self._delivered[sequence] = count
-        self._delivered.move_to_end(sequence)
-        if len(self._delivered) > ACKED_REMEMBERED:
-            self._delivered.popitem(last=False)
+        _remember(self._delivered, sequence, count)
         return Received(
             self._bus.from_nats(msg.subject), msg.data, headers, str(sequence),
             sequence, timestamp, reply_to, count, msg,
@@ -311,9 +309,7 @@ class _NatsConsumer:
             pass
         except _ERRORS as exc:
             raise BusUnavailable(f"the ack did not reach NATS ({_describe(exc)})") from None
-        self._acked[handle.metadata.sequence.stream] = None
-        if len(self._acked) > ACKED_REMEMBERED:
-            self._acked.popitem(last=False)
+        _remember(self._acked, handle.metadata.sequence.stream, None)
 
     async def nak(self, handle: object, delay: float) -> None:
         assert isinstance(handle, Msg)
@@ -369,6 +365,14 @@ class _NatsConsumer:
         """Nak'ed without delay: another subscriber of the durable gets them now."""
         # One that fails (NATS went away) does not keep the others back; the ack wait brings it back.
         await asyncio.gather(*(msg.nak() for msg in messages), return_exceptions=True)
+
+
+def _remember(table: OrderedDict[int, _V], sequence: int, value: _V) -> None:
+    """`value` for `sequence`, the most recent entry; the oldest go beyond ACKED_REMEMBERED."""
+    table[sequence] = value
+    table.move_to_end(sequence)
+    if len(table) > ACKED_REMEMBERED:
+        table.popitem(last=False)
 
 
 def _timestamp(msg: Msg) -> float:

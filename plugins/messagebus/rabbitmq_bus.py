@@ -299,7 +299,7 @@ class _RabbitConsumer:
                         confirmed.set_exception(failure)
                 self._unconfirmed = []
                 if isinstance(exc, _ERRORS):
-                    continue
+                    return  # the next ack starts another round
                 raise
             for confirmed in waiting:
                 if not confirmed.done():

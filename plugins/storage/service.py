@@ -164,9 +164,10 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return collection, request.id, self._expected(request, "expected_version")
 
     async def _set(
-        self, session: SqlSession, request: pb.SetRequest, checked: tuple[str, str, int | None] | None = None
+        self, session: SqlSession, request: pb.SetRequest, checked: tuple[str, str, int | None]
     ) -> pb.SetResponse:
-        collection, record_id, expected = checked or self._check_set(request)
+        """`checked`: what _check_set returned for `request` (before a connection was taken)."""
+        collection, record_id, expected = checked
         return pb.SetResponse(version=await session.put(collection, record_id, request.data, expected))
 
     async def _delete(self, session: SqlSession, request: pb.DeleteRequest) -> pb.DeleteResponse:
@@ -187,9 +188,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return collection
 
     async def _batch_get(
-        self, session: SqlSession, request: pb.BatchGetRequest, collection: str | None = None
+        self, session: SqlSession, request: pb.BatchGetRequest, collection: str
     ) -> pb.BatchGetResponse:
-        collection = collection or self._check_batch_get(request)
+        """`collection`: what _check_batch_get returned for `request`."""
         records = await session.get_many(collection, list(request.ids))
         return pb.BatchGetResponse(records=[_message(r) for r in records])
 
@@ -380,7 +381,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         if operation == "get":
             return pb.TransactionResponse(get=await self._get(tx, request.get))
         if operation == "set":
-            return pb.TransactionResponse(set=await self._set(tx, request.set))
+            return pb.TransactionResponse(set=await self._set(tx, request.set, self._check_set(request.set)))
         if operation == "delete":
             return pb.TransactionResponse(delete=await self._delete(tx, request.delete))
         if operation == "exists":
@@ -388,7 +389,8 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         if operation == "query":
             return pb.TransactionResponse(query=await self._query(tx, request.query))
         if operation == "batch_get":
-            return pb.TransactionResponse(batch_get=await self._batch_get(tx, request.batch_get))
+            checked = self._check_batch_get(request.batch_get)
+            return pb.TransactionResponse(batch_get=await self._batch_get(tx, request.batch_get, checked))
         raise InvalidArgument("operation", "is not set (get, set, delete, exists, query, batch_get or commit)")
 
 
