@@ -14,12 +14,13 @@ The middleware that asks the limiter is gateway/middleware/ratelimit.py.
 
 from __future__ import annotations
 
+from common.resp import RespClient
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket
 from gateway.ratelimit.keys import Identify, TrustedProxies, identify_by, identify_from_settings
 from gateway.ratelimit.limiter import FailureMode, RateLimiter, RateLimitPolicy, Verdict
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.ratelimit.redis import RedisTokenBucket
-from gateway.ratelimit.resp import RespClient, RespTokenBucket
+from gateway.ratelimit.resp import RespTokenBucket
 
 __all__ = [
     "Clock",

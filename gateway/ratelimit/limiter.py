@@ -34,13 +34,14 @@ from typing import Any, Literal, cast
 
 import redis.asyncio
 
+from common.resp import RespClient, handles_url
 from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit.bucket import Clock, Decision, StoreError, TokenBucket, refill_seconds
 from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.memory import MemoryTokenBucket
 from gateway.ratelimit.recovery import DEBIT_SCRIPT, StoreHealth, pay_debts
 from gateway.ratelimit.redis import RedisTokenBucket, redis_client, script_on
-from gateway.ratelimit.resp import RespClient, RespScript, RespTokenBucket, handles_url
+from gateway.ratelimit.resp import RespScript, RespTokenBucket
 from gateway.settings import RateLimitSettings
 
 __all__ = [
@@ -146,7 +147,7 @@ StoreClient = redis.asyncio.Redis | RespClient
 def store_client(settings: RateLimitSettings) -> StoreClient:
     """The Redis client for `redisUrl`: the one place that chooses it by URL.
 
-    redis://  RespClient (gateway/ratelimit/resp.py): one pipelined connection, about a tenth
+    redis://  RespClient (common/resp.py): one pipelined connection, about a tenth
               of redis-py's CPU per decision (bench/README.md, "Rate limiter cost");
     rediss://, unix://  redis-py, which does TLS and Unix sockets; RespClient does neither.
     """

@@ -28,8 +28,8 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from common.redis_pipeline import Script, commands_for
 from common.redis_pool import pooled_client
+from common.resp import Script, commands_for
 from plugins.messagebus.backend import BusUnavailable, ConsumerConflict, ConsumerSpec, Deliver, Outgoing, Received
 from plugins.messagebus.subjects import is_inbox, matches
 
@@ -71,8 +71,8 @@ class RedisBus:
         self.client = pooled_client(url, socket_connect_timeout=2.0, socket_timeout=10.0)
         self._publish = self.client.register_script(_PUBLISH)  # batches: one redis-py pipeline, in order
         # Single publishes share one pipelining connection: a tenth of redis-py's CPU per command, and
-        # concurrent publishes leave in one write (common/redis_pipeline.py).
-        self._fast = commands_for(url, self.client, connect_timeout=2.0)
+        # concurrent publishes leave in one write (common/resp.py).
+        self._fast = commands_for(url, self.client, timeout=_COMMAND_TIMEOUT, connect_timeout=2.0)
         self._publish_one = Script(_PUBLISH)
 
     def stream_of(self, subject: str) -> str:

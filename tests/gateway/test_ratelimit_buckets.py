@@ -33,7 +33,7 @@ import redis.asyncio
 from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, RespClient, RespTokenBucket, StoreError, TokenBucket
 from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.redis import redis_client
-from gateway.ratelimit.resp import RespScript, command
+from gateway.ratelimit.resp import RespScript
 from tests.support.processes import free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
@@ -313,7 +313,7 @@ async def test_resp_script_is_loaded_again_after_a_script_flush(tmp_path: Path) 
         try:
             bucket = RespTokenBucket(resp, rate=0.001, burst=5)
             assert (await bucket.take("a")).remaining == 4
-            assert await resp.call(command(b"SCRIPT", b"FLUSH")) == b"OK"
+            assert await resp.execute("SCRIPT", "FLUSH") == b"OK"
             # Every pending decision meets NOSCRIPT and is retried with EVAL.
             decisions = await asyncio.gather(*(bucket.take("a") for _ in range(3)))
             assert sorted(d.remaining for d in decisions) == [1, 2, 3]
@@ -325,14 +325,14 @@ async def test_resp_script_is_loaded_again_after_a_script_flush(tmp_path: Path) 
 async def test_resp_authenticates_and_selects_the_database_from_the_url(tmp_path: Path) -> None:
     with redis_server(tmp_path) as server:
         admin = RespClient(server.url)
-        await admin.call(command(b"CONFIG", b"SET", b"requirepass", b"s3cr:t"))
+        await admin.execute("CONFIG", "SET", "requirepass", "s3cr:t")
         await admin.aclose()
         url = f"redis://:s3cr%3At@127.0.0.1:{server.port}/3"
         resp = RespClient(url)
         try:
             await RespTokenBucket(resp, rate=0.001, burst=2, prefix="p").take("a")
-            assert await resp.call(command(b"EXISTS", b"p:default:a")) == 1
-            info = await resp.call(command(b"CLIENT", b"INFO"))
+            assert await resp.execute("EXISTS", "p:default:a") == 1
+            info = await resp.execute("CLIENT", "INFO")
             assert isinstance(info, bytes)
             assert b" db=3 " in info
         finally:
@@ -340,7 +340,7 @@ async def test_resp_authenticates_and_selects_the_database_from_the_url(tmp_path
         wrong = RespClient(f"redis://:nope@127.0.0.1:{server.port}/0")
         try:
             with pytest.raises(StoreError, match="set-up"):
-                await wrong.ping()
+                await RespTokenBucket(wrong, rate=1, burst=1).take("a")
         finally:
             await wrong.aclose()
 
@@ -352,7 +352,7 @@ async def test_resp_killed_redis_fails_pending_decisions_at_once_and_reconnects(
             bucket = RespTokenBucket(resp, rate=0.001, burst=1000)
             await bucket.take("a")
             # A paused server holds every command, so the decisions are pending when it dies.
-            assert await resp.call(command(b"CLIENT", b"PAUSE", b"5000", b"ALL")) == b"OK"
+            assert await resp.execute("CLIENT", "PAUSE", 5000, "ALL") == b"OK"
             pending = [asyncio.ensure_future(bucket.take("a")) for _ in range(50)]
             await asyncio.sleep(0.1)
             started = time.monotonic()

@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from upf.cache.v1 import cache_pb2 as pb
 
-from common.redis_pipeline import Script, commands_for
 from common.redis_pool import pooled_client
+from common.resp import Script, commands_for
 from plugins.cache.backend import COUNTERS, FEED, KEYS, LOCKS, READY, TTL, Change
 from plugins.cache.errors import BackendUnavailable, FailedPrecondition
 from plugins.cache.glob import escape
@@ -111,8 +111,8 @@ class RedisBackend:
         # (~9 % of the plugin's CPU on a Get). One deadline around each command instead (_run).
         self._client = pooled_client(url, wait=timeout, **options)  # a burst waits for a connection
         # The hot commands (values, counters, locks) share one pipelining connection: per command it
-        # costs a tenth of redis-py's CPU (common/redis_pipeline.py). SCAN, UNLINK and PUBLISH stay here.
-        self._fast = commands_for(url, self._client, connect_timeout=timeout)
+        # costs a tenth of redis-py's CPU (common/resp.py). SCAN, UNLINK and PUBLISH stay here.
+        self._fast = commands_for(url, self._client, timeout=timeout)
         self._feed_client = redis.asyncio.Redis.from_url(url, **options)
         self._set = Script(_SET)
         self._mset = Script(_MSET)
