@@ -18,10 +18,14 @@ same block, so whoever gets one reads it and never changes it.
 from __future__ import annotations
 
 import math
+import re
+from urllib.parse import quote
 
 import hpack
 
-__all__ = ["HeaderBlockDecoder", "RequestEncoder", "encode_header", "encode_timeout"]
+__all__ = [
+    "HeaderBlockDecoder", "RequestEncoder", "decode_timeout", "encode_header", "encode_timeout", "percent_encode",
+]  # fmt: skip
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -57,6 +61,25 @@ def encode_timeout(seconds: float) -> bytes:
         if value < 100_000_000:
             return str(max(value, 0)).encode() + unit
     return b"99999999H"
+
+
+_TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def decode_timeout(value: bytes) -> float | None:
+    """grpc-timeout in seconds; None unless it is 1-8 digits and a unit (what to do then is the reader's)."""
+    match = _TIMEOUT.match(value)
+    if match is None:
+        return None
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def percent_encode(message: str) -> str:
+    """A grpc-message, percent-encoded: everything outside printable ASCII, and '%' itself."""
+    # gRPC's rule (PROTOCOL-HTTP2.md) keeps space and every other printable ASCII byte as is;
+    # grpc-web JS runs decodeURIComponent on it, so a bare '%' would break the client.
+    return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 _DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE until the upstream says otherwise

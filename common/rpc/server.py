@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 
 from common.http2.codes import ErrorCode
+from common.http2.headers import decode_timeout
 from common.http2.server import ServerConnection
 from common.http2.writer import rst_stream
 from common.rpc.call import ServedCall
@@ -39,7 +40,6 @@ from common.rpc.wire import (
     RESPONSE_START,
     Metadata,
     RequestMessages,
-    parse_timeout,
     request_metadata,
     status_block,
 )
@@ -185,7 +185,7 @@ class Server(grpc.aio.Server):
             elif name == b"content-type":
                 content_type = value
             elif name == b"grpc-timeout":
-                timeout = parse_timeout(value)
+                timeout = decode_timeout(value)  # a malformed one is ignored, as grpc servers do
             elif name == b"grpc-encoding":
                 encoding = value.strip().lower()
         if not path or not method:

@@ -1,24 +1,23 @@
 """gRPC over HTTP/2 as the server writes and reads it (PROTOCOL-HTTP2.md): header blocks, timeouts,
 metadata, message prefixes.
 
-Small copies of what gateway/wire does for the gateway: `common` imports nothing above it.
+grpc-timeout and grpc-message are coded in common/http2/headers.py, for the gateway too. A server ignores
+a malformed grpc-timeout, as grpc servers do (the gateway refuses it: gateway/wire/timeout.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 import struct
 import zlib
 from collections.abc import Iterable
 from typing import Final
-from urllib.parse import quote
 
 import grpc
 import grpc.aio
 
-from common.http2.headers import encode_header
+from common.http2.headers import encode_header, percent_encode
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -29,7 +28,6 @@ __all__ = [
     "Metadata",
     "RequestMessages",
     "metadata_block",
-    "parse_timeout",
     "request_metadata",
     "status_block",
 ]
@@ -44,15 +42,12 @@ ACCEPT_ENCODING: Final = "identity,gzip"
 # HPACK: ":status: 200" is static index 8; content-type (static name 31) as a literal without indexing.
 RESPONSE_START: Final = b"\x88\x0f\x10" + bytes((len(b"application/grpc"),)) + b"application/grpc"
 
-_TIMEOUT = re.compile(rb"^(\d{1,8})([HMSmun])$")
-_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # Request headers that are the transport's, not the caller's metadata (grpc core keeps them back too).
 _NOT_METADATA = frozenset(
     {b"te", b"content-type", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"connection", b"host"}
 )
 # Status lines for the codes a server sends most, built once.
 _STATUS = {code: encode_header(b"grpc-status", str(code.value[0]).encode()) for code in grpc.StatusCode}
-_MESSAGE_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 
 class MessageError(Exception):
@@ -62,14 +57,6 @@ class MessageError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def parse_timeout(value: bytes) -> float | None:
-    """A client's grpc-timeout in seconds; a malformed one is ignored, as grpc servers do."""
-    match = _TIMEOUT.match(value)
-    if match is None:
-        return None
-    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
 
 
 def request_metadata(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
@@ -107,7 +94,7 @@ def status_block(code: grpc.StatusCode, details: str | None, trailing: bytes = b
     """grpc-status, the percent-encoded grpc-message (when there is one) and trailing metadata."""
     block = _STATUS[code]
     if details:
-        block += encode_header(b"grpc-message", quote(details, safe=_MESSAGE_SAFE).encode("ascii"))
+        block += encode_header(b"grpc-message", percent_encode(details).encode("ascii"))
     return block + trailing
 
 

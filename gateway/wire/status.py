@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import grpc
 
+from common.http2.headers import percent_encode
+
 __all__ = ["percent_encode", "status_lines"]
-
-
-def percent_encode(message: str) -> str:
-    """Percent-encode a grpc-message: everything outside printable ASCII, and '%' itself."""
-    # gRPC's rule (PROTOCOL-HTTP2.md) keeps space and every other printable ASCII byte as is;
-    # grpc-web JS runs decodeURIComponent on it, so a bare '%' would break the client.
-    return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def status_lines(code: grpc.StatusCode, message: str) -> list[tuple[bytes, bytes]]:
