@@ -4,6 +4,7 @@
     ├── BadRequest                    INVALID_ARGUMENT  (malformed gRPC-Web framing, base64, metadata, timeout)
     ├── MalformedMessage              INTERNAL          (truncated or wrongly flagged frame)
     ├── MessageTooLarge               RESOURCE_EXHAUSTED
+    ├── MethodNotAllowed              UNIMPLEMENTED     (a REST path asked for with a method it does not take: 405)
     ├── MissingMessage                UNIMPLEMENTED     (a request body without any message frame)
     ├── NotFound                      NOT_FOUND         (no such REST path or file)
     ├── RateLimited                   RESOURCE_EXHAUSTED (answer carries Retry-After and RateLimit headers)
@@ -15,7 +16,8 @@
     └── UpstreamUnavailable           UNAVAILABLE
 
 Every error carries a gRPC status code. gRPC-Web and native gRPC clients get that code in
-`grpc-status` (with HTTP 200 for gRPC-Web); REST clients get `GRPC_TO_HTTP[code]` and a JSON body.
+`grpc-status` (with HTTP 200 for gRPC-Web); REST clients get `GRPC_TO_HTTP[code]` and a JSON body, or
+the error's own `http_status` where HTTP has a more precise word than the code's (405 for a method).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "GatewayError",
     "MalformedMessage",
     "MessageTooLarge",
+    "MethodNotAllowed",
     "MissingMessage",
     "NotFound",
     "PermissionDenied",
@@ -53,6 +56,7 @@ class GatewayError(Exception):
     """A failure the gateway answers itself, with a gRPC status and a message safe to show a client."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    http_status: ClassVar[int | None] = None  # for REST clients, instead of GRPC_TO_HTTP[code]
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -75,6 +79,12 @@ class MessageTooLarge(GatewayError):
 
 class MissingMessage(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class MethodNotAllowed(GatewayError):
+    # As grpc-gateway answers it: UNIMPLEMENTED in the body, and HTTP's own 405 (with Allow).
+    code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 405
 
 
 class NotFound(GatewayError):

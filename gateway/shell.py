@@ -22,8 +22,9 @@ import httpx
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import NotFound, UpstreamUnavailable
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, UpstreamUnavailable
 from gateway.middleware.errors import json_error_response
+from gateway.transcode.routes import ALLOWED_VERBS
 from gateway.upstream.policies import split_call
 
 __all__ = ["DEFAULT_SHELL_DIR", "PluginUi", "ShellFiles", "ShellMiddleware", "api_not_found", "plugin_ui_path"]
@@ -201,13 +202,21 @@ def _is_reserved(path: str) -> bool:
 
 
 def api_not_found(default: ASGIApp) -> ASGIApp:
-    """The router's answer when no route matches: a JSON 404 under /api/, `default` elsewhere."""
+    """The router's answer when no route matches: a JSON 404 under /api/ (405 with Allow when a REST route
+    takes the path with another method), `default` elsewhere."""
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] == "/api" or scope["path"].startswith("/api/")):
             # Sent, not raised: the middleware between here and the error renderer (rate-limit
             # headers, CORS) sees this answer like any other.
-            start, body = json_error_response(NotFound(f"no endpoint at {scope['path']}"))
+            verbs: list[str] | None = scope.get(ALLOWED_VERBS)
+            error: GatewayError = NotFound(f"no endpoint at {scope['path']}")
+            if verbs:
+                error = MethodNotAllowed(
+                    f"{scope['method']} is not allowed at {scope['path']}; it takes {', '.join(verbs)}",
+                    headers={"allow": ", ".join(verbs)},
+                )
+            start, body = json_error_response(error)
             await send(start)
             await send(body)
             return

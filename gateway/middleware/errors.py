@@ -26,7 +26,7 @@ def json_error_response(exc: GatewayError) -> tuple[Message, Message]:
     body = json.dumps({"code": status_name(exc.code), "message": exc.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(key.encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
-    start = {"type": "http.response.start", "status": GRPC_TO_HTTP[exc.code], "headers": headers}
+    start = {"type": "http.response.start", "status": exc.http_status or GRPC_TO_HTTP[exc.code], "headers": headers}
     return start, {"type": "http.response.body", "body": body}
 
 

@@ -6,7 +6,8 @@ which authenticates and rate-limits it. Sitting outside the REST auth and rate-l
 what makes that happen exactly once: they never see a transcoded call. Everything else passes on:
 the gateway's own endpoints win over a plugin's annotation (/api/manifests, /api/auth/login ... are
 never a plugin's), and a path no route matches goes through auth and limits to the router's JSON 404,
-as before, so an unauthenticated client learns nothing about which routes exist.
+as before, so an unauthenticated client learns nothing about which routes exist. A path a route takes,
+asked for with another method, goes the same way to a JSON 405 with an Allow header.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.proxy import is_call_path
 from gateway.transcode.endpoint import RestEndpoint
-from gateway.transcode.routes import PREFIX, RestRoutes
+from gateway.transcode.routes import ALLOWED_VERBS, PREFIX, RestRoutes
 
 __all__ = ["TranscodeMiddleware"]
 
@@ -38,8 +39,14 @@ class TranscodeMiddleware:
             return
         # The path as sent, still percent-encoded: a variable's value may hold an encoded "/".
         raw: bytes | None = scope.get("raw_path")
-        match = await self.routes.match(scope["method"], raw.decode("latin-1") if raw else path)
+        request_path = raw.decode("latin-1") if raw else path
+        match = await self.routes.match(scope["method"], request_path)
         if match is None:
+            # A route's path with another method: answered 405 by the router's fallback, after auth and
+            # limits like a 404, so that an unauthenticated client learns no more than from a 404.
+            verbs = await self.routes.verbs_at(request_path)
+            if verbs:
+                scope = {**scope, ALLOWED_VERBS: verbs}
             await self.app(scope, receive, send)
             return
         await self.endpoint(scope, receive, send, match)

@@ -29,11 +29,14 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from gateway.descriptors import DescriptorsUnavailable
 from gateway.transcode.http_rule import HttpBinding, InvalidHttpRule, http_bindings
 
-__all__ = ["PREFIX", "RestMatch", "RestRoute", "RestRoutes"]
+__all__ = ["ALLOWED_VERBS", "PREFIX", "RestMatch", "RestRoute", "RestRoutes"]
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api"  # every REST route's path starts here; the annotation's path follows
+# The scope key under which a request whose path a route takes, but with another method, carries the
+# methods that path does take: the router's fallback answers it 405 (gateway/shell.py api_not_found).
+ALLOWED_VERBS = "upf.rest.allowed_verbs"
 
 Describe = Callable[[str], Awaitable[ServiceDescriptor]]
 
@@ -95,6 +98,14 @@ class RestRoutes:
             if variables is not None:
                 return RestMatch(route, variables)
         return None
+
+    async def verbs_at(self, path: str) -> list[str]:
+        """The HTTP methods some route takes at this request path (as `match` reads it), sorted."""
+        if not path.startswith(PREFIX + "/"):
+            return []
+        rest = path[len(PREFIX) :]
+        routes = await self.routes()
+        return sorted({route.binding.verb for route in routes if route.binding.template.match(rest) is not None})
 
     async def _service(self, name: str) -> ServiceDescriptor | None:
         try:

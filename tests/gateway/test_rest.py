@@ -105,7 +105,7 @@ def test_wrong_types_are_400_naming_the_field(platform: tuple[Gateway, dict[str,
     assert "Traceback" not in body.text
 
 
-def test_rest_needs_a_token_and_unknown_routes_are_json_404(platform: tuple[Gateway, dict[str, str]]) -> None:
+def test_rest_needs_a_token_and_unknown_routes_are_json_404_or_405(platform: tuple[Gateway, dict[str, str]]) -> None:
     gateway, auth = platform
     anonymous = httpx.get(f"{gateway.url}/api/v1/orders", timeout=10)
     assert anonymous.status_code == 401
@@ -114,8 +114,17 @@ def test_rest_needs_a_token_and_unknown_routes_are_json_404(platform: tuple[Gate
     unknown = httpx.get(f"{gateway.url}/api/v1/nothing/here", headers=auth, timeout=10)
     assert unknown.status_code == 404
     assert unknown.headers["content-type"].startswith("application/json")
+    # A path that routes take, with a method none of them takes: 405, naming the ones they do.
     wrong_verb = httpx.delete(f"{gateway.url}/api/v1/orders/o-1", headers=auth, timeout=10)
-    assert wrong_verb.status_code == 404  # no DELETE binding
+    assert wrong_verb.status_code == 405
+    assert wrong_verb.headers["allow"] == "GET, PATCH"
+    assert wrong_verb.json() == {
+        "code": "UNIMPLEMENTED",
+        "message": "DELETE is not allowed at /api/v1/orders/o-1; it takes GET, PATCH",
+    }
+    assert httpx.put(f"{gateway.url}/api/v1/orders", headers=auth, timeout=10).headers["allow"] == "GET, POST"
+    # Without a token it is the 401 any unknown path gets: the route table is not shown to strangers.
+    assert httpx.delete(f"{gateway.url}/api/v1/orders/o-1", timeout=10).status_code == 401
     # The gateway's own endpoints are not a plugin's to take.
     assert httpx.get(f"{gateway.url}/api/manifests", headers=auth, timeout=10).status_code == 200
 
