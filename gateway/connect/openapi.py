@@ -160,7 +160,8 @@ def _enum(enum: EnumDescriptor) -> dict[str, Any]:
 
 def openapi_document(services: Iterable[ServiceDescriptor], *, title: str, version: str) -> dict[str, Any]:
     """OpenAPI 3.1 for `POST /api/<service>/<method>` (JSON unary), `GET` for side-effect-free methods,
-    the Connect streaming form of server-streaming methods, and the REST routes of unary methods."""
+    the Connect streaming form of server-streaming methods, and the REST routes of unary and
+    server-streaming methods (a stream's as newline-delimited JSON)."""
     schemas = _Schemas()
     paths: dict[str, Any] = {}
     for service in sorted(services, key=lambda s: s.full_name):
@@ -170,7 +171,7 @@ def openapi_document(services: Iterable[ServiceDescriptor], *, title: str, versi
             paths[f"/api/{service.full_name}/{method.name}"] = _operations(service, method, schemas)
     for service in sorted(services, key=lambda s: s.full_name):
         for method in service.methods:
-            if not (method.client_streaming or method.server_streaming):
+            if not method.client_streaming:
                 _add_rest(paths, service, method, schemas)
     return {
         "openapi": "3.1.0",
@@ -250,10 +251,7 @@ def _add_rest(paths: dict[str, Any], service: ServiceDescriptor, method: Any, sc
             "summary": f"{method.name} over REST",
             "parameters": _rest_parameters(binding, method.input_type, schemas),
             "responses": {
-                "200": {
-                    "description": method.output_type.full_name,
-                    "content": _json(_response(binding, method, schemas)),
-                },
+                "200": _rest_answer(binding, method, schemas),
                 "default": {
                     "description": "An error, with the HTTP status of its gRPC code",
                     "content": _json({"$ref": "#/components/schemas/gateway.Error"}),
@@ -318,6 +316,21 @@ def _response(binding: HttpBinding, method: Any, schemas: _Schemas) -> dict[str,
     if not binding.response_body:
         return schemas.ref(method.output_type)
     return _field_schema(method.output_type, binding.response_body, schemas)
+
+
+def _rest_answer(binding: HttpBinding, method: Any, schemas: _Schemas) -> dict[str, Any]:
+    response = _response(binding, method, schemas)
+    if not method.server_streaming:
+        return {"description": method.output_type.full_name, "content": _json(response)}
+    line = {
+        "type": "object",
+        "description": "One line: a message, or (the last line of a stream that failed after it began) the error",
+        "properties": {"result": response, "error": {"$ref": "#/components/schemas/gateway.Error"}},
+    }
+    return {
+        "description": f"A stream of {method.output_type.full_name}, one JSON object per line",
+        "content": {"application/x-ndjson": {"schema": line}},
+    }
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

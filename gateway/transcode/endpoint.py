@@ -11,6 +11,11 @@ driver's.
     an error   the HTTP status of its gRPC code (gateway.errors' one table) and
                `{"code": "NOT_FOUND", "message": ...}`, as every other REST endpoint of the gateway
 
+A server-streaming method answers newline-delimited JSON (application/x-ndjson), one line per message
+as it arrives, in grpc-gateway's shape: `{"result": <message>}`. A stream that fails after its first
+message ends with the line `{"error": {"code": "UNAVAILABLE", "message": ...}}` (the status line was
+sent already); one that fails before it gets the error answer of a unary call, with its HTTP status.
+
 The plugin's response metadata comes back as headers; `grpc-timeout` (as grpc-gateway reads it) asks
 for a deadline, held to maxTimeout and the method's `timeout`.
 """
@@ -35,7 +40,7 @@ from gateway.grpcweb.endpoint import DisconnectWatch
 from gateway.proxy import Admitted, ProxyConfig, Refused, admit, run_attempts
 from gateway.transcode.request import request_message, response_json
 from gateway.transcode.routes import PREFIX, RestMatch
-from gateway.upstream.http2 import StreamError
+from gateway.upstream.http2 import Http2Stream, StreamError
 from gateway.upstream.outcome import gateway_error, outcome
 from gateway.upstream.pool import Replica
 from gateway.wire.framing import encode_frame
@@ -109,6 +114,13 @@ class _Answer:
         self.send = send
         self.quota: Headers = []  # RateLimit-Policy and RateLimit of an allowed call
 
+    async def start_stream(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        head = [*headers, *self.quota, (b"content-type", b"application/x-ndjson")]
+        await self.send({"type": "http.response.start", "status": 200, "headers": head})
+
+    async def lines(self, lines: Sequence[bytes], *, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": b"".join(lines), "more_body": more})
+
     async def json(self, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         head = [
             *headers,
@@ -153,6 +165,9 @@ class _Call:
             return Refused.raising(gateway_error(exc, service), unsent=isinstance(exc, NeverProcessed))
         watch = DisconnectWatch(self.receive, stream)  # a client that leaves cancels the upstream call
         try:
+            if route.method.server_streaming:
+                ended = await self._stream(stream)
+                return grpc.StatusCode.CANCELLED if watch.disconnected else ended
             frames: list[bytes] = []
             while (frame := await stream.read()) is not None:
                 frames.append(frame)
@@ -179,6 +194,42 @@ class _Call:
             if not stream.ended:
                 stream.cancel()
 
+    async def _stream(self, stream: Http2Stream) -> grpc.StatusCode | Refused:
+        service = self.match.route.service
+        frame = await stream.read()
+        if frame is None:  # no message: the answer is the status alone, as for a unary call
+            result = outcome(stream, service)
+            headers = response_metadata(stream.headers or ())
+            code, message = result.code, unquote_to_bytes(result.message).decode("utf-8", "replace")
+            if code is grpc.StatusCode.OK:
+                await self.answer.start_stream(headers)
+                await self.answer.lines([], more=False)
+            elif code is grpc.StatusCode.UNAVAILABLE:  # another replica may take the call
+                return Refused(code, lambda: self.answer.error(code, message, headers=headers))
+            else:
+                await self.answer.error(code, message, headers=headers)
+            return code
+        lines = [self._line(f) for f in (frame, *stream.read_queued())]  # a bad first message: an error answer
+        await self.answer.start_stream(response_metadata(stream.headers or ()))
+        try:
+            while True:
+                await self.answer.lines(lines)
+                if (frame := await stream.read()) is None:
+                    break
+                lines = [self._line(f) for f in (frame, *stream.read_queued())]
+        except GatewayError as exc:  # a message that is not the method's type: the stream ends there
+            await self.answer.lines([_error_line(exc.code, exc.message)], more=False)
+            return exc.code
+        result = outcome(stream, service)
+        last = []
+        if result.code is not grpc.StatusCode.OK:
+            last.append(_error_line(result.code, unquote_to_bytes(result.message).decode("utf-8", "replace")))
+        await self.answer.lines(last, more=False)
+        return result.code
+
+    def _line(self, frame: bytes) -> bytes:
+        return b'{"result":' + self._json(frame[5:]) + b"}\n"
+
     def _json(self, data: bytes) -> bytes:
         route = self.match.route
         response: type[Message] = message_factory.GetMessageClass(route.method.output_type)
@@ -186,3 +237,9 @@ class _Call:
             return response_json(route.binding, response, data)
         except DecodeError:
             raise GatewayError(f"the plugin's answer is not a valid {response.DESCRIPTOR.full_name}") from None
+
+
+def _error_line(code: grpc.StatusCode, message: str) -> bytes:
+    """The last line of a stream that failed once it had started: its status, as the error answers' JSON."""
+    error = {"code": status_name(code), "message": message}
+    return json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n"

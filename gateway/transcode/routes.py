@@ -8,9 +8,10 @@ with another descriptor (the plugin re-registered with a new version). So a plug
 appear, change and go with its registrations, without a gateway restart. A routed plugin that cannot
 be asked for a moment keeps the routes it had: its calls answer 503 as any call to it would, not 404.
 
-Only unary methods get REST routes: a stream has no plain HTTP request/response form (gRPC-Web,
-Connect and the WebSocket bridges carry them). A method whose rule cannot be served (a field it names
-does not exist, a malformed template) is left out and logged once per descriptor.
+Unary and server-streaming methods get REST routes (a server stream's answer is newline-delimited JSON,
+gateway/transcode/endpoint.py); a client or bidi stream has no plain HTTP request form (gRPC-Web, Connect
+and the WebSocket bridges carry them). A method whose rule cannot be served (a field it names does not
+exist, a malformed template) is left out and logged once per descriptor.
 
 When several bindings match a request, the most specific wins: more literal segments first, then a
 binding without `**`, then the longer template; ties are broken by service and template, so the
@@ -130,8 +131,8 @@ class RestRoutes:
             except InvalidHttpRule as exc:
                 logger.warning("REST route not served: %s", exc)
                 continue
-            if bindings and (method.client_streaming or method.server_streaming):
-                logger.warning("REST route not served: %s streams, which REST cannot carry", method.full_name)
+            if bindings and method.client_streaming:
+                logger.warning("REST route not served: %s takes a stream, which REST cannot send", method.full_name)
                 continue
             routes += [RestRoute(service.full_name, method, binding) for binding in bindings]
         self._read[service.full_name] = (service, routes)

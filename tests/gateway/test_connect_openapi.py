@@ -12,6 +12,7 @@ from upf.demo.v1 import demo_pb2
 from upf.orders.v1 import orders_pb2
 
 from gateway.connect.openapi import openapi_document
+from tests.support.rest_plugin import things_pool
 
 
 def _tree_pool() -> descriptor_pool.DescriptorPool:
@@ -121,3 +122,16 @@ def test_rest_routes_are_documented_with_their_parameters_and_bodies() -> None:
     assert len({op["operationId"] for ops in paths.values() for op in ops.values()}) == sum(
         len(ops) for ops in paths.values()
     )
+
+
+def test_a_server_stream_s_rest_route_is_documented_as_json_lines() -> None:
+    things = things_pool(v2=False).FindServiceByName("rest.v1.Things")
+    document = openapi_document([things], title="UPF", version="1")
+    validate(document)
+    answer = document["paths"]["/api/v1/things/{id}/count"]["get"]["responses"]["200"]
+    line = answer["content"]["application/x-ndjson"]["schema"]
+    assert line["properties"]["result"] == {"$ref": "#/components/schemas/rest.v1.Thing"}
+    validator = jsonschema.Draft202012Validator({**line, "components": document["components"]})
+    validator.validate({"result": {"id": "1", "name": "thing 1"}})
+    validator.validate({"error": {"code": "DATA_LOSS", "message": "broken after 2"}})
+    assert not validator.is_valid({"result": {"id": "one"}})

@@ -200,6 +200,27 @@ def test_rest_routes_follow_a_plugin_that_re_registers(tmp_path: Path) -> None:
         assert renamed.json() == {"id": "9", "name": "blue box"}
         assert client.get("/v1/things/4/size").json() == 40  # response_body of a scalar field
 
+        # A server stream: one JSON line per message, as grpc-gateway writes them.
+        counted = client.get("/v1/things/3/count")
+        assert (counted.status_code, counted.headers["content-type"]) == (200, "application/x-ndjson")
+        assert [json.loads(line) for line in counted.text.splitlines()] == [
+            {"result": {"id": str(n), "name": f"thing {n}"}} for n in (1, 2, 3)
+        ]
+        empty = client.get("/v1/things/0/count")
+        assert (empty.status_code, empty.text) == (200, "")
+        # Failing before any message: the error answer of a unary call. After some: a last error line.
+        none = client.get("/v1/things/404/count")
+        assert (none.status_code, none.json()) == (404, {"code": "NOT_FOUND", "message": "no thing 404"})
+        broken = client.get("/v1/things/13/count")
+        assert broken.status_code == 200
+        assert [json.loads(line) for line in broken.text.splitlines()] == [
+            {"result": {"id": "1", "name": "thing 1"}},
+            {"result": {"id": "2", "name": "thing 2"}},
+            {"error": {"code": "DATA_LOSS", "message": "broken after 2"}},
+        ]
+        with client.stream("GET", "/v1/things/2/count") as streamed:  # lines as they come, for curl -N
+            assert [json.loads(line)["result"]["id"] for line in streamed.iter_lines()] == ["1", "2"]
+
         bad = client.get("/v1/things/seven")
         assert bad.status_code == 400
         assert bad.json()["code"] == "INVALID_ARGUMENT"

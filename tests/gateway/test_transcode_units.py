@@ -54,9 +54,10 @@ def test_bad_templates_say_what_is_wrong(template: str, says: str) -> None:
         PathTemplate.parse(template)
 
 
-def _service(rules: dict[str, Any]) -> Any:
+def _service(rules: dict[str, Any], streams: dict[str, str] | None = None) -> Any:
     """test.v1.Orders with Get/Create/List and the given google.api.http rules, in a pool of its own
-    (as the gateway builds from reflection), options written by googleapis' own classes."""
+    (as the gateway builds from reflection), options written by googleapis' own classes. `streams`:
+    method -> "client" or "server", the side that streams."""
     pool = descriptor_pool.DescriptorPool()
     file = descriptor_pb2.FileDescriptorProto(name="test/v1/orders.proto", package="test.v1", syntax="proto3")
     page = file.message_type.add(name="Page")
@@ -75,6 +76,8 @@ def _service(rules: dict[str, Any]) -> Any:
     service = file.service.add(name="Orders")
     for name, rule in rules.items():
         method = service.method.add(name=name, input_type=".test.v1.Order", output_type=".test.v1.Reply")
+        method.client_streaming = (streams or {}).get(name) == "client"
+        method.server_streaming = (streams or {}).get(name) == "server"
         options = descriptor_pb2.MethodOptions()
         options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(**rule))
         method.options.ParseFromString(options.SerializeToString())
@@ -240,3 +243,27 @@ async def test_routes_stay_while_their_plugin_cannot_be_asked_and_go_when_it_has
     assert await routes.match("GET", "/api/v1/orders/o-1") is not None  # the call answers 503, not 404
     answers.append(DescriptorsUnavailable("the plugin does not serve grpc.reflection"))
     assert await routes.match("GET", "/api/v1/orders/o-1") is None
+
+
+async def test_server_streams_get_routes_client_streams_do_not_and_a_path_knows_its_verbs() -> None:
+    service = _service(
+        {
+            "Get": {"get": "/v1/orders/{id}"},
+            "Rename": {"put": "/v1/orders/{id}", "body": "*"},
+            "Watch": {"get": "/v1/orders/{id}/watch"},
+            "Upload": {"post": "/v1/orders/{id}/upload", "body": "*"},
+        },
+        {"Watch": "server", "Upload": "client"},
+    )
+
+    async def describe(name: str) -> Any:
+        return service
+
+    routes = RestRoutes(lambda: ["test.v1.Orders"], describe)
+    watch = await routes.match("GET", "/api/v1/orders/o-1/watch")
+    assert watch is not None
+    assert watch.route.method.name == "Watch"
+    assert await routes.match("POST", "/api/v1/orders/o-1/upload") is None  # a client stream: no REST form
+    assert await routes.verbs_at("/api/v1/orders/o-1") == ["GET", "PUT"]
+    assert await routes.verbs_at("/api/v1/orders/o-1/upload") == []
+    assert await routes.verbs_at("/v1/orders/o-1") == []

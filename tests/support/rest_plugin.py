@@ -8,6 +8,8 @@ rest.v1.Things, with server reflection (so the gateway learns its routes) and gr
     Delete  DELETE /v1/things/{id}          id 404: NOT_FOUND
     Rename  PUT    /v1/things/{id}          body: "name" (the JSON body is that one field)
     Size    GET    /v1/things/{id}/size     response_body: "size" (the answer is a number)
+    Count   GET    /v1/things/{id}/count    a server stream of Things 1..id; id 404: NOT_FOUND before
+                                            any; id 13: DATA_LOSS after two
 
 --v2 is the same plugin's next version: Get gains `additional_bindings {get: "/v2/things/{id}"}`.
 Get's `caller` is the x-upf-user-id metadata the plugin got (the identity the gateway verified).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -45,9 +48,11 @@ def things_pool(*, v2: bool) -> descriptor_pool.DescriptorPool:
         "Delete": http_pb2.HttpRule(delete="/v1/things/{id}"),
         "Rename": http_pb2.HttpRule(put="/v1/things/{id}", body="name"),
         "Size": http_pb2.HttpRule(get="/v1/things/{id}/size", response_body="size"),
+        "Count": http_pb2.HttpRule(get="/v1/things/{id}/count"),
     }
     for name, rule in rules.items():
         method = service.method.add(name=name, input_type=".rest.v1.Thing", output_type=".rest.v1.Thing")
+        method.server_streaming = name == "Count"
         options = descriptor_pb2.MethodOptions()
         options.Extensions[annotations_pb2.http].CopyFrom(rule)
         method.options.ParseFromString(options.SerializeToString())
@@ -74,13 +79,25 @@ def _handlers(pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler[An
     async def size(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return thing(id=request.id, size=request.id * 10)
 
+    async def count(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        if request.id == 404:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no thing 404")
+        for n in range(1, request.id + 1):
+            if request.id == 13 and n == 3:
+                await context.abort(grpc.StatusCode.DATA_LOSS, "broken after 2")
+            yield thing(id=n, name=f"thing {n}")
+
     def unary(behaviour: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
             behaviour, request_deserializer=thing.FromString, response_serializer=thing.SerializeToString
         )
 
     methods = {"Get": get, "Delete": delete, "Rename": rename, "Size": size}
-    return grpc.method_handlers_generic_handler(SERVICE, {name: unary(b) for name, b in methods.items()})
+    handlers = {name: unary(b) for name, b in methods.items()}
+    handlers["Count"] = grpc.unary_stream_rpc_method_handler(
+        count, request_deserializer=thing.FromString, response_serializer=thing.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 async def main(port: int, v2: bool) -> None:
