@@ -27,12 +27,39 @@ from redis.exceptions import RedisError
 from common.redis_pool import pooled_client
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
 
-__all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "redis_client", "script_on"]
+__all__ = ["DEFAULT_PREFIX", "RedisTokenBucket", "decision_of", "decisions_of", "redis_client", "script_on"]
 
 DEFAULT_PREFIX = "upf:rl"
 _SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 # Several buckets taken from together or not at all: a call held to a per-client and a method limit.
 _MULTI_SCRIPT = files("gateway.ratelimit").joinpath("token_buckets.lua").read_text(encoding="utf-8")
+
+
+def _decision(reply: Any, burst: int) -> Decision | None:
+    # Checked by hand: a `match` sequence pattern costs microseconds (an ABC isinstance check).
+    if type(reply) is list and len(reply) == 4:
+        allowed, remaining, retry_after, reset_after = reply
+        if type(allowed) is int and type(remaining) is int and type(retry_after) is type(reset_after) is bytes:
+            return Decision(allowed == 1, remaining, float(retry_after), float(reset_after), burst)
+    return None
+
+
+def decision_of(reply: Any, burst: int) -> Decision:
+    """token_bucket.lua's reply, [allowed, remaining, "retry_after", "reset_after"], as a Decision, whichever
+    client ran it (redis-py, or common/resp.py); StoreError for anything else."""
+    decision = _decision(reply, burst)
+    if decision is None:
+        raise StoreError(f"unexpected reply from the bucket script: {reply!r}")
+    return decision
+
+
+def decisions_of(reply: Any, bursts: Sequence[int]) -> list[Decision]:
+    """token_buckets.lua's reply, one of token_bucket.lua's per bucket, as Decisions; StoreError for anything else."""
+    if type(reply) is list and len(reply) == len(bursts):
+        decisions = [_decision(one, burst) for one, burst in zip(reply, bursts, strict=True)]
+        if None not in decisions:
+            return decisions  # type: ignore[return-value]  # no None: checked just above
+    raise StoreError(f"unexpected reply from the buckets script: {reply!r}")
 
 
 def redis_client(url: str, *, timeout: float = 0.25, max_connections: int = 64) -> redis.asyncio.Redis:
@@ -106,12 +133,10 @@ class RedisTokenBucket:
             raise ValueError(f"cost {cost} is outside 0..{self.burst}")
         rate, burst = self._args
         try:
-            allowed, remaining, retry_after, reset_after = await self._script(
-                keys=[self.key_prefix + key], args=[rate, burst, cost, self.ttl]
-            )
+            reply = await self._script(keys=[self.key_prefix + key], args=[rate, burst, cost, self.ttl])
         except (RedisError, OSError) as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
-        return Decision(bool(allowed), int(remaining), float(retry_after), float(reset_after), self.burst)
+        return decision_of(reply, self.burst)
 
     @staticmethod
     async def take_all(buckets: Sequence[RedisTokenBucket], key: str, cost: int = 1) -> list[Decision]:
@@ -128,12 +153,7 @@ class RedisTokenBucket:
             keys.append(bucket.key_prefix + key)
             args += [*bucket._args, cost, bucket.ttl]
         try:
-            replies = await buckets[0]._multi_script(keys=keys, args=args)
-            return [
-                Decision(bool(allowed), int(remaining), float(retry_after), float(reset_after), bucket.burst)
-                for bucket, (allowed, remaining, retry_after, reset_after) in zip(buckets, replies, strict=True)
-            ]
+            reply = await buckets[0]._multi_script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"unexpected reply from the buckets script: {exc}") from exc
+        return decisions_of(reply, [bucket.burst for bucket in buckets])

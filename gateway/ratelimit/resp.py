@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from common.resp import RespClient, Script, bulks
 from gateway.ratelimit.bucket import Decision, StoreError, refill_seconds
-from gateway.ratelimit.redis import _MULTI_SCRIPT, _SCRIPT, DEFAULT_PREFIX
+from gateway.ratelimit.redis import _MULTI_SCRIPT, _SCRIPT, DEFAULT_PREFIX, decision_of, decisions_of
 
 _MULTI_SHA = hashlib.sha1(_MULTI_SCRIPT.encode()).hexdigest().encode()
 
@@ -106,17 +106,7 @@ class RespTokenBucket:
         name = (self.key_prefix + key).encode()
         tail = self._tails.get(cost) or self._tail(cost)
         reply = await _evalsha(self.client, self._heads, b"$%d\r\n%s\r\n%s" % (len(name), name, tail), "bucket script")
-        # Checked by hand: a `match` sequence pattern costs microseconds (an ABC isinstance check).
-        if type(reply) is list and len(reply) == 4:
-            allowed, remaining, retry_after, reset_after = reply
-            if (
-                type(allowed) is int
-                and type(remaining) is int
-                and type(retry_after) is bytes
-                and type(reset_after) is bytes
-            ):
-                return Decision(allowed == 1, remaining, float(retry_after), float(reset_after), self.burst)
-        raise StoreError(f"unexpected reply from the bucket script: {reply!r}")
+        return decision_of(reply, self.burst)
 
     def _encode_joint(self, buckets: tuple[RespTokenBucket, ...], cost: int) -> tuple[tuple[bytes, bytes], bytes]:
         for bucket in buckets:
@@ -150,22 +140,4 @@ class RespTokenBucket:
         heads, tail = parts
         keys = bulks(*[(bucket.key_prefix + key).encode() for bucket in buckets])
         reply = await _evalsha(first.client, heads, keys + tail, "buckets script")
-        decisions = []
-        if type(reply) is list and len(reply) == len(buckets):
-            for bucket, one in zip(buckets, reply, strict=True):
-                if type(one) is not list or len(one) != 4:
-                    break
-                allowed, remaining, retry_after, reset_after = one
-                if not (
-                    type(allowed) is int
-                    and type(remaining) is int
-                    and type(retry_after) is bytes
-                    and type(reset_after) is bytes
-                ):
-                    break
-                decisions.append(
-                    Decision(allowed == 1, remaining, float(retry_after), float(reset_after), bucket.burst)
-                )
-            else:
-                return decisions
-        raise StoreError(f"unexpected reply from the buckets script: {reply!r}")
+        return decisions_of(reply, [bucket.burst for bucket in buckets])

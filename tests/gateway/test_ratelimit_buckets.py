@@ -30,9 +30,17 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from gateway.ratelimit import MemoryTokenBucket, RedisTokenBucket, RespClient, RespTokenBucket, StoreError, TokenBucket
+from gateway.ratelimit import (
+    Decision,
+    MemoryTokenBucket,
+    RedisTokenBucket,
+    RespClient,
+    RespTokenBucket,
+    StoreError,
+    TokenBucket,
+)
 from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
-from gateway.ratelimit.redis import redis_client
+from gateway.ratelimit.redis import decision_of, decisions_of, redis_client
 from gateway.ratelimit.resp import RespScript
 from tests.support.processes import free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
@@ -406,3 +414,18 @@ def test_resp_client_takes_only_plain_redis_urls() -> None:
     for url in ("rediss://cache:6380/0", "unix:///run/redis.sock"):
         with pytest.raises(ValueError, match="redis://"):
             RespClient(url)
+
+
+def test_the_scripts_replies_become_decisions_and_anything_else_a_store_error() -> None:
+    # What both clients hand back for token_bucket.lua, and for token_buckets.lua (one per bucket).
+    assert decision_of([1, 4, b"0", b"2.5"], 5) == Decision(True, 4, 0.0, 2.5, 5)
+    assert decisions_of([[1, 4, b"0", b"2.5"], [0, 0, b"1.5", b"9"]], [5, 9]) == [
+        Decision(True, 4, 0.0, 2.5, 5),
+        Decision(False, 0, 1.5, 9.0, 9),
+    ]
+    for wrong in (None, b"OK", [1, 4, b"0"], [1, "4", b"0", b"2.5"], [1, 4, "0", b"2.5"]):
+        with pytest.raises(StoreError, match="unexpected reply from the bucket script"):
+            decision_of(wrong, 5)
+    for wrongs in ([[1, 4, b"0", b"2.5"]], [[1, 4, b"0", b"2.5"], None], [1, 4, b"0", b"2.5"]):
+        with pytest.raises(StoreError, match="unexpected reply from the buckets script"):
+            decisions_of(wrongs, [5, 9])
