@@ -7,7 +7,8 @@ provider, an SQLite store in memory, a demo user), the demo plugin, the infrastr
 gateway routing by it and verifying tokens: the same parts and protocols as the Procfile's separate
 processes, so what works here works there. Nothing else needs to run.
 
-The gateway and the auth plugin share one in-process revocation store: a logout is seen at once.
+The gateway and the auth plugin share one in-process revocation store: a logout is seen at once. With
+tracing.otlpEndpoint set, every plugin of the process sends its spans there too, under its own id.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from plugins.auth.plugin import AuthPlugin, build as build_auth
 from plugins.auth.settings import AuthSettings, CustomSettings, JwtSettings
 from plugins.demo.plugin import build as build_demo
 from plugins.orders.embedded import embedded_orders
+from plugins.sdk.tracing import traced_by
 from registry.credentials import RegistrationCredentials
 from registry.server import serve as serve_registry
 from registry.settings import RegistrationSettings, RegistrySettings
@@ -93,14 +95,18 @@ async def run_all(settings: GatewaySettings, deployment: Deployment | None = Non
         handle_signals=False,
         credential=registration.for_plugin,
     )
-    # The plugins' signals are the gateway's: they stop when the gateway has stopped.
-    demo = build_demo(registry=registry_url, handle_signals=False, credential=registration.for_plugin)
+    # The plugins' signals are the gateway's: they stop when the gateway has stopped. Their spans go
+    # where the gateway's go, each under its own plugin id.
+    tracing = settings.tracing
+    traced = traced_by(tracing.otlp_endpoint, sample_ratio=tracing.sample_ratio, schedule_delay=tracing.export_interval)
+    traced(auth.plugin)
+    demo = traced(build_demo(registry=registry_url, handle_signals=False, credential=registration.for_plugin))
     auth_task = asyncio.create_task(auth.run())
     demo_task = asyncio.create_task(demo.run())
     try:
         async with (
-            run_infrastructure(deployment or Deployment.embedded(), registry_url, registration.for_plugin),
-            embedded_orders(registry_url, registration.for_plugin),
+            run_infrastructure(deployment or Deployment.embedded(), registry_url, registration.for_plugin, traced),
+            embedded_orders(registry_url, registration.for_plugin, traced),
         ):
             await _seed_demo_user(auth, auth_task)
             gateway_settings = embedded_events(embedded_auth(settings, issuer), registration)

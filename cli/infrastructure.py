@@ -20,6 +20,7 @@ from plugins.files.embedded import EmbeddedFiles, check_config as files_config
 from plugins.messagebus.plugin import build as build_bus, settings_from_config as bus_settings
 from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
+from plugins.sdk.tracing import Traced, untraced
 from plugins.storage.plugin import build as build_storage, options_from_config as storage_options
 
 __all__ = ["CATALOGUE", "Entry", "check_deployment", "known_plugins", "run_infrastructure", "wait_started"]
@@ -41,7 +42,8 @@ class Runnable(Protocol):
 
 
 # (config, registry address, credential) -> the plugin, not started
-Builder = Callable[[Mapping[str, Any], str, Credential], Plugin | Runnable]
+# (config, registry, credential, traced): the plugin, not started yet, `traced` applied to it.
+Builder = Callable[[Mapping[str, Any], str, Credential, Traced], Plugin | Runnable]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +56,10 @@ class Entry:
 def _storage(name: str, default_dsn: str | None) -> Entry:
     where = f"infrastructure.storage.config ({name})"
 
-    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+    def build(config: Mapping[str, Any], registry: str, credential: Credential, traced: Traced) -> Plugin:
         options = storage_options(config, where)
         options.setdefault("dsn", default_dsn)
-        return build_storage(name, registry=registry, handle_signals=False, credential=credential, **options)
+        return traced(build_storage(name, registry=registry, handle_signals=False, credential=credential, **options))
 
     return Entry("storage", build, storage_options)
 
@@ -65,9 +67,9 @@ def _storage(name: str, default_dsn: str | None) -> Entry:
 def _cache(backend: Any) -> Entry:
     where = f"infrastructure.cache.config (cache-{backend})"
 
-    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+    def build(config: Mapping[str, Any], registry: str, credential: Credential, traced: Traced) -> Plugin:
         settings = CacheSettings.from_config(backend, config, where)
-        return build_cache(settings, registry=registry, handle_signals=False, credential=credential)
+        return traced(build_cache(settings, registry=registry, handle_signals=False, credential=credential))
 
     return Entry("cache", build, lambda config, _where: CacheSettings.from_config(backend, config, where))
 
@@ -75,16 +77,16 @@ def _cache(backend: Any) -> Entry:
 def _bus(backend: str) -> Entry:
     where = f"infrastructure.messageBus.config (message-bus-{backend})"
 
-    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Plugin:
+    def build(config: Mapping[str, Any], registry: str, credential: Credential, traced: Traced) -> Plugin:
         settings = bus_settings(backend, config, where)
-        return build_bus(settings, registry=registry, handle_signals=False, credential=credential)
+        return traced(build_bus(settings, registry=registry, handle_signals=False, credential=credential))
 
     return Entry("messageBus", build, lambda config, _where: bus_settings(backend, config, where))
 
 
 def _files(kind: str) -> Entry:
-    def build(config: Mapping[str, Any], registry: str, credential: Credential) -> Runnable:
-        return EmbeddedFiles(kind, config, registry=registry, credential=credential)
+    def build(config: Mapping[str, Any], registry: str, credential: Credential, traced: Traced) -> Runnable:
+        return EmbeddedFiles(kind, config, registry=registry, credential=credential, traced=traced)
 
     return Entry("files", build, lambda config, where: files_config(kind, config, where))
 
@@ -123,10 +125,11 @@ def known_plugins() -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def run_infrastructure(
-    deployment: Deployment, registry: str, credential: Credential
+    deployment: Deployment, registry: str, credential: Credential, traced: Traced = untraced
 ) -> AsyncIterator[dict[str, Plugin | Runnable]]:
     """Start the chosen plugins that this process can run (interface key -> plugin), serving until the
-    block ends; then stop them, the last started first. A plugin that fails to start stops start-up."""
+    block ends; then stop them, the last started first. A plugin that fails to start stops start-up.
+    `traced` is applied to each plugin before it starts (plugins/sdk/tracing.py)."""
     plugins: dict[str, Plugin | Runnable] = {}
     tasks: dict[str, asyncio.Task[None]] = {}
     try:
@@ -134,7 +137,7 @@ async def run_infrastructure(
             entry = CATALOGUE.get(choice.plugin)
             if entry is None:
                 continue
-            plugin = entry.build(choice.config, registry, credential)
+            plugin = entry.build(choice.config, registry, credential, traced)
             plugins[key], tasks[key] = plugin, asyncio.create_task(plugin.run(), name=choice.plugin)
             await wait_started(choice.plugin, plugin.started, tasks[key], _START_TIMEOUT)
             logger.info("infrastructure: %s for %s", choice.plugin, key)

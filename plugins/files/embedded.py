@@ -23,6 +23,7 @@ from plugins.files.kinds import KINDS, LocalSettings, make, settings_from_config
 from plugins.files.plugin import MANIFESTS, FilesPlugin, PluginOptions
 from plugins.sdk import Timings
 from plugins.sdk.credentials import Credential
+from plugins.sdk.tracing import Traced, untraced
 
 __all__ = ["EmbeddedFiles", "check_config"]
 
@@ -33,7 +34,9 @@ def check_config(kind: str, config: Mapping[str, Any], where: str) -> None:
 
 
 class EmbeddedFiles:
-    def __init__(self, kind: str, config: Mapping[str, Any], *, registry: str, credential: Credential) -> None:
+    def __init__(
+        self, kind: str, config: Mapping[str, Any], *, registry: str, credential: Credential, traced: Traced = untraced
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"not a files plugin: {kind}")
         self._temporary = kind == "files-local" and "root" not in config
@@ -46,6 +49,7 @@ class EmbeddedFiles:
             timings=Timings(drain_grace=1.0),
             handle_signals=False,
         )
+        self._traced = traced  # applied to the SDK plugin once it is made, before it starts
         self.started = asyncio.Event()
         self.files: FilesPlugin | None = None
         self._stopping = False
@@ -53,6 +57,7 @@ class EmbeddedFiles:
     async def run(self) -> None:
         try:
             self.files = await make(self.settings, self._options)
+            self._traced(self.files.plugin)
             if self._stopping:
                 return
             running = asyncio.create_task(self.files.run())

@@ -13,18 +13,20 @@ from collections.abc import AsyncIterator
 from plugins.orders.plugin import build as build_orders, ui_server
 from plugins.sdk import Plugin
 from plugins.sdk.credentials import Credential
+from plugins.sdk.tracing import Traced, untraced
 
 __all__ = ["embedded_orders"]
 
 
 @contextlib.asynccontextmanager
-async def embedded_orders(registry: str, credential: Credential) -> AsyncIterator[Plugin]:
+async def embedded_orders(registry: str, credential: Credential, traced: Traced = untraced) -> AsyncIterator[Plugin]:
     """Run orders-plugin, and serve its UI files, for the block; stopped (and drained) before the block's
-    caller stops the infrastructure, so that its last calls still find storage."""
+    caller stops the infrastructure, so that its last calls still find storage. `traced`: as for the
+    infrastructure plugins (plugins/sdk/tracing.py)."""
     ui = ui_server()  # $UPF_ORDERS_UI_PORT or any free port
     ui.start()
     try:
-        orders = build_orders(registry=registry, handle_signals=False, credential=credential, ui=ui)
+        orders = traced(build_orders(registry=registry, handle_signals=False, credential=credential, ui=ui))
         task = asyncio.create_task(orders.run())
         try:
             yield orders

@@ -12,6 +12,10 @@ already set for every other traced process:
                                                                             (unset: tracing off)
     OTEL_SERVICE_NAME           service.name of the spans (default: the manifest's plugin id)
     OTEL_BSP_SCHEDULE_DELAY     milliseconds between batches (default 5000)
+
+Plugins that run inside another process (`upf run`) share that process's environment, so they take
+their collector from its settings instead: `traced_by(endpoint)` gives each one a provider of its own,
+its plugin id as service.name, before it starts.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_curren
 from common.rpc.channel import MetadataHook
 from common.tracing import extract_context, otlp_tracer_provider, trace_metadata
 
-__all__ = ["TracingInterceptor", "trace_context_hook", "tracer_provider_from_environment"]
+__all__ = [
+    "Traced", "TracingInterceptor", "trace_context_hook", "traced_by", "tracer_provider_from_environment", "untraced",
+]  # fmt: skip
 
 # A servicer's own statuses that are the server's fault (OpenTelemetry's gRPC conventions).
 _SERVER_ERRORS = frozenset(
@@ -42,9 +48,36 @@ _SERVER_ERRORS = frozenset(
 if TYPE_CHECKING:  # generic in the stubs only
     from opentelemetry.sdk.trace import TracerProvider
 
+    from plugins.sdk.plugin import Plugin
+
     _Server = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _Server = grpc.aio.ServerInterceptor
+
+
+Traced = Callable[["Plugin"], "Plugin"]
+"""Called with a plugin before it starts; gives it its tracer provider (or not), and returns it."""
+
+
+def untraced(plugin: Plugin) -> Plugin:
+    return plugin
+
+
+def traced_by(endpoint: str | None, *, sample_ratio: float = 1.0, schedule_delay: float = 1.0) -> Traced:
+    """For plugins run inside another process: each one's spans go to the OTLP/gRPC collector at `endpoint`
+    (none: no spans) under its own plugin id, unless it was given a tracer provider already."""
+    if endpoint is None:
+        return untraced
+
+    def traced(plugin: Plugin) -> Plugin:
+        if plugin.tracer_provider is None:
+            plugin.tracer_provider = otlp_tracer_provider(
+                plugin.manifest.id, endpoint, instance_id=plugin.instance_id,
+                sample_ratio=sample_ratio, schedule_delay=schedule_delay,
+            )  # fmt: skip
+        return plugin
+
+    return traced
 
 
 def tracer_provider_from_environment(

@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 from upf.demo.v1 import demo_pb2
 
+from tests.plugins.orders.harness import create_request
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import Gateway, Process, free_port, run_gateway, wait_until
 
@@ -238,3 +239,47 @@ def test_a_server_stream_is_traced_in_the_plugin_too(
     assert plugin.name == "upf.demo.v1.Echo/Count"
     assert plugin.parent_span_id in attempts
     assert plugin.end_time_unix_nano > plugin.start_time_unix_nano  # ended after its last message
+
+
+def test_upf_run_traces_its_embedded_plugins_under_their_own_names(
+    collector: tuple[Collector, str], work_dir: Path
+) -> None:
+    spans, endpoint = collector
+    config = {
+        "registryUrl": f"127.0.0.1:{free_port()}",  # a developer's own registry may hold 50052
+        "tracing": {"otlpEndpoint": endpoint, "exportInterval": 0.05},
+    }
+    with run_gateway(config, work_dir, command="run") as gateway:
+        login = httpx.post(
+            f"{gateway.url}/api/auth/login", json={"username": "demo", "password": "demo-password"}, timeout=10
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["accessToken"]
+        trace_id = secrets.token_bytes(16)
+
+        def created() -> bool:
+            # Routed once orders-plugin has passed its first health check; each try is a trace of its own.
+            request = create_request(f"cust-{secrets.token_hex(4)}", secrets.token_hex(8)).SerializeToString()
+            traceparent = f"00-{trace_id.hex()}-{secrets.token_hex(8)}-01"
+            response = httpx.post(
+                f"{gateway.url}/api/upf.orders.v1.Orders/CreateOrder",
+                content=frame(request),
+                headers={"content-type": BINARY, "authorization": f"Bearer {token}", "traceparent": traceparent},
+                timeout=10,
+            )
+            return parse_response(response.status_code, dict(response.headers), response.content).status == 0
+
+        wait_until(created, timeout=30, what="orders-plugin to be routed and reach storage")
+
+        def the_trace() -> list[tuple[str, Any]] | None:
+            found = spans.of_trace(trace_id)
+            served = {service for service, span in found if span.kind == SERVER}
+            return found if {"upf-gateway", "orders-plugin", "storage-sqlite"} <= served else None
+
+        # The gateway's call, orders-plugin's, and the storage call orders-plugin made: one trace, each
+        # embedded plugin under its own service name.
+        found = wait_until(the_trace, timeout=20, what="the embedded plugins' spans at the collector")
+        calls = {s.span_id for service, s in found if service == "orders-plugin" and s.name.endswith("/CreateOrder")}
+        stored = [s for service, s in found if service == "storage-sqlite" and s.kind == SERVER]
+        assert stored
+        assert {s.parent_span_id for s in stored} <= calls  # orders-plugin's call is the parent of its storage calls
