@@ -369,9 +369,11 @@ def _alternative(text: str) -> tuple[Comparator, ...]:
     for part in parts:
         part = part.strip()
         comparator = _comparator("" if _GTE0.fullmatch(part) else part)
-        if str(comparator) == _NULL:
-            return (comparator,)
         comparators[str(comparator)] = comparator
+    # A comparator that matches nothing makes the alternative match nothing, once every comparator has
+    # been read: as in npm, text that cannot be read after it is still an error.
+    if (null := comparators.get(_NULL)) is not None:
+        return (null,)
     if len(comparators) > 1:
         comparators.pop("", None)  # "*" adds nothing next to other comparators
     return tuple(comparators.values())

@@ -130,6 +130,8 @@ class TokenVerifier:
             raise _invalid("the token is too large")
         header, payload = _unverified_parts(token)
         algorithm = header.get("alg")
+        if algorithm is None:
+            raise _invalid("the token names no algorithm (alg)")
         if not isinstance(algorithm, str) or algorithm not in ASYMMETRIC:
             raise _invalid(f"algorithm {algorithm!r} is not accepted")
         claimed_issuer = payload.get("iss")

@@ -139,22 +139,36 @@ def test_the_model_itself_refuses_inconsistent_manifests() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ui", "problem"),
+    ("ui", "enabled", "remote_entry", "navigation"),
     [
-        ("{enabled: false}", None),
-        ("{enabled: true, remoteEntry: 'https://cdn.example.com/orders/remoteEntry.js'}", None),
-        ("{}", None),
-        ("{enabled: true, remoteEntry: /x.js, navigation: [{path: /, title: Home}]}", None),
-        ("{enabled: true, remoteEntry: 'ftp://x/remoteEntry.js'}", 'ui.remoteEntry: "ftp://x/remoteEntry.js" is not'),
+        ("{enabled: false}", False, None, []),
+        (
+            "{enabled: true, remoteEntry: 'https://cdn.example.com/orders/remoteEntry.js'}",
+            True,
+            "https://cdn.example.com/orders/remoteEntry.js",
+            [],
+        ),
+        ("{}", True, "/static/remoteEntry.js", []),
+        ("{enabled: true, remoteEntry: /x.js, navigation: [{path: /, title: Home}]}", True, "/x.js", [("/", "Home")]),
     ],
 )
-def test_a_ui_remote_entry_must_be_a_url_when_given(ui: str, problem: str | None) -> None:
-    text = f"id: demo\nversion: 1.0.0\nname: Demo\ntype: business\nui: {ui}\n"
-    if problem is None:
+def test_a_ui_remote_entry_may_be_a_gateway_path_or_an_http_url(
+    ui: str, enabled: bool, remote_entry: str | None, navigation: list[tuple[str, str]]
+) -> None:
+    manifest = parse_manifest(f"id: demo\nversion: 1.0.0\nname: Demo\ntype: business\nui: {ui}\n")
+    assert manifest.ui is not None
+    assert (manifest.ui.enabled, manifest.ui.remote_entry) == (enabled, remote_entry)
+    assert [(entry.path, entry.title) for entry in manifest.ui.navigation] == navigation
+
+
+def test_a_ui_remote_entry_of_another_scheme_is_refused() -> None:
+    text = "id: demo\nversion: 1.0.0\nname: Demo\ntype: business\nui: {enabled: true, remoteEntry: 'ftp://x/remoteEntry.js'}\n"
+    with pytest.raises(ManifestError) as caught:
         parse_manifest(text)
-    else:
-        with pytest.raises(ManifestError, match=problem):
-            parse_manifest(text)
+    assert str(caught.value) == (
+        '<manifest>:5:21: ui.remoteEntry: "ftp://x/remoteEntry.js" is not a remote entry URL: '
+        "use a path on the gateway such as /static/remoteEntry.js or an http(s) URL"
+    )
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,12 @@ SATISFIES = [
     ("~>3.2.1", "3.2.2", True),
     ("~>3.2.1", "3.3.0", False),
     ("~ 1.0", "1.0.2", True),
+    # With a patch, a spaced tilde means something other than the bare version.
+    ("~ 1.0.2", "1.0.1", False),
+    ("~ 1.0.2", "1.0.9", True),
+    ("~ 1.0.2", "1.1.0", False),
+    ("~*", "0.0.0", True),
+    ("~x", "1.2.3", True),
     ("1.x", "1.0.0", True),
     ("1.x", "1.9.9", True),
     ("1.x", "2.0.0", False),
@@ -87,6 +93,8 @@ SATISFIES = [
     (">1.2", "1.3.0", True),
     ("<=1.2", "1.2.9", True),
     ("<=1.2", "1.3.0", False),
+    ("<=1", "1.9.9", True),
+    ("<=1", "2.0.0", False),
     ("<1.2", "1.1.9", True),
     ("<1.2", "1.2.0", False),
     (">=1.2", "1.2.0", True),
@@ -102,6 +110,10 @@ SATISFIES = [
     ("1.2 - 2", "2.9.9", True),
     ("1.2 - 2", "3.0.0", False),
     ("1.2 - 2", "1.1.9", False),
+    ("1 - 2", "0.9.9", False),
+    ("1 - 2", "1.0.0", True),
+    ("1 - 2", "2.9.9", True),
+    ("1 - 2", "3.0.0", False),
     ("x - 1.0.0", "0.0.1", True),
     ("1.0.0 - x", "5.0.0", True),
     (">=1.2.3 <1.3.0", "1.2.9", True),
@@ -115,6 +127,7 @@ SATISFIES = [
     ("^1.0.0 || ^3.0.0", "2.0.0", False),
     ("^1.0.0 || ^3.0.0", "3.1.0", True),
     ("<1.0.0 >2.0.0", "1.5.0", False),
+    (">=1.0.0 <x", "1.0.0", False),
     (">=1.0.0", "1.1.0-beta", False),
     ("*", "1.0.0-rc.1", False),
     ("^1.2.3", "1.2.3-beta", False),
@@ -173,6 +186,9 @@ DESUGARED = [
     ("~1.2.3-beta.2", ">=1.2.3-beta.2 <1.3.0-0"),
     ("~>3.2.1", ">=3.2.1 <3.3.0-0"),
     ("~ 1.0", ">=1.0.0 <1.1.0-0"),
+    ("~ 1.0.2", ">=1.0.2 <1.1.0-0"),
+    ("~*", "*"),
+    ("~x", "*"),
     ("1.x", ">=1.0.0 <2.0.0-0"),
     ("1.2.x", ">=1.2.0 <1.3.0-0"),
     ("1.X", ">=1.0.0 <2.0.0-0"),
@@ -187,6 +203,7 @@ DESUGARED = [
     (">=1.2", ">=1.2.0"),
     ("<1.2", "<1.2.0-0"),
     ("<=1.2", "<1.3.0-0"),
+    ("<=1", "<2.0.0-0"),
     ("<1", "<1.0.0-0"),
     ("=1.x", ">=1.0.0 <2.0.0-0"),
     (">*", "<0.0.0-0"),
@@ -195,6 +212,8 @@ DESUGARED = [
     ("1.2.3 - 2.3.4", ">=1.2.3 <=2.3.4"),
     ("1.2 - 2.3", ">=1.2.0 <2.4.0-0"),
     ("1.2 - 2", ">=1.2.0 <3.0.0-0"),
+    ("1 - 2", ">=1.0.0 <3.0.0-0"),
+    ("1 - 2.3.4", ">=1.0.0 <=2.3.4"),
     ("x - 1.0.0", "<=1.0.0"),
     ("1.0.0 - x", ">=1.0.0"),
     ("1.2.3-beta - 2.0.0-rc.1", ">=1.2.3-beta <=2.0.0-rc.1"),
@@ -206,10 +225,18 @@ DESUGARED = [
     ("^ 1.2 ^ 1", ">=1.2.0 <2.0.0-0 >=1.0.0"),
     (">=1.2.1 >=1.2.1", ">=1.2.1"),
     ("<x <* || >* 2.x", "<0.0.0-0"),
+    # A comparator nothing satisfies empties its alternative, whatever stands next to it.
+    (">=1.0.0 <x", "<0.0.0-0"),
+    ("1.x || >=1.0.0 <x", ">=1.0.0 <2.0.0-0"),
     (">x 2.x || * || <x", "*"),
     ("  ^1.2   ||   ~2.3  ", ">=1.2.0 <2.0.0-0||>=2.3.0 <2.4.0-0"),
     ("^1.2.3+build", ">=1.2.3 <2.0.0-0"),
 ]
+
+MAX = "9007199254740991"  # 2**53 - 1, node-semver's largest version number
+TOO_BIG = "9007199254740992"
+LONGEST = "1.2.3-" + "a" * 250  # 256 characters, node-semver's longest version
+TOO_LONG = LONGEST + "a"
 
 NOT_RANGES = [
     "^1.x.y",
@@ -228,7 +255,14 @@ NOT_RANGES = [
     "1.2.3-01",
     "^1.2.3-",
     "1.2.3+",
-    "9007199254740992.0.0",
+    f"{TOO_BIG}.0.0",
+    f"0.{TOO_BIG}.0",
+    f"0.0.{TOO_BIG}",
+    TOO_LONG,
+    # A comparator that matches nothing does not excuse what follows it: npm reads every one first.
+    ">* latest",
+    "<x 01",
+    "1.x || <x nonsense",
 ]
 
 
@@ -242,7 +276,10 @@ NOT_VERSIONS = [
     "1.2.3+",
     "1.2.3-a..b",
     "1.2.3-a_b",
-    "9007199254740992.0.0",
+    f"{TOO_BIG}.0.0",
+    f"0.{TOO_BIG}.0",
+    f"0.0.{TOO_BIG}",
+    TOO_LONG,
     "",
 ]
 
@@ -302,11 +339,28 @@ def test_versions_node_semver_rejects_are_errors(text: str) -> None:
         parse_version(text)
 
 
+@pytest.mark.parametrize("text", [f"{MAX}.{MAX}.{MAX}", LONGEST])
+def test_node_semvers_largest_numbers_and_longest_text_are_still_versions(text: str) -> None:
+    assert str(parse_version(text)) == text
+    assert str(parse_range(text)) == text
+
+
 @pytest.mark.parametrize("text", ["v1.2.3", " 1.2.3", "1.2.3 "])
 def test_a_version_is_written_one_way(text: str) -> None:
     # node-semver accepts these; a manifest's version is written exactly.
-    with pytest.raises(SemverError):
+    with pytest.raises(SemverError) as caught:
         parse_version(text)
+    assert str(caught.value) == f'"{text}" is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.0.0'
+
+
+def test_input_that_is_not_text_is_refused_as_such() -> None:
+    # A YAML or JSON manifest can hold a number or null where a version belongs.
+    with pytest.raises(SemverError) as caught:
+        parse_version(123)  # type: ignore[arg-type]
+    assert str(caught.value) == "123 is not a semantic version: expected text such as 1.0.0"
+    with pytest.raises(SemverError) as caught:
+        parse_range(None)  # type: ignore[arg-type]
+    assert str(caught.value) == "None is not a semver range: expected text such as ^1.0.0"
 
 
 @pytest.mark.parametrize(("versions", "range_", "expected"), MAX_SATISFYING)
@@ -329,6 +383,12 @@ def test_a_version_keeps_its_parts() -> None:
     assert hash(version) == hash(parse_version("1.2.3-rc.1"))
 
 
+def test_a_version_is_not_equal_to_its_text() -> None:
+    text: object = "1.0.0"  # typed as object: mypy refuses to compare a Version with a str
+    assert (parse_version("1.0.0") == text) is False
+    assert parse_version("1.0.0") != text
+
+
 def test_functions_take_parsed_values_too() -> None:
     spec = parse_range("^1.2 || ~3.0")
     assert satisfies(parse_version("3.0.9"), spec)
@@ -344,6 +404,9 @@ def test_errors_quote_the_input_and_the_part_that_cannot_be_read() -> None:
     with pytest.raises(SemverError) as caught:
         parse_range(">=1.0.0 <2.x.y")
     assert str(caught.value) == '">=1.0.0 <2.x.y" is not a semver range: cannot read "<2.x.y"'
+    with pytest.raises(SemverError) as caught:
+        parse_range("^1.0.0 ≥2")
+    assert str(caught.value) == '"^1.0.0 ≥2" is not a semver range: cannot read "≥2"'  # as written, not as \u2265
     with pytest.raises(SemverError) as caught:
         satisfies("1.2", "^1.0.0")
     assert str(caught.value) == '"1.2" is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.0.0'

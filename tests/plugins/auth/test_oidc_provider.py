@@ -123,43 +123,40 @@ async def test_leeway_tolerates_small_clock_skew(keycloak_issuer: OidcIssuer) ->
 
 # -- refused tokens -----------------------------------------------------------------------------------
 
+# Each attack with the whole reason the provider gives: the reason is what a refused client sees.
+ALGORITHM_REFUSED = "the token's algorithm is not accepted (accepted: RS256)"
+BAD_SIGNATURE = "the token's signature does not verify"
+NOT_YET_VALID = "the token is not valid yet"
 ATTACKS: dict[str, tuple[Callable[[OidcIssuer], str], str]] = {
-    "alg-none": (lambda i: i.mint(alg="none", key=None), "algorithm is not accepted"),
-    "alg-none-no-signature-check": (
-        lambda i: i.mint(alg="none", key=None, headers={"alg": "RS256"}),
-        "signature does not verify",
-    ),
-    "hs256-with-public-key-pem": (lambda i: i.mint(alg="HS256", key=i.public_pem()), "algorithm is not accepted"),
+    "alg-none": (lambda i: i.mint(alg="none", key=None), ALGORITHM_REFUSED),
+    "alg-none-no-signature-check": (lambda i: i.mint(alg="none", key=None, headers={"alg": "RS256"}), BAD_SIGNATURE),
+    "hs256-with-public-key-pem": (lambda i: i.mint(alg="HS256", key=i.public_pem()), ALGORITHM_REFUSED),
     "hs256-with-jwk-json": (
         lambda i: i.mint(alg="HS256", key=json.dumps(i.signing_key.public_jwk())),
-        "algorithm is not accepted",
+        ALGORITHM_REFUSED,
     ),
-    "rs512-header-on-an-rs256-key": (lambda i: i.mint(alg="RS512"), "algorithm is not accepted"),
-    "unknown-kid": (lambda i: i.mint(key=i.new_key()), "key the issuer does not publish"),
-    "no-kid": (lambda i: i.mint(headers={"kid": None}), "no key id"),
-    "kid-of-another-key": (
-        lambda i: i.mint(key=i.new_key(), headers={"kid": i.signing_key.kid}),
-        "signature does not verify",
-    ),
-    "tampered-payload": (
-        lambda i: tamper(i.mint(), {"realm_access": {"roles": ["admin"]}}),
-        "signature does not verify",
-    ),
-    "tampered-sub": (lambda i: tamper(i.mint(), {"sub": "admin"}), "signature does not verify"),
-    "expired": (lambda i: i.mint({"exp": i.now() - 60}), "expired"),
-    "nbf-in-the-future": (lambda i: i.mint({"nbf": i.now() + 3600}), "not valid yet"),
-    "iat-in-the-future": (lambda i: i.mint({"iat": i.now() + 3600}), "not valid yet"),
-    "wrong-issuer": (lambda i: i.mint({"iss": "http://127.0.0.1:1/realms/upf"}), "issuer is not trusted"),
-    "issuer-with-trailing-slash": (lambda i: i.mint({"iss": i.issuer + "/"}), "issuer is not trusted"),
-    "wrong-audience": (lambda i: i.mint({"aud": ["account", "other-api"]}), "not meant for this audience"),
-    "no-audience": (lambda i: i.mint({"aud": None}), "no aud claim"),
-    "no-exp": (lambda i: i.mint({"exp": None}), "no exp claim"),
-    "no-iat": (lambda i: i.mint({"iat": None}), "no iat claim"),
-    "no-sub": (lambda i: i.mint({"sub": None}), "no sub claim"),
-    "id-token": (lambda i: i.mint({"typ": "ID"}), "not an access token"),
-    "not-a-jwt": (lambda i: "not.a.jwt", "not a JWT"),
+    "rs512-header-on-an-rs256-key": (lambda i: i.mint(alg="RS512"), ALGORITHM_REFUSED),
+    "unknown-kid": (lambda i: i.mint(key=i.new_key()), "the token is signed with a key the issuer does not publish"),
+    "no-kid": (lambda i: i.mint(headers={"kid": None}), "the token has no key id (kid)"),
+    "kid-of-another-key": (lambda i: i.mint(key=i.new_key(), headers={"kid": i.signing_key.kid}), BAD_SIGNATURE),
+    "tampered-payload": (lambda i: tamper(i.mint(), {"realm_access": {"roles": ["admin"]}}), BAD_SIGNATURE),
+    "tampered-sub": (lambda i: tamper(i.mint(), {"sub": "admin"}), BAD_SIGNATURE),
+    "expired": (lambda i: i.mint({"exp": i.now() - 60}), "the token has expired"),
+    "nbf-in-the-future": (lambda i: i.mint({"nbf": i.now() + 3600}), NOT_YET_VALID),
+    "iat-in-the-future": (lambda i: i.mint({"iat": i.now() + 3600}), NOT_YET_VALID),
+    "wrong-issuer": (lambda i: i.mint({"iss": "http://127.0.0.1:1/realms/upf"}), "the token's issuer is not trusted"),
+    "issuer-with-trailing-slash": (lambda i: i.mint({"iss": i.issuer + "/"}), "the token's issuer is not trusted"),
+    "wrong-audience": (lambda i: i.mint({"aud": ["account", "other-api"]}), "the token is not meant for this audience"),
+    "no-audience": (lambda i: i.mint({"aud": None}), "the token has no aud claim"),
+    "no-exp": (lambda i: i.mint({"exp": None}), "the token has no exp claim"),
+    "no-iat": (lambda i: i.mint({"iat": None}), "the token has no iat claim"),
+    "no-sub": (lambda i: i.mint({"sub": None}), "the token has no sub claim"),
+    # Signed by the issuer, but with an expiry pyjwt cannot read.
+    "exp-not-a-number": (lambda i: i.mint({"exp": "tomorrow"}), "the token is malformed"),
+    "id-token": (lambda i: i.mint({"typ": "ID"}), "the token is not an access token"),
+    "not-a-jwt": (lambda i: "not.a.jwt", "the token is not a JWT"),
     "empty": (lambda i: "", "no token"),
-    "oversized": (lambda i: i.mint({"padding": "x" * 20_000}), "longer than 16384"),
+    "oversized": (lambda i: i.mint({"padding": "x" * 20_000}), "the token is longer than 16384 characters"),
 }
 
 
@@ -175,9 +172,7 @@ async def test_attacks_are_refused(attacked_issuer: OidcIssuer, attack: str) -> 
     make, reason = ATTACKS[attack]
     async with running(attacked_issuer) as provider:
         validation = await provider.validate(make(attacked_issuer))
-    assert not validation.valid
-    assert reason in validation.reason
-    assert validation.user_id == ""
+    assert (validation.valid, validation.reason, validation.user_id) == (False, reason, "")
 
 
 async def test_auth0_wrong_issuer_and_audience_refused(auth0_issuer: OidcIssuer) -> None:
@@ -185,8 +180,7 @@ async def test_auth0_wrong_issuer_and_audience_refused(auth0_issuer: OidcIssuer)
         no_slash = await provider.validate(auth0_issuer.mint({"iss": auth0_issuer.issuer.rstrip("/")}))
         userinfo_only = await provider.validate(auth0_issuer.mint({"aud": f"{auth0_issuer.issuer}userinfo"}))
     assert (no_slash.valid, no_slash.reason) == (False, "the token's issuer is not trusted")
-    assert not userinfo_only.valid
-    assert "audience" in userinfo_only.reason
+    assert (userinfo_only.valid, userinfo_only.reason) == (False, "the token is not meant for this audience")
 
 
 async def test_revoked_session_or_token_refused(keycloak_issuer: OidcIssuer) -> None:
@@ -216,8 +210,10 @@ async def test_jwks_down_cached_keys_keep_validating_and_unknown_kids_are_refuse
         assert (await provider.validate(keycloak_issuer.mint())).valid
         for token in strangers * 5:
             validation = await provider.validate(token)
-            assert not validation.valid
-            assert "does not publish" in validation.reason
+            assert (validation.valid, validation.reason) == (
+                False,
+                "the token is signed with a key the issuer does not publish",
+            )
         assert (await provider.validate(keycloak_issuer.mint())).valid
         assert keycloak_issuer.jwks_fetches == 2  # one refetch for 15 unknown kids, then the cooldown
         assert provider.status["keys"] == 1
