@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -43,6 +42,7 @@ from common.http2.frames import (
 )
 from common.http2.headers import HeaderList, RequestEncoder
 from common.http2.writer import goaway, rst_stream, settings, window_update
+from common.inflate import InflateError, TooLarge, inflate
 
 __all__ = ["STREAM_WINDOW", "ClientConnection", "Http2Stream", "NeverProcessed", "StreamError", "connect"]
 
@@ -342,13 +342,12 @@ class Http2Stream:
         if encoding not in (b"gzip", b"deflate"):
             self._fail_protocol(f"upstream sent a compressed message with grpc-encoding {encoding!r}")
             return None
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == b"gzip" else zlib.MAX_WBITS)
         try:
-            data = inflater.decompress(payload, self._max_message)
-        except zlib.error:
-            self._fail_protocol("upstream sent a message that does not decompress")
+            data = inflate(payload, gzip=encoding == b"gzip", limit=self._max_message)
+        except InflateError as exc:
+            self._fail_protocol(f"upstream sent a message that does not decompress: {exc}")
             return None
-        if inflater.unconsumed_tail:
+        except TooLarge:
             self._conn.reset(self, ErrorCode.CANCEL)
             self._finish(
                 StreamError(

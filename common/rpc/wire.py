@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-import zlib
 from collections.abc import Iterable
 from typing import Final
 
@@ -18,6 +17,7 @@ import grpc
 import grpc.aio
 
 from common.http2.headers import encode_header, percent_encode
+from common.inflate import InflateError, TooLarge, inflate
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -149,13 +149,11 @@ class RequestMessages:
     def _payload(self, flag: int, payload: bytes) -> bytes:
         if not flag:
             return payload
-        inflater = zlib.decompressobj(wbits=31)  # gzip framing
         try:
-            message = inflater.decompress(payload, self._limit + 1)
-        except zlib.error as exc:
+            return inflate(payload, gzip=True, limit=self._limit)
+        except InflateError as exc:
             raise MessageError(grpc.StatusCode.INTERNAL, f"a gzip message that does not inflate: {exc}") from None
-        if len(message) > self._limit:
+        except TooLarge:
             raise MessageError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max (inflated past {self._limit})"
-            )
-        return message
+            ) from None

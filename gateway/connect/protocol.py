@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common import inflate as inflating
 from gateway.connect.codec import Codec, codec_named
 from gateway.errors import BadRequest, MessageTooLarge, UnsupportedEncoding
 
@@ -77,14 +77,12 @@ def inflate(body: bytes, encoding: str | None, *, limit: int) -> bytes:
         raise UnsupportedEncoding(
             f"compression {name!r} is not supported", headers={"accept-encoding": ", ".join(_ENCODINGS)}
         )
-    inflater = zlib.decompressobj(wbits=31)
     try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise BadRequest("the gzip body is malformed") from None
-    if len(data) > limit:
-        raise MessageTooLarge(f"the request inflates to more than {limit} bytes")
-    return data
+        return inflating.inflate(body, gzip=True, limit=limit)
+    except inflating.InflateError as exc:
+        raise BadRequest(f"the gzip body is malformed: {exc}") from None
+    except inflating.TooLarge:
+        raise MessageTooLarge(f"the request inflates to more than {limit} bytes") from None
 
 
 def get_request(query: Mapping[str, str], *, limit: int) -> tuple[Codec, bytes]:

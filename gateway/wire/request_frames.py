@@ -7,8 +7,7 @@ without a copy: a 1 MiB request is joined once, not copied per frame.
 
 from __future__ import annotations
 
-import zlib
-
+from common.inflate import InflateError, TooLarge, inflate
 from gateway.errors import MalformedMessage, MessageTooLarge
 from gateway.wire.framing import COMPRESSED_FLAG, PREFIX, FrameDecoder, check_request_flags, encode_frame
 
@@ -72,14 +71,14 @@ class RequestFrames:
         check_request_flags(flags)
         if not flags & COMPRESSED_FLAG:
             return payload
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self._encoding == "gzip" else zlib.MAX_WBITS)
         try:
-            data = inflater.decompress(payload, self._max)
-        except zlib.error as exc:
+            return inflate(payload, gzip=self._encoding == "gzip", limit=self._max)
+        except InflateError as exc:
             raise MalformedMessage(f"request frame cannot be decompressed with {self._encoding}: {exc}") from None
-        if inflater.unconsumed_tail:
-            raise MessageTooLarge(f"request message decompresses to more than the gateway's limit of {self._max} bytes")
-        return data
+        except TooLarge:
+            raise MessageTooLarge(
+                f"request message decompresses to more than the gateway's limit of {self._max} bytes"
+            ) from None
 
     def close(self) -> None:
         """At the half-close: a frame cut short means the request is malformed."""
