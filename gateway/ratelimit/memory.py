@@ -1,10 +1,12 @@
 """The in-process token bucket: the embedded default, and the local fallback when Redis is down.
 
 Same arithmetic as token_bucket.lua, on an injected monotonic clock. Buckets are kept in the order
-they were last written; a bucket untouched for burst / rate seconds is full, which is what a missing
-bucket means, so it is dropped as the next `take` walks past it. `max_keys` bounds memory when many
-keys are busy at once (an IPv6 sweep, say): the least recently written bucket goes first, which hands
-that key a full bucket early: a bounded gateway beats an exact one that runs out of memory.
+they were last used (a take, allowed or refused); a bucket unwritten for burst / rate seconds is full,
+which is what a missing bucket means, so it is dropped as the next `take` walks past it. `max_keys`
+bounds memory when many keys are busy at once (an IPv6 sweep, say): the least recently used bucket
+goes first, which hands that key a full bucket early: a bounded gateway beats an exact one that runs
+out of memory. A key that is being refused counts as used: were it forgotten first, a client kept
+busy by its limit would be the one handed a full bucket.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class MemoryTokenBucket:
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
             return Decision(True, int(tokens), 0.0, (self.burst - tokens) / self.rate, self.burst)
-        # Refused: nothing stored changes, as in the Lua script.
+        # Refused: the bucket stays as it was, as in the Lua script; only its place in the order moves.
+        if state is not None:
+            self._buckets.move_to_end(key)
         return Decision(False, int(tokens), (cost - tokens) / self.rate, (self.burst - tokens) / self.rate, self.burst)
 
     @staticmethod
@@ -77,6 +81,8 @@ class MemoryTokenBucket:
                 bucket._store(key, tokens, now)
                 decisions.append(Decision(True, int(tokens), 0.0, (burst - tokens) / rate, burst))
             else:
+                if key in bucket._buckets:
+                    bucket._buckets.move_to_end(key)  # used, if refused (see the module docstring)
                 retry_after = 0.0 if tokens >= cost else (cost - tokens) / rate
                 decisions.append(Decision(tokens >= cost, int(tokens), retry_after, (burst - tokens) / rate, burst))
         return decisions

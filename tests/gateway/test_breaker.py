@@ -3,7 +3,9 @@ killed and restarted behind a real gateway."""
 
 from __future__ import annotations
 
+import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,121 @@ def test_killed_backend_trips_the_breaker_and_traffic_recovers(probe_gen: Path, 
     name = f"accept.v1.Probe@{address}"
     assert f"circuit breaker {name}: closed -> open" in log
     assert f"circuit breaker {name}: half_open -> closed" in log
+
+
+def test_a_probe_the_client_cancelled_gives_its_slot_back() -> None:
+    cb, clock, moves = breaker(threshold=1, reset=10, probes=2)
+    cb.record(UNAVAILABLE)
+    clock.now += 10
+    assert cb.try_acquire()
+    assert cb.try_acquire()
+    assert not cb.try_acquire()  # both probe slots taken
+    # A cancelled call proved nothing: its slot is free again (one slot per call), and nothing moves.
+    cb.record(grpc.StatusCode.CANCELLED)
+    assert cb.state is BreakerState.HALF_OPEN
+    assert cb.try_acquire()
+    assert not cb.try_acquire()
+    cb.record(grpc.StatusCode.CANCELLED)
+    cb.record(grpc.StatusCode.CANCELLED)
+    assert [cb.try_acquire() for _ in range(3)] == [True, True, False]
+    assert moves == ["closed->open", "open->half_open"]
+
+
+def test_a_cancellation_with_no_probe_in_flight_frees_no_extra_slot() -> None:
+    cb, clock, _moves = breaker(threshold=1, reset=10, probes=1)
+    cb.record(UNAVAILABLE)
+    clock.now += 10
+    assert cb.state is BreakerState.HALF_OPEN
+    cb.record(grpc.StatusCode.CANCELLED)  # a call let through before the breaker opened
+    assert cb.try_acquire()
+    assert not cb.try_acquire()  # still one probe at a time
+
+
+def test_last_change_names_the_cause_of_every_transition() -> None:
+    cb, clock, _moves = breaker(threshold=2, reset=10)
+    causes: list[tuple[str, str, str]] = []
+
+    def note() -> None:
+        assert cb.last_change is not None
+        before, after, _at, cause = cb.last_change
+        causes.append((before.value, after.value, cause))
+
+    assert cb.last_change is None  # never moved
+    cb.record(UNAVAILABLE)
+    cb.record(UNAVAILABLE)
+    note()
+    clock.now += 10
+    assert cb.try_acquire()  # half-opens on reading the state
+    note()
+    cb.record(UNAVAILABLE)
+    note()
+    clock.now += 10
+    assert cb.try_acquire()
+    note()
+    cb.record(grpc.StatusCode.OK)
+    note()
+    assert cb.open_on_hint()
+    note()
+    # These are the causes /api/admin/traffic shows as lastTransition.cause.
+    assert causes == [
+        ("closed", "open", "failures"),
+        ("open", "half_open", "reset timeout"),
+        ("half_open", "open", "probe failed"),
+        ("open", "half_open", "reset timeout"),
+        ("half_open", "closed", "probe"),
+        ("closed", "open", "hint"),
+    ]
+
+
+def test_last_change_is_stamped_with_the_wall_clock() -> None:
+    cb, _clock, _moves = breaker(threshold=1)
+    before = time.time()
+    cb.record(UNAVAILABLE)
+    after = time.time()
+    assert cb.last_change is not None
+    # The admin API shows when it happened as wall-clock seconds, not the breaker's monotonic clock.
+    assert before <= cb.last_change[2] <= after
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"failure_threshold": 0}, "failure_threshold must be at least 1"),
+        ({"failure_threshold": -1}, "failure_threshold must be at least 1"),
+        ({"reset_timeout": 0}, "reset_timeout must be positive"),
+        ({"reset_timeout": -0.5}, "reset_timeout must be positive"),
+        ({"half_open_probes": 0}, "half_open_probes must be at least 1"),
+    ],
+)
+def test_the_policy_refuses_each_impossible_value_with_its_reason(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        BreakerPolicy(**fields)
+
+
+def test_the_policy_accepts_the_smallest_sensible_values() -> None:
+    policy = BreakerPolicy(failure_threshold=1, reset_timeout=0.001, half_open_probes=1)
+    assert (policy.failure_threshold, policy.reset_timeout, policy.half_open_probes) == (1, 0.001, 1)
+    assert BreakerPolicy(reset_timeout=0.5).reset_timeout == 0.5  # under a second is fine
+
+
+def test_a_hint_for_a_breaker_already_open_changes_nothing() -> None:
+    cb, clock, moves = breaker(threshold=1, reset=10)
+    cb.record(UNAVAILABLE)
+    opened = cb.last_change
+    clock.now += 4
+    assert not cb.open_on_hint()  # not "applied": it was open already
+    # Still the first opening: same transition, and its reset timeout runs from then, not from the hint.
+    assert cb.last_change == opened
+    assert cb.retry_after == 6
+    assert moves == ["closed->open"]
+
+
+def test_a_hint_for_a_half_open_breaker_leaves_the_decision_to_its_probe() -> None:
+    cb, clock, moves = breaker(threshold=1, reset=10)
+    cb.record(UNAVAILABLE)
+    clock.now += 10
+    assert cb.try_acquire()
+    assert not cb.open_on_hint()
+    assert cb.state is BreakerState.HALF_OPEN
+    cb.record(grpc.StatusCode.OK)
+    assert moves == ["closed->open", "open->half_open", "half_open->closed"]

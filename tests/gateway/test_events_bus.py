@@ -113,18 +113,29 @@ async def test_ids_the_bus_did_not_issue_are_refused(bus: MessageBus) -> None:
 
 
 async def test_position_lets_a_replacement_start_past_events_that_did_not_match(bus: MessageBus) -> None:
-    start = await bus.last_id()
-    subscription = await bus.subscribe(["quiet.*"], start)
+    subscription = await bus.subscribe(["quiet.*"], await bus.last_id())
     try:
-        ids = [await bus.publish("busy.x", b"") for _ in range(5)]
-
+        seen = await bus.publish("quiet.seen", b"")
+        assert [e.id for e in await take(subscription, 1)] == [seen]
+        busy = [await bus.publish("busy.x", b"") for _ in range(5)]
         # JetStream knows only once its consumer has caught up with the stream: poll (the bus has
         # no event to wait for).
         async with asyncio.timeout(10):
-            while await subscription.position() != ids[-1]:  # noqa: ASYNC110
+            while await subscription.position() != busy[-1]:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+        # A match the subscription has not handed out yet: the position must not pass it.
+        unread = await bus.publish("quiet.unread", b"")
+        position = await subscription.position()
     finally:
         await subscription.close()
+    replacement = await bus.subscribe(["quiet.*"], position)
+    try:
+        # Ids come in order, so `unread` first means `seen` was not handed out again.
+        assert [e.id for e in await take(replacement, 1)] == [unread]
+        live = await bus.publish("quiet.live", b"")
+        assert [e.id for e in await take(replacement, 1)] == [live]
+    finally:
+        await replacement.close()
 
 
 async def test_retention_drops_the_oldest_and_resuming_before_them_is_too_old() -> None:

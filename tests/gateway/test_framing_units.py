@@ -88,6 +88,15 @@ def test_f10_end_of_input_inside_a_payload_is_malformed() -> None:
         decoder.close()
 
 
+def test_f10_end_of_input_right_after_a_whole_prefix_says_none_of_the_payload_arrived() -> None:
+    # The boundary: 5 bytes are a whole prefix, so the client is told the length it announced.
+    decoder = FrameDecoder(1024)
+    assert decoder.feed(encode_frame(b"12345")[:5]) == []
+    with pytest.raises(MalformedMessage) as refused:
+        decoder.close()
+    assert refused.value.message == "request frame announces 5 bytes but only 0 arrived"
+
+
 def test_encode_trailer_block_is_lower_case_key_value_crlf_lines() -> None:
     block = encode_trailer_block([("Grpc-Status", "0"), ("X-Thing", "a b")])
     assert block == b"grpc-status: 0\r\nx-thing: a b\r\n"

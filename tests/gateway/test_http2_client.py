@@ -133,28 +133,36 @@ async def test_wait_for_headers_of_a_non_grpc_answer_waits_for_its_end() -> None
     # A proxy's error page is no gRPC answer: its headers are not the call's to hand on early.
     release = asyncio.Event()
 
-    async def bad_gateway(conn: ServerConnection, request: Request) -> None:
+    async def bad_gateway_then_echo(conn: ServerConnection, request: Request) -> None:
+        if request.headers[b":path"] != PATH.encode():
+            await echo(conn, request)
+            return
         conn.respond(request.stream_id, [(b":status", b"502"), (b"content-type", b"text/plain")])
         await release.wait()
         await conn.send_data(request.stream_id, b"upstream connect error", end=True)
 
-    async with H2Server(bad_gateway).running() as server:
+    async def ended_when_the_wait_returned() -> bool:
+        await stream.wait_for_headers()
+        return stream.ended  # taken at the return, so a wrong return is caught however late it comes
+
+    async with H2Server(bad_gateway_then_echo).running() as server:
         client = UpstreamClient(server.address, max_message_bytes=1 << 20)
         stream = await client.unary(PATH, b"", grpc_frame(b"hi"), 5.0)
-        waiting = asyncio.ensure_future(stream.wait_for_headers())
+        waiting = asyncio.ensure_future(ended_when_the_wait_returned())
         try:
             async with asyncio.timeout(5):
                 while stream.headers is None:  # noqa: ASYNC110  # polled: the stream has no event for this
                     await asyncio.sleep(0.005)
-            for _ in range(3):
-                await asyncio.sleep(0)  # the waiter, woken by those headers, runs and waits again
+            # A whole call on the same connection after those headers: round trips in which the
+            # waiter they woke could (wrongly) return, however many loop turns it takes.
+            other = await client.unary("/test.v1.Svc/Other", b"", grpc_frame(b"next"), 5.0)
+            assert [f async for f in _frames(other)] == [grpc_frame(b"next")]
             assert not waiting.done()
             release.set()
-            await asyncio.wait_for(waiting, 5)
+            assert await asyncio.wait_for(waiting, 5), "wait_for_headers returned before the answer ended"
         finally:
             waiting.cancel()
             client.close()
-    assert stream.ended
     assert outcome(stream, "test.v1.Svc").code is grpc.StatusCode.UNAVAILABLE
 
 

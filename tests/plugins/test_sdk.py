@@ -114,8 +114,15 @@ def test_backoff_jitter_stays_within_half_and_full_delay() -> None:
     draws = iter([0.0, 1.0, 0.5, 0.0, 1.0])
     backoff = Backoff(initial=1.0, maximum=4.0, random=lambda: next(draws))
     assert [backoff.next() for _ in range(5)] == [0.5, 2.0, 3.0, 2.0, 4.0]
-    backoff.reset()
     assert Backoff(initial=1.0, random=lambda: 1.0).next() == 1.0
+
+
+def test_backoff_reset_starts_again_from_the_initial_delay() -> None:
+    backoff = Backoff(initial=0.25, maximum=4.0, random=lambda: 1.0)  # no jitter: exact delays
+    assert [backoff.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+    backoff.reset()
+    # Back to the first delay and doubling from there, not on from the cap.
+    assert [backoff.next() for _ in range(3)] == [0.25, 0.5, 1.0]
 
 
 def instance(endpoint: str, *, phase: int = pb.PHASE_READY, health: int = pb.HEALTH_STATE_HEALTHY) -> pb.InstanceStatus:

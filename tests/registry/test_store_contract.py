@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -109,9 +110,14 @@ async def test_a_revision_of_another_epoch_is_never_answered_with_changes(store:
 async def test_wait_returns_at_once_when_already_past(store: PluginStore) -> None:
     await store.publish("a-1", view())
     epoch = await store.epoch()
-    await store.wait(epoch, 0, timeout=30)  # would hang the test if it did not return at once
-    await store.wait("another-epoch", 1, timeout=30)  # another history: past whatever it held
-    await store.wait(epoch, 1, timeout=0.01)
+    # wait() returns quietly on its timeout too, so only the time taken tells the two apart.
+    # "another-epoch" is another history: past whatever it held.
+    for waited_epoch, revision in [(epoch, 0), ("another-epoch", 1)]:
+        started = time.monotonic()
+        await store.wait(waited_epoch, revision, timeout=30)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1, f"wait({waited_epoch!r}, {revision}) took {elapsed:.1f} s"
+    await store.wait(epoch, 1, timeout=0.01)  # nothing past revision 1 yet: returns on its timeout
 
 
 async def test_each_memory_store_is_a_history_of_its_own() -> None:
