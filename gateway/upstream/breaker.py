@@ -126,14 +126,12 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         if self._state is BreakerState.HALF_OPEN:
-            self._probes = max(0, self._probes - 1)
-            self._move(BreakerState.CLOSED)
+            self._move(BreakerState.CLOSED)  # which also frees every probe slot
         self._failures = 0
 
     def record_failure(self) -> None:
         if self._state is BreakerState.HALF_OPEN:
-            self._probes = max(0, self._probes - 1)
-            self._open(cause="probe failed")
+            self._open(cause="probe failed")  # which also frees every probe slot
             return
         if self._state is BreakerState.CLOSED:
             self._failures += 1

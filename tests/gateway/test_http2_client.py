@@ -19,6 +19,7 @@ from gateway.upstream.client import UpstreamClient
 from gateway.upstream.outcome import Outcome, outcome
 from gateway.wire.timeout import encode_timeout
 from tests.support.h2server import GRPC_HEADERS, SETTINGS, H2Server, Request, ServerConnection, grpc_frame
+from tests.support.processes import free_port
 
 PATH = "/test.v1.Svc/Call"
 OK_TRAILERS = [(b"grpc-status", b"0")]
@@ -364,15 +365,25 @@ async def test_server_ping_is_acknowledged() -> None:
 
 
 async def test_unreachable_upstream_fails_fast_during_backoff() -> None:
-    client = UpstreamClient("127.0.0.1:1", max_message_bytes=1000)
+    port = free_port()
+    client = UpstreamClient(f"127.0.0.1:{port}", max_message_bytes=1000)
     with pytest.raises(StreamError) as first:
         await client.unary(PATH, b"", grpc_frame(b""), 1.0)
     assert first.value.code is grpc.StatusCode.UNAVAILABLE
     assert "Connection refused" in first.value.message
-    started = time.monotonic()
-    with pytest.raises(StreamError):
-        await client.unary(PATH, b"", grpc_frame(b""), 1.0)
-    assert time.monotonic() - started < 0.05
+    # The upstream listens now, but within the backoff the client does not try again: the next call
+    # fails with the refusal it already had (a new attempt would connect, and then wait in vain for
+    # the listener's HTTP/2 settings). No clock to race.
+    connections: list[asyncio.StreamWriter] = []
+    listener = await asyncio.start_server(lambda _reader, writer: connections.append(writer), "127.0.0.1", port)
+    try:
+        with pytest.raises(StreamError) as second:
+            await client.unary(PATH, b"", grpc_frame(b""), 1.0)
+        assert (second.value.code, second.value.message) == (grpc.StatusCode.UNAVAILABLE, first.value.message)
+    finally:
+        listener.close()
+        for writer in connections:
+            writer.close()
 
 
 def test_request_encoder_indexes_repeated_headers_and_stays_in_step_with_the_decoder() -> None:

@@ -135,10 +135,11 @@ async def test_refusal_says_when_to_retry_and_takes_nothing(buckets: Buckets) ->
 
 
 async def test_tokens_come_back_at_the_rate_and_never_beyond_the_burst(buckets: Buckets) -> None:
-    bucket = buckets.make(20.0, 3)
+    bucket = buckets.make(10.0, 3)
     assert await takes(bucket, "a", 4) == [True, True, True, False]
-    await buckets.advance(0.1)  # two tokens (a little more in real time, never three)
-    assert await takes(bucket, "a", 3) == [True, True, False]
+    # One token; the next is 0.1 s away, room for a real-time sleep (the Redis variants) running late.
+    await buckets.advance(0.1)
+    assert await takes(bucket, "a", 2) == [True, False]
     await buckets.advance(0.5)  # ten tokens' worth, but the bucket holds three
     assert await takes(bucket, "a", 4) == [True, True, True, False]
 
@@ -391,7 +392,7 @@ async def test_resp_redis_that_never_answers_fails_pending_decisions_after_the_t
         results = await asyncio.gather(*(bucket.take(str(i)) for i in range(20)), return_exceptions=True)
         elapsed = time.monotonic() - started
         assert all(isinstance(r, StoreError) and "within 0.2 s" in str(r) for r in results), results
-        assert 0.2 <= elapsed < 0.6
+        assert 0.2 <= elapsed < 1.0  # the watchdog fires on time; a busy machine may add a little
         assert len(accepted) == 1  # one connection for all of them
     finally:
         await resp.aclose()
