@@ -16,18 +16,11 @@ import pytest
 from gateway.errors import UpstreamUnavailable
 from gateway.upstream.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.upstream.pool import UpstreamPool
+from tests.support.clock import ManualClock
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import free_port, probe_backend, run_gateway, wait_until
 
 UNAVAILABLE, NOT_FOUND = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def breaker(threshold: int = 3, reset: float = 10.0, probes: int = 1) -> tuple[CircuitBreaker, ManualClock, list[str]]:

@@ -18,6 +18,7 @@ from upf.demo.v1 import demo_pb2
 from gateway.upstream.breaker import BreakerPolicy, BreakerState
 from gateway.upstream.breaker_share import BreakerHints
 from gateway.upstream.pool import UpstreamPool
+from tests.support.clock import ManualClock
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import Gateway, Process, _died, free_port, run_gateway, wait_until
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
@@ -125,14 +126,6 @@ def test_a_breaker_that_opens_on_one_gateway_opens_on_the_other_and_redis_down_c
         stack.callback(revived.stop)
         for gateway in (a, b, late):
             wait_until(lambda gateway=gateway: say(gateway)[0] == OK, timeout=RESET + 10, what="recovery")
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_hints_in_one_process_open_the_other_pool_and_a_passed_probe_deletes_the_key() -> None:

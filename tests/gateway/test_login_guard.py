@@ -12,16 +12,9 @@ import pytest
 from gateway.auth.login_guard import LoginGuard
 from gateway.errors import RateLimited, Unauthenticated
 from gateway.settings import LoginLimitSettings
+from tests.support.clock import ManualClock
 
 Outcome = Literal["ok", "wrong"]
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def guard(clock: ManualClock, **settings: object) -> LoginGuard:

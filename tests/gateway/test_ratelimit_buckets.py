@@ -42,19 +42,9 @@ from gateway.ratelimit import (
 from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.redis import decision_of, decisions_of, redis_client
 from gateway.ratelimit.resp import RespScript
+from tests.support.clock import ManualClock
 from tests.support.processes import free_port
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

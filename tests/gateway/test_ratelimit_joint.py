@@ -26,19 +26,12 @@ from gateway.ratelimit.redis import redis_client
 from gateway.ratelimit.resp import RespScript
 from gateway.settings import RateLimitSettings
 from gateway.upstream.policies import MethodPolicies
+from tests.support.clock import ManualClock
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
 
 SERVICE = "joint.v1.Echo"
 SAY = f"/{SERVICE}/Say"  # burst 2, nothing refills while a test runs
 COUNT = f"/{SERVICE}/Count"  # no limit of its own
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 MakeBucket = Callable[[str, int], TokenBucket]

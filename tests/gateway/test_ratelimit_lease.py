@@ -30,15 +30,8 @@ from gateway.ratelimit.lease import LEASE_SCRIPT, LeasedTokenBucket, LeaseTable
 from gateway.ratelimit.limiter import StoreClient, lease_table
 from gateway.ratelimit.redis import redis_client
 from gateway.settings import RateLimitSettings
+from tests.support.clock import ManualClock
 from tests.support.redis_server import SHARED_URL, delete_prefix, new_prefix, redis_server, shared_client
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settings(url: str, prefix: str, **extra: object) -> RateLimitSettings:

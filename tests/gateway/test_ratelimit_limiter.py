@@ -34,18 +34,11 @@ from gateway.ratelimit import (
 from gateway.ratelimit.redis import RedisTokenBucket, redis_client
 from gateway.ratelimit.resp import RespTokenBucket
 from gateway.settings import ConfigError, GatewaySettings, load_settings
+from tests.support.clock import ManualClock
 from tests.support.grpcweb import BINARY, assert_trailers_only, frame
 from tests.support.processes import free_port
 
 ORIGIN = "http://allowed.example"
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # Headers --------------------------------------------------------------------------------------------

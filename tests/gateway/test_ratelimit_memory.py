@@ -16,18 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.ratelimit import Decision, MemoryTokenBucket
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.support.clock import ManualClock
 
 Take = Callable[[MemoryTokenBucket, str], Awaitable[Decision]]
 

@@ -21,19 +21,12 @@ from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit.calls import CallLimiter
 from gateway.settings import GatewaySettings, RateLimitSettings
 from gateway.upstream.policies import MethodPolicies
+from tests.support.clock import ManualClock
 from tests.support.grpcweb import BINARY, frame, parse_response
 from tests.support.processes import eventually, run_gateway, wait_until
 from tests.support.redis_server import RedisServer, new_prefix, redis_server
 
 RATE = 0.001  # a token every 1000 s: Redis's own clock adds nothing during a test
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -13,14 +13,7 @@ from registry.health import HealthMonitor
 from registry.model import Health, Phase
 from registry.settings import HealthSettings
 from registry.store.memory import MemoryPluginStore
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
 
 
 class FakeChecker:

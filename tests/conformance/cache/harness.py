@@ -23,17 +23,7 @@ from plugins.cache.backend import CacheBackend, Limits
 from plugins.cache.plugin import Backend, CacheSettings, make_backend, manifest_of
 from plugins.cache.service import CacheService
 from plugins.sdk.cache import CacheClient
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import ManualClock
 
 
 class Counted:
