@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 
 from cli.deployment import Deployment
 from cli.infrastructure import run_infrastructure, wait_started
@@ -64,7 +65,15 @@ def embedded_events(settings: GatewaySettings, registration: RegistrationCredent
 
 async def run_all(settings: GatewaySettings, deployment: Deployment | None = None) -> None:
     """Run until the gateway stops. `deployment` chooses the infrastructure plugins (cli/deployment.py);
-    none: the embedded ones (storage-sqlite in memory, cache-memory, files-local, message-bus-memory)."""
+    none: the embedded ones (storage-sqlite in memory, cache-memory, files-local, message-bus-memory).
+
+    A SIGTERM or SIGINT before the gateway serves (from then on the gateway handles them) cancels this
+    coroutine: everything started so far stops as it would at the end, its temporary files included.
+    """
+    loop, starting = asyncio.get_running_loop(), asyncio.current_task()
+    if starting is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, starting.cancel)
     registry_url = settings.registry_url or DEFAULT_REGISTRY
     host, _, port = registry_url.rpartition(":")
     registry_stopped = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -586,4 +587,5 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "(replica counts are for upf deploy render)",
                     file=sys.stderr,
                 )
-        asyncio.run(run_all(settings, deployment))
+        with contextlib.suppress(asyncio.CancelledError):  # stopped while starting: a clean stop too
+            asyncio.run(run_all(settings, deployment))

@@ -203,12 +203,12 @@ def test_traefik_the_gateways_and_their_config_agree() -> None:
     assert "certResolver" not in str(dynamic) or "letsencrypt" in str(dynamic)
 
 
-def test_the_kubernetes_config_is_real_config_and_the_probes_match_it() -> None:
+def test_the_kubernetes_config_is_real_config_and_the_probes_match_it(tmp_path: Path) -> None:
     config_map = documents(DOCKER / "kubernetes" / "config.yaml")[0]
-    loaded: dict[str, BaseModel] = {
-        name: load_config(SETTINGS[name.removesuffix(".yaml")], _write(text), environ={})
-        for name, text in config_map["data"].items()
-    }
+    loaded: dict[str, BaseModel] = {}
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+        loaded[name] = load_config(SETTINGS[name.removesuffix(".yaml")], tmp_path / name, environ={})
     gateway = loaded["gateway.yaml"]
     assert isinstance(gateway, GatewaySettings)
     deployment = documents(DOCKER / "kubernetes" / "gateway.yaml")[0]
@@ -234,14 +234,6 @@ def test_the_kubernetes_config_is_real_config_and_the_probes_match_it() -> None:
                     if mount["name"] == "config":
                         assert mount["subPath"] in config_map["data"]
                         assert mount["mountPath"] in (env.get("UPF_CONFIG"), *item["args"])
-
-
-def _write(text: str) -> Path:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(text)
-    return Path(handle.name)
 
 
 # One source: docker/deployment.yaml ----------------------------------------------------------------
