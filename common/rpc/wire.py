@@ -1,8 +1,9 @@
-"""gRPC over HTTP/2 as the server writes and reads it (PROTOCOL-HTTP2.md): header blocks, timeouts,
-metadata, message prefixes.
+"""gRPC over HTTP/2 as the server writes and reads it (PROTOCOL-HTTP2.md): header blocks, metadata,
+message prefixes.
 
-grpc-timeout and grpc-message are coded in common/http2/headers.py, for the gateway too. A server ignores
-a malformed grpc-timeout, as grpc servers do (the gateway refuses it: gateway/wire/timeout.py).
+Shared with the gateway rather than copied here: grpc-timeout and grpc-message are coded in
+common/http2/headers.py (common/rpc/server.py reads the timeout), compressed messages inflated by
+common/inflate.py.
 """
 
 from __future__ import annotations
